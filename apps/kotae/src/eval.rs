@@ -1,0 +1,188 @@
+//! `kotae eval retrieval`: Recall@1/5/10, MRR@10 and nDCG@10 per language and mode on the golden
+//! set, checked against thresholds.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use kotae_index::{KnowledgeIndex, SearchMode, SearchRequest};
+use kotae_models::{Embedder, InputKind};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GoldQuery {
+    pub id: String,
+    pub lang: String,
+    pub query: String,
+    /// Sources (paths relative to the ingested root) that answer the query.
+    pub gold: Vec<String>,
+    #[serde(default)]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Metrics {
+    pub queries: usize,
+    pub recall_at_1: f64,
+    pub recall_at_5: f64,
+    pub recall_at_10: f64,
+    pub mrr_at_10: f64,
+    pub ndcg_at_10: f64,
+}
+
+impl Metrics {
+    pub fn get(&self, name: &str) -> Option<f64> {
+        Some(match name {
+            "recall_at_1" => self.recall_at_1,
+            "recall_at_5" => self.recall_at_5,
+            "recall_at_10" => self.recall_at_10,
+            "mrr_at_10" => self.mrr_at_10,
+            "ndcg_at_10" => self.ndcg_at_10,
+            _ => return None,
+        })
+    }
+}
+
+/// Metrics of one query from its ranked list of distinct sources.
+fn score(ranked: &[String], gold: &[String]) -> Metrics {
+    let rel = |s: &String| gold.contains(s);
+    let first = ranked.iter().take(10).position(rel);
+    let dcg: f64 = ranked.iter().take(10).enumerate().filter(|(_, s)| rel(s)).map(|(i, _)| 1.0 / (i as f64 + 2.0).log2()).sum();
+    let ideal: f64 = (0..gold.len().min(10)).map(|i| 1.0 / (i as f64 + 2.0).log2()).sum();
+    Metrics {
+        queries: 1,
+        recall_at_1: f64::from(u8::from(first.is_some_and(|p| p < 1))),
+        recall_at_5: f64::from(u8::from(first.is_some_and(|p| p < 5))),
+        recall_at_10: f64::from(u8::from(first.is_some())),
+        mrr_at_10: first.map_or(0.0, |p| 1.0 / (p as f64 + 1.0)),
+        ndcg_at_10: if ideal > 0.0 { dcg / ideal } else { 0.0 },
+    }
+}
+
+fn average(ms: &[Metrics]) -> Metrics {
+    let n = ms.len().max(1) as f64;
+    Metrics {
+        queries: ms.len(),
+        recall_at_1: ms.iter().map(|m| m.recall_at_1).sum::<f64>() / n,
+        recall_at_5: ms.iter().map(|m| m.recall_at_5).sum::<f64>() / n,
+        recall_at_10: ms.iter().map(|m| m.recall_at_10).sum::<f64>() / n,
+        mrr_at_10: ms.iter().map(|m| m.mrr_at_10).sum::<f64>() / n,
+        ndcg_at_10: ms.iter().map(|m| m.ndcg_at_10).sum::<f64>() / n,
+    }
+}
+
+pub fn load_golden(path: &Path) -> Result<Vec<GoldQuery>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read golden set {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: bad golden entry", path.display(), i + 1)))
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    /// lang → mode → metrics
+    pub results: BTreeMap<String, BTreeMap<String, Metrics>>,
+    pub failures: Vec<String>,
+    /// Queries whose gold source was not in the hybrid top 10.
+    pub misses: Vec<String>,
+}
+
+pub fn run_retrieval_eval(
+    cfg: &Config,
+    index: &KnowledgeIndex,
+    embedder: &dyn Embedder,
+    golden: &[GoldQuery],
+    thresholds: Option<&toml::Table>,
+) -> Result<EvalReport> {
+    let texts: Vec<String> = golden.iter().map(|g| kotae_ingest::clean::normalize(&g.query)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let vectors = embedder.embed(&refs, InputKind::Query)?.vectors;
+    let mut per: BTreeMap<(String, String), Vec<Metrics>> = BTreeMap::new();
+    let mut misses = Vec::new();
+    for mode in [SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid] {
+        let mode_name = format!("{mode:?}").to_lowercase();
+        for ((g, text), v) in golden.iter().zip(&texts).zip(&vectors) {
+            let req = SearchRequest {
+                text: text.clone(),
+                vector: Some(v.clone()),
+                mode,
+                top_k: 30,
+                groups: vec![],
+                lang: None,
+                fusion: cfg.search.fusion,
+            };
+            let mut ranked: Vec<String> = Vec::new();
+            for h in index.search(&req)? {
+                if !ranked.contains(&h.source) {
+                    ranked.push(h.source);
+                }
+            }
+            let m = score(&ranked, &g.gold);
+            if mode == SearchMode::Hybrid && m.recall_at_10 == 0.0 {
+                misses.push(format!("{} {:?}: got {:?}", g.id, g.query, ranked.iter().take(3).collect::<Vec<_>>()));
+            }
+            per.entry((g.lang.clone(), mode_name.clone())).or_default().push(m.clone());
+            per.entry(("all".into(), mode_name.clone())).or_default().push(m);
+        }
+    }
+    let mut results: BTreeMap<String, BTreeMap<String, Metrics>> = BTreeMap::new();
+    for ((lang, mode), ms) in per {
+        results.entry(lang).or_default().insert(mode, average(&ms));
+    }
+    let mut failures = Vec::new();
+    if let Some(t) = thresholds {
+        for (lang, modes) in t {
+            for (mode, metrics) in modes.as_table().into_iter().flatten() {
+                for (metric, min) in metrics.as_table().into_iter().flatten() {
+                    let min = min.as_float().or_else(|| min.as_integer().map(|i| i as f64)).unwrap_or(0.0);
+                    let got = results.get(lang).and_then(|m| m.get(mode)).and_then(|m| m.get(metric));
+                    match got {
+                        Some(v) if v + 1e-9 >= min => {}
+                        Some(v) => failures.push(format!("{lang}/{mode}/{metric} = {v:.3} < {min:.3}")),
+                        None => failures.push(format!("{lang}/{mode}/{metric}: no such result")),
+                    }
+                }
+            }
+        }
+    }
+    Ok(EvalReport { results, failures, misses })
+}
+
+pub fn print_report(r: &EvalReport) {
+    println!("{:<5} {:<7} {:>5} {:>6} {:>6} {:>6} {:>7} {:>8}", "lang", "mode", "n", "R@1", "R@5", "R@10", "MRR@10", "nDCG@10");
+    for (lang, modes) in &r.results {
+        for (mode, m) in modes {
+            println!(
+                "{:<5} {:<7} {:>5} {:>6.3} {:>6.3} {:>6.3} {:>7.3} {:>8.3}",
+                lang, mode, m.queries, m.recall_at_1, m.recall_at_5, m.recall_at_10, m.mrr_at_10, m.ndcg_at_10
+            );
+        }
+    }
+    if !r.misses.is_empty() {
+        println!("\nhybrid misses (gold not in top 10):");
+        for m in &r.misses {
+            println!("  {m}");
+        }
+    }
+    for f in &r.failures {
+        println!("FAIL {f}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_of_one_query() {
+        let ranked: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let m = score(&ranked, &["b".to_string()]);
+        assert_eq!((m.recall_at_1, m.recall_at_5, m.mrr_at_10), (0.0, 1.0, 0.5));
+        assert!((m.ndcg_at_10 - 1.0 / 3f64.log2()).abs() < 1e-9);
+        assert_eq!(score(&ranked, &["z".to_string()]).recall_at_10, 0.0);
+    }
+}

