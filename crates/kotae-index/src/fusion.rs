@@ -11,7 +11,11 @@ use crate::ChunkId;
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum Fusion {
     /// Weighted reciprocal rank fusion: `Σ w / (k + rank)`.
-    Rrf { k: f32, bm25_weight: f32, dense_weight: f32 },
+    Rrf {
+        k: f32,
+        bm25_weight: f32,
+        dense_weight: f32,
+    },
     /// Weighted sum of scores min-max normalized within each list (a list's best hit gets 1,
     /// its last 0), so a confident ranker is not outvoted by ranks alone.
     Relative { bm25_weight: f32, dense_weight: f32 },
@@ -19,11 +23,19 @@ pub enum Fusion {
 
 impl Default for Fusion {
     fn default() -> Self {
-        Fusion::Relative { bm25_weight: 0.4, dense_weight: 0.6 }
+        Fusion::Relative {
+            bm25_weight: 0.4,
+            dense_weight: 0.6,
+        }
     }
 }
 
-fn add(acc: &mut HashMap<ChunkId, f32>, list: &[(ChunkId, f32)], weight: f32, score: impl Fn(usize, f32) -> f32) {
+fn add(
+    acc: &mut HashMap<ChunkId, f32>,
+    list: &[(ChunkId, f32)],
+    weight: f32,
+    score: impl Fn(usize, f32) -> f32,
+) {
     for (rank, (id, s)) in list.iter().enumerate() {
         *acc.entry(*id).or_default() += weight * score(rank, *s);
     }
@@ -32,7 +44,13 @@ fn add(acc: &mut HashMap<ChunkId, f32>, list: &[(ChunkId, f32)], weight: f32, sc
 fn minmax(list: &[(ChunkId, f32)]) -> impl Fn(usize, f32) -> f32 {
     let max = list.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
     let min = list.iter().map(|x| x.1).fold(f32::INFINITY, f32::min);
-    move |_, s| if max > min { (s - min) / (max - min) } else { 1.0 }
+    move |_, s| {
+        if max > min {
+            (s - min) / (max - min)
+        } else {
+            1.0
+        }
+    }
 }
 
 impl Fusion {
@@ -41,11 +59,22 @@ impl Fusion {
     pub fn fuse(&self, bm25: &[(ChunkId, f32)], dense: &[(ChunkId, f32)]) -> Vec<(ChunkId, f32)> {
         let mut acc = HashMap::new();
         match *self {
-            Fusion::Rrf { k, bm25_weight, dense_weight } => {
-                add(&mut acc, bm25, bm25_weight, |r, _| 1.0 / (k + r as f32 + 1.0));
-                add(&mut acc, dense, dense_weight, |r, _| 1.0 / (k + r as f32 + 1.0));
+            Fusion::Rrf {
+                k,
+                bm25_weight,
+                dense_weight,
+            } => {
+                add(&mut acc, bm25, bm25_weight, |r, _| {
+                    1.0 / (k + r as f32 + 1.0)
+                });
+                add(&mut acc, dense, dense_weight, |r, _| {
+                    1.0 / (k + r as f32 + 1.0)
+                });
             }
-            Fusion::Relative { bm25_weight, dense_weight } => {
+            Fusion::Relative {
+                bm25_weight,
+                dense_weight,
+            } => {
                 add(&mut acc, bm25, bm25_weight, minmax(bm25));
                 add(&mut acc, dense, dense_weight, minmax(dense));
             }
@@ -57,12 +86,22 @@ impl Fusion {
 
     pub fn swapped(&self) -> Fusion {
         match *self {
-            Fusion::Rrf { k, bm25_weight, dense_weight } => {
-                Fusion::Rrf { k, bm25_weight: dense_weight, dense_weight: bm25_weight }
-            }
-            Fusion::Relative { bm25_weight, dense_weight } => {
-                Fusion::Relative { bm25_weight: dense_weight, dense_weight: bm25_weight }
-            }
+            Fusion::Rrf {
+                k,
+                bm25_weight,
+                dense_weight,
+            } => Fusion::Rrf {
+                k,
+                bm25_weight: dense_weight,
+                dense_weight: bm25_weight,
+            },
+            Fusion::Relative {
+                bm25_weight,
+                dense_weight,
+            } => Fusion::Relative {
+                bm25_weight: dense_weight,
+                dense_weight: bm25_weight,
+            },
         }
     }
 }
@@ -80,9 +119,18 @@ mod tests {
     fn agreement_wins() {
         let a = [(ChunkId(1), 9.0), (ChunkId(2), 5.0), (ChunkId(3), 1.0)];
         let b = [(ChunkId(2), 0.9), (ChunkId(4), 0.8), (ChunkId(1), 0.1)];
-        let rrf = Fusion::Rrf { k: 60.0, bm25_weight: 1.0, dense_weight: 1.0 }.fuse(&a, &b);
+        let rrf = Fusion::Rrf {
+            k: 60.0,
+            bm25_weight: 1.0,
+            dense_weight: 1.0,
+        }
+        .fuse(&a, &b);
         assert_eq!(ids(&rrf)[0], 2);
-        let rel = Fusion::Relative { bm25_weight: 0.5, dense_weight: 0.5 }.fuse(&a, &b);
+        let rel = Fusion::Relative {
+            bm25_weight: 0.5,
+            dense_weight: 0.5,
+        }
+        .fuse(&a, &b);
         assert_eq!(ids(&rel), vec![2, 1, 4, 3]);
     }
 

@@ -43,48 +43,60 @@ fn sentence_ends(s: &str) -> Vec<usize> {
     ends
 }
 
-/// Split `span` of `text` into pieces of at most `max` tokens at sentence ends (or, for a single
-/// overlong sentence, at character boundaries).
-fn split_span(text: &str, span: Range<usize>, max: usize, count: &dyn Fn(&str) -> usize) -> Vec<Range<usize>> {
-    let s = &text[span.clone()];
-    let mut pieces = Vec::new();
-    let mut start = 0;
-    let mut last_fit = None;
-    let ends = sentence_ends(s);
-    let mut i = 0;
-    while i < ends.len() {
-        let end = ends[i];
-        if count(&s[start..end]) <= max {
-            last_fit = Some(end);
-            i += 1;
-            continue;
-        }
-        match last_fit.take() {
-            Some(fit) => {
-                pieces.push(start..fit);
-                start = fit;
-            }
-            None => {
-                // One sentence over budget: cut by characters, halving until it fits.
-                let mut cut = end;
-                while cut > start && count(&s[start..cut]) > max {
-                    let mid = start + (cut - start) / 2;
-                    cut = (mid..cut).find(|&k| s.is_char_boundary(k)).unwrap_or(cut);
-                    if cut == end {
-                        break;
-                    }
-                }
-                let cut = if cut <= start { end } else { cut };
-                pieces.push(start..cut);
-                start = cut;
-                if cut >= end {
-                    i += 1;
-                }
+/// Cut `s[a..b]` (one overlong sentence) into the longest prefixes that fit `max` tokens, found by
+/// binary search over character boundaries; a single character over budget stands alone.
+fn split_chars(
+    s: &str,
+    a: usize,
+    b: usize,
+    max: usize,
+    count: &dyn Fn(&str) -> usize,
+) -> Vec<Range<usize>> {
+    let bounds: Vec<usize> = (a..=b).filter(|&k| s.is_char_boundary(k)).collect();
+    let mut out = Vec::new();
+    let mut i = 0; // index into bounds of the current start
+    while i + 1 < bounds.len() {
+        // largest j > i with count(s[bounds[i]..bounds[j]]) <= max, at least i + 1
+        let (mut lo, mut hi) = (i + 1, bounds.len() - 1);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if count(&s[bounds[i]..bounds[mid]]) <= max {
+                lo = mid;
+            } else {
+                hi = mid - 1;
             }
         }
+        out.push(bounds[i]..bounds[lo]);
+        i = lo;
     }
-    if start < s.len() {
-        pieces.push(start..s.len());
+    out
+}
+
+/// Split `span` of `text` into pieces of at most `max` tokens: whole sentences packed greedily,
+/// overlong sentences cut by [`split_chars`]. Pieces are trimmed; empty ones dropped.
+fn split_span(
+    text: &str,
+    span: Range<usize>,
+    max: usize,
+    count: &dyn Fn(&str) -> usize,
+) -> Vec<Range<usize>> {
+    let s = &text[span.clone()];
+    let mut units = Vec::new();
+    let mut prev = 0;
+    for e in sentence_ends(s) {
+        if count(&s[prev..e]) > max {
+            units.extend(split_chars(s, prev, e, max, count));
+        } else {
+            units.push(prev..e);
+        }
+        prev = e;
+    }
+    let mut pieces: Vec<Range<usize>> = Vec::new();
+    for u in units {
+        match pieces.last_mut() {
+            Some(c) if count(&s[c.start..u.end]) <= max => c.end = u.end,
+            _ => pieces.push(u),
+        }
     }
     pieces
         .into_iter()
@@ -92,7 +104,8 @@ fn split_span(text: &str, span: Range<usize>, max: usize, count: &dyn Fn(&str) -
             let piece = &s[r.clone()];
             let lead = piece.len() - piece.trim_start().len();
             let trimmed = piece.trim();
-            (!trimmed.is_empty()).then(|| span.start + r.start + lead..span.start + r.start + lead + trimmed.len())
+            (!trimmed.is_empty())
+                .then(|| span.start + r.start + lead..span.start + r.start + lead + trimmed.len())
         })
         .collect()
 }
@@ -108,7 +121,8 @@ pub fn chunk_document(
     let title = doc.title.clone().unwrap_or_default();
     let mut spans: Vec<(Range<usize>, Vec<String>)> = Vec::new();
     let mut cur: Option<(Range<usize>, Vec<String>, usize)> = None;
-    let flush = |cur: &mut Option<(Range<usize>, Vec<String>, usize)>, spans: &mut Vec<(Range<usize>, Vec<String>)>| {
+    let flush = |cur: &mut Option<(Range<usize>, Vec<String>, usize)>,
+                 spans: &mut Vec<(Range<usize>, Vec<String>)>| {
         if let Some((r, s, _)) = cur.take() {
             spans.push((r, s));
         }
@@ -121,7 +135,11 @@ pub fn chunk_document(
             vec![block.span.clone()]
         };
         for piece in pieces {
-            let t = if piece == block.span { tokens } else { count_tokens(&doc.text[piece.clone()]) };
+            let t = if piece == block.span {
+                tokens
+            } else {
+                count_tokens(&doc.text[piece.clone()])
+            };
             match cur.as_mut() {
                 Some((r, s, n)) if *s == block.section && *n + t <= cfg.max_tokens => {
                     r.end = piece.end;
@@ -171,7 +189,13 @@ mod tests {
     fn packs_blocks_and_keeps_sections_apart() {
         let md = "# T\n\na b c\n\nd e f\n\n## S\n\ng h\n";
         let doc = parse_markdown(md);
-        let chunks = chunk_document("t.md", SourceKind::Manual, &doc, &ChunkerConfig { max_tokens: 100 }, &words);
+        let chunks = chunk_document(
+            "t.md",
+            SourceKind::Manual,
+            &doc,
+            &ChunkerConfig { max_tokens: 100 },
+            &words,
+        );
         let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
         assert_eq!(texts, vec!["# T\n\na b c\n\nd e f", "## S\n\ng h"]);
         assert_eq!(chunks[1].section, vec!["T", "S"]);
@@ -181,17 +205,34 @@ mod tests {
     #[test]
     fn splits_long_paragraphs_at_sentences() {
         let doc = parse_plain("One two three. Four five six. Seven eight nine.");
-        let chunks = chunk_document("a.txt", SourceKind::Manual, &doc, &ChunkerConfig { max_tokens: 4 }, &words);
+        let chunks = chunk_document(
+            "a.txt",
+            SourceKind::Manual,
+            &doc,
+            &ChunkerConfig { max_tokens: 4 },
+            &words,
+        );
         let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-        assert_eq!(texts, vec!["One two three.", "Four five six.", "Seven eight nine."]);
+        assert_eq!(
+            texts,
+            vec!["One two three.", "Four five six.", "Seven eight nine."]
+        );
     }
 
     #[test]
     fn never_splits_code() {
         let md = "# T\n\n```\na b c d e f g h i j\n\nk l m n\n```\n";
         let doc = parse_markdown(md);
-        let chunks = chunk_document("t.md", SourceKind::Manual, &doc, &ChunkerConfig { max_tokens: 3 }, &words);
-        assert!(chunks.iter().any(|c| c.text.starts_with("```") && c.text.ends_with("```")));
+        let chunks = chunk_document(
+            "t.md",
+            SourceKind::Manual,
+            &doc,
+            &ChunkerConfig { max_tokens: 3 },
+            &words,
+        );
+        assert!(chunks
+            .iter()
+            .any(|c| c.text.starts_with("```") && c.text.ends_with("```")));
     }
 
     proptest! {

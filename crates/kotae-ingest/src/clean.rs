@@ -11,8 +11,10 @@ pub fn normalize(text: &str) -> String {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     text.nfkc()
         .filter(|&c| {
-            !matches!(c, '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{feff}' | '\u{00ad}')
-                && (!c.is_control() || c == '\n' || c == '\t')
+            !matches!(
+                c,
+                '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{feff}' | '\u{00ad}'
+            ) && (!c.is_control() || c == '\n' || c == '\t')
         })
         .map(|c| if c == '\t' { ' ' } else { c })
         .collect()
@@ -49,22 +51,33 @@ static PHONE: LazyLock<Regex> = LazyLock::new(|| {
         r"(?x)
         (?:\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,4}){1,3})
         | (?:\(\d{2,4}\)\s?\d{1,4}[\s.-]?\d{3,4})
-        | (?:\b0\d{1,4}-\d{1,4}-\d{3,4}\b)
-        | (?:\b0[5789]0\d{8}\b)
-        | (?:\b0\d{9}\b)
-        | (?:\b\d{3}-\d{3}-\d{4}\b)",
+        | (?:(?-u:\b)0\d{1,4}-\d{1,4}-\d{3,4}(?-u:\b))
+        | (?:(?-u:\b)0[5789]0\d{8}(?-u:\b))
+        | (?:(?-u:\b)0\d{9}(?-u:\b))
+        | (?:(?-u:\b)\d{3}-\d{3}-\d{4}(?-u:\b))",
     )
     .unwrap()
 });
 static CARD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").unwrap());
+    LazyLock::new(|| Regex::new(r"(?-u:\b)\d(?:[ -]?\d){12,18}(?-u:\b)").unwrap());
 
 fn luhn(digits: &[u32]) -> bool {
     let sum: u32 = digits
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, &d)| if i % 2 == 1 { let x = d * 2; if x > 9 { x - 9 } else { x } } else { d })
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
         .sum();
     sum % 10 == 0
 }
@@ -113,7 +126,9 @@ pub fn detect_lang(text: &str) -> String {
             _ => {}
         }
     }
-    if kana > 0 && (kana + han) * 10 >= letters {
+    if (kana > 0 && (kana + han) * 10 >= letters)
+        || (kana == 0 && han_only_is_japanese(han, letters, text.chars().count()))
+    {
         return "ja".into();
     }
     match whatlang::detect(text) {
@@ -138,6 +153,12 @@ pub fn detect_lang(text: &str) -> String {
     }
 }
 
+/// Kanji-only text (経費精算) is Japanese in a Japanese/English product unless it is long
+/// enough for the detector to be sure it is Chinese.
+fn han_only_is_japanese(han: usize, letters: usize, chars: usize) -> bool {
+    han > letters && chars < 40
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,7 +169,10 @@ mod tests {
 
     #[test]
     fn redacts_personal_data() {
-        check_redact("mail taro.yamada@example.co.jp please", "mail [EMAIL] please");
+        check_redact(
+            "mail taro.yamada@example.co.jp please",
+            "mail [EMAIL] please",
+        );
         check_redact("電話は03-1234-5678まで", "電話は[PHONE]まで");
         check_redact("携帯 090-1234-5678 です", "携帯 [PHONE] です");
         check_redact("call +81 3 1234 5678 now", "call [PHONE] now");
@@ -169,16 +193,26 @@ mod tests {
 
     #[test]
     fn detects_languages() {
-        assert_eq!(detect_lang("VPNに接続できない場合は再起動してください"), "ja");
-        assert_eq!(detect_lang("How do I reset my password if I forgot it?"), "en");
+        assert_eq!(
+            detect_lang("VPNに接続できない場合は再起動してください"),
+            "ja"
+        );
+        assert_eq!(
+            detect_lang("How do I reset my password if I forgot it?"),
+            "en"
+        );
         assert_eq!(detect_lang("経費精算"), "ja");
     }
 
     #[test]
     fn boilerplate_lines() {
-        assert!(is_boilerplate_line("© 2024 Example Corp. All rights reserved."));
+        assert!(is_boilerplate_line(
+            "© 2024 Example Corp. All rights reserved."
+        ));
         assert!(is_boilerplate_line("Page 3 of 10"));
         assert!(is_boilerplate_line("社外秘"));
-        assert!(!is_boilerplate_line("Restart the router and wait for the page to load."));
+        assert!(!is_boilerplate_line(
+            "Restart the router and wait for the page to load."
+        ));
     }
 }

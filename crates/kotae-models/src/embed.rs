@@ -85,7 +85,9 @@ impl BertEmbedder {
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::invalid(&tok_path, e.to_string()))?;
-        tokenizer.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         tokenizer.with_padding(None);
         let st_path = dir.join("model.safetensors");
         let tensors = candle_core::safetensors::load(&st_path, device)?;
@@ -95,7 +97,14 @@ impl BertEmbedder {
     /// Load from an E5S1 file (4-bit weights, dequantized to f32).
     pub fn from_e5s1(path: &Path, opts: EmbedderOptions, device: &Device) -> Result<Self> {
         let m = crate::e5s1::load(path, device)?;
-        Self::from_parts(m.config, m.tokenizer, Some(m.char_map), m.tensors, opts, device)
+        Self::from_parts(
+            m.config,
+            m.tokenizer,
+            Some(m.char_map),
+            m.tensors,
+            opts,
+            device,
+        )
     }
 
     fn from_parts(
@@ -145,8 +154,10 @@ impl BertEmbedder {
             InputKind::Query => &self.opts.query_prefix,
             InputKind::Passage => &self.opts.passage_prefix,
         };
-        let inputs: Vec<String> =
-            texts.iter().map(|t| format!("{prefix}{}", self.normalize_text(t))).collect();
+        let inputs: Vec<String> = texts
+            .iter()
+            .map(|t| format!("{prefix}{}", self.normalize_text(t)))
+            .collect();
         let encodings = self.tokenizer.encode_batch(inputs, true)?;
         let mut truncated = 0;
         let ids = encodings
@@ -190,7 +201,11 @@ impl BertEmbedder {
             }
         };
         let pooled = if self.opts.normalize {
-            let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f64::MAX)?;
             pooled.broadcast_div(&norm)?
         } else {
             pooled
@@ -210,7 +225,10 @@ impl Embedder for BertEmbedder {
         self.max_tokens
     }
     fn count_tokens(&self, text: &str) -> Result<usize> {
-        Ok(self.tokenizer.encode(self.normalize_text(text).as_ref(), false)?.len())
+        Ok(self
+            .tokenizer
+            .encode(self.normalize_text(text).as_ref(), false)?
+            .len())
     }
     fn embed(&self, texts: &[&str], kind: InputKind) -> Result<EmbedOutput> {
         let (ids, truncated) = self.tokenize(texts, kind)?;
@@ -221,7 +239,8 @@ impl Embedder for BertEmbedder {
         let mut start = 0;
         while start < order.len() {
             let mut end = start + 1;
-            while end < order.len() && (end - start + 1) * ids[order[end]].len() <= self.opts.batch_tokens
+            while end < order.len()
+                && (end - start + 1) * ids[order[end]].len() <= self.opts.batch_tokens
             {
                 end += 1;
             }

