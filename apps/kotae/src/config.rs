@@ -67,9 +67,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./kotae-data"),
             kb: "default".into(),
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             embedder: EmbedderConfig::default(),
             ingest: IngestConfig::default(),
             search: SearchConfig::default(),
@@ -80,10 +78,7 @@ impl Default for Config {
 
 impl Default for EmbedderConfig {
     fn default() -> Self {
-        Self {
-            model: kotae_models::registry::DEFAULT_EMBEDDER.into(),
-            batch_tokens: 4096,
-        }
+        Self { model: kotae_models::registry::DEFAULT_EMBEDDER.into(), batch_tokens: 4096 }
     }
 }
 
@@ -113,10 +108,7 @@ impl Default for SearchConfig {
 
 impl Default for ModelsConfig {
     fn default() -> Self {
-        Self {
-            hub_endpoint: "https://huggingface.co".into(),
-            python: "python3".into(),
-        }
+        Self { hub_endpoint: "https://huggingface.co".into(), python: "python3".into() }
     }
 }
 
@@ -138,20 +130,14 @@ where
     T::Err: std::fmt::Display,
 {
     match env(name) {
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("{name}={v}: {e}")),
+        Some(v) => v.parse().map(Some).map_err(|e| anyhow::anyhow!("{name}={v}: {e}")),
         None => Ok(None),
     }
 }
 
 impl Config {
     pub fn load(o: &Overrides) -> Result<Self> {
-        let path = o
-            .config
-            .clone()
-            .or_else(|| env("KOTAE_CONFIG").map(PathBuf::from));
+        let path = o.config.clone().or_else(|| env("KOTAE_CONFIG").map(PathBuf::from));
         let mut cfg = match &path {
             Some(p) => Self::from_file(p)?,
             None if Path::new("kotae.toml").exists() => Self::from_file(Path::new("kotae.toml"))?,
@@ -189,8 +175,7 @@ impl Config {
     }
 
     fn from_file(p: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read config file {}", p.display()))?;
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))
     }
 
@@ -198,16 +183,8 @@ impl Config {
         if self.threads == 0 {
             bail!("threads must be at least 1 (set `threads` in kotae.toml, KOTAE_THREADS or --threads)");
         }
-        if self.kb.is_empty()
-            || !self
-                .kb
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            bail!(
-                "knowledge base name '{}' must be letters, digits, '-' or '_'",
-                self.kb
-            );
+        if self.kb.is_empty() || !self.kb.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            bail!("knowledge base name '{}' must be letters, digits, '-' or '_'", self.kb);
         }
         if self.ingest.chunk_tokens < 32 || self.ingest.chunk_tokens > 500 {
             bail!(
@@ -221,8 +198,7 @@ impl Config {
         if self.search.top_k == 0 || self.search.top_k > 1000 {
             bail!("search.top_k must be between 1 and 1000");
         }
-        kotae_models::registry::spec(&self.embedder.model)
-            .map_err(|e| anyhow::anyhow!("embedder.model: {e}"))?;
+        kotae_models::registry::spec(&self.embedder.model).map_err(|e| anyhow::anyhow!("embedder.model: {e}"))?;
         Ok(())
     }
 
@@ -243,23 +219,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.toml");
         std::fs::write(&p, "kb = \"fromfile\"\nthreads = 3\n[search]\ntop_k = 7\n").unwrap();
-        let o = Overrides {
-            config: Some(p.clone()),
-            kb: Some("fromflag".into()),
-            ..Default::default()
-        };
+        let o = Overrides { config: Some(p.clone()), kb: Some("fromflag".into()), ..Default::default() };
         let c = Config::load(&o).unwrap();
         assert_eq!(c.kb, "fromflag");
         assert_eq!(c.search.top_k, 7);
         std::fs::write(&p, "tpo_k = 7\n").unwrap();
-        let err = format!(
-            "{:#}",
-            Config::load(&Overrides {
-                config: Some(p),
-                ..Default::default()
-            })
-            .unwrap_err()
-        );
+        let err = format!("{:#}", Config::load(&Overrides { config: Some(p), ..Default::default() }).unwrap_err());
         assert!(err.contains("unknown field `tpo_k`"), "{err}");
     }
 }

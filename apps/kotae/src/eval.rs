@@ -49,16 +49,9 @@ impl Metrics {
 fn score(ranked: &[String], gold: &[String]) -> Metrics {
     let rel = |s: &String| gold.contains(s);
     let first = ranked.iter().take(10).position(rel);
-    let dcg: f64 = ranked
-        .iter()
-        .take(10)
-        .enumerate()
-        .filter(|(_, s)| rel(s))
-        .map(|(i, _)| 1.0 / (i as f64 + 2.0).log2())
-        .sum();
-    let ideal: f64 = (0..gold.len().min(10))
-        .map(|i| 1.0 / (i as f64 + 2.0).log2())
-        .sum();
+    let dcg: f64 =
+        ranked.iter().take(10).enumerate().filter(|(_, s)| rel(s)).map(|(i, _)| 1.0 / (i as f64 + 2.0).log2()).sum();
+    let ideal: f64 = (0..gold.len().min(10)).map(|i| 1.0 / (i as f64 + 2.0).log2()).sum();
     Metrics {
         queries: 1,
         recall_at_1: f64::from(u8::from(first.is_some_and(|p| p < 1))),
@@ -82,14 +75,12 @@ fn average(ms: &[Metrics]) -> Metrics {
 }
 
 pub fn load_golden(path: &Path) -> Result<Vec<GoldQuery>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read golden set {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read golden set {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{}:{}: bad golden entry", path.display(), i + 1))
+            serde_json::from_str(l).with_context(|| format!("{}:{}: bad golden entry", path.display(), i + 1))
         })
         .collect()
 }
@@ -110,10 +101,7 @@ pub fn run_retrieval_eval(
     golden: &[GoldQuery],
     thresholds: Option<&toml::Table>,
 ) -> Result<EvalReport> {
-    let texts: Vec<String> = golden
-        .iter()
-        .map(|g| kotae_ingest::clean::normalize(&g.query))
-        .collect();
+    let texts: Vec<String> = golden.iter().map(|g| kotae_ingest::clean::normalize(&g.query)).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let vectors = embedder.embed(&refs, InputKind::Query)?.vectors;
     let mut per: BTreeMap<(String, String), Vec<Metrics>> = BTreeMap::new();
@@ -138,19 +126,10 @@ pub fn run_retrieval_eval(
             }
             let m = score(&ranked, &g.gold);
             if mode == SearchMode::Hybrid && m.recall_at_10 == 0.0 {
-                misses.push(format!(
-                    "{} {:?}: got {:?}",
-                    g.id,
-                    g.query,
-                    ranked.iter().take(3).collect::<Vec<_>>()
-                ));
+                misses.push(format!("{} {:?}: got {:?}", g.id, g.query, ranked.iter().take(3).collect::<Vec<_>>()));
             }
-            per.entry((g.lang.clone(), mode_name.clone()))
-                .or_default()
-                .push(m.clone());
-            per.entry(("all".into(), mode_name.clone()))
-                .or_default()
-                .push(m);
+            per.entry((g.lang.clone(), mode_name.clone())).or_default().push(m.clone());
+            per.entry(("all".into(), mode_name.clone())).or_default().push(m);
         }
     }
     let mut results: BTreeMap<String, BTreeMap<String, Metrics>> = BTreeMap::new();
@@ -162,30 +141,18 @@ pub fn run_retrieval_eval(
         for (lang, modes) in t {
             for (mode, metrics) in modes.as_table().into_iter().flatten() {
                 for (metric, min) in metrics.as_table().into_iter().flatten() {
-                    let min = min
-                        .as_float()
-                        .or_else(|| min.as_integer().map(|i| i as f64))
-                        .unwrap_or(0.0);
-                    let got = results
-                        .get(lang)
-                        .and_then(|m| m.get(mode))
-                        .and_then(|m| m.get(metric));
+                    let min = min.as_float().or_else(|| min.as_integer().map(|i| i as f64)).unwrap_or(0.0);
+                    let got = results.get(lang).and_then(|m| m.get(mode)).and_then(|m| m.get(metric));
                     match got {
                         Some(v) if v + 1e-9 >= min => {}
-                        Some(v) => {
-                            failures.push(format!("{lang}/{mode}/{metric} = {v:.3} < {min:.3}"))
-                        }
+                        Some(v) => failures.push(format!("{lang}/{mode}/{metric} = {v:.3} < {min:.3}")),
                         None => failures.push(format!("{lang}/{mode}/{metric}: no such result")),
                     }
                 }
             }
         }
     }
-    Ok(EvalReport {
-        results,
-        failures,
-        misses,
-    })
+    Ok(EvalReport { results, failures, misses })
 }
 
 pub fn print_report(r: &EvalReport) {
@@ -197,14 +164,7 @@ pub fn print_report(r: &EvalReport) {
         for (mode, m) in modes {
             println!(
                 "{:<5} {:<7} {:>5} {:>6.3} {:>6.3} {:>6.3} {:>7.3} {:>8.3}",
-                lang,
-                mode,
-                m.queries,
-                m.recall_at_1,
-                m.recall_at_5,
-                m.recall_at_10,
-                m.mrr_at_10,
-                m.ndcg_at_10
+                lang, mode, m.queries, m.recall_at_1, m.recall_at_5, m.recall_at_10, m.mrr_at_10, m.ndcg_at_10
             );
         }
     }

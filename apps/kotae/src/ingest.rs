@@ -56,34 +56,22 @@ struct FileJob {
 
 /// Files under `path` (or `path` itself), with their source names relative to the root.
 fn walk(path: &Path) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let abs = std::fs::canonicalize(path)?;
     if meta.is_file() {
         let root = abs.parent().map(Path::to_path_buf).unwrap_or_default();
-        let name = abs
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
+        let name = abs.file_name().unwrap_or_default().to_string_lossy().into_owned();
         return Ok((root, vec![(name, abs)]));
     }
     let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(&abs)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
+    for entry in walkdir::WalkDir::new(&abs).follow_links(false).sort_by_file_name() {
         let entry = entry?;
         let hidden = entry.file_name().to_string_lossy().starts_with('.') && entry.depth() > 0;
         if hidden || !entry.file_type().is_file() {
             continue;
         }
         let rel = entry.path().strip_prefix(&abs).unwrap_or(entry.path());
-        let source = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/");
+        let source = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
         files.push((source, entry.path().to_path_buf()));
     }
     Ok((abs, files))
@@ -95,10 +83,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Text given to the embedder for a chunk: its section path, then its text.
@@ -128,20 +113,13 @@ pub fn run_ingest(
 ) -> Result<IngestSummary> {
     let start = Instant::now();
     let mut sum = IngestSummary::default();
-    let mut groups: Vec<String> = opts
-        .groups
-        .iter()
-        .map(|g| g.trim().to_string())
-        .filter(|g| !g.is_empty())
-        .collect();
+    let mut groups: Vec<String> = opts.groups.iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect();
     if groups.is_empty() {
         groups.push(kotae_index::PUBLIC_GROUP.into());
     }
     groups.sort();
     groups.dedup();
-    let chunker = ChunkerConfig {
-        max_tokens: cfg.ingest.chunk_tokens,
-    };
+    let chunker = ChunkerConfig { max_tokens: cfg.ingest.chunk_tokens };
     let count = |s: &str| embedder.count_tokens(s).unwrap_or(s.len());
     let manifest = index.manifest().clone();
     let mut dedup = Deduper::new(cfg.ingest.near_duplicate_threshold);
@@ -157,30 +135,18 @@ pub fn run_ingest(
             seen.insert(source.clone());
             let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             if size > cfg.ingest.max_file_bytes {
-                let e = kotae_ingest::Error::TooLarge {
-                    size,
-                    limit: cfg.ingest.max_file_bytes,
-                };
-                sum.skipped.push(Skipped {
-                    path: source,
-                    reason: e.to_string(),
-                });
+                let e = kotae_ingest::Error::TooLarge { size, limit: cfg.ingest.max_file_bytes };
+                sum.skipped.push(Skipped { path: source, reason: e.to_string() });
                 continue;
             }
             if let Err(e) = FileType::from_path(&file) {
-                sum.skipped.push(Skipped {
-                    path: source,
-                    reason: e.to_string(),
-                });
+                sum.skipped.push(Skipped { path: source, reason: e.to_string() });
                 continue;
             }
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let hash = sha256_hex(&bytes);
             match manifest.files.get(&source) {
-                Some(e) if e.hash == hash && e.groups == groups && e.root == root_s => {
-                    sum.files_unchanged += 1
-                }
+                Some(e) if e.hash == hash && e.groups == groups && e.root == root_s => sum.files_unchanged += 1,
                 _ => changed.push((source, root_s.clone(), hash, file)),
             }
         }
@@ -227,23 +193,12 @@ pub fn run_ingest(
                     });
                 }
                 if kept.is_empty() {
-                    sum.skipped.push(Skipped {
-                        path: source,
-                        reason: "no text to index after cleaning".into(),
-                    });
+                    sum.skipped.push(Skipped { path: source, reason: "no text to index after cleaning".into() });
                     continue;
                 }
-                jobs.push(FileJob {
-                    source,
-                    root,
-                    hash,
-                    chunks: kept,
-                });
+                jobs.push(FileJob { source, root, hash, chunks: kept });
             }
-            Err(e) => sum.skipped.push(Skipped {
-                path: source,
-                reason: e.to_string(),
-            }),
+            Err(e) => sum.skipped.push(Skipped { path: source, reason: e.to_string() }),
         }
     }
     pb.finish_and_clear();
@@ -253,16 +208,10 @@ pub fn run_ingest(
     let pb = bar(opts.quiet, total_chunks as u64, "embed");
     let mut session = index.write()?;
     for batch in jobs.chunks(cfg.ingest.commit_every) {
-        let ids: Vec<ChunkId> = batch
-            .iter()
-            .flat_map(|j| j.chunks.iter().map(|c| c.id))
-            .collect();
+        let ids: Vec<ChunkId> = batch.iter().flat_map(|j| j.chunks.iter().map(|c| c.id)).collect();
         let have = session.existing_vectors(&ids)?;
-        let todo: Vec<&IndexedChunk> = batch
-            .iter()
-            .flat_map(|j| j.chunks.iter())
-            .filter(|c| !have.contains(&c.id))
-            .collect();
+        let todo: Vec<&IndexedChunk> =
+            batch.iter().flat_map(|j| j.chunks.iter()).filter(|c| !have.contains(&c.id)).collect();
         pb.inc((ids.len() - todo.len()) as u64);
         for group in todo.chunks(64) {
             let texts: Vec<String> = group.iter().map(|c| passage_text(c)).collect();
@@ -305,11 +254,7 @@ pub fn run_ingest(
             .manifest()
             .files
             .iter()
-            .filter(|(src, e)| {
-                seen_by_root
-                    .get(&e.root)
-                    .is_some_and(|seen| !seen.contains(*src))
-            })
+            .filter(|(src, e)| seen_by_root.get(&e.root).is_some_and(|seen| !seen.contains(*src)))
             .map(|(src, _)| src.clone())
             .collect();
         for src in gone {

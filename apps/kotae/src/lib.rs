@@ -41,6 +41,5 @@ pub fn open_index(cfg: &Config, dim: Option<usize>) -> Result<KnowledgeIndex> {
             ef_search: cfg.search.hnsw_ef,
         },
     };
-    KnowledgeIndex::open(&ic)
-        .with_context(|| format!("cannot open knowledge base {}", cfg.kb_dir().display()))
+    KnowledgeIndex::open(&ic).with_context(|| format!("cannot open knowledge base {}", cfg.kb_dir().display()))
 }

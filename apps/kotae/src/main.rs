@@ -113,18 +113,11 @@ enum EvalCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter =
-        tracing_subscriber::EnvFilter::try_from_env("KOTAE_LOG").unwrap_or_else(|_| "warn".into());
+        tracing_subscriber::EnvFilter::try_from_env("KOTAE_LOG").unwrap_or_else(|_| "warn,qdrant_edge=error".into());
     if cli.global.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
     } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
     match run(cli) {
         Ok(code) => code,
@@ -137,18 +130,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let g = cli.global;
-    let cfg = Config::load(&Overrides {
-        config: g.config,
-        data_dir: g.data_dir,
-        kb: g.kb,
-        threads: g.threads,
-    })?;
+    let cfg = Config::load(&Overrides { config: g.config, data_dir: g.data_dir, kb: g.kb, threads: g.threads })?;
     // Inference thread count: candle and rayon read this before their pools start.
     std::env::set_var("RAYON_NUM_THREADS", cfg.threads.to_string());
     match cli.cmd {
-        Cmd::Models {
-            cmd: ModelsCmd::Fetch { names, all },
-        } => {
+        Cmd::Models { cmd: ModelsCmd::Fetch { names, all } } => {
             let names = if all {
                 models::all_names()
             } else if names.is_empty() {
@@ -159,31 +145,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for n in names {
                 eprintln!("fetching {n} …");
                 let m = models::fetch(&cfg, &n)?;
-                println!(
-                    "{:<24} {:>9.1} MB  {}",
-                    m.name,
-                    m.total_bytes() as f64 / 1e6,
-                    m.source
-                );
+                println!("{:<24} {:>9.1} MB  {}", m.name, m.total_bytes() as f64 / 1e6, m.source);
             }
         }
-        Cmd::Models {
-            cmd: ModelsCmd::List { all },
-        } => models::print_list(&cfg, all)?,
-        Cmd::Ingest {
-            paths,
-            groups,
-            prune,
-            json,
-        } => {
+        Cmd::Models { cmd: ModelsCmd::List { all } } => models::print_list(&cfg, all)?,
+        Cmd::Ingest { paths, groups, prune, json } => {
             let embedder = kotae::load_embedder(&cfg)?;
             let mut index = kotae::open_index(&cfg, Some(embedder.dim()))?;
-            let opts = ingest::IngestOptions {
-                paths,
-                groups,
-                prune,
-                quiet: json,
-            };
+            let opts = ingest::IngestOptions { paths, groups, prune, quiet: json };
             let s = ingest::run_ingest(&cfg, &mut index, &embedder, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -191,47 +160,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ingest::print_summary(&s);
             }
         }
-        Cmd::Search {
-            query,
-            top_k,
-            mode,
-            groups,
-            lang,
-            json,
-        } => {
+        Cmd::Search { query, top_k, mode, groups, lang, json } => {
             let mode_used = mode.unwrap_or(cfg.search.mode);
             let embedder = match mode_used {
                 SearchMode::Bm25 => None,
                 _ => Some(kotae::load_embedder(&cfg)?),
             };
             let index = kotae::open_index(&cfg, embedder.as_ref().map(|e| e.dim()))?;
-            let o = search::SearchOptions {
-                query,
-                top_k,
-                mode,
-                groups,
-                lang,
-            };
-            let out = search::run_search(
-                &cfg,
-                &index,
-                embedder.as_ref().map(|e| e as &dyn Embedder),
-                &o,
-            )?;
+            let o = search::SearchOptions { query, top_k, mode, groups, lang };
+            let out = search::run_search(&cfg, &index, embedder.as_ref().map(|e| e as &dyn Embedder), &o)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 search::print_hits(&out);
             }
         }
-        Cmd::Eval {
-            cmd:
-                EvalCmd::Retrieval {
-                    golden,
-                    thresholds,
-                    json,
-                },
-        } => {
+        Cmd::Eval { cmd: EvalCmd::Retrieval { golden, thresholds, json } } => {
             let embedder = kotae::load_embedder(&cfg)?;
             let index = kotae::open_index(&cfg, Some(embedder.dim()))?;
             let golden = eval::load_golden(&golden)?;
@@ -246,10 +190,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eval::print_report(&r);
             }
             if !r.failures.is_empty() {
-                eprintln!(
-                    "retrieval evaluation FAILED: {} threshold(s) missed",
-                    r.failures.len()
-                );
+                eprintln!("retrieval evaluation FAILED: {} threshold(s) missed", r.failures.len());
                 return Ok(ExitCode::from(1));
             }
         }

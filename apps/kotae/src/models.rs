@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use kotae_models::registry::{
-    self, FetchOptions, InstalledFile, InstalledModel, ModelKind, RECORD,
-};
+use kotae_models::registry::{self, FetchOptions, InstalledFile, InstalledModel, ModelKind, RECORD};
 
 use crate::config::Config;
 
@@ -26,11 +24,7 @@ pub fn fetch(cfg: &Config, name: &str) -> Result<InstalledModel> {
     if name == IPADIC {
         return fetch_ipadic(cfg);
     }
-    Ok(registry::fetch(
-        &cfg.models_dir(),
-        name,
-        &fetch_options(cfg),
-    )?)
+    Ok(registry::fetch(&cfg.models_dir(), name, &fetch_options(cfg))?)
 }
 
 /// What `kotae models fetch` installs without a name: the embedder and the dictionary.
@@ -39,11 +33,7 @@ pub fn default_set(cfg: &Config) -> Vec<String> {
 }
 
 pub fn all_names() -> Vec<String> {
-    registry::CATALOG
-        .iter()
-        .map(|m| m.name.to_string())
-        .chain([IPADIC.to_string()])
-        .collect()
+    registry::CATALOG.iter().map(|m| m.name.to_string()).chain([IPADIC.to_string()]).collect()
 }
 
 fn ipadic_source(cfg: &Config) -> Result<(PathBuf, String)> {
@@ -62,25 +52,14 @@ fn ipadic_source(cfg: &Config) -> Result<(PathBuf, String)> {
             .output()
             .context("cannot run apt-get: install Debian's mecab-ipadic package, or point /usr/share/mecab/dic/ipadic at its files")?;
         if !out.status.success() {
-            bail!(
-                "apt-get download mecab-ipadic failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("apt-get download mecab-ipadic failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         let deb = std::fs::read_dir(&cache)?
             .flatten()
             .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("mecab-ipadic_"))
-            })
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mecab-ipadic_")))
             .context("apt-get reported success but wrote no mecab-ipadic .deb")?;
-        let st = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(&unpacked)
-            .status()
-            .context("cannot run dpkg-deb")?;
+        let st = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked).status().context("cannot run dpkg-deb")?;
         if !st.success() {
             bail!("dpkg-deb -x {} failed", deb.display());
         }
@@ -112,9 +91,7 @@ fn fetch_ipadic(cfg: &Config) -> Result<InstalledModel> {
             bytes: std::fs::metadata(&out)?.len(),
             sha256: registry::sha256_file(&out)?,
         }],
-        installed_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs(),
+        installed_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
     };
     std::fs::write(dir.join(RECORD), serde_json::to_vec_pretty(&record)?)?;
     Ok(record)
@@ -123,10 +100,7 @@ fn fetch_ipadic(cfg: &Config) -> Result<InstalledModel> {
 pub fn print_list(cfg: &Config, all: bool) -> Result<()> {
     let installed = registry::list_installed(&cfg.models_dir())?;
     if installed.is_empty() {
-        println!(
-            "no models installed in {} (run `kotae models fetch`)",
-            cfg.models_dir().display()
-        );
+        println!("no models installed in {} (run `kotae models fetch`)", cfg.models_dir().display());
     }
     for m in &installed {
         println!(
@@ -143,11 +117,7 @@ pub fn print_list(cfg: &Config, all: bool) -> Result<()> {
     if all {
         println!("\ncatalog:");
         for s in registry::CATALOG {
-            let mark = if installed.iter().any(|m| m.name == s.name) {
-                "installed"
-            } else {
-                "-"
-            };
+            let mark = if installed.iter().any(|m| m.name == s.name) { "installed" } else { "-" };
             println!(
                 "  {:<24} {:<10} {:<10} {} [{}]",
                 s.name,

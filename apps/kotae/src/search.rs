@@ -32,18 +32,13 @@ pub fn run_search(
     o: &SearchOptions,
 ) -> Result<SearchOutput> {
     let text = kotae_ingest::clean::normalize(o.query.trim());
-    anyhow::ensure!(
-        !text.is_empty(),
-        "the query is empty: give some words to search for"
-    );
+    anyhow::ensure!(!text.is_empty(), "the query is empty: give some words to search for");
     let mode = o.mode.unwrap_or(cfg.search.mode);
     let t0 = std::time::Instant::now();
     let vector = match (mode, embedder) {
         (SearchMode::Bm25, _) => None,
         (_, Some(e)) => e.embed(&[text.as_str()], InputKind::Query)?.vectors.pop(),
-        (_, None) => anyhow::bail!(
-            "{mode:?} search needs the embedder; install it with `kotae models fetch`"
-        ),
+        (_, None) => anyhow::bail!("{mode:?} search needs the embedder; install it with `kotae models fetch`"),
     };
     let embed_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = std::time::Instant::now();
@@ -57,13 +52,7 @@ pub fn run_search(
         fusion: cfg.search.fusion,
     };
     let hits = index.search(&req)?;
-    Ok(SearchOutput {
-        query: o.query.clone(),
-        mode,
-        hits,
-        embed_ms,
-        search_ms: t1.elapsed().as_secs_f64() * 1e3,
-    })
+    Ok(SearchOutput { query: o.query.clone(), mode, hits, embed_ms, search_ms: t1.elapsed().as_secs_f64() * 1e3 })
 }
 
 pub fn print_hits(out: &SearchOutput) {
@@ -72,15 +61,7 @@ pub fn print_hits(out: &SearchOutput) {
         return;
     }
     for h in &out.hits {
-        let snippet: String = h
-            .text
-            .chars()
-            .take(160)
-            .collect::<String>()
-            .replace('\n', " ");
-        println!(
-            "{}. [{:.3}] {} — {} ({})\n   {}",
-            h.rank, h.score, h.source, h.section, h.lang, snippet
-        );
+        let snippet: String = h.text.chars().take(160).collect::<String>().replace('\n', " ");
+        println!("{}. [{:.3}] {} — {} ({})\n   {}", h.rank, h.score, h.source, h.section, h.lang, snippet);
     }
 }

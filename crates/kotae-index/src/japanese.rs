@@ -49,8 +49,7 @@ pub fn compile_ipadic(src_dir: &Path, out: &Path) -> Result<()> {
     .map_err(|e| Error::Dictionary(format!("building the IPADIC dictionary failed: {e}")))?;
     let tmp = out.with_extension("tmp");
     let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    dict.write(std::io::BufWriter::new(f))
-        .map_err(|e| Error::Dictionary(e.to_string()))?;
+    dict.write(std::io::BufWriter::new(f)).map_err(|e| Error::Dictionary(e.to_string()))?;
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
     Ok(())
 }
@@ -67,18 +66,10 @@ impl JapaneseTokenizer {
     pub fn load(dic: &Path) -> Result<Self> {
         let f = std::fs::File::open(dic).map_err(|e| Error::io(dic, e))?;
         let dict = Dictionary::read(BufReader::new(f) as BufReader<_>).map_err(|e| {
-            Error::Dictionary(format!(
-                "{} is not a valid dictionary ({e}); delete it to rebuild",
-                dic.display()
-            ))
+            Error::Dictionary(format!("{} is not a valid dictionary ({e}); delete it to rebuild", dic.display()))
         })?;
-        let tok = vibrato::Tokenizer::new(dict)
-            .ignore_space(true)
-            .map_err(|e| Error::Dictionary(e.to_string()))?;
-        Ok(Self {
-            inner: Arc::new(tok),
-            tokens: Vec::new(),
-        })
+        let tok = vibrato::Tokenizer::new(dict).ignore_space(true).map_err(|e| Error::Dictionary(e.to_string()))?;
+        Ok(Self { inner: Arc::new(tok), tokens: Vec::new() })
     }
 
     /// The terms this tokenizer produces for `text` (for tests and debugging).
@@ -115,10 +106,7 @@ impl Tokenizer for JapaneseTokenizer {
             if surface.chars().all(|c| !c.is_alphanumeric()) {
                 continue;
             }
-            let base = feature
-                .split(',')
-                .nth(6)
-                .filter(|b| *b != "*" && !b.is_empty());
+            let base = feature.split(',').nth(6).filter(|b| *b != "*" && !b.is_empty());
             let term = match (pos, base) {
                 ("動詞" | "形容詞", Some(b)) => b.to_string(),
                 _ => surface.to_lowercase(),
@@ -133,10 +121,7 @@ impl Tokenizer for JapaneseTokenizer {
             });
             position += 1;
         }
-        VecTokenStream {
-            tokens: &mut self.tokens,
-            idx: None,
-        }
+        VecTokenStream { tokens: &mut self.tokens, idx: None }
     }
 }
 

@@ -5,16 +5,12 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use tantivy::collector::{DocSetCollector, TopDocs};
-use tantivy::query::{
-    BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery, TermSetQuery,
-};
+use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery, TermSetQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED,
-    STRING,
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING,
 };
 use tantivy::tokenizer::{
-    Language, LowerCaser, NgramTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer,
-    StopWordFilter, TextAnalyzer,
+    Language, LowerCaser, NgramTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
 };
 use tantivy::{DocAddress, Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
 
@@ -50,9 +46,7 @@ fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let text_opts = |analyzer: &str| {
         TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(analyzer)
-                .set_index_option(IndexRecordOption::WithFreqs),
+            TextFieldIndexing::default().set_tokenizer(analyzer).set_index_option(IndexRecordOption::WithFreqs),
         )
     };
     let f = Fields {
@@ -105,9 +99,7 @@ fn register_analyzers(index: &Index, ja: &JaAnalyzer) -> Result<()> {
     index.tokenizers().register("kotae_en", en);
     let ja_an = match ja {
         JaAnalyzer::Morphological(t) => TextAnalyzer::builder(t.clone()).build(),
-        JaAnalyzer::Bigram => TextAnalyzer::builder(NgramTokenizer::new(2, 2, false)?)
-            .filter(LowerCaser)
-            .build(),
+        JaAnalyzer::Bigram => TextAnalyzer::builder(NgramTokenizer::new(2, 2, false)?).filter(LowerCaser).build(),
     };
     index.tokenizers().register("kotae_ja", ja_an);
     Ok(())
@@ -123,16 +115,10 @@ impl Lexical {
     pub fn open(dir: &Path, ja: &JaAnalyzer) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let (schema, f) = schema();
-        let index = if dir.join("meta.json").exists() {
-            Index::open_in_dir(dir)?
-        } else {
-            Index::create_in_dir(dir, schema)?
-        };
+        let index =
+            if dir.join("meta.json").exists() { Index::open_in_dir(dir)? } else { Index::create_in_dir(dir, schema)? };
         register_analyzers(&index, ja)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         Ok(Self { index, reader, f })
     }
 
@@ -159,11 +145,7 @@ impl Lexical {
         let section = c.section.join(" > ");
         d.add_text(f.section, &section);
         d.add_text(f.text, &c.text);
-        let (title, body) = if c.lang == "ja" {
-            (f.title_ja, f.body_ja)
-        } else {
-            (f.title_en, f.body_en)
-        };
+        let (title, body) = if c.lang == "ja" { (f.title_ja, f.body_ja) } else { (f.title_en, f.body_en) };
         d.add_text(title, &section);
         d.add_text(body, &c.text);
         d.add_u64(f.span_start, c.span.0);
@@ -178,12 +160,7 @@ impl Lexical {
 
     pub fn from_doc(&self, d: &TantivyDocument) -> IndexedChunk {
         let f = &self.f;
-        let s = |field: Field| {
-            d.get_first(field)
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_string()
-        };
+        let s = |field: Field| d.get_first(field).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let u = |field: Field| d.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
         IndexedChunk {
             id: ChunkId::parse(&s(f.chunk_id)).unwrap_or(ChunkId(0)),
@@ -195,29 +172,16 @@ impl Lexical {
             lang: s(f.lang),
             ordinal: u(f.ordinal) as u32,
             doc_version: s(f.doc_version),
-            groups: d
-                .get_all(f.groups)
-                .filter_map(|v| v.as_str())
-                .map(str::to_string)
-                .collect(),
+            groups: d.get_all(f.groups).filter_map(|v| v.as_str()).map(str::to_string).collect(),
             timestamp: d.get_first(f.timestamp).and_then(|v| v.as_i64()),
-            ingested_unix: d
-                .get_first(f.ingested)
-                .and_then(|v| v.as_i64())
-                .unwrap_or(0),
+            ingested_unix: d.get_first(f.ingested).and_then(|v| v.as_i64()).unwrap_or(0),
             text_hash: s(f.text_hash),
         }
     }
 
     fn group_filter(&self, groups: &[String]) -> Box<dyn Query> {
-        let terms: Vec<Term> = groups
-            .iter()
-            .map(|g| Term::from_field_text(self.f.groups, g))
-            .collect();
-        Box::new(ConstScoreQuery::new(
-            Box::new(TermSetQuery::new(terms)),
-            0.0,
-        ))
+        let terms: Vec<Term> = groups.iter().map(|g| Term::from_field_text(self.f.groups, g)).collect();
+        Box::new(ConstScoreQuery::new(Box::new(TermSetQuery::new(terms)), 0.0))
     }
 
     /// Terms of `text` under `field`'s analyzer.
@@ -246,41 +210,27 @@ impl Lexical {
     ) -> Result<Vec<(IndexedChunk, f32)>> {
         let f = &self.f;
         let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for (field, boost) in [
-            (f.title_en, TITLE_BOOST),
-            (f.body_en, 1.0),
-            (f.title_ja, TITLE_BOOST),
-            (f.body_ja, 1.0),
-        ] {
+        for (field, boost) in [(f.title_en, TITLE_BOOST), (f.body_en, 1.0), (f.title_ja, TITLE_BOOST), (f.body_ja, 1.0)]
+        {
             for term in self.analyze(field, text)? {
-                let q = TermQuery::new(
-                    Term::from_field_text(field, &term),
-                    IndexRecordOption::WithFreqs,
-                );
+                let q = TermQuery::new(Term::from_field_text(field, &term), IndexRecordOption::WithFreqs);
                 should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
             }
         }
         if should.is_empty() {
             return Ok(Vec::new());
         }
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
-            (Occur::Must, Box::new(BooleanQuery::new(should))),
-            (Occur::Must, self.group_filter(groups)),
-        ];
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> =
+            vec![(Occur::Must, Box::new(BooleanQuery::new(should))), (Occur::Must, self.group_filter(groups))];
         if let Some(l) = lang {
             let q = TermQuery::new(Term::from_field_text(f.lang, l), IndexRecordOption::Basic);
-            clauses.push((
-                Occur::Must,
-                Box::new(ConstScoreQuery::new(Box::new(q), 0.0)),
-            ));
+            clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(Box::new(q), 0.0))));
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
         let top = searcher.search(&query, &TopDocs::with_limit(k).order_by_score())?;
         top.into_iter()
-            .map(|(score, addr): (f32, DocAddress)| {
-                Ok((self.from_doc(&searcher.doc(addr)?), score))
-            })
+            .map(|(score, addr): (f32, DocAddress)| Ok((self.from_doc(&searcher.doc(addr)?), score)))
             .collect()
     }
 
@@ -290,40 +240,25 @@ impl Lexical {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let terms: Vec<Term> = ids
-            .iter()
-            .map(|id| Term::from_field_text(self.f.chunk_id, &id.to_string()))
-            .collect();
+        let terms: Vec<Term> = ids.iter().map(|id| Term::from_field_text(self.f.chunk_id, &id.to_string())).collect();
         let query = BooleanQuery::new(vec![
-            (
-                Occur::Must,
-                Box::new(TermSetQuery::new(terms)) as Box<dyn Query>,
-            ),
+            (Occur::Must, Box::new(TermSetQuery::new(terms)) as Box<dyn Query>),
             (Occur::Must, self.group_filter(groups)),
         ]);
         let searcher = self.reader.searcher();
         let docs = searcher.search(&query, &DocSetCollector)?;
-        docs.into_iter()
-            .map(|a| Ok(self.from_doc(&searcher.doc(a)?)))
-            .collect()
+        docs.into_iter().map(|a| Ok(self.from_doc(&searcher.doc(a)?))).collect()
     }
 
     /// Ids of all chunks of one source.
     pub fn ids_of_source(&self, source: &str) -> Result<Vec<ChunkId>> {
         let searcher = self.reader.searcher();
-        let q = TermQuery::new(
-            Term::from_field_text(self.f.source, source),
-            IndexRecordOption::Basic,
-        );
+        let q = TermQuery::new(Term::from_field_text(self.f.source, source), IndexRecordOption::Basic);
         let docs = searcher.search(&q, &DocSetCollector)?;
         let mut ids = Vec::with_capacity(docs.len());
         for a in docs {
             let d: TantivyDocument = searcher.doc(a)?;
-            if let Some(id) = d
-                .get_first(self.f.chunk_id)
-                .and_then(|v| v.as_str())
-                .and_then(ChunkId::parse)
-            {
+            if let Some(id) = d.get_first(self.f.chunk_id).and_then(|v| v.as_str()).and_then(ChunkId::parse) {
                 ids.push(id);
             }
         }
@@ -332,15 +267,8 @@ impl Lexical {
 
     /// Whether some committed chunk has this normalized-text hash.
     pub fn has_text_hash(&self, hash: &str) -> Result<bool> {
-        let q = TermQuery::new(
-            Term::from_field_text(self.f.text_hash, hash),
-            IndexRecordOption::Basic,
-        );
-        Ok(self
-            .reader
-            .searcher()
-            .search(&q, &tantivy::collector::Count)?
-            > 0)
+        let q = TermQuery::new(Term::from_field_text(self.f.text_hash, hash), IndexRecordOption::Basic);
+        Ok(self.reader.searcher().search(&q, &tantivy::collector::Count)? > 0)
     }
 
     pub fn num_docs(&self) -> u64 {

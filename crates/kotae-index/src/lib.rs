@@ -31,10 +31,7 @@ pub const PUBLIC_GROUP: &str = "public";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("I/O error on {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("lexical index: {0}")]
     Tantivy(#[from] tantivy::TantivyError),
     #[error("vector store: {0}")]
@@ -52,10 +49,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().display().to_string(),
-            source,
-        }
+        Error::Io { path: path.as_ref().display().to_string(), source }
     }
 }
 
@@ -178,11 +172,7 @@ pub struct Manifest {
 
 /// Access groups a user may read: theirs plus `public`, deduplicated.
 pub fn visible_groups(groups: &[String]) -> Vec<String> {
-    let mut g: Vec<String> = groups
-        .iter()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let mut g: Vec<String> = groups.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     g.push(PUBLIC_GROUP.to_string());
     g.sort();
     g.dedup();

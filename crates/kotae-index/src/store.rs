@@ -10,8 +10,7 @@ use crate::japanese::JapaneseTokenizer;
 use crate::lexical::{JaAnalyzer, Lexical};
 use crate::vector::{EdgeStore, HnswSettings, VectorFilter, VectorPoint, VectorStore};
 use crate::{
-    visible_groups, ChunkId, Error, FileEntry, Hit, IndexedChunk, Manifest, Result, SearchMode,
-    SearchRequest,
+    visible_groups, ChunkId, Error, FileEntry, Hit, IndexedChunk, Manifest, Result, SearchMode, SearchRequest,
 };
 
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -44,9 +43,7 @@ impl KnowledgeIndex {
         let stored: Option<Manifest> = if existing {
             let idx = tantivy::Index::open_in_dir(&lex_dir)?;
             match idx.load_metas()?.payload {
-                Some(p) => {
-                    Some(serde_json::from_str(&p).map_err(|e| Error::Manifest(e.to_string()))?)
-                }
+                Some(p) => Some(serde_json::from_str(&p).map_err(|e| Error::Manifest(e.to_string()))?),
                 None => None,
             }
         } else {
@@ -67,7 +64,9 @@ impl KnowledgeIndex {
             JaAnalyzer::Morphological(JapaneseTokenizer::load(path)?)
         } else {
             if stored.is_none() {
-                tracing::warn!("Japanese dictionary not installed: using character bigrams (run `kotae models fetch ipadic`)");
+                tracing::warn!(
+                    "Japanese dictionary not installed: using character bigrams (run `kotae models fetch ipadic`)"
+                );
             }
             JaAnalyzer::Bigram
         };
@@ -103,11 +102,7 @@ impl KnowledgeIndex {
             )));
         }
         let vectors = Box::new(EdgeStore::open(&cfg.dir.join("vectors"), dim, cfg.hnsw)?);
-        Ok(Self {
-            lexical,
-            vectors,
-            manifest,
-        })
+        Ok(Self { lexical, vectors, manifest })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -129,21 +124,18 @@ impl KnowledgeIndex {
     /// Start writing. Only one session may be open at a time (tantivy's lock enforces it
     /// across processes too).
     pub fn write(&mut self) -> Result<WriteSession<'_>> {
-        let writer: IndexWriter<TantivyDocument> = self.lexical.index.writer_with_num_threads(1, 64 << 20).map_err(|e| {
-            if matches!(e, tantivy::TantivyError::LockFailure(..)) {
-                Error::Incompatible("another `kotae ingest` is writing this knowledge base; wait for it to finish".into())
-            } else {
-                e.into()
-            }
-        })?;
+        let writer: IndexWriter<TantivyDocument> =
+            self.lexical.index.writer_with_num_threads(1, 64 << 20).map_err(|e| {
+                if matches!(e, tantivy::TantivyError::LockFailure(..)) {
+                    Error::Incompatible(
+                        "another `kotae ingest` is writing this knowledge base; wait for it to finish".into(),
+                    )
+                } else {
+                    e.into()
+                }
+            })?;
         let manifest = self.manifest.clone();
-        Ok(WriteSession {
-            index: self,
-            writer,
-            manifest,
-            stale: Vec::new(),
-            dirty: false,
-        })
+        Ok(WriteSession { index: self, writer, manifest, stale: Vec::new(), dirty: false })
     }
 
     /// Chunks of the committed index in `ids`, visible to `groups`.
@@ -157,37 +149,25 @@ impl KnowledgeIndex {
         let mut chunks: HashMap<ChunkId, IndexedChunk> = HashMap::new();
         let mut bm25 = Vec::new();
         if req.mode != SearchMode::Dense {
-            for (c, s) in self
-                .lexical
-                .search(&req.text, depth, &groups, req.lang.as_deref())?
-            {
+            for (c, s) in self.lexical.search(&req.text, depth, &groups, req.lang.as_deref())? {
                 bm25.push((c.id, s));
                 chunks.insert(c.id, c);
             }
         }
         let mut dense = Vec::new();
         if req.mode != SearchMode::Bm25 {
-            let v = req.vector.as_ref().ok_or_else(|| {
-                Error::Query("dense and hybrid search need the query's embedding".into())
-            })?;
-            let filter = VectorFilter {
-                groups: groups.clone(),
-                lang: req.lang.clone(),
-            };
+            let v = req
+                .vector
+                .as_ref()
+                .ok_or_else(|| Error::Query("dense and hybrid search need the query's embedding".into()))?;
+            let filter = VectorFilter { groups: groups.clone(), lang: req.lang.clone() };
             let found = self.vectors.search(v, depth, &filter)?;
-            let missing: Vec<ChunkId> = found
-                .iter()
-                .map(|x| x.0)
-                .filter(|id| !chunks.contains_key(id))
-                .collect();
+            let missing: Vec<ChunkId> = found.iter().map(|x| x.0).filter(|id| !chunks.contains_key(id)).collect();
             for c in self.lexical.get_many(&missing, &groups)? {
                 chunks.insert(c.id, c);
             }
             // Points not in the committed lexical index (an interrupted ingest) are ignored.
-            dense = found
-                .into_iter()
-                .filter(|(id, _)| chunks.contains_key(id))
-                .collect();
+            dense = found.into_iter().filter(|(id, _)| chunks.contains_key(id)).collect();
         }
         let ranked = match req.mode {
             SearchMode::Bm25 => bm25,
@@ -225,16 +205,11 @@ impl KnowledgeIndex {
         let mut out = HashSet::new();
         let searcher = self.lexical.reader.searcher();
         for seg in searcher.segment_readers() {
-            let store = seg
-                .get_store_reader(64)
-                .map_err(|e| Error::io("lexical store", e))?;
+            let store = seg.get_store_reader(64).map_err(|e| Error::io("lexical store", e))?;
             for doc in store.iter::<TantivyDocument>(seg.alive_bitset()) {
                 let d = doc?;
                 use tantivy::schema::Value;
-                if let Some(id) = d
-                    .get_first(self.lexical.f.chunk_id)
-                    .and_then(|v| v.as_str())
-                    .and_then(ChunkId::parse)
+                if let Some(id) = d.get_first(self.lexical.f.chunk_id).and_then(|v| v.as_str()).and_then(ChunkId::parse)
                 {
                     out.insert(id);
                 }
@@ -247,12 +222,7 @@ impl KnowledgeIndex {
     /// ingest). Returns how many went.
     pub fn sweep_orphans(&self) -> Result<usize> {
         let live = self.all_lexical_ids()?;
-        let orphans: Vec<ChunkId> = self
-            .vectors
-            .all_ids()?
-            .into_iter()
-            .filter(|id| !live.contains(id))
-            .collect();
+        let orphans: Vec<ChunkId> = self.vectors.all_ids()?.into_iter().filter(|id| !live.contains(id)).collect();
         self.vectors.delete(&orphans)?;
         self.vectors.flush()?;
         Ok(orphans.len())
@@ -284,22 +254,10 @@ impl WriteSession<'_> {
     }
 
     /// Replace every chunk of `source` with `chunks` (their vectors must already be stored).
-    pub fn replace_source(
-        &mut self,
-        source: &str,
-        entry: FileEntry,
-        chunks: &[IndexedChunk],
-    ) -> Result<()> {
+    pub fn replace_source(&mut self, source: &str, entry: FileEntry, chunks: &[IndexedChunk]) -> Result<()> {
         let new: HashSet<ChunkId> = chunks.iter().map(|c| c.id).collect();
-        self.stale.extend(
-            self.index
-                .lexical
-                .ids_of_source(source)?
-                .into_iter()
-                .filter(|id| !new.contains(id)),
-        );
-        self.writer
-            .delete_term(Term::from_field_text(self.index.lexical.f.source, source));
+        self.stale.extend(self.index.lexical.ids_of_source(source)?.into_iter().filter(|id| !new.contains(id)));
+        self.writer.delete_term(Term::from_field_text(self.index.lexical.f.source, source));
         for c in chunks {
             self.writer.add_document(self.index.lexical.to_doc(c))?;
         }
@@ -310,8 +268,7 @@ impl WriteSession<'_> {
 
     pub fn remove_source(&mut self, source: &str) -> Result<()> {
         self.stale.extend(self.index.lexical.ids_of_source(source)?);
-        self.writer
-            .delete_term(Term::from_field_text(self.index.lexical.f.source, source));
+        self.writer.delete_term(Term::from_field_text(self.index.lexical.f.source, source));
         self.manifest.files.remove(source);
         self.dirty = true;
         Ok(())
@@ -323,8 +280,7 @@ impl WriteSession<'_> {
             return Ok(());
         }
         self.index.vectors.flush()?;
-        let payload =
-            serde_json::to_string(&self.manifest).map_err(|e| Error::Manifest(e.to_string()))?;
+        let payload = serde_json::to_string(&self.manifest).map_err(|e| Error::Manifest(e.to_string()))?;
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;

@@ -5,11 +5,11 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use qdrant_edge::{
-    Condition, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder,
-    FieldCondition, FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, Match, NamedQuery,
-    PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
-    PointStruct, PointStructPersisted, QueryEnum, QueryRequest, ScoringQuery, ScrollRequest,
-    SearchParams, UpdateOperation, VectorInternal, Vectors, WithPayloadInterface, WithVector,
+    Condition, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition,
+    FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, Match, NamedQuery, PayloadFieldSchema, PayloadSchemaType,
+    PointId, PointInsertOperations, PointOperations, PointStruct, PointStructPersisted, QueryEnum, QueryRequest,
+    ScoringQuery, ScrollRequest, SearchParams, UpdateOperation, VectorInternal, Vectors, WithPayloadInterface,
+    WithVector,
 };
 
 use crate::{ChunkId, Error, Result};
@@ -45,19 +45,9 @@ pub trait VectorStore: Send + Sync {
     /// All stored ids.
     fn all_ids(&self) -> Result<Vec<ChunkId>>;
     /// Top `k` by cosine similarity among points passing `filter`, best first.
-    fn search(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: &VectorFilter,
-    ) -> Result<Vec<(ChunkId, f32)>>;
+    fn search(&self, vector: &[f32], k: usize, filter: &VectorFilter) -> Result<Vec<(ChunkId, f32)>>;
     /// `search` without the approximate index: the ground truth for recall measurements.
-    fn search_exact(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: &VectorFilter,
-    ) -> Result<Vec<(ChunkId, f32)>>;
+    fn search_exact(&self, vector: &[f32], k: usize, filter: &VectorFilter) -> Result<Vec<(ChunkId, f32)>>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<()>;
     /// Build or refresh the approximate index after bulk writes.
@@ -76,11 +66,7 @@ pub struct HnswSettings {
 
 impl Default for HnswSettings {
     fn default() -> Self {
-        Self {
-            m: 16,
-            ef_construct: 200,
-            ef_search: 256,
-        }
+        Self { m: 16, ef_construct: 200, ef_search: 256 }
     }
 }
 
@@ -103,27 +89,13 @@ fn verr(e: impl std::fmt::Display) -> Error {
 impl EdgeStore {
     pub fn open(dir: &Path, dim: usize, hnsw: HnswSettings) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let hnsw_cfg = HnswIndexConfig {
-            m: hnsw.m,
-            ef_construct: hnsw.ef_construct,
-            ..Default::default()
-        };
+        let hnsw_cfg = HnswIndexConfig { m: hnsw.m, ef_construct: hnsw.ef_construct, ..Default::default() };
         let config = EdgeConfigBuilder::new()
-            .vector(
-                VECTOR_NAME,
-                EdgeVectorParamsBuilder::new(dim, Distance::Cosine)
-                    .hnsw_config(hnsw_cfg)
-                    .build(),
-            )
+            .vector(VECTOR_NAME, EdgeVectorParamsBuilder::new(dim, Distance::Cosine).hnsw_config(hnsw_cfg).build())
             .hnsw_config(hnsw_cfg)
             .build();
         let fresh = !dir.join("edge_config.json").exists();
-        let shard = if fresh {
-            EdgeShard::new(dir, config)
-        } else {
-            EdgeShard::load(dir, None)
-        }
-        .map_err(verr)?;
+        let shard = if fresh { EdgeShard::new(dir, config) } else { EdgeShard::load(dir, None) }.map_err(verr)?;
         let stored_dim = shard.config().vectors.get(VECTOR_NAME).map(|v| v.size);
         if stored_dim != Some(dim) {
             return Err(Error::Incompatible(format!(
@@ -135,14 +107,10 @@ impl EdgeStore {
         let store = Self { shard, dim, hnsw };
         if fresh {
             for field in ["groups", "lang", "source"] {
-                store.update(UpdateOperation::FieldIndexOperation(
-                    FieldIndexOperations::CreateIndex(CreateIndex {
-                        field_name: key(field),
-                        field_schema: Some(PayloadFieldSchema::FieldType(
-                            PayloadSchemaType::Keyword,
-                        )),
-                    }),
-                ))?;
+                store.update(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(CreateIndex {
+                    field_name: key(field),
+                    field_schema: Some(PayloadFieldSchema::FieldType(PayloadSchemaType::Keyword)),
+                })))?;
             }
         }
         Ok(store)
@@ -155,36 +123,17 @@ impl EdgeStore {
     fn filter(f: &VectorFilter) -> Option<Filter> {
         let mut must = Vec::new();
         if !f.groups.is_empty() {
-            must.push(Condition::Field(FieldCondition::new_match(
-                key("groups"),
-                Match::from(f.groups.clone()),
-            )));
+            must.push(Condition::Field(FieldCondition::new_match(key("groups"), Match::from(f.groups.clone()))));
         }
         if let Some(l) = &f.lang {
-            must.push(Condition::Field(FieldCondition::new_match(
-                key("lang"),
-                Match::from(l.clone()),
-            )));
+            must.push(Condition::Field(FieldCondition::new_match(key("lang"), Match::from(l.clone()))));
         }
-        (!must.is_empty()).then(|| Filter {
-            must: Some(must),
-            ..Default::default()
-        })
+        (!must.is_empty()).then(|| Filter { must: Some(must), ..Default::default() })
     }
 
-    fn query(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: &VectorFilter,
-        exact: bool,
-    ) -> Result<Vec<(ChunkId, f32)>> {
+    fn query(&self, vector: &[f32], k: usize, filter: &VectorFilter, exact: bool) -> Result<Vec<(ChunkId, f32)>> {
         if vector.len() != self.dim {
-            return Err(Error::Query(format!(
-                "query vector has {} dimensions, expected {}",
-                vector.len(),
-                self.dim
-            )));
+            return Err(Error::Query(format!("query vector has {} dimensions, expected {}", vector.len(), self.dim)));
         }
         let req = QueryRequest {
             prefetches: vec![],
@@ -196,11 +145,7 @@ impl EdgeStore {
             score_threshold: None,
             limit: k,
             offset: 0,
-            params: Some(SearchParams {
-                hnsw_ef: Some(self.hnsw.ef_search.max(k)),
-                exact,
-                ..Default::default()
-            }),
+            params: Some(SearchParams { hnsw_ef: Some(self.hnsw.ef_search.max(k)), exact, ..Default::default() }),
             with_vector: WithVector::Bool(false),
             with_payload: WithPayloadInterface::Bool(false),
         };
@@ -229,35 +174,25 @@ impl VectorStore for EdgeStore {
         let list: Vec<PointStructPersisted> = points
             .iter()
             .map(|p| {
-                let payload =
-                    serde_json::json!({ "groups": p.groups, "lang": p.lang, "source": p.source });
-                PointStruct::new(
-                    PointId::NumId(p.id.0),
-                    Vectors::new_named([(VECTOR_NAME, p.vector.clone())]),
-                    payload,
-                )
-                .into()
+                let payload = serde_json::json!({ "groups": p.groups, "lang": p.lang, "source": p.source });
+                PointStruct::new(PointId::NumId(p.id.0), Vectors::new_named([(VECTOR_NAME, p.vector.clone())]), payload)
+                    .into()
             })
             .collect();
-        self.update(UpdateOperation::PointOperation(
-            PointOperations::UpsertPoints(PointInsertOperations::PointsList(list)),
-        ))
+        self.update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(PointInsertOperations::PointsList(
+            list,
+        ))))
     }
     fn delete(&self, ids: &[ChunkId]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
         let ids = ids.iter().map(|i| PointId::NumId(i.0)).collect();
-        self.update(UpdateOperation::PointOperation(
-            PointOperations::DeletePoints { ids },
-        ))
+        self.update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids }))
     }
     fn existing(&self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>> {
         let pids: Vec<PointId> = ids.iter().map(|i| PointId::NumId(i.0)).collect();
-        let recs = self
-            .shard
-            .retrieve(&pids, Some(WithPayloadInterface::Bool(false)), None)
-            .map_err(verr)?;
+        let recs = self.shard.retrieve(&pids, Some(WithPayloadInterface::Bool(false)), None).map_err(verr)?;
         Ok(recs
             .into_iter()
             .filter_map(|r| match r.id {
@@ -290,20 +225,10 @@ impl VectorStore for EdgeStore {
         }
         Ok(out)
     }
-    fn search(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: &VectorFilter,
-    ) -> Result<Vec<(ChunkId, f32)>> {
+    fn search(&self, vector: &[f32], k: usize, filter: &VectorFilter) -> Result<Vec<(ChunkId, f32)>> {
         self.query(vector, k, filter, false)
     }
-    fn search_exact(
-        &self,
-        vector: &[f32],
-        k: usize,
-        filter: &VectorFilter,
-    ) -> Result<Vec<(ChunkId, f32)>> {
+    fn search_exact(&self, vector: &[f32], k: usize, filter: &VectorFilter) -> Result<Vec<(ChunkId, f32)>> {
         self.query(vector, k, filter, true)
     }
     fn flush(&self) -> Result<()> {

@@ -45,13 +45,7 @@ fn sentence_ends(s: &str) -> Vec<usize> {
 
 /// Cut `s[a..b]` (one overlong sentence) into the longest prefixes that fit `max` tokens, found by
 /// binary search over character boundaries; a single character over budget stands alone.
-fn split_chars(
-    s: &str,
-    a: usize,
-    b: usize,
-    max: usize,
-    count: &dyn Fn(&str) -> usize,
-) -> Vec<Range<usize>> {
+fn split_chars(s: &str, a: usize, b: usize, max: usize, count: &dyn Fn(&str) -> usize) -> Vec<Range<usize>> {
     let bounds: Vec<usize> = (a..=b).filter(|&k| s.is_char_boundary(k)).collect();
     let mut out = Vec::new();
     let mut i = 0; // index into bounds of the current start
@@ -74,12 +68,7 @@ fn split_chars(
 
 /// Split `span` of `text` into pieces of at most `max` tokens: whole sentences packed greedily,
 /// overlong sentences cut by [`split_chars`]. Pieces are trimmed; empty ones dropped.
-fn split_span(
-    text: &str,
-    span: Range<usize>,
-    max: usize,
-    count: &dyn Fn(&str) -> usize,
-) -> Vec<Range<usize>> {
+fn split_span(text: &str, span: Range<usize>, max: usize, count: &dyn Fn(&str) -> usize) -> Vec<Range<usize>> {
     let s = &text[span.clone()];
     let mut units = Vec::new();
     let mut prev = 0;
@@ -104,8 +93,7 @@ fn split_span(
             let piece = &s[r.clone()];
             let lead = piece.len() - piece.trim_start().len();
             let trimmed = piece.trim();
-            (!trimmed.is_empty())
-                .then(|| span.start + r.start + lead..span.start + r.start + lead + trimmed.len())
+            (!trimmed.is_empty()).then(|| span.start + r.start + lead..span.start + r.start + lead + trimmed.len())
         })
         .collect()
 }
@@ -121,8 +109,7 @@ pub fn chunk_document(
     let title = doc.title.clone().unwrap_or_default();
     let mut spans: Vec<(Range<usize>, Vec<String>)> = Vec::new();
     let mut cur: Option<(Range<usize>, Vec<String>, usize)> = None;
-    let flush = |cur: &mut Option<(Range<usize>, Vec<String>, usize)>,
-                 spans: &mut Vec<(Range<usize>, Vec<String>)>| {
+    let flush = |cur: &mut Option<(Range<usize>, Vec<String>, usize)>, spans: &mut Vec<(Range<usize>, Vec<String>)>| {
         if let Some((r, s, _)) = cur.take() {
             spans.push((r, s));
         }
@@ -135,11 +122,7 @@ pub fn chunk_document(
             vec![block.span.clone()]
         };
         for piece in pieces {
-            let t = if piece == block.span {
-                tokens
-            } else {
-                count_tokens(&doc.text[piece.clone()])
-            };
+            let t = if piece == block.span { tokens } else { count_tokens(&doc.text[piece.clone()]) };
             match cur.as_mut() {
                 Some((r, s, n)) if *s == block.section && *n + t <= cfg.max_tokens => {
                     r.end = piece.end;
@@ -189,13 +172,7 @@ mod tests {
     fn packs_blocks_and_keeps_sections_apart() {
         let md = "# T\n\na b c\n\nd e f\n\n## S\n\ng h\n";
         let doc = parse_markdown(md);
-        let chunks = chunk_document(
-            "t.md",
-            SourceKind::Manual,
-            &doc,
-            &ChunkerConfig { max_tokens: 100 },
-            &words,
-        );
+        let chunks = chunk_document("t.md", SourceKind::Manual, &doc, &ChunkerConfig { max_tokens: 100 }, &words);
         let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
         assert_eq!(texts, vec!["# T\n\na b c\n\nd e f", "## S\n\ng h"]);
         assert_eq!(chunks[1].section, vec!["T", "S"]);
@@ -205,34 +182,17 @@ mod tests {
     #[test]
     fn splits_long_paragraphs_at_sentences() {
         let doc = parse_plain("One two three. Four five six. Seven eight nine.");
-        let chunks = chunk_document(
-            "a.txt",
-            SourceKind::Manual,
-            &doc,
-            &ChunkerConfig { max_tokens: 4 },
-            &words,
-        );
+        let chunks = chunk_document("a.txt", SourceKind::Manual, &doc, &ChunkerConfig { max_tokens: 4 }, &words);
         let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            vec!["One two three.", "Four five six.", "Seven eight nine."]
-        );
+        assert_eq!(texts, vec!["One two three.", "Four five six.", "Seven eight nine."]);
     }
 
     #[test]
     fn never_splits_code() {
         let md = "# T\n\n```\na b c d e f g h i j\n\nk l m n\n```\n";
         let doc = parse_markdown(md);
-        let chunks = chunk_document(
-            "t.md",
-            SourceKind::Manual,
-            &doc,
-            &ChunkerConfig { max_tokens: 3 },
-            &words,
-        );
-        assert!(chunks
-            .iter()
-            .any(|c| c.text.starts_with("```") && c.text.ends_with("```")));
+        let chunks = chunk_document("t.md", SourceKind::Manual, &doc, &ChunkerConfig { max_tokens: 3 }, &words);
+        assert!(chunks.iter().any(|c| c.text.starts_with("```") && c.text.ends_with("```")));
     }
 
     proptest! {

@@ -11,10 +11,8 @@ pub fn normalize(text: &str) -> String {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     text.nfkc()
         .filter(|&c| {
-            !matches!(
-                c,
-                '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{feff}' | '\u{00ad}'
-            ) && (!c.is_control() || c == '\n' || c == '\t')
+            !matches!(c, '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{feff}' | '\u{00ad}')
+                && (!c.is_control() || c == '\n' || c == '\t')
         })
         .map(|c| if c == '\t' { ' ' } else { c })
         .collect()
@@ -58,8 +56,7 @@ static PHONE: LazyLock<Regex> = LazyLock::new(|| {
     )
     .unwrap()
 });
-static CARD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?-u:\b)\d(?:[ -]?\d){12,18}(?-u:\b)").unwrap());
+static CARD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?-u:\b)\d(?:[ -]?\d){12,18}(?-u:\b)").unwrap());
 
 fn luhn(digits: &[u32]) -> bool {
     let sum: u32 = digits
@@ -169,10 +166,7 @@ mod tests {
 
     #[test]
     fn redacts_personal_data() {
-        check_redact(
-            "mail taro.yamada@example.co.jp please",
-            "mail [EMAIL] please",
-        );
+        check_redact("mail taro.yamada@example.co.jp please", "mail [EMAIL] please");
         check_redact("電話は03-1234-5678まで", "電話は[PHONE]まで");
         check_redact("携帯 090-1234-5678 です", "携帯 [PHONE] です");
         check_redact("call +81 3 1234 5678 now", "call [PHONE] now");
@@ -193,26 +187,16 @@ mod tests {
 
     #[test]
     fn detects_languages() {
-        assert_eq!(
-            detect_lang("VPNに接続できない場合は再起動してください"),
-            "ja"
-        );
-        assert_eq!(
-            detect_lang("How do I reset my password if I forgot it?"),
-            "en"
-        );
+        assert_eq!(detect_lang("VPNに接続できない場合は再起動してください"), "ja");
+        assert_eq!(detect_lang("How do I reset my password if I forgot it?"), "en");
         assert_eq!(detect_lang("経費精算"), "ja");
     }
 
     #[test]
     fn boilerplate_lines() {
-        assert!(is_boilerplate_line(
-            "© 2024 Example Corp. All rights reserved."
-        ));
+        assert!(is_boilerplate_line("© 2024 Example Corp. All rights reserved."));
         assert!(is_boilerplate_line("Page 3 of 10"));
         assert!(is_boilerplate_line("社外秘"));
-        assert!(!is_boilerplate_line(
-            "Restart the router and wait for the page to load."
-        ));
+        assert!(!is_boilerplate_line("Restart the router and wait for the page to load."));
     }
 }

@@ -27,9 +27,7 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 20 * 1024 * 1024;
 /// Errors of ingestion. All of them are about one input file and say what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "unsupported file type '.{0}' (supported: md, markdown, html, htm, txt, pdf, csv, jsonl)"
-    )]
+    #[error("unsupported file type '.{0}' (supported: md, markdown, html, htm, txt, pdf, csv, jsonl)")]
     Unsupported(String),
     #[error("file is {size} bytes, over the {limit}-byte limit; split it or raise ingest.max_file_bytes")]
     TooLarge { size: u64, limit: u64 },
@@ -89,11 +87,7 @@ pub enum FileType {
 
 impl FileType {
     pub fn from_path(path: &Path) -> Result<Self> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         Ok(match ext.as_str() {
             "md" | "markdown" => Self::Markdown,
             "html" | "htm" => Self::Html,
@@ -131,10 +125,7 @@ pub fn process_file(
         return logs::process_log(source, bytes, ftype, cfg, count_tokens);
     }
     let doc = parse_manual(source, bytes, ftype)?;
-    let mut report = FileReport {
-        boilerplate_lines: doc.boilerplate_lines,
-        ..Default::default()
-    };
+    let mut report = FileReport { boilerplate_lines: doc.boilerplate_lines, ..Default::default() };
     let chunks = chunk_document(source, SourceKind::Manual, &doc, cfg, count_tokens);
     report.chunks = chunks.len();
     Ok((chunks, report))

@@ -28,23 +28,11 @@ const ANSWER: &[&str] = &["answer", "回答", "response", "reply"];
 const STATUS: &[&str] = &["status", "ステータス", "状態", "state"];
 const CATEGORY: &[&str] = &["category", "カテゴリ", "カテゴリー", "desk", "窓口"];
 const TAGS: &[&str] = &["tags", "タグ"];
-const TIMES: &[&str] = &[
-    "answered_at",
-    "resolved_at",
-    "回答日時",
-    "created_at",
-    "timestamp",
-    "date",
-    "問い合わせ日時",
-    "日時",
-];
+const TIMES: &[&str] =
+    &["answered_at", "resolved_at", "回答日時", "created_at", "timestamp", "date", "問い合わせ日時", "日時"];
 
 fn find_col(headers: &[String], names: &[&str]) -> Option<usize> {
-    names.iter().find_map(|n| {
-        headers
-            .iter()
-            .position(|h| h.trim().eq_ignore_ascii_case(n))
-    })
+    names.iter().find_map(|n| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(n)))
 }
 
 /// Whether a status value means the inquiry was answered and closed.
@@ -83,11 +71,7 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         .take(6)
         .map(|p| p.parse().ok())
         .collect::<Option<_>>()?;
-    if nums.len() < 3
-        || nums[0] < 1900
-        || !(1..=12).contains(&nums[1])
-        || !(1..=31).contains(&nums[2])
-    {
+    if nums.len() < 3 || nums[0] < 1900 || !(1..=12).contains(&nums[1]) || !(1..=31).contains(&nums[2]) {
         return None;
     }
     let (y, m, d) = (nums[0], nums[1], nums[2]);
@@ -99,16 +83,12 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146097 + doe - 719468;
-    let hms = nums.get(3).unwrap_or(&0) * 3600
-        + nums.get(4).unwrap_or(&0) * 60
-        + nums.get(5).unwrap_or(&0);
+    let hms = nums.get(3).unwrap_or(&0) * 3600 + nums.get(4).unwrap_or(&0) * 60 + nums.get(5).unwrap_or(&0);
     Some(days * 86400 + hms)
 }
 
 fn read_csv(text: &str) -> Result<(Vec<Record>, usize)> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(text.as_bytes());
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
     let headers: Vec<String> = rdr
         .headers()
         .map_err(|e| Error::Log(format!("cannot read the CSV header row: {e}")))?
@@ -124,12 +104,8 @@ fn read_csv(text: &str) -> Result<(Vec<Record>, usize)> {
     };
     let q = find_col(&headers, QUESTION).ok_or_else(|| missing("question", QUESTION))?;
     let a = find_col(&headers, ANSWER).ok_or_else(|| missing("answer", ANSWER))?;
-    let (st, cat, tags, time) = (
-        find_col(&headers, STATUS),
-        find_col(&headers, CATEGORY),
-        find_col(&headers, TAGS),
-        find_col(&headers, TIMES),
-    );
+    let (st, cat, tags, time) =
+        (find_col(&headers, STATUS), find_col(&headers, CATEGORY), find_col(&headers, TAGS), find_col(&headers, TIMES));
     let mut out = Vec::new();
     let mut bad = 0;
     let mut rec = csv::StringRecord::new();
@@ -139,13 +115,9 @@ fn read_csv(text: &str) -> Result<(Vec<Record>, usize)> {
             Ok(false) => break,
             Ok(true) => {
                 let end = rdr.position().byte() as usize;
-                let get = |i: Option<usize>| {
-                    i.and_then(|i| rec.get(i))
-                        .map(str::to_string)
-                        .filter(|s| !s.trim().is_empty())
-                };
-                let (Some(question), answer) = (get(Some(q)), get(Some(a)).unwrap_or_default())
-                else {
+                let get =
+                    |i: Option<usize>| i.and_then(|i| rec.get(i)).map(str::to_string).filter(|s| !s.trim().is_empty());
+                let (Some(question), answer) = (get(Some(q)), get(Some(a)).unwrap_or_default()) else {
                     bad += 1;
                     continue;
                 };
@@ -176,26 +148,17 @@ fn read_jsonl(text: &str) -> Result<(Vec<Record>, usize)> {
         if line.trim().is_empty() {
             continue;
         }
-        let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(line)
-        else {
+        let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(line) else {
             bad += 1;
             continue;
         };
         let get = |names: &[&str]| {
-            names
-                .iter()
-                .find_map(|n| obj.get(*n))
-                .and_then(|v| match v {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Array(a) => Some(
-                        a.iter()
-                            .filter_map(|x| x.as_str())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    ),
-                    serde_json::Value::Null => None,
-                    other => Some(other.to_string()),
-                })
+            names.iter().find_map(|n| obj.get(*n)).and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Array(a) => Some(a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")),
+                serde_json::Value::Null => None,
+                other => Some(other.to_string()),
+            })
         };
         let Some(question) = get(QUESTION) else {
             bad += 1;
@@ -257,9 +220,7 @@ pub fn process_log(
     let mut keep = vec![false; resolved.len()];
     for &i in &order {
         let r = &resolved[i];
-        if dedup
-            .check_insert(&format!("{}\n{}", r.question, r.answer))
-            .is_none()
+        if dedup.check_insert(&format!("{}\n{}", r.question, r.answer)).is_none()
             && !same_question_kept(&resolved, &keep, i)
         {
             keep[i] = true;
@@ -298,9 +259,7 @@ pub fn process_log(
 /// answer was worded differently: the newer answer, already kept, wins.
 fn same_question_kept(all: &[Record], keep: &[bool], i: usize) -> bool {
     let key = crate::dedup::comparison_key(&all[i].question);
-    all.iter()
-        .zip(keep)
-        .any(|(r, &k)| k && crate::dedup::comparison_key(&r.question) == key)
+    all.iter().zip(keep).any(|(r, &k)| k && crate::dedup::comparison_key(&r.question) == key)
 }
 
 #[cfg(test)]
@@ -309,9 +268,7 @@ mod tests {
 
     fn run(name: &str, data: &str) -> Result<(Vec<Chunk>, FileReport)> {
         let ft = FileType::from_path(std::path::Path::new(name)).unwrap();
-        process_log(name, data.as_bytes(), ft, &ChunkerConfig::default(), &|s| {
-            s.len()
-        })
+        process_log(name, data.as_bytes(), ft, &ChunkerConfig::default(), &|s| s.len())
     }
 
     #[test]
@@ -327,11 +284,7 @@ mod tests {
         assert_eq!(rep.duplicates_merged, 1);
         assert_eq!(chunks.len(), 2);
         let vpn = chunks.iter().find(|c| c.text.contains("VPN")).unwrap();
-        assert!(
-            vpn.text.contains("[EMAIL]"),
-            "newest answer kept: {}",
-            vpn.text
-        );
+        assert!(vpn.text.contains("[EMAIL]"), "newest answer kept: {}", vpn.text);
         assert_eq!(vpn.section, vec!["IT"]);
         assert_eq!(vpn.lang, "ja");
         let room = chunks.iter().find(|c| c.text.contains("room")).unwrap();
@@ -343,11 +296,7 @@ mod tests {
     fn csv_missing_columns_is_a_clear_error() {
         let err = run("log.csv", "id,text,status\n1,hello,resolved\n").unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("missing required column 'question'")
-                && msg.contains("found: id, text, status"),
-            "{msg}"
-        );
+        assert!(msg.contains("missing required column 'question'") && msg.contains("found: id, text, status"), "{msg}");
     }
 
     #[test]

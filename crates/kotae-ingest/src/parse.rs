@@ -65,12 +65,7 @@ pub fn parse_manual(source: &str, bytes: &[u8], ftype: FileType) -> Result<Parse
     };
     if doc.title.is_none() {
         let stem = source.rsplit('/').next().unwrap_or(source);
-        doc.title = Some(
-            stem.rsplit_once('.')
-                .map(|(s, _)| s)
-                .unwrap_or(stem)
-                .to_string(),
-        );
+        doc.title = Some(stem.rsplit_once('.').map(|(s, _)| s).unwrap_or(stem).to_string());
     }
     Ok(doc)
 }
@@ -118,42 +113,21 @@ pub fn parse_markdown(raw: &str) -> ParsedDoc {
                 }
             }
             Event::Rule | Event::Html(_) if depth == 0 => {
-                push_block(
-                    &mut blocks,
-                    &text,
-                    range,
-                    &headings,
-                    matches!(event, Event::Html(_)),
-                );
+                push_block(&mut blocks, &text, range, &headings, matches!(event, Event::Html(_)));
             }
             _ => {}
         }
     }
-    ParsedDoc {
-        title,
-        text,
-        blocks,
-        boilerplate_lines,
-    }
+    ParsedDoc { title, text, blocks, boilerplate_lines }
 }
 
-fn push_block(
-    blocks: &mut Vec<Block>,
-    text: &str,
-    span: Range<usize>,
-    headings: &[(usize, String)],
-    atomic: bool,
-) {
+fn push_block(blocks: &mut Vec<Block>, text: &str, span: Range<usize>, headings: &[(usize, String)], atomic: bool) {
     let trimmed = text[span.clone()].trim_end();
     if trimmed.trim().is_empty() {
         return;
     }
     let span = span.start..span.start + trimmed.len();
-    blocks.push(Block {
-        span,
-        section: headings.iter().map(|(_, h)| h.clone()).collect(),
-        atomic,
-    });
+    blocks.push(Block { span, section: headings.iter().map(|(_, h)| h.clone()).collect(), atomic });
 }
 
 /// Builds extracted text block by block (HTML and PDF, whose text is not the source bytes).
@@ -185,11 +159,7 @@ impl TextBuilder {
         let start = self.text.len();
         self.text.push_str(s);
         let section = self.headings.iter().map(|(_, h)| h.clone()).collect();
-        self.blocks.push(Block {
-            span: start..self.text.len(),
-            section,
-            atomic,
-        });
+        self.blocks.push(Block { span: start..self.text.len(), section, atomic });
     }
 }
 
@@ -198,44 +168,25 @@ fn collapse_ws(s: &str) -> String {
 }
 
 const SKIP_TAGS: &[&str] = &[
-    "script", "style", "nav", "header", "footer", "aside", "noscript", "form", "template", "svg",
-    "button", "iframe", "head",
+    "script", "style", "nav", "header", "footer", "aside", "noscript", "form", "template", "svg", "button", "iframe",
+    "head",
 ];
-const SKIP_HINTS: &[&str] = &[
-    "nav",
-    "menu",
-    "breadcrumb",
-    "footer",
-    "sidebar",
-    "cookie",
-    "banner",
-];
+const SKIP_HINTS: &[&str] = &["nav", "menu", "breadcrumb", "footer", "sidebar", "cookie", "banner"];
 
 fn skipped(el: &ElementRef) -> bool {
     let v = el.value();
     if SKIP_TAGS.contains(&v.name()) || v.attr("role").is_some_and(|r| r == "navigation") {
         return true;
     }
-    let attrs = format!(
-        "{} {}",
-        v.attr("class").unwrap_or(""),
-        v.attr("id").unwrap_or("")
-    )
-    .to_ascii_lowercase();
-    attrs
-        .split(|c: char| !c.is_alphanumeric())
-        .any(|w| SKIP_HINTS.contains(&w))
+    let attrs = format!("{} {}", v.attr("class").unwrap_or(""), v.attr("id").unwrap_or("")).to_ascii_lowercase();
+    attrs.split(|c: char| !c.is_alphanumeric()).any(|w| SKIP_HINTS.contains(&w))
 }
 
 fn inner_text(el: ElementRef) -> String {
     let mut s = String::new();
     for node in el.descendants() {
         if let Node::Text(t) = node.value() {
-            if node
-                .ancestors()
-                .filter_map(ElementRef::wrap)
-                .any(|a| skipped(&a))
-            {
+            if node.ancestors().filter_map(ElementRef::wrap).any(|a| skipped(&a)) {
                 continue;
             }
             s.push_str(t);
@@ -313,11 +264,8 @@ fn walk_html(el: ElementRef, tb: &mut TextBuilder) {
 pub fn parse_html(raw: &str) -> ParsedDoc {
     let html = Html::parse_document(&normalize(raw));
     let sel = |s: &str| scraper::Selector::parse(s).expect("valid selector");
-    let title = html
-        .select(&sel("title"))
-        .next()
-        .map(|t| collapse_ws(&t.text().collect::<String>()))
-        .filter(|t| !t.is_empty());
+    let title =
+        html.select(&sel("title")).next().map(|t| collapse_ws(&t.text().collect::<String>())).filter(|t| !t.is_empty());
     let root = html
         .select(&sel("main"))
         .next()
@@ -334,12 +282,7 @@ pub fn parse_html(raw: &str) -> ParsedDoc {
         keep
     });
     let title = title.or_else(|| tb.blocks.first().and_then(|b| b.section.first().cloned()));
-    ParsedDoc {
-        title,
-        text: tb.text,
-        blocks: tb.blocks,
-        boilerplate_lines,
-    }
+    ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines }
 }
 
 /// A one-line paragraph that reads like a heading: short, no closing punctuation.
@@ -348,26 +291,17 @@ fn heading_level(para: &str) -> Option<usize> {
     if p.contains('\n') || p.chars().count() > 60 || p.is_empty() {
         return None;
     }
-    if p.ends_with([
-        '。', '.', '!', '?', '！', '？', ':', '：', '、', ',', ')', '）',
-    ]) {
+    if p.ends_with(['。', '.', '!', '?', '！', '？', ':', '：', '、', ',', ')', '）']) {
         return None;
     }
     let starts_numbered = |s: &str| {
-        let d: String = s
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
+        let d: String = s.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
         !d.is_empty() && d.chars().any(|c| c.is_ascii_digit())
     };
-    if p.starts_with(['■', '●', '◆', '【', '#', '第'])
-        || starts_numbered(p)
-        || p.chars().all(|c| !c.is_lowercase())
-    {
-        let numbering: String = p
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
+    // A short line of a few words standing alone is a heading in manuals written as text.
+    let few_words = p.split_whitespace().count() <= 8;
+    if p.starts_with(['■', '●', '◆', '【', '#', '第']) || starts_numbered(p) || few_words {
+        let numbering: String = p.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
         let depth = numbering.split('.').filter(|g| !g.is_empty()).count();
         return Some(depth.clamp(1, 4));
     }
@@ -392,12 +326,7 @@ pub fn parse_plain(raw: &str) -> ParsedDoc {
     let mut tb = TextBuilder::default();
     push_plain(&mut tb, &text);
     let title = tb.blocks.first().and_then(|b| b.section.first().cloned());
-    ParsedDoc {
-        title,
-        text: tb.text,
-        blocks: tb.blocks,
-        boilerplate_lines,
-    }
+    ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines }
 }
 
 pub fn parse_pdf(bytes: &[u8]) -> Result<ParsedDoc> {
@@ -419,8 +348,10 @@ pub fn parse_pdf(bytes: &[u8]) -> Result<ParsedDoc> {
             }
         }
     }
-    let repeated =
-        |l: &str| pages.len() >= 2 && counts.get(l.trim()).copied().unwrap_or(0) * 2 >= pages.len();
+    let repeated = |l: &str| {
+        let n = counts.get(l.trim()).copied().unwrap_or(0);
+        n >= 2 && n * 2 >= pages.len()
+    };
     let mut boilerplate_lines = 0;
     let mut tb = TextBuilder::default();
     for page in &pages {
@@ -438,12 +369,7 @@ pub fn parse_pdf(bytes: &[u8]) -> Result<ParsedDoc> {
         return Err(Error::PdfNoText);
     }
     let title = tb.blocks.first().and_then(|b| b.section.first().cloned());
-    Ok(ParsedDoc {
-        title,
-        text: tb.text,
-        blocks: tb.blocks,
-        boilerplate_lines,
-    })
+    Ok(ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines })
 }
 
 #[cfg(test)]
@@ -456,19 +382,11 @@ mod tests {
         let d = parse_markdown(md);
         assert_eq!(d.title.as_deref(), Some("VPN Guide"));
         assert_eq!(d.boilerplate_lines, 1);
-        let code = d
-            .blocks
-            .iter()
-            .find(|b| d.text[b.span.clone()].starts_with("```"))
-            .unwrap();
+        let code = d.blocks.iter().find(|b| d.text[b.span.clone()].starts_with("```")).unwrap();
         assert!(code.atomic);
         assert!(d.text[code.span.clone()].contains("vpn status"));
         assert_eq!(code.section, vec!["VPN Guide", "Setup"]);
-        let table = d
-            .blocks
-            .iter()
-            .find(|b| d.text[b.span.clone()].starts_with("| a"))
-            .unwrap();
+        let table = d.blocks.iter().find(|b| d.text[b.span.clone()].starts_with("| a")).unwrap();
         assert!(table.atomic);
         let last = d.blocks.last().unwrap();
         assert_eq!(&d.text[last.span.clone()], "Restart.");
@@ -494,30 +412,28 @@ mod tests {
 
     #[test]
     fn plain_text_headings() {
-        let d = parse_plain(
-            "■ 経費精算の手順\n\n領収書を添付して申請します。\n\n1.2 注意事項\n\n期限は月末です。",
-        );
+        let d = parse_plain("■ 経費精算の手順\n\n領収書を添付して申請します。\n\n1.2 注意事項\n\n期限は月末です。");
         assert_eq!(d.blocks.len(), 4);
         assert_eq!(d.blocks[1].section, vec!["■ 経費精算の手順"]);
-        assert_eq!(
-            d.blocks[3].section,
-            vec!["■ 経費精算の手順", "1.2 注意事項"]
-        );
+        assert_eq!(d.blocks[3].section, vec!["■ 経費精算の手順", "1.2 注意事項"]);
+    }
+
+    #[test]
+    fn pdf_text_without_running_headers() {
+        let b =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../knowledge/manuals/hr/business-travel.en.pdf"))
+                .unwrap();
+        let d = parse_pdf(&b).unwrap();
+        assert!(d.text.contains("12,000 yen per night"), "{}", d.text);
+        assert!(!d.text.contains("Internal") && !d.text.contains("Page 1"), "{}", d.text);
+        assert_eq!(d.title.as_deref(), Some("Business Travel Policy"));
+        assert!(d.boilerplate_lines >= 4);
     }
 
     #[test]
     fn rejects_binary_and_bad_utf8() {
-        assert!(matches!(
-            decode_text(b"\x00\x01\x02garbage"),
-            Err(Error::Binary(_))
-        ));
-        assert!(matches!(
-            decode_text(b"ok \xff\xfe bad"),
-            Err(Error::NotUtf8(3))
-        ));
-        assert!(matches!(
-            parse_pdf(b"%PDF-1.4\n1 0 obj\n<<"),
-            Err(Error::Pdf(_))
-        ));
+        assert!(matches!(decode_text(b"\x00\x01\x02garbage"), Err(Error::Binary(_))));
+        assert!(matches!(decode_text(b"ok \xff\xfe bad"), Err(Error::NotUtf8(3))));
+        assert!(matches!(parse_pdf(b"%PDF-1.4\n1 0 obj\n<<"), Err(Error::Pdf(_))));
     }
 }

@@ -33,15 +33,9 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| {
-                Error::invalid(
-                    self.path,
-                    format!("truncated at byte {} (wanted {n} more)", self.pos),
-                )
+        let end =
+            self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
+                Error::invalid(self.path, format!("truncated at byte {} (wanted {n} more)", self.pos))
             })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
@@ -128,8 +122,8 @@ fn parse(buf: &[u8], path: &Path, device: &Device) -> Result<E5s1Model> {
         if a > b || b > blob.len() {
             return Err(Error::invalid(path, format!("piece {i} has bad offsets")));
         }
-        let piece = std::str::from_utf8(&blob[a..b])
-            .map_err(|_| Error::invalid(path, format!("piece {i} is not UTF-8")))?;
+        let piece =
+            std::str::from_utf8(&blob[a..b]).map_err(|_| Error::invalid(path, format!("piece {i} is not UTF-8")))?;
         vocab_pieces.push((piece.to_string(), scores[i]));
     }
     // Normalization map: entries of (u32 code point, u8 n, n × u32 code points).
@@ -138,11 +132,7 @@ fn parse(buf: &[u8], path: &Path, device: &Device) -> Result<E5s1Model> {
     let norm = c.take(norm_bytes)?;
     let mut char_map = HashMap::with_capacity(n_norm);
     {
-        let mut nc = Cursor {
-            buf: norm,
-            pos: 0,
-            path,
-        };
+        let mut nc = Cursor { buf: norm, pos: 0, path };
         for _ in 0..n_norm {
             let cp = nc.u32()?;
             let n = nc.take(1)?[0] as usize;
@@ -170,24 +160,15 @@ fn parse(buf: &[u8], path: &Path, device: &Device) -> Result<E5s1Model> {
             .get(offset..offset.saturating_add(len))
             .ok_or_else(|| Error::invalid(path, format!("tensor {name} lies outside the file")))?;
         let values = if len == 4 * count {
-            data.chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect()
+            data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
         } else {
-            dequantize_q4_0(data, count).ok_or_else(|| {
-                Error::invalid(
-                    path,
-                    format!("tensor {name}: {len} bytes fit neither f32 nor Q4_0"),
-                )
-            })?
+            dequantize_q4_0(data, count)
+                .ok_or_else(|| Error::invalid(path, format!("tensor {name}: {len} bytes fit neither f32 nor Q4_0")))?
         };
         let (hf_name, shape) = hf_name_and_shape(&name, hidden, ffn, vocab, max_pos, type_vocab)
             .ok_or_else(|| Error::invalid(path, format!("unexpected tensor name {name}")))?;
         if shape.iter().product::<usize>() != count {
-            return Err(Error::invalid(
-                path,
-                format!("tensor {name}: {count} values, shape {shape:?}"),
-            ));
+            return Err(Error::invalid(path, format!("tensor {name}: {count} values, shape {shape:?}")));
         }
         tensors.insert(hf_name, Tensor::from_vec(values, shape, device)?);
     }
@@ -211,12 +192,7 @@ fn parse(buf: &[u8], path: &Path, device: &Device) -> Result<E5s1Model> {
         model_type: Some("bert".into()),
     };
     let tokenizer = unigram_tokenizer(vocab_pieces, unk)?;
-    Ok(E5s1Model {
-        config,
-        tokenizer,
-        char_map,
-        tensors,
-    })
+    Ok(E5s1Model { config, tokenizer, char_map, tensors })
 }
 
 /// An XLM-RoBERTa style tokenizer: Unigram pieces, metaspace, `<s> … </s>`.
@@ -230,11 +206,7 @@ fn unigram_tokenizer(vocab: Vec<(String, f64)>, unk: usize) -> Result<Tokenizer>
         " ",
     )?))?;
     tok.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
-    tok.with_decoder(Some(tokenizers::decoders::metaspace::Metaspace::new(
-        '▁',
-        PrependScheme::Always,
-        true,
-    )));
+    tok.with_decoder(Some(tokenizers::decoders::metaspace::Metaspace::new('▁', PrependScheme::Always, true)));
     let post = TemplateProcessing::builder()
         .try_single("<s> $A </s>")
         .map_err(|e| Error::Tokenizer(e.to_string()))?
@@ -258,18 +230,8 @@ fn hf_name_and_shape(
     let r = |s: &str, shape: Vec<usize>| Some((s.to_string(), shape));
     match name {
         "emb.word" => return r("embeddings.word_embeddings.weight", vec![vocab, hidden]),
-        "emb.pos" => {
-            return r(
-                "embeddings.position_embeddings.weight",
-                vec![max_pos, hidden],
-            )
-        }
-        "emb.type" => {
-            return r(
-                "embeddings.token_type_embeddings.weight",
-                vec![type_vocab, hidden],
-            )
-        }
+        "emb.pos" => return r("embeddings.position_embeddings.weight", vec![max_pos, hidden]),
+        "emb.type" => return r("embeddings.token_type_embeddings.weight", vec![type_vocab, hidden]),
         "emb.ln.w" => return r("embeddings.LayerNorm.weight", vec![hidden]),
         "emb.ln.b" => return r("embeddings.LayerNorm.bias", vec![hidden]),
         _ => {}
@@ -294,18 +256,8 @@ fn hf_name_and_shape(
         "oln" => ("output.LayerNorm", hidden, 0),
         _ => return None,
     };
-    let shape = if is_w && inp > 0 {
-        vec![out, inp]
-    } else {
-        vec![out]
-    };
-    Some((
-        format!(
-            "encoder.layer.{layer}.{module}.{}",
-            if is_w { "weight" } else { "bias" }
-        ),
-        shape,
-    ))
+    let shape = if is_w && inp > 0 { vec![out, inp] } else { vec![out] };
+    Some((format!("encoder.layer.{layer}.{module}.{}", if is_w { "weight" } else { "bias" }), shape))
 }
 
 #[cfg(test)]
@@ -326,13 +278,9 @@ mod tests {
 
     #[test]
     fn truncated_file_is_a_clear_error() {
-        let err = parse(b"E5S1\x01\x00", Path::new("x.bin"), &Device::Cpu)
-            .err()
-            .unwrap();
+        let err = parse(b"E5S1\x01\x00", Path::new("x.bin"), &Device::Cpu).err().unwrap();
         assert!(err.to_string().contains("truncated"), "{err}");
-        let err = parse(b"GGUF....", Path::new("x.bin"), &Device::Cpu)
-            .err()
-            .unwrap();
+        let err = parse(b"GGUF....", Path::new("x.bin"), &Device::Cpu).err().unwrap();
         assert!(err.to_string().contains("bad magic"), "{err}");
     }
 

