@@ -97,16 +97,21 @@ fn ingests_the_sample_company_cleanly() {
         s.skipped
     );
     assert_eq!(s.files_ingested, 23, "19 manuals, 3 logs, README");
-    assert!(s.unresolved_inquiries_skipped >= 20, "{s:?}");
+    assert!(s.unresolved_inquiries_skipped >= 15, "{s:?}");
     assert!(s.duplicates_dropped >= 30, "{s:?}");
     assert!(s.personal_data_redacted >= 20, "{s:?}");
     assert!(s.boilerplate_lines_removed >= 5, "{s:?}");
     let sh = knowledge();
     let kb = sh.kb.lock().unwrap();
-    for q in ["hoshizora.example", "4111", "customer-mail.example"] {
-        let hits = search(&sh.cfg, &kb, q, SearchMode::Bm25, &[]);
-        assert!(hits.iter().all(|s| !s.starts_with("logs/")), "personal data '{q}' reached the index via {hits:?}");
+    for q in ["hoshizora.example", "4111 1111", "customer-mail.example", "090-", "5555 5555"] {
+        let o = SearchOptions { query: q.into(), top_k: Some(50), mode: Some(SearchMode::Bm25), groups: vec![], lang: None };
+        for h in run_search(&sh.cfg, &kb, None, &o).unwrap().hits {
+            assert!(h.kind != "inquiry" || !h.text.contains(q), "personal data '{q}' reached the index in {}: {}", h.source, h.text);
+        }
     }
+    let o = SearchOptions { query: "連絡先 Contact".into(), top_k: Some(50), mode: Some(SearchMode::Bm25), groups: vec![], lang: None };
+    let redacted = run_search(&sh.cfg, &kb, None, &o).unwrap().hits.into_iter().filter(|h| h.text.contains("[EMAIL]") || h.text.contains("[PHONE]")).count();
+    assert!(redacted > 0, "redaction placeholders are indexed");
 }
 
 #[test]
