@@ -108,7 +108,7 @@ fn bar(quiet: bool, len: u64, msg: &str) -> ProgressBar {
 pub fn run_ingest(
     cfg: &Config,
     index: &mut KnowledgeIndex,
-    embedder: &dyn Embedder,
+    embedder: &EmbedderHandle<'_>,
     opts: &IngestOptions,
 ) -> Result<IngestSummary> {
     let start = Instant::now();
@@ -120,7 +120,6 @@ pub fn run_ingest(
     groups.sort();
     groups.dedup();
     let chunker = ChunkerConfig { max_tokens: cfg.ingest.chunk_tokens };
-    let count = |s: &str| embedder.count_tokens(s).unwrap_or(s.len());
     let manifest = index.manifest().clone();
     let mut dedup = Deduper::new(cfg.ingest.near_duplicate_threshold);
     let mut seen_by_root: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -152,7 +151,9 @@ pub fn run_ingest(
         }
     }
 
-    // Parse, clean and chunk the changed files.
+    // Parse, clean and chunk the changed files. The model is loaded only if something changed.
+    let embedder: Option<&dyn Embedder> = if changed.is_empty() { None } else { Some(embedder.get()?) };
+    let count = |s: &str| embedder.map_or(s.len(), |e| e.count_tokens(s).unwrap_or(s.len()));
     let pb = bar(opts.quiet, changed.len() as u64, "parse");
     let mut jobs = Vec::new();
     let ingested_at = now_unix();
@@ -216,7 +217,7 @@ pub fn run_ingest(
         for group in todo.chunks(64) {
             let texts: Vec<String> = group.iter().map(|c| passage_text(c)).collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let out = embedder.embed(&refs, InputKind::Passage)?;
+            let out = embedder.expect("loaded when files changed").embed(&refs, InputKind::Passage)?;
             sum.truncated_for_embedding += out.truncated;
             sum.chunks_embedded += group.len();
             let points: Vec<VectorPoint> = group
@@ -270,6 +271,31 @@ pub fn run_ingest(
     sum.chunks_total = index.num_chunks();
     sum.seconds = start.elapsed().as_secs_f64();
     Ok(sum)
+}
+
+/// The embedder, loaded on first use (an unchanged corpus never loads it).
+pub struct EmbedderHandle<'a> {
+    cfg: &'a Config,
+    given: Option<&'a dyn Embedder>,
+    loaded: std::sync::OnceLock<kotae_models::BertEmbedder>,
+}
+
+impl<'a> EmbedderHandle<'a> {
+    pub fn lazy(cfg: &'a Config) -> Self {
+        Self { cfg, given: None, loaded: std::sync::OnceLock::new() }
+    }
+    pub fn with(cfg: &'a Config, e: &'a dyn Embedder) -> Self {
+        Self { cfg, given: Some(e), loaded: std::sync::OnceLock::new() }
+    }
+    pub fn get(&self) -> Result<&dyn Embedder> {
+        if let Some(e) = self.given {
+            return Ok(e);
+        }
+        if self.loaded.get().is_none() {
+            let _ = self.loaded.set(crate::load_embedder(self.cfg)?);
+        }
+        Ok(self.loaded.get().expect("just set"))
+    }
 }
 
 pub fn print_summary(s: &IngestSummary) {

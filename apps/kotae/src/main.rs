@@ -150,8 +150,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Models { cmd: ModelsCmd::List { all } } => models::print_list(&cfg, all)?,
         Cmd::Ingest { paths, groups, prune, json } => {
-            let embedder = kotae::load_embedder(&cfg)?;
-            let mut index = kotae::open_index(&cfg, Some(embedder.dim()))?;
+            let embedder = ingest::EmbedderHandle::lazy(&cfg);
+            // An existing knowledge base knows its dimension: the model loads only if needed.
+            let mut index = match kotae::open_index(&cfg, None) {
+                Ok(index) => index,
+                Err(_) => kotae::open_index(&cfg, Some(embedder.get()?.dim()))?,
+            };
             let opts = ingest::IngestOptions { paths, groups, prune, quiet: json };
             let s = ingest::run_ingest(&cfg, &mut index, &embedder, &opts)?;
             if json {

@@ -38,6 +38,12 @@ impl KnowledgeIndex {
     pub fn open(cfg: &IndexConfig) -> Result<Self> {
         let lex_dir = cfg.dir.join("lexical");
         let existing = lex_dir.join("meta.json").exists();
+        if !existing && cfg.dim.is_none() {
+            return Err(Error::Incompatible(format!(
+                "no knowledge base in {} yet: run `kotae ingest` first",
+                cfg.dir.display()
+            )));
+        }
         let dict = cfg.ja_dictionary.as_deref().filter(|p| p.exists());
         // Peek at the stored manifest to learn which Japanese analyzer the index was built with.
         let stored: Option<Manifest> = if existing {

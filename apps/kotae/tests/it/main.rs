@@ -56,7 +56,7 @@ pub fn ingest(cfg: &Config, kb: &mut KnowledgeIndex, paths: &[&Path], groups: &[
         prune,
         quiet: true,
     };
-    run_ingest(cfg, kb, embedder(), &opts).unwrap()
+    run_ingest(cfg, kb, &kotae::ingest::EmbedderHandle::with(cfg, embedder()), &opts).unwrap()
 }
 
 pub fn search(cfg: &Config, kb: &KnowledgeIndex, q: &str, mode: SearchMode, groups: &[&str]) -> Vec<String> {
@@ -104,13 +104,35 @@ fn ingests_the_sample_company_cleanly() {
     let sh = knowledge();
     let kb = sh.kb.lock().unwrap();
     for q in ["hoshizora.example", "4111 1111", "customer-mail.example", "090-", "5555 5555"] {
-        let o = SearchOptions { query: q.into(), top_k: Some(50), mode: Some(SearchMode::Bm25), groups: vec![], lang: None };
+        let o = SearchOptions {
+            query: q.into(),
+            top_k: Some(50),
+            mode: Some(SearchMode::Bm25),
+            groups: vec![],
+            lang: None,
+        };
         for h in run_search(&sh.cfg, &kb, None, &o).unwrap().hits {
-            assert!(h.kind != "inquiry" || !h.text.contains(q), "personal data '{q}' reached the index in {}: {}", h.source, h.text);
+            assert!(
+                h.kind != "inquiry" || !h.text.contains(q),
+                "personal data '{q}' reached the index in {}: {}",
+                h.source,
+                h.text
+            );
         }
     }
-    let o = SearchOptions { query: "連絡先 Contact".into(), top_k: Some(50), mode: Some(SearchMode::Bm25), groups: vec![], lang: None };
-    let redacted = run_search(&sh.cfg, &kb, None, &o).unwrap().hits.into_iter().filter(|h| h.text.contains("[EMAIL]") || h.text.contains("[PHONE]")).count();
+    let o = SearchOptions {
+        query: "連絡先 Contact".into(),
+        top_k: Some(50),
+        mode: Some(SearchMode::Bm25),
+        groups: vec![],
+        lang: None,
+    };
+    let redacted = run_search(&sh.cfg, &kb, None, &o)
+        .unwrap()
+        .hits
+        .into_iter()
+        .filter(|h| h.text.contains("[EMAIL]") || h.text.contains("[PHONE]"))
+        .count();
     assert!(redacted > 0, "redaction placeholders are indexed");
 }
 
