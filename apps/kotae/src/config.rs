@@ -20,6 +20,23 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub search: SearchConfig,
     pub models: ModelsConfig,
+    pub vector_store: VectorStoreConfig,
+}
+
+/// Where vectors live: empty `url` is the embedded engine in the data directory; a URL is a
+/// Qdrant server or cluster (collection `kotae_<kb>`).
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorStoreConfig {
+    pub url: String,
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for VectorStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if self.api_key.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("VectorStoreConfig").field("url", &self.url).field("api_key", &key).finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +89,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             search: SearchConfig::default(),
             models: ModelsConfig::default(),
+            vector_store: VectorStoreConfig::default(),
         }
     }
 }
@@ -157,6 +175,12 @@ impl Config {
         }
         if let Ok(v) = std::env::var("KOTAE_HUB_ENDPOINT") {
             cfg.models.hub_endpoint = v;
+        }
+        if let Some(v) = env("KOTAE_QDRANT_URL").or_else(|| env("QDRANT_URL")) {
+            cfg.vector_store.url = v;
+        }
+        if let Some(v) = env("KOTAE_QDRANT_API_KEY").or_else(|| env("QDRANT_API_KEY")) {
+            cfg.vector_store.api_key = v;
         }
         if let Some(v) = env("KOTAE_PYTHON") {
             cfg.models.python = v;

@@ -40,6 +40,11 @@ pub fn open_index(cfg: &Config, dim: Option<usize>) -> Result<KnowledgeIndex> {
             ef_construct: cfg.search.hnsw_ef_construct,
             ef_search: cfg.search.hnsw_ef,
         },
+        server: (!cfg.vector_store.url.is_empty()).then(|| kotae_index::vector_server::ServerConfig {
+            url: cfg.vector_store.url.clone(),
+            api_key: Some(cfg.vector_store.api_key.clone()).filter(|k| !k.is_empty()),
+            collection: format!("kotae_{}", cfg.kb),
+        }),
     };
     KnowledgeIndex::open(&ic).with_context(|| format!("cannot open knowledge base {}", cfg.kb_dir().display()))
 }

@@ -15,6 +15,7 @@ pub mod japanese;
 pub mod lexical;
 pub mod store;
 pub mod vector;
+pub mod vector_server;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -167,7 +168,14 @@ pub struct Manifest {
     pub embedder: String,
     pub dim: usize,
     pub ja_analyzer: String,
+    /// `qdrant-edge` (embedded) or `qdrant-server`.
+    #[serde(default = "default_backend")]
+    pub vector_backend: String,
     pub files: BTreeMap<String, FileEntry>,
+}
+
+fn default_backend() -> String {
+    "qdrant-edge".into()
 }
 
 /// Access groups a user may read: theirs plus `public`, deduplicated.

@@ -9,6 +9,7 @@ use tantivy::{IndexWriter, TantivyDocument, Term};
 use crate::japanese::JapaneseTokenizer;
 use crate::lexical::{JaAnalyzer, Lexical};
 use crate::vector::{EdgeStore, HnswSettings, VectorFilter, VectorPoint, VectorStore};
+use crate::vector_server::{ServerConfig, ServerStore};
 use crate::{
     visible_groups, ChunkId, Error, FileEntry, Hit, IndexedChunk, Manifest, Result, SearchMode, SearchRequest,
 };
@@ -26,6 +27,8 @@ pub struct IndexConfig {
     /// Compiled vibrato dictionary; `None` (or missing file) falls back to bigrams for a new index.
     pub ja_dictionary: Option<PathBuf>,
     pub hnsw: HnswSettings,
+    /// A Qdrant server or cluster instead of the embedded engine.
+    pub server: Option<ServerConfig>,
 }
 
 pub struct KnowledgeIndex {
@@ -94,6 +97,7 @@ impl KnowledgeIndex {
                 embedder: cfg.embedder.clone(),
                 dim,
                 ja_analyzer: ja.name().into(),
+                vector_backend: String::new(),
                 files: Default::default(),
             };
         } else if manifest.embedder != cfg.embedder || manifest.dim != dim {
@@ -107,7 +111,21 @@ impl KnowledgeIndex {
                 dim
             )));
         }
-        let vectors = Box::new(EdgeStore::open(&cfg.dir.join("vectors"), dim, cfg.hnsw)?);
+        let backend = if cfg.server.is_some() { "qdrant-server" } else { "qdrant-edge" };
+        if manifest.files.is_empty() {
+            manifest.vector_backend = backend.into();
+        } else if manifest.vector_backend != backend {
+            return Err(Error::Incompatible(format!(
+                "the knowledge base in {} keeps its vectors in {}, but {backend} is configured; \
+                 ingest into a new knowledge base (--kb) to move it",
+                cfg.dir.display(),
+                manifest.vector_backend
+            )));
+        }
+        let vectors: Box<dyn VectorStore> = match &cfg.server {
+            Some(server) => Box::new(ServerStore::connect(server, dim, cfg.hnsw)?),
+            None => Box::new(EdgeStore::open(&cfg.dir.join("vectors"), dim, cfg.hnsw)?),
+        };
         Ok(Self { lexical, vectors, manifest })
     }
 

@@ -32,6 +32,7 @@ fn open(dir: &Path) -> KnowledgeIndex {
         dim: Some(DIM),
         ja_dictionary: None,
         hnsw: HnswSettings::default(),
+        server: None,
     })
     .unwrap()
 }
@@ -229,6 +230,7 @@ fn a_different_embedder_is_refused() {
         dim: Some(DIM),
         ja_dictionary: None,
         hnsw: HnswSettings::default(),
+        server: None,
     })
     .err()
     .unwrap();
@@ -236,3 +238,4 @@ fn a_different_embedder_is_refused() {
 }
 
 mod japanese;
+mod server;
