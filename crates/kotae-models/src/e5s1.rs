@@ -64,7 +64,7 @@ impl<'a> Cursor<'a> {
 
 /// Dequantize GGML Q4_0 blocks (18 bytes per 32 weights: f16 scale, 16 bytes of nibbles).
 pub fn dequantize_q4_0(bytes: &[u8], count: usize) -> Option<Vec<f32>> {
-    if count % 32 != 0 || bytes.len() != count / 32 * 18 {
+    if !count.is_multiple_of(32) || bytes.len() != count / 32 * 18 {
         return None;
     }
     let mut out = vec![0f32; count];

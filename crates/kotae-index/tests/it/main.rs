@@ -46,7 +46,7 @@ fn chunk(source: &str, i: u32, text: &str, groups: &[&str]) -> IndexedChunk {
         section: vec!["Doc".into(), format!("S{i}")],
         span: (i as u64 * 10, i as u64 * 10 + 9),
         text: text.into(),
-        lang: if text.chars().any(|c| !c.is_ascii()) { "ja".into() } else { "en".into() },
+        lang: if !text.is_ascii() { "ja".into() } else { "en".into() },
         ordinal: i,
         doc_version: "v1".into(),
         groups,

@@ -40,3 +40,23 @@ fn non_gguf_files_are_rejected_clearly() {
     let err = from_gguf_file(&p).err().unwrap().to_string();
     assert!(err.contains("invalid model file"), "{err}");
 }
+
+#[test]
+fn qwen2_tokenizer_matches_reference_ids() {
+    let path = gguf_path(&models_dir(), "qwen2.5-0.5b-instruct").expect("qwen2.5 installed");
+    let t = from_gguf_file(&path).unwrap();
+    assert_eq!(t.pre, "qwen2");
+    let cases: &[(&str, &[u32])] = &[
+        ("Hello, world! How are you?", &[9707, 11, 1879, 0, 2585, 525, 498, 30]),
+        ("VPNに接続できません。", &[55662, 19655, 29077, 124468, 135851, 1773]),
+        ("Price: 12345 yen", &[6972, 25, 220, 16, 17, 18, 19, 20, 57340]),
+        ("<|im_start|>user\nHi<|im_end|>", &[151644, 872, 198, 13048, 151645]),
+        ("  two  spaces\n\nnewlines", &[220, 1378, 220, 12621, 271, 931, 7969]),
+    ];
+    for (text, ids) in cases {
+        let enc = t.tokenizer.encode(*text, false).unwrap();
+        assert_eq!(enc.get_ids(), *ids, "{text:?}");
+        assert_eq!(t.tokenizer.decode(enc.get_ids(), false).unwrap(), *text, "round trip of {text:?}");
+    }
+    assert!(t.chat_template.is_some_and(|c| c.contains("<|im_start|>")));
+}
