@@ -96,7 +96,7 @@ impl Default for Config {
 
 impl Default for EmbedderConfig {
     fn default() -> Self {
-        Self { model: kotae_models::registry::DEFAULT_EMBEDDER.into(), batch_tokens: 4096 }
+        Self { model: kotae_models::registry::DEFAULT_EMBEDDER.into(), batch_tokens: 2048 }
     }
 }
 
