@@ -170,7 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 SearchMode::Bm25 => None,
                 _ => Some(kotae::load_embedder(&cfg)?),
             };
-            let index = kotae::open_index(&cfg, embedder.as_ref().map(|e| e.dim()))?;
+            let index = kotae::open_index(&cfg, None)?;
             let o = search::SearchOptions { query, top_k, mode, groups, lang };
             let out = search::run_search(&cfg, &index, embedder.as_ref().map(|e| e as &dyn Embedder), &o)?;
             if json {
@@ -181,7 +181,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Eval { cmd: EvalCmd::Retrieval { golden, thresholds, json } } => {
             let embedder = kotae::load_embedder(&cfg)?;
-            let index = kotae::open_index(&cfg, Some(embedder.dim()))?;
+            let index = kotae::open_index(&cfg, None)?;
             let golden = eval::load_golden(&golden)?;
             let thr: Option<toml::Table> = match std::fs::read_to_string(&thresholds) {
                 Ok(t) => Some(toml::from_str(&t)?),
