@@ -14,7 +14,16 @@ use qdrant_edge::{
 
 use crate::{ChunkId, Error, Result};
 
-const VECTOR_NAME: &str = "dense";
+/// Name of the dense vector in both Qdrant backends.
+pub(crate) const VECTOR_NAME: &str = "dense";
+
+/// A query vector must have the store's dimension.
+pub(crate) fn check_dim(vector: &[f32], dim: usize) -> Result<()> {
+    if vector.len() != dim {
+        return Err(Error::Query(format!("query vector has {} dimensions, expected {dim}", vector.len())));
+    }
+    Ok(())
+}
 
 /// A vector with the payload needed to filter inside the engine.
 #[derive(Debug, Clone)]
@@ -132,9 +141,7 @@ impl EdgeStore {
     }
 
     fn query(&self, vector: &[f32], k: usize, filter: &VectorFilter, exact: bool) -> Result<Vec<(ChunkId, f32)>> {
-        if vector.len() != self.dim {
-            return Err(Error::Query(format!("query vector has {} dimensions, expected {}", vector.len(), self.dim)));
-        }
+        check_dim(vector, self.dim)?;
         let req = QueryRequest {
             prefetches: vec![],
             query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::new(

@@ -11,10 +11,8 @@ use qdrant_client::qdrant::{
 };
 use qdrant_client::{Payload, Qdrant};
 
-use crate::vector::{HnswSettings, VectorFilter, VectorPoint, VectorStore};
+use crate::vector::{check_dim, HnswSettings, VectorFilter, VectorPoint, VectorStore, VECTOR_NAME};
 use crate::{ChunkId, Error, Result};
-
-const VECTOR_NAME: &str = "dense";
 
 /// Where the server is and which collection holds this knowledge base.
 #[derive(Clone)]
@@ -100,9 +98,7 @@ impl ServerStore {
     }
 
     fn query(&self, vector: &[f32], k: usize, filter: &VectorFilter, exact: bool) -> Result<Vec<(ChunkId, f32)>> {
-        if vector.len() != self.dim {
-            return Err(Error::Query(format!("query vector has {} dimensions, expected {}", vector.len(), self.dim)));
-        }
+        check_dim(vector, self.dim)?;
         let mut q = QueryPointsBuilder::new(&self.collection)
             .query(vector.to_vec())
             .using(VECTOR_NAME)
