@@ -2,18 +2,26 @@
 //!
 //! Owns the [`Embedder`] trait and its candle BERT implementation ([`BertEmbedder`]), the model
 //! catalog and installer ([`registry`]), the reader for the E5S1 quantized embedder format
-//! ([`e5s1`]) and the tokenizer built from GGUF metadata ([`gguf_tokenizer`]).
+//! ([`e5s1`]), the tokenizer built from GGUF metadata ([`gguf_tokenizer`]), and text
+//! generation: the [`Generator`] trait ([`generate`]), chat templates ([`chat`]) and the
+//! bounded worker that runs a generator on its own thread ([`worker`]).
 //!
-//! It must not know about documents, indexes or HTTP: it turns text into vectors (and, later,
-//! tokens into tokens), nothing more.
+//! It must not know about documents, indexes or HTTP: it turns text into vectors and prompts
+//! into text, nothing more.
 
+pub mod chat;
 pub mod e5s1;
 pub mod embed;
+pub mod generate;
 pub mod gguf_tokenizer;
 pub mod registry;
+pub mod worker;
 
+pub use chat::{ChatMessage, PromptFormat, Role};
 pub use embed::{BertEmbedder, EmbedOutput, Embedder, InputKind, Pooling};
+pub use generate::{CandleGenerator, FinishReason, Generation, Generator, GeneratorOptions, SamplingParams};
 pub use registry::{InstalledModel, ModelKind, ModelSpec, CATALOG};
+pub use worker::{GenEvent, GeneratorWorker, SubmitError};
 
 /// Errors of the model runtime.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,14 @@ pub enum Error {
     Download { name: String, reason: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The model's chat template failed on these messages.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// The prompt does not fit the model's context (the caller should shorten it).
+    #[error("the prompt has {tokens} tokens; the model's context holds {limit}: shorten the question or the history")]
+    PromptTooLong { tokens: usize, limit: usize },
+    #[error("generation: {0}")]
+    Generation(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("I/O error on {path}: {source}")]

@@ -430,6 +430,28 @@ pub fn gguf_path(models_dir: &Path, name: &str) -> Result<PathBuf> {
         .ok_or_else(|| Error::invalid(models_dir.join(name), "no .gguf file"))
 }
 
+/// Load a generator: a catalog name installed under `models_dir`, or a path to a GGUF file or
+/// a Hugging Face–style folder (a fine-tuned model).
+pub fn load_generator(
+    models_dir: &Path,
+    name_or_path: &str,
+    opts: &crate::GeneratorOptions,
+) -> Result<crate::CandleGenerator> {
+    let as_path = Path::new(name_or_path);
+    let path = if spec(name_or_path).is_ok() {
+        gguf_path(models_dir, name_or_path)?
+    } else if as_path.exists() {
+        as_path.to_path_buf()
+    } else {
+        return Err(Error::UnknownModel(name_or_path.into()));
+    };
+    let mut opts = opts.clone();
+    if opts.name.is_empty() {
+        opts.name = name_or_path.to_string();
+    }
+    crate::CandleGenerator::load(&path, &opts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

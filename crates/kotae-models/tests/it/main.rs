@@ -7,7 +7,7 @@ use kotae_models::candle::Device;
 use kotae_models::registry::{self, load_embedder};
 use kotae_models::{Embedder, InputKind};
 
-fn models_dir() -> PathBuf {
+pub(crate) fn models_dir() -> PathBuf {
     let data = std::env::var("KOTAE_TEST_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/test-data"));
@@ -113,4 +113,5 @@ fn installed_models_record_checksums() {
     }
 }
 
+mod generate;
 mod gguf;

@@ -1,0 +1,406 @@
+//! Text generation: the [`Generator`] trait and its candle implementation for the Llama family
+//! (SmolLM2) and Qwen2 (Qwen2.5), from quantized GGUF files or plain safetensors checkpoints.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::{llama, quantized_llama, quantized_qwen2, qwen2};
+use serde::{Deserialize, Serialize};
+
+use crate::chat::{PromptFormat, StopMatcher, TextStream};
+use crate::{Error, Result};
+
+/// Sampling and length settings of one generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingParams {
+    /// 0 means greedy (deterministic).
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 disables top-k.
+    pub top_k: usize,
+    /// 1.0 disables the penalty.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalty looks at.
+    pub repeat_last_n: usize,
+    pub seed: u64,
+    pub max_tokens: usize,
+    /// Extra stop strings (the model's end-of-turn tokens always stop).
+    pub stop: Vec<String>,
+    /// Forbid Han characters that Japanese does not use (set for Japanese answers).
+    pub japanese_kanji_only: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 0.9,
+            top_k: 0,
+            repeat_penalty: 1.1,
+            repeat_last_n: 64,
+            seed: 42,
+            max_tokens: 512,
+            stop: Vec::new(),
+            japanese_kanji_only: false,
+        }
+    }
+}
+
+impl SamplingParams {
+    fn sampling(&self) -> Sampling {
+        let t = self.temperature;
+        if t <= 1e-7 {
+            return Sampling::ArgMax;
+        }
+        let p = self.top_p;
+        match (self.top_k, p > 0.0 && p < 1.0) {
+            (0, false) => Sampling::All { temperature: t },
+            (0, true) => Sampling::TopP { p, temperature: t },
+            (k, false) => Sampling::TopK { k, temperature: t },
+            (k, true) => Sampling::TopKThenTopP { k, p, temperature: t },
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-turn token or a stop string.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+    /// The consumer stopped listening (client disconnected).
+    Cancelled,
+}
+
+/// What a finished generation produced, with its timings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Generation {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt processing (prefill), milliseconds.
+    pub prompt_ms: f64,
+    /// From the start of the call to the first sampled token.
+    pub first_token_ms: f64,
+    /// Decoding after the first token.
+    pub decode_ms: f64,
+}
+
+impl Generation {
+    pub fn prompt_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / (self.prompt_ms / 1e3).max(1e-9)
+    }
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        (self.completion_tokens.saturating_sub(1)) as f64 / (self.decode_ms / 1e3).max(1e-9)
+    }
+}
+
+/// A language model that continues a prompt.
+///
+/// `generate` needs `&mut self` (the KV cache): a generator lives on one worker thread.
+/// `format` is shared with request threads, which render and measure prompts.
+pub trait Generator: Send {
+    /// Catalog or directory name of the model.
+    fn name(&self) -> &str;
+    /// Tokenizer, chat template, stop tokens and context length.
+    fn format(&self) -> Arc<PromptFormat>;
+    /// Continue `prompt` (already rendered with the chat template). `on_text` receives each
+    /// new piece of text and returns `false` to cancel.
+    fn generate(
+        &mut self,
+        prompt: &str,
+        params: &SamplingParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation>;
+}
+
+/// Where generation runs and how the prompt is fed.
+#[derive(Debug, Clone)]
+pub struct GeneratorOptions {
+    pub name: String,
+    pub device: Device,
+    /// Prompt tokens per forward pass during prefill.
+    pub prefill_chunk: usize,
+}
+
+enum Weights {
+    QLlama(quantized_llama::ModelWeights),
+    QQwen2(quantized_qwen2::ModelWeights),
+    Llama(Box<llama::Llama>, Box<llama::Cache>, llama::Config),
+    Qwen2(Box<qwen2::ModelForCausalLM>),
+}
+
+impl Weights {
+    /// Logits of the last position, `[vocab]`.
+    fn forward(&mut self, ids: &Tensor, pos: usize, device: &Device) -> Result<Tensor> {
+        let logits = match self {
+            Weights::QLlama(m) => m.forward(ids, pos)?,
+            Weights::QQwen2(m) => m.forward(ids, pos)?,
+            Weights::Llama(m, cache, _) => m.forward(ids, pos, cache)?,
+            Weights::Qwen2(m) => m.forward(ids, pos)?,
+        };
+        let _ = device;
+        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
+    }
+
+    fn reset(&mut self, device: &Device) -> Result<()> {
+        match self {
+            Weights::QLlama(m) => m.clear_kv_cache(),
+            Weights::QQwen2(m) => m.clear_kv_cache(),
+            Weights::Llama(_, cache, cfg) => **cache = llama::Cache::new(true, DType::F32, cfg, device)?,
+            Weights::Qwen2(m) => m.clear_kv_cache(),
+        }
+        Ok(())
+    }
+
+    /// Whether prefill may be split into chunks (the safetensors Llama cache only supports
+    /// one prompt pass).
+    fn chunked_prefill(&self) -> bool {
+        !matches!(self, Weights::Llama(..))
+    }
+}
+
+/// A candle-transformers model with its prompt format.
+pub struct CandleGenerator {
+    name: String,
+    weights: Weights,
+    format: Arc<PromptFormat>,
+    device: Device,
+    prefill_chunk: usize,
+}
+
+impl CandleGenerator {
+    /// Load a GGUF file (architecture `llama` or `qwen2`); the tokenizer and chat template
+    /// come from its metadata.
+    pub fn from_gguf(path: &Path, opts: &GeneratorOptions) -> Result<Self> {
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let content = gguf_file::Content::read(&mut f).map_err(|e| Error::invalid(path, e.to_string()))?;
+        let arch =
+            content.metadata.get("general.architecture").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
+        let ctx_key = format!("{arch}.context_length");
+        let context_length = content.metadata.get(&ctx_key).and_then(|v| v.to_u32().ok()).unwrap_or(2048) as usize;
+        let tok = crate::gguf_tokenizer::from_gguf(&content, path)?;
+        let format = PromptFormat::new(
+            tok.tokenizer,
+            tok.chat_template.as_deref(),
+            tok.bos_id,
+            tok.eos_id,
+            context_length.min(quantized_llama::MAX_SEQ_LEN),
+            &path.display().to_string(),
+        )?;
+        let weights = match arch.as_str() {
+            "llama" => Weights::QLlama(quantized_llama::ModelWeights::from_gguf(content, &mut f, &opts.device)?),
+            "qwen2" => Weights::QQwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut f, &opts.device)?),
+            other => {
+                return Err(Error::invalid(path, format!("architecture '{other}' is not supported (llama, qwen2)")))
+            }
+        };
+        Ok(Self {
+            name: opts.name.clone(),
+            weights,
+            format: Arc::new(format),
+            device: opts.device.clone(),
+            prefill_chunk: opts.prefill_chunk.max(1),
+        })
+    }
+
+    /// Load a Hugging Face–style folder: `config.json` (`model_type` llama or qwen2),
+    /// `tokenizer.json`, `tokenizer_config.json` (chat template) and `*.safetensors`.
+    pub fn from_hf_dir(dir: &Path, opts: &GeneratorOptions) -> Result<Self> {
+        let read = |name: &str| -> Result<String> {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))
+        };
+        let config: serde_json::Value = serde_json::from_str(&read("config.json")?)?;
+        let tok_cfg: serde_json::Value = serde_json::from_str(&read("tokenizer_config.json")?)?;
+        let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))?;
+        let token_id = |key: &str| -> Option<u32> {
+            let t = tok_cfg.get(key)?;
+            let s = t.as_str().or_else(|| t.get("content").and_then(|c| c.as_str()))?;
+            tokenizer.token_to_id(s)
+        };
+        let bos = token_id("bos_token").or_else(|| config["bos_token_id"].as_u64().map(|v| v as u32));
+        let eos = token_id("eos_token").or_else(|| config["eos_token_id"].as_u64().map(|v| v as u32));
+        let template = tok_cfg.get("chat_template").and_then(|t| t.as_str()).map(str::to_string);
+        let ctx = config["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::invalid(dir, "no .safetensors files"));
+        }
+        // SAFETY-free path: plain reads into memory (the workspace forbids unsafe mmap).
+        let vb = VarBuilder::from_tensors(load_safetensors(&files, &opts.device)?, DType::F32, &opts.device);
+        let weights = match config["model_type"].as_str().unwrap_or_default() {
+            "llama" => {
+                let c: llama::LlamaConfig = serde_json::from_value(config.clone())?;
+                let c = c.into_config(false);
+                let cache = llama::Cache::new(true, DType::F32, &c, &opts.device)?;
+                Weights::Llama(Box::new(llama::Llama::load(vb, &c)?), Box::new(cache), c)
+            }
+            "qwen2" => {
+                let c: qwen2::Config = serde_json::from_value(config.clone())?;
+                Weights::Qwen2(Box::new(qwen2::ModelForCausalLM::new(&c, vb)?))
+            }
+            other => return Err(Error::invalid(dir, format!("model_type '{other}' is not supported (llama, qwen2)"))),
+        };
+        let format = PromptFormat::new(tokenizer, template.as_deref(), bos, eos, ctx, &dir.display().to_string())?;
+        Ok(Self {
+            name: opts.name.clone(),
+            weights,
+            format: Arc::new(format),
+            device: opts.device.clone(),
+            prefill_chunk: opts.prefill_chunk.max(1),
+        })
+    }
+
+    /// GGUF file or Hugging Face folder, by what `path` is.
+    pub fn load(path: &Path, opts: &GeneratorOptions) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_hf_dir(path, opts)
+        } else {
+            Self::from_gguf(path, opts)
+        }
+    }
+
+    /// Run the prompt through the model, returning the logits of its last position.
+    fn prefill(&mut self, ids: &[u32]) -> Result<Tensor> {
+        self.weights.reset(&self.device)?;
+        let chunk = if self.weights.chunked_prefill() { self.prefill_chunk } else { ids.len() };
+        let mut logits = None;
+        for (i, part) in ids.chunks(chunk).enumerate() {
+            let input = Tensor::new(part, &self.device)?.unsqueeze(0)?;
+            logits = Some(self.weights.forward(&input, i * chunk, &self.device)?);
+        }
+        logits.ok_or_else(|| Error::Generation("empty prompt".into()))
+    }
+}
+
+fn load_safetensors(
+    files: &[std::path::PathBuf],
+    device: &Device,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let mut all = std::collections::HashMap::new();
+    for f in files {
+        let tensors = candle_core::safetensors::load(f, device)?;
+        for (k, v) in tensors {
+            all.insert(k, v.to_dtype(DType::F32)?);
+        }
+    }
+    Ok(all)
+}
+
+impl Generator for CandleGenerator {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn format(&self) -> Arc<PromptFormat> {
+        self.format.clone()
+    }
+
+    fn generate(
+        &mut self,
+        prompt: &str,
+        params: &SamplingParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let t0 = Instant::now();
+        let format = self.format.clone();
+        let ids = format.encode(prompt)?;
+        let ctx = format.context_length();
+        if ids.is_empty() {
+            return Err(Error::Generation("the prompt is empty".into()));
+        }
+        if ids.len() >= ctx {
+            return Err(Error::PromptTooLong { tokens: ids.len(), limit: ctx });
+        }
+        let max_new = params.max_tokens.min(ctx - ids.len());
+        let mut sampler = LogitsProcessor::from_sampling(params.seed, params.sampling());
+        let mut stream = TextStream::default();
+        let mut stops = StopMatcher::new(&params.stop);
+        let mut text = String::new();
+        let mut all: Vec<u32> = ids.clone();
+
+        let mut logits = self.prefill(&ids)?;
+        let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut first_token_ms = 0.0;
+        let t_decode = Instant::now();
+        let mut produced = 0;
+        let mut finish = FinishReason::Length;
+        let banned: &[u32] = if params.japanese_kanji_only { format.non_japanese_han_ids() } else { &[] };
+        while produced < max_new {
+            if params.repeat_penalty != 1.0 {
+                let start = all.len().saturating_sub(params.repeat_last_n);
+                logits =
+                    candle_transformers::utils::apply_repeat_penalty(&logits, params.repeat_penalty, &all[start..])?;
+            }
+            if !banned.is_empty() {
+                let mut v = logits.to_vec1::<f32>()?;
+                for &id in banned {
+                    if let Some(x) = v.get_mut(id as usize) {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+                logits = Tensor::from_vec(v, logits.dims1()?, logits.device())?;
+            }
+            let next = sampler.sample(&logits)?;
+            if produced == 0 {
+                first_token_ms = t0.elapsed().as_secs_f64() * 1e3;
+            }
+            produced += 1;
+            all.push(next);
+            if format.is_stop(next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            if let Some(piece) = stream.push(&format, next)? {
+                let (out, hit) = stops.push(&piece);
+                text.push_str(&out);
+                if !out.is_empty() && !on_text(&out) {
+                    finish = FinishReason::Cancelled;
+                    break;
+                }
+                if hit {
+                    finish = FinishReason::Stop;
+                    break;
+                }
+            }
+            if produced == max_new {
+                break;
+            }
+            let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
+            logits = self.weights.forward(&input, all.len() - 1, &self.device)?;
+        }
+        if finish != FinishReason::Cancelled {
+            let rest = stops.finish();
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                if !on_text(&rest) {
+                    finish = FinishReason::Cancelled;
+                }
+            }
+        }
+        Ok(Generation {
+            text,
+            finish_reason: finish,
+            prompt_tokens: ids.len(),
+            completion_tokens: produced,
+            prompt_ms,
+            first_token_ms,
+            decode_ms: t_decode.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
