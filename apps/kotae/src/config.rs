@@ -21,6 +21,27 @@ pub struct Config {
     pub search: SearchConfig,
     pub models: ModelsConfig,
     pub vector_store: VectorStoreConfig,
+    pub generator: GeneratorConfig,
+    pub answer: kotae_answer::AnswerConfig,
+    pub server: kotae_server::ServerConfig,
+}
+
+/// The language model that writes answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// Catalog name, or a path to a GGUF file or a Hugging Face–style folder.
+    pub model: String,
+    /// Prompt tokens per forward pass.
+    pub prefill_chunk: usize,
+    /// `cpu`, or `cuda` (builds with the `cuda` feature).
+    pub device: String,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self { model: "qwen2.5-0.5b-instruct".into(), prefill_chunk: 512, device: "cpu".into() }
+    }
 }
 
 /// Where vectors live: empty `url` is the embedded engine in the data directory; a URL is a
@@ -90,6 +111,9 @@ impl Default for Config {
             search: SearchConfig::default(),
             models: ModelsConfig::default(),
             vector_store: VectorStoreConfig::default(),
+            generator: GeneratorConfig::default(),
+            answer: kotae_answer::AnswerConfig::default(),
+            server: kotae_server::ServerConfig::default(),
         }
     }
 }
@@ -182,6 +206,15 @@ impl Config {
         if let Some(v) = env("KOTAE_QDRANT_API_KEY").or_else(|| env("QDRANT_API_KEY")) {
             cfg.vector_store.api_key = v;
         }
+        if let Some(v) = env("KOTAE_GENERATOR") {
+            cfg.generator.model = v;
+        }
+        if let Some(v) = env("KOTAE_DEVICE") {
+            cfg.generator.device = v;
+        }
+        if let Some(v) = env("KOTAE_ADDR") {
+            cfg.server.addr = v;
+        }
         if let Some(v) = env("KOTAE_PYTHON") {
             cfg.models.python = v;
         }
@@ -223,6 +256,21 @@ impl Config {
             bail!("search.top_k must be between 1 and 1000");
         }
         kotae_models::registry::spec(&self.embedder.model).map_err(|e| anyhow::anyhow!("embedder.model: {e}"))?;
+        if kotae_models::registry::spec(&self.generator.model).is_err() && !Path::new(&self.generator.model).exists() {
+            bail!(
+                "generator.model '{}' is neither a catalog name (`kotae models list --all`) nor an existing path",
+                self.generator.model
+            );
+        }
+        if !matches!(self.generator.device.as_str(), "cpu" | "cuda") {
+            bail!("generator.device must be \"cpu\" or \"cuda\", not \"{}\"", self.generator.device);
+        }
+        if self.generator.prefill_chunk == 0 || self.answer.top_k == 0 || self.answer.context_tokens < 128 {
+            bail!("generator.prefill_chunk and answer.top_k must be ≥ 1, answer.context_tokens ≥ 128");
+        }
+        if self.server.queue_capacity == 0 {
+            bail!("server.queue_capacity must be at least 1");
+        }
         Ok(())
     }
 

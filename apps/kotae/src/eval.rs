@@ -179,6 +179,155 @@ pub fn print_report(r: &EvalReport) {
     }
 }
 
+/// One question of the out-of-scope set.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScopeQuery {
+    pub id: String,
+    pub lang: String,
+    pub query: String,
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// How well the relevance threshold separates answerable from unanswerable questions.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScopeRow {
+    pub lang: String,
+    pub threshold: f32,
+    /// Share of golden (answerable) questions that would be answered.
+    pub answered: f64,
+    /// Share of out-of-scope questions that would be declined.
+    pub declined: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScopeReport {
+    /// At the configured `answer.min_relevance`, per language and `all`.
+    pub at_threshold: Vec<ScopeRow>,
+    /// Per language, the threshold with the best balanced accuracy (for tuning).
+    pub best: Vec<ScopeRow>,
+    /// Out-of-scope questions that would be answered, and answerable ones that would be declined.
+    pub errors: Vec<String>,
+    pub failures: Vec<String>,
+}
+
+/// The relevance signal `Answerer::plan` uses: the best cosine similarity among the top-k
+/// hybrid hits.
+fn relevance(cfg: &Config, index: &KnowledgeIndex, text: &str, v: Vec<f32>) -> Result<f32> {
+    let req = SearchRequest {
+        text: text.to_string(),
+        vector: Some(v),
+        mode: cfg.search.mode,
+        top_k: cfg.answer.top_k,
+        groups: vec![],
+        lang: None,
+        fusion: cfg.search.fusion,
+    };
+    Ok(index.search(&req)?.iter().filter_map(|h| h.dense_score).fold(0.0, f32::max))
+}
+
+pub fn run_scope_eval(
+    cfg: &Config,
+    index: &KnowledgeIndex,
+    embedder: &dyn Embedder,
+    golden: &[GoldQuery],
+    out_of_scope: &[ScopeQuery],
+    thresholds: Option<&toml::Table>,
+) -> Result<ScopeReport> {
+    let score_all = |qs: Vec<(&str, &str, &str)>| -> Result<Vec<(String, String, String, f32)>> {
+        let texts: Vec<String> = qs.iter().map(|q| kotae_ingest::clean::normalize(q.2)).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors = embedder.embed(&refs, InputKind::Query)?.vectors;
+        qs.iter()
+            .zip(texts.iter().zip(vectors))
+            .map(|(q, (t, v))| Ok((q.0.to_string(), q.1.to_string(), q.2.to_string(), relevance(cfg, index, t, v)?)))
+            .collect()
+    };
+    let ins = score_all(golden.iter().map(|g| (g.id.as_str(), g.lang.as_str(), g.query.as_str())).collect())?;
+    let outs = score_all(out_of_scope.iter().map(|g| (g.id.as_str(), g.lang.as_str(), g.query.as_str())).collect())?;
+    let row = |lang: &str, t: f32| {
+        let pick = |v: &[(String, String, String, f32)]| -> Vec<f32> {
+            v.iter().filter(|x| lang == "all" || x.1 == lang).map(|x| x.3).collect()
+        };
+        let (i, o) = (pick(&ins), pick(&outs));
+        ScopeRow {
+            lang: lang.into(),
+            threshold: t,
+            answered: i.iter().filter(|&&s| s >= t).count() as f64 / i.len().max(1) as f64,
+            declined: o.iter().filter(|&&s| s < t).count() as f64 / o.len().max(1) as f64,
+        }
+    };
+    let t = |lang: &str| cfg.answer.min_relevance(lang);
+    let mut at_threshold: Vec<ScopeRow> = ["ja", "en"].iter().map(|l| row(l, t(l))).collect();
+    let n = |lang: &str, v: &[(String, String, String, f32)]| v.iter().filter(|x| x.1 == lang).count() as f64;
+    let (ni, no) = (ins.len().max(1) as f64, outs.len().max(1) as f64);
+    let answered = at_threshold.iter().map(|r| r.answered * n(&r.lang, &ins)).sum::<f64>() / ni;
+    let declined = at_threshold.iter().map(|r| r.declined * n(&r.lang, &outs)).sum::<f64>() / no;
+    at_threshold.push(ScopeRow { lang: "all".into(), threshold: f32::NAN, answered, declined });
+    // (NaN serializes as null in the JSON report: the thresholds differ per language.)
+    let best = ["ja", "en"]
+        .iter()
+        .filter_map(|l| {
+            (60..=95)
+                .map(|c| row(l, c as f32 / 100.0))
+                .max_by(|a, b| (a.answered + a.declined).total_cmp(&(b.answered + b.declined)))
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for (id, lang, q, s) in &outs {
+        if *s >= t(lang) {
+            errors.push(format!("answered out-of-scope {id} ({s:.3}) {q:?}"));
+        }
+    }
+    for (id, lang, q, s) in &ins {
+        if *s < t(lang) {
+            errors.push(format!("declined answerable {id} ({s:.3}) {q:?}"));
+        }
+    }
+    let mut failures = Vec::new();
+    if let Some(th) = thresholds {
+        for r in &at_threshold {
+            for (name, got) in [("answered", r.answered), ("declined", r.declined)] {
+                if let Some(min) = th.get(&r.lang).and_then(|l| l.get(name)).and_then(|v| v.as_float()) {
+                    if got + 1e-9 < min {
+                        failures.push(format!("{}/{name} = {got:.3} < {min:.3}", r.lang));
+                    }
+                }
+            }
+        }
+    }
+    Ok(ScopeReport { at_threshold, best, errors, failures })
+}
+
+pub fn load_scope(path: &Path) -> Result<Vec<ScopeQuery>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: bad entry", path.display(), i + 1)))
+        .collect()
+}
+
+pub fn print_scope(r: &ScopeReport) {
+    println!("{:<5} {:>9} {:>9} {:>9}", "lang", "threshold", "answered", "declined");
+    for x in &r.at_threshold {
+        let t = if x.threshold.is_nan() { "per lang".to_string() } else { format!("{:.2}", x.threshold) };
+        println!("{:<5} {:>9} {:>9.3} {:>9.3}", x.lang, t, x.answered, x.declined);
+    }
+    for b in &r.best {
+        println!(
+            "best balanced threshold for {}: {:.2} (answered {:.3}, declined {:.3})",
+            b.lang, b.threshold, b.answered, b.declined
+        );
+    }
+    for e in &r.errors {
+        println!("  {e}");
+    }
+    for f in &r.failures {
+        println!("FAIL {f}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod ingest;
 pub mod models;
 pub mod search;
+pub mod serve;
 
 use anyhow::{Context, Result};
 use kotae_index::{IndexConfig, KnowledgeIndex};

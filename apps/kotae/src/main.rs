@@ -69,6 +69,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Answer a question from the knowledge base (streams the answer, then its sources)
+    Ask {
+        question: String,
+        /// The asker's access groups (public is always included)
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Print the answer object as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the chat server (HTTP API, SSE streaming, OpenAI-compatible endpoints)
+    Serve {
+        /// Address to listen on [env: KOTAE_ADDR] [default: 127.0.0.1:8080]
+        #[arg(long)]
+        addr: Option<String>,
+    },
     /// Install and list models
     Models {
         #[command(subcommand)]
@@ -104,6 +120,17 @@ enum EvalCmd {
         #[arg(long, default_value = "evals/retrieval/golden.jsonl")]
         golden: PathBuf,
         #[arg(long, default_value = "evals/retrieval/thresholds.toml")]
+        thresholds: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether the relevance threshold answers what the documents cover and declines the rest
+    AnswerScope {
+        #[arg(long, default_value = "evals/retrieval/golden.jsonl")]
+        golden: PathBuf,
+        #[arg(long, default_value = "evals/answer/out_of_scope.jsonl")]
+        out_of_scope: PathBuf,
+        #[arg(long, default_value = "evals/answer/thresholds.toml")]
         thresholds: PathBuf,
         #[arg(long)]
         json: bool,
@@ -177,6 +204,63 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 search::print_hits(&out);
+            }
+        }
+        Cmd::Ask { question, groups, json } => {
+            let stream = !json;
+            let a = kotae::serve::run_ask(&cfg, &question, groups, move |t| {
+                if stream {
+                    use std::io::Write;
+                    print!("{t}");
+                    let _ = std::io::stdout().flush();
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                if a.completion_tokens == 0 {
+                    print!("{}", a.text);
+                }
+                println!();
+                for c in &a.citations {
+                    println!("[{}] {} — {}", c.n, c.source, c.section);
+                }
+                eprintln!(
+                    "({:?}; first token {:.0} ms, total {:.0} ms, {} prompt + {} answer tokens)",
+                    a.kind, a.timings.first_token_ms, a.timings.total_ms, a.prompt_tokens, a.completion_tokens
+                );
+            }
+        }
+        Cmd::Serve { addr } => {
+            let mut cfg = cfg;
+            if let Some(a) = addr {
+                cfg.server.addr = a;
+            }
+            kotae::serve::run_serve(&cfg)?;
+        }
+        Cmd::Eval { cmd: EvalCmd::AnswerScope { golden, out_of_scope, thresholds, json } } => {
+            let embedder = kotae::load_embedder(&cfg)?;
+            let index = kotae::open_index(&cfg, None)?;
+            let thr: Option<toml::Table> = match std::fs::read_to_string(&thresholds) {
+                Ok(t) => Some(toml::from_str(&t)?),
+                Err(_) => None,
+            };
+            let r = eval::run_scope_eval(
+                &cfg,
+                &index,
+                &embedder,
+                &eval::load_golden(&golden)?,
+                &eval::load_scope(&out_of_scope)?,
+                thr.as_ref(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                eval::print_scope(&r);
+            }
+            if !r.failures.is_empty() {
+                eprintln!("answer-scope evaluation FAILED: {} threshold(s) missed", r.failures.len());
+                return Ok(ExitCode::from(1));
             }
         }
         Cmd::Eval { cmd: EvalCmd::Retrieval { golden, thresholds, json } } => {

@@ -29,7 +29,11 @@ pub fn fetch(cfg: &Config, name: &str) -> Result<InstalledModel> {
 
 /// What `kotae models fetch` installs without a name: the embedder and the dictionary.
 pub fn default_set(cfg: &Config) -> Vec<String> {
-    vec![cfg.embedder.model.clone(), IPADIC.to_string()]
+    let mut v = vec![cfg.embedder.model.clone(), IPADIC.to_string()];
+    if registry::spec(&cfg.generator.model).is_ok() {
+        v.push(cfg.generator.model.clone());
+    }
+    v
 }
 
 pub fn all_names() -> Vec<String> {

@@ -113,6 +113,10 @@ pub struct Hit {
     pub text: String,
     pub kind: String,
     pub span: (u64, u64),
+    /// Cosine similarity to the query embedding, when the chunk was among the dense results:
+    /// an absolute relevance signal (fused scores are only comparable within one query).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dense_score: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

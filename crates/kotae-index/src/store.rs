@@ -193,6 +193,7 @@ impl KnowledgeIndex {
             // Points not in the committed lexical index (an interrupted ingest) are ignored.
             dense = found.into_iter().filter(|(id, _)| chunks.contains_key(id)).collect();
         }
+        let dense_scores: HashMap<ChunkId, f32> = dense.iter().copied().collect();
         let ranked = match req.mode {
             SearchMode::Bm25 => bm25,
             SearchMode::Dense => dense,
@@ -217,6 +218,7 @@ impl KnowledgeIndex {
                 text: c.text,
                 kind: c.kind,
                 span: c.span,
+                dense_score: dense_scores.get(&id).copied(),
             });
             if hits.len() == req.top_k {
                 break;

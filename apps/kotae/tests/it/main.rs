@@ -13,6 +13,7 @@ use kotae_models::{BertEmbedder, Embedder};
 
 mod bad_input;
 mod kill_resume;
+mod serve;
 
 pub fn test_data() -> PathBuf {
     let d = std::env::var("KOTAE_TEST_DATA")

@@ -1,0 +1,100 @@
+//! `kotae serve` and `kotae ask`: answers from the knowledge base with the configured
+//! generator.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use kotae_answer::{Answer, Answerer, Question, RetrievalSettings};
+use kotae_models::{Embedder, GeneratorOptions, GeneratorWorker};
+use kotae_server::{AppState, Engine};
+
+use crate::config::Config;
+
+/// The generator's device: CPU, or the first CUDA GPU when built with `cuda`.
+pub fn generator_device(cfg: &Config) -> Result<kotae_models::candle::Device> {
+    match cfg.generator.device.as_str() {
+        "cuda" => kotae_models::candle::Device::new_cuda(0)
+            .context("generator.device = \"cuda\" but no CUDA device is usable (is this a `--features cuda` build?)"),
+        _ => Ok(kotae_models::candle::Device::Cpu),
+    }
+}
+
+/// Load embedder, index and generator and wire them together.
+pub fn build_engine(cfg: &Config) -> Result<Engine> {
+    let embedder: Arc<dyn Embedder> = Arc::new(crate::load_embedder(cfg)?);
+    let index = Arc::new(crate::open_index(cfg, None)?);
+    engine_from(cfg, index, embedder)
+}
+
+/// An engine over an index and embedder that are already open (tests share them).
+pub fn engine_from(cfg: &Config, index: Arc<kotae_index::KnowledgeIndex>, embedder: Arc<dyn Embedder>) -> Result<Engine> {
+    let opts = GeneratorOptions {
+        name: String::new(),
+        device: generator_device(cfg)?,
+        prefill_chunk: cfg.generator.prefill_chunk,
+    };
+    let generator = kotae_models::registry::load_generator(&cfg.models_dir(), &cfg.generator.model, &opts)
+        .with_context(|| format!("cannot load generator {}", cfg.generator.model))?;
+    let worker = GeneratorWorker::spawn(Box::new(generator), cfg.server.queue_capacity)?;
+    let retrieval = RetrievalSettings { mode: cfg.search.mode, fusion: cfg.search.fusion };
+    let answerer =
+        Answerer::new(index.clone(), Some(embedder.clone()), worker.format().clone(), retrieval, cfg.answer.clone());
+    Ok(Engine { answerer, worker, index, embedder: Some(embedder), retrieval, embedder_name: cfg.embedder.model.clone() })
+}
+
+/// Answer one question on the command line, streaming the text to `on_text`.
+pub fn run_ask(cfg: &Config, question: &str, groups: Vec<String>, on_text: impl FnMut(&str) + Send + 'static) -> Result<Answer> {
+    let engine = build_engine(cfg)?;
+    let q = Question { text: question.to_string(), history: Vec::new(), groups };
+    Ok(engine.answerer.ask(&q, &engine.worker, on_text)?)
+}
+
+/// Open the state database and the server state (no models yet).
+pub fn server_state(cfg: &Config) -> Result<Arc<AppState>> {
+    let store = kotae_server::store::Store::open(&cfg.data_dir.join("state").join("kotae.sqlite3"))
+        .map_err(anyhow::Error::msg)?;
+    AppState::new(cfg.server.clone(), store).map_err(anyhow::Error::msg)
+}
+
+/// Run the server until Ctrl-C / SIGTERM. The port opens at once; `/readyz` turns ready when
+/// the models have loaded.
+pub fn run_serve(cfg: &Config) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let state = server_state(cfg)?;
+        let listener = tokio::net::TcpListener::bind(&cfg.server.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (set server.addr, KOTAE_ADDR or --addr)", cfg.server.addr))?;
+        let addr = listener.local_addr()?;
+        eprintln!("kotae: listening on http://{addr} (loading models …)");
+        let st = state.clone();
+        let c = cfg.clone();
+        tokio::task::spawn_blocking(move || match build_engine(&c) {
+            Ok(engine) => {
+                eprintln!("kotae: ready — generator {}, {} chunks", engine.worker.name(), engine.index.num_chunks());
+                st.set_engine(engine);
+            }
+            Err(e) => {
+                eprintln!("kotae: models failed to load: {e:#}");
+                st.set_load_error(format!("{e:#}"));
+            }
+        });
+        kotae_server::serve(state, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

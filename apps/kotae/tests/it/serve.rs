@@ -1,0 +1,341 @@
+//! The chat server through real HTTP, with the real embedder, index of `knowledge/` and
+//! SmolLM2 as the generator.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use kotae::config::Config;
+use kotae_index::KnowledgeIndex;
+use kotae_models::Embedder;
+use kotae_server::AppState;
+use serde_json::{json, Value};
+
+use super::{config, embedder, fresh_data_dir, ingest, workspace};
+
+struct Kb {
+    _dir: tempfile::TempDir,
+    cfg: Config,
+    index: Arc<KnowledgeIndex>,
+    embedder: Arc<dyn Embedder>,
+}
+
+fn kb() -> &'static Kb {
+    static K: OnceLock<Kb> = OnceLock::new();
+    K.get_or_init(|| {
+        let dir = fresh_data_dir();
+        let mut cfg = config(dir.path());
+        cfg.generator.model = "smollm2-135m-instruct".into();
+        cfg.answer.sampling.max_tokens = 64;
+        cfg.answer.context_tokens = 600;
+        let mut index = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
+        ingest(&cfg, &mut index, &[&workspace().join("knowledge")], &[], true);
+        let e: Arc<dyn Embedder> = Arc::new(kotae::load_embedder(&cfg).unwrap());
+        Kb { _dir: dir, cfg, index: Arc::new(index), embedder: e }
+    })
+}
+
+struct Server {
+    base: String,
+    state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// A server over the shared knowledge base; `state_dir` holds its SQLite database.
+    async fn start(state_dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Server {
+        let k = kb();
+        let mut cfg = k.cfg.clone();
+        cfg.data_dir = state_dir.to_path_buf();
+        tweak(&mut cfg);
+        let state = kotae::serve::server_state(&cfg).unwrap();
+        let engine = kotae::serve::engine_from(&cfg, k.index.clone(), k.embedder.clone()).unwrap();
+        state.set_engine(engine);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let handle = tokio::spawn(async move {
+            kotae_server::serve(st, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server { base, state, stop: Some(tx), handle: Some(handle) }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.handle.take().unwrap().await;
+    }
+}
+
+/// Read an SSE response into (event, data) pairs.
+async fn sse_events(resp: reqwest::Response) -> Vec<(String, Value)> {
+    let text = resp.text().await.unwrap();
+    parse_sse(&text)
+}
+
+fn parse_sse(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut event = "message".to_string();
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(e) = line.strip_prefix("event:") {
+                event = e.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            }
+        }
+        if !data.is_empty() {
+            out.push((event, serde_json::from_str(&data).unwrap_or(Value::String(data))));
+        }
+    }
+    out
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_streams_tokens_then_a_cited_answer_and_conversations_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), |_| {}).await;
+    let c = client();
+    let resp = c
+        .post(s.url("/api/chat"))
+        .json(&json!({ "message": "How do I reserve a meeting room?" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = sse_events(resp).await;
+    assert_eq!(events[0].0, "meta");
+    let conv = events[0].1["conversation_id"].as_str().unwrap().to_string();
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done", "{events:?}");
+    let tokens: String = events.iter().filter(|e| e.0 == "token").map(|e| e.1["text"].as_str().unwrap()).collect();
+    let answer = &done["answer"];
+    assert!(events.iter().filter(|e| e.0 == "token").count() > 1, "streamed token by token");
+    assert_eq!(tokens.trim(), answer["text"].as_str().unwrap());
+    assert_eq!(answer["kind"], "generated");
+    let sources: Vec<&str> = answer["citations"].as_array().unwrap().iter().map(|c| c["source"].as_str().unwrap()).collect();
+    assert!(sources.contains(&"manuals/ga/meeting-rooms.en.md"), "cited {sources:?}: {answer}");
+    assert!(answer["timings"]["first_token_ms"].as_f64().unwrap() > 0.0);
+    let message_id = done["message_id"].as_str().unwrap().to_string();
+
+    // A follow-up in the same conversation, answered as JSON.
+    let r: Value = c
+        .post(s.url("/api/chat"))
+        .json(&json!({ "message": "And can I cancel it?", "conversation_id": conv, "stream": false }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let q = r["answer"]["search_query"].as_str().unwrap();
+    assert!(q.contains("meeting room") && q.contains("cancel"), "follow-up query {q:?}");
+
+    let fb = c
+        .post(s.url("/api/feedback"))
+        .json(&json!({ "message_id": message_id, "rating": "up", "comment": "clear" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fb.status(), 201);
+    let bad = c.post(s.url("/api/feedback")).json(&json!({ "message_id": message_id, "rating": "meh" })).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"]["code"], "bad_request");
+    s.stop().await;
+
+    // Restart on the same data directory: nothing is lost.
+    let s = Server::start(dir.path(), |_| {}).await;
+    let conv_json: Value = c.get(s.url(&format!("/api/conversations/{conv}"))).send().await.unwrap().json().await.unwrap();
+    let msgs = conv_json["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 4, "{conv_json}");
+    assert_eq!(msgs[0]["content"], "How do I reserve a meeting room?");
+    assert_eq!(msgs[1]["answer"]["kind"], "generated");
+    assert_eq!(s.state.store.feedback_counts().unwrap(), (1, 0));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_scope_questions_are_declined_with_a_pointer_to_the_help_desk() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), |_| {}).await;
+    let c = client();
+    for (q, lang) in [("What is the boiling point of mercury in Kelvin?", "en"), ("富士山の標高は何メートルですか？", "ja")] {
+        let r: Value =
+            c.post(s.url("/api/chat")).json(&json!({ "message": q, "stream": false })).send().await.unwrap().json().await.unwrap();
+        assert_eq!(r["answer"]["kind"], "declined", "{q}: {r}");
+        assert_eq!(r["answer"]["lang"], lang);
+        assert!(r["answer"]["citations"].as_array().unwrap().is_empty());
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_get_429_and_a_full_queue_gets_503_both_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), |c| {
+        c.server.rate_limit_burst = 3;
+        c.server.rate_limit_per_minute = 1;
+    })
+    .await;
+    let c = client();
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let r = c.get(s.url("/v1/models")).send().await.unwrap();
+        codes.push(r.status().as_u16());
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry >= 1);
+            assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "rate_limited");
+        }
+    }
+    assert_eq!(codes, vec![200, 200, 200, 429, 429]);
+    // Health and metrics are not rate limited.
+    assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+    s.stop().await;
+
+    let s = Server::start(dir.path(), |c| {
+        c.server.queue_capacity = 1;
+        c.answer.sampling.max_tokens = 200;
+    })
+    .await;
+    let ask = |q: &'static str| c.post(s.url("/api/chat")).json(&json!({ "message": q })).send();
+    let first = ask("How do I connect to the VPN from home?").await.unwrap();
+    let mut first_stream = first.bytes_stream();
+    // Wait until the first answer is generating.
+    let mut seen = String::new();
+    while !seen.contains("event: token") {
+        seen.push_str(&String::from_utf8_lossy(&first_stream.next().await.unwrap().unwrap()));
+    }
+    let second = ask("How do I reserve a meeting room?").await.unwrap();
+    assert_eq!(second.status(), 200, "one job may wait");
+    let third = ask("How much is the per diem abroad?").await.unwrap();
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    assert_eq!(third.json::<Value>().await.unwrap()["error"]["code"], "busy");
+    drop(first_stream);
+    drop(second);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_cancels_its_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), |c| {
+        c.answer.sampling.max_tokens = 400;
+    })
+    .await;
+    let c = client();
+    let resp = c
+        .post(s.url("/api/chat"))
+        .json(&json!({ "message": "Explain in detail how to set up the VPN on Windows and on a Mac." }))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: token") {
+        seen.push_str(&String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()));
+    }
+    drop(stream);
+    // The worker notices at its next token and is free again long before 400 tokens.
+    let t = Instant::now();
+    loop {
+        let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if m.contains("kotae_answers_total{kind=\"cancelled\"} 1") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "generation was not cancelled:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready: Value = c.get(s.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["queue"]["load"], 0, "{ready}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_compatible_endpoints_errors_and_openapi() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), |_| {}).await;
+    let c = client();
+    let models: Value = c.get(s.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["data"][0]["id"], "kotae");
+    let body = json!({
+        "model": "kotae",
+        "messages": [{ "role": "system", "content": "ignored" }, { "role": "user", "content": "How do I reserve a meeting room?" }],
+        "max_tokens": 48,
+    });
+    let r: Value = c.post(s.url("/v1/chat/completions")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["object"], "chat.completion");
+    let text = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!text.is_empty());
+    assert!(r["usage"]["completion_tokens"].as_u64().unwrap() <= 48);
+    assert!(!r["kotae"]["citations"].as_array().unwrap().is_empty(), "{r}");
+
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let resp = c.post(s.url("/v1/chat/completions")).json(&sbody).send().await.unwrap();
+    let events = sse_events(resp).await;
+    assert_eq!(events.last().unwrap().1, Value::String("[DONE]".into()));
+    assert_eq!(events[0].1["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String =
+        events.iter().filter_map(|e| e.1["choices"][0]["delta"]["content"].as_str()).collect::<String>();
+    assert_eq!(streamed.trim(), text, "greedy: streaming and not give the same answer");
+    let fin = &events[events.len() - 2].1;
+    assert!(fin["choices"][0]["finish_reason"].is_string());
+
+    // Errors: JSON with a stable code, never a bare text page.
+    let bad = c.post(s.url("/api/chat")).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"]["code"], "bad_request");
+    let huge = json!({ "message": "x".repeat(100_000) });
+    let r = c.post(s.url("/api/chat")).json(&huge).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "payload_too_large");
+    let r = c.post(s.url("/api/chat")).json(&json!({ "message": "   " })).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c.get(s.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_found");
+    let r = c.post(s.url("/api/chat")).json(&json!({ "message": "hi", "conversation_id": "not-mine" })).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    let search: Value =
+        c.post(s.url("/api/search")).json(&json!({ "query": "VPN", "top_k": 3 })).send().await.unwrap().json().await.unwrap();
+    assert_eq!(search["hits"].as_array().unwrap().len(), 3);
+
+    let spec: Value = c.get(s.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    for p in [
+        "/api/chat",
+        "/api/search",
+        "/api/feedback",
+        "/api/conversations/{id}",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(spec["paths"][p].is_object(), "{p} missing from /openapi.json");
+    }
+    let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in ["kotae_http_requests_total", "kotae_time_to_first_token_seconds", "kotae_generation_queue_depth"] {
+        assert!(m.contains(name), "{name} missing from /metrics");
+    }
+    s.stop().await;
+}

@@ -1,0 +1,389 @@
+//! Retrieval-augmented answering: question → retrieval (hybrid, filtered by the asker's access
+//! groups) → a decision (answer from a past inquiry, decline, or generate) → a prompt that
+//! numbers its sources within a token budget → the generated text with the citations it used.
+//!
+//! It owns prompts, relevance decisions and citation parsing. It does not know HTTP or
+//! storage of conversations, and it never runs a model itself except through the
+//! [`GeneratorWorker`] it is given (or the embedder, for the query).
+
+pub mod cite;
+pub mod prompt;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kotae_index::{Fusion, Hit, KnowledgeIndex, SearchMode, SearchRequest};
+use kotae_models::{
+    ChatMessage, Embedder, FinishReason, GenEvent, Generation, GeneratorWorker, InputKind, PromptFormat, Role,
+    SamplingParams,
+};
+use serde::{Deserialize, Serialize};
+
+/// Errors of answering.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The question is empty or unusable (the user's fault).
+    #[error("{0}")]
+    BadQuestion(String),
+    #[error(transparent)]
+    Index(#[from] kotae_index::Error),
+    #[error(transparent)]
+    Model(#[from] kotae_models::Error),
+    /// The generator could not take the job (queue full: retry later).
+    #[error(transparent)]
+    Busy(#[from] kotae_models::SubmitError),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Settings of answering; the app fills them from `[answer]` in `kotae.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnswerConfig {
+    /// Chunks retrieved as candidate sources.
+    pub top_k: usize,
+    /// Token budget for the numbered sources in the prompt (the generator's tokens).
+    pub context_tokens: usize,
+    /// Decline when the best source's cosine similarity to a Japanese question is below this
+    /// (multilingual-e5-small scale; evaluated by `kotae eval answer-scope`).
+    pub min_relevance_ja: f32,
+    /// The same for English (and other) questions: English questions often match Japanese
+    /// documents, and cross-lingual similarities run lower.
+    pub min_relevance_en: f32,
+    /// Return a past inquiry's answer directly when its similarity reaches this (1.0+ disables).
+    pub direct_answer_similarity: f32,
+    /// Earlier messages of the conversation kept in the prompt.
+    pub history_messages: usize,
+    /// Where to send people when Kotae cannot answer, per language.
+    pub helpdesk_ja: String,
+    pub helpdesk_en: String,
+    pub sampling: SamplingParams,
+}
+
+impl AnswerConfig {
+    /// The relevance threshold for a question in `lang`.
+    pub fn min_relevance(&self, lang: &str) -> f32 {
+        if lang == "ja" {
+            self.min_relevance_ja
+        } else {
+            self.min_relevance_en
+        }
+    }
+}
+
+impl Default for AnswerConfig {
+    fn default() -> Self {
+        Self {
+            top_k: 5,
+            context_tokens: 1200,
+            min_relevance_ja: 0.85,
+            min_relevance_en: 0.83,
+            direct_answer_similarity: 0.93,
+            history_messages: 4,
+            helpdesk_ja: "担当のヘルプデスク".into(),
+            helpdesk_en: "the help desk".into(),
+            sampling: SamplingParams { max_tokens: 256, ..Default::default() },
+        }
+    }
+}
+
+/// A question as the asker sent it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Question {
+    pub text: String,
+    /// Earlier turns of the conversation, oldest first.
+    #[serde(default)]
+    pub history: Vec<ChatMessage>,
+    /// The asker's access groups (`public` is always included).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// How an answer came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerKind {
+    /// Written by the generator from the sources.
+    Generated,
+    /// A past inquiry that matches the question closely, returned as it was answered.
+    Direct,
+    /// Nothing relevant enough was found: Kotae says so and points to the help desk.
+    Declined,
+}
+
+/// A source the answer relies on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citation {
+    /// The number the answer uses, `[n]`.
+    pub n: usize,
+    pub source: String,
+    pub section: String,
+    pub span: (u64, u64),
+    pub snippet: String,
+    pub chunk_id: String,
+    /// `manual` or `inquiry`.
+    pub kind: String,
+    /// `true` when the answer cites it with `[n]`; `false` when inferred from overlap
+    /// (the model answered from it without writing the marker).
+    pub marked: bool,
+}
+
+/// Where the time went, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub embed_ms: f64,
+    pub retrieve_ms: f64,
+    pub prompt_ms: f64,
+    pub queue_ms: f64,
+    /// From the request to the first generated token.
+    pub first_token_ms: f64,
+    pub generate_ms: f64,
+    pub total_ms: f64,
+}
+
+/// The finished answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer {
+    pub text: String,
+    pub lang: String,
+    pub kind: AnswerKind,
+    pub citations: Vec<Citation>,
+    /// The query sent to retrieval (the question, with context from the conversation).
+    pub search_query: String,
+    /// Best cosine similarity among the retrieved sources.
+    pub relevance: Option<f32>,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    pub timings: Timings,
+}
+
+/// What to do with a question, decided before any generation.
+pub enum Action {
+    /// The answer is known already (declined, or a past inquiry).
+    Done(Box<Answer>),
+    /// Run this prompt through the generator.
+    Generate { prompt: String, params: SamplingParams },
+}
+
+/// Retrieval done, prompt built.
+pub struct Plan {
+    pub action: Action,
+    pub lang: String,
+    pub search_query: String,
+    pub sources: Vec<Hit>,
+    pub relevance: Option<f32>,
+    pub timings: Timings,
+    started: Instant,
+}
+
+/// Retrieval settings shared with `kotae search`.
+#[derive(Debug, Clone, Copy)]
+pub struct RetrievalSettings {
+    pub mode: SearchMode,
+    pub fusion: Fusion,
+}
+
+/// Answers questions from one knowledge base with one generator.
+pub struct Answerer {
+    index: Arc<KnowledgeIndex>,
+    embedder: Option<Arc<dyn Embedder>>,
+    format: Arc<PromptFormat>,
+    retrieval: RetrievalSettings,
+    cfg: AnswerConfig,
+}
+
+impl Answerer {
+    pub fn new(
+        index: Arc<KnowledgeIndex>,
+        embedder: Option<Arc<dyn Embedder>>,
+        format: Arc<PromptFormat>,
+        retrieval: RetrievalSettings,
+        cfg: AnswerConfig,
+    ) -> Self {
+        Self { index, embedder, format, retrieval, cfg }
+    }
+
+    pub fn config(&self) -> &AnswerConfig {
+        &self.cfg
+    }
+
+    /// Retrieve and decide (blocking: embeds the query and searches).
+    #[tracing::instrument(skip_all, fields(groups = ?q.groups))]
+    pub fn plan(&self, q: &Question) -> Result<Plan> {
+        let started = Instant::now();
+        let text = kotae_ingest::clean::normalize(q.text.trim());
+        if text.is_empty() {
+            return Err(Error::BadQuestion("the question is empty: write what you want to know".into()));
+        }
+        let lang = if kotae_ingest::clean::detect_lang(&text) == "ja" { "ja" } else { "en" }.to_string();
+        let search_query = prompt::search_query(&text, &q.history);
+        let mut timings = Timings::default();
+
+        let t = Instant::now();
+        let (mode, vector) = match (&self.embedder, self.retrieval.mode) {
+            (Some(e), m) if m != SearchMode::Bm25 => {
+                (m, e.embed(&[search_query.as_str()], InputKind::Query)?.vectors.pop())
+            }
+            _ => (SearchMode::Bm25, None),
+        };
+        timings.embed_ms = ms(t);
+        let t = Instant::now();
+        let sources = self.index.search(&SearchRequest {
+            text: search_query.clone(),
+            vector,
+            mode,
+            top_k: self.cfg.top_k,
+            groups: q.groups.clone(),
+            lang: None,
+            fusion: self.retrieval.fusion,
+        })?;
+        timings.retrieve_ms = ms(t);
+        let relevance = sources.iter().filter_map(|h| h.dense_score).reduce(f32::max);
+        tracing::debug!(n = sources.len(), ?relevance, "retrieved");
+
+        let t = Instant::now();
+        let relevant = match relevance {
+            Some(r) => r >= self.cfg.min_relevance(&lang),
+            None => !sources.is_empty(),
+        };
+        let action = if !relevant {
+            Action::Done(Box::new(self.declined(&lang, &search_query, relevance)))
+        } else if let Some(direct) = self.direct_answer(&sources, &lang, &search_query, relevance) {
+            Action::Done(Box::new(direct))
+        } else {
+            let messages = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &sources)?;
+            let prompt = self.format.render(&messages)?;
+            let params =
+                SamplingParams { japanese_kanji_only: lang == "ja" || self.cfg.sampling.japanese_kanji_only, ..self.cfg.sampling.clone() };
+            Action::Generate { prompt, params }
+        };
+        timings.prompt_ms = ms(t);
+        Ok(Plan { action, lang, search_query, sources, relevance, timings, started })
+    }
+
+    fn declined(&self, lang: &str, search_query: &str, relevance: Option<f32>) -> Answer {
+        let text = if lang == "ja" {
+            format!(
+                "申し訳ありません。社内の資料には、このご質問に答えられる情報が見つかりませんでした。{}にお問い合わせください。",
+                self.cfg.helpdesk_ja
+            )
+        } else {
+            format!(
+                "Sorry, I could not find anything in the company's documents that answers this. Please contact {}.",
+                self.cfg.helpdesk_en
+            )
+        };
+        Answer {
+            text,
+            lang: lang.into(),
+            kind: AnswerKind::Declined,
+            citations: Vec::new(),
+            search_query: search_query.into(),
+            relevance,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            finish_reason: None,
+            timings: Timings::default(),
+        }
+    }
+
+    /// A past inquiry in the question's language that matches closely enough to reuse.
+    fn direct_answer(&self, sources: &[Hit], lang: &str, search_query: &str, relevance: Option<f32>) -> Option<Answer> {
+        let hit = sources.iter().take(3).find(|h| {
+            h.kind == "inquiry"
+                && h.lang == lang
+                && h.dense_score.is_some_and(|s| s >= self.cfg.direct_answer_similarity)
+        })?;
+        let answer = hit.text.split_once("\nA: ").map(|(_, a)| a.trim().to_string())?;
+        Some(Answer {
+            text: format!("{answer} [1]"),
+            lang: lang.into(),
+            kind: AnswerKind::Direct,
+            citations: vec![cite::citation(1, hit, true)],
+            search_query: search_query.into(),
+            relevance,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            finish_reason: None,
+            timings: Timings::default(),
+        })
+    }
+
+    /// Turn a plan and (if it needed one) its generation into the answer.
+    pub fn complete(&self, plan: Plan, generated: Option<(Generation, f64)>) -> Answer {
+        let mut timings = plan.timings;
+        let mut answer = match (plan.action, generated) {
+            (Action::Done(a), _) => *a,
+            (Action::Generate { .. }, None) => self.declined(&plan.lang, &plan.search_query, plan.relevance),
+            (Action::Generate { .. }, Some((g, queued_ms))) => {
+                let text = g.text.trim().to_string();
+                let citations = cite::used_citations(&text, &plan.sources);
+                timings.queue_ms = queued_ms;
+                timings.generate_ms = g.prompt_ms + g.decode_ms;
+                timings.first_token_ms =
+                    timings.embed_ms + timings.retrieve_ms + timings.prompt_ms + queued_ms + g.first_token_ms;
+                Answer {
+                    text,
+                    lang: plan.lang.clone(),
+                    kind: AnswerKind::Generated,
+                    citations,
+                    search_query: plan.search_query.clone(),
+                    relevance: plan.relevance,
+                    prompt_tokens: g.prompt_tokens,
+                    completion_tokens: g.completion_tokens,
+                    finish_reason: Some(g.finish_reason),
+                    timings: Timings::default(),
+                }
+            }
+        };
+        timings.total_ms = ms(plan.started);
+        answer.timings = timings;
+        answer
+    }
+
+    /// Plan, generate and complete in one blocking call (the CLI and tests).
+    pub fn ask(
+        &self,
+        q: &Question,
+        worker: &GeneratorWorker,
+        on_text: impl FnMut(&str) + Send + 'static,
+    ) -> Result<Answer> {
+        let plan = self.plan(q)?;
+        let generated = match &plan.action {
+            Action::Done(_) => None,
+            Action::Generate { prompt, params } => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let mut on_text = on_text;
+                let mut queued = 0.0;
+                worker.submit(
+                    prompt.clone(),
+                    params.clone(),
+                    Box::new(move |ev| {
+                        match ev {
+                            GenEvent::Started { queued_ms } => queued = queued_ms,
+                            GenEvent::Text(t) => on_text(&t),
+                            GenEvent::Done(r) => {
+                                let _ = tx.send(r.map(|g| (g, queued)));
+                            }
+                        }
+                        true
+                    }),
+                )?;
+                let r = rx.recv().map_err(|_| kotae_models::Error::Generation("the worker stopped".into()))?;
+                Some(r?)
+            }
+        };
+        Ok(self.complete(plan, generated))
+    }
+}
+
+/// Role helper for callers building histories.
+pub fn message(role: Role, text: &str) -> ChatMessage {
+    ChatMessage::new(role, text)
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

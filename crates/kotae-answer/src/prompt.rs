@@ -1,0 +1,157 @@
+//! Prompts: the standalone search query of a follow-up question, and the chat messages that
+//! number the sources within a token budget.
+
+use kotae_index::Hit;
+use kotae_models::{ChatMessage, PromptFormat, Role};
+
+use crate::{AnswerConfig, Result};
+
+/// The query sent to retrieval. A follow-up ("and on a Mac?") only makes sense with what came
+/// before, so the previous question is folded in; a question that stands alone is unchanged.
+pub fn search_query(question: &str, history: &[ChatMessage]) -> String {
+    let previous = history.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.trim());
+    match previous {
+        Some(p) if !p.is_empty() && is_follow_up(question) => format!("{p} {question}"),
+        _ => question.to_string(),
+    }
+}
+
+/// Short questions, or ones that point back ("it", "that", "それ", "その"), lean on context.
+fn is_follow_up(q: &str) -> bool {
+    const BACK: &[&str] = &[
+        "it", "that", "this", "they", "them", "those", "these", "there", "then", "also", "what about", "and ",
+        "それ", "その", "そこ", "これ", "この", "あれ", "では", "じゃあ", "なら", "も?", "も？", "の場合",
+    ];
+    let lower = q.to_lowercase();
+    let words = lower.split_whitespace().count();
+    let chars = q.chars().count();
+    let short = if q.is_ascii() { words <= 6 } else { chars <= 15 };
+    short
+        || BACK.iter().any(|b| {
+            if b.is_ascii() && !b.ends_with(' ') {
+                lower.split(|c: char| !c.is_alphanumeric()).any(|w| w == *b)
+            } else {
+                lower.contains(b)
+            }
+        })
+}
+
+fn system_prompt(lang: &str, cfg: &AnswerConfig) -> String {
+    if lang == "ja" {
+        format!(
+            "あなたは社内ヘルプアシスタント「Kotae」です。社員の質問に、番号付きの資料だけを使って答えてください。\
+             資料を使った文の後には [1] や [2] のように資料の番号を書いてください。\
+             資料に答えがない場合は推測せず「わかりません」と答え、{}への問い合わせを勧めてください。\
+             自然な日本語で、簡潔に答えてください。",
+            cfg.helpdesk_ja
+        )
+    } else {
+        format!(
+            "You are Kotae, the company's internal help assistant. Answer the employee's question using only \
+             the numbered sources. After each sentence that uses a source, write its number like [1] or [2]. \
+             If the sources do not contain the answer, do not guess: say you don't know and suggest contacting {}. \
+             Answer in English, briefly.",
+            cfg.helpdesk_en
+        )
+    }
+}
+
+/// One source as the prompt shows it.
+fn source_block(n: usize, h: &Hit, text: &str) -> String {
+    let section = if h.section.is_empty() { String::new() } else { format!(" — {}", h.section) };
+    format!("[{n}] {}{section}\n{}\n", h.source, text.trim())
+}
+
+/// Cut `text` to at most `tokens` tokens (by whole characters).
+fn truncate_to_tokens(format: &PromptFormat, text: &str, tokens: usize) -> Result<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let (mut lo, mut hi) = (0usize, chars.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        let s: String = chars[..mid].iter().collect();
+        if format.count_tokens(&s)? <= tokens {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(chars[..lo].iter().collect::<String>() + "…")
+}
+
+/// The numbered sources that fit the budget: whole sources first; the first that does not fit
+/// is cut when enough room is left for it to say something.
+pub fn sources_text(format: &PromptFormat, hits: &[Hit], budget: usize) -> Result<(String, usize)> {
+    let mut out = String::new();
+    let mut used = 0;
+    let mut shown = 0;
+    for (i, h) in hits.iter().enumerate() {
+        let block = source_block(i + 1, h, &h.text);
+        let n = format.count_tokens(&block)?;
+        if used + n <= budget {
+            out.push_str(&block);
+            out.push('\n');
+            used += n;
+            shown += 1;
+            continue;
+        }
+        let room = budget.saturating_sub(used + 24);
+        if room >= 64 {
+            let cut = truncate_to_tokens(format, &h.text, room)?;
+            out.push_str(&source_block(i + 1, h, &cut));
+            shown += 1;
+        }
+        break;
+    }
+    Ok((out, shown))
+}
+
+/// Messages for the generator: system rules, recent history, then the sources and the
+/// question. History is dropped oldest first when the whole prompt would not leave room for
+/// the answer.
+pub fn messages(
+    format: &PromptFormat,
+    cfg: &AnswerConfig,
+    lang: &str,
+    question: &str,
+    history: &[ChatMessage],
+    hits: &[Hit],
+) -> Result<Vec<ChatMessage>> {
+    let (sources, _) = sources_text(format, hits, cfg.context_tokens)?;
+    let user = if lang == "ja" {
+        format!("資料:\n{sources}質問: {question}")
+    } else {
+        format!("Sources:\n{sources}Question: {question}")
+    };
+    let keep = history.len().saturating_sub(cfg.history_messages);
+    let mut past: Vec<ChatMessage> =
+        history[keep..].iter().filter(|m| m.role != Role::System).cloned().collect();
+    loop {
+        let mut msgs = vec![ChatMessage::new(Role::System, system_prompt(lang, cfg))];
+        msgs.extend(past.iter().cloned());
+        msgs.push(ChatMessage::new(Role::User, user.clone()));
+        let n = format.count_tokens(&format.render(&msgs)?)?;
+        if n + cfg.sampling.max_tokens <= format.context_length() || past.is_empty() {
+            return Ok(msgs);
+        }
+        past.remove(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_ups_take_the_previous_question() {
+        let h = vec![
+            ChatMessage::new(Role::User, "How do I connect to the VPN?"),
+            ChatMessage::new(Role::Assistant, "Open SecureLink [1]."),
+        ];
+        assert_eq!(search_query("And on a Mac?", &h), "How do I connect to the VPN? And on a Mac?");
+        assert_eq!(search_query("What if it fails with error 809 after the update?", &h).len() > 40, true);
+        let standalone = "How many days of paid leave do new employees get in their first year?";
+        assert_eq!(search_query(standalone, &h), standalone);
+        assert_eq!(search_query("Macの場合は？", &h), "How do I connect to the VPN? Macの場合は？");
+        assert_eq!(search_query("anything", &[]), "anything");
+    }
+}

@@ -1,0 +1,321 @@
+//! Kotae's own API: `/api/chat` (SSE), `/api/search`, `/api/feedback`, conversations, health.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use kotae_answer::{Action, Answer, Question};
+use kotae_index::{SearchMode, SearchRequest};
+use kotae_models::{ChatMessage, FinishReason, GenEvent, InputKind, Role, SamplingParams};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::ApiError;
+use crate::metrics::KindLabels;
+use crate::{AppState, Client, Engine};
+
+/// What an answer run reports to the handler.
+pub(crate) enum RunEvent {
+    Text(String),
+    Done(Box<Answer>),
+    Failed(ApiError),
+}
+
+fn join_error(e: tokio::task::JoinError) -> ApiError {
+    ApiError::Internal(format!("task failed: {e}"))
+}
+
+/// Retrieve and plan on the blocking pool, then either finish at once (declined, past
+/// inquiry) or queue the generation. Errors here (queue full, bad question) come back before
+/// any byte of a stream, so they keep their HTTP status.
+pub(crate) async fn start_answer(
+    state: &Arc<AppState>,
+    engine: Arc<Engine>,
+    q: Question,
+    tweak: impl FnOnce(&mut SamplingParams),
+) -> Result<mpsc::UnboundedReceiver<RunEvent>, ApiError> {
+    let e2 = engine.clone();
+    let mut plan = tokio::task::spawn_blocking(move || e2.answerer.plan(&q)).await.map_err(join_error)??;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (prompt, params) = match &mut plan.action {
+        Action::Done(a) => {
+            let _ = tx.send(RunEvent::Text(a.text.clone()));
+            let answer = engine.answerer.complete(plan, None);
+            let _ = tx.send(RunEvent::Done(Box::new(answer)));
+            return Ok(rx);
+        }
+        Action::Generate { prompt, params } => {
+            tweak(params);
+            (prompt.clone(), params.clone())
+        }
+    };
+    let mut plan = Some(plan);
+    let mut queued = 0.0;
+    let st = state.clone();
+    let eng = engine.clone();
+    let sink = Box::new(move |ev: GenEvent| match ev {
+        // A client that left while its job waited: skip the job.
+        GenEvent::Started { queued_ms } => {
+            queued = queued_ms;
+            !tx.is_closed()
+        }
+        GenEvent::Text(t) => tx.send(RunEvent::Text(t)).is_ok(),
+        GenEvent::Done(Ok(g)) => {
+            if g.finish_reason == FinishReason::Cancelled {
+                st.metrics.answers.get_or_create(&KindLabels { kind: "cancelled".into() }).inc();
+            }
+            st.metrics.decode_tokens_per_s.observe(g.decode_tokens_per_s());
+            st.metrics.prompt_tokens_per_s.observe(g.prompt_tokens_per_s());
+            if let Some(p) = plan.take() {
+                let a = eng.answerer.complete(p, Some((g, queued)));
+                let _ = tx.send(RunEvent::Done(Box::new(a)));
+            }
+            true
+        }
+        GenEvent::Done(Err(e)) => {
+            let _ = tx.send(RunEvent::Failed(match e {
+                kotae_models::Error::PromptTooLong { .. } => ApiError::from(kotae_answer::Error::Model(e)),
+                other => ApiError::Internal(other.to_string()),
+            }));
+            true
+        }
+    });
+    engine.worker.submit(prompt, params, sink).map_err(|e| ApiError::from(kotae_answer::Error::Busy(e)))?;
+    Ok(rx)
+}
+
+/// Count a finished answer in the metrics.
+pub(crate) fn observe_answer(state: &AppState, a: &Answer) {
+    let kind = serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    state.metrics.answers.get_or_create(&KindLabels { kind }).inc();
+    if a.completion_tokens > 0 {
+        state.metrics.time_to_first_token.observe(a.timings.first_token_ms / 1e3);
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    pub message: String,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// Server-Sent Events (default) or one JSON response.
+    #[serde(default = "yes")]
+    pub stream: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Serialize)]
+struct ChatDone<'a> {
+    conversation_id: &'a str,
+    message_id: &'a str,
+    answer: &'a Answer,
+}
+
+pub(crate) fn check_question(state: &AppState, text: &str) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::BadRequest("`message` is empty: write a question".into()));
+    }
+    let n = text.chars().count();
+    if n > state.cfg.max_question_chars {
+        return Err(ApiError::BadRequest(format!(
+            "the question has {n} characters; the limit is {}: shorten it",
+            state.cfg.max_question_chars
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /api/chat`: ask within a conversation; streams `meta`, `token`… and `done` events.
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    body: Result<Json<ChatRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    check_question(&state, &req.message)?;
+    let engine = state.engine()?;
+    let conversation = match &req.conversation_id {
+        Some(id) => match state.store.conversation_owner(id)? {
+            Some(owner) if owner == client.id => id.clone(),
+            _ => return Err(ApiError::NotFound(format!("no conversation {id} for this client: omit `conversation_id` to start one"))),
+        },
+        None => state.store.create_conversation(&client.id)?,
+    };
+    let keep = engine.answerer.config().history_messages;
+    let stored = state.store.messages(&conversation)?;
+    let history: Vec<ChatMessage> = stored[stored.len().saturating_sub(keep)..]
+        .iter()
+        .map(|m| ChatMessage::new(if m.role == "user" { Role::User } else { Role::Assistant }, m.content.clone()))
+        .collect();
+    let q = Question { text: req.message.clone(), history, groups: client.groups.clone() };
+    let mut rx = start_answer(&state, engine, q, |_| {}).await?;
+    state.store.add_message(&conversation, "user", &req.message, None)?;
+
+    if !req.stream {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                RunEvent::Text(_) => {}
+                RunEvent::Failed(e) => return Err(e),
+                RunEvent::Done(a) => {
+                    let value = serde_json::to_value(&*a).map_err(|e| ApiError::Internal(e.to_string()))?;
+                    let id = state.store.add_message(&conversation, "assistant", &a.text, Some(&value))?;
+                    observe_answer(&state, &a);
+                    return Ok(Json(ChatDone { conversation_id: &conversation, message_id: &id, answer: &a }).into_response());
+                }
+            }
+        }
+        return Err(ApiError::Internal("the answer ended without a result".into()));
+    }
+
+    let (sse_tx, sse_rx) = mpsc::channel::<Result<Event, Infallible>>(64);
+    tokio::spawn(async move {
+        let meta = json!({ "conversation_id": conversation });
+        if sse_tx.send(Ok(Event::default().event("meta").data(meta.to_string()))).await.is_err() {
+            return;
+        }
+        while let Some(ev) = rx.recv().await {
+            let event = match ev {
+                RunEvent::Text(t) => Event::default().event("token").data(json!({ "text": t }).to_string()),
+                RunEvent::Failed(e) => {
+                    Event::default().event("error").data(serde_json::to_string(&e.body()).unwrap_or_default())
+                }
+                RunEvent::Done(a) => {
+                    let value = serde_json::to_value(&*a).unwrap_or_default();
+                    let id = match state.store.add_message(&conversation, "assistant", &a.text, Some(&value)) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            let _ = sse_tx.send(Ok(Event::default().event("error").data(serde_json::to_string(&e.body()).unwrap_or_default()))).await;
+                            return;
+                        }
+                    };
+                    observe_answer(&state, &a);
+                    let done = ChatDone { conversation_id: &conversation, message_id: &id, answer: &a };
+                    Event::default().event("done").data(serde_json::to_string(&done).unwrap_or_default())
+                }
+            };
+            // The client went away: dropping `rx` makes the worker stop generating.
+            if sse_tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    pub query: String,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub mode: Option<SearchMode>,
+}
+
+/// `POST /api/search`: the same retrieval the answers use, with the client's groups.
+pub async fn search(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    body: Result<Json<SearchBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    check_question(&state, &req.query)?;
+    let top_k = req.top_k.unwrap_or(10);
+    if top_k == 0 || top_k > 100 {
+        return Err(ApiError::BadRequest("`top_k` must be between 1 and 100".into()));
+    }
+    let engine = state.engine()?;
+    let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
+        let t = std::time::Instant::now();
+        let text = req.query.trim().to_string();
+        let mode = req.mode.unwrap_or(engine.retrieval.mode);
+        let vector = match (&engine.embedder, mode) {
+            (_, SearchMode::Bm25) => None,
+            (Some(e), _) => e.embed(&[text.as_str()], InputKind::Query).map_err(|e| ApiError::Internal(e.to_string()))?.vectors.pop(),
+            (None, _) => return Err(ApiError::BadRequest("dense search needs the embedder; use mode bm25".into())),
+        };
+        let hits = engine.index.search(&SearchRequest {
+            text,
+            vector,
+            mode,
+            top_k,
+            groups: client.groups.clone(),
+            lang: None,
+            fusion: engine.retrieval.fusion,
+        })?;
+        Ok(json!({ "mode": mode, "hits": hits, "took_ms": t.elapsed().as_secs_f64() * 1e3 }))
+    })
+    .await
+    .map_err(join_error)??;
+    Ok(Json(out).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackBody {
+    pub message_id: String,
+    /// `up` or `down`.
+    pub rating: String,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// `POST /api/feedback`: thumbs up/down on an answer, with an optional comment.
+pub async fn feedback(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    body: Result<Json<FeedbackBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    if req.rating != "up" && req.rating != "down" {
+        return Err(ApiError::BadRequest(format!("`rating` is '{}': use \"up\" or \"down\"", req.rating)));
+    }
+    if req.comment.as_ref().is_some_and(|c| c.chars().count() > 2000) {
+        return Err(ApiError::BadRequest("`comment` is longer than 2000 characters: shorten it".into()));
+    }
+    match state.store.add_feedback(&req.message_id, &req.rating, req.comment.as_deref(), &client.id)? {
+        Some(id) => Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response()),
+        None => Err(ApiError::NotFound(format!("no answer with message_id {}", req.message_id))),
+    }
+}
+
+/// `GET /api/conversations/{id}`: the stored messages of one of the client's conversations.
+pub async fn conversation(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.store.conversation_owner(&id)? {
+        Some(owner) if owner == client.id => {}
+        _ => return Err(ApiError::NotFound(format!("no conversation {id} for this client"))),
+    }
+    let messages = state.store.messages(&id)?;
+    Ok(Json(json!({ "id": id, "messages": messages })).into_response())
+}
+
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    Json(json!({ "status": "ok", "uptime_s": crate::uptime_s(&state) })).into_response()
+}
+
+/// Ready when the models are loaded and the index is open.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let e = state.engine()?;
+    Ok(Json(json!({
+        "status": "ready",
+        "generator": e.worker.name(),
+        "embedder": e.embedder_name,
+        "chunks": e.index.num_chunks(),
+        "queue": { "load": e.worker.load(), "capacity": e.worker.capacity() },
+    }))
+    .into_response())
+}

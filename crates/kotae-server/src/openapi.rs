@@ -1,0 +1,94 @@
+//! The OpenAPI description served at `/openapi.json`. A test checks that every route of the
+//! router is described here.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+fn err() -> Value {
+    json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn body(schema: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+pub fn spec() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Kotae",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Answers from a company's own documents, with citations. Errors are JSON `{\"error\": {\"code\", \"message\"}}`; 429 and 503 carry `Retry-After`."
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "properties": { "error": { "type": "object", "properties": {
+                    "code": { "type": "string", "enum": ["bad_request", "unauthorized", "not_found", "payload_too_large", "rate_limited", "busy", "not_ready", "timeout", "internal"] },
+                    "message": { "type": "string" } } } } },
+                "ChatRequest": { "type": "object", "required": ["message"], "properties": {
+                    "message": { "type": "string", "maxLength": 4000 },
+                    "conversation_id": { "type": "string", "description": "continue a conversation; omit to start one" },
+                    "stream": { "type": "boolean", "default": true } } },
+                "Citation": { "type": "object", "properties": {
+                    "n": { "type": "integer" }, "source": { "type": "string" }, "section": { "type": "string" },
+                    "span": { "type": "array", "items": { "type": "integer" } }, "snippet": { "type": "string" },
+                    "chunk_id": { "type": "string" }, "kind": { "type": "string" }, "marked": { "type": "boolean" } } },
+                "Answer": { "type": "object", "properties": {
+                    "text": { "type": "string" }, "lang": { "type": "string" },
+                    "kind": { "type": "string", "enum": ["generated", "direct", "declined"] },
+                    "citations": { "type": "array", "items": { "$ref": "#/components/schemas/Citation" } },
+                    "search_query": { "type": "string" }, "relevance": { "type": ["number", "null"] },
+                    "prompt_tokens": { "type": "integer" }, "completion_tokens": { "type": "integer" },
+                    "finish_reason": { "type": "string", "enum": ["stop", "length", "cancelled"] },
+                    "timings": { "type": "object", "additionalProperties": { "type": "number" } } } },
+                "ChatResponse": { "type": "object", "properties": {
+                    "conversation_id": { "type": "string" }, "message_id": { "type": "string" },
+                    "answer": { "$ref": "#/components/schemas/Answer" } } },
+                "SearchRequest": { "type": "object", "required": ["query"], "properties": {
+                    "query": { "type": "string" }, "top_k": { "type": "integer", "minimum": 1, "maximum": 100 },
+                    "mode": { "type": "string", "enum": ["hybrid", "bm25", "dense"] } } },
+                "FeedbackRequest": { "type": "object", "required": ["message_id", "rating"], "properties": {
+                    "message_id": { "type": "string" }, "rating": { "type": "string", "enum": ["up", "down"] },
+                    "comment": { "type": "string", "maxLength": 2000 } } },
+                "CompletionRequest": { "type": "object", "required": ["messages"], "description": "OpenAI chat completion request; temperature, top_p, max_tokens, seed, stop and stream are honoured" }
+            }
+        },
+        "security": [{ "bearer": [] }, {}],
+        "paths": {
+            "/api/chat": { "post": {
+                "summary": "Ask a question (in a conversation). With stream=true (default) the response is text/event-stream: `meta` {conversation_id}, `token` {text}…, then `done` (ChatResponse) or `error` (Error).",
+                "requestBody": body("ChatRequest"),
+                "responses": {
+                    "200": { "description": "answer", "content": {
+                        "text/event-stream": { "schema": { "type": "string" } },
+                        "application/json": { "schema": { "$ref": "#/components/schemas/ChatResponse" } } } },
+                    "400": err(), "404": err(), "413": err(), "429": err(), "503": err() } } },
+            "/api/search": { "post": {
+                "summary": "Hybrid search over the knowledge base with the client's access groups",
+                "requestBody": body("SearchRequest"),
+                "responses": { "200": { "description": "`{mode, hits, took_ms}`" }, "400": err(), "429": err(), "504": err() } } },
+            "/api/feedback": { "post": {
+                "summary": "Thumbs up/down on an answer",
+                "requestBody": body("FeedbackRequest"),
+                "responses": { "201": { "description": "`{id}`" }, "400": err(), "404": err() } } },
+            "/api/conversations/{id}": { "get": {
+                "summary": "Messages of one of the client's conversations",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "`{id, messages}`" }, "404": err() } } },
+            "/v1/chat/completions": { "post": {
+                "summary": "OpenAI-compatible chat completion (retrieval-augmented); streaming with stream=true",
+                "requestBody": body("CompletionRequest"),
+                "responses": { "200": { "description": "chat.completion or a stream of chat.completion.chunk, ending with [DONE]" }, "400": err(), "429": err(), "503": err() } } },
+            "/v1/models": { "get": { "summary": "OpenAI-compatible model list", "responses": { "200": { "description": "list" } } } },
+            "/healthz": { "get": { "summary": "Liveness", "security": [], "responses": { "200": { "description": "ok" } } } },
+            "/readyz": { "get": { "summary": "Readiness: models loaded, index open", "security": [], "responses": { "200": { "description": "ready" }, "503": err() } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text exposition format" } } } },
+            "/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
+        }
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(spec())
+}

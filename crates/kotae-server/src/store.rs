@@ -1,0 +1,224 @@
+//! Conversations and feedback in an embedded SQLite database (`<data-dir>/state/kotae.sqlite3`).
+//!
+//! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] run in order, each in
+//! its own transaction, so a database from any earlier version opens and upgrades.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::error::ApiError;
+
+/// Schema steps; index + 1 is the `user_version` after the step. Never edit a released step:
+/// add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: conversations, their messages (answers keep citations and timings as JSON), feedback.
+    "CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        client TEXT NOT NULL,
+        created_unix INTEGER NOT NULL
+    );
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content TEXT NOT NULL,
+        answer_json TEXT,
+        created_unix INTEGER NOT NULL,
+        UNIQUE (conversation_id, seq)
+    );
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        rating TEXT NOT NULL CHECK (rating IN ('up', 'down')),
+        comment TEXT,
+        client TEXT NOT NULL,
+        created_unix INTEGER NOT NULL
+    );
+    CREATE INDEX feedback_message ON feedback(message_id);",
+];
+
+/// One stored message.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredMessage {
+    pub id: String,
+    pub role: String,
+    pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<serde_json::Value>,
+    pub created_unix: i64,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn internal(e: rusqlite::Error) -> ApiError {
+    ApiError::Internal(format!("database: {e}"))
+}
+
+impl Store {
+    /// Open (creating and migrating as needed).
+    pub fn open(path: &Path) -> Result<Self, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let mut conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+            .map_err(|e| e.to_string())?;
+        migrate(&mut conn).map_err(|e| format!("cannot migrate {}: {e}", path.display()))?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn create_conversation(&self, client: &str) -> Result<String, ApiError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.conn()
+            .execute("INSERT INTO conversations (id, client, created_unix) VALUES (?1, ?2, ?3)", params![id, client, now()])
+            .map_err(internal)?;
+        Ok(id)
+    }
+
+    /// Whether the conversation exists and belongs to `client`.
+    pub fn conversation_owner(&self, id: &str) -> Result<Option<String>, ApiError> {
+        self.conn()
+            .query_row("SELECT client FROM conversations WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(internal)
+    }
+
+    /// Append a message; returns its id.
+    pub fn add_message(
+        &self,
+        conversation: &str,
+        role: &str,
+        content: &str,
+        answer: Option<&serde_json::Value>,
+    ) -> Result<String, ApiError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(internal)?;
+        let seq: i64 = tx
+            .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?1", [conversation], |r| {
+                r.get(0)
+            })
+            .map_err(internal)?;
+        tx.execute(
+            "INSERT INTO messages (id, conversation_id, seq, role, content, answer_json, created_unix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, conversation, seq, role, content, answer.map(|a| a.to_string()), now()],
+        )
+        .map_err(internal)?;
+        tx.commit().map_err(internal)?;
+        Ok(id)
+    }
+
+    /// Messages of a conversation, oldest first.
+    pub fn messages(&self, conversation: &str) -> Result<Vec<StoredMessage>, ApiError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT id, role, content, answer_json, created_unix FROM messages
+                 WHERE conversation_id = ?1 ORDER BY seq",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map([conversation], |r| {
+                let answer: Option<String> = r.get(3)?;
+                Ok(StoredMessage {
+                    id: r.get(0)?,
+                    role: r.get(1)?,
+                    content: r.get(2)?,
+                    answer: answer.and_then(|a| serde_json::from_str(&a).ok()),
+                    created_unix: r.get(4)?,
+                })
+            })
+            .map_err(internal)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+    }
+
+    /// Store feedback on an assistant message; `None` when there is no such message.
+    pub fn add_feedback(
+        &self,
+        message_id: &str,
+        rating: &str,
+        comment: Option<&str>,
+        client: &str,
+    ) -> Result<Option<i64>, ApiError> {
+        let conn = self.conn();
+        let exists: Option<String> = conn
+            .query_row("SELECT role FROM messages WHERE id = ?1", [message_id], |r| r.get(0))
+            .optional()
+            .map_err(internal)?;
+        if exists.as_deref() != Some("assistant") {
+            return Ok(None);
+        }
+        conn.execute(
+            "INSERT INTO feedback (message_id, rating, comment, client, created_unix) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![message_id, rating, comment, client, now()],
+        )
+        .map_err(internal)?;
+        Ok(Some(conn.last_insert_rowid()))
+    }
+
+    /// (up, down) counts, for metrics and tests.
+    pub fn feedback_counts(&self) -> Result<(i64, i64), ApiError> {
+        self.conn()
+            .query_row(
+                "SELECT COALESCE(SUM(rating = 'up'), 0), COALESCE(SUM(rating = 'down'), 0) FROM feedback",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(internal)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversations_feedback_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/kotae.sqlite3");
+        let (conv, answer_id) = {
+            let s = Store::open(&path).unwrap();
+            let c = s.create_conversation("k1").unwrap();
+            s.add_message(&c, "user", "VPN?", None).unwrap();
+            let a = s.add_message(&c, "assistant", "Restart [1].", Some(&serde_json::json!({"kind": "generated"}))).unwrap();
+            assert!(s.add_feedback(&a, "up", Some("good"), "k1").unwrap().is_some());
+            assert!(s.add_feedback("nope", "up", None, "k1").unwrap().is_none());
+            (c, a)
+        };
+        let s = Store::open(&path).unwrap();
+        let m = s.messages(&conv).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].role.as_str(), m[1].id.as_str()), ("user", answer_id.as_str()));
+        assert_eq!(m[1].answer.as_ref().unwrap()["kind"], "generated");
+        assert_eq!(s.feedback_counts().unwrap(), (1, 0));
+        assert_eq!(s.conversation_owner(&conv).unwrap().as_deref(), Some("k1"));
+        let v: i64 = s.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+    }
+}
