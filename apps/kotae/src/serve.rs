@@ -27,7 +27,11 @@ pub fn build_engine(cfg: &Config) -> Result<Engine> {
 }
 
 /// An engine over an index and embedder that are already open (tests share them).
-pub fn engine_from(cfg: &Config, index: Arc<kotae_index::KnowledgeIndex>, embedder: Arc<dyn Embedder>) -> Result<Engine> {
+pub fn engine_from(
+    cfg: &Config,
+    index: Arc<kotae_index::KnowledgeIndex>,
+    embedder: Arc<dyn Embedder>,
+) -> Result<Engine> {
     let opts = GeneratorOptions {
         name: String::new(),
         device: generator_device(cfg)?,
@@ -39,11 +43,23 @@ pub fn engine_from(cfg: &Config, index: Arc<kotae_index::KnowledgeIndex>, embedd
     let retrieval = RetrievalSettings { mode: cfg.search.mode, fusion: cfg.search.fusion };
     let answerer =
         Answerer::new(index.clone(), Some(embedder.clone()), worker.format().clone(), retrieval, cfg.answer.clone());
-    Ok(Engine { answerer, worker, index, embedder: Some(embedder), retrieval, embedder_name: cfg.embedder.model.clone() })
+    Ok(Engine {
+        answerer,
+        worker,
+        index,
+        embedder: Some(embedder),
+        retrieval,
+        embedder_name: cfg.embedder.model.clone(),
+    })
 }
 
 /// Answer one question on the command line, streaming the text to `on_text`.
-pub fn run_ask(cfg: &Config, question: &str, groups: Vec<String>, on_text: impl FnMut(&str) + Send + 'static) -> Result<Answer> {
+pub fn run_ask(
+    cfg: &Config,
+    question: &str,
+    groups: Vec<String>,
+    on_text: impl FnMut(&str) + Send + 'static,
+) -> Result<Answer> {
     let engine = build_engine(cfg)?;
     let q = Question { text: question.to_string(), history: Vec::new(), groups };
     Ok(engine.answerer.ask(&q, &engine.worker, on_text)?)

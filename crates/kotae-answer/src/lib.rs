@@ -255,8 +255,10 @@ impl Answerer {
         } else {
             let messages = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &sources)?;
             let prompt = self.format.render(&messages)?;
-            let params =
-                SamplingParams { japanese_kanji_only: lang == "ja" || self.cfg.sampling.japanese_kanji_only, ..self.cfg.sampling.clone() };
+            let params = SamplingParams {
+                japanese_kanji_only: lang == "ja" || self.cfg.sampling.japanese_kanji_only,
+                ..self.cfg.sampling.clone()
+            };
             Action::Generate { prompt, params }
         };
         timings.prompt_ms = ms(t);

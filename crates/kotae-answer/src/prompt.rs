@@ -19,8 +19,30 @@ pub fn search_query(question: &str, history: &[ChatMessage]) -> String {
 /// Short questions, or ones that point back ("it", "that", "それ", "その"), lean on context.
 fn is_follow_up(q: &str) -> bool {
     const BACK: &[&str] = &[
-        "it", "that", "this", "they", "them", "those", "these", "there", "then", "also", "what about", "and ",
-        "それ", "その", "そこ", "これ", "この", "あれ", "では", "じゃあ", "なら", "も?", "も？", "の場合",
+        "it",
+        "that",
+        "this",
+        "they",
+        "them",
+        "those",
+        "these",
+        "there",
+        "then",
+        "also",
+        "what about",
+        "and ",
+        "それ",
+        "その",
+        "そこ",
+        "これ",
+        "この",
+        "あれ",
+        "では",
+        "じゃあ",
+        "なら",
+        "も?",
+        "も？",
+        "の場合",
     ];
     let lower = q.to_lowercase();
     let words = lower.split_whitespace().count();
@@ -123,8 +145,7 @@ pub fn messages(
         format!("Sources:\n{sources}Question: {question}")
     };
     let keep = history.len().saturating_sub(cfg.history_messages);
-    let mut past: Vec<ChatMessage> =
-        history[keep..].iter().filter(|m| m.role != Role::System).cloned().collect();
+    let mut past: Vec<ChatMessage> = history[keep..].iter().filter(|m| m.role != Role::System).cloned().collect();
     loop {
         let mut msgs = vec![ChatMessage::new(Role::System, system_prompt(lang, cfg))];
         msgs.extend(past.iter().cloned());

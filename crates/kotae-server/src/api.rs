@@ -147,7 +147,11 @@ pub async fn chat(
     let conversation = match &req.conversation_id {
         Some(id) => match state.store.conversation_owner(id)? {
             Some(owner) if owner == client.id => id.clone(),
-            _ => return Err(ApiError::NotFound(format!("no conversation {id} for this client: omit `conversation_id` to start one"))),
+            _ => {
+                return Err(ApiError::NotFound(format!(
+                    "no conversation {id} for this client: omit `conversation_id` to start one"
+                )))
+            }
         },
         None => state.store.create_conversation(&client.id)?,
     };
@@ -170,7 +174,9 @@ pub async fn chat(
                     let value = serde_json::to_value(&*a).map_err(|e| ApiError::Internal(e.to_string()))?;
                     let id = state.store.add_message(&conversation, "assistant", &a.text, Some(&value))?;
                     observe_answer(&state, &a);
-                    return Ok(Json(ChatDone { conversation_id: &conversation, message_id: &id, answer: &a }).into_response());
+                    return Ok(
+                        Json(ChatDone { conversation_id: &conversation, message_id: &id, answer: &a }).into_response()
+                    );
                 }
             }
         }
@@ -194,7 +200,11 @@ pub async fn chat(
                     let id = match state.store.add_message(&conversation, "assistant", &a.text, Some(&value)) {
                         Ok(id) => id,
                         Err(e) => {
-                            let _ = sse_tx.send(Ok(Event::default().event("error").data(serde_json::to_string(&e.body()).unwrap_or_default()))).await;
+                            let _ = sse_tx
+                                .send(Ok(Event::default()
+                                    .event("error")
+                                    .data(serde_json::to_string(&e.body()).unwrap_or_default())))
+                                .await;
                             return;
                         }
                     };
@@ -241,7 +251,11 @@ pub async fn search(
         let mode = req.mode.unwrap_or(engine.retrieval.mode);
         let vector = match (&engine.embedder, mode) {
             (_, SearchMode::Bm25) => None,
-            (Some(e), _) => e.embed(&[text.as_str()], InputKind::Query).map_err(|e| ApiError::Internal(e.to_string()))?.vectors.pop(),
+            (Some(e), _) => e
+                .embed(&[text.as_str()], InputKind::Query)
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .vectors
+                .pop(),
             (None, _) => return Err(ApiError::BadRequest("dense search needs the embedder; use mode bm25".into())),
         };
         let hits = engine.index.search(&SearchRequest {

@@ -84,7 +84,9 @@ impl From<kotae_answer::Error> for ApiError {
     fn from(e: kotae_answer::Error) -> Self {
         match e {
             kotae_answer::Error::BadQuestion(m) => ApiError::BadRequest(m),
-            kotae_answer::Error::Busy(kotae_models::SubmitError::QueueFull { .. }) => ApiError::Busy { retry_after_s: 5 },
+            kotae_answer::Error::Busy(kotae_models::SubmitError::QueueFull { .. }) => {
+                ApiError::Busy { retry_after_s: 5 }
+            }
             kotae_answer::Error::Busy(kotae_models::SubmitError::Stopped) => {
                 ApiError::NotReady("the generation worker has stopped".into())
             }

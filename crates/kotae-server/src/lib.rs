@@ -47,7 +47,11 @@ pub struct ApiKey {
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKey").field("name", &self.name).field("key", &"<redacted>").field("groups", &self.groups).finish()
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .field("groups", &self.groups)
+            .finish()
     }
 }
 
@@ -114,7 +118,8 @@ impl AppState {
     pub fn new(cfg: ServerConfig, store: store::Store) -> Result<Arc<Self>, String> {
         let per_min = std::num::NonZeroU32::new(cfg.rate_limit_per_minute)
             .ok_or("server.rate_limit_per_minute must be at least 1")?;
-        let burst = std::num::NonZeroU32::new(cfg.rate_limit_burst).ok_or("server.rate_limit_burst must be at least 1")?;
+        let burst =
+            std::num::NonZeroU32::new(cfg.rate_limit_burst).ok_or("server.rate_limit_burst must be at least 1")?;
         let limiter = RateLimiter::keyed(Quota::per_minute(per_min).allow_burst(burst));
         Ok(Arc::new(Self {
             cfg,
@@ -159,7 +164,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     let timeout = Duration::from_secs(state.cfg.request_timeout_s.max(1));
     let limited = Router::new()
         .route("/api/chat", post(api::chat))
-        .route("/api/search", post(api::search).layer(tower_http::timeout::TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, timeout)))
+        .route(
+            "/api/search",
+            post(api::search).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::GATEWAY_TIMEOUT,
+                timeout,
+            )),
+        )
         .route("/api/feedback", post(api::feedback))
         .route("/api/conversations/{id}", get(api::conversation))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -242,7 +253,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Seconds since the server started.

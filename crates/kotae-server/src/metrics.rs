@@ -57,7 +57,11 @@ impl Default for Metrics {
         let decode_tokens_per_s = tps();
         registry.register("decode_tokens_per_second", "Decoding speed per answer", decode_tokens_per_s.clone());
         let prompt_tokens_per_s = tps();
-        registry.register("prompt_tokens_per_second", "Prompt processing speed per answer", prompt_tokens_per_s.clone());
+        registry.register(
+            "prompt_tokens_per_second",
+            "Prompt processing speed per answer",
+            prompt_tokens_per_s.clone(),
+        );
         let answers = Family::<KindLabels, Counter>::default();
         registry.register("answers", "Answers by kind (generated, direct, declined)", answers.clone());
         let queue_depth = Gauge::default();

@@ -125,10 +125,7 @@ pub async fn chat_completions(
     })
     .await?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
 
     if !req.stream {
         while let Some(ev) = rx.recv().await {
@@ -182,7 +179,9 @@ pub async fn chat_completions(
         while let Some(ev) = rx.recv().await {
             let (event, last) = match ev {
                 RunEvent::Text(t) => (chunk(json!({ "content": t }), None, None), false),
-                RunEvent::Failed(e) => (Event::default().data(serde_json::to_string(&e.body()).unwrap_or_default()), true),
+                RunEvent::Failed(e) => {
+                    (Event::default().data(serde_json::to_string(&e.body()).unwrap_or_default()), true)
+                }
                 RunEvent::Done(a) => {
                     observe_answer(&state, &a);
                     (chunk(json!({}), Some(finish_reason(&a)), Some(kotae_extra(&a))), true)

@@ -84,7 +84,10 @@ impl Store {
     pub fn create_conversation(&self, client: &str) -> Result<String, ApiError> {
         let id = uuid::Uuid::new_v4().to_string();
         self.conn()
-            .execute("INSERT INTO conversations (id, client, created_unix) VALUES (?1, ?2, ?3)", params![id, client, now()])
+            .execute(
+                "INSERT INTO conversations (id, client, created_unix) VALUES (?1, ?2, ?3)",
+                params![id, client, now()],
+            )
             .map_err(internal)?;
         Ok(id)
     }
@@ -109,9 +112,11 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(internal)?;
         let seq: i64 = tx
-            .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?1", [conversation], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?1",
+                [conversation],
+                |r| r.get(0),
+            )
             .map_err(internal)?;
         tx.execute(
             "INSERT INTO messages (id, conversation_id, seq, role, content, answer_json, created_unix)
@@ -206,7 +211,9 @@ mod tests {
             let s = Store::open(&path).unwrap();
             let c = s.create_conversation("k1").unwrap();
             s.add_message(&c, "user", "VPN?", None).unwrap();
-            let a = s.add_message(&c, "assistant", "Restart [1].", Some(&serde_json::json!({"kind": "generated"}))).unwrap();
+            let a = s
+                .add_message(&c, "assistant", "Restart [1].", Some(&serde_json::json!({"kind": "generated"})))
+                .unwrap();
             assert!(s.add_feedback(&a, "up", Some("good"), "k1").unwrap().is_some());
             assert!(s.add_feedback("nope", "up", None, "k1").unwrap().is_none());
             (c, a)

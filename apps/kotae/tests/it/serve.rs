@@ -48,6 +48,10 @@ impl Server {
         let k = kb();
         let mut cfg = k.cfg.clone();
         cfg.data_dir = state_dir.to_path_buf();
+        let models = state_dir.join("models");
+        if !models.exists() {
+            std::os::unix::fs::symlink(k.cfg.models_dir(), models).unwrap();
+        }
         tweak(&mut cfg);
         let state = kotae::serve::server_state(&cfg).unwrap();
         let engine = kotae::serve::engine_from(&cfg, k.index.clone(), k.embedder.clone()).unwrap();
@@ -128,7 +132,8 @@ async fn chat_streams_tokens_then_a_cited_answer_and_conversations_survive_a_res
     assert!(events.iter().filter(|e| e.0 == "token").count() > 1, "streamed token by token");
     assert_eq!(tokens.trim(), answer["text"].as_str().unwrap());
     assert_eq!(answer["kind"], "generated");
-    let sources: Vec<&str> = answer["citations"].as_array().unwrap().iter().map(|c| c["source"].as_str().unwrap()).collect();
+    let sources: Vec<&str> =
+        answer["citations"].as_array().unwrap().iter().map(|c| c["source"].as_str().unwrap()).collect();
     assert!(sources.contains(&"manuals/ga/meeting-rooms.en.md"), "cited {sources:?}: {answer}");
     assert!(answer["timings"]["first_token_ms"].as_f64().unwrap() > 0.0);
     let message_id = done["message_id"].as_str().unwrap().to_string();
@@ -153,14 +158,20 @@ async fn chat_streams_tokens_then_a_cited_answer_and_conversations_survive_a_res
         .await
         .unwrap();
     assert_eq!(fb.status(), 201);
-    let bad = c.post(s.url("/api/feedback")).json(&json!({ "message_id": message_id, "rating": "meh" })).send().await.unwrap();
+    let bad = c
+        .post(s.url("/api/feedback"))
+        .json(&json!({ "message_id": message_id, "rating": "meh" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
     assert_eq!(bad.json::<Value>().await.unwrap()["error"]["code"], "bad_request");
     s.stop().await;
 
     // Restart on the same data directory: nothing is lost.
     let s = Server::start(dir.path(), |_| {}).await;
-    let conv_json: Value = c.get(s.url(&format!("/api/conversations/{conv}"))).send().await.unwrap().json().await.unwrap();
+    let conv_json: Value =
+        c.get(s.url(&format!("/api/conversations/{conv}"))).send().await.unwrap().json().await.unwrap();
     let msgs = conv_json["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 4, "{conv_json}");
     assert_eq!(msgs[0]["content"], "How do I reserve a meeting room?");
@@ -174,9 +185,18 @@ async fn out_of_scope_questions_are_declined_with_a_pointer_to_the_help_desk() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), |_| {}).await;
     let c = client();
-    for (q, lang) in [("What is the boiling point of mercury in Kelvin?", "en"), ("富士山の標高は何メートルですか？", "ja")] {
-        let r: Value =
-            c.post(s.url("/api/chat")).json(&json!({ "message": q, "stream": false })).send().await.unwrap().json().await.unwrap();
+    for (q, lang) in
+        [("What is the boiling point of mercury in Kelvin?", "en"), ("富士山の標高は何メートルですか？", "ja")]
+    {
+        let r: Value = c
+            .post(s.url("/api/chat"))
+            .json(&json!({ "message": q, "stream": false }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(r["answer"]["kind"], "declined", "{q}: {r}");
         assert_eq!(r["answer"]["lang"], lang);
         assert!(r["answer"]["citations"].as_array().unwrap().is_empty());
@@ -299,7 +319,8 @@ async fn openai_compatible_endpoints_errors_and_openapi() {
     assert!(fin["choices"][0]["finish_reason"].is_string());
 
     // Errors: JSON with a stable code, never a bare text page.
-    let bad = c.post(s.url("/api/chat")).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let bad =
+        c.post(s.url("/api/chat")).header("content-type", "application/json").body("{not json").send().await.unwrap();
     assert_eq!(bad.status(), 400);
     assert_eq!(bad.json::<Value>().await.unwrap()["error"]["code"], "bad_request");
     let huge = json!({ "message": "x".repeat(100_000) });
@@ -311,11 +332,23 @@ async fn openai_compatible_endpoints_errors_and_openapi() {
     let r = c.get(s.url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_found");
-    let r = c.post(s.url("/api/chat")).json(&json!({ "message": "hi", "conversation_id": "not-mine" })).send().await.unwrap();
+    let r = c
+        .post(s.url("/api/chat"))
+        .json(&json!({ "message": "hi", "conversation_id": "not-mine" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
-    let search: Value =
-        c.post(s.url("/api/search")).json(&json!({ "query": "VPN", "top_k": 3 })).send().await.unwrap().json().await.unwrap();
+    let search: Value = c
+        .post(s.url("/api/search"))
+        .json(&json!({ "query": "VPN", "top_k": 3 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(search["hits"].as_array().unwrap().len(), 3);
 
     let spec: Value = c.get(s.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
