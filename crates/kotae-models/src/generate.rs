@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
@@ -197,10 +197,20 @@ impl CandleGenerator {
             context_length.min(quantized_llama::MAX_SEQ_LEN),
             &path.display().to_string(),
         )?;
-        let weights = match arch.as_str() {
-            "llama" => Weights::QLlama(quantized_llama::ModelWeights::from_gguf(content, &mut f, &opts.device)?),
-            "qwen2" => Weights::QQwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut f, &opts.device)?),
-            other => {
+        let weights = match (arch.as_str(), requantize(&content, &mut f, path)?) {
+            ("llama", None) => {
+                Weights::QLlama(quantized_llama::ModelWeights::from_gguf(content, &mut f, &opts.device)?)
+            }
+            ("qwen2", None) => {
+                Weights::QQwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut f, &opts.device)?)
+            }
+            ("llama", Some((c, mut r))) => {
+                Weights::QLlama(quantized_llama::ModelWeights::from_gguf(c, &mut r, &opts.device)?)
+            }
+            ("qwen2", Some((c, mut r))) => {
+                Weights::QQwen2(quantized_qwen2::ModelWeights::from_gguf(c, &mut r, &opts.device)?)
+            }
+            (other, _) => {
                 return Err(Error::invalid(path, format!("architecture '{other}' is not supported (llama, qwen2)")))
             }
         };
@@ -286,6 +296,47 @@ impl CandleGenerator {
         }
         logits.ok_or_else(|| Error::Generation("empty prompt".into()))
     }
+}
+
+/// Quantization types without a SIMD dot product in candle's CPU backend: their matmuls run
+/// scalar code, several times slower than llama.cpp. Qwen2.5 0.5B's Q4_K_M file is mostly
+/// Q5_0 (its 896-wide rows do not fit the 256-element k-quant blocks), SmolLM2's is Q4_1.
+const SLOW_ON_CPU: &[GgmlDType] = &[GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+
+/// Re-encode the tensors of a slow type as Q8_0 (which has AVX2 kernels), in memory. Q8_0
+/// holds 4- and 5-bit values exactly up to its own rounding: outputs do not change in any
+/// way that matters, the file grows by about a third. `None` when nothing needs it.
+#[allow(clippy::type_complexity)]
+fn requantize<R: std::io::Read + std::io::Seek>(
+    content: &gguf_file::Content,
+    reader: &mut R,
+    path: &Path,
+) -> Result<Option<(gguf_file::Content, std::io::Cursor<Vec<u8>>)>> {
+    if !content.tensor_infos.values().any(|t| SLOW_ON_CPU.contains(&t.ggml_dtype)) {
+        return Ok(None);
+    }
+    let t0 = Instant::now();
+    let cpu = Device::Cpu;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in &names {
+        let q = content.tensor(reader, name, &cpu)?;
+        let q = if SLOW_ON_CPU.contains(&q.dtype()) && q.shape().dims().last().is_some_and(|d| d % 32 == 0) {
+            QTensor::quantize(&q.dequantize(&cpu)?, GgmlDType::Q8_0)?
+        } else {
+            q
+        };
+        tensors.push(q);
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let named: Vec<(&str, &QTensor)> = names.iter().map(|n| n.as_str()).zip(tensors.iter()).collect();
+    let mut buf = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &metadata, &named)?;
+    buf.set_position(0);
+    let c = gguf_file::Content::read(&mut buf).map_err(|e| Error::invalid(path, e.to_string()))?;
+    tracing::info!(ms = t0.elapsed().as_millis() as u64, "re-encoded slow quantization types as Q8_0");
+    Ok(Some((c, buf)))
 }
 
 fn load_safetensors(

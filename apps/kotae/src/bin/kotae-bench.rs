@@ -43,6 +43,23 @@ enum Cmd {
     },
     /// Write multilingual-e5-small as a Hugging Face folder (dequantized) for PyTorch peers
     ExportE5 { dir: PathBuf },
+    /// Prompt processing, decode and time to first token of a generator on a ~N-token RAG prompt
+    Generate {
+        /// Catalog name or path
+        #[arg(long, default_value = "qwen2.5-0.5b-instruct")]
+        model: String,
+        #[arg(long, default_value_t = 1000)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        decode: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long, default_value_t = 512)]
+        prefill_chunk: usize,
+        /// Write the rendered prompt here (for the llama.cpp peer)
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Search latency p50/p99 per mode on a synthetic corpus of N chunks
     Search {
         #[arg(long, default_value_t = 100_000)]
@@ -80,6 +97,62 @@ fn main() -> Result<()> {
     let cfg =
         Config::load(&Overrides { data_dir: cli.data_dir.clone(), threads: Some(cli.threads), ..Default::default() })?;
     match cli.cmd {
+        Cmd::Generate { model, prompt_tokens, decode, repeats, prefill_chunk, out } => {
+            use kotae_models::{ChatMessage, Generator, Role, SamplingParams};
+            let opts = kotae_models::GeneratorOptions {
+                name: model.clone(),
+                device: kotae_models::candle::Device::Cpu,
+                prefill_chunk,
+            };
+            let mut g = kotae_models::registry::load_generator(&cfg.models_dir(), &model, &opts)?;
+            let fmt = g.format();
+            let e = kotae::load_embedder(&cfg)?;
+            let chunks = knowledge_chunks(&e)?;
+            // Numbered sources from knowledge/ until the rendered prompt reaches the size.
+            let mut sources = String::new();
+            let mut prompt = String::new();
+            for (i, c) in chunks.iter().filter(|c| c.lang == "en").enumerate() {
+                sources.push_str(&format!("[{}] {}\n{}\n\n", i + 1, c.source, c.text));
+                let msgs = [
+                    ChatMessage::new(Role::System, "Answer from the numbered sources; cite them like [1]."),
+                    ChatMessage::new(
+                        Role::User,
+                        format!("Sources:\n{sources}Question: How do I reserve a meeting room?"),
+                    ),
+                ];
+                prompt = fmt.render(&msgs)?;
+                if fmt.count_tokens(&prompt)? >= prompt_tokens {
+                    break;
+                }
+            }
+            let n_prompt = fmt.count_tokens(&prompt)?;
+            if let Some(out) = &out {
+                std::fs::write(out, &prompt)?;
+            }
+            let params = SamplingParams { max_tokens: decode, repeat_penalty: 1.0, stop: vec![], ..Default::default() };
+            let (mut pp, mut tg, mut ttft) = (vec![], vec![], vec![]);
+            for _ in 0..repeats {
+                let r = g.generate(&prompt, &params, &mut |_| true)?;
+                pp.push(r.prompt_tokens_per_s());
+                tg.push(r.decode_tokens_per_s());
+                ttft.push(r.first_token_ms);
+                eprintln!(
+                    "  prompt {} tok {:.1} tok/s, decode {} tok {:.1} tok/s, ttft {:.0} ms",
+                    r.prompt_tokens,
+                    r.prompt_tokens_per_s(),
+                    r.completion_tokens,
+                    r.decode_tokens_per_s(),
+                    r.first_token_ms
+                );
+            }
+            println!(
+                "{model} threads={} prompt_tokens={n_prompt}: prompt {:.1} tok/s, decode {:.1} tok/s, ttft {:.0} ms (medians of {repeats})",
+                cli.threads,
+                percentile(&mut pp, 0.5),
+                percentile(&mut tg, 0.5),
+                percentile(&mut ttft, 0.5)
+            );
+        }
         Cmd::Embed { n, batch, repeats, out } => {
             let e = kotae::load_embedder(&cfg)?;
             // ~200-token passages: consecutive chunks joined until the budget is reached.
