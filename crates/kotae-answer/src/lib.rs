@@ -253,12 +253,13 @@ impl Answerer {
         } else if let Some(direct) = self.direct_answer(&sources, &lang, &search_query, relevance) {
             Action::Done(Box::new(direct))
         } else {
-            let messages = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &sources)?;
+            let (messages, shown) = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &sources)?;
             let prompt = self.format.render(&messages)?;
-            let params = SamplingParams {
+            let mut params = SamplingParams {
                 japanese_kanji_only: lang == "ja" || self.cfg.sampling.japanese_kanji_only,
                 ..self.cfg.sampling.clone()
             };
+            params.stop.extend(prompt::source_headers(&sources, shown));
             Action::Generate { prompt, params }
         };
         timings.prompt_ms = ms(t);

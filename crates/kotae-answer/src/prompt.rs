@@ -58,24 +58,32 @@ fn is_follow_up(q: &str) -> bool {
         })
 }
 
-fn system_prompt(lang: &str, cfg: &AnswerConfig) -> String {
+fn system_prompt(lang: &str, cfg: &AnswerConfig, sources: &str) -> String {
+    // The documents sit in the system message and the question stays the user's own turn:
+    // small models asked "Sources: … Question: …" in one user message tend to echo a source
+    // number instead of answering (measured with Qwen2.5 0.5B).
     if lang == "ja" {
         format!(
-            "あなたは社内ヘルプアシスタント「Kotae」です。社員の質問に、番号付きの資料だけを使って答えてください。\
-             資料を使った文の後には [1] や [2] のように資料の番号を書いてください。\
-             資料に答えがない場合は推測せず「わかりません」と答え、{}への問い合わせを勧めてください。\
-             自然な日本語で、簡潔に答えてください。",
+            "あなたは社内ヘルプアシスタント「Kotae」です。下の資料だけを使って、社員の質問に答えてください。\
+             使った資料の番号を [1] のように書いてください。\
+             資料に答えがない場合は推測せず、わからないと答えて{}への問い合わせを勧めてください。\
+             自然な日本語で2〜4文で答えてください。\n\n資料:\n{sources}",
             cfg.helpdesk_ja
         )
     } else {
         format!(
             "You are Kotae, the company's internal help assistant. Answer the employee's question using only \
-             the numbered sources. After each sentence that uses a source, write its number like [1] or [2]. \
-             If the sources do not contain the answer, do not guess: say you don't know and suggest contacting {}. \
-             Answer in English, briefly.",
+             the documents below. Cite the document numbers you used like [1]. If the documents do not contain \
+             the answer, do not guess: say you don't know and suggest contacting {}. Answer in English in 2-4 \
+             sentences.\n\nDocuments:\n{sources}",
             cfg.helpdesk_en
         )
     }
+}
+
+/// Where the model starts copying a document header back, the answer is over.
+pub fn source_headers(hits: &[Hit], shown: usize) -> Vec<String> {
+    hits.iter().take(shown).enumerate().map(|(i, h)| format!("[{}] {}", i + 1, h.source)).collect()
 }
 
 /// One source as the prompt shows it.
@@ -127,9 +135,9 @@ pub fn sources_text(format: &PromptFormat, hits: &[Hit], budget: usize) -> Resul
     Ok((out, shown))
 }
 
-/// Messages for the generator: system rules, recent history, then the sources and the
-/// question. History is dropped oldest first when the whole prompt would not leave room for
-/// the answer.
+/// Messages for the generator: the rules and numbered documents, recent history, then the
+/// question; and how many documents were shown. History is dropped oldest first when the
+/// whole prompt would not leave room for the answer.
 pub fn messages(
     format: &PromptFormat,
     cfg: &AnswerConfig,
@@ -137,22 +145,18 @@ pub fn messages(
     question: &str,
     history: &[ChatMessage],
     hits: &[Hit],
-) -> Result<Vec<ChatMessage>> {
-    let (sources, _) = sources_text(format, hits, cfg.context_tokens)?;
-    let user = if lang == "ja" {
-        format!("資料:\n{sources}質問: {question}")
-    } else {
-        format!("Sources:\n{sources}Question: {question}")
-    };
+) -> Result<(Vec<ChatMessage>, usize)> {
+    let (sources, shown) = sources_text(format, hits, cfg.context_tokens)?;
+    let system = system_prompt(lang, cfg, &sources);
     let keep = history.len().saturating_sub(cfg.history_messages);
     let mut past: Vec<ChatMessage> = history[keep..].iter().filter(|m| m.role != Role::System).cloned().collect();
     loop {
-        let mut msgs = vec![ChatMessage::new(Role::System, system_prompt(lang, cfg))];
+        let mut msgs = vec![ChatMessage::new(Role::System, system.clone())];
         msgs.extend(past.iter().cloned());
-        msgs.push(ChatMessage::new(Role::User, user.clone()));
+        msgs.push(ChatMessage::new(Role::User, question.to_string()));
         let n = format.count_tokens(&format.render(&msgs)?)?;
         if n + cfg.sampling.max_tokens <= format.context_length() || past.is_empty() {
-            return Ok(msgs);
+            return Ok((msgs, shown));
         }
         past.remove(0);
     }
