@@ -8,5 +8,10 @@ export KOTAE_TEST_DATA="${KOTAE_TEST_DATA:-$PWD/.cache/test-data}"
 export KOTAE_HUB_ENDPOINT="${KOTAE_HUB_ENDPOINT-}"
 export KOTAE_DATA_DIR="$KOTAE_TEST_DATA"
 ./scripts/setup.sh multilingual-e5-small all-minilm-l6-v2 ipadic smollm2-135m-instruct qwen2.5-0.5b-instruct
+# The official OpenAI Python client, for the compatibility test of /v1/chat/completions.
+export KOTAE_TEST_PYTHONPATH="$KOTAE_TEST_DATA/py"
+if ! PYTHONPATH="$KOTAE_TEST_PYTHONPATH" python3 -c "import openai" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$KOTAE_TEST_PYTHONPATH" "openai==1.*"
+fi
 cargo test --workspace --no-fail-fast -- --test-threads=2
 cargo fmt --all -- --check

@@ -372,3 +372,32 @@ async fn openai_compatible_endpoints_errors_and_openapi() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_python_client_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), |_| {}).await;
+    let pythonpath = std::env::var("KOTAE_TEST_PYTHONPATH")
+        .unwrap_or_else(|_| super::test_data().join("py").display().to_string());
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(workspace().join("tests/openai_client.py"))
+            .arg(&base)
+            .env("PYTHONPATH", &pythonpath)
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "openai client failed (scripts/test.sh installs it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!(r["text"].as_str().unwrap().trim(), r["streamed"].as_str().unwrap().trim());
+    assert!(r["sources"].as_array().unwrap().iter().any(|s| s == "manuals/ga/meeting-rooms.en.md"), "{r}");
+    assert_eq!(r["finish"].as_array().unwrap().len(), 1, "{r}");
+    s.stop().await;
+}
