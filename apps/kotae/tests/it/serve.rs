@@ -377,8 +377,8 @@ async fn openai_compatible_endpoints_errors_and_openapi() {
 async fn the_official_openai_python_client_works() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), |_| {}).await;
-    let pythonpath = std::env::var("KOTAE_TEST_PYTHONPATH")
-        .unwrap_or_else(|_| super::test_data().join("py").display().to_string());
+    let pythonpath =
+        std::env::var("KOTAE_TEST_PYTHONPATH").unwrap_or_else(|_| super::test_data().join("py").display().to_string());
     let base = s.base.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
@@ -400,4 +400,33 @@ async fn the_official_openai_python_client_works() {
     assert!(r["sources"].as_array().unwrap().iter().any(|s| s == "manuals/ga/meeting-rooms.en.md"), "{r}");
     assert_eq!(r["finish"].as_array().unwrap().len(), 1, "{r}");
     s.stop().await;
+}
+
+#[test]
+fn japanese_questions_get_grounded_japanese_answers_from_qwen() {
+    let k = kb();
+    let mut cfg = k.cfg.clone();
+    cfg.generator.model = "qwen2.5-0.5b-instruct".into();
+    cfg.answer.sampling.max_tokens = 80;
+    let engine = kotae::serve::engine_from(&cfg, k.index.clone(), k.embedder.clone()).unwrap();
+    let q = kotae_answer::Question {
+        text: "VPNにつながらないときはどうすればいいですか？".into(),
+        ..Default::default()
+    };
+    let a = engine.answerer.ask(&q, &engine.worker, |_| {}).unwrap();
+    assert_eq!(a.lang, "ja");
+    assert_eq!(a.kind, kotae_answer::AnswerKind::Generated, "{a:?}");
+    let sources: Vec<&str> = a.citations.iter().map(|c| c.source.as_str()).collect();
+    assert!(
+        sources.iter().any(|s| *s == "manuals/it/vpn-setup.ja.md" || *s == "logs/it-helpdesk.ja.csv"),
+        "cited {sources:?}: {}",
+        a.text
+    );
+    let kana = a.text.chars().filter(|c| ('\u{3040}'..='\u{30ff}').contains(c)).count();
+    assert!(kana >= 10, "not Japanese: {}", a.text);
+    assert!(
+        !a.text.chars().any(kotae_models::chat::is_non_japanese_han),
+        "Chinese characters in a Japanese answer: {}",
+        a.text
+    );
 }

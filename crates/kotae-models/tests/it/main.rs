@@ -115,3 +115,4 @@ fn installed_models_record_checksums() {
 
 mod generate;
 mod gguf;
+mod tiny;

@@ -1,0 +1,274 @@
+//! Tiny generators with random weights, written in the test as GGUF and as a safetensors
+//! folder: template, streaming, stop tokens, stop strings, length and cancellation logic
+//! without any downloaded model.
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use kotae_models::{CandleGenerator, ChatMessage, FinishReason, Generator, GeneratorOptions, Role, SamplingParams};
+
+const HIDDEN: usize = 32;
+const FFN: usize = 64;
+
+/// GPT-2 byte-to-unicode table: the 256 byte-level BPE symbols.
+fn byte_symbols() -> Vec<String> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
+    pairs.sort();
+    pairs.into_iter().map(|(_, c)| char::from_u32(c).unwrap().to_string()).collect()
+}
+
+const TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+fn rand(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 0.5, shape, &Device::Cpu).unwrap()
+}
+
+/// A one-layer Llama in GGUF (F32 tensors) with a byte-level tokenizer; `eos` is the
+/// end-of-sequence token id.
+fn write_gguf(path: &std::path::Path, eos: u32) -> Vec<Tensor> {
+    let mut tokens = byte_symbols();
+    tokens.push("<|im_start|>".into());
+    tokens.push("<|im_end|>".into());
+    let vocab = tokens.len();
+    let mut types = vec![1i32; 256];
+    types.extend([3, 3]);
+    use gguf_file::Value as V;
+    let md: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("llama".into())),
+        ("llama.attention.head_count", V::U32(2)),
+        ("llama.attention.head_count_kv", V::U32(2)),
+        ("llama.block_count", V::U32(1)),
+        ("llama.embedding_length", V::U32(HIDDEN as u32)),
+        ("llama.rope.dimension_count", V::U32((HIDDEN / 2) as u32)),
+        ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
+        ("llama.context_length", V::U32(256)),
+        ("tokenizer.ggml.model", V::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", V::Array(tokens.into_iter().map(V::String).collect())),
+        ("tokenizer.ggml.merges", V::Array(vec![])),
+        ("tokenizer.ggml.token_type", V::Array(types.into_iter().map(V::I32).collect())),
+        ("tokenizer.ggml.eos_token_id", V::U32(eos)),
+        ("tokenizer.chat_template", V::String(TEMPLATE.into())),
+    ];
+    let shapes: Vec<(&str, Vec<usize>)> = vec![
+        ("token_embd.weight", vec![vocab, HIDDEN]),
+        ("output_norm.weight", vec![HIDDEN]),
+        ("output.weight", vec![vocab, HIDDEN]),
+        ("blk.0.attn_norm.weight", vec![HIDDEN]),
+        ("blk.0.ffn_norm.weight", vec![HIDDEN]),
+        ("blk.0.attn_q.weight", vec![HIDDEN, HIDDEN]),
+        ("blk.0.attn_k.weight", vec![HIDDEN, HIDDEN]),
+        ("blk.0.attn_v.weight", vec![HIDDEN, HIDDEN]),
+        ("blk.0.attn_output.weight", vec![HIDDEN, HIDDEN]),
+        ("blk.0.ffn_gate.weight", vec![FFN, HIDDEN]),
+        ("blk.0.ffn_up.weight", vec![FFN, HIDDEN]),
+        ("blk.0.ffn_down.weight", vec![HIDDEN, FFN]),
+    ];
+    let ts: Vec<Tensor> =
+        shapes
+            .iter()
+            .map(|(n, s)| {
+                if n.contains("norm") {
+                    Tensor::ones(s.as_slice(), DType::F32, &Device::Cpu).unwrap()
+                } else {
+                    rand(s)
+                }
+            })
+            .collect();
+    let qs: Vec<QTensor> = ts.iter().map(|t| QTensor::quantize(t, GgmlDType::F32).unwrap()).collect();
+    let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let tr: Vec<(&str, &QTensor)> = shapes.iter().map(|(n, _)| *n).zip(qs.iter()).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &mdr, &tr).unwrap();
+    ts
+}
+
+fn load(path: &std::path::Path) -> CandleGenerator {
+    CandleGenerator::load(path, &GeneratorOptions { name: "tiny".into(), device: Device::Cpu, prefill_chunk: 3 })
+        .unwrap()
+}
+
+fn prompt(g: &dyn Generator) -> String {
+    g.format().render(&[ChatMessage::new(Role::User, "hello there")]).unwrap()
+}
+
+fn run(g: &mut dyn Generator, p: &SamplingParams) -> (kotae_models::Generation, Vec<String>) {
+    let prompt = prompt(g);
+    let mut pieces = Vec::new();
+    let out = g
+        .generate(&prompt, p, &mut |t| {
+            pieces.push(t.to_string());
+            true
+        })
+        .unwrap();
+    (out, pieces)
+}
+
+#[test]
+fn tiny_gguf_streams_stops_and_cancels() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_gguf(&path, 257);
+    let mut g = load(&path);
+    let p = prompt(&g);
+    assert_eq!(p, "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n");
+    // Template tokens are single special tokens; the rest is bytes.
+    assert_eq!(
+        g.format().encode(&p).unwrap().len(),
+        3 + "user\n".len() + "hello there".len() + 1 + "assistant\n".len()
+    );
+
+    let params = SamplingParams { max_tokens: 12, repeat_penalty: 1.0, ..Default::default() };
+    let (out, pieces) = run(&mut g, &params);
+    assert_eq!(pieces.concat(), out.text, "streamed pieces add up to the text");
+    let greedy = out.clone();
+    assert!(out.completion_tokens >= 1);
+
+    // Greedy decoding is deterministic across prefill chunk sizes (3 here, 512 below).
+    let mut g512 =
+        CandleGenerator::load(&path, &GeneratorOptions { name: "t".into(), device: Device::Cpu, prefill_chunk: 512 })
+            .unwrap();
+    assert_eq!(run(&mut g512, &params).0.text, greedy.text);
+
+    // Length.
+    let (out, _) = run(&mut g, &SamplingParams { max_tokens: 3, repeat_penalty: 1.0, ..Default::default() });
+    if out.finish_reason != FinishReason::Stop {
+        assert_eq!((out.finish_reason, out.completion_tokens), (FinishReason::Length, 3));
+    }
+
+    // Cancellation after the first piece.
+    let prompt_text = prompt(&g);
+    let mut n = 0;
+    let out = g
+        .generate(&prompt_text, &params, &mut |_| {
+            n += 1;
+            false
+        })
+        .unwrap();
+    if !greedy.text.is_empty() {
+        assert_eq!((out.finish_reason, n), (FinishReason::Cancelled, 1));
+    }
+
+    // A stop string at the start of the greedy text: nothing is shown, finish = stop.
+    if let Some(c) = greedy.text.chars().next() {
+        let (out, pieces) =
+            run(&mut g, &SamplingParams { stop: vec![c.to_string()], repeat_penalty: 1.0, ..params.clone() });
+        assert_eq!((out.finish_reason, out.text.as_str()), (FinishReason::Stop, ""));
+        assert!(pieces.concat().is_empty());
+    }
+}
+
+#[test]
+fn tiny_gguf_stops_at_its_end_of_sequence_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    let weights = write_gguf(&path, 257);
+    let mut g = load(&path);
+    let prompt_text = prompt(&g);
+    let ids = g.format().encode(&prompt_text).unwrap();
+    // Make the first greedy token the end-of-sequence token: rewrite the file with that id
+    // declared as EOS (same weights).
+    let first = {
+        let mut got = None;
+        let mut gen2 = load(&path);
+        let tok = gen2.format();
+        let out = gen2
+            .generate(
+                &prompt_text,
+                &SamplingParams { max_tokens: 1, repeat_penalty: 1.0, ..Default::default() },
+                &mut |t| {
+                    got = Some(t.to_string());
+                    true
+                },
+            )
+            .unwrap();
+        let _ = (out, ids);
+        got.and_then(|t| tok.encode(&t).ok()).and_then(|v| v.first().copied())
+    };
+    drop(weights);
+    if let Some(id) = first {
+        write_gguf_with_same_weights_and_eos(&path, id);
+        let mut g = load(&path);
+        let (out, pieces) = run(&mut g, &SamplingParams { max_tokens: 10, repeat_penalty: 1.0, ..Default::default() });
+        assert_eq!(out.finish_reason, FinishReason::Stop);
+        assert_eq!(out.completion_tokens, 1);
+        assert!(out.text.is_empty() && pieces.is_empty(), "the stop token is not shown");
+    }
+}
+
+/// Rewrite the EOS id in an existing tiny GGUF, keeping its tensors.
+fn write_gguf_with_same_weights_and_eos(path: &std::path::Path, eos: u32) {
+    let mut f = std::fs::File::open(path).unwrap();
+    let c = gguf_file::Content::read(&mut f).unwrap();
+    let mut names: Vec<&String> = c.tensor_infos.keys().collect();
+    names.sort();
+    let qs: Vec<QTensor> = names.iter().map(|n| c.tensor(&mut f, n, &Device::Cpu).unwrap()).collect();
+    let mut md = c.metadata.clone();
+    md.insert("tokenizer.ggml.eos_token_id".into(), gguf_file::Value::U32(eos));
+    let mdr: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tr: Vec<(&str, &QTensor)> = names.iter().map(|n| n.as_str()).zip(qs.iter()).collect();
+    drop(f);
+    let mut out = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut out, &mdr, &tr).unwrap();
+}
+
+#[test]
+fn tiny_safetensors_folder_loads_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    write_gguf(&gguf, 257);
+    let folder = dir.path().join("hf");
+    std::fs::create_dir_all(&folder).unwrap();
+    // The tokenizer as tokenizer.json, from the GGUF one.
+    let tok = kotae_models::gguf_tokenizer::from_gguf_file(&gguf).unwrap();
+    tok.tokenizer.save(folder.join("tokenizer.json"), false).unwrap();
+    std::fs::write(
+        folder.join("tokenizer_config.json"),
+        serde_json::json!({ "chat_template": TEMPLATE, "eos_token": "<|im_end|>" }).to_string(),
+    )
+    .unwrap();
+    let vocab = 258;
+    std::fs::write(
+        folder.join("config.json"),
+        serde_json::json!({
+            "model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": FFN, "vocab_size": vocab,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "max_position_embeddings": 256, "tie_word_embeddings": false
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut ts = std::collections::HashMap::new();
+    let lin = |o: usize, i: usize| rand(&[o, i]);
+    ts.insert("model.embed_tokens.weight".to_string(), lin(vocab, HIDDEN));
+    ts.insert("lm_head.weight".to_string(), lin(vocab, HIDDEN));
+    ts.insert("model.norm.weight".to_string(), Tensor::ones(HIDDEN, DType::F32, &Device::Cpu).unwrap());
+    for n in ["input_layernorm", "post_attention_layernorm"] {
+        ts.insert(format!("model.layers.0.{n}.weight"), Tensor::ones(HIDDEN, DType::F32, &Device::Cpu).unwrap());
+    }
+    for n in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+        ts.insert(format!("model.layers.0.self_attn.{n}.weight"), lin(HIDDEN, HIDDEN));
+    }
+    ts.insert("model.layers.0.mlp.gate_proj.weight".into(), lin(FFN, HIDDEN));
+    ts.insert("model.layers.0.mlp.up_proj.weight".into(), lin(FFN, HIDDEN));
+    ts.insert("model.layers.0.mlp.down_proj.weight".into(), lin(HIDDEN, FFN));
+    candle_core::safetensors::save(&ts, folder.join("model.safetensors")).unwrap();
+
+    let mut g = load(&folder);
+    assert_eq!(prompt(&g), "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n");
+    let im_end = g.format().tokenizer().token_to_id("<|im_end|>").unwrap();
+    assert!(g.format().is_stop(im_end));
+    let params = SamplingParams { max_tokens: 8, repeat_penalty: 1.0, ..Default::default() };
+    let (a, pieces) = run(&mut g, &params);
+    assert_eq!(pieces.concat(), a.text);
+    let (b, _) = run(&mut g, &params);
+    assert_eq!(a.text, b.text, "the KV cache is reset between generations");
+}
