@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: fetch models, ingest knowledge/, answer sample searches.
+# The main job on the embedded default: fetch models (embedder, dictionary, generator), ingest
+# knowledge/, answer a sample search and a sample question, then serve the chat API on
+# ${KOTAE_ADDR:-127.0.0.1:8080} until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KOTAE_DATA_DIR="${KOTAE_DATA_DIR:-./kotae-data}"
@@ -7,4 +9,5 @@ export KOTAE_DATA_DIR="${KOTAE_DATA_DIR:-./kotae-data}"
 K=./target/debug/kotae
 $K ingest knowledge --prune
 $K search "VPNに接続できないときはどうすればいい？"
-$K search "How many days per week can I work from home?"
+$K ask "How many days per week can I work from home?"
+exec $K serve
