@@ -50,7 +50,8 @@ pub struct AnswerConfig {
     /// The same for English (and other) questions: English questions often match Japanese
     /// documents, and cross-lingual similarities run lower.
     pub min_relevance_en: f32,
-    /// Return a past inquiry's answer directly when its similarity reaches this (1.0+ disables).
+    /// Return a past inquiry's answer directly when its question's similarity to the new
+    /// question reaches this (both embedded as queries; above 1.0 disables).
     pub direct_answer_similarity: f32,
     /// Earlier messages of the conversation kept in the prompt.
     pub history_messages: usize,
@@ -78,7 +79,7 @@ impl Default for AnswerConfig {
             context_tokens: 1200,
             min_relevance_ja: 0.85,
             min_relevance_en: 0.83,
-            direct_answer_similarity: 0.93,
+            direct_answer_similarity: 0.95,
             history_messages: 4,
             helpdesk_ja: "担当のヘルプデスク".into(),
             helpdesk_en: "the help desk".into(),
@@ -229,6 +230,7 @@ impl Answerer {
             _ => (SearchMode::Bm25, None),
         };
         timings.embed_ms = ms(t);
+        let question_vector = if search_query == text { vector.clone() } else { None };
         let t = Instant::now();
         let sources = self.index.search(&SearchRequest {
             text: search_query.clone(),
@@ -250,7 +252,9 @@ impl Answerer {
         };
         let action = if !relevant {
             Action::Done(Box::new(self.declined(&lang, &search_query, relevance)))
-        } else if let Some(direct) = self.direct_answer(&sources, &lang, &search_query, relevance) {
+        } else if let Some(direct) =
+            self.direct_answer(question_vector.as_deref(), &sources, &lang, &search_query, relevance)?
+        {
             Action::Done(Box::new(direct))
         } else {
             let (messages, shown) = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &sources)?;
@@ -292,15 +296,50 @@ impl Answerer {
         }
     }
 
-    /// A past inquiry in the question's language that matches closely enough to reuse.
-    fn direct_answer(&self, sources: &[Hit], lang: &str, search_query: &str, relevance: Option<f32>) -> Option<Answer> {
-        let hit = sources.iter().take(3).find(|h| {
-            h.kind == "inquiry"
-                && h.lang == lang
-                && h.dense_score.is_some_and(|s| s >= self.cfg.direct_answer_similarity)
-        })?;
-        let answer = hit.text.split_once("\nA: ").map(|(_, a)| a.trim().to_string())?;
-        Some(Answer {
+    /// A past inquiry in the question's language whose question means the same as this one
+    /// (question-to-question similarity, both embedded as queries), answered as it was before.
+    /// Only for standalone questions: a follow-up has no `question_vector`.
+    fn direct_answer(
+        &self,
+        question_vector: Option<&[f32]>,
+        sources: &[Hit],
+        lang: &str,
+        search_query: &str,
+        relevance: Option<f32>,
+    ) -> Result<Option<Answer>> {
+        let (Some(qv), Some(embedder)) = (question_vector, &self.embedder) else {
+            return Ok(None);
+        };
+        if self.cfg.direct_answer_similarity > 1.0 {
+            return Ok(None);
+        }
+        let candidates: Vec<(&Hit, &str, &str)> = sources
+            .iter()
+            .take(3)
+            .filter(|h| h.kind == "inquiry" && h.lang == lang)
+            .filter_map(|h| {
+                let (q, a) = h.text.strip_prefix("Q: ")?.split_once("\nA: ")?;
+                Some((h, q.trim(), a.trim()))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let questions: Vec<&str> = candidates.iter().map(|c| c.1).collect();
+        let vs = embedder.embed(&questions, InputKind::Query)?.vectors;
+        let best = candidates
+            .iter()
+            .zip(vs)
+            .map(|(c, v)| (c, v.iter().zip(qv).map(|(a, b)| a * b).sum::<f32>()))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let Some(((hit, _, answer), sim)) = best else {
+            return Ok(None);
+        };
+        tracing::debug!(sim, source = %hit.source, "closest past inquiry");
+        if sim < self.cfg.direct_answer_similarity {
+            return Ok(None);
+        }
+        Ok(Some(Answer {
             text: format!("{answer} [1]"),
             lang: lang.into(),
             kind: AnswerKind::Direct,
@@ -311,7 +350,7 @@ impl Answerer {
             completion_tokens: 0,
             finish_reason: None,
             timings: Timings::default(),
-        })
+        }))
     }
 
     /// Turn a plan and (if it needed one) its generation into the answer.
