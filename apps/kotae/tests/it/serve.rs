@@ -430,3 +430,26 @@ fn japanese_questions_get_grounded_japanese_answers_from_qwen() {
         a.text
     );
 }
+
+#[test]
+fn a_question_asked_before_gets_the_logged_answer_directly() {
+    let k = kb();
+    let engine = kotae::serve::engine_from(&k.cfg, k.index.clone(), k.embedder.clone()).unwrap();
+    let ask = |text: &str| {
+        let q = kotae_answer::Question { text: text.into(), ..Default::default() };
+        engine.answerer.ask(&q, &engine.worker, |_| {}).unwrap()
+    };
+    let a = ask("VPNにつながらなくなった");
+    assert_eq!(a.kind, kotae_answer::AnswerKind::Direct, "{a:?}");
+    assert_eq!(a.citations[0].source, "logs/it-helpdesk.ja.csv");
+    assert!(a.text.contains("SecureLink"), "{}", a.text);
+    assert_eq!(a.completion_tokens, 0, "no generation");
+    // A follow-up is never answered from the log directly (it depends on the conversation).
+    let q = kotae_answer::Question {
+        text: "VPNにつながらなくなった".into(),
+        history: vec![kotae_models::ChatMessage::new(kotae_models::Role::User, "経費の締め切りは？")],
+        groups: vec![],
+    };
+    let b = engine.answerer.ask(&q, &engine.worker, |_| {}).unwrap();
+    assert_ne!(b.kind, kotae_answer::AnswerKind::Direct);
+}
