@@ -222,6 +222,7 @@ impl Answerer {
         let search_query = prompt::search_query(&text, &q.history);
         let mut timings = Timings::default();
 
+        let retrieve_span = tracing::info_span!("retrieve", lang = %lang).entered();
         let t = Instant::now();
         let (mode, vector) = match (&self.embedder, self.retrieval.mode) {
             (Some(e), m) if m != SearchMode::Bm25 => {
@@ -244,7 +245,9 @@ impl Answerer {
         timings.retrieve_ms = ms(t);
         let relevance = sources.iter().filter_map(|h| h.dense_score).reduce(f32::max);
         tracing::debug!(n = sources.len(), ?relevance, "retrieved");
+        drop(retrieve_span);
 
+        let _prompt_span = tracing::info_span!("prompt").entered();
         let t = Instant::now();
         let relevant = match relevance {
             Some(r) => r >= self.cfg.min_relevance(&lang),

@@ -70,10 +70,19 @@ impl GeneratorWorker {
                     let queued_ms = job.submitted.elapsed().as_secs_f64() * 1e3;
                     if (job.sink)(GenEvent::Started { queued_ms }) {
                         let sink = &mut job.sink;
+                        let _span = tracing::info_span!("generate", queued_ms).entered();
                         let result = generator
                             .generate(&job.prompt, &job.params, &mut |t: &str| sink(GenEvent::Text(t.to_string())));
-                        if let Err(e) = &result {
-                            tracing::warn!(error = %e, "generation failed");
+                        match &result {
+                            Ok(g) => tracing::info!(
+                                prompt_tokens = g.prompt_tokens,
+                                completion_tokens = g.completion_tokens,
+                                first_token_ms = g.first_token_ms,
+                                decode_tok_s = g.decode_tokens_per_s(),
+                                finish = ?g.finish_reason,
+                                "generated"
+                            ),
+                            Err(e) => tracing::warn!(error = %e, "generation failed"),
                         }
                         (job.sink)(GenEvent::Done(result));
                     }

@@ -57,15 +57,20 @@ pub(crate) async fn start_answer(
     };
     let mut plan = Some(plan);
     let mut queued = 0.0;
+    let limit = std::time::Duration::from_secs(state.cfg.generation_timeout_s.max(1));
+    let mut deadline: Option<std::time::Instant> = None;
     let st = state.clone();
     let eng = engine.clone();
     let sink = Box::new(move |ev: GenEvent| match ev {
         // A client that left while its job waited: skip the job.
         GenEvent::Started { queued_ms } => {
             queued = queued_ms;
+            deadline = Some(std::time::Instant::now() + limit);
             !tx.is_closed()
         }
-        GenEvent::Text(t) => tx.send(RunEvent::Text(t)).is_ok(),
+        GenEvent::Text(t) => {
+            tx.send(RunEvent::Text(t)).is_ok() && deadline.is_none_or(|d| std::time::Instant::now() < d)
+        }
         GenEvent::Done(Ok(g)) => {
             if g.finish_reason == FinishReason::Cancelled {
                 st.metrics.answers.get_or_create(&KindLabels { kind: "cancelled".into() }).inc();

@@ -66,8 +66,11 @@ pub struct ServerConfig {
     pub rate_limit_per_minute: u32,
     /// Requests a client may send at once before the per-minute rate applies.
     pub rate_limit_burst: u32,
-    /// Time limit of non-streaming requests, seconds.
+    /// Time limit of search requests, seconds.
     pub request_timeout_s: u64,
+    /// Longest time one answer may generate; the answer ends there (finish reason
+    /// `cancelled`) and the worker moves on.
+    pub generation_timeout_s: u64,
     /// Longest question accepted, in characters.
     pub max_question_chars: usize,
     /// Clients without a key read `public` documents only; `false` requires a key.
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             rate_limit_per_minute: 120,
             rate_limit_burst: 20,
             request_timeout_s: 120,
+            generation_timeout_s: 300,
             max_question_chars: 4000,
             allow_anonymous: true,
             api_keys: Vec::new(),
