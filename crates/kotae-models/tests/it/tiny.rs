@@ -170,30 +170,22 @@ fn tiny_gguf_streams_stops_and_cancels() {
 fn tiny_gguf_stops_at_its_end_of_sequence_token() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
-    let weights = write_gguf(&path, 257);
-    let mut g = load(&path);
-    let prompt_text = prompt(&g);
-    let ids = g.format().encode(&prompt_text).unwrap();
+    write_gguf(&path, 257);
     // Make the first greedy token the end-of-sequence token: rewrite the file with that id
     // declared as EOS (same weights).
     let first = {
+        let mut g = load(&path);
+        let tok = g.format();
+        let p = prompt(&g);
         let mut got = None;
-        let mut gen2 = load(&path);
-        let tok = gen2.format();
-        let out = gen2
-            .generate(
-                &prompt_text,
-                &SamplingParams { max_tokens: 1, repeat_penalty: 1.0, ..Default::default() },
-                &mut |t| {
-                    got = Some(t.to_string());
-                    true
-                },
-            )
-            .unwrap();
-        let _ = (out, ids);
+        let params = SamplingParams { max_tokens: 1, repeat_penalty: 1.0, ..Default::default() };
+        g.generate(&p, &params, &mut |t| {
+            got = Some(t.to_string());
+            true
+        })
+        .unwrap();
         got.and_then(|t| tok.encode(&t).ok()).and_then(|v| v.first().copied())
     };
-    drop(weights);
     if let Some(id) = first {
         write_gguf_with_same_weights_and_eos(&path, id);
         let mut g = load(&path);
