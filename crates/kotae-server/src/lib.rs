@@ -266,3 +266,6 @@ pub async fn serve(
 pub fn uptime_s(state: &AppState) -> f64 {
     state.started.elapsed().as_secs_f64()
 }
+
+// The server is tested through real HTTP with real models in `apps/kotae/tests/it/serve.rs`
+// (it needs the ingested knowledge base); `store` has its own unit tests.
