@@ -250,7 +250,8 @@ pub async fn search(
         return Err(ApiError::BadRequest("`top_k` must be between 1 and 100".into()));
     }
     let engine = state.engine()?;
-    let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
+    let limit = state.cfg.request_timeout_s.max(1);
+    let work = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
         let t = std::time::Instant::now();
         let text = req.query.trim().to_string();
         let mode = req.mode.unwrap_or(engine.retrieval.mode);
@@ -273,9 +274,11 @@ pub async fn search(
             fusion: engine.retrieval.fusion,
         })?;
         Ok(json!({ "mode": mode, "hits": hits, "took_ms": t.elapsed().as_secs_f64() * 1e3 }))
-    })
-    .await
-    .map_err(join_error)??;
+    });
+    let out = tokio::time::timeout(std::time::Duration::from_secs(limit), work)
+        .await
+        .map_err(|_| ApiError::Timeout(limit))?
+        .map_err(join_error)??;
     Ok(Json(out).into_response())
 }
 

@@ -14,7 +14,7 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::header;
@@ -165,16 +165,9 @@ pub struct Client {
 
 /// The HTTP application.
 pub fn router(state: Arc<AppState>) -> Router {
-    let timeout = Duration::from_secs(state.cfg.request_timeout_s.max(1));
     let limited = Router::new()
         .route("/api/chat", post(api::chat))
-        .route(
-            "/api/search",
-            post(api::search).layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
-                timeout,
-            )),
-        )
+        .route("/api/search", post(api::search))
         .route("/api/feedback", post(api::feedback))
         .route("/api/conversations/{id}", get(api::conversation))
         .route("/v1/chat/completions", post(openai::chat_completions))

@@ -212,12 +212,11 @@ fn write_gguf_with_same_weights_and_eos(path: &std::path::Path, eos: u32) {
     gguf_file::write(&mut out, &mdr, &tr).unwrap();
 }
 
-#[test]
-fn tiny_safetensors_folder_loads_and_generates() {
-    let dir = tempfile::tempdir().unwrap();
-    let gguf = dir.path().join("tiny.gguf");
+/// A one-layer Llama or Qwen2 as a Hugging Face folder (config, tokenizer, safetensors).
+fn write_hf_folder(dir: &std::path::Path, model_type: &str) -> std::path::PathBuf {
+    let gguf = dir.join("tiny.gguf");
     write_gguf(&gguf, 257);
-    let folder = dir.path().join("hf");
+    let folder = dir.join(model_type);
     std::fs::create_dir_all(&folder).unwrap();
     // The tokenizer as tokenizer.json, from the GGUF one.
     let tok = kotae_models::gguf_tokenizer::from_gguf_file(&gguf).unwrap();
@@ -231,36 +230,60 @@ fn tiny_safetensors_folder_loads_and_generates() {
     std::fs::write(
         folder.join("config.json"),
         serde_json::json!({
-            "model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": FFN, "vocab_size": vocab,
+            "model_type": model_type, "hidden_size": HIDDEN, "intermediate_size": FFN, "vocab_size": vocab,
             "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0, "max_position_embeddings": 256, "tie_word_embeddings": false
+            "rope_theta": 10000.0, "max_position_embeddings": 256, "tie_word_embeddings": false,
+            "sliding_window": 256, "max_window_layers": 1, "use_sliding_window": false, "hidden_act": "silu"
         })
         .to_string(),
     )
     .unwrap();
     let mut ts = std::collections::HashMap::new();
     let lin = |o: usize, i: usize| rand(&[o, i]);
+    let ones = || Tensor::ones(HIDDEN, DType::F32, &Device::Cpu).unwrap();
     ts.insert("model.embed_tokens.weight".to_string(), lin(vocab, HIDDEN));
     ts.insert("lm_head.weight".to_string(), lin(vocab, HIDDEN));
-    ts.insert("model.norm.weight".to_string(), Tensor::ones(HIDDEN, DType::F32, &Device::Cpu).unwrap());
+    ts.insert("model.norm.weight".to_string(), ones());
     for n in ["input_layernorm", "post_attention_layernorm"] {
-        ts.insert(format!("model.layers.0.{n}.weight"), Tensor::ones(HIDDEN, DType::F32, &Device::Cpu).unwrap());
+        ts.insert(format!("model.layers.0.{n}.weight"), ones());
     }
     for n in ["q_proj", "k_proj", "v_proj", "o_proj"] {
         ts.insert(format!("model.layers.0.self_attn.{n}.weight"), lin(HIDDEN, HIDDEN));
+    }
+    if model_type == "qwen2" {
+        for n in ["q_proj", "k_proj", "v_proj"] {
+            ts.insert(format!("model.layers.0.self_attn.{n}.bias"), rand(&[HIDDEN]));
+        }
     }
     ts.insert("model.layers.0.mlp.gate_proj.weight".into(), lin(FFN, HIDDEN));
     ts.insert("model.layers.0.mlp.up_proj.weight".into(), lin(FFN, HIDDEN));
     ts.insert("model.layers.0.mlp.down_proj.weight".into(), lin(HIDDEN, FFN));
     candle_core::safetensors::save(&ts, folder.join("model.safetensors")).unwrap();
+    folder
+}
 
-    let mut g = load(&folder);
-    assert_eq!(prompt(&g), "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n");
-    let im_end = g.format().tokenizer().token_to_id("<|im_end|>").unwrap();
-    assert!(g.format().is_stop(im_end));
-    let params = SamplingParams { max_tokens: 8, repeat_penalty: 1.0, ..Default::default() };
-    let (a, pieces) = run(&mut g, &params);
-    assert_eq!(pieces.concat(), a.text);
-    let (b, _) = run(&mut g, &params);
-    assert_eq!(a.text, b.text, "the KV cache is reset between generations");
+#[test]
+fn tiny_safetensors_folders_load_and_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    for model_type in ["llama", "qwen2"] {
+        let folder = write_hf_folder(dir.path(), model_type);
+        let mut g = load(&folder);
+        assert_eq!(prompt(&g), "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n");
+        let im_end = g.format().tokenizer().token_to_id("<|im_end|>").unwrap();
+        assert!(g.format().is_stop(im_end));
+        let params = SamplingParams { max_tokens: 8, repeat_penalty: 1.0, ..Default::default() };
+        let (a, pieces) = run(&mut g, &params);
+        assert_eq!(pieces.concat(), a.text, "{model_type}");
+        let (b, _) = run(&mut g, &params);
+        assert_eq!(a.text, b.text, "{model_type}: the KV cache is reset between generations");
+    }
+    // A folder of an unsupported architecture is refused with the reason.
+    let folder = write_hf_folder(dir.path(), "llama");
+    let cfg = std::fs::read_to_string(folder.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
+    std::fs::write(folder.join("config.json"), cfg).unwrap();
+    let err =
+        CandleGenerator::load(&folder, &GeneratorOptions { name: "t".into(), device: Device::Cpu, prefill_chunk: 8 })
+            .err()
+            .unwrap();
+    assert!(err.to_string().contains("gpt_neox"), "{err}");
 }
