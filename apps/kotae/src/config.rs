@@ -143,7 +143,7 @@ impl Default for SearchConfig {
             fusion: Fusion::default(),
             hnsw_m: 16,
             hnsw_ef_construct: 200,
-            hnsw_ef: 256,
+            hnsw_ef: 512,
         }
     }
 }

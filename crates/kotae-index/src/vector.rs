@@ -75,7 +75,7 @@ pub struct HnswSettings {
 
 impl Default for HnswSettings {
     fn default() -> Self {
-        Self { m: 16, ef_construct: 200, ef_search: 256 }
+        Self { m: 16, ef_construct: 200, ef_search: 512 }
     }
 }
 
