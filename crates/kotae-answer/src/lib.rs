@@ -160,6 +160,31 @@ pub struct Answer {
     pub timings: Timings,
 }
 
+impl Answer {
+    /// An answer that needed no generation (declined, or a past inquiry).
+    fn without_generation(
+        text: String,
+        lang: &str,
+        kind: AnswerKind,
+        citations: Vec<Citation>,
+        search_query: &str,
+        relevance: Option<f32>,
+    ) -> Self {
+        Answer {
+            text,
+            lang: lang.into(),
+            kind,
+            citations,
+            search_query: search_query.into(),
+            relevance,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            finish_reason: None,
+            timings: Timings::default(),
+        }
+    }
+}
+
 /// What to do with a question, decided before any generation.
 pub enum Action {
     /// The answer is known already (declined, or a past inquiry).
@@ -285,18 +310,7 @@ impl Answerer {
                 self.cfg.helpdesk_en
             )
         };
-        Answer {
-            text,
-            lang: lang.into(),
-            kind: AnswerKind::Declined,
-            citations: Vec::new(),
-            search_query: search_query.into(),
-            relevance,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            finish_reason: None,
-            timings: Timings::default(),
-        }
+        Answer::without_generation(text, lang, AnswerKind::Declined, Vec::new(), search_query, relevance)
     }
 
     /// A past inquiry in the question's language whose question means the same as this one
@@ -342,18 +356,15 @@ impl Answerer {
         if sim < self.cfg.direct_answer_similarity {
             return Ok(None);
         }
-        Ok(Some(Answer {
-            text: format!("{answer} [1]"),
-            lang: lang.into(),
-            kind: AnswerKind::Direct,
-            citations: vec![cite::citation(1, hit, true)],
-            search_query: search_query.into(),
+        let citations = vec![cite::citation(1, hit, true)];
+        Ok(Some(Answer::without_generation(
+            format!("{answer} [1]"),
+            lang,
+            AnswerKind::Direct,
+            citations,
+            search_query,
             relevance,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            finish_reason: None,
-            timings: Timings::default(),
-        }))
+        )))
     }
 
     /// Turn a plan and (if it needed one) its generation into the answer.

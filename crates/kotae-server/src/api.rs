@@ -95,6 +95,18 @@ pub(crate) async fn start_answer(
     Ok(rx)
 }
 
+/// Wait for the end of an answer run (non-streaming responses).
+pub(crate) async fn finished(rx: &mut mpsc::UnboundedReceiver<RunEvent>) -> Result<Box<Answer>, ApiError> {
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            RunEvent::Text(_) => {}
+            RunEvent::Failed(e) => return Err(e),
+            RunEvent::Done(a) => return Ok(a),
+        }
+    }
+    Err(ApiError::Internal("the answer ended without a result".into()))
+}
+
 /// Count a finished answer in the metrics.
 pub(crate) fn observe_answer(state: &AppState, a: &Answer) {
     let kind = serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
@@ -171,21 +183,11 @@ pub async fn chat(
     state.store.add_message(&conversation, "user", &req.message, None)?;
 
     if !req.stream {
-        while let Some(ev) = rx.recv().await {
-            match ev {
-                RunEvent::Text(_) => {}
-                RunEvent::Failed(e) => return Err(e),
-                RunEvent::Done(a) => {
-                    let value = serde_json::to_value(&*a).map_err(|e| ApiError::Internal(e.to_string()))?;
-                    let id = state.store.add_message(&conversation, "assistant", &a.text, Some(&value))?;
-                    observe_answer(&state, &a);
-                    return Ok(
-                        Json(ChatDone { conversation_id: &conversation, message_id: &id, answer: &a }).into_response()
-                    );
-                }
-            }
-        }
-        return Err(ApiError::Internal("the answer ended without a result".into()));
+        let a = finished(&mut rx).await?;
+        let value = serde_json::to_value(&*a).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let id = state.store.add_message(&conversation, "assistant", &a.text, Some(&value))?;
+        observe_answer(&state, &a);
+        return Ok(Json(ChatDone { conversation_id: &conversation, message_id: &id, answer: &a }).into_response());
     }
 
     let (sse_tx, sse_rx) = mpsc::channel::<Result<Event, Infallible>>(64);

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::{check_question, observe_answer, start_answer, RunEvent};
+use crate::api::{check_question, finished, observe_answer, start_answer, RunEvent};
 use crate::error::ApiError;
 use crate::{AppState, Client};
 
@@ -128,34 +128,26 @@ pub async fn chat_completions(
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
 
     if !req.stream {
-        while let Some(ev) = rx.recv().await {
-            match ev {
-                RunEvent::Text(_) => {}
-                RunEvent::Failed(e) => return Err(e),
-                RunEvent::Done(a) => {
-                    observe_answer(&state, &a);
-                    return Ok(Json(json!({
-                        "id": id,
-                        "object": "chat.completion",
-                        "created": created,
-                        "model": model,
-                        "choices": [{
-                            "index": 0,
-                            "message": { "role": "assistant", "content": a.text },
-                            "finish_reason": finish_reason(&a),
-                        }],
-                        "usage": {
-                            "prompt_tokens": a.prompt_tokens,
-                            "completion_tokens": a.completion_tokens,
-                            "total_tokens": a.prompt_tokens + a.completion_tokens,
-                        },
-                        "kotae": kotae_extra(&a),
-                    }))
-                    .into_response());
-                }
-            }
-        }
-        return Err(ApiError::Internal("the answer ended without a result".into()));
+        let a = finished(&mut rx).await?;
+        observe_answer(&state, &a);
+        return Ok(Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": a.text },
+                "finish_reason": finish_reason(&a),
+            }],
+            "usage": {
+                "prompt_tokens": a.prompt_tokens,
+                "completion_tokens": a.completion_tokens,
+                "total_tokens": a.prompt_tokens + a.completion_tokens,
+            },
+            "kotae": kotae_extra(&a),
+        }))
+        .into_response());
     }
 
     let (sse_tx, sse_rx) = mpsc::channel::<Result<Event, Infallible>>(64);
