@@ -249,10 +249,23 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Forget rate-limit state of clients that have been quiet, so the map does not grow
+    // with every address ever seen.
+    let st = state.clone();
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            st.limiter.retain_recent();
+            st.limiter.shrink_to_fit();
+        }
+    });
     let app = router(state);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    pruner.abort();
+    served
 }
 
 /// Seconds since the server started.
