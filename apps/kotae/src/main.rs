@@ -155,6 +155,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// An evaluation's thresholds file; a missing file means no thresholds.
+fn load_thresholds(path: &std::path::Path) -> Result<Option<toml::Table>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(toml::from_str(&t)?)),
+        Err(_) => Ok(None),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let g = cli.global;
     let cfg = Config::load(&Overrides { config: g.config, data_dir: g.data_dir, kb: g.kb, threads: g.threads })?;
@@ -241,10 +249,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Eval { cmd: EvalCmd::AnswerScope { golden, out_of_scope, thresholds, json } } => {
             let embedder = kotae::load_embedder(&cfg)?;
             let index = kotae::open_index(&cfg, None)?;
-            let thr: Option<toml::Table> = match std::fs::read_to_string(&thresholds) {
-                Ok(t) => Some(toml::from_str(&t)?),
-                Err(_) => None,
-            };
+            let thr = load_thresholds(&thresholds)?;
             let r = eval::run_scope_eval(
                 &cfg,
                 &index,
@@ -267,10 +272,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let embedder = kotae::load_embedder(&cfg)?;
             let index = kotae::open_index(&cfg, None)?;
             let golden = eval::load_golden(&golden)?;
-            let thr: Option<toml::Table> = match std::fs::read_to_string(&thresholds) {
-                Ok(t) => Some(toml::from_str(&t)?),
-                Err(_) => None,
-            };
+            let thr = load_thresholds(&thresholds)?;
             let r = eval::run_retrieval_eval(&cfg, &index, &embedder, &golden, thr.as_ref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

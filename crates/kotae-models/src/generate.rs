@@ -179,6 +179,16 @@ pub struct CandleGenerator {
 }
 
 impl CandleGenerator {
+    fn assemble(weights: Weights, format: PromptFormat, opts: &GeneratorOptions) -> Self {
+        Self {
+            name: opts.name.clone(),
+            weights,
+            format: Arc::new(format),
+            device: opts.device.clone(),
+            prefill_chunk: opts.prefill_chunk.max(1),
+        }
+    }
+
     /// Load a GGUF file (architecture `llama` or `qwen2`); the tokenizer and chat template
     /// come from its metadata.
     pub fn from_gguf(path: &Path, opts: &GeneratorOptions) -> Result<Self> {
@@ -214,13 +224,7 @@ impl CandleGenerator {
                 return Err(Error::invalid(path, format!("architecture '{other}' is not supported (llama, qwen2)")))
             }
         };
-        Ok(Self {
-            name: opts.name.clone(),
-            weights,
-            format: Arc::new(format),
-            device: opts.device.clone(),
-            prefill_chunk: opts.prefill_chunk.max(1),
-        })
+        Ok(Self::assemble(weights, format, opts))
     }
 
     /// Load a Hugging Face–style folder: `config.json` (`model_type` llama or qwen2),
@@ -267,13 +271,7 @@ impl CandleGenerator {
             other => return Err(Error::invalid(dir, format!("model_type '{other}' is not supported (llama, qwen2)"))),
         };
         let format = PromptFormat::new(tokenizer, template.as_deref(), bos, eos, ctx, &dir.display().to_string())?;
-        Ok(Self {
-            name: opts.name.clone(),
-            weights,
-            format: Arc::new(format),
-            device: opts.device.clone(),
-            prefill_chunk: opts.prefill_chunk.max(1),
-        })
+        Ok(Self::assemble(weights, format, opts))
     }
 
     /// GGUF file or Hugging Face folder, by what `path` is.
