@@ -43,6 +43,9 @@ pub struct PromptFormat {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    template: String,
     stop_ids: BTreeSet<u32>,
     context_length: usize,
     non_japanese_han: OnceLock<Vec<u32>>,
@@ -89,15 +92,36 @@ impl PromptFormat {
         let eos_token = token(eos_id);
         let mut stop_ids: BTreeSet<u32> = eos_id.into_iter().collect();
         stop_ids.extend(END_OF_TURN.iter().filter_map(|t| tokenizer.token_to_id(t)));
-        Ok(Self { tokenizer, env, bos_token, eos_token, stop_ids, context_length, non_japanese_han: OnceLock::new() })
+        Ok(Self {
+            tokenizer,
+            env,
+            bos_token,
+            eos_token,
+            bos_id,
+            eos_id,
+            template: template.to_string(),
+            stop_ids,
+            context_length,
+            non_japanese_han: OnceLock::new(),
+        })
     }
 
     /// The conversation rendered by the model's template, ending with the assistant's turn.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.render_with(messages, true)
+    }
+
+    /// A finished conversation (its last message included, no new turn opened): what a
+    /// training example looks like.
+    pub fn render_conversation(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.render_with(messages, false)
+    }
+
+    fn render_with(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
-            add_generation_prompt => true,
+            add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         })
@@ -121,6 +145,24 @@ impl PromptFormat {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+
+    /// Beginning- and end-of-sequence tokens as text (empty when the model has none).
+    pub fn special_tokens(&self) -> (&str, &str) {
+        (&self.bos_token, &self.eos_token)
+    }
+
+    /// The Jinja chat template.
+    pub fn chat_template(&self) -> &str {
+        &self.template
     }
 
     pub fn is_stop(&self, id: u32) -> bool {

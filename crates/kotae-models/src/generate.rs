@@ -283,6 +283,11 @@ impl CandleGenerator {
         }
     }
 
+    /// Logits of the position after `ids` (a fresh sequence): for checks that compare models.
+    pub fn forward_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        Ok(self.prefill(ids)?.to_vec1()?)
+    }
+
     /// Run the prompt through the model, returning the logits of its last position.
     fn prefill(&mut self, ids: &[u32]) -> Result<Tensor> {
         self.weights.reset(&self.device)?;

