@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod eval;
+pub mod finetune;
 pub mod ingest;
 pub mod models;
 pub mod search;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use kotae::config::{Config, Overrides};
-use kotae::{eval, ingest, models, search};
+use kotae::{eval, finetune, ingest, models, search};
 use kotae_index::SearchMode;
 use kotae_models::Embedder;
 
@@ -94,6 +94,109 @@ enum Cmd {
     Eval {
         #[command(subcommand)]
         cmd: EvalCmd,
+    },
+    /// Adapt models to the company's data: a classifier head or LoRA fine-tuning
+    Finetune {
+        #[command(subcommand)]
+        cmd: FinetuneCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum FinetuneCmd {
+    /// Transfer learning: a new classification head on the frozen embedder
+    Head {
+        /// routing (inquiry → category, from the inquiry logs) or safety (safe / harmful / jailbreak)
+        #[arg(long, default_value = "routing")]
+        task: String,
+        #[arg(long, default_value = "knowledge")]
+        knowledge: PathBuf,
+        /// Output folder [default: <data-dir>/heads/<task>]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Hidden units of the MLP head; 0 trains a linear head
+        #[arg(long, default_value_t = 256)]
+        hidden: usize,
+        #[arg(long, default_value_t = 60)]
+        epochs: usize,
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 0.2)]
+        val_fraction: f64,
+        /// Extra safe examples for the safety task (JSONL with a "question" field)
+        #[arg(long, value_delimiter = ',', default_value = "evals/answer/out_of_scope.jsonl")]
+        safe_extra: Vec<PathBuf>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Fine-tuning: LoRA adapters (and optionally whole layers) on the generator
+    Lora {
+        /// Catalog generator, GGUF file or Hugging Face folder
+        #[arg(long, default_value = "smollm2-135m-instruct")]
+        base: String,
+        #[arg(long, default_value = "knowledge")]
+        knowledge: PathBuf,
+        /// Run folder (checkpoints, metrics, exports) [default: <data-dir>/runs/lora-<base>]
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        r: usize,
+        #[arg(long, default_value_t = 16.0)]
+        alpha: f64,
+        #[arg(long, default_value_t = 0.05)]
+        dropout: f64,
+        #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj")]
+        targets: Vec<String>,
+        /// Decoder layers trained in full besides the adapters
+        #[arg(long, value_delimiter = ',')]
+        unfreeze_layers: Vec<usize>,
+        #[arg(long, default_value_t = 2)]
+        epochs: usize,
+        /// Optimizer steps (overrides --epochs)
+        #[arg(long, default_value_t = 0)]
+        max_steps: usize,
+        #[arg(long, default_value_t = 2e-4)]
+        lr: f64,
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 2)]
+        grad_accum: usize,
+        #[arg(long, default_value_t = 384)]
+        max_len: usize,
+        #[arg(long, default_value_t = 20)]
+        eval_every: usize,
+        #[arg(long, default_value_t = 3)]
+        patience: usize,
+        #[arg(long, default_value_t = 0.15)]
+        val_fraction: f64,
+        /// Also train on the manuals as plain text (continued pre-training)
+        #[arg(long)]
+        text: bool,
+        /// Leave out the grounded examples made from manual sections
+        #[arg(long)]
+        no_grounded: bool,
+        /// Continue from the run folder's checkpoint
+        #[arg(long)]
+        resume: bool,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// f32 (CPU), bf16 or f16 (CUDA)
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Text for the forgetting check (general perplexity before/after)
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "evals/general/general.en.txt,evals/general/general.ja.txt"
+        )]
+        general_text: Vec<PathBuf>,
+        /// Held-out questions answered before and after in the model card
+        #[arg(long, default_value_t = 5)]
+        compare_answers: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
 }
 
@@ -238,6 +341,88 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     a.kind, a.timings.first_token_ms, a.timings.total_ms, a.prompt_tokens, a.completion_tokens
                 );
             }
+        }
+        Cmd::Finetune {
+            cmd: FinetuneCmd::Head { task, knowledge, out, hidden, epochs, lr, val_fraction, safe_extra, seed },
+        } => {
+            let out = out.unwrap_or_else(|| cfg.data_dir.join("heads").join(&task));
+            let config = kotae_adapt::head::HeadConfig {
+                hidden,
+                epochs,
+                learning_rate: lr,
+                val_fraction,
+                seed,
+                ..Default::default()
+            };
+            finetune::run_head(&cfg, &finetune::HeadJob { task, knowledge, out, config, safe_extra })?;
+        }
+        Cmd::Finetune {
+            cmd:
+                FinetuneCmd::Lora {
+                    base,
+                    knowledge,
+                    run_dir,
+                    r,
+                    alpha,
+                    dropout,
+                    targets,
+                    unfreeze_layers,
+                    epochs,
+                    max_steps,
+                    lr,
+                    warmup,
+                    batch_size,
+                    grad_accum,
+                    max_len,
+                    eval_every,
+                    patience,
+                    val_fraction,
+                    text,
+                    no_grounded,
+                    resume,
+                    device,
+                    dtype,
+                    general_text,
+                    compare_answers,
+                    seed,
+                },
+        } => {
+            let stem =
+                std::path::Path::new(&base).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let run_dir = run_dir.unwrap_or_else(|| cfg.data_dir.join("runs").join(format!("lora-{stem}")));
+            let job = finetune::LoraJob {
+                base,
+                knowledge,
+                run_dir,
+                lora: kotae_adapt::LoraConfig { r, alpha, dropout, target_modules: targets, unfreeze_layers },
+                train: kotae_adapt::TrainConfig {
+                    learning_rate: lr,
+                    warmup_steps: warmup,
+                    epochs,
+                    max_steps,
+                    batch_size,
+                    grad_accum,
+                    max_len,
+                    eval_every,
+                    save_every: eval_every,
+                    patience,
+                    seed,
+                    ..Default::default()
+                },
+                data: kotae_adapt::data::DataOptions {
+                    text,
+                    grounded: !no_grounded,
+                    val_fraction,
+                    ..Default::default()
+                },
+                device,
+                dtype,
+                resume,
+                general_text,
+                compare_answers,
+                gguf: true,
+            };
+            finetune::run_lora(&cfg, &job)?;
         }
         Cmd::Serve { addr } => {
             let mut cfg = cfg;

@@ -131,12 +131,39 @@ const BLOCKLIST: &[&str] = &[
     "めくら",
 ];
 
+/// Whether `needle` occurs in `hay` (both lower-case); ASCII words only as whole words
+/// ("spic" must not match "suspicious"), other scripts anywhere.
+fn contains_term(hay: &str, needle: &str) -> bool {
+    if !needle.is_ascii() {
+        return hay.contains(needle);
+    }
+    hay.match_indices(needle).any(|(i, _)| {
+        let before = hay[..i].chars().next_back();
+        let after = hay[i + needle.len()..].chars().next();
+        !before.is_some_and(|c| c.is_alphanumeric()) && !after.is_some_and(|c| c.is_alphanumeric())
+    })
+}
+
 fn blocked<'a>(text: &str, extra: &'a [String]) -> Option<&'a str> {
     let lower = text.to_lowercase();
-    if let Some(w) = BLOCKLIST.iter().find(|w| lower.contains(*w)) {
+    if let Some(w) = BLOCKLIST.iter().find(|w| contains_term(&lower, w)) {
         return Some(w);
     }
-    extra.iter().find(|w| !w.is_empty() && lower.contains(&w.to_lowercase())).map(|s| s.as_str())
+    extra.iter().find(|w| !w.is_empty() && contains_term(&lower, &w.to_lowercase())).map(|s| s.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocklist_matches_whole_words_and_japanese_anywhere() {
+        assert!(blocked("report suspicious mail", &[]).is_none());
+        assert!(blocked("you spic", &[]).is_some());
+        assert!(blocked("お前なんか死ねばいい", &[]).is_some());
+        assert!(blocked("the Acme deal", &["acme".into()]).is_some());
+        assert!(blocked("acmeology", &["acme".into()]).is_none());
+    }
 }
 
 fn heading_question(heading: &str, lang: &str) -> String {

@@ -523,10 +523,19 @@ impl TrainableLm {
         }
     }
 
+    /// `x · Wᵀ`, through [`FrozenLinear`] when `W` is frozen and the op can run there.
+    fn matmul_t(&self, x: &Tensor, w: &Tensor, frozen: bool) -> Result<Tensor> {
+        if frozen && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+            return Ok(x.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })?);
+        }
+        Ok(x.matmul(&w.t()?)?)
+    }
+
     /// `x: [n, in]` through a linear layer with its adapter.
     fn linear(&self, path: &str, x: &Tensor, dropout: &mut Option<Dropout>) -> Result<Tensor> {
-        let w = self.weight(&format!("{path}.weight"))?;
-        let mut y = x.matmul(&w.t()?)?;
+        let wname = format!("{path}.weight");
+        let w = self.weight(&wname)?;
+        let mut y = self.matmul_t(x, &w, !self.full.contains_key(&wname))?;
         if let Some(b) = self.opt_weight(&format!("{path}.bias"))? {
             y = y.broadcast_add(&b)?;
         }
@@ -563,7 +572,8 @@ impl TrainableLm {
         let (b, t) = ids.dims2()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim());
         let embed = self.weight("model.embed_tokens.weight")?;
-        let mut h = embed.index_select(&ids.flatten_all()?, 0)?; // [b*t, hidden]
+        // The embedding table is frozen: nothing flows back into it.
+        let mut h = embed.index_select(&ids.flatten_all()?, 0)?.detach(); // [b*t, hidden]
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
         let mask: Vec<f32> =
@@ -611,7 +621,7 @@ impl TrainableLm {
             Some(w) if !self.base.config.tie_word_embeddings => w,
             _ => self.weight("model.embed_tokens.weight")?,
         };
-        Ok(hidden_rows.matmul(&head.t()?)?.to_dtype(DType::F32)?)
+        Ok(self.matmul_t(hidden_rows, &head, true)?.to_dtype(DType::F32)?)
     }
 
     /// Mean cross-entropy of the labelled positions of a batch, and how many there were.
@@ -667,6 +677,40 @@ impl TrainableLm {
             var.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
         }
         Ok(())
+    }
+}
+
+/// `x · Wᵀ` for a frozen `W` (CPU, f32). candle's matmul backward computes and keeps the
+/// gradient of both operands, i.e. a weight-sized gradient for every frozen matrix of the
+/// model at every step; this op gives back only `∂x = ∂y · W`.
+struct FrozenLinear {
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(v) = storage else {
+            candle_core::bail!("frozen-linear: f32 input expected");
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-linear: contiguous input expected");
+        };
+        let x = Tensor::from_slice(&v[a..b], layout.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        Ok((candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
     }
 }
 

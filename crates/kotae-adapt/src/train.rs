@@ -239,8 +239,9 @@ fn order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     idx
 }
 
-/// Micro-batch `k` of the whole run: which sequences.
-fn micro_batch(k: usize, n: usize, batch: usize, seed: u64) -> (usize, Vec<usize>) {
+/// Micro-batch `k` of the whole run: its epoch and which sequences (the order a run with this
+/// seed uses; benchmarks hand the same batches to their peers).
+pub fn micro_batch(k: usize, n: usize, batch: usize, seed: u64) -> (usize, Vec<usize>) {
     let per_epoch = n.div_ceil(batch);
     let (epoch, pos) = (k / per_epoch, k % per_epoch);
     let ord = order(n, seed, epoch);

