@@ -38,6 +38,7 @@ struct Global {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Ingest manuals and inquiry logs (files or folders)
     Ingest {

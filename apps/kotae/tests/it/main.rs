@@ -12,6 +12,7 @@ use kotae_index::{KnowledgeIndex, SearchMode};
 use kotae_models::{BertEmbedder, Embedder};
 
 mod bad_input;
+mod finetune;
 mod kill_resume;
 mod serve;
 
