@@ -228,13 +228,16 @@ fn loss_falls_on_a_memorisable_set_and_the_merged_model_matches() {
     let mut q =
         CandleGenerator::load(&gguf, &GeneratorOptions { name: "q".into(), device: Device::Cpu, prefill_chunk: 512 })
             .unwrap();
-    // 8-bit weights: close relative to the logits' range, same top token.
-    let ql = q.forward_logits(&ids).unwrap();
-    let range = adapted.iter().fold(0f32, |a, x| a.max(x.abs()));
-    let d = max_abs_diff(&adapted, &ql);
-    assert!(d / range < 0.05, "merged Q8_0 GGUF differs by {d} (logit range {range})");
-    let argmax = |v: &[f32]| v.iter().enumerate().fold((0, f32::MIN), |a, (i, &x)| if x > a.1 { (i, x) } else { a }).0;
-    assert_eq!(argmax(&adapted), argmax(&ql));
+    // The GGUF serves, and read back (dequantized, Llama rows un-permuted) every matrix is the
+    // merged one up to 8-bit rounding: names, layout and values are right.
+    assert!(q.forward_logits(&ids).unwrap().iter().all(|x| x.is_finite()));
+    let back = BaseModel::load(&gguf, &Device::Cpu).unwrap();
+    for (name, w) in m.merged_weights().unwrap() {
+        let r = &back.weights[&name];
+        let amax = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (w - r).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= amax / 100.0, "{name}: max |Δ| {d} (max |w| {amax})");
+    }
 
     // Adapter written in PEFT's layout and read back into a fresh model.
     let adir = dir.path().join("adapter");
