@@ -290,46 +290,11 @@ impl BaseModel {
     }
 
     pub fn from_hf_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let read = |name: &str| -> Result<String> {
-            let p = dir.join(name);
-            std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))
-        };
-        let cfg_json: serde_json::Value = serde_json::from_str(&read("config.json")?)?;
-        let config = LmConfig::from_hf_json(&cfg_json, &dir.join("config.json"))?;
-        let tok_cfg: serde_json::Value =
-            read("tokenizer_config.json").ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
-        let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| Error::invalid(dir.join("tokenizer.json"), e.to_string()))?;
-        let token_id = |key: &str| -> Option<u32> {
-            let t = tok_cfg.get(key)?;
-            let s = t.as_str().or_else(|| t.get("content").and_then(|c| c.as_str()))?;
-            tokenizer.token_to_id(s)
-        };
-        let bos = token_id("bos_token").or(config.bos_token_id);
-        let eos = token_id("eos_token").or(config.eos_token_id);
-        let template = tok_cfg.get("chat_template").and_then(|t| t.as_str()).map(str::to_string);
-        let mut weights = HashMap::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-            let p = entry.map_err(|e| Error::io(dir, e))?.path();
-            if p.extension().is_some_and(|x| x == "safetensors") {
-                let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-                for (name, t) in candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)? {
-                    weights.insert(name, t.to_dtype(DType::F32)?);
-                }
-            }
-        }
-        if weights.is_empty() {
-            return Err(Error::invalid(dir, "no .safetensors files"));
-        }
-        let format = PromptFormat::new(
-            tokenizer,
-            template.as_deref(),
-            bos,
-            eos,
-            config.max_position_embeddings,
-            &dir.display().to_string(),
-        )?;
-        let weights = to_device(weights, device)?;
+        let (cfg_json, format) = kotae_models::generate::read_hf_folder(dir)?;
+        let mut config = LmConfig::from_hf_json(&cfg_json, &dir.join("config.json"))?;
+        config.bos_token_id = format.bos_id().or(config.bos_token_id);
+        config.eos_token_id = format.eos_id().or(config.eos_token_id);
+        let weights = kotae_models::generate::load_safetensors_dir(dir, device)?;
         Ok(Self { config, weights, format, source: BaseSource::HfDir(dir.to_path_buf()) })
     }
 

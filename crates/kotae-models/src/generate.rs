@@ -230,33 +230,9 @@ impl CandleGenerator {
     /// Load a Hugging Face–style folder: `config.json` (`model_type` llama or qwen2),
     /// `tokenizer.json`, `tokenizer_config.json` (chat template) and `*.safetensors`.
     pub fn from_hf_dir(dir: &Path, opts: &GeneratorOptions) -> Result<Self> {
-        let read = |name: &str| -> Result<String> {
-            let p = dir.join(name);
-            std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))
-        };
-        let config: serde_json::Value = serde_json::from_str(&read("config.json")?)?;
-        let tok_cfg: serde_json::Value = serde_json::from_str(&read("tokenizer_config.json")?)?;
-        let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))?;
-        let token_id = |key: &str| -> Option<u32> {
-            let t = tok_cfg.get(key)?;
-            let s = t.as_str().or_else(|| t.get("content").and_then(|c| c.as_str()))?;
-            tokenizer.token_to_id(s)
-        };
-        let bos = token_id("bos_token").or_else(|| config["bos_token_id"].as_u64().map(|v| v as u32));
-        let eos = token_id("eos_token").or_else(|| config["eos_token_id"].as_u64().map(|v| v as u32));
-        let template = tok_cfg.get("chat_template").and_then(|t| t.as_str()).map(str::to_string);
-        let ctx = config["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(Error::invalid(dir, "no .safetensors files"));
-        }
+        let (config, format) = read_hf_folder(dir)?;
         // SAFETY-free path: plain reads into memory (the workspace forbids unsafe mmap).
-        let vb = VarBuilder::from_tensors(load_safetensors(&files, &opts.device)?, DType::F32, &opts.device);
+        let vb = VarBuilder::from_tensors(load_safetensors_dir(dir, &opts.device)?, DType::F32, &opts.device);
         let weights = match config["model_type"].as_str().unwrap_or_default() {
             "llama" => {
                 let c: llama::LlamaConfig = serde_json::from_value(config.clone())?;
@@ -270,7 +246,6 @@ impl CandleGenerator {
             }
             other => return Err(Error::invalid(dir, format!("model_type '{other}' is not supported (llama, qwen2)"))),
         };
-        let format = PromptFormat::new(tokenizer, template.as_deref(), bos, eos, ctx, &dir.display().to_string())?;
         Ok(Self::assemble(weights, format, opts))
     }
 
@@ -342,14 +317,44 @@ fn requantize<R: std::io::Read + std::io::Seek>(
     Ok(Some((c, buf)))
 }
 
-fn load_safetensors(
-    files: &[std::path::PathBuf],
-    device: &Device,
-) -> Result<std::collections::HashMap<String, Tensor>> {
+/// `config.json` and the prompt format (tokenizer.json, chat template and special tokens from
+/// tokenizer_config.json, falling back to config.json's ids) of a Hugging Face–style folder.
+pub fn read_hf_folder(dir: &Path) -> Result<(serde_json::Value, PromptFormat)> {
+    let read = |name: &str| -> Result<String> {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))
+    };
+    let config: serde_json::Value = serde_json::from_str(&read("config.json")?)?;
+    let tok_cfg: serde_json::Value = serde_json::from_str(&read("tokenizer_config.json")?)?;
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))?;
+    let token_id = |key: &str| -> Option<u32> {
+        let t = tok_cfg.get(key)?;
+        let s = t.as_str().or_else(|| t.get("content").and_then(|c| c.as_str()))?;
+        tokenizer.token_to_id(s)
+    };
+    let bos = token_id("bos_token").or_else(|| config["bos_token_id"].as_u64().map(|v| v as u32));
+    let eos = token_id("eos_token").or_else(|| config["eos_token_id"].as_u64().map(|v| v as u32));
+    let template = tok_cfg.get("chat_template").and_then(|t| t.as_str()).map(str::to_string);
+    let ctx = config["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
+    let format = PromptFormat::new(tokenizer, template.as_deref(), bos, eos, ctx, &dir.display().to_string())?;
+    Ok((config, format))
+}
+
+/// Every tensor of the folder's `*.safetensors` files, as f32 on `device` (plain reads into
+/// memory: the workspace forbids the unsafe mmap).
+pub fn load_safetensors_dir(dir: &Path, device: &Device) -> Result<std::collections::HashMap<String, Tensor>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::invalid(dir, "no .safetensors files"));
+    }
     let mut all = std::collections::HashMap::new();
     for f in files {
-        let tensors = candle_core::safetensors::load(f, device)?;
-        for (k, v) in tensors {
+        for (k, v) in candle_core::safetensors::load(&f, device)? {
             all.insert(k, v.to_dtype(DType::F32)?);
         }
     }

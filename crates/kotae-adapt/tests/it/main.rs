@@ -7,7 +7,6 @@ mod head;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use kotae_adapt::data::Tokenized;
 use kotae_adapt::export;
@@ -16,97 +15,16 @@ use kotae_adapt::train::{read_metrics, RunOptions, TrainConfig};
 use kotae_adapt::{BaseModel, LoraConfig, TrainableLm};
 use kotae_models::{CandleGenerator, ChatMessage, GeneratorOptions, Role};
 
-const HIDDEN: usize = 32;
-const FFN: usize = 64;
-const TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+#[path = "../../../kotae-models/tests/support/tiny_gguf.rs"]
+mod tiny_gguf;
+use tiny_gguf::{Tiny, HIDDEN};
 
-fn byte_symbols() -> Vec<String> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
-    pairs.sort();
-    pairs.into_iter().map(|(_, c)| char::from_u32(c).unwrap().to_string()).collect()
-}
-
-/// A two-layer model of `arch` in GGUF (f32), byte-level tokenizer. Qwen2 gets attention
-/// biases and grouped-query attention (4 heads, 2 key/value heads).
-fn write_gguf(path: &Path, arch: &str) {
-    let mut tokens = byte_symbols();
-    tokens.push("<|im_start|>".into());
-    tokens.push("<|im_end|>".into());
-    let vocab = tokens.len();
-    let mut types = vec![1i32; 256];
-    types.extend([3, 3]);
-    let (heads, kv) = if arch == "qwen2" { (4u32, 2u32) } else { (2, 2) };
-    let kv_dim = HIDDEN / heads as usize * kv as usize;
-    use gguf_file::Value as V;
-    let k = |s: &str| format!("{arch}.{s}");
-    let md: Vec<(String, V)> = vec![
-        ("general.architecture".into(), V::String(arch.into())),
-        (k("attention.head_count"), V::U32(heads)),
-        (k("attention.head_count_kv"), V::U32(kv)),
-        (k("block_count"), V::U32(2)),
-        (k("embedding_length"), V::U32(HIDDEN as u32)),
-        (k("feed_forward_length"), V::U32(FFN as u32)),
-        (k("rope.dimension_count"), V::U32((HIDDEN / heads as usize) as u32)),
-        (k("rope.freq_base"), V::F32(10000.0)),
-        (k("attention.layer_norm_rms_epsilon"), V::F32(1e-5)),
-        (k("context_length"), V::U32(256)),
-        ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
-        ("tokenizer.ggml.tokens".into(), V::Array(tokens.into_iter().map(V::String).collect())),
-        ("tokenizer.ggml.merges".into(), V::Array(vec![])),
-        ("tokenizer.ggml.token_type".into(), V::Array(types.into_iter().map(V::I32).collect())),
-        ("tokenizer.ggml.eos_token_id".into(), V::U32(257)),
-        ("tokenizer.chat_template".into(), V::String(TEMPLATE.into())),
-    ];
-    let mut shapes: Vec<(String, Vec<usize>)> =
-        vec![("token_embd.weight".into(), vec![vocab, HIDDEN]), ("output_norm.weight".into(), vec![HIDDEN])];
-    for l in 0..2 {
-        let b = |s: &str| format!("blk.{l}.{s}");
-        shapes.extend([
-            (b("attn_norm.weight"), vec![HIDDEN]),
-            (b("ffn_norm.weight"), vec![HIDDEN]),
-            (b("attn_q.weight"), vec![HIDDEN, HIDDEN]),
-            (b("attn_k.weight"), vec![kv_dim, HIDDEN]),
-            (b("attn_v.weight"), vec![kv_dim, HIDDEN]),
-            (b("attn_output.weight"), vec![HIDDEN, HIDDEN]),
-            (b("ffn_gate.weight"), vec![FFN, HIDDEN]),
-            (b("ffn_up.weight"), vec![FFN, HIDDEN]),
-            (b("ffn_down.weight"), vec![HIDDEN, FFN]),
-        ]);
-        if arch == "qwen2" {
-            shapes.extend([
-                (b("attn_q.bias"), vec![HIDDEN]),
-                (b("attn_k.bias"), vec![kv_dim]),
-                (b("attn_v.bias"), vec![kv_dim]),
-            ]);
-        }
-    }
-    let qs: Vec<QTensor> = shapes
-        .iter()
-        .map(|(n, s)| {
-            let t = if n.contains("norm") {
-                (Tensor::ones(s.as_slice(), DType::F32, &Device::Cpu).unwrap()
-                    + Tensor::randn(0f32, 0.1, s.as_slice(), &Device::Cpu).unwrap())
-                .unwrap()
-            } else {
-                Tensor::randn(0f32, 0.3, s.as_slice(), &Device::Cpu).unwrap()
-            };
-            QTensor::quantize(&t, GgmlDType::F32).unwrap()
-        })
-        .collect();
-    let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tr: Vec<(&str, &QTensor)> = shapes.iter().map(|(n, _)| n.as_str()).zip(qs.iter()).collect();
-    let mut f = std::fs::File::create(path).unwrap();
-    gguf_file::write(&mut f, &mdr, &tr).unwrap();
+/// A two-layer model of `arch` in GGUF (f32), tied embeddings. Qwen2 gets attention biases and
+/// grouped-query attention (4 heads, 2 key/value heads).
+fn write_gguf(path: &Path, arch: &'static str) {
+    let (heads, kv_heads) = if arch == "qwen2" { (4, 2) } else { (2, 2) };
+    let t = Tiny { arch, layers: 2, heads, kv_heads, eos: 257, untied_output: false, std: 0.3, norm_noise: 0.1 };
+    tiny_gguf::write_gguf(path, &t);
 }
 
 fn lora(r: usize, dropout: f64) -> LoraConfig {
@@ -152,7 +70,7 @@ fn memo_set(m: &TrainableLm) -> Vec<Tokenized> {
         .collect()
 }
 
-fn setup(arch: &str, dir: &Path, cfg: LoraConfig, seed: u64) -> TrainableLm {
+fn setup(arch: &'static str, dir: &Path, cfg: LoraConfig, seed: u64) -> TrainableLm {
     let path = dir.join(format!("{arch}.gguf"));
     if !path.exists() {
         write_gguf(&path, arch);

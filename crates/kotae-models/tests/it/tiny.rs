@@ -2,93 +2,21 @@
 //! folder: template, streaming, stop tokens, stop strings, length and cancellation logic
 //! without any downloaded model.
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 use kotae_models::{CandleGenerator, ChatMessage, FinishReason, Generator, GeneratorOptions, Role, SamplingParams};
 
-const HIDDEN: usize = 32;
-const FFN: usize = 64;
-
-/// GPT-2 byte-to-unicode table: the 256 byte-level BPE symbols.
-fn byte_symbols() -> Vec<String> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
-    pairs.sort();
-    pairs.into_iter().map(|(_, c)| char::from_u32(c).unwrap().to_string()).collect()
-}
-
-const TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+#[path = "../support/tiny_gguf.rs"]
+mod tiny_gguf;
+use tiny_gguf::{Tiny, FFN, HIDDEN, TEMPLATE};
 
 fn rand(shape: &[usize]) -> Tensor {
     Tensor::randn(0f32, 0.5, shape, &Device::Cpu).unwrap()
 }
 
-/// A one-layer Llama in GGUF (F32 tensors) with a byte-level tokenizer; `eos` is the
-/// end-of-sequence token id.
-fn write_gguf(path: &std::path::Path, eos: u32) -> Vec<Tensor> {
-    let mut tokens = byte_symbols();
-    tokens.push("<|im_start|>".into());
-    tokens.push("<|im_end|>".into());
-    let vocab = tokens.len();
-    let mut types = vec![1i32; 256];
-    types.extend([3, 3]);
-    use gguf_file::Value as V;
-    let md: Vec<(&str, V)> = vec![
-        ("general.architecture", V::String("llama".into())),
-        ("llama.attention.head_count", V::U32(2)),
-        ("llama.attention.head_count_kv", V::U32(2)),
-        ("llama.block_count", V::U32(1)),
-        ("llama.embedding_length", V::U32(HIDDEN as u32)),
-        ("llama.rope.dimension_count", V::U32((HIDDEN / 2) as u32)),
-        ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
-        ("llama.context_length", V::U32(256)),
-        ("tokenizer.ggml.model", V::String("gpt2".into())),
-        ("tokenizer.ggml.tokens", V::Array(tokens.into_iter().map(V::String).collect())),
-        ("tokenizer.ggml.merges", V::Array(vec![])),
-        ("tokenizer.ggml.token_type", V::Array(types.into_iter().map(V::I32).collect())),
-        ("tokenizer.ggml.eos_token_id", V::U32(eos)),
-        ("tokenizer.chat_template", V::String(TEMPLATE.into())),
-    ];
-    let shapes: Vec<(&str, Vec<usize>)> = vec![
-        ("token_embd.weight", vec![vocab, HIDDEN]),
-        ("output_norm.weight", vec![HIDDEN]),
-        ("output.weight", vec![vocab, HIDDEN]),
-        ("blk.0.attn_norm.weight", vec![HIDDEN]),
-        ("blk.0.ffn_norm.weight", vec![HIDDEN]),
-        ("blk.0.attn_q.weight", vec![HIDDEN, HIDDEN]),
-        ("blk.0.attn_k.weight", vec![HIDDEN, HIDDEN]),
-        ("blk.0.attn_v.weight", vec![HIDDEN, HIDDEN]),
-        ("blk.0.attn_output.weight", vec![HIDDEN, HIDDEN]),
-        ("blk.0.ffn_gate.weight", vec![FFN, HIDDEN]),
-        ("blk.0.ffn_up.weight", vec![FFN, HIDDEN]),
-        ("blk.0.ffn_down.weight", vec![HIDDEN, FFN]),
-    ];
-    let ts: Vec<Tensor> =
-        shapes
-            .iter()
-            .map(|(n, s)| {
-                if n.contains("norm") {
-                    Tensor::ones(s.as_slice(), DType::F32, &Device::Cpu).unwrap()
-                } else {
-                    rand(s)
-                }
-            })
-            .collect();
-    let qs: Vec<QTensor> = ts.iter().map(|t| QTensor::quantize(t, GgmlDType::F32).unwrap()).collect();
-    let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (*k, v)).collect();
-    let tr: Vec<(&str, &QTensor)> = shapes.iter().map(|(n, _)| *n).zip(qs.iter()).collect();
-    let mut f = std::fs::File::create(path).unwrap();
-    gguf_file::write(&mut f, &mdr, &tr).unwrap();
-    ts
+/// A one-layer Llama in GGUF with a byte-level tokenizer; `eos` is the end-of-sequence id.
+fn write_gguf(path: &std::path::Path, eos: u32) {
+    tiny_gguf::write_gguf(path, &Tiny { eos, ..Tiny::llama() });
 }
 
 fn load(path: &std::path::Path) -> CandleGenerator {
