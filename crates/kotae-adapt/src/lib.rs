@@ -15,6 +15,7 @@ pub mod data;
 pub mod export;
 pub mod head;
 pub mod lm;
+pub mod ops;
 pub mod train;
 
 pub use lm::{BaseModel, LmConfig, LoraConfig, TrainableLm};

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use kotae_models::chat::PromptFormat;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -527,7 +527,7 @@ impl TrainableLm {
 
     fn rms_norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
         let w = self.weight(name)?;
-        Ok(candle_nn::ops::rms_norm_slow(x, &w, self.base.config.rms_norm_eps as f32)?)
+        Ok(crate::ops::rms_norm(x, &w, self.base.config.rms_norm_eps as f32)?)
     }
 
     /// Final hidden states `[b, t, hidden]` of token ids `[b, t]`, causal attention from
@@ -541,9 +541,6 @@ impl TrainableLm {
         let mut h = embed.index_select(&ids.flatten_all()?, 0)?.detach(); // [b*t, hidden]
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
-        let mask: Vec<f32> =
-            (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-        let mask = Tensor::from_vec(mask, (t, t), &self.device)?.to_dtype(self.dtype)?;
         let scale = 1.0 / (hd as f64).sqrt();
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
@@ -554,8 +551,8 @@ impl TrainableLm {
             let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
             let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
+            let q = crate::ops::rope(&q, &cos, &sin)?;
+            let k = crate::ops::rope(&k, &cos, &sin)?;
             let (k, v) = if nkv == nh {
                 (k, v)
             } else {
@@ -565,8 +562,7 @@ impl TrainableLm {
                 };
                 (r(k)?, r(v)?)
             };
-            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let att = crate::ops::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
             let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
             let o = self.linear(&format!("{p}.self_attn.o_proj"), &o, &mut dropout)?;
             h = (h + o)?;
