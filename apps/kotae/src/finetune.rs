@@ -139,13 +139,12 @@ pub fn run_lora(cfg: &Config, job: &LoraJob) -> Result<()> {
     if ds.val.is_empty() {
         bail!("no validation examples: raise --val-fraction or add sources");
     }
-    let pad = model.base.format.eos_id().unwrap_or(0);
     let general = general_sequences(&job.general_text, &model, job.train.max_len)?;
     let ev = |seqs: &[Tokenized]| -> Result<Option<f64>> {
         if seqs.is_empty() {
             return Ok(None);
         }
-        Ok(Some(train::evaluate(&model, seqs, job.train.batch_size, pad)?.1))
+        Ok(Some(train::evaluate(&model, seqs, job.train.batch_size)?.1))
     };
     // Adapters start at zero: this is the base model.
     let resuming = job.resume && job.run_dir.join("checkpoint/state.json").exists();

@@ -530,17 +530,27 @@ impl TrainableLm {
         Ok(crate::ops::rms_norm(x, &w, self.base.config.rms_norm_eps as f32)?)
     }
 
-    /// Final hidden states `[b, t, hidden]` of token ids `[b, t]`, causal attention from
-    /// position 0 (right padding needs no mask).
-    pub fn hidden(&self, ids: &Tensor, mut dropout: Option<Dropout>) -> Result<Tensor> {
-        let cfg = &self.base.config;
+    /// Final hidden states `[b, t, hidden]` of token ids `[b, t]` (rows of equal length).
+    pub fn hidden(&self, ids: &Tensor, dropout: Option<Dropout>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        let flat = ids.flatten_all()?.to_vec1::<u32>()?;
+        Ok(self.hidden_packed(&flat, &vec![t; b], dropout)?.reshape((b, t, self.base.config.hidden_size))?)
+    }
+
+    /// Final hidden states `[Σ lens, hidden]` of sequences packed end to end (no padding):
+    /// projections, MLPs and norms run on all tokens at once, attention per sequence (causal,
+    /// positions from 0).
+    pub fn hidden_packed(&self, ids: &[u32], lens: &[usize], mut dropout: Option<Dropout>) -> Result<Tensor> {
+        let cfg = &self.base.config;
+        let n: usize = lens.iter().sum();
+        if n != ids.len() || n == 0 {
+            return Err(Error::Config(format!("{} token ids for sequence lengths summing to {n}", ids.len())));
+        }
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim());
         let embed = self.weight("model.embed_tokens.weight")?;
         // The embedding table is frozen: nothing flows back into it.
-        let mut h = embed.index_select(&ids.flatten_all()?, 0)?.detach(); // [b*t, hidden]
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
+        let ids = Tensor::from_slice(ids, n, &self.device)?;
+        let mut h = embed.index_select(&ids, 0)?.detach(); // [n, hidden]
         let scale = 1.0 / (hd as f64).sqrt();
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
@@ -548,22 +558,31 @@ impl TrainableLm {
             let q = self.linear(&format!("{p}.self_attn.q_proj"), &x, &mut dropout)?;
             let k = self.linear(&format!("{p}.self_attn.k_proj"), &x, &mut dropout)?;
             let v = self.linear(&format!("{p}.self_attn.v_proj"), &x, &mut dropout)?;
-            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = crate::ops::rope(&q, &cos, &sin)?;
-            let k = crate::ops::rope(&k, &cos, &sin)?;
-            let (k, v) = if nkv == nh {
-                (k, v)
-            } else {
-                let rep = nh / nkv;
-                let r = |x: Tensor| -> Result<Tensor> {
-                    Ok(x.unsqueeze(2)?.broadcast_as((b, nkv, rep, t, hd))?.reshape((b, nh, t, hd))?)
+            let mut outs = Vec::with_capacity(lens.len());
+            let mut off = 0;
+            for &t in lens {
+                let heads = |x: &Tensor, k: usize| -> Result<Tensor> {
+                    Ok(x.narrow(0, off, t)?.reshape((1, t, k, hd))?.transpose(1, 2)?.contiguous()?)
                 };
-                (r(k)?, r(v)?)
-            };
-            let att = crate::ops::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
-            let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+                let cos = self.cos.narrow(0, 0, t)?;
+                let sin = self.sin.narrow(0, 0, t)?;
+                let qs = crate::ops::rope(&heads(&q, nh)?, &cos, &sin)?;
+                let ks = crate::ops::rope(&heads(&k, nkv)?, &cos, &sin)?;
+                let vs = heads(&v, nkv)?;
+                let (ks, vs) = if nkv == nh {
+                    (ks, vs)
+                } else {
+                    let rep = nh / nkv;
+                    let r = |x: Tensor| -> Result<Tensor> {
+                        Ok(x.unsqueeze(2)?.broadcast_as((1, nkv, rep, t, hd))?.reshape((1, nh, t, hd))?)
+                    };
+                    (r(ks)?, r(vs)?)
+                };
+                let att = crate::ops::causal_softmax(&qs.matmul(&ks.t()?)?, scale)?;
+                outs.push(att.matmul(&vs)?.transpose(1, 2)?.reshape((t, nh * hd))?);
+                off += t;
+            }
+            let o = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 0)? };
             let o = self.linear(&format!("{p}.self_attn.o_proj"), &o, &mut dropout)?;
             h = (h + o)?;
             let x = self.rms_norm(&h, &format!("{p}.post_attention_layernorm.weight"))?;
@@ -572,8 +591,7 @@ impl TrainableLm {
             let m = self.linear(&format!("{p}.mlp.down_proj"), &(gate.silu()? * up)?, &mut dropout)?;
             h = (h + m)?;
         }
-        let h = self.rms_norm(&h, "model.norm.weight")?;
-        Ok(h.reshape((b, t, cfg.hidden_size))?)
+        self.rms_norm(&h, "model.norm.weight")
     }
 
     /// Logits of chosen rows of flattened hidden states `[n, hidden]` → `[n, vocab]` (f32).
@@ -588,9 +606,7 @@ impl TrainableLm {
     /// Mean cross-entropy of the labelled positions of a batch, and how many there were.
     /// `labels[b][t]` is the token expected after position `t`, or `None`.
     pub fn loss(&self, batch: &Batch, dropout: Option<Dropout>) -> Result<(Tensor, usize)> {
-        let ids = Tensor::from_vec(batch.ids.clone(), (batch.rows, batch.len), &self.device)?;
-        let h = self.hidden(&ids, dropout)?;
-        let h = h.reshape((batch.rows * batch.len, self.base.config.hidden_size))?;
+        let h = self.hidden_packed(&batch.ids, &batch.lens, dropout)?;
         let (pos, tgt): (Vec<u32>, Vec<u32>) =
             batch.labels.iter().enumerate().filter_map(|(i, l)| l.map(|l| (i as u32, l))).unzip();
         if pos.is_empty() {
@@ -675,31 +691,25 @@ impl candle_core::CustomOp1 for FrozenLinear {
     }
 }
 
-/// A right-padded batch of token ids with next-token labels.
+/// Sequences packed end to end (no padding) with their next-token labels.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    pub rows: usize,
-    pub len: usize,
+    pub lens: Vec<usize>,
     pub ids: Vec<u32>,
-    /// Flattened `[rows * len]`: the expected next token where the loss counts.
+    /// Per token: the expected next token where the loss counts.
     pub labels: Vec<Option<u32>>,
 }
 
 impl Batch {
-    /// From sequences of (token, counts-in-loss) pairs; the label of position `t` is token
-    /// `t + 1` when that token counts.
-    pub fn new(seqs: &[&crate::data::Tokenized], pad: u32) -> Self {
-        let len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0).max(1);
-        let mut ids = Vec::with_capacity(seqs.len() * len);
-        let mut labels = Vec::with_capacity(seqs.len() * len);
-        for s in seqs {
-            for t in 0..len {
-                ids.push(s.ids.get(t).copied().unwrap_or(pad));
-                let next = t + 1;
-                labels.push(if next < s.ids.len() && s.train[next] { Some(s.ids[next]) } else { None });
-            }
+    /// The label of position `t` of a sequence is its token `t + 1` when that token counts.
+    pub fn new(seqs: &[&crate::data::Tokenized]) -> Self {
+        let mut b = Self { lens: Vec::new(), ids: Vec::new(), labels: Vec::new() };
+        for s in seqs.iter().filter(|s| !s.ids.is_empty()) {
+            b.lens.push(s.ids.len());
+            b.ids.extend_from_slice(&s.ids);
+            b.labels.extend((0..s.ids.len()).map(|t| s.train.get(t + 1).filter(|k| **k).map(|_| s.ids[t + 1])));
         }
-        Self { rows: seqs.len(), len, ids, labels }
+        b
     }
 
     pub fn tokens(&self) -> usize {

@@ -184,7 +184,7 @@ pub struct RunSummary {
     pub interrupted: bool,
     pub resumed_from: Option<usize>,
     pub train_tokens_seen: usize,
-    /// Tokens (padding excluded) per second of training, this process.
+    /// Tokens per second of training, this process (sequences are packed: no padding).
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
     pub trainable_parameters: usize,
@@ -213,11 +213,11 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 /// Mean loss per target token over `seqs` (no dropout) and its perplexity.
-pub fn evaluate(model: &TrainableLm, seqs: &[Tokenized], batch_size: usize, pad: u32) -> Result<(f64, f64)> {
+pub fn evaluate(model: &TrainableLm, seqs: &[Tokenized], batch_size: usize) -> Result<(f64, f64)> {
     let (mut sum, mut n) = (0.0, 0usize);
     for chunk in seqs.chunks(batch_size.max(1)) {
         let refs: Vec<&Tokenized> = chunk.iter().collect();
-        let batch = Batch::new(&refs, pad);
+        let batch = Batch::new(&refs);
         if batch.target_tokens() == 0 {
             continue;
         }
@@ -299,7 +299,6 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
         return Err(Error::Config("no training sequences".into()));
     }
     std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
-    let pad = model.base.format.eos_id().unwrap_or(0);
     let vars = model.trainable();
     let mut opt = AdamW::new(&vars)?;
     let per_epoch = train.len().div_ceil(cfg.batch_size);
@@ -373,7 +372,7 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
             .iter()
             .map(|(_, idx)| {
                 let refs: Vec<&Tokenized> = idx.iter().map(|&i| &train[i]).collect();
-                Batch::new(&refs, pad)
+                Batch::new(&refs)
             })
             .collect();
         let n_total: usize = batches.iter().map(|b| b.target_tokens()).sum();
@@ -398,8 +397,7 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
                 }
             }
         }
-        // Tokens actually processed: padding excluded.
-        let real_tokens: usize = micro.iter().flat_map(|(_, idx)| idx.iter().map(|&i| train[i].ids.len())).sum();
+        let real_tokens: usize = batches.iter().map(Batch::tokens).sum();
         let mut grads: Vec<Tensor> = grads
             .into_iter()
             .zip(&vars)
@@ -432,7 +430,7 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
         };
         let mut stop = false;
         if !val.is_empty() && (st.step.is_multiple_of(cfg.eval_every.max(1)) || st.step == total) {
-            let (vl, ppl) = evaluate(model, val, cfg.batch_size, pad)?;
+            let (vl, ppl) = evaluate(model, val, cfg.batch_size)?;
             m.val_loss = Some(vl);
             m.val_ppl = Some(ppl);
             st.first_val_loss.get_or_insert(vl);

@@ -234,7 +234,7 @@ fn only_answer_tokens_count_in_the_loss() {
     // The end-of-turn marker is learned too (the model must learn to stop).
     let last_trained = t.ids.iter().zip(&t.train).filter(|(_, k)| **k).map(|(i, _)| *i).next_back().unwrap();
     assert_eq!(last_trained, 257);
-    let b = Batch::new(&[t], 0);
+    let b = Batch::new(&[t]);
     assert_eq!(b.target_tokens(), 5);
 }
 
