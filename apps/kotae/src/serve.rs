@@ -1,6 +1,7 @@
 //! `kotae serve` and `kotae ask`: answers from the knowledge base with the configured
 //! generator.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -50,7 +51,34 @@ pub fn engine_from(
         embedder: Some(embedder),
         retrieval,
         embedder_name: cfg.embedder.model.clone(),
+        classifiers: load_classifiers(cfg)?,
     })
+}
+
+/// The trained heads under `<data-dir>/heads/<task>/`, by task. A head trained on another
+/// embedder's vectors would classify noise: it is refused with what to do.
+pub fn load_classifiers(cfg: &Config) -> Result<BTreeMap<String, Arc<kotae_models::Head>>> {
+    let mut out = BTreeMap::new();
+    let dir = cfg.data_dir.join("heads");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(out) };
+    for e in entries.flatten() {
+        if !e.path().join("head.json").exists() {
+            continue;
+        }
+        let head = kotae_models::Head::load(&e.path()).with_context(|| format!("loading {}", e.path().display()))?;
+        if head.card.embedder != cfg.embedder.model {
+            anyhow::bail!(
+                "{} was trained on {} vectors but the embedder is {}: retrain it with `kotae finetune head --task {}` or remove it",
+                e.path().display(),
+                head.card.embedder,
+                cfg.embedder.model,
+                head.card.task
+            );
+        }
+        tracing::info!(task = %head.card.task, labels = head.card.labels.len(), "classifier loaded");
+        out.insert(head.card.task.clone(), Arc::new(head));
+    }
+    Ok(out)
 }
 
 /// Answer one question on the command line, streaming the text to `on_text`.

@@ -212,6 +212,15 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// GPU memory in use (MiB) as `nvidia-smi` reports it, when there is one.
+pub fn gpu_memory_used_mib() -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().next()?.trim().parse().ok()
+}
+
 /// Mean loss per target token over `seqs` (no dropout) and its perplexity.
 pub fn evaluate(model: &TrainableLm, seqs: &[Tokenized], batch_size: usize) -> Result<(f64, f64)> {
     let (mut sum, mut n) = (0.0, 0usize);

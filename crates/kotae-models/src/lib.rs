@@ -10,6 +10,7 @@
 //! into text, nothing more.
 
 pub mod chat;
+pub mod classifier;
 pub mod e5s1;
 pub mod embed;
 pub mod generate;
@@ -18,6 +19,7 @@ pub mod registry;
 pub mod worker;
 
 pub use chat::{ChatMessage, PromptFormat, Role};
+pub use classifier::Head;
 pub use embed::{BertEmbedder, EmbedOutput, Embedder, InputKind, Pooling};
 pub use generate::{CandleGenerator, FinishReason, Generation, Generator, GeneratorOptions, SamplingParams};
 pub use registry::{InstalledModel, ModelKind, ModelSpec, CATALOG};

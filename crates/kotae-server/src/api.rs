@@ -286,6 +286,65 @@ pub async fn search(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ClassifyBody {
+    pub text: String,
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// `POST /api/classify`: the trained heads (`kotae finetune head`) on the text's vector.
+pub async fn classify(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<ClassifyBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    check_question(&state, &req.text)?;
+    let engine = state.engine()?;
+    let heads: Vec<(String, Arc<kotae_models::Head>)> = match &req.task {
+        Some(t) => match engine.classifiers.get(t) {
+            Some(h) => vec![(t.clone(), h.clone())],
+            None => {
+                let have: Vec<&str> = engine.classifiers.keys().map(String::as_str).collect();
+                return Err(ApiError::NotFound(format!(
+                    "no classifier for task '{t}' (loaded: {}); train one with `kotae finetune head --task {t}`",
+                    if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                )));
+            }
+        },
+        None => engine.classifiers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    if heads.is_empty() {
+        return Err(ApiError::NotFound("no classifiers are loaded; train one with `kotae finetune head`".into()));
+    }
+    let Some(embedder) = engine.embedder.clone() else {
+        return Err(ApiError::NotReady("the embedder is not loaded".into()));
+    };
+    let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
+        let t = std::time::Instant::now();
+        let v = embedder
+            .embed(&[req.text.trim()], InputKind::Query)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .vectors
+            .pop()
+            .ok_or_else(|| ApiError::Internal("no vector".into()))?;
+        let mut results = Vec::new();
+        for (task, head) in heads {
+            let p = head.probabilities(std::slice::from_ref(&v)).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let p = &p[0];
+            let best = (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b });
+            let scores: serde_json::Map<String, serde_json::Value> =
+                head.card.labels.iter().zip(p).map(|(l, s)| (l.clone(), json!(s))).collect();
+            results.push(json!({ "task": task, "label": head.card.labels[best], "score": p[best], "scores": scores }));
+        }
+        Ok(json!({ "results": results, "took_ms": t.elapsed().as_secs_f64() * 1e3 }))
+    })
+    .await
+    .map_err(join_error)??;
+    Ok(Json(out).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FeedbackBody {
     pub message_id: String,
     /// `up` or `down`.

@@ -105,6 +105,8 @@ pub struct Engine {
     pub embedder: Option<Arc<dyn Embedder>>,
     pub retrieval: RetrievalSettings,
     pub embedder_name: String,
+    /// Trained classification heads on the embedder's vectors, by task.
+    pub classifiers: std::collections::BTreeMap<String, Arc<kotae_models::Head>>,
 }
 
 /// Shared state of all handlers.
@@ -169,6 +171,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/chat", post(api::chat))
         .route("/api/search", post(api::search))
         .route("/api/feedback", post(api::feedback))
+        .route("/api/classify", post(api::classify))
         .route("/api/conversations/{id}", get(api::conversation))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))

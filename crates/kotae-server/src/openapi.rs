@@ -48,6 +48,9 @@ pub fn spec() -> Value {
                 "SearchRequest": { "type": "object", "required": ["query"], "properties": {
                     "query": { "type": "string" }, "top_k": { "type": "integer", "minimum": 1, "maximum": 100 },
                     "mode": { "type": "string", "enum": ["hybrid", "bm25", "dense"] } } },
+                "ClassifyRequest": { "type": "object", "required": ["text"], "properties": {
+                    "text": { "type": "string" },
+                    "task": { "type": "string", "description": "one head (e.g. routing, safety); all loaded heads when absent" } } },
                 "FeedbackRequest": { "type": "object", "required": ["message_id", "rating"], "properties": {
                     "message_id": { "type": "string" }, "rating": { "type": "string", "enum": ["up", "down"] },
                     "comment": { "type": "string", "maxLength": 2000 } } },
@@ -68,6 +71,10 @@ pub fn spec() -> Value {
                 "summary": "Hybrid search over the knowledge base with the client's access groups",
                 "requestBody": body("SearchRequest"),
                 "responses": { "200": { "description": "`{mode, hits, took_ms}`" }, "400": err(), "429": err(), "504": err() } } },
+            "/api/classify": { "post": {
+                "summary": "Classify a text with the trained heads on the frozen embedder (kotae finetune head): routing to a help desk, content safety",
+                "requestBody": body("ClassifyRequest"),
+                "responses": { "200": { "description": "`{results: [{task, label, score, scores}], took_ms}`" }, "400": err(), "404": err(), "429": err() } } },
             "/api/feedback": { "post": {
                 "summary": "Thumbs up/down on an answer",
                 "requestBody": body("FeedbackRequest"),

