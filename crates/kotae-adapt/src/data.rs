@@ -339,7 +339,7 @@ pub fn tokenize(format: &PromptFormat, ex: &Example, max_len: usize) -> Result<O
         let train: Vec<bool> = (0..ids.len()).map(|i| i > 0).collect();
         (ids, train)
     } else {
-        let (answer, context) = ex.messages.split_last().ok_or_else(|| Error::Config("empty example".into()))?;
+        let (_, context) = ex.messages.split_last().ok_or_else(|| Error::Config("empty example".into()))?;
         let prompt = format.render(context)?;
         let full = format.render_conversation(&ex.messages)?;
         let prompt_ids = format.encode(&prompt)?;
@@ -347,7 +347,6 @@ pub fn tokenize(format: &PromptFormat, ex: &Example, max_len: usize) -> Result<O
         // The template renders the prompt as a prefix of the conversation; the tokenizer may
         // merge across the boundary in rare cases, so compare token by token.
         let start = prompt_ids.iter().zip(&full_ids).take_while(|(a, b)| a == b).count();
-        let _ = answer;
         // Train on the answer and the end-of-turn marker, not on anything the template adds
         // after it (a trailing newline).
         let mut end = full_ids.len();

@@ -314,11 +314,7 @@ fn to_device(w: HashMap<String, Tensor>, device: &Device) -> Result<HashMap<Stri
 pub const LINEAR_MODULES: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 fn module_path(layer: usize, short: &str) -> String {
-    let group = if short.ends_with("_proj") && ["gate_proj", "up_proj", "down_proj"].contains(&short) {
-        "mlp"
-    } else {
-        "self_attn"
-    };
+    let group = if ["gate_proj", "up_proj", "down_proj"].contains(&short) { "mlp" } else { "self_attn" };
     format!("model.layers.{layer}.{group}.{short}")
 }
 

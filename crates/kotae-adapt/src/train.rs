@@ -248,13 +248,12 @@ fn order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     idx
 }
 
-/// Micro-batch `k` of the whole run: its epoch and which sequences (the order a run with this
-/// seed uses; benchmarks hand the same batches to their peers).
-pub fn micro_batch(k: usize, n: usize, batch: usize, seed: u64) -> (usize, Vec<usize>) {
+/// Which sequences micro-batch `k` of the whole run holds (the order a run with this seed
+/// uses; benchmarks hand the same batches to their peers).
+pub fn micro_batch(k: usize, n: usize, batch: usize, seed: u64) -> Vec<usize> {
     let per_epoch = n.div_ceil(batch);
     let (epoch, pos) = (k / per_epoch, k % per_epoch);
-    let ord = order(n, seed, epoch);
-    (epoch, ord[pos * batch..((pos + 1) * batch).min(n)].to_vec())
+    order(n, seed, epoch)[pos * batch..((pos + 1) * batch).min(n)].to_vec()
 }
 
 fn save_checkpoint(
@@ -374,14 +373,10 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
         }
         let step_t0 = Instant::now();
         let lr = cfg.lr_at(st.step, total);
-        let micro: Vec<(usize, Vec<usize>)> = (0..cfg.grad_accum)
-            .map(|j| micro_batch(st.step * cfg.grad_accum + j, train.len(), cfg.batch_size, cfg.seed))
-            .collect();
-        let batches: Vec<Batch> = micro
-            .iter()
-            .map(|(_, idx)| {
-                let refs: Vec<&Tokenized> = idx.iter().map(|&i| &train[i]).collect();
-                Batch::new(&refs)
+        let batches: Vec<Batch> = (0..cfg.grad_accum)
+            .map(|j| {
+                let idx = micro_batch(st.step * cfg.grad_accum + j, train.len(), cfg.batch_size, cfg.seed);
+                Batch::new(&idx.iter().map(|&i| &train[i]).collect::<Vec<_>>())
             })
             .collect();
         let n_total: usize = batches.iter().map(|b| b.target_tokens()).sum();
@@ -426,8 +421,7 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
         let dt = step_t0.elapsed().as_secs_f64();
         let mut m = StepMetrics {
             step: st.step,
-            epoch: micro.last().map(|(e, _)| *e as f64).unwrap_or(0.0)
-                + ((st.step * cfg.grad_accum) % per_epoch.max(1)) as f64 / per_epoch.max(1) as f64,
+            epoch: (st.step * cfg.grad_accum) as f64 / per_epoch as f64,
             lr,
             loss,
             grad_norm: norm,

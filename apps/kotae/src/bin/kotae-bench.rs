@@ -472,7 +472,7 @@ fn bench_lora(
         seed: 42,
         ..Default::default()
     };
-    let batches: Vec<Vec<usize>> = (0..steps).map(|k| micro_batch(k, ds.train.len(), batch, tc.seed).1).collect();
+    let batches: Vec<Vec<usize>> = (0..steps).map(|k| micro_batch(k, ds.train.len(), batch, tc.seed)).collect();
     if let Some(o) = &out {
         let seqs: Vec<_> = ds.train.iter().map(|t| serde_json::json!({"ids": t.ids, "train": t.train})).collect();
         let pad = model.base.format.eos_id().unwrap_or(0);
