@@ -198,8 +198,16 @@ pub fn run_lora(cfg: &Config, job: &LoraJob) -> Result<()> {
     }
     // Held-out domain questions, answered by the base and the merged model through the
     // serving code.
-    let held: Vec<&Example> =
-        ds.val_examples.iter().filter(|e| e.kind == ExampleKind::Inquiry).take(job.compare_answers).collect();
+    // Held-out inquiries, taking the languages in turn so that each is seen.
+    let mut by_lang: std::collections::BTreeMap<&str, Vec<&Example>> = Default::default();
+    for e in ds.val_examples.iter().filter(|e| e.kind == ExampleKind::Inquiry) {
+        by_lang.entry(e.lang.as_str()).or_default().push(e);
+    }
+    let longest = by_lang.values().map(Vec::len).max().unwrap_or(0);
+    let held: Vec<&Example> = (0..longest)
+        .flat_map(|i| by_lang.values().filter_map(move |v| v.get(i).copied()))
+        .take(job.compare_answers)
+        .collect();
     let questions: Vec<String> = held.iter().map(|e| e.messages[0].content.clone()).collect();
     let mut answers = Vec::new();
     if !questions.is_empty() {
