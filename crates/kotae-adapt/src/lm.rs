@@ -503,14 +503,7 @@ impl TrainableLm {
         if let Some(p) = self.lora.get(path) {
             let p_drop = self.lora_cfg.dropout;
             let xd = match dropout {
-                Some(d) if p_drop > 0.0 => {
-                    let keep = 1.0 - p_drop as f32;
-                    let mask: Vec<f32> = (0..x.elem_count())
-                        .map(|_| if d.rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
-                        .collect();
-                    let mask = Tensor::from_vec(mask, x.shape(), &self.device)?.to_dtype(self.dtype)?;
-                    (x * mask)?
-                }
+                Some(d) if p_drop > 0.0 => crate::ops::dropout(x, p_drop as f32, d.rng.random::<u64>())?,
                 _ => x.clone(),
             };
             let a = p.a.as_tensor().to_dtype(self.dtype)?;

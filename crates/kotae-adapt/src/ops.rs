@@ -26,6 +26,62 @@ fn fast(xs: &[&Tensor]) -> bool {
 /// Rows below this size are not worth a task each.
 const MIN_ROWS_PER_TASK: usize = 16;
 
+// ---------------------------------------------------------------- dropout
+
+/// Inverted dropout whose mask is a hash of (`seed`, element index): drawn in parallel, never
+/// stored (the backward pass recomputes it), and the same for the same seed on any machine.
+pub fn dropout(x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
+    let op = Dropout { keep: 1.0 - p, seed };
+    if fast(&[x]) {
+        return x.contiguous()?.apply_op1(op);
+    }
+    let mask: Vec<f32> = (0..x.elem_count()).map(|i| op.scale(i)).collect();
+    x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
+}
+
+#[derive(Clone, Copy)]
+struct Dropout {
+    keep: f32,
+    seed: u64,
+}
+
+impl Dropout {
+    /// `1/keep` for a kept element, 0 for a dropped one (SplitMix64 of the index).
+    fn scale(&self, i: usize) -> f32 {
+        let mut z = self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        if ((z >> 40) as f32) < self.keep * (1u64 << 24) as f32 {
+            1.0 / self.keep
+        } else {
+            0.0
+        }
+    }
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        const CHUNK: usize = 4096;
+        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (yc, xc))| {
+            for (j, (o, v)) in yc.iter_mut().zip(xc).enumerate() {
+                *o = v * self.scale(c * CHUNK + j);
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
 // ---------------------------------------------------------------- causal softmax
 
 /// `softmax(scale · s)` over the last dimension of attention scores `[.., t, t]` where query
@@ -286,6 +342,23 @@ mod tests {
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < tol, "max |Δ| = {d}");
+    }
+
+    #[test]
+    fn dropout_keeps_the_expected_share_and_its_gradient_uses_the_same_mask() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::ones((64, 300), DType::F32, &dev).unwrap()).unwrap();
+        let y = dropout(x.as_tensor(), 0.25, 7).unwrap();
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let kept = v.iter().filter(|&&a| a > 0.0).count() as f64 / v.len() as f64;
+        assert!((kept - 0.75).abs() < 0.01, "{kept}");
+        assert!(v.iter().all(|&a| a == 0.0 || (a - 1.0 / 0.75).abs() < 1e-6));
+        assert_eq!(v, dropout(x.as_tensor(), 0.25, 7).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_ne!(v, dropout(x.as_tensor(), 0.25, 8).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        // d(sum y)/dx is the mask itself.
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gv: Vec<f32> = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(gv, v);
     }
 
     /// Forward values and gradients of the fused ops equal those of candle's composed ops.
