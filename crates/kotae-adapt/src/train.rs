@@ -301,12 +301,6 @@ fn grad_norm(grads: &[Tensor]) -> Result<f64> {
 /// Train `model`'s adapters on `train`, validating on `val`. On return the model holds the
 /// best weights seen (lowest validation loss).
 pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: &RunOptions) -> Result<RunSummary> {
-    // Run the loop on a worker of the compute pool: the serial parts of a step then leave the
-    // other workers a core, instead of a third thread (the caller's) competing with them.
-    rayon::scope(|_| train_in_pool(model, train, val, opts))
-}
-
-fn train_in_pool(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: &RunOptions) -> Result<RunSummary> {
     let cfg = &opts.config;
     cfg.validate()?;
     if train.is_empty() {
