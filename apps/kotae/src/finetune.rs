@@ -103,7 +103,8 @@ struct LoraReport<'a> {
 }
 
 fn answer_with(model: &Path, name: &str, questions: &[String]) -> Result<Vec<String>> {
-    let opts = GeneratorOptions { name: name.into(), device: Device::Cpu, prefill_chunk: 512 };
+    let opts =
+        GeneratorOptions { name: name.into(), device: Device::Cpu, prefill_chunk: 512, engine: Default::default() };
     let mut g = kotae_models::CandleGenerator::load(model, &opts)?;
     let params = SamplingParams { max_tokens: 64, ..Default::default() };
     questions

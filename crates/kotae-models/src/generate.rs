@@ -130,9 +130,49 @@ pub struct GeneratorOptions {
     pub device: Device,
     /// Prompt tokens per forward pass during prefill.
     pub prefill_chunk: usize,
+    /// What runs a GGUF model's weights.
+    pub engine: GgufEngine,
+}
+
+/// What runs a GGUF model's weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GgufEngine {
+    /// `KOTAE_GGUF_ENGINE` (`int8` or `candle`) when set; else int8 on the CPU, candle on
+    /// other devices.
+    #[default]
+    Auto,
+    /// Kotae's int8 kernels ([`crate::int8`]); CPU only.
+    Int8,
+    /// candle-transformers' quantized models.
+    Candle,
+}
+
+impl GgufEngine {
+    fn resolve(self, device: &Device, path: &Path) -> Result<Self> {
+        let e = match self {
+            GgufEngine::Auto => match std::env::var("KOTAE_GGUF_ENGINE").unwrap_or_default().as_str() {
+                "" => {
+                    if device.is_cpu() {
+                        GgufEngine::Int8
+                    } else {
+                        GgufEngine::Candle
+                    }
+                }
+                "int8" => GgufEngine::Int8,
+                "candle" => GgufEngine::Candle,
+                other => return Err(Error::invalid(path, format!("KOTAE_GGUF_ENGINE={other}: use int8 or candle"))),
+            },
+            e => e,
+        };
+        if e == GgufEngine::Int8 && !device.is_cpu() {
+            return Err(Error::invalid(path, "the int8 engine runs on the CPU only; use the candle engine on a GPU"));
+        }
+        Ok(e)
+    }
 }
 
 enum Weights {
+    Int8(Box<crate::int8::Int8Lm>),
     QLlama(quantized_llama::ModelWeights),
     QQwen2(quantized_qwen2::ModelWeights),
     Llama(Box<llama::Llama>, Box<llama::Cache>, llama::Config),
@@ -143,6 +183,7 @@ impl Weights {
     /// Logits of the last position, `[vocab]`.
     fn forward(&mut self, ids: &Tensor, pos: usize, device: &Device) -> Result<Tensor> {
         let logits = match self {
+            Weights::Int8(m) => m.forward(&ids.flatten_all()?.to_vec1::<u32>()?, pos)?,
             Weights::QLlama(m) => m.forward(ids, pos)?,
             Weights::QQwen2(m) => m.forward(ids, pos)?,
             Weights::Llama(m, cache, _) => m.forward(ids, pos, cache)?,
@@ -154,6 +195,7 @@ impl Weights {
 
     fn reset(&mut self, device: &Device) -> Result<()> {
         match self {
+            Weights::Int8(m) => m.clear_kv_cache(),
             Weights::QLlama(m) => m.clear_kv_cache(),
             Weights::QQwen2(m) => m.clear_kv_cache(),
             Weights::Llama(_, cache, cfg) => **cache = llama::Cache::new(true, DType::F32, cfg, device)?,
@@ -190,7 +232,7 @@ impl CandleGenerator {
     }
 
     /// Load a GGUF file (architecture `llama` or `qwen2`); the tokenizer and chat template
-    /// come from its metadata.
+    /// come from its metadata. The weights run on the engine `opts.engine` picks.
     pub fn from_gguf(path: &Path, opts: &GeneratorOptions) -> Result<Self> {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let content = gguf_file::Content::read(&mut f).map_err(|e| Error::invalid(path, e.to_string()))?;
@@ -207,6 +249,16 @@ impl CandleGenerator {
             context_length.min(quantized_llama::MAX_SEQ_LEN),
             &path.display().to_string(),
         )?;
+        if opts.engine.resolve(&opts.device, path)? == GgufEngine::Int8 {
+            let t0 = Instant::now();
+            let model = crate::int8::Int8Lm::from_gguf(&content, &mut f, path)?;
+            tracing::info!(
+                ms = t0.elapsed().as_millis() as u64,
+                mib = model.size_bytes() >> 20,
+                "weights re-encoded for the int8 kernels"
+            );
+            return Ok(Self::assemble(Weights::Int8(Box::new(model)), format, opts));
+        }
         let weights = match (arch.as_str(), requantize(&content, &mut f, path)?) {
             ("llama", None) => {
                 Weights::QLlama(quantized_llama::ModelWeights::from_gguf(content, &mut f, &opts.device)?)

@@ -15,13 +15,16 @@ pub mod e5s1;
 pub mod embed;
 pub mod generate;
 pub mod gguf_tokenizer;
+pub mod int8;
 pub mod registry;
 pub mod worker;
 
 pub use chat::{ChatMessage, PromptFormat, Role};
 pub use classifier::Head;
 pub use embed::{BertEmbedder, EmbedOutput, Embedder, InputKind, Pooling};
-pub use generate::{CandleGenerator, FinishReason, Generation, Generator, GeneratorOptions, SamplingParams};
+pub use generate::{
+    CandleGenerator, FinishReason, Generation, Generator, GeneratorOptions, GgufEngine, SamplingParams,
+};
 pub use registry::{InstalledModel, ModelKind, ModelSpec, CATALOG};
 pub use worker::{GenEvent, GeneratorWorker, SubmitError};
 

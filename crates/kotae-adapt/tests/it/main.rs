@@ -13,7 +13,7 @@ use kotae_adapt::export;
 use kotae_adapt::lm::{Arch, Batch};
 use kotae_adapt::train::{read_metrics, RunOptions, TrainConfig};
 use kotae_adapt::{BaseModel, LoraConfig, TrainableLm};
-use kotae_models::{CandleGenerator, ChatMessage, GeneratorOptions, Role};
+use kotae_models::{CandleGenerator, ChatMessage, GeneratorOptions, GgufEngine, Role};
 
 #[path = "../../../kotae-models/tests/support/tiny_gguf.rs"]
 mod tiny_gguf;
@@ -23,7 +23,17 @@ use tiny_gguf::{Tiny, HIDDEN};
 /// grouped-query attention (4 heads, 2 key/value heads).
 fn write_gguf(path: &Path, arch: &'static str) {
     let (heads, kv_heads) = if arch == "qwen2" { (4, 2) } else { (2, 2) };
-    let t = Tiny { arch, layers: 2, heads, kv_heads, eos: 257, untied_output: false, std: 0.3, norm_noise: 0.1 };
+    let t = Tiny {
+        arch,
+        layers: 2,
+        heads,
+        kv_heads,
+        eos: 257,
+        untied_output: false,
+        std: 0.3,
+        norm_noise: 0.1,
+        ..Tiny::llama()
+    };
     tiny_gguf::write_gguf(path, &t);
 }
 
@@ -89,7 +99,12 @@ fn trainable_model_matches_candle_inference_models() {
         let ours = last_logits(&m, &ids);
         let mut g = CandleGenerator::load(
             &dir.path().join(format!("{arch}.gguf")),
-            &GeneratorOptions { name: arch.into(), device: Device::Cpu, prefill_chunk: 512 },
+            &GeneratorOptions {
+                name: arch.into(),
+                device: Device::Cpu,
+                prefill_chunk: 512,
+                engine: GgufEngine::Candle,
+            },
         )
         .unwrap();
         let theirs = g.forward_logits(&ids).unwrap();
@@ -136,16 +151,23 @@ fn loss_falls_on_a_memorisable_set_and_the_merged_model_matches() {
     export::save_merged_hf(&m, &merged_dir).unwrap();
     let mut g = CandleGenerator::load(
         &merged_dir,
-        &GeneratorOptions { name: "merged".into(), device: Device::Cpu, prefill_chunk: 512 },
+        &GeneratorOptions {
+            name: "merged".into(),
+            device: Device::Cpu,
+            prefill_chunk: 512,
+            engine: Default::default(),
+        },
     )
     .unwrap();
     let d = max_abs_diff(&adapted, &g.forward_logits(&ids).unwrap());
     assert!(d < 1e-3, "merged HF model differs by {d}");
     let gguf = dir.path().join("merged.gguf");
     export::save_merged_gguf(&m, &gguf).unwrap();
-    let mut q =
-        CandleGenerator::load(&gguf, &GeneratorOptions { name: "q".into(), device: Device::Cpu, prefill_chunk: 512 })
-            .unwrap();
+    let mut q = CandleGenerator::load(
+        &gguf,
+        &GeneratorOptions { name: "q".into(), device: Device::Cpu, prefill_chunk: 512, engine: Default::default() },
+    )
+    .unwrap();
     // The GGUF serves, and read back (dequantized, Llama rows un-permuted) every matrix is the
     // merged one up to 8-bit rounding: names, layout and values are right.
     assert!(q.forward_logits(&ids).unwrap().iter().all(|x| x.is_finite()));

@@ -10,7 +10,8 @@ use kotae_models::{ChatMessage, FinishReason, Generator, GeneratorOptions, Role,
 use super::models_dir;
 
 fn generator(name: &str) -> Box<dyn Generator> {
-    let opts = GeneratorOptions { name: name.into(), device: Device::Cpu, prefill_chunk: 256 };
+    let opts =
+        GeneratorOptions { name: name.into(), device: Device::Cpu, prefill_chunk: 256, engine: Default::default() };
     Box::new(load_generator(&models_dir(), name, &opts).expect("generator loads"))
 }
 
@@ -57,7 +58,8 @@ fn smollm2_greedy_answer_streams_and_stops() {
     let again = g.generate(&prompt, &params, &mut |_| true).unwrap();
     assert_eq!(again.text, out.text);
     let mut g1 = {
-        let opts = GeneratorOptions { name: "s".into(), device: Device::Cpu, prefill_chunk: 7 };
+        let opts =
+            GeneratorOptions { name: "s".into(), device: Device::Cpu, prefill_chunk: 7, engine: Default::default() };
         load_generator(&models_dir(), "smollm2-135m-instruct", &opts).unwrap()
     };
     let short = SamplingParams { max_tokens: 2, ..Default::default() };

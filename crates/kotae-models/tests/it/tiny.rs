@@ -20,8 +20,11 @@ fn write_gguf(path: &std::path::Path, eos: u32) {
 }
 
 fn load(path: &std::path::Path) -> CandleGenerator {
-    CandleGenerator::load(path, &GeneratorOptions { name: "tiny".into(), device: Device::Cpu, prefill_chunk: 3 })
-        .unwrap()
+    CandleGenerator::load(
+        path,
+        &GeneratorOptions { name: "tiny".into(), device: Device::Cpu, prefill_chunk: 3, engine: Default::default() },
+    )
+    .unwrap()
 }
 
 fn prompt(g: &dyn Generator) -> String {
@@ -61,9 +64,11 @@ fn tiny_gguf_streams_stops_and_cancels() {
     assert!(out.completion_tokens >= 1);
 
     // Greedy decoding is deterministic across prefill chunk sizes (3 here, 512 below).
-    let mut g512 =
-        CandleGenerator::load(&path, &GeneratorOptions { name: "t".into(), device: Device::Cpu, prefill_chunk: 512 })
-            .unwrap();
+    let mut g512 = CandleGenerator::load(
+        &path,
+        &GeneratorOptions { name: "t".into(), device: Device::Cpu, prefill_chunk: 512, engine: Default::default() },
+    )
+    .unwrap();
     assert_eq!(run(&mut g512, &params).0.text, greedy.text);
 
     // Length.
@@ -209,9 +214,57 @@ fn tiny_safetensors_folders_load_and_generate() {
     let folder = write_hf_folder(dir.path(), "llama");
     let cfg = std::fs::read_to_string(folder.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(folder.join("config.json"), cfg).unwrap();
-    let err =
-        CandleGenerator::load(&folder, &GeneratorOptions { name: "t".into(), device: Device::Cpu, prefill_chunk: 8 })
-            .err()
-            .unwrap();
+    let err = CandleGenerator::load(
+        &folder,
+        &GeneratorOptions { name: "t".into(), device: Device::Cpu, prefill_chunk: 8, engine: Default::default() },
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("gpt_neox"), "{err}");
+}
+
+#[test]
+fn int8_engine_matches_candle_quantized_models() {
+    use candle_core::quantized::GgmlDType;
+    use kotae_models::GgufEngine;
+    let dir = tempfile::tempdir().unwrap();
+    let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    // Llama with its own output head; Qwen2 with grouped-query attention (2 query heads per
+    // key/value head), attention biases and tied embeddings.
+    for (arch, kv_heads) in [("llama", 2), ("qwen2", 1)] {
+        let path = dir.path().join(format!("{arch}-q8.gguf"));
+        tiny_gguf::write_gguf(
+            &path,
+            &Tiny {
+                arch,
+                layers: 2,
+                kv_heads,
+                untied_output: arch == "llama",
+                std: 0.3,
+                norm_noise: 0.1,
+                qtype: GgmlDType::Q8_0,
+                ..Tiny::llama()
+            },
+        );
+        let load = |engine, prefill_chunk| {
+            let opts = GeneratorOptions { name: "t".into(), device: Device::Cpu, prefill_chunk, engine };
+            CandleGenerator::load(&path, &opts).unwrap()
+        };
+        // Both multiply Q8_0 weights by activations rounded to Q8_0 the same way: only the
+        // order of float additions differs.
+        let ids: Vec<u32> = "hello kotae, how are you today?".bytes().map(u32::from).collect();
+        let want = load(GgufEngine::Candle, 512).forward_logits(&ids).unwrap();
+        for chunk in [512, 5, 1] {
+            let got = load(GgufEngine::Int8, chunk).forward_logits(&ids).unwrap();
+            let d = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(d <= 2e-3 * max_abs(&want), "{arch}, chunks of {chunk}: max |Δlogit| {d} of {}", max_abs(&want));
+        }
+        // A sequence that outgrows the first key/value allocation (256 positions) gives the
+        // same logits fed in pieces as in one pass.
+        let long: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 256).collect();
+        let one = load(GgufEngine::Int8, 300).forward_logits(&long).unwrap();
+        let pieces = load(GgufEngine::Int8, 100).forward_logits(&long).unwrap();
+        let d = one.iter().zip(&pieces).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(d <= 1e-3 * max_abs(&one), "{arch}: growing the cache changed logits by {d}");
+    }
 }

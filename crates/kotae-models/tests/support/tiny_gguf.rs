@@ -42,6 +42,8 @@ pub struct Tiny {
     pub std: f32,
     /// Random noise on the norm weights (else ones).
     pub norm_noise: f32,
+    /// Type of the matrices (norms stay f32).
+    pub qtype: GgmlDType,
 }
 
 impl Tiny {
@@ -56,11 +58,12 @@ impl Tiny {
             untied_output: true,
             std: 0.5,
             norm_noise: 0.0,
+            qtype: GgmlDType::F32,
         }
     }
 }
 
-/// Write the model as GGUF (f32 tensors).
+/// Write the model as GGUF.
 pub fn write_gguf(path: &std::path::Path, t: &Tiny) {
     let mut tokens = byte_symbols();
     tokens.push("<|im_start|>".into());
@@ -129,7 +132,8 @@ pub fn write_gguf(path: &std::path::Path, t: &Tiny) {
             } else {
                 Tensor::randn(0f32, t.std, s.as_slice(), &cpu).unwrap()
             };
-            QTensor::quantize(&w, GgmlDType::F32).unwrap()
+            let q = if n.contains("norm") || n.ends_with(".bias") { GgmlDType::F32 } else { t.qtype };
+            QTensor::quantize(&w, q).unwrap()
         })
         .collect();
     let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
