@@ -19,6 +19,9 @@
 
 use rayon::prelude::*;
 
+mod attention;
+pub use attention::{attend_one, KvShape};
+
 /// Values per quantization block.
 pub const QK: usize = 32;
 /// Weight rows per tile.

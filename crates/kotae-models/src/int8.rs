@@ -49,17 +49,17 @@ impl Linear {
 
 struct Layer {
     attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Query, key and value projections stacked (one product, one pass over the pool).
+    qkv: Linear,
     o: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// Gate and up projections stacked.
+    gate_up: Linear,
     down: Linear,
     /// `[kv_heads, capacity, head_dim]`, filled up to the model's position.
-    k_cache: Option<Tensor>,
-    v_cache: Option<Tensor>,
+    k_cache: Vec<f32>,
+    v_cache: Vec<f32>,
+    capacity: usize,
 }
 
 /// The model: load with [`Int8Lm::from_gguf`], then [`Int8Lm::forward`] chunks of tokens.
@@ -123,7 +123,8 @@ impl Int8Lm {
             }
             Ok(Some(content.tensor(reader, name, &cpu)?.dequantize(&cpu)?))
         };
-        let matrix = |t: Tensor| -> Result<Arc<Q8Matrix>> {
+        let matrix = |parts: Vec<Tensor>| -> Result<Arc<Q8Matrix>> {
+            let t = Tensor::cat(&parts, 0)?;
             let (rows, cols) = t.dims2()?;
             if cols % kotae_kernels::QK != 0 {
                 return Err(Error::invalid(
@@ -136,32 +137,47 @@ impl Int8Lm {
         let need = |reader: &mut R, name: String| -> Result<Tensor> {
             read(reader, &name)?.ok_or_else(|| Error::invalid(path, format!("GGUF file lacks tensor {name}")))
         };
-        let embed = matrix(need(reader, "token_embd.weight".into())?)?;
+        let embed = matrix(vec![need(reader, "token_embd.weight".into())?])?;
         let norm = need(reader, "output_norm.weight".into())?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = format!("blk.{i}");
-            let mut lin = |name: &str, bias: bool| -> Result<Linear> {
-                let w = matrix(need(reader, format!("{p}.{name}.weight"))?)?;
-                let b = if bias { read(reader, &format!("{p}.{name}.bias"))? } else { None };
-                Ok(Linear { w, b })
+            // Several projections stacked into one matrix; biases stacked alike (zeros where a
+            // projection has none), or none at all.
+            let mut stacked = |names: &[&str]| -> Result<Linear> {
+                let mut ws = Vec::new();
+                let mut bs = Vec::new();
+                for name in names {
+                    let w = need(reader, format!("{p}.{name}.weight"))?;
+                    let rows = w.dim(0)?;
+                    ws.push(w);
+                    bs.push((read(reader, &format!("{p}.{name}.bias"))?, rows));
+                }
+                let b = if bs.iter().any(|(b, _)| b.is_some()) {
+                    let parts = bs
+                        .into_iter()
+                        .map(|(b, rows)| b.map_or_else(|| Tensor::zeros(rows, DType::F32, &cpu), Ok))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    Some(Tensor::cat(&parts, 0)?)
+                } else {
+                    None
+                };
+                Ok(Linear { w: matrix(ws)?, b })
             };
             layers.push(Layer {
-                q: lin("attn_q", true)?,
-                k: lin("attn_k", true)?,
-                v: lin("attn_v", true)?,
-                o: lin("attn_output", false)?,
-                gate: lin("ffn_gate", false)?,
-                up: lin("ffn_up", false)?,
-                down: lin("ffn_down", false)?,
+                qkv: stacked(&["attn_q", "attn_k", "attn_v"])?,
+                o: stacked(&["attn_output"])?,
+                gate_up: stacked(&["ffn_gate", "ffn_up"])?,
+                down: stacked(&["ffn_down"])?,
                 attn_norm: need(reader, format!("{p}.attn_norm.weight"))?,
                 ffn_norm: need(reader, format!("{p}.ffn_norm.weight"))?,
-                k_cache: None,
-                v_cache: None,
+                k_cache: Vec::new(),
+                v_cache: Vec::new(),
+                capacity: 0,
             });
         }
         let head = match read(reader, "output.weight")? {
-            Some(t) => matrix(t)?,
+            Some(t) => matrix(vec![t])?,
             None => embed.clone(),
         };
         let inv_freq = (0..head_dim).step_by(2).map(|i| 1f32 / freq_base.powf(i as f32 / head_dim as f32)).collect();
@@ -191,7 +207,7 @@ impl Int8Lm {
         let mats: usize = self
             .layers
             .iter()
-            .map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|x| x.w.size_bytes()).sum::<usize>())
+            .map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down].iter().map(|x| x.w.size_bytes()).sum::<usize>())
             .sum();
         let head = if Arc::ptr_eq(&self.embed, &self.head) { 0 } else { self.head.size_bytes() };
         mats + self.embed.size_bytes() + head
@@ -205,6 +221,12 @@ impl Int8Lm {
     /// Feed `ids` at position `pos` (the number of tokens already fed; 0 starts a new
     /// sequence) and return the logits of the last one, `[vocab]`.
     pub fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
+        // On a worker of the pool, the products' parallel loops start on this thread and wake
+        // one other worker, instead of waking the pool and blocking this thread each time.
+        rayon::scope(|_| self.forward_on_pool(ids, pos))
+    }
+
+    fn forward_on_pool(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
         if ids.is_empty() {
             return Err(Error::Generation("forward: no tokens".into()));
         }
@@ -271,6 +293,7 @@ impl Int8Lm {
         let interleaved = self.rope_interleaved;
         let l = &mut self.layers[i];
         let h = candle_nn::ops::rms_norm(x, &l.attn_norm, self.eps)?;
+        let qkv = l.qkv.forward(&h)?;
         // [t, heads·hd] → [1, heads, t, hd] for the rotary kernel.
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((t, n, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?)
@@ -282,28 +305,75 @@ impl Int8Lm {
                 candle_nn::rotary_emb::rope(y, cos, sin)?
             })
         };
-        let q = rope(&heads(l.q.forward(&h)?, nh)?)?.squeeze(0)?;
-        let k = rope(&heads(l.k.forward(&h)?, nkv)?)?.squeeze(0)?;
-        let v = heads(l.v.forward(&h)?, nkv)?.squeeze(0)?;
-        let (k_all, v_all) = append_kv(&mut l.k_cache, &mut l.v_cache, &k, &v, pos)?;
+        let q = rope(&heads(qkv.narrow(1, 0, nh * hd)?, nh)?)?;
+        let k = rope(&heads(qkv.narrow(1, nh * hd, nkv * hd)?, nkv)?)?;
+        let v = heads(qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?, nkv)?;
+        l.append_kv(&k.flatten_all()?.to_vec1()?, &v.flatten_all()?.to_vec1()?, nkv, hd, pos, t);
         let s = pos + t;
-        // Queries of the heads sharing one key/value head, side by side: [kv, group·t, hd].
-        let g = nh / nkv;
-        let q = (q.reshape((nkv, g * t, hd))? * (1.0 / (hd as f64).sqrt()))?;
-        let att = q.matmul(&k_all.t()?)?;
-        let att = match mask {
-            Some(m) => att.reshape((nkv, g, t, s))?.broadcast_add(m)?.reshape((nkv, g * t, s))?,
-            None => att,
+        let scale = 1.0 / (hd as f64).sqrt();
+        let y = if t == 1 {
+            let shape = kotae_kernels::KvShape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: l.capacity, len: s };
+            let mut out = vec![0f32; nh * hd];
+            kotae_kernels::attend_one(
+                &q.flatten_all()?.to_vec1()?,
+                &l.k_cache,
+                &l.v_cache,
+                shape,
+                scale as f32,
+                &mut out,
+            );
+            Tensor::from_vec(out, (1, nh * hd), x.device())?
+        } else {
+            let cache = |c: &[f32]| -> Result<Tensor> {
+                Ok(Tensor::from_slice(&c[..nkv * l.capacity * hd], (nkv, l.capacity, hd), x.device())?
+                    .narrow(1, 0, s)?)
+            };
+            let (k_all, v_all) = (cache(&l.k_cache)?, cache(&l.v_cache)?);
+            // Queries of the heads sharing one key/value head, side by side: [kv, group·t, hd].
+            let g = nh / nkv;
+            let q = (q.squeeze(0)?.reshape((nkv, g * t, hd))? * scale)?;
+            let att = q.matmul(&k_all.t()?)?;
+            let att = match mask {
+                Some(m) => att.reshape((nkv, g, t, s))?.broadcast_add(m)?.reshape((nkv, g * t, s))?,
+                None => att,
+            };
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let y = att.matmul(&v_all)?; // [kv, group·t, hd] = [heads, t, hd]
+            y.reshape((nh, t, hd))?.transpose(0, 1)?.contiguous()?.reshape((t, nh * hd))?
         };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v_all)?; // [kv, group·t, hd] = [heads, t, hd]
-        let y = y.reshape((nh, t, hd))?.transpose(0, 1)?.contiguous()?.reshape((t, nh * hd))?;
         let x = (x + l.o.forward(&y)?)?;
         let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, self.eps)?;
-        let act = (candle_nn::ops::silu(&l.gate.forward(&h)?)? * l.up.forward(&h)?)?;
+        let gu = l.gate_up.forward(&h)?;
+        let ffn = gu.dim(1)? / 2;
+        let act = (candle_nn::ops::silu(&gu.narrow(1, 0, ffn)?)? * gu.narrow(1, ffn, ffn)?)?;
         let out = (&x + l.down.forward(&act)?)?;
         debug_assert_eq!(out.dims2()?, (t, hidden));
         Ok(out)
+    }
+}
+
+impl Layer {
+    /// Write `k`, `v` (`[kv, t, hd]`) at `pos` into the cache, growing it by doubling (the
+    /// filled part copied once).
+    fn append_kv(&mut self, k: &[f32], v: &[f32], nkv: usize, hd: usize, pos: usize, t: usize) {
+        let need = pos + t;
+        if need > self.capacity {
+            let cap = need.max(2 * self.capacity).max(256).next_multiple_of(256);
+            for cache in [&mut self.k_cache, &mut self.v_cache] {
+                let mut grown = vec![0f32; nkv * cap * hd];
+                for h in 0..nkv {
+                    let old = &cache[h * self.capacity * hd..][..pos * hd];
+                    grown[h * cap * hd..][..pos * hd].copy_from_slice(old);
+                }
+                *cache = grown;
+            }
+            self.capacity = cap;
+        }
+        for h in 0..nkv {
+            let at = (h * self.capacity + pos) * hd;
+            self.k_cache[at..at + t * hd].copy_from_slice(&k[h * t * hd..(h + 1) * t * hd]);
+            self.v_cache[at..at + t * hd].copy_from_slice(&v[h * t * hd..(h + 1) * t * hd]);
+        }
     }
 }
 
@@ -313,39 +383,6 @@ fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Tensor> {
     let m: Vec<f32> =
         (0..t).flat_map(|i| (0..s).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Ok(Tensor::from_vec(m, (t, s), device)?)
-}
-
-/// Write `k`, `v` (`[kv, t, hd]`) at `pos` into the layer's cache (grown by doubling, the old
-/// part copied once) and return views of positions `0..pos+t`.
-fn append_kv(
-    k_cache: &mut Option<Tensor>,
-    v_cache: &mut Option<Tensor>,
-    k: &Tensor,
-    v: &Tensor,
-    pos: usize,
-) -> Result<(Tensor, Tensor)> {
-    let (nkv, t, hd) = k.dims3()?;
-    let need = pos + t;
-    let cap = match k_cache.as_ref() {
-        Some(c) => c.dim(1)?,
-        None => 0,
-    };
-    if need > cap {
-        let new_cap = need.max(2 * cap).max(256).next_multiple_of(256);
-        for cache in [&mut *k_cache, &mut *v_cache] {
-            let grown = Tensor::zeros((nkv, new_cap, hd), DType::F32, k.device())?;
-            if let Some(old) = cache.as_ref() {
-                if pos > 0 {
-                    grown.slice_set(&old.narrow(1, 0, pos)?.contiguous()?, 1, 0)?;
-                }
-            }
-            *cache = Some(grown);
-        }
-    }
-    let (kc, vc) = (k_cache.as_ref().expect("allocated above"), v_cache.as_ref().expect("allocated above"));
-    kc.slice_set(k, 1, pos)?;
-    vc.slice_set(v, 1, pos)?;
-    Ok((kc.narrow(1, 0, need)?, vc.narrow(1, 0, need)?))
 }
 
 #[cfg(test)]
