@@ -284,8 +284,15 @@ fn micro<const MR: usize, const NT: usize>(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `kernel` came through `Kernel::available`, so the CPU has the features the
-        // function is compiled for; the assert above keeps every index in bounds.
-        Kernel::Avx512Vnni => unsafe { x86::micro_vnni::<MR, NT>(a, m0, w, t0) },
+        // function is compiled for; the function asserts its bounds.
+        Kernel::Avx512Vnni => unsafe {
+            if MR == 4 && NT == 2 {
+                let t = x86::micro_vnni_4x2(a, m0, w, t0);
+                // Same type: MR = 4 and NT = 2 here.
+                return std::array::from_fn(|r| std::array::from_fn(|j| t[r][j]));
+            }
+            x86::micro_vnni::<MR, NT>(a, m0, w, t0)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 + FMA.
         Kernel::Avx2 => unsafe { x86::micro_avx2::<MR, NT>(a, m0, w, t0) },
@@ -322,18 +329,32 @@ mod x86 {
     use super::{Q8Matrix, Q8Rows, Tile, NR, QK, TILE_BLOCK};
     use std::arch::x86_64::*;
 
-    /// Four activation bytes `a.q[row, col..col+4]` as one i32 broadcast to all lanes.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn bcast4(a: &Q8Rows, row: usize, col: usize) -> __m256i {
-        let i = row * a.cols + col;
-        let b = &a.q[i..i + 4];
-        _mm256_set1_epi32(i32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]))
+    /// Raw pointers to the operands of one micro-tile: the hot loops below index nothing, so
+    /// they carry no bounds checks (the caller asserted the bounds once).
+    struct Ptrs<const MR: usize, const NT: usize> {
+        /// Row `m0` of the activations; row `m0 + r` is `cols · r` bytes further.
+        aq: *const i8,
+        ad: *const f32,
+        as_: *const i32,
+        wq: [*const u8; NT],
+        wd: [*const f32; NT],
+    }
+
+    impl<const MR: usize, const NT: usize> Ptrs<MR, NT> {
+        fn new(a: &Q8Rows, m0: usize, w: &Q8Matrix, t0: usize) -> Self {
+            assert!(m0 + MR <= a.m && t0 + NT <= w.tiles && a.cols == w.cols);
+            Self {
+                aq: a.q[m0 * a.cols..].as_ptr(),
+                ad: a.d[m0 * a.nb..].as_ptr(),
+                as_: a.s[m0 * a.nb..].as_ptr(),
+                wq: std::array::from_fn(|j| w.q[(t0 + j) * w.nb * TILE_BLOCK..].as_ptr()),
+                wd: std::array::from_fn(|j| w.d[(t0 + j) * w.nb * NR..].as_ptr()),
+            }
+        }
     }
 
     /// # Safety
-    /// The CPU must have AVX-512 VNNI, AVX-512 VL, AVX2 and FMA; `m0 + MR <= a.m`,
-    /// `t0 + NT <= w.tiles`, `a.cols == w.cols`.
+    /// The CPU must have AVX-512 VNNI, AVX-512 VL, AVX2 and FMA. Bounds are asserted.
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
     pub(super) unsafe fn micro_vnni<const MR: usize, const NT: usize>(
         a: &Q8Rows,
@@ -341,30 +362,32 @@ mod x86 {
         w: &Q8Matrix,
         t0: usize,
     ) -> Tile<MR, NT> {
-        let nb = w.nb;
+        let p = Ptrs::<MR, NT>::new(a, m0, w, t0);
+        let (nb, cols, anb) = (w.nb, a.cols, a.nb);
         let mut acc = [[_mm256_setzero_ps(); NT]; MR];
         for b in 0..nb {
             let mut ia = [[_mm256_setzero_si256(); NT]; MR];
             for g in 0..QK / 4 {
                 let mut wv = [_mm256_setzero_si256(); NT];
-                for (j, v) in wv.iter_mut().enumerate() {
-                    let off = ((t0 + j) * nb + b) * TILE_BLOCK + g * NR * 4;
-                    // SAFETY: off + 32 <= w.q.len() because t0 + j < w.tiles and b < nb.
-                    *v = unsafe { _mm256_loadu_si256(w.q.as_ptr().add(off) as *const __m256i) };
+                for j in 0..NT {
+                    // SAFETY: tile t0 + j < w.tiles, block b < nb, group g < 8: inside w.q.
+                    wv[j] = unsafe { _mm256_loadu_si256(p.wq[j].add(b * TILE_BLOCK + g * NR * 4) as *const __m256i) };
                 }
                 for (r, ia_r) in ia.iter_mut().enumerate() {
-                    let av = bcast4(a, m0 + r, b * QK + g * 4);
+                    // SAFETY: row m0 + r < a.m and column b·32 + g·4 + 3 < cols: inside a.q.
+                    let four = unsafe { (p.aq.add(r * cols + b * QK + g * 4) as *const i32).read_unaligned() };
+                    let av = _mm256_set1_epi32(four);
                     for j in 0..NT {
                         ia_r[j] = _mm256_dpbusd_epi32(ia_r[j], wv[j], av);
                     }
                 }
             }
             for r in 0..MR {
-                let corr = _mm256_set1_epi32(a.s[(m0 + r) * a.nb + b]);
-                let da = _mm256_set1_ps(a.d[(m0 + r) * a.nb + b]);
+                // SAFETY: (m0 + r)·nb + b indexes a.d and a.s; (t0 + j)·nb·8 + b·8 + 7, w.d.
+                let (corr, da) = unsafe { (*p.as_.add(r * anb + b), *p.ad.add(r * anb + b)) };
+                let (corr, da) = (_mm256_set1_epi32(corr), _mm256_set1_ps(da));
                 for j in 0..NT {
-                    let off = ((t0 + j) * nb + b) * NR;
-                    let dw = _mm256_loadu_ps(w.d[off..off + NR].as_ptr());
+                    let dw = unsafe { _mm256_loadu_ps(p.wd[j].add(b * NR)) };
                     let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(ia[r][j], corr));
                     acc[r][j] = _mm256_fmadd_ps(v, _mm256_mul_ps(dw, da), acc[r][j]);
                 }
@@ -373,8 +396,66 @@ mod x86 {
         store(acc)
     }
 
+    /// The 4 × 16 tile of [`micro_vnni`], written out so that its 8 integer and 8 float
+    /// accumulators are plain locals (LLVM keeps the generic version's arrays on the stack).
+    ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA; bounds as for [`micro_vnni`].
+    /// As [`micro_vnni`].
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn micro_vnni_4x2(a: &Q8Rows, m0: usize, w: &Q8Matrix, t0: usize) -> Tile<4, 2> {
+        let p = Ptrs::<4, 2>::new(a, m0, w, t0);
+        let (nb, cols, anb) = (w.nb, a.cols, a.nb);
+        let z = _mm256_setzero_ps();
+        let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31) = (z, z, z, z, z, z, z, z);
+        for b in 0..nb {
+            let zi = _mm256_setzero_si256();
+            let (mut i00, mut i01, mut i10, mut i11, mut i20, mut i21, mut i30, mut i31) =
+                (zi, zi, zi, zi, zi, zi, zi, zi);
+            // SAFETY (all pointer reads in this loop): rows m0..m0+4 < a.m, tiles t0, t0+1 <
+            // w.tiles, block b < nb and group g < 8, as asserted by `Ptrs::new`.
+            let x = unsafe { p.aq.add(b * QK) };
+            let (y0, y1) = unsafe { (p.wq[0].add(b * TILE_BLOCK), p.wq[1].add(b * TILE_BLOCK)) };
+            for g in 0..QK / 4 {
+                let (v0, v1) = unsafe {
+                    (
+                        _mm256_loadu_si256(y0.add(g * NR * 4) as *const __m256i),
+                        _mm256_loadu_si256(y1.add(g * NR * 4) as *const __m256i),
+                    )
+                };
+                let bc =
+                    |r: usize| _mm256_set1_epi32(unsafe { (x.add(r * cols + g * 4) as *const i32).read_unaligned() });
+                let a0 = bc(0);
+                i00 = _mm256_dpbusd_epi32(i00, v0, a0);
+                i01 = _mm256_dpbusd_epi32(i01, v1, a0);
+                let a1 = bc(1);
+                i10 = _mm256_dpbusd_epi32(i10, v0, a1);
+                i11 = _mm256_dpbusd_epi32(i11, v1, a1);
+                let a2 = bc(2);
+                i20 = _mm256_dpbusd_epi32(i20, v0, a2);
+                i21 = _mm256_dpbusd_epi32(i21, v1, a2);
+                let a3 = bc(3);
+                i30 = _mm256_dpbusd_epi32(i30, v0, a3);
+                i31 = _mm256_dpbusd_epi32(i31, v1, a3);
+            }
+            let (dw0, dw1) = unsafe { (_mm256_loadu_ps(p.wd[0].add(b * NR)), _mm256_loadu_ps(p.wd[1].add(b * NR))) };
+            let fin = |r: usize, i0: __m256i, i1: __m256i, c0: &mut __m256, c1: &mut __m256| {
+                let (corr, da) = unsafe { (*p.as_.add(r * anb + b), *p.ad.add(r * anb + b)) };
+                let (corr, da) = (_mm256_set1_epi32(corr), _mm256_set1_ps(da));
+                let f0 = _mm256_cvtepi32_ps(_mm256_sub_epi32(i0, corr));
+                let f1 = _mm256_cvtepi32_ps(_mm256_sub_epi32(i1, corr));
+                *c0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(dw0, da), *c0);
+                *c1 = _mm256_fmadd_ps(f1, _mm256_mul_ps(dw1, da), *c1);
+            };
+            fin(0, i00, i01, &mut c00, &mut c01);
+            fin(1, i10, i11, &mut c10, &mut c11);
+            fin(2, i20, i21, &mut c20, &mut c21);
+            fin(3, i30, i31, &mut c30, &mut c31);
+        }
+        store([[c00, c01], [c10, c11], [c20, c21], [c30, c31]])
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA. Bounds are asserted.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn micro_avx2<const MR: usize, const NT: usize>(
         a: &Q8Rows,
@@ -382,7 +463,8 @@ mod x86 {
         w: &Q8Matrix,
         t0: usize,
     ) -> Tile<MR, NT> {
-        let nb = w.nb;
+        let p = Ptrs::<MR, NT>::new(a, m0, w, t0);
+        let (nb, cols, anb) = (w.nb, a.cols, a.nb);
         let ones = _mm256_set1_epi16(1);
         let flip = _mm256_set1_epi8(-128);
         let mut acc = [[_mm256_setzero_ps(); NT]; MR];
@@ -392,28 +474,29 @@ mod x86 {
                 let mut wabs = [_mm256_setzero_si256(); NT];
                 let mut wsgn = [_mm256_setzero_si256(); NT];
                 for j in 0..NT {
-                    let off = ((t0 + j) * nb + b) * TILE_BLOCK + g * NR * 4;
                     // SAFETY: as in `micro_vnni`.
-                    let v = unsafe { _mm256_loadu_si256(w.q.as_ptr().add(off) as *const __m256i) };
+                    let v = unsafe { _mm256_loadu_si256(p.wq[j].add(b * TILE_BLOCK + g * NR * 4) as *const __m256i) };
                     let s = _mm256_xor_si256(v, flip); // back to signed q
                     wabs[j] = _mm256_abs_epi8(s);
                     wsgn[j] = s;
                 }
                 for (r, ia_r) in ia.iter_mut().enumerate() {
-                    let av = bcast4(a, m0 + r, b * QK + g * 4);
+                    // SAFETY: as in `micro_vnni`.
+                    let four = unsafe { (p.aq.add(r * cols + b * QK + g * 4) as *const i32).read_unaligned() };
+                    let av = _mm256_set1_epi32(four);
                     for j in 0..NT {
-                        // |w| · (a · sign w) = w · a, pairs summed in i16 (≤ 2·127·128), then
+                        // |w| · (a · sign w) = w · a, pairs summed in i16 (≤ 2·128·127), then
                         // pairs of pairs in i32: lane = row.
-                        let p = _mm256_maddubs_epi16(wabs[j], _mm256_sign_epi8(av, wsgn[j]));
-                        ia_r[j] = _mm256_add_epi32(ia_r[j], _mm256_madd_epi16(p, ones));
+                        let prod = _mm256_maddubs_epi16(wabs[j], _mm256_sign_epi8(av, wsgn[j]));
+                        ia_r[j] = _mm256_add_epi32(ia_r[j], _mm256_madd_epi16(prod, ones));
                     }
                 }
             }
             for r in 0..MR {
-                let da = _mm256_set1_ps(a.d[(m0 + r) * a.nb + b]);
+                // SAFETY: as in `micro_vnni`.
+                let da = _mm256_set1_ps(unsafe { *p.ad.add(r * anb + b) });
                 for j in 0..NT {
-                    let off = ((t0 + j) * nb + b) * NR;
-                    let dw = _mm256_loadu_ps(w.d[off..off + NR].as_ptr());
+                    let dw = unsafe { _mm256_loadu_ps(p.wd[j].add(b * NR)) };
                     acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[r][j]), _mm256_mul_ps(dw, da), acc[r][j]);
                 }
             }
