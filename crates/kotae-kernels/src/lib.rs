@@ -325,6 +325,8 @@ fn micro_scalar<const MR: usize, const NT: usize>(a: &Q8Rows, m0: usize, w: &Q8M
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
+// Loops over register arrays index several arrays at once, on purpose.
+#[allow(clippy::needless_range_loop)]
 mod x86 {
     use super::{Q8Matrix, Q8Rows, Tile, NR, QK, TILE_BLOCK};
     use std::arch::x86_64::*;
