@@ -36,11 +36,22 @@ pub struct GeneratorConfig {
     pub prefill_chunk: usize,
     /// `cpu`, or `cuda` (builds with the `cuda` feature).
     pub device: String,
+    /// What runs GGUF weights: `auto` (Kotae's int8 kernels on the CPU, candle elsewhere),
+    /// `int8` or `candle`.
+    pub engine: String,
 }
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        Self { model: "qwen2.5-0.5b-instruct".into(), prefill_chunk: 512, device: "cpu".into() }
+        Self { model: "qwen2.5-0.5b-instruct".into(), prefill_chunk: 512, device: "cpu".into(), engine: "auto".into() }
+    }
+}
+
+impl GeneratorConfig {
+    pub fn gguf_engine(&self) -> Result<kotae_models::GgufEngine> {
+        self.engine
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("generator.engine: {e} (kotae.toml or KOTAE_GGUF_ENGINE)"))
     }
 }
 
@@ -212,6 +223,9 @@ impl Config {
         if let Some(v) = env("KOTAE_DEVICE") {
             cfg.generator.device = v;
         }
+        if let Some(v) = env("KOTAE_GGUF_ENGINE") {
+            cfg.generator.engine = v;
+        }
         if let Some(v) = env("KOTAE_ADDR") {
             cfg.server.addr = v;
         }
@@ -265,6 +279,7 @@ impl Config {
         if !matches!(self.generator.device.as_str(), "cpu" | "cuda") {
             bail!("generator.device must be \"cpu\" or \"cuda\", not \"{}\"", self.generator.device);
         }
+        self.generator.gguf_engine()?;
         if self.generator.prefill_chunk == 0 || self.answer.top_k == 0 || self.answer.context_tokens < 128 {
             bail!("generator.prefill_chunk and answer.top_k must be ≥ 1, answer.context_tokens ≥ 128");
         }

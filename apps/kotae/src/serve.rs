@@ -37,7 +37,7 @@ pub fn engine_from(
         name: String::new(),
         device: generator_device(cfg)?,
         prefill_chunk: cfg.generator.prefill_chunk,
-        engine: Default::default(),
+        engine: cfg.generator.gguf_engine()?,
     };
     let generator = kotae_models::registry::load_generator(&cfg.models_dir(), &cfg.generator.model, &opts)
         .with_context(|| format!("cannot load generator {}", cfg.generator.model))?;

@@ -137,8 +137,7 @@ pub struct GeneratorOptions {
 /// What runs a GGUF model's weights.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum GgufEngine {
-    /// `KOTAE_GGUF_ENGINE` (`int8` or `candle`) when set; else int8 on the CPU, candle on
-    /// other devices.
+    /// Int8 on the CPU, candle on other devices.
     #[default]
     Auto,
     /// Kotae's int8 kernels ([`crate::int8`]); CPU only.
@@ -147,21 +146,23 @@ pub enum GgufEngine {
     Candle,
 }
 
+impl std::str::FromStr for GgufEngine {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(GgufEngine::Auto),
+            "int8" => Ok(GgufEngine::Int8),
+            "candle" => Ok(GgufEngine::Candle),
+            other => Err(format!("unknown GGUF engine '{other}': use auto, int8 or candle")),
+        }
+    }
+}
+
 impl GgufEngine {
     fn resolve(self, device: &Device, path: &Path) -> Result<Self> {
         let e = match self {
-            GgufEngine::Auto => match std::env::var("KOTAE_GGUF_ENGINE").unwrap_or_default().as_str() {
-                "" => {
-                    if device.is_cpu() {
-                        GgufEngine::Int8
-                    } else {
-                        GgufEngine::Candle
-                    }
-                }
-                "int8" => GgufEngine::Int8,
-                "candle" => GgufEngine::Candle,
-                other => return Err(Error::invalid(path, format!("KOTAE_GGUF_ENGINE={other}: use int8 or candle"))),
-            },
+            GgufEngine::Auto if device.is_cpu() => GgufEngine::Int8,
+            GgufEngine::Auto => GgufEngine::Candle,
             e => e,
         };
         if e == GgufEngine::Int8 && !device.is_cpu() {

@@ -127,7 +127,7 @@ fn main() -> Result<()> {
                 name: model.clone(),
                 device: kotae_models::candle::Device::Cpu,
                 prefill_chunk,
-                engine: Default::default(),
+                engine: cfg.generator.gguf_engine()?,
             };
             let mut g = kotae_models::registry::load_generator(&cfg.models_dir(), &model, &opts)?;
             let fmt = g.format();
