@@ -1,21 +1,25 @@
-//! Int8 matrix products for CPU inference: weights in ggml's Q8_0 scheme (blocks of 32 signed
-//! bytes with one scale each), activations quantized the same way on the fly, products summed
-//! in integers per block and scaled in f32.
+//! Int8 matrix products for CPU inference: weights in blocks of 32 values with one scale and
+//! one offset each (`w = d·u − m`, `u` unsigned), activations quantized like ggml's Q8_0 on the
+//! fly, products summed in integers per block and scaled in f32.
 //!
 //! Why here and not candle's `QMatMul`: candle computes one dot product per (activation row,
 //! weight row) pair and re-reads the weight row for every prompt token; llama.cpp's speed on
 //! prompts comes from repacked weights that one instruction multiplies against several rows at
-//! once. [`Q8Matrix`] stores weights that way: tiles of 8 rows whose bytes are interleaved in
+//! once. [`QMatrix`] stores weights that way: tiles of 8 rows whose values are interleaved in
 //! groups of 4, so `vpdpbusd` (AVX-512 VNNI) or `vpmaddubsw` (AVX2) multiplies 4 columns of
 //! all 8 rows by 4 activation bytes broadcast, and the 8 lanes of the result are the 8 rows'
-//! partial sums: no horizontal reductions. The numbers are ggml's: the same rounding of
-//! weights and activations, scales rounded to f16, so results match ggml/candle's Q8_0 matmul
-//! up to the order of float additions.
+//! partial sums: no horizontal reductions.
+//!
+//! Values are stored in 8 bits (ggml's Q8_0, `u = q + 128`) or, for weights that came as 4- or
+//! 5-bit GGUF blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K), packed in 4 or 5 bits exactly as they came:
+//! decoding one token reads every weight once, so its speed is the memory traffic. Packed tiles
+//! are unpacked in registers for single rows, and once per tile into a scratch buffer for
+//! prompt chunks.
 //!
 //! Kernels: AVX-512 VNNI (256-bit registers, 32 of them) when the CPU has it, AVX2 otherwise
-//! (the build's baseline, x86-64-v3), and portable scalar code elsewhere and as the reference
-//! in tests. Work is split over rayon's pool: by activation rows for prompts, by weight tiles
-//! for single-token decoding.
+//! (the build's baseline, x86-64-v3; weights then always stored in 8 bits), and portable scalar
+//! code elsewhere and as the reference in tests. Work is split over rayon's pool: by activation
+//! rows for prompts, by weight tiles for single-token decoding.
 
 use rayon::prelude::*;
 
@@ -26,7 +30,7 @@ pub use attention::{attend_one, KvShape};
 pub const QK: usize = 32;
 /// Weight rows per tile.
 pub const NR: usize = 8;
-/// Bytes of one tile-block: 8 rows × 32 values.
+/// Values of one tile-block: 8 rows × 32.
 const TILE_BLOCK: usize = NR * QK;
 
 /// ggml's Q8_0 rounding of one block: scale = max|x| / 127 (stored as f16), q = round(x / scale).
@@ -40,54 +44,127 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
     half::f16::from_f32(d).to_f32()
 }
 
-/// A weight matrix `[rows, cols]` in Q8_0, repacked into 8-row tiles (see the crate docs).
-/// `cols` must be a multiple of 32; rows are padded to a multiple of 8 with zeros.
+/// ggml's Q8_0 of row-major `[rows, cols]` as affine blocks `w = d·u − m` (`u = q + 128`,
+/// `m = 128·d`): the input of [`QMatrix::from_affine`].
+pub fn q8_0_affine(data: &[f32], rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+    assert_eq!(data.len(), rows * cols, "q8_0_affine: data is not rows × cols");
+    assert!(cols.is_multiple_of(QK), "q8_0_affine: {cols} columns is not a multiple of {QK}");
+    let nb = cols / QK;
+    let mut u = vec![0u8; rows * cols];
+    let mut d = vec![0f32; rows * nb];
+    u.par_chunks_mut(cols).zip(d.par_chunks_mut(nb)).zip(data.par_chunks(cols)).for_each(|((u, d), x)| {
+        let mut q = [0i8; QK];
+        for b in 0..nb {
+            d[b] = quantize_block(&x[b * QK..(b + 1) * QK], &mut q);
+            for (u, &q) in u[b * QK..(b + 1) * QK].iter_mut().zip(&q) {
+                *u = (q as i16 + 128) as u8;
+            }
+        }
+    });
+    let m = d.iter().map(|d| 128.0 * d).collect();
+    (u, d, m)
+}
+
+/// How a tile-block's 256 values are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// One byte per value.
+    U8,
+    /// Two values per byte: value `p` in the low nibble of byte `p`, value `p + 128` in its
+    /// high nibble (so one 32-byte load holds two groups).
+    U4,
+    /// [`Packing::U4`] plus a 32-byte plane of fifth bits (bit `p` for value `p`).
+    U5,
+}
+
+impl Packing {
+    /// Bytes per tile-block.
+    fn bytes(self) -> usize {
+        match self {
+            Packing::U8 => TILE_BLOCK,
+            Packing::U4 => TILE_BLOCK / 2,
+            Packing::U5 => TILE_BLOCK / 2 + TILE_BLOCK / 8,
+        }
+    }
+}
+
+/// Position of value (row `r` of the tile, column `i` of the block) in the interleaved order.
+#[inline]
+fn plain_index(r: usize, i: usize) -> usize {
+    (i / 4) * NR * 4 + r * 4 + i % 4
+}
+
+/// A weight matrix `[rows, cols]` in 8-row tiles (see the crate docs). `cols` must be a
+/// multiple of 32; rows are padded to a multiple of 8 with zeros.
 #[derive(Clone)]
-pub struct Q8Matrix {
+pub struct QMatrix {
     rows: usize,
     cols: usize,
     /// Blocks per row.
     nb: usize,
     tiles: usize,
-    /// `[tile][block][group of 4 columns][row in tile][4 bytes]`, each byte `q + 128`.
+    packing: Packing,
+    /// `[tile][block][packing.bytes()]`.
     q: Vec<u8>,
-    /// `[tile][block][row in tile]`.
+    /// Scales and offsets, `[tile][block][row in tile]`.
     d: Vec<f32>,
+    m: Vec<f32>,
 }
 
-impl std::fmt::Debug for Q8Matrix {
+impl std::fmt::Debug for QMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Q8Matrix({}x{})", self.rows, self.cols)
+        write!(f, "QMatrix({}x{}, {:?})", self.rows, self.cols, self.packing)
     }
 }
 
-impl Q8Matrix {
-    /// Quantize row-major f32 weights `[rows, cols]`.
+impl QMatrix {
+    /// Quantize row-major f32 weights `[rows, cols]` as ggml's Q8_0.
     pub fn quantize(data: &[f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(data.len(), rows * cols, "Q8Matrix::quantize: data is not rows × cols");
-        assert!(cols.is_multiple_of(QK), "Q8Matrix: {cols} columns is not a multiple of {QK}");
+        let (u, d, m) = q8_0_affine(data, rows, cols);
+        Self::from_affine(rows, cols, &u, &d, &m, 8)
+    }
+
+    /// Weights given per block as `w = d·u − m`: `u` row-major `[rows, cols]` with values below
+    /// `2^bits` (4, 5 or 8), `d` and `m` row-major `[rows, cols / 32]`. Stored packed in `bits`
+    /// when the CPU has the kernels for it (AVX-512 VNNI), else in 8 bits.
+    pub fn from_affine(rows: usize, cols: usize, u: &[u8], d: &[f32], m: &[f32], bits: u32) -> Self {
+        assert!(cols.is_multiple_of(QK), "QMatrix: {cols} columns is not a multiple of {QK}");
         let nb = cols / QK;
+        assert!(u.len() == rows * cols && d.len() == rows * nb && m.len() == rows * nb);
+        assert!(matches!(bits, 4 | 5 | 8), "QMatrix: {bits}-bit values are not supported");
+        let packing = match bits {
+            4 if Kernel::detect() == Kernel::Avx512Vnni => Packing::U4,
+            5 if Kernel::detect() == Kernel::Avx512Vnni => Packing::U5,
+            _ => Packing::U8,
+        };
         let tiles = rows.div_ceil(NR);
-        let mut q = vec![128u8; tiles * nb * TILE_BLOCK];
-        let mut d = vec![0f32; tiles * nb * NR];
-        q.par_chunks_mut(nb * TILE_BLOCK).zip(d.par_chunks_mut(nb * NR)).enumerate().for_each(|(t, (qt, dt))| {
-            let mut block = [0i8; QK];
-            for r in 0..NR {
-                let row = t * NR + r;
-                if row >= rows {
-                    break;
-                }
+        let tb = packing.bytes();
+        let mut q = vec![0u8; tiles * nb * tb];
+        let mut dd = vec![0f32; tiles * nb * NR];
+        let mut mm = vec![0f32; tiles * nb * NR];
+        q.par_chunks_mut(nb * tb).zip(dd.par_chunks_mut(nb * NR)).zip(mm.par_chunks_mut(nb * NR)).enumerate().for_each(
+            |(t, ((qt, dt), mt))| {
+                let mut plain = [0u8; TILE_BLOCK];
                 for b in 0..nb {
-                    let x = &data[row * cols + b * QK..row * cols + (b + 1) * QK];
-                    dt[b * NR + r] = quantize_block(x, &mut block);
-                    for (i, &v) in block.iter().enumerate() {
-                        let (g, j) = (i / 4, i % 4);
-                        qt[b * TILE_BLOCK + g * NR * 4 + r * 4 + j] = (v as i16 + 128) as u8;
+                    plain.fill(0);
+                    for r in 0..NR {
+                        let row = t * NR + r;
+                        if row >= rows {
+                            break;
+                        }
+                        dt[b * NR + r] = d[row * nb + b];
+                        mt[b * NR + r] = m[row * nb + b];
+                        for i in 0..QK {
+                            let v = u[row * cols + b * QK + i];
+                            debug_assert!(bits == 8 || (v as u32) < (1 << bits));
+                            plain[plain_index(r, i)] = v;
+                        }
                     }
+                    pack(packing, &plain, &mut qt[b * tb..(b + 1) * tb]);
                 }
-            }
-        });
-        Self { rows, cols, nb, tiles, q, d }
+            },
+        );
+        Self { rows, cols, nb, tiles, packing, q, d: dd, m: mm }
     }
 
     pub fn rows(&self) -> usize {
@@ -98,21 +175,32 @@ impl Q8Matrix {
         self.cols
     }
 
-    /// Bytes held (quantized values and scales).
-    pub fn size_bytes(&self) -> usize {
-        self.q.len() + self.d.len() * 4
+    pub fn packing(&self) -> Packing {
+        self.packing
     }
 
-    /// Row `r` as f32 (for embedding lookups that share the output head's weights).
+    /// Bytes held (values, scales and offsets).
+    pub fn size_bytes(&self) -> usize {
+        self.q.len() + (self.d.len() + self.m.len()) * 4
+    }
+
+    /// The 256 values of tile `t`, block `b`, one byte each, in the interleaved order.
+    fn unpack(&self, t: usize, b: usize, out: &mut [u8]) {
+        let tb = self.packing.bytes();
+        let src = &self.q[(t * self.nb + b) * tb..(t * self.nb + b + 1) * tb];
+        unpack(self.packing, src, out);
+    }
+
+    /// Row `r` as f32 (for embedding lookups).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         assert!(r < self.rows && out.len() == self.cols, "dequantize_row: row {r} / length {}", out.len());
         let (t, lane) = (r / NR, r % NR);
+        let mut plain = [0u8; TILE_BLOCK];
         for b in 0..self.nb {
-            let d = self.d[(t * self.nb + b) * NR + lane];
-            let base = (t * self.nb + b) * TILE_BLOCK;
+            self.unpack(t, b, &mut plain);
+            let (d, m) = (self.d[(t * self.nb + b) * NR + lane], self.m[(t * self.nb + b) * NR + lane]);
             for i in 0..QK {
-                let v = self.q[base + (i / 4) * NR * 4 + lane * 4 + i % 4] as i16 - 128;
-                out[b * QK + i] = d * v as f32;
+                out[b * QK + i] = d * plain[plain_index(lane, i)] as f32 - m;
             }
         }
     }
@@ -123,11 +211,11 @@ impl Q8Matrix {
     }
 
     /// [`Self::matmul`] with a chosen kernel (tests compare them; a kernel the CPU lacks falls
-    /// back to the best one it has).
+    /// back to the best one it has, and packed weights always use the best one).
     pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "matmul: input is not m × {}", self.cols);
         assert_eq!(out.len(), m * self.rows, "matmul: output is not m × {}", self.rows);
-        let kernel = kernel.available();
+        let kernel = if self.packing == Packing::U8 || kernel == Kernel::Scalar { kernel.available() } else { Kernel::detect() };
         let a = Q8Rows::quantize(x, m, self.cols);
         let n = self.rows;
         let threads = rayon::current_num_threads().max(1);
@@ -156,24 +244,95 @@ impl Q8Matrix {
     #[allow(clippy::too_many_arguments)]
     fn block(&self, kernel: Kernel, a: &Q8Rows, m0: usize, mr: usize, t0: usize, out: &mut [f32], ldo: usize) {
         let nt = ldo.div_ceil(NR);
+        let nb = self.nb;
+        let mut scratch = Vec::new();
         let mut t = 0;
         while t < nt {
             let pair = t + 1 < nt;
-            let mut m = 0;
-            while m < mr {
-                let four = m + 4 <= mr;
-                let (mi, ti) = (m0 + m, t0 + t);
-                match (four, pair) {
-                    (true, true) => emit(&micro::<4, 2>(kernel, a, mi, self, ti), out, ldo, m, t),
-                    (true, false) => emit(&micro::<4, 1>(kernel, a, mi, self, ti), out, ldo, m, t),
-                    (false, true) => emit(&micro::<1, 2>(kernel, a, mi, self, ti), out, ldo, m, t),
-                    (false, false) => emit(&micro::<1, 1>(kernel, a, mi, self, ti), out, ldo, m, t),
+            let tiles = if pair { 2 } else { 1 };
+            let tt = t0 + t;
+            let (d, m) = (&self.d[tt * nb * NR..], &self.m[tt * nb * NR..]);
+            let direct_packed = self.packing != Packing::U8 && mr < 4 && kernel == Kernel::Avx512Vnni;
+            let view = if self.packing == Packing::U8 {
+                Some(Tiles { q: &self.q[tt * nb * TILE_BLOCK..], d, m, nb, tiles })
+            } else if direct_packed {
+                None
+            } else {
+                // Unpacked once, used by every row of the chunk.
+                scratch.resize(tiles * nb * TILE_BLOCK, 0);
+                for j in 0..tiles {
+                    for b in 0..nb {
+                        let at = (j * nb + b) * TILE_BLOCK;
+                        self.unpack(tt + j, b, &mut scratch[at..at + TILE_BLOCK]);
+                    }
                 }
-                m += if four { 4 } else { 1 };
+                Some(Tiles { q: &scratch, d, m, nb, tiles })
+            };
+            let mut r = 0;
+            while r < mr {
+                let four = r + 4 <= mr && view.is_some();
+                let mi = m0 + r;
+                match (&view, four, pair) {
+                    (Some(v), true, true) => emit(&micro::<4, 2>(kernel, a, mi, v), out, ldo, r, t),
+                    (Some(v), true, false) => emit(&micro::<4, 1>(kernel, a, mi, v), out, ldo, r, t),
+                    (Some(v), false, true) => emit(&micro::<1, 2>(kernel, a, mi, v), out, ldo, r, t),
+                    (Some(v), false, false) => emit(&micro::<1, 1>(kernel, a, mi, v), out, ldo, r, t),
+                    (None, _, true) => emit(&micro_packed::<2>(a, mi, self, tt), out, ldo, r, t),
+                    (None, _, false) => emit(&micro_packed::<1>(a, mi, self, tt), out, ldo, r, t),
+                }
+                r += if four { 4 } else { 1 };
             }
-            t += if pair { 2 } else { 1 };
+            t += tiles;
         }
     }
+}
+
+/// Store 256 interleaved values (one byte each) in `packing`.
+fn pack(packing: Packing, plain: &[u8; TILE_BLOCK], out: &mut [u8]) {
+    match packing {
+        Packing::U8 => out.copy_from_slice(plain),
+        Packing::U4 | Packing::U5 => {
+            let half = TILE_BLOCK / 2;
+            for p in 0..half {
+                out[p] = (plain[p] & 0x0F) | (plain[p + half] & 0x0F) << 4;
+            }
+            if packing == Packing::U5 {
+                for p in 0..TILE_BLOCK {
+                    out[half + p / 8] |= ((plain[p] >> 4) & 1) << (p % 8);
+                }
+            }
+        }
+    }
+}
+
+/// Inverse of [`pack`].
+fn unpack(packing: Packing, src: &[u8], out: &mut [u8]) {
+    match packing {
+        Packing::U8 => out.copy_from_slice(&src[..TILE_BLOCK]),
+        Packing::U4 | Packing::U5 => {
+            let half = TILE_BLOCK / 2;
+            for p in 0..half {
+                out[p] = src[p] & 0x0F;
+                out[p + half] = src[p] >> 4;
+            }
+            if packing == Packing::U5 {
+                for p in 0..TILE_BLOCK {
+                    out[p] |= ((src[half + p / 8] >> (p % 8)) & 1) << 4;
+                }
+            }
+        }
+    }
+}
+
+/// Consecutive tiles of one-byte values with their scales and offsets.
+struct Tiles<'a> {
+    /// `[tile][block][256]`.
+    q: &'a [u8],
+    /// `[tile][block][8]`.
+    d: &'a [f32],
+    m: &'a [f32],
+    nb: usize,
+    tiles: usize,
 }
 
 /// Copy a tile of results into `out` (row stride `ldo`) at row `m`, tile `t`, dropping the
@@ -189,15 +348,15 @@ fn emit<const MR: usize, const NT: usize>(tile: &Tile<MR, NT>, out: &mut [f32], 
     }
 }
 
-/// Activations `[m, cols]` quantized per block of 32: values, f16-rounded scales, and
-/// 128 × the sum of each block's values (the VNNI kernel multiplies `q + 128` weights).
+/// Activations `[m, cols]` quantized per block of 32 (ggml's Q8_0): values, f16-rounded
+/// scales, and scale × sum of each block's values (for the weights' offsets).
 pub struct Q8Rows {
     m: usize,
     cols: usize,
     nb: usize,
     q: Vec<i8>,
     d: Vec<f32>,
-    s: Vec<i32>,
+    mix: Vec<f32>,
 }
 
 impl Q8Rows {
@@ -206,24 +365,20 @@ impl Q8Rows {
         let nb = cols / QK;
         let mut q = vec![0i8; m * cols];
         let mut d = vec![0f32; m * nb];
-        let mut s = vec![0i32; m * nb];
-        type Row<'a> = (((&'a mut [i8], &'a mut [f32]), &'a mut [i32]), &'a [f32]);
-        let work = |(((q, d), s), x): Row| {
+        let mut mix = vec![0f32; m * nb];
+        type Row<'a> = (((&'a mut [i8], &'a mut [f32]), &'a mut [f32]), &'a [f32]);
+        let work = |(((q, d), mix), x): Row| {
             for b in 0..nb {
                 d[b] = quantize_block(&x[b * QK..(b + 1) * QK], &mut q[b * QK..(b + 1) * QK]);
-                s[b] = 128 * q[b * QK..(b + 1) * QK].iter().map(|&v| v as i32).sum::<i32>();
+                mix[b] = d[b] * q[b * QK..(b + 1) * QK].iter().map(|&v| v as i32).sum::<i32>() as f32;
             }
         };
         if m >= 16 {
-            q.par_chunks_mut(cols)
-                .zip(d.par_chunks_mut(nb))
-                .zip(s.par_chunks_mut(nb))
-                .zip(x.par_chunks(cols))
-                .for_each(work);
+            q.par_chunks_mut(cols).zip(d.par_chunks_mut(nb)).zip(mix.par_chunks_mut(nb)).zip(x.par_chunks(cols)).for_each(work);
         } else {
-            q.chunks_mut(cols).zip(d.chunks_mut(nb)).zip(s.chunks_mut(nb)).zip(x.chunks(cols)).for_each(work);
+            q.chunks_mut(cols).zip(d.chunks_mut(nb)).zip(mix.chunks_mut(nb)).zip(x.chunks(cols)).for_each(work);
         }
-        Self { m, cols, nb, q, d, s }
+        Self { m, cols, nb, q, d, mix }
     }
 }
 
@@ -242,6 +397,7 @@ impl Kernel {
         {
             if std::arch::is_x86_feature_detected!("avx512vnni")
                 && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
@@ -273,125 +429,140 @@ impl Kernel {
 type Tile<const MR: usize, const NT: usize> = [[[f32; NR]; NT]; MR];
 
 #[allow(unsafe_code)]
-fn micro<const MR: usize, const NT: usize>(
-    kernel: Kernel,
-    a: &Q8Rows,
-    m0: usize,
-    w: &Q8Matrix,
-    t0: usize,
-) -> Tile<MR, NT> {
-    assert!(m0 + MR <= a.m && t0 + NT <= w.tiles && a.cols == w.cols);
+fn micro<const MR: usize, const NT: usize>(kernel: Kernel, a: &Q8Rows, m0: usize, w: &Tiles) -> Tile<MR, NT> {
+    assert!(m0 + MR <= a.m && NT <= w.tiles && a.nb == w.nb);
+    assert!(w.q.len() >= NT * w.nb * TILE_BLOCK && w.d.len() >= NT * w.nb * NR && w.m.len() >= NT * w.nb * NR);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `kernel` came through `Kernel::available`, so the CPU has the features the
-        // function is compiled for; the function asserts its bounds.
+        // function is compiled for; the asserts above keep every index in bounds.
         Kernel::Avx512Vnni => unsafe {
             if MR == 4 && NT == 2 {
-                let t = x86::micro_vnni_4x2(a, m0, w, t0);
+                let t = x86::micro_vnni_4x2(a, m0, w);
                 // Same type: MR = 4 and NT = 2 here.
                 return std::array::from_fn(|r| std::array::from_fn(|j| t[r][j]));
             }
-            x86::micro_vnni::<MR, NT>(a, m0, w, t0)
+            x86::micro_vnni::<MR, NT>(a, m0, w)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 + FMA.
-        Kernel::Avx2 => unsafe { x86::micro_avx2::<MR, NT>(a, m0, w, t0) },
-        _ => micro_scalar::<MR, NT>(a, m0, w, t0),
+        Kernel::Avx2 => unsafe { x86::micro_avx2::<MR, NT>(a, m0, w) },
+        _ => micro_scalar::<MR, NT>(a, m0, w),
     }
 }
 
-fn micro_scalar<const MR: usize, const NT: usize>(a: &Q8Rows, m0: usize, w: &Q8Matrix, t0: usize) -> Tile<MR, NT> {
+/// One activation row against packed tiles, unpacked in registers (AVX-512 VNNI + BW only; the
+/// weights are packed only on such CPUs).
+#[allow(unsafe_code)]
+fn micro_packed<const NT: usize>(a: &Q8Rows, m0: usize, w: &QMatrix, t0: usize) -> Tile<1, NT> {
+    assert!(m0 < a.m && t0 + NT <= w.tiles && a.cols == w.cols && w.packing != Packing::U8);
+    assert_eq!(Kernel::detect(), Kernel::Avx512Vnni, "packed weights on a CPU without AVX-512 VNNI");
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the CPU has AVX-512 VNNI/VL/BW (asserted); bounds asserted above.
+        if w.packing == Packing::U5 {
+            unsafe { x86::micro_vnni_packed::<NT, true>(a, m0, w, t0) }
+        } else {
+            unsafe { x86::micro_vnni_packed::<NT, false>(a, m0, w, t0) }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!()
+}
+
+fn micro_scalar<const MR: usize, const NT: usize>(a: &Q8Rows, m0: usize, w: &Tiles) -> Tile<MR, NT> {
     let mut out = [[[0f32; NR]; NT]; MR];
     for (r, out_r) in out.iter_mut().enumerate() {
         let row = m0 + r;
         for (j, out_j) in out_r.iter_mut().enumerate() {
-            let t = t0 + j;
             for b in 0..w.nb {
                 let aq = &a.q[row * a.cols + b * QK..row * a.cols + (b + 1) * QK];
-                let base = (t * w.nb + b) * TILE_BLOCK;
+                let base = (j * w.nb + b) * TILE_BLOCK;
                 for (lane, o) in out_j.iter_mut().enumerate() {
                     let mut dot = 0i32;
                     for (i, &av) in aq.iter().enumerate() {
-                        let wv = w.q[base + (i / 4) * NR * 4 + lane * 4 + i % 4] as i32 - 128;
-                        dot += wv * av as i32;
+                        dot += w.q[base + plain_index(lane, i)] as i32 * av as i32;
                     }
-                    *o += dot as f32 * (w.d[(t * w.nb + b) * NR + lane] * a.d[row * a.nb + b]);
+                    let at = (j * w.nb + b) * NR + lane;
+                    *o += dot as f32 * (w.d[at] * a.d[row * a.nb + b]) - w.m[at] * a.mix[row * a.nb + b];
                 }
             }
         }
     }
     out
 }
-
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 // Loops over register arrays index several arrays at once, on purpose.
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::{Q8Matrix, Q8Rows, Tile, NR, QK, TILE_BLOCK};
+    use super::{Packing, QMatrix, Q8Rows, Tile, Tiles, NR, QK, TILE_BLOCK};
     use std::arch::x86_64::*;
 
     /// Raw pointers to the operands of one micro-tile: the hot loops below index nothing, so
     /// they carry no bounds checks (the caller asserted the bounds once).
-    struct Ptrs<const MR: usize, const NT: usize> {
+    struct Ptrs {
         /// Row `m0` of the activations; row `m0 + r` is `cols · r` bytes further.
         aq: *const i8,
         ad: *const f32,
-        as_: *const i32,
-        wq: [*const u8; NT],
-        wd: [*const f32; NT],
+        amix: *const f32,
+        wq: *const u8,
+        wd: *const f32,
+        wm: *const f32,
     }
 
-    impl<const MR: usize, const NT: usize> Ptrs<MR, NT> {
-        fn new(a: &Q8Rows, m0: usize, w: &Q8Matrix, t0: usize) -> Self {
-            assert!(m0 + MR <= a.m && t0 + NT <= w.tiles && a.cols == w.cols);
+    impl Ptrs {
+        fn new(a: &Q8Rows, m0: usize, w: &Tiles) -> Self {
             Self {
                 aq: a.q[m0 * a.cols..].as_ptr(),
                 ad: a.d[m0 * a.nb..].as_ptr(),
-                as_: a.s[m0 * a.nb..].as_ptr(),
-                wq: std::array::from_fn(|j| w.q[(t0 + j) * w.nb * TILE_BLOCK..].as_ptr()),
-                wd: std::array::from_fn(|j| w.d[(t0 + j) * w.nb * NR..].as_ptr()),
+                amix: a.mix[m0 * a.nb..].as_ptr(),
+                wq: w.q.as_ptr(),
+                wd: w.d.as_ptr(),
+                wm: w.m.as_ptr(),
             }
         }
     }
 
+    /// `acc + (d_w · d_a) · dot − m_w · mix_a`: one block's integer dot products of 8 rows
+    /// scaled, minus the weights' offsets times the activations' sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn finish(acc: __m256, dot: __m256i, dw: __m256, wm: __m256, da: __m256, mix: __m256) -> __m256 {
+        _mm256_fnmadd_ps(wm, mix, _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, da), acc))
+    }
+
     /// # Safety
-    /// The CPU must have AVX-512 VNNI, AVX-512 VL, AVX2 and FMA. Bounds are asserted.
+    /// The CPU must have AVX-512 VNNI, AVX-512 VL, AVX2 and FMA; `m0 + MR <= a.m` and `w` holds
+    /// at least `NT` tiles of `a.nb` blocks.
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-    pub(super) unsafe fn micro_vnni<const MR: usize, const NT: usize>(
-        a: &Q8Rows,
-        m0: usize,
-        w: &Q8Matrix,
-        t0: usize,
-    ) -> Tile<MR, NT> {
-        let p = Ptrs::<MR, NT>::new(a, m0, w, t0);
-        let (nb, cols, anb) = (w.nb, a.cols, a.nb);
+    pub(super) unsafe fn micro_vnni<const MR: usize, const NT: usize>(a: &Q8Rows, m0: usize, w: &Tiles) -> Tile<MR, NT> {
+        let p = Ptrs::new(a, m0, w);
+        let (nb, cols) = (w.nb, a.cols);
         let mut acc = [[_mm256_setzero_ps(); NT]; MR];
         for b in 0..nb {
             let mut ia = [[_mm256_setzero_si256(); NT]; MR];
             for g in 0..QK / 4 {
                 let mut wv = [_mm256_setzero_si256(); NT];
                 for j in 0..NT {
-                    // SAFETY: tile t0 + j < w.tiles, block b < nb, group g < 8: inside w.q.
-                    wv[j] = unsafe { _mm256_loadu_si256(p.wq[j].add(b * TILE_BLOCK + g * NR * 4) as *const __m256i) };
+                    // SAFETY: tile j < NT, block b < nb, group g < 8: inside w.q.
+                    wv[j] = unsafe { _mm256_loadu_si256(p.wq.add((j * nb + b) * TILE_BLOCK + g * NR * 4) as *const __m256i) };
                 }
-                for (r, ia_r) in ia.iter_mut().enumerate() {
+                for r in 0..MR {
                     // SAFETY: row m0 + r < a.m and column b·32 + g·4 + 3 < cols: inside a.q.
                     let four = unsafe { (p.aq.add(r * cols + b * QK + g * 4) as *const i32).read_unaligned() };
                     let av = _mm256_set1_epi32(four);
                     for j in 0..NT {
-                        ia_r[j] = _mm256_dpbusd_epi32(ia_r[j], wv[j], av);
+                        ia[r][j] = _mm256_dpbusd_epi32(ia[r][j], wv[j], av);
                     }
                 }
             }
             for r in 0..MR {
-                // SAFETY: (m0 + r)·nb + b indexes a.d and a.s; (t0 + j)·nb·8 + b·8 + 7, w.d.
-                let (corr, da) = unsafe { (*p.as_.add(r * anb + b), *p.ad.add(r * anb + b)) };
-                let (corr, da) = (_mm256_set1_epi32(corr), _mm256_set1_ps(da));
+                // SAFETY: (m0 + r)·nb + b indexes a.d and a.mix; (j·nb + b)·8 + 7, w.d and w.m.
+                let (da, mix) = unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
                 for j in 0..NT {
-                    let dw = unsafe { _mm256_loadu_ps(p.wd[j].add(b * NR)) };
-                    let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(ia[r][j], corr));
-                    acc[r][j] = _mm256_fmadd_ps(v, _mm256_mul_ps(dw, da), acc[r][j]);
+                    let (dw, wm) = unsafe { (_mm256_loadu_ps(p.wd.add((j * nb + b) * NR)), _mm256_loadu_ps(p.wm.add((j * nb + b) * NR))) };
+                    acc[r][j] = finish(acc[r][j], ia[r][j], dw, wm, da, mix);
                 }
             }
         }
@@ -404,19 +575,18 @@ mod x86 {
     /// # Safety
     /// As [`micro_vnni`].
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-    pub(super) unsafe fn micro_vnni_4x2(a: &Q8Rows, m0: usize, w: &Q8Matrix, t0: usize) -> Tile<4, 2> {
-        let p = Ptrs::<4, 2>::new(a, m0, w, t0);
-        let (nb, cols, anb) = (w.nb, a.cols, a.nb);
+    pub(super) unsafe fn micro_vnni_4x2(a: &Q8Rows, m0: usize, w: &Tiles) -> Tile<4, 2> {
+        let p = Ptrs::new(a, m0, w);
+        let (nb, cols) = (w.nb, a.cols);
         let z = _mm256_setzero_ps();
         let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31) = (z, z, z, z, z, z, z, z);
         for b in 0..nb {
             let zi = _mm256_setzero_si256();
-            let (mut i00, mut i01, mut i10, mut i11, mut i20, mut i21, mut i30, mut i31) =
-                (zi, zi, zi, zi, zi, zi, zi, zi);
-            // SAFETY (all pointer reads in this loop): rows m0..m0+4 < a.m, tiles t0, t0+1 <
-            // w.tiles, block b < nb and group g < 8, as asserted by `Ptrs::new`.
+            let (mut i00, mut i01, mut i10, mut i11, mut i20, mut i21, mut i30, mut i31) = (zi, zi, zi, zi, zi, zi, zi, zi);
+            // SAFETY (all pointer reads in this loop): rows m0..m0+4 < a.m, tiles 0 and 1 of w,
+            // block b < nb and group g < 8, as asserted by the caller.
             let x = unsafe { p.aq.add(b * QK) };
-            let (y0, y1) = unsafe { (p.wq[0].add(b * TILE_BLOCK), p.wq[1].add(b * TILE_BLOCK)) };
+            let (y0, y1) = unsafe { (p.wq.add(b * TILE_BLOCK), p.wq.add((nb + b) * TILE_BLOCK)) };
             for g in 0..QK / 4 {
                 let (v0, v1) = unsafe {
                     (
@@ -424,8 +594,7 @@ mod x86 {
                         _mm256_loadu_si256(y1.add(g * NR * 4) as *const __m256i),
                     )
                 };
-                let bc =
-                    |r: usize| _mm256_set1_epi32(unsafe { (x.add(r * cols + g * 4) as *const i32).read_unaligned() });
+                let bc = |r: usize| _mm256_set1_epi32(unsafe { (x.add(r * cols + g * 4) as *const i32).read_unaligned() });
                 let a0 = bc(0);
                 i00 = _mm256_dpbusd_epi32(i00, v0, a0);
                 i01 = _mm256_dpbusd_epi32(i01, v1, a0);
@@ -439,36 +608,90 @@ mod x86 {
                 i30 = _mm256_dpbusd_epi32(i30, v0, a3);
                 i31 = _mm256_dpbusd_epi32(i31, v1, a3);
             }
-            let (dw0, dw1) = unsafe { (_mm256_loadu_ps(p.wd[0].add(b * NR)), _mm256_loadu_ps(p.wd[1].add(b * NR))) };
-            let fin = |r: usize, i0: __m256i, i1: __m256i, c0: &mut __m256, c1: &mut __m256| {
-                let (corr, da) = unsafe { (*p.as_.add(r * anb + b), *p.ad.add(r * anb + b)) };
-                let (corr, da) = (_mm256_set1_epi32(corr), _mm256_set1_ps(da));
-                let f0 = _mm256_cvtepi32_ps(_mm256_sub_epi32(i0, corr));
-                let f1 = _mm256_cvtepi32_ps(_mm256_sub_epi32(i1, corr));
-                *c0 = _mm256_fmadd_ps(f0, _mm256_mul_ps(dw0, da), *c0);
-                *c1 = _mm256_fmadd_ps(f1, _mm256_mul_ps(dw1, da), *c1);
+            let (dw0, dw1, wm0, wm1) = unsafe {
+                (
+                    _mm256_loadu_ps(p.wd.add(b * NR)),
+                    _mm256_loadu_ps(p.wd.add((nb + b) * NR)),
+                    _mm256_loadu_ps(p.wm.add(b * NR)),
+                    _mm256_loadu_ps(p.wm.add((nb + b) * NR)),
+                )
             };
-            fin(0, i00, i01, &mut c00, &mut c01);
-            fin(1, i10, i11, &mut c10, &mut c11);
-            fin(2, i20, i21, &mut c20, &mut c21);
-            fin(3, i30, i31, &mut c30, &mut c31);
+            let row = |r: usize| unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
+            let (da, mix) = row(0);
+            c00 = finish(c00, i00, dw0, wm0, da, mix);
+            c01 = finish(c01, i01, dw1, wm1, da, mix);
+            let (da, mix) = row(1);
+            c10 = finish(c10, i10, dw0, wm0, da, mix);
+            c11 = finish(c11, i11, dw1, wm1, da, mix);
+            let (da, mix) = row(2);
+            c20 = finish(c20, i20, dw0, wm0, da, mix);
+            c21 = finish(c21, i21, dw1, wm1, da, mix);
+            let (da, mix) = row(3);
+            c30 = finish(c30, i30, dw0, wm0, da, mix);
+            c31 = finish(c31, i31, dw1, wm1, da, mix);
         }
         store([[c00, c01], [c10, c11], [c20, c21], [c30, c31]])
     }
 
+    /// One activation row against `NT` packed tiles of `w` from `t0`, unpacked in registers:
+    /// a 32-byte load holds the low nibbles of groups g and the high nibbles of g + 4; with
+    /// `FIVE`, a 32-bit word of the bit plane becomes the fifth bit of a group's 32 values.
+    ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA. Bounds are asserted.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn micro_avx2<const MR: usize, const NT: usize>(
+    /// The CPU must have AVX-512 VNNI, VL and BW; `m0 < a.m`, `t0 + NT <= w.tiles`.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub(super) unsafe fn micro_vnni_packed<const NT: usize, const FIVE: bool>(
         a: &Q8Rows,
         m0: usize,
-        w: &Q8Matrix,
+        w: &QMatrix,
         t0: usize,
-    ) -> Tile<MR, NT> {
-        let p = Ptrs::<MR, NT>::new(a, m0, w, t0);
-        let (nb, cols, anb) = (w.nb, a.cols, a.nb);
+    ) -> Tile<1, NT> {
+        let (nb, tb) = (w.nb, if FIVE { Packing::U5.bytes() } else { Packing::U4.bytes() });
+        let x = a.q[m0 * a.cols..].as_ptr();
+        let (ad, amix) = (a.d[m0 * a.nb..].as_ptr(), a.mix[m0 * a.nb..].as_ptr());
+        let (wq, wd, wm) = (w.q[t0 * nb * tb..].as_ptr(), w.d[t0 * nb * NR..].as_ptr(), w.m[t0 * nb * NR..].as_ptr());
+        let low = _mm256_set1_epi8(0x0F);
+        let bit4 = _mm256_set1_epi8(0x10);
+        let mut acc = [_mm256_setzero_ps(); NT];
+        for b in 0..nb {
+            // SAFETY (all pointer reads in this loop): block b < nb of tiles t0..t0+NT of w and
+            // of row m0 of a, as asserted by the caller.
+            let bc = |g: usize| _mm256_set1_epi32(unsafe { (x.add(b * QK + g * 4) as *const i32).read_unaligned() });
+            let mut ia = [_mm256_setzero_si256(); NT];
+            for j in 0..NT {
+                let base = unsafe { wq.add((j * nb + b) * tb) };
+                for g in 0..4 {
+                    let n = unsafe { _mm256_loadu_si256(base.add(g * 32) as *const __m256i) };
+                    let mut lo = _mm256_and_si256(n, low);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(n, 4), low);
+                    if FIVE {
+                        let plane = unsafe { base.add(TILE_BLOCK / 2) as *const u32 };
+                        let (pl, ph) = unsafe { (plane.add(g).read_unaligned(), plane.add(g + 4).read_unaligned()) };
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_movm_epi8(pl), bit4));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_movm_epi8(ph), bit4));
+                    }
+                    ia[j] = _mm256_dpbusd_epi32(ia[j], lo, bc(g));
+                    ia[j] = _mm256_dpbusd_epi32(ia[j], hi, bc(g + 4));
+                }
+            }
+            let (da, mix) = unsafe { (_mm256_set1_ps(*ad.add(b)), _mm256_set1_ps(*amix.add(b))) };
+            for j in 0..NT {
+                let (dw, mw) = unsafe { (_mm256_loadu_ps(wd.add((j * nb + b) * NR)), _mm256_loadu_ps(wm.add((j * nb + b) * NR))) };
+                acc[j] = finish(acc[j], ia[j], dw, mw, da, mix);
+            }
+        }
+        store([acc])
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; bounds as for [`micro_vnni`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn micro_avx2<const MR: usize, const NT: usize>(a: &Q8Rows, m0: usize, w: &Tiles) -> Tile<MR, NT> {
+        let p = Ptrs::new(a, m0, w);
+        let (nb, cols) = (w.nb, a.cols);
         let ones = _mm256_set1_epi16(1);
         let flip = _mm256_set1_epi8(-128);
+        let k128 = _mm256_set1_ps(128.0);
         let mut acc = [[_mm256_setzero_ps(); NT]; MR];
         for b in 0..nb {
             let mut ia = [[_mm256_setzero_si256(); NT]; MR];
@@ -477,29 +700,31 @@ mod x86 {
                 let mut wsgn = [_mm256_setzero_si256(); NT];
                 for j in 0..NT {
                     // SAFETY: as in `micro_vnni`.
-                    let v = unsafe { _mm256_loadu_si256(p.wq[j].add(b * TILE_BLOCK + g * NR * 4) as *const __m256i) };
-                    let s = _mm256_xor_si256(v, flip); // back to signed q
+                    let v = unsafe { _mm256_loadu_si256(p.wq.add((j * nb + b) * TILE_BLOCK + g * NR * 4) as *const __m256i) };
+                    let s = _mm256_xor_si256(v, flip); // u − 128, signed
                     wabs[j] = _mm256_abs_epi8(s);
                     wsgn[j] = s;
                 }
-                for (r, ia_r) in ia.iter_mut().enumerate() {
+                for r in 0..MR {
                     // SAFETY: as in `micro_vnni`.
                     let four = unsafe { (p.aq.add(r * cols + b * QK + g * 4) as *const i32).read_unaligned() };
                     let av = _mm256_set1_epi32(four);
                     for j in 0..NT {
-                        // |w| · (a · sign w) = w · a, pairs summed in i16 (≤ 2·128·127), then
+                        // |s| · (a · sign s) = s · a, pairs summed in i16 (≤ 2·128·127), then
                         // pairs of pairs in i32: lane = row.
                         let prod = _mm256_maddubs_epi16(wabs[j], _mm256_sign_epi8(av, wsgn[j]));
-                        ia_r[j] = _mm256_add_epi32(ia_r[j], _mm256_madd_epi16(prod, ones));
+                        ia[r][j] = _mm256_add_epi32(ia[r][j], _mm256_madd_epi16(prod, ones));
                     }
                 }
             }
             for r in 0..MR {
                 // SAFETY: as in `micro_vnni`.
-                let da = _mm256_set1_ps(unsafe { *p.ad.add(r * anb + b) });
+                let (da, mix) = unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
                 for j in 0..NT {
-                    let dw = unsafe { _mm256_loadu_ps(p.wd[j].add(b * NR)) };
+                    let (dw, wm) = unsafe { (_mm256_loadu_ps(p.wd.add((j * nb + b) * NR)), _mm256_loadu_ps(p.wm.add((j * nb + b) * NR))) };
+                    // w·a = d·Σ(u − 128)a + (128·d − m)·Σa.
                     acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[r][j]), _mm256_mul_ps(dw, da), acc[r][j]);
+                    acc[r][j] = _mm256_fmadd_ps(_mm256_fmsub_ps(dw, k128, wm), mix, acc[r][j]);
                 }
             }
         }
@@ -536,30 +761,66 @@ mod tests {
             .collect()
     }
 
-    /// Reference: dequantized weights times dequantized activations, in f64.
-    fn reference(w: &Q8Matrix, x: &[f32], m: usize) -> Vec<f32> {
+    /// Reference: dequantized weights times dequantized activations, in f64, with the sum of
+    /// absolute products (the scale of rounding errors).
+    fn reference(w: &QMatrix, x: &[f32], m: usize) -> Vec<(f32, f32)> {
         let a = Q8Rows::quantize(x, m, w.cols);
         let mut wrow = vec![0f32; w.cols];
-        let mut out = vec![0f32; m * w.rows];
+        let mut out = vec![(0f32, 0f32); m * w.rows];
         for n in 0..w.rows {
             w.dequantize_row(n, &mut wrow);
             for r in 0..m {
-                let mut s = 0f64;
+                let (mut s, mut abs) = (0f64, 0f64);
                 for (k, wv) in wrow.iter().enumerate() {
                     let av = a.q[r * w.cols + k] as f64 * a.d[r * a.nb + k / QK] as f64;
                     s += av * *wv as f64;
+                    abs += (av * *wv as f64).abs();
                 }
-                out[r * w.rows + n] = s as f32;
+                out[r * w.rows + n] = (s as f32, abs as f32);
             }
         }
         out
+    }
+
+    fn check(w: &QMatrix, x: &[f32], m: usize, what: &str) {
+        let want = reference(w, x, m);
+        for kernel in [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni] {
+            let mut got = vec![f32::NAN; m * w.rows];
+            w.matmul_with(kernel, x, m, &mut got);
+            for (i, (g, (e, abs))) in got.iter().zip(&want).enumerate() {
+                assert!((g - e).abs() <= 1e-5 * abs + 1e-6, "{what} {kernel:?} m={m} [{i}]: {g} vs {e} (Σ|w·a| {abs})");
+            }
+        }
+    }
+
+    /// Random affine blocks with values below 2^bits.
+    fn affine(rows: usize, cols: usize, bits: u32, seed: u64) -> QMatrix {
+        let nb = cols / QK;
+        let r = data(rows * cols + 2 * rows * nb, seed);
+        let u: Vec<u8> = r[..rows * cols].iter().map(|v| ((v + 1.0) / 2.0 * ((1u32 << bits) as f32 - 0.01)) as u8).collect();
+        let d: Vec<f32> = r[rows * cols..rows * cols + rows * nb].iter().map(|v| 0.01 + v.abs() * 0.05).collect();
+        let m: Vec<f32> = r[rows * cols + rows * nb..].iter().map(|v| v * 0.3).collect();
+        let w = QMatrix::from_affine(rows, cols, &u, &d, &m, bits);
+        if Kernel::detect() == Kernel::Avx512Vnni {
+            assert_eq!(w.packing(), if bits == 4 { Packing::U4 } else { Packing::U5 });
+        }
+        // Values come back exactly.
+        let mut row = vec![0f32; cols];
+        for i in 0..rows {
+            w.dequantize_row(i, &mut row);
+            for k in 0..cols {
+                let want = d[i * nb + k / QK] * u[i * cols + k] as f32 - m[i * nb + k / QK];
+                assert!((row[k] - want).abs() <= 1e-6 * (1.0 + want.abs()), "{bits}-bit value ({i}, {k})");
+            }
+        }
+        w
     }
 
     #[test]
     fn quantize_round_trip_is_close() {
         let (rows, cols) = (13, 64);
         let x = data(rows * cols, 1);
-        let w = Q8Matrix::quantize(&x, rows, cols);
+        let w = QMatrix::quantize(&x, rows, cols);
         let mut row = vec![0f32; cols];
         for r in 0..rows {
             w.dequantize_row(r, &mut row);
@@ -574,18 +835,14 @@ mod tests {
         // Odd shapes: a partial last tile, row counts that leave remainders of 4, and both the
         // row-split (m ≥ 4 × threads) and the tile-split paths.
         for &(rows, cols, m) in &[(8, 32, 1), (21, 96, 1), (37, 64, 3), (40, 128, 9), (19, 32, 33), (64, 256, 70)] {
-            let w = Q8Matrix::quantize(&data(rows * cols, rows as u64), rows, cols);
+            let w = QMatrix::quantize(&data(rows * cols, rows as u64), rows, cols);
             let x = data(m * cols, 7 + m as u64);
-            let want = reference(&w, &x, m);
-            for kernel in [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni] {
-                let mut got = vec![f32::NAN; m * rows];
-                w.matmul_with(kernel, &x, m, &mut got);
-                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                        "{kernel:?} {rows}x{cols} m={m} [{i}]: {g} vs {e}"
-                    );
-                }
+            check(&w, &x, m, &format!("8-bit {rows}x{cols}"));
+            // 4- and 5-bit blocks with offsets (packed when the CPU has AVX-512 VNNI): the
+            // single-row path unpacks in registers, the multi-row path into a scratch tile.
+            for bits in [4, 5] {
+                let w = affine(rows, cols, bits, 99 + rows as u64);
+                check(&w, &x, m, &format!("{bits}-bit {rows}x{cols}"));
             }
         }
     }
@@ -597,14 +854,7 @@ mod tests {
         let (rows, cols, m) = (16, 512, 5);
         let w: Vec<f32> = (0..rows * cols).map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 }).collect();
         let x: Vec<f32> = (0..m * cols).map(|i| if (i / 5) % 2 == 0 { -2.0 } else { 2.0 }).collect();
-        let w = Q8Matrix::quantize(&w, rows, cols);
-        let want = reference(&w, &x, m);
-        for kernel in [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni] {
-            let mut got = vec![0f32; m * rows];
-            w.matmul_with(kernel, &x, m, &mut got);
-            for (g, e) in got.iter().zip(&want) {
-                assert!((g - e).abs() <= 1e-3 * (1.0 + e.abs()), "{kernel:?}: {g} vs {e}");
-            }
-        }
+        let w = QMatrix::quantize(&w, rows, cols);
+        check(&w, &x, m, "±127");
     }
 }

@@ -1,6 +1,6 @@
 //! Kotae's own CPU forward pass for GGUF Llama (SmolLM2) and Qwen2 (Qwen2.5) models: every
-//! weight matrix re-encoded once at load into `kotae_kernels::Q8Matrix` (ggml's Q8_0 numbers,
-//! repacked for int8 dot-product instructions), the rest (norms, rotary embedding, attention)
+//! weight matrix repacked once at load into a `kotae_kernels::QMatrix` (tiles for int8
+//! dot-product instructions), the rest (norms, rotary embedding, attention)
 //! in candle.
 //!
 //! Compared with candle-transformers' quantized models, which it replaces on the CPU:
@@ -13,21 +13,23 @@
 //! - the embedding table stays quantized (rows dequantized on lookup) and doubles as the output
 //!   head when the model ties them, instead of a second, f32 copy.
 //!
-//! Weights of any GGUF type are dequantized and re-quantized to Q8_0: exact for Q8_0 files,
-//! and for 4-6 bit types the added rounding is far below their own.
+//! Weights keep their GGUF values where the kernels have a form for them: Q4_0, Q4_1, Q4_K
+//! (4-bit), Q5_0, Q5_1 (5-bit) and Q8_0 blocks are read as they are (`w = d·u − m` per 32
+//! values, exactly); other types (Q6_K, f16, f32, …) are dequantized and rounded to Q8_0, which
+//! adds an error far below their own.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use kotae_kernels::Q8Matrix;
+use kotae_kernels::QMatrix;
 
 use crate::{Error, Result};
 
 /// A projection `y = x·Wᵀ (+ b)` on int8 weights.
 struct Linear {
-    w: Arc<Q8Matrix>,
+    w: Arc<QMatrix>,
     b: Option<Tensor>,
 }
 
@@ -64,10 +66,10 @@ struct Layer {
 
 /// The model: load with [`Int8Lm::from_gguf`], then [`Int8Lm::forward`] chunks of tokens.
 pub struct Int8Lm {
-    embed: Arc<Q8Matrix>,
+    embed: Arc<QMatrix>,
     layers: Vec<Layer>,
     norm: Tensor,
-    head: Arc<Q8Matrix>,
+    head: Arc<QMatrix>,
     n_head: usize,
     n_kv: usize,
     head_dim: usize,
@@ -117,27 +119,27 @@ impl Int8Lm {
             ));
         }
 
-        let read = |reader: &mut R, name: &str| -> Result<Option<Tensor>> {
+        let read_q = |reader: &mut R, name: &str| -> Result<Option<QTensor>> {
             if !content.tensor_infos.contains_key(name) {
                 return Ok(None);
             }
-            Ok(Some(content.tensor(reader, name, &cpu)?.dequantize(&cpu)?))
+            Ok(Some(content.tensor(reader, name, &cpu)?))
         };
-        let matrix = |parts: Vec<Tensor>| -> Result<Arc<Q8Matrix>> {
-            let t = Tensor::cat(&parts, 0)?;
-            let (rows, cols) = t.dims2()?;
-            if cols % kotae_kernels::QK != 0 {
-                return Err(Error::invalid(
-                    path,
-                    format!("a {rows}x{cols} matrix: rows must be a multiple of 32 long"),
-                ));
-            }
-            Ok(Arc::new(Q8Matrix::quantize(&t.flatten_all()?.to_vec1::<f32>()?, rows, cols)))
+        let read = |reader: &mut R, name: &str| -> Result<Option<Tensor>> {
+            Ok(match read_q(reader, name)? {
+                Some(q) => Some(q.dequantize(&cpu)?),
+                None => None,
+            })
         };
+        let need_q = |reader: &mut R, name: String| -> Result<Affine> {
+            let q = read_q(reader, &name)?.ok_or_else(|| Error::invalid(path, format!("GGUF file lacks tensor {name}")))?;
+            Affine::from_qtensor(&q, path)
+        };
+        let matrix = |parts: Vec<Affine>| -> Result<Arc<QMatrix>> { Ok(Arc::new(Affine::stack(parts, path)?.into_matrix())) };
         let need = |reader: &mut R, name: String| -> Result<Tensor> {
             read(reader, &name)?.ok_or_else(|| Error::invalid(path, format!("GGUF file lacks tensor {name}")))
         };
-        let embed = matrix(vec![need(reader, "token_embd.weight".into())?])?;
+        let embed = matrix(vec![need_q(reader, "token_embd.weight".into())?])?;
         let norm = need(reader, "output_norm.weight".into())?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
@@ -148,8 +150,8 @@ impl Int8Lm {
                 let mut ws = Vec::new();
                 let mut bs = Vec::new();
                 for name in names {
-                    let w = need(reader, format!("{p}.{name}.weight"))?;
-                    let rows = w.dim(0)?;
+                    let w = need_q(reader, format!("{p}.{name}.weight"))?;
+                    let rows = w.rows;
                     ws.push(w);
                     bs.push((read(reader, &format!("{p}.{name}.bias"))?, rows));
                 }
@@ -176,8 +178,8 @@ impl Int8Lm {
                 capacity: 0,
             });
         }
-        let head = match read(reader, "output.weight")? {
-            Some(t) => matrix(vec![t])?,
+        let head = match read_q(reader, "output.weight")? {
+            Some(q) => matrix(vec![Affine::from_qtensor(&q, path)?])?,
             None => embed.clone(),
         };
         let inv_freq = (0..head_dim).step_by(2).map(|i| 1f32 / freq_base.powf(i as f32 / head_dim as f32)).collect();
@@ -377,6 +379,125 @@ impl Layer {
     }
 }
 
+/// A weight matrix as affine blocks of 32 values, `w = d·u − m`, the input of
+/// [`QMatrix::from_affine`].
+struct Affine {
+    rows: usize,
+    cols: usize,
+    u: Vec<u8>,
+    d: Vec<f32>,
+    m: Vec<f32>,
+    bits: u32,
+}
+
+impl Affine {
+    /// Read GGUF blocks as they are where the kernels have a form for them, else dequantize and
+    /// round to Q8_0.
+    fn from_qtensor(q: &QTensor, path: &Path) -> Result<Self> {
+        let (rows, cols) = q.shape().dims2()?;
+        if !cols.is_multiple_of(kotae_kernels::QK) {
+            return Err(Error::invalid(path, format!("a {rows}x{cols} matrix: rows must be a multiple of 32 long")));
+        }
+        let n = rows * cols;
+        let (mut u, mut d, mut m) = (vec![0u8; n], vec![0f32; n / 32], vec![0f32; n / 32]);
+        let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        let data = q.data()?;
+        let bits = match q.dtype() {
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_0 => {
+                let (size, bits) = match q.dtype() {
+                    GgmlDType::Q4_0 => (18, 4),
+                    GgmlDType::Q4_1 => (20, 4),
+                    GgmlDType::Q5_0 => (22, 5),
+                    GgmlDType::Q5_1 => (24, 5),
+                    _ => (34, 8),
+                };
+                for (i, b) in data.chunks_exact(size).enumerate() {
+                    let ub = &mut u[i * 32..(i + 1) * 32];
+                    let scale = f16(b);
+                    d[i] = scale;
+                    match q.dtype() {
+                        GgmlDType::Q8_0 => {
+                            for (u, &q) in ub.iter_mut().zip(&b[2..34]) {
+                                *u = (q as i8 as i16 + 128) as u8;
+                            }
+                            m[i] = 128.0 * scale;
+                        }
+                        dt => {
+                            // Offsets: symmetric types subtract 8 or 16, the "_1" types add a min.
+                            let (qh, qs, off) = match dt {
+                                GgmlDType::Q4_0 => (0u32, &b[2..18], 8.0 * scale),
+                                GgmlDType::Q4_1 => (0, &b[4..20], -f16(&b[2..4])),
+                                GgmlDType::Q5_0 => (u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &b[6..22], 16.0 * scale),
+                                _ => (u32::from_le_bytes([b[4], b[5], b[6], b[7]]), &b[8..24], -f16(&b[2..4])),
+                            };
+                            for j in 0..16 {
+                                ub[j] = (qs[j] & 0x0F) | (((qh >> j) & 1) << 4) as u8;
+                                ub[j + 16] = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+                            }
+                            m[i] = off;
+                        }
+                    }
+                }
+                bits
+            }
+            GgmlDType::Q4K => {
+                // 256 values: d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles;
+                // each 32-value sub-block is d·sc·q − dmin·mn.
+                for (i, b) in data.chunks_exact(144).enumerate() {
+                    let (dd, dmin, sc, qs) = (f16(&b[0..2]), f16(&b[2..4]), &b[4..16], &b[16..144]);
+                    let scale_min = |j: usize| -> (u8, u8) {
+                        if j < 4 {
+                            (sc[j] & 63, sc[j + 4] & 63)
+                        } else {
+                            ((sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
+                        }
+                    };
+                    for c in 0..4 {
+                        let q = &qs[32 * c..32 * c + 32];
+                        for (h, shift) in [(0, 0), (1, 4)] {
+                            let sub = i * 8 + 2 * c + h;
+                            let (s, mn) = scale_min(2 * c + h);
+                            d[sub] = dd * s as f32;
+                            m[sub] = dmin * mn as f32;
+                            for (u, &q) in u[sub * 32..(sub + 1) * 32].iter_mut().zip(q) {
+                                *u = (q >> shift) & 0x0F;
+                            }
+                        }
+                    }
+                }
+                4
+            }
+            _ => {
+                let x = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                (u, d, m) = kotae_kernels::q8_0_affine(&x, rows, cols);
+                8
+            }
+        };
+        Ok(Self { rows, cols, u, d, m, bits })
+    }
+
+    /// Matrices with the same number of columns, one under the other.
+    fn stack(parts: Vec<Affine>, path: &Path) -> Result<Self> {
+        let mut it = parts.into_iter();
+        let mut out = it.next().ok_or_else(|| Error::invalid(path, "no matrices to stack"))?;
+        for p in it {
+            if p.cols != out.cols {
+                return Err(Error::invalid(path, format!("stacked projections differ in width ({} vs {})", p.cols, out.cols)));
+            }
+            out.rows += p.rows;
+            out.u.extend(p.u);
+            out.d.extend(p.d);
+            out.m.extend(p.m);
+            out.bits = out.bits.max(p.bits);
+        }
+        Ok(out)
+    }
+
+    fn into_matrix(self) -> QMatrix {
+        QMatrix::from_affine(self.rows, self.cols, &self.u, &self.d, &self.m, self.bits)
+    }
+}
+
 /// Additive mask `[t, pos + t]`: new token `i` sees the cache and new tokens `..=i`.
 fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Tensor> {
     let s = pos + t;
@@ -388,6 +509,37 @@ fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gguf_blocks_read_exactly() {
+        let cpu = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (16, 512), &cpu).unwrap();
+        for dt in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = QTensor::quantize(&x, dt).unwrap();
+            let want = q.dequantize(&cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let a = Affine::from_qtensor(&q, Path::new("t.gguf")).unwrap();
+            let expect_bits = match dt {
+                GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K => 4,
+                GgmlDType::Q5_0 | GgmlDType::Q5_1 => 5,
+                _ => 8,
+            };
+            assert_eq!(a.bits, expect_bits, "{dt:?}");
+            // Types read as they are come back exactly (up to float rounding); Q6_K is rounded
+            // to Q8_0 on top of its own error.
+            let tol = if dt == GgmlDType::Q6K { 2e-2 } else { 1e-5 };
+            for (i, w) in want.iter().enumerate() {
+                let got = a.d[i / 32] * a.u[i] as f32 - a.m[i / 32];
+                assert!((got - w).abs() <= tol * (1.0 + w.abs()), "{dt:?} [{i}]: {got} vs {w}");
+            }
+            // And through the packed matrix.
+            let w = a.into_matrix();
+            let mut row = vec![0f32; 512];
+            w.dequantize_row(3, &mut row);
+            for (got, w) in row.iter().zip(&want[3 * 512..4 * 512]) {
+                assert!((got - w).abs() <= tol * (1.0 + w.abs()), "{dt:?} row 3: {got} vs {w}");
+            }
+        }
+    }
 
     #[test]
     fn mask_lets_each_token_see_its_past() {

@@ -223,6 +223,33 @@ fn tiny_safetensors_folders_load_and_generate() {
     assert!(err.to_string().contains("gpt_neox"), "{err}");
 }
 
+/// Logits of a GGUF model with every tensor dequantized to f32 (candle's f32 path: no
+/// rounding of weights or activations).
+fn f32_logits(path: &std::path::Path, ids: &[u32]) -> Vec<f32> {
+    let mut f = std::fs::File::open(path).unwrap();
+    let c = gguf_file::Content::read(&mut f).unwrap();
+    let mut names: Vec<String> = c.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let ts: Vec<QTensor> = names
+        .iter()
+        .map(|n| {
+            let q = c.tensor(&mut f, n, &Device::Cpu).unwrap();
+            QTensor::quantize(&q.dequantize(&Device::Cpu).unwrap(), candle_core::quantized::GgmlDType::F32).unwrap()
+        })
+        .collect();
+    let md: Vec<(&str, &gguf_file::Value)> = c.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tr: Vec<(&str, &QTensor)> = names.iter().map(|n| n.as_str()).zip(ts.iter()).collect();
+    let out = path.with_extension("f32.gguf");
+    gguf_file::write(&mut std::fs::File::create(&out).unwrap(), &md, &tr).unwrap();
+    let opts = GeneratorOptions {
+        name: "f32".into(),
+        device: Device::Cpu,
+        prefill_chunk: 512,
+        engine: kotae_models::GgufEngine::Candle,
+    };
+    CandleGenerator::load(&out, &opts).unwrap().forward_logits(ids).unwrap()
+}
+
 #[test]
 fn int8_engine_matches_candle_quantized_models() {
     use candle_core::quantized::GgmlDType;
@@ -231,8 +258,10 @@ fn int8_engine_matches_candle_quantized_models() {
     let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
     // Llama with its own output head; Qwen2 with grouped-query attention (2 query heads per
     // key/value head), attention biases and tied embeddings.
-    for (arch, kv_heads) in [("llama", 2), ("qwen2", 1)] {
-        let path = dir.path().join(format!("{arch}-q8.gguf"));
+    for (arch, kv_heads, qtype) in
+        [("llama", 2, GgmlDType::Q8_0), ("qwen2", 1, GgmlDType::Q8_0), ("llama", 2, GgmlDType::Q4_1), ("qwen2", 1, GgmlDType::Q5_0)]
+    {
+        let path = dir.path().join(format!("{arch}-{qtype:?}.gguf"));
         tiny_gguf::write_gguf(
             &path,
             &Tiny {
@@ -242,7 +271,7 @@ fn int8_engine_matches_candle_quantized_models() {
                 untied_output: arch == "llama",
                 std: 0.3,
                 norm_noise: 0.1,
-                qtype: GgmlDType::Q8_0,
+                qtype,
                 ..Tiny::llama()
             },
         );
@@ -250,14 +279,24 @@ fn int8_engine_matches_candle_quantized_models() {
             let opts = GeneratorOptions { name: "t".into(), device: Device::Cpu, prefill_chunk, engine };
             CandleGenerator::load(&path, &opts).unwrap()
         };
-        // Both multiply Q8_0 weights by activations rounded to Q8_0 the same way: only the
-        // order of float additions differs.
         let ids: Vec<u32> = "hello kotae, how are you today?".bytes().map(u32::from).collect();
-        let want = load(GgufEngine::Candle, 512).forward_logits(&ids).unwrap();
+        let candle = load(GgufEngine::Candle, 512).forward_logits(&ids).unwrap();
+        let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         for chunk in [512, 5, 1] {
             let got = load(GgufEngine::Int8, chunk).forward_logits(&ids).unwrap();
-            let d = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(d <= 2e-3 * max_abs(&want), "{arch}, chunks of {chunk}: max |Δlogit| {d} of {}", max_abs(&want));
+            if qtype == GgmlDType::Q8_0 {
+                // Both multiply Q8_0 blocks by activations rounded to Q8_0 the same way: only
+                // the order of float additions differs.
+                let d = diff(&got, &candle);
+                assert!(d <= 2e-3 * max_abs(&candle), "{arch} {qtype:?}, chunks of {chunk}: max |Δlogit| {d}");
+            } else {
+                // 4- and 5-bit blocks are packed as they are; candle re-rounds them to Q8_0. So
+                // against the same weights dequantized to f32 (no rounding at all), the int8
+                // engine is at least as close as candle's.
+                let truth = f32_logits(&path, &ids);
+                let (ours, theirs) = (diff(&got, &truth), diff(&candle, &truth));
+                assert!(ours <= theirs * 1.05, "{arch} {qtype:?}, chunks of {chunk}: {ours} from f32, candle {theirs}");
+            }
         }
         // A sequence that outgrows the first key/value allocation (256 positions) gives the
         // same logits fed in pieces as in one pass.
@@ -268,3 +307,4 @@ fn int8_engine_matches_candle_quantized_models() {
         assert!(d <= 1e-3 * max_abs(&one), "{arch}: growing the cache changed logits by {d}");
     }
 }
+
