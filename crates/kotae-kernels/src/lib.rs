@@ -21,6 +21,7 @@
 //! code elsewhere and as the reference in tests. Work is split over rayon's pool: by activation
 //! rows for prompts, by weight tiles for single-token decoding.
 
+use half::f16;
 use rayon::prelude::*;
 
 mod attention;
@@ -106,9 +107,12 @@ pub struct QMatrix {
     packing: Packing,
     /// `[tile][block][packing.bytes()]`.
     q: Vec<u8>,
-    /// Scales and offsets, `[tile][block][row in tile]`.
-    d: Vec<f32>,
-    m: Vec<f32>,
+    /// Scales, `[tile][block][row in tile]`, as f16 (half the memory traffic of f32).
+    d: Vec<f16>,
+    /// Offsets laid out like `d`; `None` when every offset is `sym · d` (Q4_0: 8, Q5_0: 16,
+    /// Q8_0: 128), which then costs no memory at all.
+    m: Option<Vec<f16>>,
+    sym: f32,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -139,32 +143,52 @@ impl QMatrix {
         };
         let tiles = rows.div_ceil(NR);
         let tb = packing.bytes();
+        // Symmetric blocks: the offset is a fixed multiple of the scale.
+        let sym = [8.0f32, 16.0, 128.0].into_iter().find(|c| d.iter().zip(m).all(|(d, m)| c * d == *m));
         let mut q = vec![0u8; tiles * nb * tb];
-        let mut dd = vec![0f32; tiles * nb * NR];
-        let mut mm = vec![0f32; tiles * nb * NR];
-        q.par_chunks_mut(nb * tb).zip(dd.par_chunks_mut(nb * NR)).zip(mm.par_chunks_mut(nb * NR)).enumerate().for_each(
-            |(t, ((qt, dt), mt))| {
-                let mut plain = [0u8; TILE_BLOCK];
-                for b in 0..nb {
-                    plain.fill(0);
-                    for r in 0..NR {
-                        let row = t * NR + r;
-                        if row >= rows {
-                            break;
-                        }
-                        dt[b * NR + r] = d[row * nb + b];
-                        mt[b * NR + r] = m[row * nb + b];
-                        for i in 0..QK {
-                            let v = u[row * cols + b * QK + i];
-                            debug_assert!(bits == 8 || (v as u32) < (1 << bits));
-                            plain[plain_index(r, i)] = v;
-                        }
+        let mut dd = vec![f16::ZERO; tiles * nb * NR];
+        let mut mm = vec![f16::ZERO; if sym.is_some() { 0 } else { tiles * nb * NR }];
+        let stride = if sym.is_some() { 0 } else { nb * NR };
+        let fill = |(t, (qt, dt)): (usize, (&mut [u8], &mut [f16])), mt: &mut [f16]| {
+            let mut plain = [0u8; TILE_BLOCK];
+            for b in 0..nb {
+                plain.fill(0);
+                for r in 0..NR {
+                    let row = t * NR + r;
+                    if row >= rows {
+                        break;
                     }
-                    pack(packing, &plain, &mut qt[b * tb..(b + 1) * tb]);
+                    dt[b * NR + r] = f16::from_f32(d[row * nb + b]);
+                    if !mt.is_empty() {
+                        mt[b * NR + r] = f16::from_f32(m[row * nb + b]);
+                    }
+                    for i in 0..QK {
+                        let v = u[row * cols + b * QK + i];
+                        debug_assert!(bits == 8 || (v as u32) < (1 << bits));
+                        plain[plain_index(r, i)] = v;
+                    }
                 }
-            },
-        );
-        Self { rows, cols, nb, tiles, packing, q, d: dd, m: mm }
+                pack(packing, &plain, &mut qt[b * tb..(b + 1) * tb]);
+            }
+        };
+        if stride == 0 {
+            q.par_chunks_mut(nb * tb).zip(dd.par_chunks_mut(nb * NR)).enumerate().for_each(|x| fill(x, &mut []));
+        } else {
+            q.par_chunks_mut(nb * tb)
+                .zip(dd.par_chunks_mut(nb * NR))
+                .zip(mm.par_chunks_mut(stride))
+                .enumerate()
+                .for_each(|(t, ((qt, dt), mt))| fill((t, (qt, dt)), mt));
+        }
+        Self { rows, cols, nb, tiles, packing, q, d: dd, m: if sym.is_some() { None } else { Some(mm) }, sym: sym.unwrap_or(0.0) }
+    }
+
+    /// Offset of value `at` in the scale layout.
+    fn offset(&self, at: usize) -> f32 {
+        match &self.m {
+            Some(m) => m[at].to_f32(),
+            None => self.sym * self.d[at].to_f32(),
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -181,7 +205,7 @@ impl QMatrix {
 
     /// Bytes held (values, scales and offsets).
     pub fn size_bytes(&self) -> usize {
-        self.q.len() + (self.d.len() + self.m.len()) * 4
+        self.q.len() + (self.d.len() + self.m.as_ref().map_or(0, |m| m.len())) * 2
     }
 
     /// The 256 values of tile `t`, block `b`, one byte each, in the interleaved order.
@@ -198,7 +222,8 @@ impl QMatrix {
         let mut plain = [0u8; TILE_BLOCK];
         for b in 0..self.nb {
             self.unpack(t, b, &mut plain);
-            let (d, m) = (self.d[(t * self.nb + b) * NR + lane], self.m[(t * self.nb + b) * NR + lane]);
+            let at = (t * self.nb + b) * NR + lane;
+            let (d, m) = (self.d[at].to_f32(), self.offset(at));
             for i in 0..QK {
                 out[b * QK + i] = d * plain[plain_index(lane, i)] as f32 - m;
             }
@@ -251,10 +276,12 @@ impl QMatrix {
             let pair = t + 1 < nt;
             let tiles = if pair { 2 } else { 1 };
             let tt = t0 + t;
-            let (d, m) = (&self.d[tt * nb * NR..], &self.m[tt * nb * NR..]);
+            let d = &self.d[tt * nb * NR..];
+            let m = self.m.as_ref().map(|m| &m[tt * nb * NR..]);
+            let sym = self.sym;
             let direct_packed = self.packing != Packing::U8 && mr < 4 && kernel == Kernel::Avx512Vnni;
             let view = if self.packing == Packing::U8 {
-                Some(Tiles { q: &self.q[tt * nb * TILE_BLOCK..], d, m, nb, tiles })
+                Some(Tiles { q: &self.q[tt * nb * TILE_BLOCK..], d, m, sym, nb, tiles })
             } else if direct_packed {
                 None
             } else {
@@ -266,7 +293,7 @@ impl QMatrix {
                         self.unpack(tt + j, b, &mut scratch[at..at + TILE_BLOCK]);
                     }
                 }
-                Some(Tiles { q: &scratch, d, m, nb, tiles })
+                Some(Tiles { q: &scratch, d, m, sym, nb, tiles })
             };
             let mut r = 0;
             while r < mr {
@@ -329,8 +356,10 @@ struct Tiles<'a> {
     /// `[tile][block][256]`.
     q: &'a [u8],
     /// `[tile][block][8]`.
-    d: &'a [f32],
-    m: &'a [f32],
+    d: &'a [f16],
+    /// Offsets, or `None`: `sym · d`.
+    m: Option<&'a [f16]>,
+    sym: f32,
     nb: usize,
     tiles: usize,
 }
@@ -431,7 +460,8 @@ type Tile<const MR: usize, const NT: usize> = [[[f32; NR]; NT]; MR];
 #[allow(unsafe_code)]
 fn micro<const MR: usize, const NT: usize>(kernel: Kernel, a: &Q8Rows, m0: usize, w: &Tiles) -> Tile<MR, NT> {
     assert!(m0 + MR <= a.m && NT <= w.tiles && a.nb == w.nb);
-    assert!(w.q.len() >= NT * w.nb * TILE_BLOCK && w.d.len() >= NT * w.nb * NR && w.m.len() >= NT * w.nb * NR);
+    assert!(w.q.len() >= NT * w.nb * TILE_BLOCK && w.d.len() >= NT * w.nb * NR);
+    assert!(w.m.is_none_or(|m| m.len() >= NT * w.nb * NR));
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `kernel` came through `Kernel::available`, so the CPU has the features the
@@ -484,7 +514,9 @@ fn micro_scalar<const MR: usize, const NT: usize>(a: &Q8Rows, m0: usize, w: &Til
                         dot += w.q[base + plain_index(lane, i)] as i32 * av as i32;
                     }
                     let at = (j * w.nb + b) * NR + lane;
-                    *o += dot as f32 * (w.d[at] * a.d[row * a.nb + b]) - w.m[at] * a.mix[row * a.nb + b];
+                    let d = w.d[at].to_f32();
+                    let m = w.m.map_or(w.sym * d, |m| m[at].to_f32());
+                    *o += dot as f32 * (d * a.d[row * a.nb + b]) - m * a.mix[row * a.nb + b];
                 }
             }
         }
@@ -497,6 +529,27 @@ fn micro_scalar<const MR: usize, const NT: usize>(a: &Q8Rows, m0: usize, w: &Til
 #[allow(clippy::needless_range_loop)]
 mod x86 {
     use super::{Packing, QMatrix, Q8Rows, Tile, Tiles, NR, QK, TILE_BLOCK};
+    use half::f16;
+
+    /// Scales and offsets of 8 rows at `at` of the f16 layouts: offsets from `wm`, or
+    /// `sym · scale` when `wm` is null.
+    ///
+    /// # Safety
+    /// `wd + at .. + 8` (and `wm + at .. + 8` when not null) must be readable.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(wd: *const f16, wm: *const f16, sym: f32, at: usize) -> (__m256, __m256) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(at) as *const __m128i));
+            let m = if wm.is_null() {
+                _mm256_mul_ps(d, _mm256_set1_ps(sym))
+            } else {
+                _mm256_cvtph_ps(_mm_loadu_si128(wm.add(at) as *const __m128i))
+            };
+            (d, m)
+        }
+    }
     use std::arch::x86_64::*;
 
     /// Raw pointers to the operands of one micro-tile: the hot loops below index nothing, so
@@ -507,8 +560,10 @@ mod x86 {
         ad: *const f32,
         amix: *const f32,
         wq: *const u8,
-        wd: *const f32,
-        wm: *const f32,
+        wd: *const f16,
+        /// Null when offsets are `sym · d`.
+        wm: *const f16,
+        sym: f32,
     }
 
     impl Ptrs {
@@ -519,7 +574,8 @@ mod x86 {
                 amix: a.mix[m0 * a.nb..].as_ptr(),
                 wq: w.q.as_ptr(),
                 wd: w.d.as_ptr(),
-                wm: w.m.as_ptr(),
+                wm: w.m.map_or(std::ptr::null(), |m| m.as_ptr()),
+                sym: w.sym,
             }
         }
     }
@@ -561,7 +617,7 @@ mod x86 {
                 // SAFETY: (m0 + r)·nb + b indexes a.d and a.mix; (j·nb + b)·8 + 7, w.d and w.m.
                 let (da, mix) = unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
                 for j in 0..NT {
-                    let (dw, wm) = unsafe { (_mm256_loadu_ps(p.wd.add((j * nb + b) * NR)), _mm256_loadu_ps(p.wm.add((j * nb + b) * NR))) };
+                    let (dw, wm) = unsafe { scales(p.wd, p.wm, p.sym, (j * nb + b) * NR) };
                     acc[r][j] = finish(acc[r][j], ia[r][j], dw, wm, da, mix);
                 }
             }
@@ -608,14 +664,8 @@ mod x86 {
                 i30 = _mm256_dpbusd_epi32(i30, v0, a3);
                 i31 = _mm256_dpbusd_epi32(i31, v1, a3);
             }
-            let (dw0, dw1, wm0, wm1) = unsafe {
-                (
-                    _mm256_loadu_ps(p.wd.add(b * NR)),
-                    _mm256_loadu_ps(p.wd.add((nb + b) * NR)),
-                    _mm256_loadu_ps(p.wm.add(b * NR)),
-                    _mm256_loadu_ps(p.wm.add((nb + b) * NR)),
-                )
-            };
+            let ((dw0, wm0), (dw1, wm1)) =
+                unsafe { (scales(p.wd, p.wm, p.sym, b * NR), scales(p.wd, p.wm, p.sym, (nb + b) * NR)) };
             let row = |r: usize| unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
             let (da, mix) = row(0);
             c00 = finish(c00, i00, dw0, wm0, da, mix);
@@ -649,7 +699,8 @@ mod x86 {
         let (nb, tb) = (w.nb, if FIVE { Packing::U5.bytes() } else { Packing::U4.bytes() });
         let x = a.q[m0 * a.cols..].as_ptr();
         let (ad, amix) = (a.d[m0 * a.nb..].as_ptr(), a.mix[m0 * a.nb..].as_ptr());
-        let (wq, wd, wm) = (w.q[t0 * nb * tb..].as_ptr(), w.d[t0 * nb * NR..].as_ptr(), w.m[t0 * nb * NR..].as_ptr());
+        let (wq, wd) = (w.q[t0 * nb * tb..].as_ptr(), w.d[t0 * nb * NR..].as_ptr());
+        let wm = w.m.as_ref().map_or(std::ptr::null(), |m| m[t0 * nb * NR..].as_ptr());
         let low = _mm256_set1_epi8(0x0F);
         let bit4 = _mm256_set1_epi8(0x10);
         let mut acc = [_mm256_setzero_ps(); NT];
@@ -676,7 +727,7 @@ mod x86 {
             }
             let (da, mix) = unsafe { (_mm256_set1_ps(*ad.add(b)), _mm256_set1_ps(*amix.add(b))) };
             for j in 0..NT {
-                let (dw, mw) = unsafe { (_mm256_loadu_ps(wd.add((j * nb + b) * NR)), _mm256_loadu_ps(wm.add((j * nb + b) * NR))) };
+                let (dw, mw) = unsafe { scales(wd, wm, w.sym, (j * nb + b) * NR) };
                 acc[j] = finish(acc[j], ia[j], dw, mw, da, mix);
             }
         }
@@ -721,7 +772,7 @@ mod x86 {
                 // SAFETY: as in `micro_vnni`.
                 let (da, mix) = unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
                 for j in 0..NT {
-                    let (dw, wm) = unsafe { (_mm256_loadu_ps(p.wd.add((j * nb + b) * NR)), _mm256_loadu_ps(p.wm.add((j * nb + b) * NR))) };
+                    let (dw, wm) = unsafe { scales(p.wd, p.wm, p.sym, (j * nb + b) * NR) };
                     // w·a = d·Σ(u − 128)a + (128·d − m)·Σa.
                     acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[r][j]), _mm256_mul_ps(dw, da), acc[r][j]);
                     acc[r][j] = _mm256_fmadd_ps(_mm256_fmsub_ps(dw, k128, wm), mix, acc[r][j]);
@@ -798,8 +849,10 @@ mod tests {
         let nb = cols / QK;
         let r = data(rows * cols + 2 * rows * nb, seed);
         let u: Vec<u8> = r[..rows * cols].iter().map(|v| ((v + 1.0) / 2.0 * ((1u32 << bits) as f32 - 0.01)) as u8).collect();
-        let d: Vec<f32> = r[rows * cols..rows * cols + rows * nb].iter().map(|v| 0.01 + v.abs() * 0.05).collect();
-        let m: Vec<f32> = r[rows * cols + rows * nb..].iter().map(|v| v * 0.3).collect();
+        // Scales and offsets are kept in f16: start from f16 values so they come back exactly.
+        let h = |x: f32| f16::from_f32(x).to_f32();
+        let d: Vec<f32> = r[rows * cols..rows * cols + rows * nb].iter().map(|v| h(0.01 + v.abs() * 0.05)).collect();
+        let m: Vec<f32> = r[rows * cols + rows * nb..].iter().map(|v| h(v * 0.3)).collect();
         let w = QMatrix::from_affine(rows, cols, &u, &d, &m, bits);
         if Kernel::detect() == Kernel::Avx512Vnni {
             assert_eq!(w.packing(), if bits == 4 { Packing::U4 } else { Packing::U5 });
