@@ -180,7 +180,17 @@ impl QMatrix {
                 .enumerate()
                 .for_each(|(t, ((qt, dt), mt))| fill((t, (qt, dt)), mt));
         }
-        Self { rows, cols, nb, tiles, packing, q, d: dd, m: if sym.is_some() { None } else { Some(mm) }, sym: sym.unwrap_or(0.0) }
+        Self {
+            rows,
+            cols,
+            nb,
+            tiles,
+            packing,
+            q,
+            d: dd,
+            m: if sym.is_some() { None } else { Some(mm) },
+            sym: sym.unwrap_or(0.0),
+        }
     }
 
     /// Offset of value `at` in the scale layout.
@@ -240,7 +250,8 @@ impl QMatrix {
     pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "matmul: input is not m × {}", self.cols);
         assert_eq!(out.len(), m * self.rows, "matmul: output is not m × {}", self.rows);
-        let kernel = if self.packing == Packing::U8 || kernel == Kernel::Scalar { kernel.available() } else { Kernel::detect() };
+        let kernel =
+            if self.packing == Packing::U8 || kernel == Kernel::Scalar { kernel.available() } else { Kernel::detect() };
         let a = Q8Rows::quantize(x, m, self.cols);
         let n = self.rows;
         let threads = rayon::current_num_threads().max(1);
@@ -287,12 +298,9 @@ impl QMatrix {
             } else {
                 // Unpacked once, used by every row of the chunk.
                 scratch.resize(tiles * nb * TILE_BLOCK, 0);
-                for j in 0..tiles {
-                    for b in 0..nb {
-                        let at = (j * nb + b) * TILE_BLOCK;
-                        self.unpack(tt + j, b, &mut scratch[at..at + TILE_BLOCK]);
-                    }
-                }
+                let tb = self.packing.bytes();
+                let src = &self.q[tt * nb * tb..(tt + tiles) * nb * tb];
+                unpack_tiles(kernel, self.packing, src, &mut scratch);
                 Some(Tiles { q: &scratch, d, m, sym, nb, tiles })
             };
             let mut r = 0;
@@ -351,6 +359,24 @@ fn unpack(packing: Packing, src: &[u8], out: &mut [u8]) {
     }
 }
 
+/// [`unpack`] of consecutive tile-blocks, in registers where the CPU allows.
+#[allow(unsafe_code)]
+fn unpack_tiles(kernel: Kernel, packing: Packing, src: &[u8], dst: &mut [u8]) {
+    let tb = packing.bytes();
+    assert!(packing != Packing::U8 && src.len().is_multiple_of(tb) && dst.len() == src.len() / tb * TILE_BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512Vnni {
+        // SAFETY: packed matrices exist only on CPUs with AVX-512 BW/VL (see `from_affine`);
+        // lengths asserted above.
+        unsafe { x86::unpack_tiles(packing == Packing::U5, src, dst) };
+        return;
+    }
+    let _ = kernel;
+    for (s, d) in src.chunks_exact(tb).zip(dst.chunks_exact_mut(TILE_BLOCK)) {
+        unpack(packing, s, d);
+    }
+}
+
 /// Consecutive tiles of one-byte values with their scales and offsets.
 struct Tiles<'a> {
     /// `[tile][block][256]`.
@@ -403,7 +429,11 @@ impl Q8Rows {
             }
         };
         if m >= 16 {
-            q.par_chunks_mut(cols).zip(d.par_chunks_mut(nb)).zip(mix.par_chunks_mut(nb)).zip(x.par_chunks(cols)).for_each(work);
+            q.par_chunks_mut(cols)
+                .zip(d.par_chunks_mut(nb))
+                .zip(mix.par_chunks_mut(nb))
+                .zip(x.par_chunks(cols))
+                .for_each(work);
         } else {
             q.chunks_mut(cols).zip(d.chunks_mut(nb)).zip(mix.chunks_mut(nb)).zip(x.chunks(cols)).for_each(work);
         }
@@ -528,7 +558,7 @@ fn micro_scalar<const MR: usize, const NT: usize>(a: &Q8Rows, m0: usize, w: &Til
 // Loops over register arrays index several arrays at once, on purpose.
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::{Packing, QMatrix, Q8Rows, Tile, Tiles, NR, QK, TILE_BLOCK};
+    use super::{Packing, Q8Rows, QMatrix, Tile, Tiles, NR, QK, TILE_BLOCK};
     use half::f16;
 
     /// Scales and offsets of 8 rows at `at` of the f16 layouts: offsets from `wm`, or
@@ -592,7 +622,11 @@ mod x86 {
     /// The CPU must have AVX-512 VNNI, AVX-512 VL, AVX2 and FMA; `m0 + MR <= a.m` and `w` holds
     /// at least `NT` tiles of `a.nb` blocks.
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-    pub(super) unsafe fn micro_vnni<const MR: usize, const NT: usize>(a: &Q8Rows, m0: usize, w: &Tiles) -> Tile<MR, NT> {
+    pub(super) unsafe fn micro_vnni<const MR: usize, const NT: usize>(
+        a: &Q8Rows,
+        m0: usize,
+        w: &Tiles,
+    ) -> Tile<MR, NT> {
         let p = Ptrs::new(a, m0, w);
         let (nb, cols) = (w.nb, a.cols);
         let mut acc = [[_mm256_setzero_ps(); NT]; MR];
@@ -602,7 +636,9 @@ mod x86 {
                 let mut wv = [_mm256_setzero_si256(); NT];
                 for j in 0..NT {
                     // SAFETY: tile j < NT, block b < nb, group g < 8: inside w.q.
-                    wv[j] = unsafe { _mm256_loadu_si256(p.wq.add((j * nb + b) * TILE_BLOCK + g * NR * 4) as *const __m256i) };
+                    wv[j] = unsafe {
+                        _mm256_loadu_si256(p.wq.add((j * nb + b) * TILE_BLOCK + g * NR * 4) as *const __m256i)
+                    };
                 }
                 for r in 0..MR {
                     // SAFETY: row m0 + r < a.m and column b·32 + g·4 + 3 < cols: inside a.q.
@@ -615,7 +651,8 @@ mod x86 {
             }
             for r in 0..MR {
                 // SAFETY: (m0 + r)·nb + b indexes a.d and a.mix; (j·nb + b)·8 + 7, w.d and w.m.
-                let (da, mix) = unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
+                let (da, mix) =
+                    unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
                 for j in 0..NT {
                     let (dw, wm) = unsafe { scales(p.wd, p.wm, p.sym, (j * nb + b) * NR) };
                     acc[r][j] = finish(acc[r][j], ia[r][j], dw, wm, da, mix);
@@ -638,7 +675,8 @@ mod x86 {
         let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31) = (z, z, z, z, z, z, z, z);
         for b in 0..nb {
             let zi = _mm256_setzero_si256();
-            let (mut i00, mut i01, mut i10, mut i11, mut i20, mut i21, mut i30, mut i31) = (zi, zi, zi, zi, zi, zi, zi, zi);
+            let (mut i00, mut i01, mut i10, mut i11, mut i20, mut i21, mut i30, mut i31) =
+                (zi, zi, zi, zi, zi, zi, zi, zi);
             // SAFETY (all pointer reads in this loop): rows m0..m0+4 < a.m, tiles 0 and 1 of w,
             // block b < nb and group g < 8, as asserted by the caller.
             let x = unsafe { p.aq.add(b * QK) };
@@ -650,7 +688,8 @@ mod x86 {
                         _mm256_loadu_si256(y1.add(g * NR * 4) as *const __m256i),
                     )
                 };
-                let bc = |r: usize| _mm256_set1_epi32(unsafe { (x.add(r * cols + g * 4) as *const i32).read_unaligned() });
+                let bc =
+                    |r: usize| _mm256_set1_epi32(unsafe { (x.add(r * cols + g * 4) as *const i32).read_unaligned() });
                 let a0 = bc(0);
                 i00 = _mm256_dpbusd_epi32(i00, v0, a0);
                 i01 = _mm256_dpbusd_epi32(i01, v1, a0);
@@ -666,7 +705,8 @@ mod x86 {
             }
             let ((dw0, wm0), (dw1, wm1)) =
                 unsafe { (scales(p.wd, p.wm, p.sym, b * NR), scales(p.wd, p.wm, p.sym, (nb + b) * NR)) };
-            let row = |r: usize| unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
+            let row =
+                |r: usize| unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
             let (da, mix) = row(0);
             c00 = finish(c00, i00, dw0, wm0, da, mix);
             c01 = finish(c01, i01, dw1, wm1, da, mix);
@@ -734,10 +774,43 @@ mod x86 {
         store([acc])
     }
 
+    /// Unpack 4- or 5-bit tile-blocks (`src`, whole blocks) to one byte per value (`dst`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 BW and VL; `dst.len() == src.len() / bytes-per-block · 256`.
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw")]
+    pub(super) unsafe fn unpack_tiles(five: bool, src: &[u8], dst: &mut [u8]) {
+        let tb = if five { Packing::U5.bytes() } else { Packing::U4.bytes() };
+        let low = _mm256_set1_epi8(0x0F);
+        let bit4 = _mm256_set1_epi8(0x10);
+        for (s, d) in src.chunks_exact(tb).zip(dst.chunks_exact_mut(TILE_BLOCK)) {
+            for g in 0..4 {
+                // SAFETY: s holds tb ≥ 160 (U5) or 128 (U4) bytes, d 256.
+                unsafe {
+                    let n = _mm256_loadu_si256(s.as_ptr().add(g * 32) as *const __m256i);
+                    let mut lo = _mm256_and_si256(n, low);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(n, 4), low);
+                    if five {
+                        let plane = s.as_ptr().add(TILE_BLOCK / 2) as *const u32;
+                        let (pl, ph) = (plane.add(g).read_unaligned(), plane.add(g + 4).read_unaligned());
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_movm_epi8(pl), bit4));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_movm_epi8(ph), bit4));
+                    }
+                    _mm256_storeu_si256(d.as_mut_ptr().add(g * 32) as *mut __m256i, lo);
+                    _mm256_storeu_si256(d.as_mut_ptr().add((g + 4) * 32) as *mut __m256i, hi);
+                }
+            }
+        }
+    }
+
     /// # Safety
     /// The CPU must have AVX2 and FMA; bounds as for [`micro_vnni`].
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn micro_avx2<const MR: usize, const NT: usize>(a: &Q8Rows, m0: usize, w: &Tiles) -> Tile<MR, NT> {
+    pub(super) unsafe fn micro_avx2<const MR: usize, const NT: usize>(
+        a: &Q8Rows,
+        m0: usize,
+        w: &Tiles,
+    ) -> Tile<MR, NT> {
         let p = Ptrs::new(a, m0, w);
         let (nb, cols) = (w.nb, a.cols);
         let ones = _mm256_set1_epi16(1);
@@ -751,7 +824,9 @@ mod x86 {
                 let mut wsgn = [_mm256_setzero_si256(); NT];
                 for j in 0..NT {
                     // SAFETY: as in `micro_vnni`.
-                    let v = unsafe { _mm256_loadu_si256(p.wq.add((j * nb + b) * TILE_BLOCK + g * NR * 4) as *const __m256i) };
+                    let v = unsafe {
+                        _mm256_loadu_si256(p.wq.add((j * nb + b) * TILE_BLOCK + g * NR * 4) as *const __m256i)
+                    };
                     let s = _mm256_xor_si256(v, flip); // u − 128, signed
                     wabs[j] = _mm256_abs_epi8(s);
                     wsgn[j] = s;
@@ -770,7 +845,8 @@ mod x86 {
             }
             for r in 0..MR {
                 // SAFETY: as in `micro_vnni`.
-                let (da, mix) = unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
+                let (da, mix) =
+                    unsafe { (_mm256_set1_ps(*p.ad.add(r * nb + b)), _mm256_set1_ps(*p.amix.add(r * nb + b))) };
                 for j in 0..NT {
                     let (dw, wm) = unsafe { scales(p.wd, p.wm, p.sym, (j * nb + b) * NR) };
                     // w·a = d·Σ(u − 128)a + (128·d − m)·Σa.
@@ -848,7 +924,8 @@ mod tests {
     fn affine(rows: usize, cols: usize, bits: u32, seed: u64) -> QMatrix {
         let nb = cols / QK;
         let r = data(rows * cols + 2 * rows * nb, seed);
-        let u: Vec<u8> = r[..rows * cols].iter().map(|v| ((v + 1.0) / 2.0 * ((1u32 << bits) as f32 - 0.01)) as u8).collect();
+        let u: Vec<u8> =
+            r[..rows * cols].iter().map(|v| ((v + 1.0) / 2.0 * ((1u32 << bits) as f32 - 0.01)) as u8).collect();
         // Scales and offsets are kept in f16: start from f16 values so they come back exactly.
         let h = |x: f32| f16::from_f32(x).to_f32();
         let d: Vec<f32> = r[rows * cols..rows * cols + rows * nb].iter().map(|v| h(0.01 + v.abs() * 0.05)).collect();

@@ -132,10 +132,12 @@ impl Int8Lm {
             })
         };
         let need_q = |reader: &mut R, name: String| -> Result<Affine> {
-            let q = read_q(reader, &name)?.ok_or_else(|| Error::invalid(path, format!("GGUF file lacks tensor {name}")))?;
+            let q =
+                read_q(reader, &name)?.ok_or_else(|| Error::invalid(path, format!("GGUF file lacks tensor {name}")))?;
             Affine::from_qtensor(&q, path)
         };
-        let matrix = |parts: Vec<Affine>| -> Result<Arc<QMatrix>> { Ok(Arc::new(Affine::stack(parts, path)?.into_matrix())) };
+        let matrix =
+            |parts: Vec<Affine>| -> Result<Arc<QMatrix>> { Ok(Arc::new(Affine::stack(parts, path)?.into_matrix())) };
         let need = |reader: &mut R, name: String| -> Result<Tensor> {
             read(reader, &name)?.ok_or_else(|| Error::invalid(path, format!("GGUF file lacks tensor {name}")))
         };
@@ -427,7 +429,9 @@ impl Affine {
                             let (qh, qs, off) = match dt {
                                 GgmlDType::Q4_0 => (0u32, &b[2..18], 8.0 * scale),
                                 GgmlDType::Q4_1 => (0, &b[4..20], -f16(&b[2..4])),
-                                GgmlDType::Q5_0 => (u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &b[6..22], 16.0 * scale),
+                                GgmlDType::Q5_0 => {
+                                    (u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &b[6..22], 16.0 * scale)
+                                }
                                 _ => (u32::from_le_bytes([b[4], b[5], b[6], b[7]]), &b[8..24], -f16(&b[2..4])),
                             };
                             for j in 0..16 {
@@ -482,7 +486,10 @@ impl Affine {
         let mut out = it.next().ok_or_else(|| Error::invalid(path, "no matrices to stack"))?;
         for p in it {
             if p.cols != out.cols {
-                return Err(Error::invalid(path, format!("stacked projections differ in width ({} vs {})", p.cols, out.cols)));
+                return Err(Error::invalid(
+                    path,
+                    format!("stacked projections differ in width ({} vs {})", p.cols, out.cols),
+                ));
             }
             out.rows += p.rows;
             out.u.extend(p.u);
@@ -514,7 +521,15 @@ mod tests {
     fn gguf_blocks_read_exactly() {
         let cpu = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (16, 512), &cpu).unwrap();
-        for dt in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+        for dt in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
             let q = QTensor::quantize(&x, dt).unwrap();
             let want = q.dequantize(&cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let a = Affine::from_qtensor(&q, Path::new("t.gguf")).unwrap();

@@ -258,9 +258,12 @@ fn int8_engine_matches_candle_quantized_models() {
     let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
     // Llama with its own output head; Qwen2 with grouped-query attention (2 query heads per
     // key/value head), attention biases and tied embeddings.
-    for (arch, kv_heads, qtype) in
-        [("llama", 2, GgmlDType::Q8_0), ("qwen2", 1, GgmlDType::Q8_0), ("llama", 2, GgmlDType::Q4_1), ("qwen2", 1, GgmlDType::Q5_0)]
-    {
+    for (arch, kv_heads, qtype) in [
+        ("llama", 2, GgmlDType::Q8_0),
+        ("qwen2", 1, GgmlDType::Q8_0),
+        ("llama", 2, GgmlDType::Q4_1),
+        ("qwen2", 1, GgmlDType::Q5_0),
+    ] {
         let path = dir.path().join(format!("{arch}-{qtype:?}.gguf"));
         tiny_gguf::write_gguf(
             &path,
@@ -307,4 +310,3 @@ fn int8_engine_matches_candle_quantized_models() {
         assert!(d <= 1e-3 * max_abs(&one), "{arch}: growing the cache changed logits by {d}");
     }
 }
-
