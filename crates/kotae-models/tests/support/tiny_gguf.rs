@@ -63,6 +63,26 @@ impl Tiny {
     }
 }
 
+/// Normal noise seeded by the tensor's name: the same model every run, so tests that compare
+/// numbers are not at the mercy of a lucky or unlucky draw.
+fn randn(name: &str, shape: &[usize], std: f32) -> Tensor {
+    let mut s = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)) | 1;
+    let mut uniform = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            let (u1, u2) = (uniform(), uniform());
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32 * std
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
 /// Write the model as GGUF.
 pub fn write_gguf(path: &std::path::Path, t: &Tiny) {
     let mut tokens = byte_symbols();
@@ -125,12 +145,12 @@ pub fn write_gguf(path: &std::path::Path, t: &Tiny) {
             let w = if n.contains("norm") {
                 let ones = Tensor::ones(s.as_slice(), DType::F32, &cpu).unwrap();
                 if t.norm_noise > 0.0 {
-                    (ones + Tensor::randn(0f32, t.norm_noise, s.as_slice(), &cpu).unwrap()).unwrap()
+                    (ones + randn(n, s, t.norm_noise)).unwrap()
                 } else {
                     ones
                 }
             } else {
-                Tensor::randn(0f32, t.std, s.as_slice(), &cpu).unwrap()
+                randn(n, s, t.std)
             };
             let q = if n.contains("norm") || n.ends_with(".bias") { GgmlDType::F32 } else { t.qtype };
             QTensor::quantize(&w, q).unwrap()
