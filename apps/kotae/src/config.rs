@@ -77,6 +77,16 @@ pub struct EmbedderConfig {
     pub model: String,
     /// Padded tokens per forward pass.
     pub batch_tokens: usize,
+    /// What runs the encoder: `auto` (int8 kernels on the CPU), `int8` or `candle` (f32).
+    pub engine: String,
+}
+
+impl EmbedderConfig {
+    pub fn encoder_engine(&self) -> Result<kotae_models::EncoderEngine> {
+        self.engine
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("embedder.engine: {e} (kotae.toml or KOTAE_EMBED_ENGINE)"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,7 +141,7 @@ impl Default for Config {
 
 impl Default for EmbedderConfig {
     fn default() -> Self {
-        Self { model: kotae_models::registry::DEFAULT_EMBEDDER.into(), batch_tokens: 2048 }
+        Self { model: kotae_models::registry::DEFAULT_EMBEDDER.into(), batch_tokens: 2048, engine: "auto".into() }
     }
 }
 
@@ -223,6 +233,9 @@ impl Config {
         if let Some(v) = env("KOTAE_DEVICE") {
             cfg.generator.device = v;
         }
+        if let Some(v) = env("KOTAE_EMBED_ENGINE") {
+            cfg.embedder.engine = v;
+        }
         if let Some(v) = env("KOTAE_GGUF_ENGINE") {
             cfg.generator.engine = v;
         }
@@ -280,6 +293,7 @@ impl Config {
             bail!("generator.device must be \"cpu\" or \"cuda\", not \"{}\"", self.generator.device);
         }
         self.generator.gguf_engine()?;
+        self.embedder.encoder_engine()?;
         if self.generator.prefill_chunk == 0 || self.answer.top_k == 0 || self.answer.context_tokens < 128 {
             bail!("generator.prefill_chunk and answer.top_k must be ≥ 1, answer.context_tokens ≥ 128");
         }

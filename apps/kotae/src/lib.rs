@@ -21,6 +21,7 @@ pub fn load_embedder(cfg: &Config) -> Result<BertEmbedder> {
         &cfg.models_dir(),
         &cfg.embedder.model,
         cfg.embedder.batch_tokens,
+        cfg.embedder.encoder_engine()?,
         &candle_device()?,
     )?)
 }

@@ -24,6 +24,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+pub mod act;
 mod attention;
 pub use attention::{attend_one, KvShape};
 

@@ -61,12 +61,43 @@ pub struct EmbedderOptions {
     pub passage_prefix: String,
     /// Upper bound on padded tokens per forward pass (batch size × longest input).
     pub batch_tokens: usize,
+    /// What runs the encoder.
+    pub engine: EncoderEngine,
+}
+
+/// What runs a BERT encoder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EncoderEngine {
+    /// Int8 on the CPU, candle elsewhere.
+    #[default]
+    Auto,
+    /// Kotae's int8 kernels ([`crate::int8_bert`]); CPU only.
+    Int8,
+    /// candle-transformers' f32 BERT.
+    Candle,
+}
+
+impl std::str::FromStr for EncoderEngine {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(EncoderEngine::Auto),
+            "int8" => Ok(EncoderEngine::Int8),
+            "candle" => Ok(EncoderEngine::Candle),
+            other => Err(format!("unknown encoder engine '{other}': use auto, int8 or candle")),
+        }
+    }
+}
+
+enum Encoder {
+    Candle(Box<BertModel>),
+    Int8(Box<crate::int8_bert::Int8Bert>),
 }
 
 /// A BERT-family encoder run by candle.
 pub struct BertEmbedder {
     opts: EmbedderOptions,
-    model: BertModel,
+    model: Encoder,
     tokenizer: Tokenizer,
     char_map: Option<HashMap<char, String>>,
     max_tokens: usize,
@@ -105,8 +136,20 @@ impl BertEmbedder {
         opts: EmbedderOptions,
         device: &Device,
     ) -> Result<Self> {
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let model = BertModel::load(vb, &config)?;
+        let int8 = match opts.engine {
+            EncoderEngine::Auto => device.is_cpu(),
+            EncoderEngine::Int8 if !device.is_cpu() => {
+                return Err(Error::Generation("the int8 encoder runs on the CPU only".into()))
+            }
+            EncoderEngine::Int8 => true,
+            EncoderEngine::Candle => false,
+        };
+        let model = if int8 {
+            Encoder::Int8(Box::new(crate::int8_bert::Int8Bert::new(&config, &tensors)?))
+        } else {
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+            Encoder::Candle(Box::new(BertModel::load(vb, &config)?))
+        };
         let pad_id = tokenizer.get_padding().map(|p| p.pad_id).unwrap_or(config.pad_token_id as u32);
         Ok(Self {
             max_tokens: config.max_position_embeddings.min(512),
@@ -161,6 +204,10 @@ impl BertEmbedder {
     }
 
     fn forward_batch(&self, batch: &[&Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let model = match &self.model {
+            Encoder::Int8(m) => return self.pool_packed(&m.forward(batch, &self.device)?, batch),
+            Encoder::Candle(m) => m,
+        };
         let max_len = batch.iter().map(|v| v.len()).max().unwrap_or(0);
         let b = batch.len();
         let mut ids = Vec::with_capacity(b * max_len);
@@ -174,7 +221,7 @@ impl BertEmbedder {
         let ids = Tensor::from_vec(ids, (b, max_len), &self.device)?;
         let mask = Tensor::from_vec(mask, (b, max_len), &self.device)?;
         let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?; // [b, len, dim]
+        let hidden = model.forward(&ids, &types, Some(&mask))?; // [b, len, dim]
         let pooled = match self.opts.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => {
@@ -184,6 +231,25 @@ impl BertEmbedder {
                 summed.broadcast_div(&counts)?
             }
         };
+        self.finish(pooled)
+    }
+
+    /// Pool hidden states of sequences packed end to end (`[Σ lengths, dim]`, no padding).
+    fn pool_packed(&self, hidden: &Tensor, batch: &[&Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut at = 0;
+        for seq in batch {
+            let n = seq.len();
+            rows.push(match self.opts.pooling {
+                Pooling::Cls => hidden.narrow(0, at, 1)?,
+                Pooling::Mean => hidden.narrow(0, at, n)?.mean_keepdim(0)?,
+            });
+            at += n;
+        }
+        self.finish(Tensor::cat(&rows, 0)?)
+    }
+
+    fn finish(&self, pooled: Tensor) -> Result<Vec<Vec<f32>>> {
         let pooled = if self.opts.normalize {
             let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
             pooled.broadcast_div(&norm)?

@@ -16,12 +16,13 @@ pub mod embed;
 pub mod generate;
 pub mod gguf_tokenizer;
 pub mod int8;
+pub mod int8_bert;
 pub mod registry;
 pub mod worker;
 
 pub use chat::{ChatMessage, PromptFormat, Role};
 pub use classifier::Head;
-pub use embed::{BertEmbedder, EmbedOutput, Embedder, InputKind, Pooling};
+pub use embed::{BertEmbedder, EmbedOutput, Embedder, EncoderEngine, InputKind, Pooling};
 pub use generate::{
     CandleGenerator, FinishReason, Generation, Generator, GeneratorOptions, GgufEngine, SamplingParams,
 };

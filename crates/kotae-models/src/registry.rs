@@ -420,7 +420,13 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Load an installed embedder by catalog name.
-pub fn load_embedder(models_dir: &Path, name: &str, batch_tokens: usize, device: &Device) -> Result<BertEmbedder> {
+pub fn load_embedder(
+    models_dir: &Path,
+    name: &str,
+    batch_tokens: usize,
+    engine: crate::EncoderEngine,
+    device: &Device,
+) -> Result<BertEmbedder> {
     let spec = spec(name)?;
     let defaults = spec.embed.ok_or_else(|| Error::invalid(models_dir.join(name), "not an embedder"))?;
     let dir = models_dir.join(name);
@@ -434,6 +440,7 @@ pub fn load_embedder(models_dir: &Path, name: &str, batch_tokens: usize, device:
         query_prefix: defaults.query_prefix.into(),
         passage_prefix: defaults.passage_prefix.into(),
         batch_tokens,
+        engine,
     };
     if dir.join("model.safetensors").exists() {
         BertEmbedder::from_hf_dir(&dir, opts, device)
@@ -500,7 +507,7 @@ mod tests {
     #[test]
     fn missing_model_says_how_to_install() {
         let dir = tempfile::tempdir().unwrap();
-        let err = load_embedder(dir.path(), DEFAULT_EMBEDDER, 1024, &Device::Cpu).err().unwrap();
+        let err = load_embedder(dir.path(), DEFAULT_EMBEDDER, 1024, Default::default(), &Device::Cpu).err().unwrap();
         assert!(err.to_string().contains("kotae models fetch multilingual-e5-small"), "{err}");
     }
 }

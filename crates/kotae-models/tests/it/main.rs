@@ -21,7 +21,7 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn e5() -> impl Embedder {
-    load_embedder(&models_dir(), "multilingual-e5-small", 2048, &Device::Cpu).expect("e5 loads")
+    load_embedder(&models_dir(), "multilingual-e5-small", 2048, Default::default(), &Device::Cpu).expect("e5 loads")
 }
 
 #[test]
@@ -89,7 +89,8 @@ fn e5_batching_does_not_change_vectors_and_truncation_is_counted() {
 
 #[test]
 fn minilm_loads_from_a_hugging_face_folder() {
-    let e = load_embedder(&models_dir(), "all-minilm-l6-v2", 2048, &Device::Cpu).expect("minilm loads");
+    let e =
+        load_embedder(&models_dir(), "all-minilm-l6-v2", 2048, Default::default(), &Device::Cpu).expect("minilm loads");
     assert_eq!(e.dim(), 384);
     assert_eq!(e.count_tokens("Hello world").unwrap(), 2); // hello = 7592, world = 2088
     let v = e
@@ -116,3 +117,53 @@ fn installed_models_record_checksums() {
 mod generate;
 mod gguf;
 mod tiny;
+
+/// Texts from `knowledge/` of every kind and length: Japanese and English manuals, inquiry logs.
+fn knowledge_texts(limit: usize) -> Vec<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../knowledge");
+    let mut files: Vec<PathBuf> =
+        walk(&root).into_iter().filter(|p| p.extension().is_some_and(|x| x == "md" || x == "txt")).collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for para in text.split("\n\n").map(str::trim).filter(|p| p.chars().count() > 20) {
+            out.push(para.chars().take(600).collect());
+        }
+    }
+    let step = (out.len() / limit).max(1);
+    out.into_iter().step_by(step).take(limit).collect()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn int8_encoders_agree_with_f32() {
+    use kotae_models::EncoderEngine;
+    let texts = knowledge_texts(60);
+    assert!(texts.len() >= 40, "only {} texts", texts.len());
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for name in ["multilingual-e5-small", "all-minilm-l6-v2"] {
+        let load = |engine| load_embedder(&models_dir(), name, 2048, engine, &Device::Cpu).unwrap();
+        let (f32_, int8) = (load(EncoderEngine::Candle), load(EncoderEngine::Int8));
+        for kind in [InputKind::Passage, InputKind::Query] {
+            let a = f32_.embed(&refs, kind).unwrap().vectors;
+            let b = int8.embed(&refs, kind).unwrap().vectors;
+            let worst = a.iter().zip(&b).map(|(x, y)| cos(x, y)).fold(1f32, f32::min);
+            // Weights and activations rounded to 8 bits per block of 32: the vectors stay
+            // almost parallel (the retrieval eval in evals/ measures what this costs in ranking).
+            assert!(worst > 0.995, "{name} {kind:?}: worst cosine between f32 and int8 vectors {worst}");
+        }
+    }
+}
