@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct};
 use kotae_kernels::QMatrix;
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -139,21 +140,32 @@ impl Int8Bert {
         let scale = 1.0 / (hd as f64).sqrt();
         for l in &self.layers {
             let qkv = l.qkv.forward(&x)?;
-            let mut outs = Vec::with_capacity(seqs.len());
-            let mut at = 0;
-            for s in seqs {
-                let n = s.len();
-                let part = qkv.narrow(0, at, n)?;
-                let heads = |i: usize| -> Result<Tensor> {
-                    Ok(part.narrow(1, i * h, h)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?)
-                };
-                let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-                let mut att = (q * scale)?.matmul(&k.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-                kotae_kernels::act::softmax_rows(&mut att, n);
-                let att = Tensor::from_vec(att, (nh, n, n), device)?;
-                outs.push(att.matmul(&v)?.transpose(0, 1)?.contiguous()?.reshape((n, h))?);
-                at += n;
-            }
+            // Attention per sequence, the sequences in parallel (each one's products are too
+            // small to keep the pool busy alone).
+            let starts: Vec<usize> = seqs
+                .iter()
+                .scan(0, |at, s| {
+                    let start = *at;
+                    *at += s.len();
+                    Some(start)
+                })
+                .collect();
+            let outs = starts
+                .par_iter()
+                .zip(seqs.par_iter())
+                .map(|(&at, s)| -> Result<Tensor> {
+                    let n = s.len();
+                    let part = qkv.narrow(0, at, n)?;
+                    let heads = |i: usize| -> Result<Tensor> {
+                        Ok(part.narrow(1, i * h, h)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?)
+                    };
+                    let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+                    let mut att = (q * scale)?.matmul(&k.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+                    kotae_kernels::act::softmax_rows(&mut att, n);
+                    let att = Tensor::from_vec(att, (nh, n, n), device)?;
+                    Ok(att.matmul(&v)?.transpose(0, 1)?.contiguous()?.reshape((n, h))?)
+                })
+                .collect::<Result<Vec<_>>>()?;
             let att = Tensor::cat(&outs, 0)?;
             x = self.norm(&(l.attn_out.forward(&att)? + &x)?, &l.attn_norm)?;
             let up = match self.act {
