@@ -1,7 +1,7 @@
 //! Kotae's own CPU forward pass for GGUF Llama (SmolLM2) and Qwen2 (Qwen2.5) models: every
 //! weight matrix repacked once at load into a `kotae_kernels::QMatrix` (tiles for int8
-//! dot-product instructions), the rest (norms, rotary embedding, attention)
-//! in candle.
+//! dot-product instructions); norms, rotary embedding and prompt attention in candle, and the
+//! attention of a decoded token in `kotae_kernels::attend_one`.
 //!
 //! Compared with candle-transformers' quantized models, which it replaces on the CPU:
 //! - prompt chunks are multiplied against tiles of 8 weight rows at once (candle re-reads each
@@ -15,7 +15,8 @@
 //!
 //! Weights keep their GGUF values where the kernels have a form for them: Q4_0, Q4_1, Q4_K
 //! (4-bit), Q5_0, Q5_1 (5-bit) and Q8_0 blocks are read as they are (`w = d·u − m` per 32
-//! values, exactly); other types (Q6_K, f16, f32, …) are dequantized and rounded to Q8_0, which
+//! values, exactly, but for Q4_K's sub-block scales: products of two numbers, rounded to the
+//! f16 that scales are kept in); other types (Q6_K, f16, f32, …) are dequantized and rounded to Q8_0, which
 //! adds an error far below their own.
 
 use std::path::Path;
