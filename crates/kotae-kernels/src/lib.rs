@@ -562,6 +562,9 @@ mod x86 {
     use super::{Packing, Q8Rows, QMatrix, Tile, Tiles, NR, QK, TILE_BLOCK};
     use half::f16;
 
+    /// Tile-blocks ahead that decoding kernels prefetch.
+    const PREFETCH_AHEAD: usize = 8;
+
     /// Scales and offsets of 8 rows at `at` of the f16 layouts: offsets from `wm`, or
     /// `sym · scale` when `wm` is null.
     ///
@@ -632,6 +635,16 @@ mod x86 {
         let (nb, cols) = (w.nb, a.cols);
         let mut acc = [[_mm256_setzero_ps(); NT]; MR];
         for b in 0..nb {
+            if MR == 1 {
+                // One row (decoding) streams the weights from memory: prefetch ahead, as in
+                // `micro_vnni_packed`.
+                for j in 0..NT {
+                    let ahead = p.wq.wrapping_add((j * nb + b + PREFETCH_AHEAD) * TILE_BLOCK) as *const i8;
+                    for line in 0..TILE_BLOCK / 64 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+                    }
+                }
+            }
             let mut ia = [[_mm256_setzero_si256(); NT]; MR];
             for g in 0..QK / 4 {
                 let mut wv = [_mm256_setzero_si256(); NT];
@@ -752,6 +765,11 @@ mod x86 {
             let mut ia = [_mm256_setzero_si256(); NT];
             for j in 0..NT {
                 let base = unsafe { wq.add((j * nb + b) * tb) };
+                // Decoding streams every weight from memory once: ask for blocks a few ahead
+                // (a hint only; addresses past the end are never dereferenced).
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_AHEAD * tb) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_AHEAD * tb + 64) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_AHEAD * tb + 128) as *const i8);
                 for g in 0..4 {
                     let n = unsafe { _mm256_loadu_si256(base.add(g * 32) as *const __m256i) };
                     let mut lo = _mm256_and_si256(n, low);
