@@ -622,6 +622,32 @@ mod x86 {
         _mm256_fnmadd_ps(wm, mix, _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, da), acc))
     }
 
+    /// Groups `g` and `g + 4` (`g` < 4) of a packed tile-block at `base`, one byte per value:
+    /// a 32-byte load holds the low nibbles of both; with `five`, a 32-bit word of the bit plane
+    /// becomes the fifth bit of each group's 32 values.
+    ///
+    /// # Safety
+    /// `base` must point to a whole packed tile-block (160 bytes with `five`, else 128).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw")]
+    unsafe fn unpack_group(base: *const u8, g: usize, five: bool) -> (__m256i, __m256i) {
+        let low = _mm256_set1_epi8(0x0F);
+        // SAFETY: the caller's contract; g < 4 keeps every read inside the block.
+        unsafe {
+            let n = _mm256_loadu_si256(base.add(g * 32) as *const __m256i);
+            let mut lo = _mm256_and_si256(n, low);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(n, 4), low);
+            if five {
+                let bit4 = _mm256_set1_epi8(0x10);
+                let plane = base.add(TILE_BLOCK / 2) as *const u32;
+                let (pl, ph) = (plane.add(g).read_unaligned(), plane.add(g + 4).read_unaligned());
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_movm_epi8(pl), bit4));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_movm_epi8(ph), bit4));
+            }
+            (lo, hi)
+        }
+    }
+
     /// # Safety
     /// The CPU must have AVX-512 VNNI, AVX-512 VL, AVX2 and FMA; `m0 + MR <= a.m` and `w` holds
     /// at least `NT` tiles of `a.nb` blocks.
@@ -755,8 +781,6 @@ mod x86 {
         let (ad, amix) = (a.d[m0 * a.nb..].as_ptr(), a.mix[m0 * a.nb..].as_ptr());
         let (wq, wd) = (w.q[t0 * nb * tb..].as_ptr(), w.d[t0 * nb * NR..].as_ptr());
         let wm = w.m.as_ref().map_or(std::ptr::null(), |m| m[t0 * nb * NR..].as_ptr());
-        let low = _mm256_set1_epi8(0x0F);
-        let bit4 = _mm256_set1_epi8(0x10);
         let mut acc = [_mm256_setzero_ps(); NT];
         for b in 0..nb {
             // SAFETY (all pointer reads in this loop): block b < nb of tiles t0..t0+NT of w and
@@ -771,15 +795,8 @@ mod x86 {
                 _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_AHEAD * tb + 64) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_AHEAD * tb + 128) as *const i8);
                 for g in 0..4 {
-                    let n = unsafe { _mm256_loadu_si256(base.add(g * 32) as *const __m256i) };
-                    let mut lo = _mm256_and_si256(n, low);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(n, 4), low);
-                    if FIVE {
-                        let plane = unsafe { base.add(TILE_BLOCK / 2) as *const u32 };
-                        let (pl, ph) = unsafe { (plane.add(g).read_unaligned(), plane.add(g + 4).read_unaligned()) };
-                        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_movm_epi8(pl), bit4));
-                        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_movm_epi8(ph), bit4));
-                    }
+                    // SAFETY: base is a whole packed tile-block of w.q.
+                    let (lo, hi) = unsafe { unpack_group(base, g, FIVE) };
                     ia[j] = _mm256_dpbusd_epi32(ia[j], lo, bc(g));
                     ia[j] = _mm256_dpbusd_epi32(ia[j], hi, bc(g + 4));
                 }
@@ -800,21 +817,11 @@ mod x86 {
     #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw")]
     pub(super) unsafe fn unpack_tiles(five: bool, src: &[u8], dst: &mut [u8]) {
         let tb = if five { Packing::U5.bytes() } else { Packing::U4.bytes() };
-        let low = _mm256_set1_epi8(0x0F);
-        let bit4 = _mm256_set1_epi8(0x10);
         for (s, d) in src.chunks_exact(tb).zip(dst.chunks_exact_mut(TILE_BLOCK)) {
             for g in 0..4 {
                 // SAFETY: s holds tb ≥ 160 (U5) or 128 (U4) bytes, d 256.
                 unsafe {
-                    let n = _mm256_loadu_si256(s.as_ptr().add(g * 32) as *const __m256i);
-                    let mut lo = _mm256_and_si256(n, low);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(n, 4), low);
-                    if five {
-                        let plane = s.as_ptr().add(TILE_BLOCK / 2) as *const u32;
-                        let (pl, ph) = (plane.add(g).read_unaligned(), plane.add(g + 4).read_unaligned());
-                        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_movm_epi8(pl), bit4));
-                        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_movm_epi8(ph), bit4));
-                    }
+                    let (lo, hi) = unpack_group(s.as_ptr(), g, five);
                     _mm256_storeu_si256(d.as_mut_ptr().add(g * 32) as *mut __m256i, lo);
                     _mm256_storeu_si256(d.as_mut_ptr().add((g + 4) * 32) as *mut __m256i, hi);
                 }
