@@ -1,14 +1,17 @@
-"""Hugging Face PEFT + PyTorch (CPU) peer for `kotae-bench lora`: the same GGUF weights
-(dequantized by transformers), the same tokenized sequences and the same batches (written by
-`kotae-bench lora --out`), the same LoRA settings and optimizer.
+"""Hugging Face PEFT + PyTorch peer for `kotae-bench lora`: the same weights (a GGUF file
+dequantized by transformers, or a Hugging Face folder: pass "" as gguf_file), the same tokenized
+sequences and the same batches (written by `kotae-bench lora --out`), the same LoRA settings
+and optimizer, on the CPU or a GPU.
 
     python scripts/bench/peft_baseline.py kotae-data/models/smollm2-135m-instruct \
         SmolLM2-135M-Instruct.Q4_1.gguf target/bench/lora-batches.json --threads 2
+    python scripts/bench/peft_baseline.py target/gpu/qwen-shape "" batches.json --device cuda --dtype bf16
 """
 import argparse, json, resource, statistics, time
 
 import torch
 from peft import LoraConfig, get_peft_model
+import transformers
 from transformers import AutoModelForCausalLM
 
 ap = argparse.ArgumentParser()
@@ -18,11 +21,22 @@ ap.add_argument("batches")
 ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--r", type=int, default=8)
 ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
 a = ap.parse_args()
+dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.dtype]
+cuda = a.device.startswith("cuda")
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
 torch.set_num_threads(a.threads)
 torch.manual_seed(42)
 data = json.load(open(a.batches))
-model = AutoModelForCausalLM.from_pretrained(a.model_dir, gguf_file=a.gguf_file, torch_dtype=torch.float32)
+kw = {"gguf_file": a.gguf_file} if a.gguf_file else {}
+# transformers 4.56 renamed torch_dtype to dtype (an unknown keyword is silently ignored).
+new_kw = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56)
+kw["dtype" if new_kw else "torch_dtype"] = dtype
+model = AutoModelForCausalLM.from_pretrained(a.model_dir, **kw).to(a.device)
 cfg = LoraConfig(r=a.r, lora_alpha=2 * a.r, lora_dropout=0.05, target_modules=a.targets.split(","), task_type="CAUSAL_LM")
 model = get_peft_model(model, cfg)
 model.train()
@@ -32,16 +46,19 @@ rates = []
 for batch in data["batches"]:
     seqs = [data["seqs"][i] for i in batch]
     n = max(len(s["ids"]) for s in seqs)
-    ids = torch.tensor([s["ids"] + [pad] * (n - len(s["ids"])) for s in seqs])
-    labels = torch.tensor([[t if k else -100 for t, k in zip(s["ids"], s["train"])] + [-100] * (n - len(s["ids"])) for s in seqs])
+    ids = torch.tensor([s["ids"] + [pad] * (n - len(s["ids"])) for s in seqs], device=a.device)
+    labels = torch.tensor([[t if k else -100 for t, k in zip(s["ids"], s["train"])] + [-100] * (n - len(s["ids"])) for s in seqs], device=a.device)
     real = sum(len(s["ids"]) for s in seqs)
+    sync()
     t = time.perf_counter()
     out = model(input_ids=ids, labels=labels)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     opt.step()
     opt.zero_grad()
+    sync()
     rates.append(real / (time.perf_counter() - t))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-print(f"peft lora torch={torch.__version__} threads={a.threads} steps={len(rates)} trainable={trainable} median_tokens_per_s={statistics.median(rates[1:]):.1f} peak_rss_mib={peak:.0f}")
+gpu = f" gpu_peak_mib={torch.cuda.max_memory_allocated() / 2**20:.0f}" if cuda else ""
+print(f"peft lora torch={torch.__version__} device={a.device} dtype={a.dtype} threads={a.threads} steps={len(rates)} trainable={trainable} median_tokens_per_s={statistics.median(rates[1:]):.1f} peak_rss_mib={peak:.0f}{gpu}")

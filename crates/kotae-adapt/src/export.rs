@@ -9,7 +9,9 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::lm::{gguf_name, permute_qk, Arch, BaseSource, TrainableLm};
+use kotae_models::chat::PromptFormat;
+
+use crate::lm::{gguf_name, permute_qk, Arch, BaseSource, LmConfig, TrainableLm};
 use crate::{Error, Result};
 
 /// PEFT's prefix for the tensors of a causal LM's adapter.
@@ -134,12 +136,18 @@ pub fn save_merged_hf(model: &TrainableLm, dir: &Path) -> Result<()> {
         weights.insert(n, t.to_device(&Device::Cpu)?);
     }
     candle_core::safetensors::save(&weights, dir.join("model.safetensors"))?;
+    save_hf_metadata(cfg, &model.base.format, dir)
+}
+
+/// What a Hugging Face folder holds besides the weights: config.json, tokenizer.json and
+/// tokenizer_config.json (chat template, special tokens).
+pub fn save_hf_metadata(cfg: &LmConfig, fmt: &PromptFormat, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let write = |name: &str, v: &serde_json::Value| -> Result<()> {
         let p = dir.join(name);
         std::fs::write(&p, serde_json::to_string_pretty(v)?).map_err(|e| Error::io(&p, e))
     };
     write("config.json", &cfg.to_hf_json())?;
-    let fmt = &model.base.format;
     let (bos, eos) = fmt.special_tokens();
     write(
         "tokenizer_config.json",

@@ -63,6 +63,7 @@ enum Cmd {
     /// LoRA training throughput (tokens/s, padding excluded) and peak memory on the inquiry
     /// logs of knowledge/; --out writes the exact batches for the PEFT peer
     Lora {
+        /// A registered model name, or the path of a GGUF file or Hugging Face folder
         #[arg(long, default_value = "smollm2-135m-instruct")]
         base: String,
         #[arg(long, default_value_t = 8)]
@@ -83,6 +84,15 @@ enum Cmd {
         /// f32, or bf16 / f16 on CUDA
         #[arg(long, default_value = "f32")]
         dtype: String,
+    },
+    /// Writes a Hugging Face folder with a base model's config and tokenizer but no weights.
+    /// `scripts/gpu/random_weights.py` fills it with random weights of the same shapes, for
+    /// training throughput on a machine the real weights cannot be copied to.
+    ShapeFolder {
+        #[arg(long, default_value = "qwen2.5-0.5b-instruct")]
+        base: String,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Search latency p50/p99 per mode on a synthetic corpus of N chunks
     Search {
@@ -225,6 +235,12 @@ fn main() -> Result<()> {
             bench_lora(&cfg, &base, steps, batch, max_len, r, targets, out, cli.threads, &device, &dtype)?
         }
         Cmd::Search { chunks, kb_dir } => bench_search(&cfg, chunks, &kb_dir)?,
+        Cmd::ShapeFolder { base, out } => {
+            let path = kotae_models::registry::gguf_path(&cfg.models_dir(), &base)?;
+            let m = kotae_adapt::BaseModel::load(&path, &kotae_models::candle::Device::Cpu)?;
+            kotae_adapt::export::save_hf_metadata(&m.config, &m.format, &out)?;
+            println!("wrote {} (config.json, tokenizer.json, tokenizer_config.json; no weights)", out.display());
+        }
     }
     Ok(())
 }
@@ -441,7 +457,11 @@ fn bench_lora(
     dtype: &str,
 ) -> Result<()> {
     use kotae_adapt::train::{micro_batch, RunOptions, TrainConfig};
-    let path = kotae_models::registry::gguf_path(&cfg.models_dir(), base)?;
+    let path = if std::path::Path::new(base).exists() {
+        PathBuf::from(base)
+    } else {
+        kotae_models::registry::gguf_path(&cfg.models_dir(), base)?
+    };
     let lora = kotae_adapt::LoraConfig {
         r,
         alpha: 2.0 * r as f64,
