@@ -385,6 +385,11 @@ pub struct TrainableLm {
     pub full: BTreeMap<String, Var>,
     /// Compute dtype of the base weights and activations (f32 on CPU).
     pub dtype: DType,
+    /// Attention of a batch's sequences padded into one `[b, heads, t, t]` product, rather
+    /// than one sequence at a time over the packed rows. The default on GPUs, where the cost
+    /// of a step is the number of kernel launches (and allocations), not the arithmetic; on the
+    /// CPU the packed form saves the padding's work and uses the fused ops.
+    pub batched_attention: bool,
     device: Device,
     cos: Tensor,
     sin: Tensor,
@@ -394,6 +399,42 @@ pub struct TrainableLm {
 /// draws the same masks.
 pub struct Dropout<'a> {
     pub rng: &'a mut StdRng,
+}
+
+/// Where packed rows go in a padded `[b, t_max]` layout and back.
+struct Padding {
+    batch: usize,
+    t_max: usize,
+    /// `[b·t_max]`: the packed row each padded position reads (its sequence's last row past
+    /// the end).
+    gather: Tensor,
+    /// `[n]`: the padded position of each packed row.
+    scatter: Tensor,
+}
+
+impl Padding {
+    fn new(lens: &[usize], device: &Device) -> Result<Self> {
+        if lens.contains(&0) {
+            return Err(Error::Config("an empty sequence in a batch".into()));
+        }
+        let t_max = lens.iter().copied().max().unwrap_or(0);
+        let (mut gather, mut scatter) = (Vec::with_capacity(lens.len() * t_max), Vec::new());
+        let mut off = 0;
+        for (s, &len) in lens.iter().enumerate() {
+            for p in 0..t_max {
+                gather.push((off + p.min(len - 1)) as u32);
+            }
+            scatter.extend((0..len).map(|p| (s * t_max + p) as u32));
+            off += len;
+        }
+        let (g, n) = (gather.len(), scatter.len());
+        Ok(Self {
+            batch: lens.len(),
+            t_max,
+            gather: Tensor::from_vec(gather, g, device)?,
+            scatter: Tensor::from_vec(scatter, n, device)?,
+        })
+    }
 }
 
 impl TrainableLm {
@@ -441,7 +482,8 @@ impl TrainableLm {
         let freqs = t.matmul(&inv)?;
         let cos = freqs.cos()?.to_dtype(dtype)?;
         let sin = freqs.sin()?.to_dtype(dtype)?;
-        Ok(Self { base, lora_cfg, lora, full, dtype, device, cos, sin })
+        let batched_attention = !device.is_cpu();
+        Ok(Self { base, lora_cfg, lora, full, dtype, batched_attention, device, cos, sin })
     }
 
     pub fn config(&self) -> &LmConfig {
@@ -541,37 +583,46 @@ impl TrainableLm {
         let ids = Tensor::from_slice(ids, n, &self.device)?;
         let mut h = embed.index_select(&ids, 0)?.detach(); // [n, hidden]
         let scale = 1.0 / (hd as f64).sqrt();
+        let pads = if self.batched_attention { Some(Padding::new(lens, &self.device)?) } else { None };
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
             let x = self.rms_norm(&h, &format!("{p}.input_layernorm.weight"))?;
             let q = self.linear(&format!("{p}.self_attn.q_proj"), &x, &mut dropout)?;
             let k = self.linear(&format!("{p}.self_attn.k_proj"), &x, &mut dropout)?;
             let v = self.linear(&format!("{p}.self_attn.v_proj"), &x, &mut dropout)?;
-            let mut outs = Vec::with_capacity(lens.len());
-            let mut off = 0;
-            for &t in lens {
-                let heads = |x: &Tensor, k: usize| -> Result<Tensor> {
-                    Ok(x.narrow(0, off, t)?.reshape((1, t, k, hd))?.transpose(1, 2)?.contiguous()?)
-                };
-                let cos = self.cos.narrow(0, 0, t)?;
-                let sin = self.sin.narrow(0, 0, t)?;
-                let qs = crate::ops::rope(&heads(&q, nh)?, &cos, &sin)?;
-                let ks = crate::ops::rope(&heads(&k, nkv)?, &cos, &sin)?;
-                let vs = heads(&v, nkv)?;
-                let (ks, vs) = if nkv == nh {
-                    (ks, vs)
-                } else {
-                    let rep = nh / nkv;
-                    let r = |x: Tensor| -> Result<Tensor> {
-                        Ok(x.unsqueeze(2)?.broadcast_as((1, nkv, rep, t, hd))?.reshape((1, nh, t, hd))?)
+            let o = if self.batched_attention {
+                self.attention_padded(&q, &k, &v, pads.as_ref().expect("padding indices"), scale)?
+            } else {
+                let mut outs = Vec::with_capacity(lens.len());
+                let mut off = 0;
+                for &t in lens {
+                    let heads = |x: &Tensor, k: usize| -> Result<Tensor> {
+                        Ok(x.narrow(0, off, t)?.reshape((1, t, k, hd))?.transpose(1, 2)?.contiguous()?)
                     };
-                    (r(ks)?, r(vs)?)
-                };
-                let att = crate::ops::causal_softmax(&qs.matmul(&ks.t()?)?, scale)?;
-                outs.push(att.matmul(&vs)?.transpose(1, 2)?.reshape((t, nh * hd))?);
-                off += t;
-            }
-            let o = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 0)? };
+                    let cos = self.cos.narrow(0, 0, t)?;
+                    let sin = self.sin.narrow(0, 0, t)?;
+                    let qs = crate::ops::rope(&heads(&q, nh)?, &cos, &sin)?;
+                    let ks = crate::ops::rope(&heads(&k, nkv)?, &cos, &sin)?;
+                    let vs = heads(&v, nkv)?;
+                    let (ks, vs) = if nkv == nh {
+                        (ks, vs)
+                    } else {
+                        let rep = nh / nkv;
+                        let r = |x: Tensor| -> Result<Tensor> {
+                            Ok(x.unsqueeze(2)?.broadcast_as((1, nkv, rep, t, hd))?.reshape((1, nh, t, hd))?)
+                        };
+                        (r(ks)?, r(vs)?)
+                    };
+                    let att = crate::ops::causal_softmax(&qs.matmul(&ks.t()?)?, scale)?;
+                    outs.push(att.matmul(&vs)?.transpose(1, 2)?.reshape((t, nh * hd))?);
+                    off += t;
+                }
+                if outs.len() == 1 {
+                    outs.remove(0)
+                } else {
+                    Tensor::cat(&outs, 0)?
+                }
+            };
             let o = self.linear(&format!("{p}.self_attn.o_proj"), &o, &mut dropout)?;
             h = (h + o)?;
             let x = self.rms_norm(&h, &format!("{p}.post_attention_layernorm.weight"))?;
@@ -581,6 +632,36 @@ impl TrainableLm {
             h = (h + m)?;
         }
         self.rms_norm(&h, "model.norm.weight")
+    }
+
+    /// Causal attention of packed rows `q [n, heads·hd]`, `k`, `v [n, kv_heads·hd]`: the
+    /// sequences gathered into `[b, heads, t_max, hd]` (padding rows repeat a real row; being
+    /// after every real position, the causal mask hides them), one batched product, and the
+    /// real rows gathered back. Gathers are `index_select`, whose gradient scatters back.
+    fn attention_padded(&self, q: &Tensor, k: &Tensor, v: &Tensor, pads: &Padding, scale: f64) -> Result<Tensor> {
+        let cfg = &self.base.config;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim());
+        let (b, t) = (pads.batch, pads.t_max);
+        let pad = |x: &Tensor, heads: usize| -> Result<Tensor> {
+            Ok(x.index_select(&pads.gather, 0)?.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let qs = crate::ops::rope(&pad(q, nh)?, &cos, &sin)?;
+        let ks = crate::ops::rope(&pad(k, nkv)?, &cos, &sin)?;
+        let vs = pad(v, nkv)?;
+        let (ks, vs) = if nkv == nh {
+            (ks, vs)
+        } else {
+            let rep = nh / nkv;
+            let r = |x: Tensor| -> Result<Tensor> {
+                Ok(x.unsqueeze(2)?.broadcast_as((b, nkv, rep, t, hd))?.reshape((b, nh, t, hd))?)
+            };
+            (r(ks)?, r(vs)?)
+        };
+        let att = crate::ops::causal_softmax(&qs.matmul(&ks.t()?)?, scale)?;
+        let o = att.matmul(&vs)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+        Ok(o.index_select(&pads.scatter, 0)?)
     }
 
     /// Logits of chosen rows of flattened hidden states `[n, hidden]` → `[n, vocab]` (f32).

@@ -35,8 +35,14 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
     if fast(&[x]) {
         return x.contiguous()?.apply_op1(op);
     }
-    let mask: Vec<f32> = (0..x.elem_count()).map(|i| op.scale(i)).collect();
-    x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
+    if x.device().is_cpu() {
+        let mask: Vec<f32> = (0..x.elem_count()).map(|i| op.scale(i)).collect();
+        return x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    }
+    // On a GPU the mask is drawn there (hashing it on the host and copying it over cost more
+    // than the whole training step): from the device's generator, so not the same as the CPU's.
+    let keep = x.rand_like(0.0, 1.0)?.lt(op.keep as f64)?.to_dtype(x.dtype())?;
+    (x * keep)? / op.keep as f64
 }
 
 #[derive(Clone, Copy)]
@@ -90,10 +96,13 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> candle_core::Result<Tensor
     if fast(&[scores]) {
         return scores.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32 });
     }
+    // The mask is made on the scores' device (no host-to-GPU copy per call).
     let t = scores.dim(D::Minus1)?;
-    let mask: Vec<f32> =
-        (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-    let mask = Tensor::from_vec(mask, (t, t), scores.device())?.to_dtype(scores.dtype())?;
+    let idx = Tensor::arange(0u32, t as u32, scores.device())?;
+    let future = idx.unsqueeze(0)?.broadcast_gt(&idx.unsqueeze(1)?)?; // [i, j]: j > i
+    let neg = Tensor::full(f32::NEG_INFINITY, (t, t), scores.device())?.to_dtype(scores.dtype())?;
+    let mask = future.where_cond(&neg, &neg.zeros_like()?)?;
+    // candle_nn::ops::softmax_last_dim is fused but has no backward pass: the composed one.
     candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, D::Minus1)
 }
 

@@ -329,3 +329,42 @@ fn cuda_matches_cpu_and_trains_in_bf16() {
     let metrics = read_metrics(&run).unwrap();
     assert!(metrics.last().unwrap().loss < metrics[0].loss * 0.5);
 }
+
+/// The padded, batched attention (the GPU default) gives the packed path's loss and gradients,
+/// for sequences of different lengths.
+#[test]
+fn batched_attention_matches_the_packed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen2.gguf");
+    write_gguf(&path, "qwen2");
+    let mut m = TrainableLm::new(BaseModel::load(&path, &Device::Cpu).unwrap(), lora(4, 0.0), DType::F32, 3).unwrap();
+    // Non-zero B, so that the gradients of A are not all zero.
+    for p in m.lora.values() {
+        let b = Tensor::randn(0f32, 0.2, p.b.as_tensor().shape(), &Device::Cpu).unwrap();
+        p.b.set(&b).unwrap();
+    }
+    let mut data = memo_set(&m);
+    data[1].ids.extend_from_slice(&[104, 105, 106]);
+    data[1].train.extend_from_slice(&[true, true, true]);
+    let refs: Vec<&Tokenized> = data.iter().collect();
+    assert!(refs.iter().any(|s| s.ids.len() != refs[0].ids.len()), "lengths must differ");
+    let batch = Batch::new(&refs);
+    let run = |m: &TrainableLm| {
+        let (loss, _) = m.loss(&batch, None).unwrap();
+        let g = loss.backward().unwrap();
+        let grads: Vec<f32> = m
+            .trainable()
+            .iter()
+            .flat_map(|(_, v)| g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    assert!(!m.batched_attention, "the CPU default is the packed form");
+    let (l1, g1) = run(&m);
+    m.batched_attention = true;
+    let (l2, g2) = run(&m);
+    assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
+    let scale = g1.iter().fold(0f32, |a, &b| a.max(b.abs()));
+    assert!(scale > 0.0);
+    assert!(max_abs_diff(&g1, &g2) < 1e-4 * scale.max(1.0), "{}", max_abs_diff(&g1, &g2));
+}
