@@ -8,6 +8,9 @@ use kotae::{eval, finetune, ingest, models, search};
 use kotae_index::SearchMode;
 use kotae_models::Embedder;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Kotae: your company's own answer service.
 #[derive(Parser)]
 #[command(version, about)]

@@ -17,6 +17,9 @@ use kotae::config::{Config, Overrides};
 use kotae_index::{ChunkId, FileEntry, IndexedChunk, SearchMode, SearchRequest, VectorFilter, VectorPoint};
 use kotae_models::{Embedder, InputKind};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Cli {
     #[arg(long, global = true)]
