@@ -599,22 +599,7 @@ impl TrainableLm {
                     let heads = |x: &Tensor, k: usize| -> Result<Tensor> {
                         Ok(x.narrow(0, off, t)?.reshape((1, t, k, hd))?.transpose(1, 2)?.contiguous()?)
                     };
-                    let cos = self.cos.narrow(0, 0, t)?;
-                    let sin = self.sin.narrow(0, 0, t)?;
-                    let qs = crate::ops::rope(&heads(&q, nh)?, &cos, &sin)?;
-                    let ks = crate::ops::rope(&heads(&k, nkv)?, &cos, &sin)?;
-                    let vs = heads(&v, nkv)?;
-                    let (ks, vs) = if nkv == nh {
-                        (ks, vs)
-                    } else {
-                        let rep = nh / nkv;
-                        let r = |x: Tensor| -> Result<Tensor> {
-                            Ok(x.unsqueeze(2)?.broadcast_as((1, nkv, rep, t, hd))?.reshape((1, nh, t, hd))?)
-                        };
-                        (r(ks)?, r(vs)?)
-                    };
-                    let att = crate::ops::causal_softmax(&qs.matmul(&ks.t()?)?, scale)?;
-                    outs.push(att.matmul(&vs)?.transpose(1, 2)?.reshape((t, nh * hd))?);
+                    outs.push(self.attend(heads(&q, nh)?, heads(&k, nkv)?, heads(&v, nkv)?, scale)?);
                     off += t;
                 }
                 if outs.len() == 1 {
@@ -634,6 +619,28 @@ impl TrainableLm {
         self.rms_norm(&h, "model.norm.weight")
     }
 
+    /// Causal attention of `[b, heads, t, hd]` queries and `[b, kv_heads, t, hd]` keys and
+    /// values (before the rotary embedding) → `[b·t, heads·hd]`.
+    fn attend(&self, q: Tensor, k: Tensor, v: Tensor, scale: f64) -> Result<Tensor> {
+        let (b, nh, t, hd) = q.dims4()?;
+        let nkv = k.dim(1)?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let qs = crate::ops::rope(&q, &cos, &sin)?;
+        let ks = crate::ops::rope(&k, &cos, &sin)?;
+        let (ks, vs) = if nkv == nh {
+            (ks, v)
+        } else {
+            let rep = nh / nkv;
+            let r = |x: Tensor| -> Result<Tensor> {
+                Ok(x.unsqueeze(2)?.broadcast_as((b, nkv, rep, t, hd))?.reshape((b, nh, t, hd))?)
+            };
+            (r(ks)?, r(v)?)
+        };
+        let att = crate::ops::causal_softmax(&qs.matmul(&ks.t()?)?, scale)?;
+        Ok(att.matmul(&vs)?.transpose(1, 2)?.reshape((b * t, nh * hd))?)
+    }
+
     /// Causal attention of packed rows `q [n, heads·hd]`, `k`, `v [n, kv_heads·hd]`: the
     /// sequences gathered into `[b, heads, t_max, hd]` (padding rows repeat a real row; being
     /// after every real position, the causal mask hides them), one batched product, and the
@@ -645,22 +652,7 @@ impl TrainableLm {
         let pad = |x: &Tensor, heads: usize| -> Result<Tensor> {
             Ok(x.index_select(&pads.gather, 0)?.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
-        let qs = crate::ops::rope(&pad(q, nh)?, &cos, &sin)?;
-        let ks = crate::ops::rope(&pad(k, nkv)?, &cos, &sin)?;
-        let vs = pad(v, nkv)?;
-        let (ks, vs) = if nkv == nh {
-            (ks, vs)
-        } else {
-            let rep = nh / nkv;
-            let r = |x: Tensor| -> Result<Tensor> {
-                Ok(x.unsqueeze(2)?.broadcast_as((b, nkv, rep, t, hd))?.reshape((b, nh, t, hd))?)
-            };
-            (r(ks)?, r(vs)?)
-        };
-        let att = crate::ops::causal_softmax(&qs.matmul(&ks.t()?)?, scale)?;
-        let o = att.matmul(&vs)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+        let o = self.attend(pad(q, nh)?, pad(k, nkv)?, pad(v, nkv)?, scale)?;
         Ok(o.index_select(&pads.scatter, 0)?)
     }
 
