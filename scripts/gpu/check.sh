@@ -3,10 +3,10 @@
 # 1. the GPU tests (kotae-adapt: CUDA logits equal the CPU's; a bf16 run trains);
 # 2. LoRA training throughput and GPU memory, kotae vs Hugging Face PEFT + PyTorch on the same
 #    GPU, the same weights, batches and settings, for Qwen2.5 0.5B and SmolLM2-135M, f32 and bf16.
-# It runs the programs that scripts/gpu/build.sh left in target/gpu/ (or target/gpu.tar.xz) (built where no GPU is;
-# the weights there are random, of the real shapes, made by random_weights.py, since the real
-# ones cannot be copied to such a machine); without them it builds here with cargo and nvcc
-# and uses the installed models.
+# It runs the programs that scripts/gpu/build.sh left in target/gpu.tar.xz, built where no GPU
+# is; the weights there are random, of the real shapes (random_weights.py), since the real ones
+# cannot be copied to such a machine. Without them it builds here with cargo and nvcc and uses
+# the installed models.
 #   scripts/gpu/check.sh [steps]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,8 +32,7 @@ fi
 echo "tests: exit $?"
 # Peak GPU memory of one command, read the same way for both (nvidia-smi, every 100 ms).
 peak() {
-  [ -f target/gpu.tar.xz ] && [ ! -d target/gpu/bin ] && tar -C target -xJf target/gpu.tar.xz
-nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$LOG/mem.txt" &
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$LOG/mem.txt" &
   local smi=$!
   "$@"
   local rc=$?
