@@ -5,8 +5,9 @@
 # - the driver library (libcuda, present only where a GPU is) is replaced at link time by a stub
 #   that defines its symbols; the real one is loaded at run time;
 # - kernels are compiled for CUDA_COMPUTE_CAP (default 90: H100/H200).
-# Output: target/gpu.tar.xz, packing target/gpu/ (the programs, stripped, and weightless Hugging Face folders of the two
-# generators, see `kotae-bench shape-folder`), a few tens of MB, for check.sh to run from.
+# Output: target/gpu.tar.xz (~35 MB), packing target/gpu/: the programs, stripped, and weightless
+# Hugging Face folders of the two generators (`kotae-bench shape-folder`, which reads the
+# installed GGUF files: `kotae models fetch` them first), for check.sh to run from.
 #   scripts/gpu/build.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
