@@ -31,7 +31,7 @@ pub struct LoraJob {
     pub gguf: bool,
 }
 
-fn device(name: &str) -> Result<Device> {
+pub fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" => {
@@ -41,7 +41,8 @@ fn device(name: &str) -> Result<Device> {
     }
 }
 
-fn base_path(cfg: &Config, base: &str) -> Result<PathBuf> {
+/// `--base`: a catalog generator (its installed GGUF file), or a GGUF file or model folder.
+pub fn base_path(cfg: &Config, base: &str) -> Result<PathBuf> {
     if kotae_models::registry::spec(base).is_ok() {
         return Ok(kotae_models::registry::gguf_path(&cfg.models_dir(), base)?);
     }

@@ -239,7 +239,7 @@ fn main() -> Result<()> {
         }
         Cmd::Search { chunks, kb_dir } => bench_search(&cfg, chunks, &kb_dir)?,
         Cmd::ShapeFolder { base, out } => {
-            let path = kotae_models::registry::gguf_path(&cfg.models_dir(), &base)?;
+            let path = kotae::finetune::base_path(&cfg, &base)?;
             let m = kotae_adapt::BaseModel::load(&path, &kotae_models::candle::Device::Cpu)?;
             kotae_adapt::export::save_hf_metadata(&m.config, &m.format, &out)?;
             println!("wrote {} (config.json, tokenizer.json, tokenizer_config.json; no weights)", out.display());
@@ -460,11 +460,7 @@ fn bench_lora(
     dtype: &str,
 ) -> Result<()> {
     use kotae_adapt::train::{micro_batch, RunOptions, TrainConfig};
-    let path = if std::path::Path::new(base).exists() {
-        PathBuf::from(base)
-    } else {
-        kotae_models::registry::gguf_path(&cfg.models_dir(), base)?
-    };
+    let path = kotae::finetune::base_path(cfg, base)?;
     let lora = kotae_adapt::LoraConfig {
         r,
         alpha: 2.0 * r as f64,
@@ -472,8 +468,8 @@ fn bench_lora(
         target_modules: targets.clone(),
         unfreeze_layers: vec![],
     };
-    use kotae_models::candle::{DType, Device};
-    let dev = if device == "cuda" { Device::new_cuda(0)? } else { Device::Cpu };
+    use kotae_models::candle::DType;
+    let dev = kotae::finetune::device(device)?;
     let dt = match dtype {
         "bf16" => DType::BF16,
         "f16" => DType::F16,
