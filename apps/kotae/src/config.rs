@@ -110,6 +110,9 @@ pub struct SearchConfig {
     pub hnsw_m: usize,
     pub hnsw_ef_construct: usize,
     pub hnsw_ef: usize,
+    /// Weight of a dictionary-translated word in BM25, relative to one of the query's own
+    /// words (cross-lingual search: Japanese questions find English manuals and back); 0 = off.
+    pub cross_lingual_weight: f32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +168,7 @@ impl Default for SearchConfig {
             hnsw_m: 16,
             hnsw_ef_construct: 200,
             hnsw_ef: 512,
+            cross_lingual_weight: 1.0,
         }
     }
 }

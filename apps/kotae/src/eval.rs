@@ -139,6 +139,9 @@ pub fn run_retrieval_eval(
     let mut failures = Vec::new();
     if let Some(t) = thresholds {
         for (lang, modes) in t {
+            if lang == HYBRID_RULE {
+                continue;
+            }
             for (mode, metrics) in modes.as_table().into_iter().flatten() {
                 for (metric, min) in metrics.as_table().into_iter().flatten() {
                     let min = min.as_float().or_else(|| min.as_integer().map(|i| i as f64)).unwrap_or(0.0);
@@ -152,7 +155,82 @@ pub fn run_retrieval_eval(
             }
         }
     }
+    if let Some(rule) = thresholds.and_then(|t| t.get(HYBRID_RULE)) {
+        failures.extend(hybrid_rule(&results, rule)?);
+    }
     Ok(EvalReport { results, failures, misses })
+}
+
+/// `[hybrid_not_below] metrics = [...]` in the thresholds: in every language, hybrid must score
+/// at least as well as bm25 and dense alone on these metrics (a fusion that lets the weaker
+/// ranking drag the stronger one down fails).
+const HYBRID_RULE: &str = "hybrid_not_below";
+
+fn hybrid_rule(results: &BTreeMap<String, BTreeMap<String, Metrics>>, rule: &toml::Value) -> Result<Vec<String>> {
+    let metrics: Vec<&str> = rule
+        .get("metrics")
+        .and_then(|m| m.as_array())
+        .context("[hybrid_not_below] needs `metrics = [\"mrr_at_10\", ...]`")?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let mut failures = Vec::new();
+    for (lang, modes) in results.iter().filter(|(l, _)| *l != "all") {
+        let Some(hybrid) = modes.get("hybrid") else { continue };
+        for single in ["bm25", "dense"] {
+            let Some(other) = modes.get(single) else { continue };
+            for &m in &metrics {
+                let (h, o) = (
+                    hybrid.get(m).with_context(|| format!("[hybrid_not_below]: no metric {m}"))?,
+                    other.get(m).unwrap_or(0.0),
+                );
+                if h + 1e-9 < o {
+                    failures.push(format!("{lang}/hybrid/{m} = {h:.3} is below {single}'s {o:.3}"));
+                }
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// Write, per golden query, both candidate lists before fusion (source, chunk, score; best
+/// first) as JSON lines: the data to study or tune a fusion on without re-running the models.
+pub fn dump_candidates(
+    cfg: &Config,
+    index: &KnowledgeIndex,
+    embedder: &dyn Embedder,
+    golden: &[GoldQuery],
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    let texts: Vec<String> = golden.iter().map(|g| kotae_ingest::clean::normalize(&g.query)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let vectors = embedder.embed(&refs, InputKind::Query)?.vectors;
+    for ((g, text), v) in golden.iter().zip(&texts).zip(vectors) {
+        let req = SearchRequest {
+            text: text.clone(),
+            vector: Some(v),
+            mode: SearchMode::Hybrid,
+            top_k: 30,
+            groups: vec![],
+            lang: None,
+            fusion: cfg.search.fusion,
+        };
+        let c = index.candidates(&req)?;
+        let list = |l: &[(kotae_index::ChunkId, f32)]| -> Vec<serde_json::Value> {
+            l.iter()
+                .map(|(id, s)| {
+                    let ch = &c.chunks[id];
+                    serde_json::json!({"source": ch.source, "chunk_id": id.to_string(), "score": s, "text_hash": ch.text_hash})
+                })
+                .collect()
+        };
+        let line = serde_json::json!({
+            "id": g.id, "lang": g.lang, "kind": g.kind, "query": g.query, "gold": g.gold,
+            "bm25": list(&c.bm25), "dense": list(&c.dense),
+        });
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 pub fn print_report(r: &EvalReport) {

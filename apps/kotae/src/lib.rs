@@ -38,6 +38,8 @@ pub fn open_index(cfg: &Config, dim: Option<usize>) -> Result<KnowledgeIndex> {
         embedder: cfg.embedder.model.clone(),
         dim,
         ja_dictionary: Some(dict),
+        lexicon: Some(kotae_index::store::lexicon_path(&cfg.models_dir())),
+        cross_lingual_weight: cfg.search.cross_lingual_weight,
         hnsw: kotae_index::vector::HnswSettings {
             m: cfg.search.hnsw_m,
             ef_construct: cfg.search.hnsw_ef_construct,

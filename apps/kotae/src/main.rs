@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use kotae::config::{Config, Overrides};
 use kotae::{eval, finetune, ingest, models, search};
@@ -230,6 +230,9 @@ enum EvalCmd {
         thresholds: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Also write both candidate lists of every query, before fusion, to this JSONL file
+        #[arg(long, value_name = "FILE")]
+        dump: Option<PathBuf>,
     },
     /// Whether the relevance threshold answers what the documents cover and declines the rest
     AnswerScope {
@@ -264,10 +267,10 @@ fn main() -> ExitCode {
 
 /// An evaluation's thresholds file; a missing file means no thresholds.
 fn load_thresholds(path: &std::path::Path) -> Result<Option<toml::Table>> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => Ok(Some(toml::from_str(&t)?)),
-        Err(_) => Ok(None),
-    }
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!("cannot read thresholds {}: run from the repository root or pass --thresholds FILE", path.display())
+    })?;
+    Ok(Some(toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -457,10 +460,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Cmd::Eval { cmd: EvalCmd::Retrieval { golden, thresholds, json } } => {
+        Cmd::Eval { cmd: EvalCmd::Retrieval { golden, thresholds, json, dump } } => {
             let embedder = kotae::load_embedder(&cfg)?;
             let index = kotae::open_index(&cfg, None)?;
             let golden = eval::load_golden(&golden)?;
+            if let Some(path) = dump {
+                let mut f = std::io::BufWriter::new(
+                    std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?,
+                );
+                eval::dump_candidates(&cfg, &index, &embedder, &golden, &mut f)?;
+                std::io::Write::flush(&mut f)?;
+            }
             let thr = load_thresholds(&thresholds)?;
             let r = eval::run_retrieval_eval(&cfg, &index, &embedder, &golden, thr.as_ref())?;
             if json {

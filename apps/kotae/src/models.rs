@@ -9,6 +9,8 @@ use kotae_models::registry::{self, FetchOptions, InstalledFile, InstalledModel, 
 use crate::config::Config;
 
 pub const IPADIC: &str = "ipadic";
+/// The Japanese–English dictionary for cross-lingual BM25.
+pub const EDICT: &str = "edict";
 
 pub fn fetch_options(cfg: &Config) -> FetchOptions {
     let ep = cfg.models.hub_endpoint.trim();
@@ -24,12 +26,15 @@ pub fn fetch(cfg: &Config, name: &str) -> Result<InstalledModel> {
     if name == IPADIC {
         return fetch_ipadic(cfg);
     }
+    if name == EDICT {
+        return fetch_edict(cfg);
+    }
     Ok(registry::fetch(&cfg.models_dir(), name, &fetch_options(cfg))?)
 }
 
 /// What `kotae models fetch` installs without a name: the embedder and the dictionary.
 pub fn default_set(cfg: &Config) -> Vec<String> {
-    let mut v = vec![cfg.embedder.model.clone(), IPADIC.to_string()];
+    let mut v = vec![cfg.embedder.model.clone(), IPADIC.to_string(), EDICT.to_string()];
     if registry::spec(&cfg.generator.model).is_ok() {
         v.push(cfg.generator.model.clone());
     }
@@ -37,43 +42,83 @@ pub fn default_set(cfg: &Config) -> Vec<String> {
 }
 
 pub fn all_names() -> Vec<String> {
-    registry::CATALOG.iter().map(|m| m.name.to_string()).chain([IPADIC.to_string()]).collect()
+    registry::CATALOG.iter().map(|m| m.name.to_string()).chain([IPADIC.to_string(), EDICT.to_string()]).collect()
 }
 
-fn ipadic_source(cfg: &Config) -> Result<(PathBuf, String)> {
-    let system = Path::new("/usr/share/mecab/dic/ipadic");
-    if system.join("matrix.def").exists() {
+/// A Debian package's files: from the system when installed there (`system`, a path inside
+/// the package), else downloaded with `apt-get download` and unpacked into the data directory's
+/// cache. Returns the folder the package's `rel` path is in, and where it came from.
+fn debian_files(cfg: &Config, package: &str, system: &Path, probe: &str) -> Result<(PathBuf, String)> {
+    if system.join(probe).exists() {
         return Ok((system.to_path_buf(), format!("system:{}", system.display())));
     }
     let cache = cfg.data_dir.join("cache").join("debs");
-    let unpacked = cache.join("mecab-ipadic");
-    let src = unpacked.join("usr/share/mecab/dic/ipadic");
-    if !src.join("matrix.def").exists() {
-        std::fs::create_dir_all(&cache)?;
-        let out = Command::new("apt-get")
-            .args(["download", "mecab-ipadic"])
-            .current_dir(&cache)
-            .output()
-            .context("cannot run apt-get: install Debian's mecab-ipadic package, or point /usr/share/mecab/dic/ipadic at its files")?;
-        if !out.status.success() {
-            bail!("apt-get download mecab-ipadic failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        let deb = std::fs::read_dir(&cache)?
+    let unpacked = cache.join(package);
+    let src = unpacked.join(system.strip_prefix("/").unwrap_or(system));
+    let prefix = format!("{package}_");
+    let find_deb = || -> Result<Option<PathBuf>> {
+        Ok(std::fs::read_dir(&cache)?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mecab-ipadic_")))
-            .context("apt-get reported success but wrote no mecab-ipadic .deb")?;
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))))
+    };
+    if !src.join(probe).exists() {
+        std::fs::create_dir_all(&cache)?;
+        let out =
+            Command::new("apt-get").args(["download", package]).current_dir(&cache).output().with_context(|| {
+                format!(
+                    "cannot run apt-get: install Debian's {package} package, or put its files in {}",
+                    system.display()
+                )
+            })?;
+        if !out.status.success() {
+            bail!("apt-get download {package} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let deb = find_deb()?.with_context(|| format!("apt-get reported success but wrote no {package} .deb"))?;
         let st = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked).status().context("cannot run dpkg-deb")?;
         if !st.success() {
             bail!("dpkg-deb -x {} failed", deb.display());
         }
     }
-    let deb_name = std::fs::read_dir(&cache)?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.ends_with(".deb"))
-        .unwrap_or_else(|| "mecab-ipadic".into());
+    let deb_name = find_deb()?
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| package.into());
     Ok((src, format!("debian:{deb_name}")))
+}
+
+fn ipadic_source(cfg: &Config) -> Result<(PathBuf, String)> {
+    debian_files(cfg, "mecab-ipadic", Path::new("/usr/share/mecab/dic/ipadic"), "matrix.def")
+}
+
+/// Write the install record of a dictionary made of one file.
+fn record_dictionary(dir: &Path, name: &str, source: String, file: &str) -> Result<InstalledModel> {
+    let out = dir.join(file);
+    let record = InstalledModel {
+        format: 1,
+        name: name.into(),
+        kind: ModelKind::Dictionary,
+        source,
+        files: vec![InstalledFile {
+            path: file.into(),
+            bytes: std::fs::metadata(&out)?.len(),
+            sha256: registry::sha256_file(&out)?,
+        }],
+        installed_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+    };
+    std::fs::write(dir.join(RECORD), serde_json::to_vec_pretty(&record)?)?;
+    Ok(record)
+}
+
+fn fetch_edict(cfg: &Config) -> Result<InstalledModel> {
+    let dir = cfg.models_dir().join(EDICT);
+    if let Some(m) = registry::installed(&cfg.models_dir(), EDICT) {
+        return Ok(m);
+    }
+    let (src, source) = debian_files(cfg, "edict", Path::new("/usr/share/edict"), "edict")?;
+    std::fs::create_dir_all(&dir)?;
+    let out = kotae_index::store::lexicon_path(&cfg.models_dir());
+    kotae_index::bilingual::compile_edict(&src.join("edict"), &out)?;
+    record_dictionary(&dir, EDICT, source, "lexicon.tsv")
 }
 
 fn fetch_ipadic(cfg: &Config) -> Result<InstalledModel> {
@@ -85,20 +130,7 @@ fn fetch_ipadic(cfg: &Config) -> Result<InstalledModel> {
     std::fs::create_dir_all(&dir)?;
     let out = dir.join("system.dic");
     kotae_index::japanese::compile_ipadic(&src, &out)?;
-    let record = InstalledModel {
-        format: 1,
-        name: IPADIC.into(),
-        kind: ModelKind::Dictionary,
-        source,
-        files: vec![InstalledFile {
-            path: "system.dic".into(),
-            bytes: std::fs::metadata(&out)?.len(),
-            sha256: registry::sha256_file(&out)?,
-        }],
-        installed_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
-    };
-    std::fs::write(dir.join(RECORD), serde_json::to_vec_pretty(&record)?)?;
-    Ok(record)
+    record_dictionary(&dir, IPADIC, source, "system.dic")
 }
 
 pub fn print_list(cfg: &Config, all: bool) -> Result<()> {
@@ -132,6 +164,10 @@ pub fn print_list(cfg: &Config, all: bool) -> Result<()> {
             );
         }
         println!("  {:<24} dictionary            Japanese morphological dictionary (Debian mecab-ipadic)", IPADIC);
+        println!(
+            "  {:<24} dictionary            Japanese-English dictionary for cross-lingual search (EDRDG EDICT, Debian edict) [CC-BY-SA-4.0]",
+            EDICT
+        );
     }
     Ok(())
 }

@@ -83,6 +83,77 @@ impl JapaneseTokenizer {
     }
 }
 
+/// One morpheme of a Japanese text, for query translation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    pub surface: String,
+    /// Dictionary form (verbs and adjectives), else the surface.
+    pub base: String,
+    /// Indexed by BM25 (not a particle, auxiliary verb or symbol).
+    pub kept: bool,
+    /// Carries meaning on its own: kept, and not a dependent word (非自立), suffix, number or
+    /// light verb such as する.
+    pub content: bool,
+}
+
+/// Verbs and nouns so general that translating them only adds noise.
+const LIGHT_WORDS: &[&str] = &[
+    "する",
+    "いる",
+    "ある",
+    "なる",
+    "できる",
+    "くださる",
+    "れる",
+    "られる",
+    "せる",
+    "おる",
+    "くる",
+    "いく",
+    "もらう",
+    "もらえる",
+    "こと",
+    "もの",
+    "とき",
+    "ため",
+    "よう",
+    "どう",
+    "何",
+    "なに",
+    "いつ",
+    "どこ",
+    "これ",
+    "それ",
+    "ここ",
+];
+
+impl JapaneseTokenizer {
+    /// The morphemes of `text` with what query translation needs to know about them.
+    pub fn words(&self, text: &str) -> Vec<Word> {
+        let mut worker = self.inner.new_worker();
+        worker.reset_sentence(text);
+        worker.tokenize();
+        (0..worker.num_tokens())
+            .map(|i| {
+                let t = worker.token(i);
+                let f: Vec<&str> = t.feature().split(',').collect();
+                let pos = f.first().copied().unwrap_or("");
+                let detail = f.get(1).copied().unwrap_or("");
+                let surface = t.surface().to_string();
+                let base = match (pos, f.get(6)) {
+                    ("動詞" | "形容詞", Some(b)) if *b != "*" && !b.is_empty() => b.to_string(),
+                    _ => surface.clone(),
+                };
+                let kept = !DROPPED_POS.contains(&pos) && surface.chars().any(char::is_alphanumeric);
+                let content = kept
+                    && !matches!(detail, "非自立" | "接尾" | "数" | "代名詞")
+                    && !LIGHT_WORDS.contains(&base.as_str());
+                Word { surface, base, kept, content }
+            })
+            .collect()
+    }
+}
+
 const DROPPED_POS: &[&str] = &["助詞", "助動詞", "記号", "フィラー", "その他"];
 
 impl Tokenizer for JapaneseTokenizer {

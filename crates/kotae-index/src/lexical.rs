@@ -1,8 +1,9 @@
 //! The tantivy side: schema, analyzers per language, BM25 queries with in-engine filters, and
 //! the stored chunks themselves.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery, TermSetQuery};
@@ -14,6 +15,7 @@ use tantivy::tokenizer::{
 };
 use tantivy::{DocAddress, Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
 
+use crate::bilingual::{self, Lexicon};
 use crate::japanese::JapaneseTokenizer;
 use crate::{ChunkId, Error, IndexedChunk, Manifest, Result};
 
@@ -109,6 +111,17 @@ pub struct Lexical {
     pub index: Index,
     pub reader: IndexReader,
     pub f: Fields,
+    /// Query translation between Japanese and English (see `bilingual`).
+    pub translation: Option<Translation>,
+}
+
+/// What cross-lingual BM25 needs: the dictionary, the morphological analyzer to find Japanese
+/// words, and the weight of a translated word relative to an original one.
+#[derive(Clone)]
+pub struct Translation {
+    pub lexicon: Arc<Lexicon>,
+    pub ja: JapaneseTokenizer,
+    pub weight: f32,
 }
 
 impl Lexical {
@@ -119,7 +132,7 @@ impl Lexical {
             if dir.join("meta.json").exists() { Index::open_in_dir(dir)? } else { Index::create_in_dir(dir, schema)? };
         register_analyzers(&index, ja)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        Ok(Self { index, reader, f })
+        Ok(Self { index, reader, f, translation: None })
     }
 
     /// The manifest carried by the last commit (empty for a new index).
@@ -199,6 +212,68 @@ impl Lexical {
         Ok(out)
     }
 
+    /// Terms of `text` translated into the other language, each with its weight: a word's
+    /// translations share the configured weight between them.
+    fn translated_terms(&self, text: &str) -> Result<Vec<(Field, String, f32)>> {
+        let Some(t) = &self.translation else { return Ok(Vec::new()) };
+        let mut weights: HashMap<(Field, String), f32> = HashMap::new();
+        let mut add = |field: Field, terms: Vec<String>, w: f32| {
+            for term in terms {
+                let slot = weights.entry((field, term)).or_default();
+                *slot = slot.max(w);
+            }
+        };
+        // Japanese → English: the longest run of up to four words that is an entry, else the
+        // content word alone.
+        let words = t.ja.words(text);
+        let mut i = 0;
+        while i < words.len() {
+            let mut found = None;
+            if words[i].kept {
+                for n in (2..=4.min(words.len() - i)).rev() {
+                    if words[i..i + n].iter().all(|w| w.kept) {
+                        let compound: String = words[i..i + n].iter().map(|w| w.surface.as_str()).collect();
+                        if let Some(g) = t.lexicon.ja_to_en(&compound) {
+                            found = Some((g, n));
+                            break;
+                        }
+                    }
+                }
+                if found.is_none() && words[i].content {
+                    found = t
+                        .lexicon
+                        .ja_to_en(&words[i].base)
+                        .or_else(|| t.lexicon.ja_to_en(&words[i].surface))
+                        .map(|g| (g, 1));
+                }
+            }
+            match found {
+                Some((glosses, n)) => {
+                    for g in glosses {
+                        add(self.f.body_en, self.analyze(self.f.body_en, g)?, t.weight / glosses.len() as f32);
+                    }
+                    i += n;
+                }
+                None => i += 1,
+            }
+        }
+        // English → Japanese.
+        let is_stop = |w: &str| self.analyze(self.f.body_en, w).map(|t| t.is_empty()).unwrap_or(true);
+        for heads in bilingual::english_phrases(&t.lexicon, text, is_stop) {
+            for h in heads {
+                add(self.f.body_ja, self.analyze(self.f.body_ja, h)?, t.weight / heads.len() as f32);
+            }
+        }
+        let title_of = |body: Field| if body == self.f.body_en { self.f.title_en } else { self.f.title_ja };
+        let mut out = Vec::with_capacity(weights.len() * 2);
+        for ((field, term), w) in weights {
+            out.push((title_of(field), term.clone(), w * TITLE_BOOST));
+            out.push((field, term, w));
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.total_cmp(&b.2)));
+        Ok(out)
+    }
+
     /// BM25 over titles (boosted) and bodies of both languages, filtered by groups inside the
     /// engine (and by language when asked). Returns (chunk, score), best first.
     pub fn search(
@@ -216,6 +291,10 @@ impl Lexical {
                 let q = TermQuery::new(Term::from_field_text(field, &term), IndexRecordOption::WithFreqs);
                 should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
             }
+        }
+        for (field, term, boost) in self.translated_terms(text)? {
+            let q = TermQuery::new(Term::from_field_text(field, &term), IndexRecordOption::WithFreqs);
+            should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
         }
         if should.is_empty() {
             return Ok(Vec::new());

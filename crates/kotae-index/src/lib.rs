@@ -10,6 +10,7 @@
 //! briefly hold extra points (ignored at query time: dense hits are joined against the lexical
 //! store) but never lacks one.
 
+pub mod bilingual;
 pub mod fusion;
 pub mod japanese;
 pub mod lexical;
@@ -23,7 +24,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use fusion::Fusion;
-pub use store::{IndexConfig, KnowledgeIndex, WriteSession};
+pub use store::{Candidates, IndexConfig, KnowledgeIndex, WriteSession};
 pub use vector::{EdgeStore, VectorFilter, VectorPoint, VectorStore};
 
 /// The group every user belongs to.

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use tantivy::{IndexWriter, TantivyDocument, Term};
 
 use crate::japanese::JapaneseTokenizer;
-use crate::lexical::{JaAnalyzer, Lexical};
+use std::sync::Arc;
+
+use crate::bilingual::Lexicon;
+use crate::lexical::{JaAnalyzer, Lexical, Translation};
 use crate::vector::{EdgeStore, HnswSettings, VectorFilter, VectorPoint, VectorStore};
 use crate::vector_server::{ServerConfig, ServerStore};
 use crate::{
@@ -29,6 +32,19 @@ pub struct IndexConfig {
     pub hnsw: HnswSettings,
     /// A Qdrant server or cluster instead of the embedded engine.
     pub server: Option<ServerConfig>,
+    /// Compiled bilingual dictionary (`lexicon.tsv`) for cross-lingual BM25; `None` (or a
+    /// missing file) searches each language by its own words only.
+    pub lexicon: Option<PathBuf>,
+    /// Weight of a translated word relative to one of the query's own (0 turns it off).
+    pub cross_lingual_weight: f32,
+}
+
+/// What `KnowledgeIndex::candidates` found.
+#[derive(Debug, Clone, Default)]
+pub struct Candidates {
+    pub bm25: Vec<(ChunkId, f32)>,
+    pub dense: Vec<(ChunkId, f32)>,
+    pub chunks: HashMap<ChunkId, IndexedChunk>,
 }
 
 pub struct KnowledgeIndex {
@@ -79,7 +95,21 @@ impl KnowledgeIndex {
             }
             JaAnalyzer::Bigram
         };
-        let lexical = Lexical::open(&lex_dir, &ja)?;
+        let mut lexical = Lexical::open(&lex_dir, &ja)?;
+        if let (JaAnalyzer::Morphological(tok), Some(path)) = (&ja, cfg.lexicon.as_deref().filter(|p| p.exists())) {
+            if cfg.cross_lingual_weight > 0.0 {
+                lexical.translation = Some(Translation {
+                    lexicon: Arc::new(Lexicon::load(path)?),
+                    ja: tok.clone(),
+                    weight: cfg.cross_lingual_weight,
+                });
+            }
+        } else if cfg.cross_lingual_weight > 0.0 && cfg.lexicon.is_some() {
+            tracing::warn!(
+                "bilingual dictionary or IPADIC not installed: Japanese and English are searched by their own words \
+                 only (run `kotae models fetch edict ipadic`)"
+            );
+        }
         let mut manifest = lexical.manifest()?;
         let dim = match (cfg.dim, manifest.format) {
             (Some(d), _) => d,
@@ -167,7 +197,10 @@ impl KnowledgeIndex {
         self.lexical.get_many(ids, &visible_groups(groups))
     }
 
-    pub fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>> {
+    /// The two ranked lists a search fuses, before fusion and deduplication: BM25 (empty in
+    /// dense mode) and dense (empty in bm25 mode), each best first, with the chunks they name.
+    /// For diagnosing rankings (`kotae eval retrieval --dump`); `search` is built on it.
+    pub fn candidates(&self, req: &SearchRequest) -> Result<Candidates> {
         let groups = visible_groups(&req.groups);
         let depth = (req.top_k * 4).max(40);
         let mut chunks: HashMap<ChunkId, IndexedChunk> = HashMap::new();
@@ -193,6 +226,11 @@ impl KnowledgeIndex {
             // Points not in the committed lexical index (an interrupted ingest) are ignored.
             dense = found.into_iter().filter(|(id, _)| chunks.contains_key(id)).collect();
         }
+        Ok(Candidates { bm25, dense, chunks })
+    }
+
+    pub fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>> {
+        let Candidates { bm25, dense, mut chunks } = self.candidates(req)?;
         let dense_scores: HashMap<ChunkId, f32> = dense.iter().copied().collect();
         let ranked = match req.mode {
             SearchMode::Bm25 => bm25,
@@ -329,6 +367,11 @@ impl WriteSession<'_> {
 }
 
 /// Path of the compiled dictionary inside a models folder.
+/// Where `kotae models fetch edict` puts the compiled bilingual dictionary.
+pub fn lexicon_path(models_dir: &Path) -> PathBuf {
+    models_dir.join("edict").join("lexicon.tsv")
+}
+
 pub fn ipadic_path(models_dir: &Path) -> PathBuf {
     models_dir.join("ipadic").join("system.dic")
 }

@@ -160,6 +160,29 @@ fn finds_the_expected_sources_in_japanese_and_english() {
 }
 
 #[test]
+fn bm25_crosses_languages_through_the_dictionary() {
+    let sh = knowledge();
+    let kb = sh.kb.lock().unwrap();
+    // No word in common with the English manual: only the EDICT translation (大ホール → hall) finds it.
+    let got = search(&sh.cfg, &kb, "大ホールを使いたい", SearchMode::Bm25, &[]);
+    assert_eq!(got.first().map(String::as_str), Some("manuals/ga/meeting-rooms.en.md"), "{got:?}");
+}
+
+/// The nightly retrieval evaluation, with its thresholds: floors per language and mode, and
+/// hybrid never below bm25 or dense alone.
+#[test]
+fn retrieval_eval_meets_its_thresholds() {
+    let sh = knowledge();
+    let kb = sh.kb.lock().unwrap();
+    let golden = kotae::eval::load_golden(&workspace().join("evals/retrieval/golden.jsonl")).unwrap();
+    let thresholds: toml::Table =
+        toml::from_str(&std::fs::read_to_string(workspace().join("evals/retrieval/thresholds.toml")).unwrap()).unwrap();
+    let r = kotae::eval::run_retrieval_eval(&sh.cfg, &kb, embedder(), &golden, Some(&thresholds)).unwrap();
+    kotae::eval::print_report(&r);
+    assert!(r.failures.is_empty(), "{:#?}", r.failures);
+}
+
+#[test]
 fn reingesting_an_unchanged_corpus_does_no_embedding_work() {
     let sh = knowledge();
     let mut kb = sh.kb.lock().unwrap();

@@ -33,6 +33,8 @@ fn open(dir: &Path) -> KnowledgeIndex {
         ja_dictionary: None,
         hnsw: HnswSettings::default(),
         server: None,
+        lexicon: None,
+        cross_lingual_weight: 0.0,
     })
     .unwrap()
 }
@@ -231,6 +233,8 @@ fn a_different_embedder_is_refused() {
         ja_dictionary: None,
         hnsw: HnswSettings::default(),
         server: None,
+        lexicon: None,
+        cross_lingual_weight: 0.0,
     })
     .err()
     .unwrap();
