@@ -115,11 +115,12 @@ pub fn compile_edict(src: &Path, out: &Path) -> Result<usize> {
     Ok(n)
 }
 
-/// The two lookup tables.
+/// The two lookup tables. Values are `|`-joined lists, kept as one allocation each: the
+/// Japanese side holds some 180,000 headwords.
 #[derive(Debug, Default)]
 pub struct Lexicon {
-    ja_en: HashMap<String, Vec<String>>,
-    en_ja: HashMap<String, Vec<String>>,
+    ja_en: HashMap<Box<str>, Box<str>>,
+    en_ja: HashMap<Box<str>, Box<str>>,
 }
 
 fn is_hiragana(s: &str) -> bool {
@@ -135,43 +136,56 @@ pub fn english_key(s: &str) -> String {
 
 impl Lexicon {
     pub fn from_entries(entries: impl IntoIterator<Item = Entry>) -> Self {
-        // Per head: the common entries when there are any, else the first one.
-        let mut by_head: HashMap<String, (bool, Vec<String>)> = HashMap::new();
-        let mut en_ja: HashMap<String, Vec<String>> = HashMap::new();
+        let mut lex = Lexicon::default();
+        let mut common_heads = std::collections::HashSet::new();
         for e in entries {
-            if e.common && !is_hiragana(&e.head) {
-                for g in &e.glosses {
-                    let k = english_key(g);
-                    if (1..=3).contains(&k.split(' ').count()) {
-                        let heads = en_ja.entry(k).or_default();
-                        if heads.len() < MAX_HEADS && !heads.contains(&e.head) {
-                            heads.push(e.head.clone());
-                        }
+            lex.add(e, &mut common_heads);
+        }
+        lex
+    }
+
+    /// Per head: the glosses of its common entries when it has any, else of its first entry.
+    fn add(&mut self, e: Entry, common_heads: &mut std::collections::HashSet<Box<str>>) {
+        if e.common && !is_hiragana(&e.head) {
+            for g in &e.glosses {
+                let k = english_key(g);
+                if (1..=3).contains(&k.split(' ').count()) {
+                    let heads = self.en_ja.entry(k.into_boxed_str()).or_default();
+                    if heads.split('|').count() < MAX_HEADS + usize::from(heads.is_empty())
+                        && !heads.split('|').any(|h| h == e.head)
+                    {
+                        *heads =
+                            if heads.is_empty() { e.head.clone().into() } else { format!("{heads}|{}", e.head).into() };
                     }
                 }
-            }
-            match by_head.get_mut(&e.head) {
-                None => {
-                    by_head.insert(e.head, (e.common, e.glosses));
-                }
-                Some(slot) if e.common && !slot.0 => *slot = (true, e.glosses),
-                Some(slot) if e.common => {
-                    for g in e.glosses {
-                        if !slot.1.contains(&g) && slot.1.len() < MAX_GLOSSES + 1 {
-                            slot.1.push(g);
-                        }
-                    }
-                }
-                Some(_) => {}
             }
         }
-        Lexicon { ja_en: by_head.into_iter().map(|(k, v)| (k, v.1)).collect(), en_ja }
+        let joined = e.glosses.join("|");
+        let head: Box<str> = e.head.into();
+        let first_common = e.common && common_heads.insert(head.clone());
+        match self.ja_en.get_mut(&head) {
+            None => {
+                self.ja_en.insert(head, joined.into());
+            }
+            Some(slot) if first_common => *slot = joined.into(),
+            Some(slot) if e.common => {
+                let mut v: Vec<&str> = slot.split('|').collect();
+                for g in &e.glosses {
+                    if !v.contains(&g.as_str()) && v.len() < MAX_GLOSSES + 1 {
+                        v.push(g);
+                    }
+                }
+                *slot = v.join("|").into();
+            }
+            Some(_) => {}
+        }
     }
 
     /// Load a compiled `lexicon.tsv`.
     pub fn load(path: &Path) -> Result<Self> {
         let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut entries = Vec::new();
+        let mut lex = Lexicon::default();
+        let mut common_heads = std::collections::HashSet::new();
         for (i, line) in BufReader::new(f).lines().enumerate() {
             let line = line.map_err(|e| Error::io(path, e))?;
             let mut parts = line.splitn(3, '\t');
@@ -182,23 +196,24 @@ impl Lexicon {
                     i + 1
                 )));
             };
-            entries.push(Entry {
+            let e = Entry {
                 head: head.to_string(),
                 common: common == "1",
                 glosses: glosses.split('|').map(str::to_string).collect(),
-            });
+            };
+            lex.add(e, &mut common_heads);
         }
-        Ok(Self::from_entries(entries))
+        Ok(lex)
     }
 
     /// English translations of a Japanese word (dictionary form).
-    pub fn ja_to_en(&self, word: &str) -> Option<&[String]> {
-        self.ja_en.get(word).map(Vec::as_slice)
+    pub fn ja_to_en(&self, word: &str) -> Option<Vec<&str>> {
+        self.ja_en.get(word).map(|v| v.split('|').collect())
     }
 
     /// Japanese words for an English word or phrase (any case; a leading "to " is ignored).
-    pub fn en_to_ja(&self, phrase: &str) -> Option<&[String]> {
-        self.en_ja.get(&english_key(phrase)).map(Vec::as_slice)
+    pub fn en_to_ja(&self, phrase: &str) -> Option<Vec<&str>> {
+        self.en_ja.get(english_key(phrase).as_str()).map(|v| v.split('|').collect())
     }
 
     pub fn len(&self) -> usize {
@@ -212,7 +227,7 @@ impl Lexicon {
 
 /// English phrases of `text` found in the lexicon, longest first, left to right (up to three
 /// words; a single word that `is_stop` rejects is skipped; a plural also tries its singular).
-pub fn english_phrases<'a>(lex: &'a Lexicon, text: &str, is_stop: impl Fn(&str) -> bool) -> Vec<&'a [String]> {
+pub fn english_phrases<'a>(lex: &'a Lexicon, text: &str, is_stop: impl Fn(&str) -> bool) -> Vec<Vec<&'a str>> {
     let words: Vec<String> = text
         .split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
         .filter(|w| !w.is_empty() && w.is_ascii())
@@ -285,6 +300,6 @@ mod tests {
         let found = english_phrases(&lex, "How many days of paid leave? What are the rules", |w| {
             ["how", "many", "of", "what", "are", "the"].contains(&w)
         });
-        assert_eq!(found, vec![&["有給休暇".to_string()][..], &["規則".to_string()][..]]);
+        assert_eq!(found, vec![vec!["有給休暇"], vec!["規則"]]);
     }
 }

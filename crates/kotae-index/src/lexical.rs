@@ -249,7 +249,7 @@ impl Lexical {
             }
             match found {
                 Some((glosses, n)) => {
-                    for g in glosses {
+                    for g in &glosses {
                         add(self.f.body_en, self.analyze(self.f.body_en, g)?, t.weight / glosses.len() as f32);
                     }
                     i += n;
@@ -260,7 +260,7 @@ impl Lexical {
         // English → Japanese.
         let is_stop = |w: &str| self.analyze(self.f.body_en, w).map(|t| t.is_empty()).unwrap_or(true);
         for heads in bilingual::english_phrases(&t.lexicon, text, is_stop) {
-            for h in heads {
+            for h in &heads {
                 add(self.f.body_ja, self.analyze(self.f.body_ja, h)?, t.weight / heads.len() as f32);
             }
         }
