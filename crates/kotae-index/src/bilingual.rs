@@ -10,7 +10,8 @@
 //!
 //! Only what an entry says first is used: the glosses of its first sense, at most
 //! [`MAX_GLOSSES`], each of at most [`MAX_GLOSS_WORDS`] words (longer ones are explanations, not
-//! translations); English→Japanese uses common (`(P)`) entries only.
+//! translations). English→Japanese looks up phrases of up to three words: a single word only
+//! among common (`(P)`) entries, a phrase of two or three among all.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -146,10 +147,13 @@ impl Lexicon {
 
     /// Per head: the glosses of its common entries when it has any, else of its first entry.
     fn add(&mut self, e: Entry, common_heads: &mut std::collections::HashSet<Box<str>>) {
-        if e.common && !is_hiragana(&e.head) {
+        if !is_hiragana(&e.head) {
             for g in &e.glosses {
                 let k = english_key(g);
-                if (1..=3).contains(&k.split(' ').count()) {
+                // A single English word stands for common entries only; a phrase of two or three
+                // words is specific enough to name any entry ("paid leave" → 有給休暇).
+                let words = k.split(' ').count();
+                if (e.common && words <= 3) || (2..=3).contains(&words) {
                     let heads = self.en_ja.entry(k.into_boxed_str()).or_default();
                     if heads.split('|').count() < MAX_HEADS + usize::from(heads.is_empty())
                         && !heads.split('|').any(|h| h == e.head)
