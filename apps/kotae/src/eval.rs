@@ -226,7 +226,7 @@ pub fn dump_candidates(
         };
         let line = serde_json::json!({
             "id": g.id, "lang": g.lang, "kind": g.kind, "query": g.query, "gold": g.gold,
-            "bm25": list(&c.bm25), "dense": list(&c.dense),
+            "bm25": list(&c.bm25), "dense": list(&c.dense), "bm25_best_by_translation": c.bm25_best_by_translation,
         });
         writeln!(out, "{line}")?;
     }

@@ -22,7 +22,8 @@ pub enum Fusion {
 
 impl Default for Fusion {
     fn default() -> Self {
-        // Chosen on evals/retrieval (see the note there): dense is the stronger ranker here.
+        // Chosen on evals/retrieval with `scripts/eval/fusion_sweep.py`: dense is the stronger
+        // ranker here; RRF, DBSF and heavier BM25 weights each lost somewhere.
         Fusion::Relative { bm25_weight: 0.2, dense_weight: 0.8 }
     }
 }
@@ -76,6 +77,43 @@ impl Fusion {
         out
     }
 
+    /// `fuse`, except when BM25's best hit matched only dictionary translations of the query's
+    /// words (a document in the other language, see `bilingual`): then both lists weigh the
+    /// same. Multilingual embedders rank same-language passages above cross-language ones of
+    /// equal relevance, so there the dense list's usual precedence rests on its known weakness,
+    /// and the lexical list holds the evidence it underrates.
+    pub fn fuse_for(
+        &self,
+        bm25: &[(ChunkId, f32)],
+        dense: &[(ChunkId, f32)],
+        bm25_crosses: bool,
+    ) -> Vec<(ChunkId, f32)> {
+        if bm25_crosses {
+            self.balanced().fuse(bm25, dense)
+        } else {
+            self.fuse(bm25, dense)
+        }
+    }
+
+    /// The same fusion with both lists weighing the mean of their two weights.
+    pub fn balanced(&self) -> Fusion {
+        let mean = |a: f32, b: f32| (a + b) / 2.0;
+        match *self {
+            Fusion::Rrf { k, bm25_weight, dense_weight } => {
+                let w = mean(bm25_weight, dense_weight);
+                Fusion::Rrf { k, bm25_weight: w, dense_weight: w }
+            }
+            Fusion::Relative { bm25_weight, dense_weight } => {
+                let w = mean(bm25_weight, dense_weight);
+                Fusion::Relative { bm25_weight: w, dense_weight: w }
+            }
+            Fusion::Dbsf { bm25_weight, dense_weight } => {
+                let w = mean(bm25_weight, dense_weight);
+                Fusion::Dbsf { bm25_weight: w, dense_weight: w }
+            }
+        }
+    }
+
     /// The same fusion with the roles of the two lists exchanged.
     pub fn swapped(&self) -> Fusion {
         match *self {
@@ -109,6 +147,17 @@ mod tests {
         assert_eq!(ids(&rrf)[0], 2);
         let rel = Fusion::Relative { bm25_weight: 0.5, dense_weight: 0.5 }.fuse(&a, &b);
         assert_eq!(ids(&rel), vec![2, 1, 4, 3]);
+    }
+
+    #[test]
+    fn a_cross_language_lexical_hit_balances_the_weights() {
+        // Dense prefers 3 (same language); BM25 found 7 only through translation.
+        let bm25 = [(ChunkId(7), 11.0), (ChunkId(3), 3.5), (ChunkId(4), 3.3)];
+        let dense = [(ChunkId(3), 0.86), (ChunkId(5), 0.85), (ChunkId(7), 0.84), (ChunkId(4), 0.80)];
+        let f = Fusion::default();
+        assert_eq!(ids(&f.fuse_for(&bm25, &dense, false))[0], 3);
+        assert_eq!(ids(&f.fuse_for(&bm25, &dense, true))[0], 7);
+        assert_eq!(f.balanced(), Fusion::Relative { bm25_weight: 0.5, dense_weight: 0.5 });
     }
 
     proptest! {

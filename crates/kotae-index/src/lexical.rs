@@ -115,6 +115,16 @@ pub struct Lexical {
     pub translation: Option<Translation>,
 }
 
+/// BM25's ranking of one query.
+#[derive(Debug, Default)]
+pub struct LexicalHits {
+    /// (chunk, score), best first.
+    pub hits: Vec<(IndexedChunk, f32)>,
+    /// The best hit matched none of the query's own words, only their translations: a document
+    /// in the other language that the bilingual dictionary found.
+    pub best_by_translation_only: bool,
+}
+
 /// What cross-lingual BM25 needs: the dictionary, the morphological analyzer to find Japanese
 /// words, and the weight of a translated word relative to an original one.
 #[derive(Clone)]
@@ -275,29 +285,28 @@ impl Lexical {
     }
 
     /// BM25 over titles (boosted) and bodies of both languages, filtered by groups inside the
-    /// engine (and by language when asked). Returns (chunk, score), best first.
-    pub fn search(
-        &self,
-        text: &str,
-        k: usize,
-        groups: &[String],
-        lang: Option<&str>,
-    ) -> Result<Vec<(IndexedChunk, f32)>> {
+    /// engine (and by language when asked), best first.
+    pub fn search(&self, text: &str, k: usize, groups: &[String], lang: Option<&str>) -> Result<LexicalHits> {
         let f = &self.f;
+        let mut own: Vec<Term> = Vec::new();
         let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         for (field, boost) in [(f.title_en, TITLE_BOOST), (f.body_en, 1.0), (f.title_ja, TITLE_BOOST), (f.body_ja, 1.0)]
         {
             for term in self.analyze(field, text)? {
-                let q = TermQuery::new(Term::from_field_text(field, &term), IndexRecordOption::WithFreqs);
+                let t = Term::from_field_text(field, &term);
+                own.push(t.clone());
+                let q = TermQuery::new(t, IndexRecordOption::WithFreqs);
                 should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
             }
         }
-        for (field, term, boost) in self.translated_terms(text)? {
+        let translated = self.translated_terms(text)?;
+        let any_translated = !translated.is_empty();
+        for (field, term, boost) in translated {
             let q = TermQuery::new(Term::from_field_text(field, &term), IndexRecordOption::WithFreqs);
             should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
         }
         if should.is_empty() {
-            return Ok(Vec::new());
+            return Ok(LexicalHits::default());
         }
         let mut clauses: Vec<(Occur, Box<dyn Query>)> =
             vec![(Occur::Must, Box::new(BooleanQuery::new(should))), (Occur::Must, self.group_filter(groups))];
@@ -308,9 +317,30 @@ impl Lexical {
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
         let top = searcher.search(&query, &TopDocs::with_limit(k).order_by_score())?;
-        top.into_iter()
+        let hits = top
+            .into_iter()
             .map(|(score, addr): (f32, DocAddress)| Ok((self.from_doc(&searcher.doc(addr)?), score)))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        // Did the best hit match any of the query's own words?
+        let best_by_translation_only = match hits.first() {
+            Some((best, _)) if any_translated => {
+                own.is_empty() || {
+                    let q = BooleanQuery::new(vec![
+                        (Occur::Must, Box::new(TermSetQuery::new(own)) as Box<dyn Query>),
+                        (
+                            Occur::Must,
+                            Box::new(TermQuery::new(
+                                Term::from_field_text(f.chunk_id, &best.id.to_string()),
+                                IndexRecordOption::Basic,
+                            )),
+                        ),
+                    ]);
+                    searcher.search(&q, &tantivy::collector::Count)? == 0
+                }
+            }
+            _ => false,
+        };
+        Ok(LexicalHits { hits, best_by_translation_only })
     }
 
     /// Stored chunks for the given ids, restricted to the visible groups (ids not in the

@@ -45,6 +45,8 @@ pub struct Candidates {
     pub bm25: Vec<(ChunkId, f32)>,
     pub dense: Vec<(ChunkId, f32)>,
     pub chunks: HashMap<ChunkId, IndexedChunk>,
+    /// BM25's best hit matched only translations of the query's words (see `Fusion::fuse_for`).
+    pub bm25_best_by_translation: bool,
 }
 
 pub struct KnowledgeIndex {
@@ -205,8 +207,11 @@ impl KnowledgeIndex {
         let depth = (req.top_k * 4).max(40);
         let mut chunks: HashMap<ChunkId, IndexedChunk> = HashMap::new();
         let mut bm25 = Vec::new();
+        let mut bm25_best_by_translation = false;
         if req.mode != SearchMode::Dense {
-            for (c, s) in self.lexical.search(&req.text, depth, &groups, req.lang.as_deref())? {
+            let found = self.lexical.search(&req.text, depth, &groups, req.lang.as_deref())?;
+            bm25_best_by_translation = found.best_by_translation_only;
+            for (c, s) in found.hits {
                 bm25.push((c.id, s));
                 chunks.insert(c.id, c);
             }
@@ -226,16 +231,16 @@ impl KnowledgeIndex {
             // Points not in the committed lexical index (an interrupted ingest) are ignored.
             dense = found.into_iter().filter(|(id, _)| chunks.contains_key(id)).collect();
         }
-        Ok(Candidates { bm25, dense, chunks })
+        Ok(Candidates { bm25, dense, chunks, bm25_best_by_translation })
     }
 
     pub fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>> {
-        let Candidates { bm25, dense, mut chunks } = self.candidates(req)?;
+        let Candidates { bm25, dense, mut chunks, bm25_best_by_translation } = self.candidates(req)?;
         let dense_scores: HashMap<ChunkId, f32> = dense.iter().copied().collect();
         let ranked = match req.mode {
             SearchMode::Bm25 => bm25,
             SearchMode::Dense => dense,
-            SearchMode::Hybrid => req.fusion.fuse(&bm25, &dense),
+            SearchMode::Hybrid => req.fusion.fuse_for(&bm25, &dense, bm25_best_by_translation),
         };
         let mut seen = HashSet::new();
         let mut hits = Vec::with_capacity(req.top_k);
