@@ -325,15 +325,23 @@ impl Lexical {
         let best_by_translation_only = match hits.first() {
             Some((best, _)) if any_translated => {
                 own.is_empty() || {
+                    // Driven by the one-document chunk-id clause, so the union of the query's
+                    // words is only probed at that document.
+                    let words: Vec<(Occur, Box<dyn Query>)> = own
+                        .into_iter()
+                        .map(|t| {
+                            (Occur::Should, Box::new(TermQuery::new(t, IndexRecordOption::Basic)) as Box<dyn Query>)
+                        })
+                        .collect();
                     let q = BooleanQuery::new(vec![
-                        (Occur::Must, Box::new(TermSetQuery::new(own)) as Box<dyn Query>),
                         (
                             Occur::Must,
                             Box::new(TermQuery::new(
                                 Term::from_field_text(f.chunk_id, &best.id.to_string()),
                                 IndexRecordOption::Basic,
-                            )),
+                            )) as Box<dyn Query>,
                         ),
+                        (Occur::Must, Box::new(BooleanQuery::new(words))),
                     ]);
                     searcher.search(&q, &tantivy::collector::Count)? == 0
                 }
