@@ -226,6 +226,7 @@ enum EvalCmd {
     Retrieval {
         #[arg(long, default_value = "evals/retrieval/golden.jsonl")]
         golden: PathBuf,
+        /// Floors to enforce (exit 1 below them); `none` reports only
         #[arg(long, default_value = "evals/retrieval/thresholds.toml")]
         thresholds: PathBuf,
         #[arg(long)]
@@ -240,6 +241,7 @@ enum EvalCmd {
         golden: PathBuf,
         #[arg(long, default_value = "evals/answer/out_of_scope.jsonl")]
         out_of_scope: PathBuf,
+        /// Floors to enforce (exit 1 below them); `none` reports only
         #[arg(long, default_value = "evals/answer/thresholds.toml")]
         thresholds: PathBuf,
         #[arg(long)]
@@ -265,10 +267,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// An evaluation's thresholds file; a missing file means no thresholds.
+/// An evaluation's thresholds file (`none`: report only, check nothing).
 fn load_thresholds(path: &std::path::Path) -> Result<Option<toml::Table>> {
+    if path == std::path::Path::new("none") {
+        return Ok(None);
+    }
     let text = std::fs::read_to_string(path).with_context(|| {
-        format!("cannot read thresholds {}: run from the repository root or pass --thresholds FILE", path.display())
+        format!(
+            "cannot read thresholds {}: run from the repository root or pass --thresholds FILE (or none)",
+            path.display()
+        )
     })?;
     Ok(Some(toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?))
 }
