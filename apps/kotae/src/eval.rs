@@ -94,6 +94,14 @@ pub struct EvalReport {
     pub misses: Vec<String>,
 }
 
+/// The golden questions as searched (normalized) and their query embeddings.
+fn embed_queries(embedder: &dyn Embedder, golden: &[GoldQuery]) -> Result<(Vec<String>, Vec<Vec<f32>>)> {
+    let texts: Vec<String> = golden.iter().map(|g| kotae_ingest::clean::normalize(&g.query)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let vectors = embedder.embed(&refs, InputKind::Query)?.vectors;
+    Ok((texts, vectors))
+}
+
 pub fn run_retrieval_eval(
     cfg: &Config,
     index: &KnowledgeIndex,
@@ -101,9 +109,7 @@ pub fn run_retrieval_eval(
     golden: &[GoldQuery],
     thresholds: Option<&toml::Table>,
 ) -> Result<EvalReport> {
-    let texts: Vec<String> = golden.iter().map(|g| kotae_ingest::clean::normalize(&g.query)).collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let vectors = embedder.embed(&refs, InputKind::Query)?.vectors;
+    let (texts, vectors) = embed_queries(embedder, golden)?;
     let mut per: BTreeMap<(String, String), Vec<Metrics>> = BTreeMap::new();
     let mut misses = Vec::new();
     for mode in [SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid] {
@@ -202,9 +208,7 @@ pub fn dump_candidates(
     golden: &[GoldQuery],
     out: &mut dyn std::io::Write,
 ) -> Result<()> {
-    let texts: Vec<String> = golden.iter().map(|g| kotae_ingest::clean::normalize(&g.query)).collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let vectors = embedder.embed(&refs, InputKind::Query)?.vectors;
+    let (texts, vectors) = embed_queries(embedder, golden)?;
     for ((g, text), v) in golden.iter().zip(&texts).zip(vectors) {
         let req = SearchRequest {
             text: text.clone(),

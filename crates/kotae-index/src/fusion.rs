@@ -97,34 +97,28 @@ impl Fusion {
 
     /// The same fusion with both lists weighing the mean of their two weights.
     pub fn balanced(&self) -> Fusion {
-        let mean = |a: f32, b: f32| (a + b) / 2.0;
-        match *self {
-            Fusion::Rrf { k, bm25_weight, dense_weight } => {
-                let w = mean(bm25_weight, dense_weight);
-                Fusion::Rrf { k, bm25_weight: w, dense_weight: w }
-            }
-            Fusion::Relative { bm25_weight, dense_weight } => {
-                let w = mean(bm25_weight, dense_weight);
-                Fusion::Relative { bm25_weight: w, dense_weight: w }
-            }
-            Fusion::Dbsf { bm25_weight, dense_weight } => {
-                let w = mean(bm25_weight, dense_weight);
-                Fusion::Dbsf { bm25_weight: w, dense_weight: w }
-            }
-        }
+        self.with_weights(|b, d| ((b + d) / 2.0, (b + d) / 2.0))
     }
 
     /// The same fusion with the roles of the two lists exchanged.
     pub fn swapped(&self) -> Fusion {
+        self.with_weights(|b, d| (d, b))
+    }
+
+    /// The same method with its (bm25, dense) weights mapped by `f`.
+    fn with_weights(&self, f: impl Fn(f32, f32) -> (f32, f32)) -> Fusion {
         match *self {
             Fusion::Rrf { k, bm25_weight, dense_weight } => {
-                Fusion::Rrf { k, bm25_weight: dense_weight, dense_weight: bm25_weight }
+                let (bm25_weight, dense_weight) = f(bm25_weight, dense_weight);
+                Fusion::Rrf { k, bm25_weight, dense_weight }
             }
             Fusion::Relative { bm25_weight, dense_weight } => {
-                Fusion::Relative { bm25_weight: dense_weight, dense_weight: bm25_weight }
+                let (bm25_weight, dense_weight) = f(bm25_weight, dense_weight);
+                Fusion::Relative { bm25_weight, dense_weight }
             }
             Fusion::Dbsf { bm25_weight, dense_weight } => {
-                Fusion::Dbsf { bm25_weight: dense_weight, dense_weight: bm25_weight }
+                let (bm25_weight, dense_weight) = f(bm25_weight, dense_weight);
+                Fusion::Dbsf { bm25_weight, dense_weight }
             }
         }
     }

@@ -94,6 +94,15 @@ pub struct Word {
     /// Carries meaning on its own: kept, and not a dependent word (非自立), suffix, number or
     /// light verb such as する.
     pub content: bool,
+    /// Byte range in the text.
+    pub range: std::ops::Range<usize>,
+}
+
+impl Word {
+    /// The BM25 term: the dictionary form, lower-cased.
+    pub fn term(&self) -> String {
+        self.base.to_lowercase()
+    }
 }
 
 /// Verbs and nouns so general that translating them only adds noise.
@@ -128,7 +137,8 @@ const LIGHT_WORDS: &[&str] = &[
 ];
 
 impl JapaneseTokenizer {
-    /// The morphemes of `text` with what query translation needs to know about them.
+    /// The morphemes of `text` with what BM25 and query translation need to know about them
+    /// (the tantivy token stream is the kept ones' terms).
     pub fn words(&self, text: &str) -> Vec<Word> {
         let mut worker = self.inner.new_worker();
         worker.reset_sentence(text);
@@ -148,7 +158,7 @@ impl JapaneseTokenizer {
                 let content = kept
                     && !matches!(detail, "非自立" | "接尾" | "数" | "代名詞")
                     && !LIGHT_WORDS.contains(&base.as_str());
-                Word { surface, base, kept, content }
+                Word { surface, base, kept, content, range: t.range_byte() }
             })
             .collect()
     }
@@ -161,36 +171,14 @@ impl Tokenizer for JapaneseTokenizer {
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream<'a> {
         self.tokens.clear();
-        let mut worker = self.inner.new_worker();
-        worker.reset_sentence(text);
-        worker.tokenize();
-        let mut position = 0;
-        for i in 0..worker.num_tokens() {
-            let t = worker.token(i);
-            let feature = t.feature();
-            let mut fields = feature.split(',');
-            let pos = fields.next().unwrap_or("");
-            if DROPPED_POS.contains(&pos) {
-                continue;
-            }
-            let surface = t.surface();
-            if surface.chars().all(|c| !c.is_alphanumeric()) {
-                continue;
-            }
-            let base = feature.split(',').nth(6).filter(|b| *b != "*" && !b.is_empty());
-            let term = match (pos, base) {
-                ("動詞" | "形容詞", Some(b)) => b.to_string(),
-                _ => surface.to_lowercase(),
-            };
-            let r = t.range_byte();
+        for (position, w) in self.words(text).into_iter().filter(|w| w.kept).enumerate() {
             self.tokens.push(Token {
-                offset_from: r.start,
-                offset_to: r.end,
+                offset_from: w.range.start,
+                offset_to: w.range.end,
                 position,
-                text: term,
+                text: w.term(),
                 position_length: 1,
             });
-            position += 1;
         }
         VecTokenStream { tokens: &mut self.tokens, idx: None }
     }
