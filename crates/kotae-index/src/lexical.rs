@@ -2,8 +2,8 @@
 //! the stored chunks themselves.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery, TermSetQuery};
@@ -127,11 +127,31 @@ pub struct LexicalHits {
 
 /// What cross-lingual BM25 needs: the dictionary, the morphological analyzer to find Japanese
 /// words, and the weight of a translated word relative to an original one.
-#[derive(Clone)]
 pub struct Translation {
-    pub lexicon: Arc<Lexicon>,
-    pub ja: JapaneseTokenizer,
-    pub weight: f32,
+    path: PathBuf,
+    lexicon: OnceLock<std::result::Result<Lexicon, String>>,
+    ja: JapaneseTokenizer,
+    weight: f32,
+}
+
+impl Translation {
+    pub fn new(lexicon: PathBuf, ja: JapaneseTokenizer, weight: f32) -> Self {
+        Self { path: lexicon, lexicon: OnceLock::new(), ja, weight }
+    }
+
+    /// The dictionary, loaded by the first search: opening a knowledge base to ingest into it
+    /// never needs it.
+    fn lexicon(&self) -> Result<&Lexicon> {
+        self.lexicon
+            .get_or_init(|| {
+                Lexicon::load(&self.path).map_err(|e| match e {
+                    Error::Dictionary(m) => m,
+                    e => e.to_string(),
+                })
+            })
+            .as_ref()
+            .map_err(|e| Error::Dictionary(e.clone()))
+    }
 }
 
 impl Lexical {
@@ -226,6 +246,7 @@ impl Lexical {
     /// translations share the configured weight between them.
     fn translated_terms(&self, text: &str) -> Result<Vec<(Field, String, f32)>> {
         let Some(t) = &self.translation else { return Ok(Vec::new()) };
+        let lexicon = t.lexicon()?;
         let mut weights: HashMap<(Field, String), f32> = HashMap::new();
         let mut add = |field: Field, terms: Vec<String>, w: f32| {
             for term in terms {
@@ -243,17 +264,16 @@ impl Lexical {
                 for n in (2..=4.min(words.len() - i)).rev() {
                     if words[i..i + n].iter().all(|w| w.kept) {
                         let compound: String = words[i..i + n].iter().map(|w| w.surface.as_str()).collect();
-                        if let Some(g) = t.lexicon.ja_to_en(&compound) {
+                        if let Some(g) = lexicon.ja_to_en(&compound) {
                             found = Some((g, n));
                             break;
                         }
                     }
                 }
                 if found.is_none() && words[i].content {
-                    found = t
-                        .lexicon
+                    found = lexicon
                         .ja_to_en(&words[i].base)
-                        .or_else(|| t.lexicon.ja_to_en(&words[i].surface))
+                        .or_else(|| lexicon.ja_to_en(&words[i].surface))
                         .map(|g| (g, 1));
                 }
             }
@@ -269,7 +289,7 @@ impl Lexical {
         }
         // English → Japanese.
         let is_stop = |w: &str| self.analyze(self.f.body_en, w).map(|t| t.is_empty()).unwrap_or(true);
-        for heads in bilingual::english_phrases(&t.lexicon, text, is_stop) {
+        for heads in bilingual::english_phrases(lexicon, text, is_stop) {
             for h in &heads {
                 add(self.f.body_ja, self.analyze(self.f.body_ja, h)?, t.weight / heads.len() as f32);
             }

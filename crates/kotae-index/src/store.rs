@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 use tantivy::{IndexWriter, TantivyDocument, Term};
 
 use crate::japanese::JapaneseTokenizer;
-use std::sync::Arc;
-
-use crate::bilingual::Lexicon;
 use crate::lexical::{JaAnalyzer, Lexical, Translation};
 use crate::vector::{EdgeStore, HnswSettings, VectorFilter, VectorPoint, VectorStore};
 use crate::vector_server::{ServerConfig, ServerStore};
@@ -100,11 +97,7 @@ impl KnowledgeIndex {
         let mut lexical = Lexical::open(&lex_dir, &ja)?;
         if let (JaAnalyzer::Morphological(tok), Some(path)) = (&ja, cfg.lexicon.as_deref().filter(|p| p.exists())) {
             if cfg.cross_lingual_weight > 0.0 {
-                lexical.translation = Some(Translation {
-                    lexicon: Arc::new(Lexicon::load(path)?),
-                    ja: tok.clone(),
-                    weight: cfg.cross_lingual_weight,
-                });
+                lexical.translation = Some(Translation::new(path.to_path_buf(), tok.clone(), cfg.cross_lingual_weight));
             }
         } else if cfg.cross_lingual_weight > 0.0 && cfg.lexicon.is_some() {
             tracing::warn!(
