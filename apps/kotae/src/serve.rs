@@ -23,8 +23,9 @@ pub fn generator_device(cfg: &Config) -> Result<kotae_models::candle::Device> {
 /// Load embedder, index and generator and wire them together.
 pub fn build_engine(cfg: &Config) -> Result<Engine> {
     let embedder: Arc<dyn Embedder> = Arc::new(crate::load_embedder(cfg)?);
-    let index = Arc::new(crate::open_index(cfg, None)?);
-    engine_from(cfg, index, embedder)
+    let index = crate::open_index(cfg, None)?;
+    index.preload().context("cannot load what search needs")?;
+    engine_from(cfg, Arc::new(index), embedder)
 }
 
 /// An engine over an index and embedder that are already open (tests share them).

@@ -139,6 +139,11 @@ impl Translation {
         Self { path: lexicon, lexicon: OnceLock::new(), ja, weight }
     }
 
+    /// Load the dictionary now (a server does before it reports ready).
+    pub fn preload(&self) -> Result<()> {
+        self.lexicon().map(|_| ())
+    }
+
     /// The dictionary, loaded by the first search: opening a knowledge base to ingest into it
     /// never needs it.
     fn lexicon(&self) -> Result<&Lexicon> {

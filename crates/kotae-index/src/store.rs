@@ -162,6 +162,15 @@ impl KnowledgeIndex {
         self.vectors.as_ref()
     }
 
+    /// Load what searching needs that opening does not (the bilingual dictionary), so that the
+    /// first query does not pay for it. A long-running server calls this once at start.
+    pub fn preload(&self) -> Result<()> {
+        match &self.lexical.translation {
+            Some(t) => t.preload(),
+            None => Ok(()),
+        }
+    }
+
     pub fn num_chunks(&self) -> u64 {
         self.lexical.num_docs()
     }

@@ -377,6 +377,7 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
     w.finish()?;
     eprintln!("built {} chunks (lexical + vectors + HNSW) in {:.1}s", kb.num_chunks(), t.elapsed().as_secs_f64());
 
+    kb.preload()?;
     let golden = kotae::eval::load_golden(std::path::Path::new("evals/retrieval/golden.jsonl"))?;
     let queries: Vec<String> = golden.iter().map(|g| kotae_ingest::clean::normalize(&g.query)).collect();
     let qrefs: Vec<&str> = queries.iter().map(String::as_str).collect();
