@@ -45,9 +45,9 @@ pub fn all_names() -> Vec<String> {
     registry::CATALOG.iter().map(|m| m.name.to_string()).chain([IPADIC.to_string(), EDICT.to_string()]).collect()
 }
 
-/// A Debian package's files: from the system when installed there (`system`, a path inside
-/// the package), else downloaded with `apt-get download` and unpacked into the data directory's
-/// cache. Returns the folder the package's `rel` path is in, and where it came from.
+/// A Debian package's folder `system` (the path the package installs it at; `probe` is a file
+/// in it): from the system when installed there, else downloaded with `apt-get download` and
+/// unpacked into the data directory's cache. Returns the folder and where it came from.
 fn debian_files(cfg: &Config, package: &str, system: &Path, probe: &str) -> Result<(PathBuf, String)> {
     if system.join(probe).exists() {
         return Ok((system.to_path_buf(), format!("system:{}", system.display())));
@@ -86,10 +86,6 @@ fn debian_files(cfg: &Config, package: &str, system: &Path, probe: &str) -> Resu
     Ok((src, format!("debian:{deb_name}")))
 }
 
-fn ipadic_source(cfg: &Config) -> Result<(PathBuf, String)> {
-    debian_files(cfg, "mecab-ipadic", Path::new("/usr/share/mecab/dic/ipadic"), "matrix.def")
-}
-
 /// Write the install record of a dictionary made of one file.
 fn record_dictionary(dir: &Path, name: &str, source: String, file: &str) -> Result<InstalledModel> {
     let out = dir.join(file);
@@ -109,28 +105,38 @@ fn record_dictionary(dir: &Path, name: &str, source: String, file: &str) -> Resu
     Ok(record)
 }
 
-fn fetch_edict(cfg: &Config) -> Result<InstalledModel> {
-    let dir = cfg.models_dir().join(EDICT);
-    if let Some(m) = registry::installed(&cfg.models_dir(), EDICT) {
+/// Install a dictionary compiled from a Debian package into `models/<name>/<file>`.
+fn fetch_dictionary(
+    cfg: &Config,
+    name: &str,
+    (package, system, probe): (&str, &str, &str),
+    file: &str,
+    compile: impl Fn(&Path, &Path) -> kotae_index::Result<()>,
+) -> Result<InstalledModel> {
+    if let Some(m) = registry::installed(&cfg.models_dir(), name) {
         return Ok(m);
     }
-    let (src, source) = debian_files(cfg, "edict", Path::new("/usr/share/edict"), "edict")?;
+    let (src, source) = debian_files(cfg, package, Path::new(system), probe)?;
+    let dir = cfg.models_dir().join(name);
     std::fs::create_dir_all(&dir)?;
-    let out = kotae_index::store::lexicon_path(&cfg.models_dir());
-    kotae_index::bilingual::compile_edict(&src.join("edict"), &out)?;
-    record_dictionary(&dir, EDICT, source, "lexicon.tsv")
+    compile(&src, &dir.join(file))?;
+    record_dictionary(&dir, name, source, file)
+}
+
+fn fetch_edict(cfg: &Config) -> Result<InstalledModel> {
+    fetch_dictionary(cfg, EDICT, ("edict", "/usr/share/edict", "edict"), "lexicon.tsv", |src, out| {
+        kotae_index::bilingual::compile_edict(&src.join("edict"), out).map(|_| ())
+    })
 }
 
 fn fetch_ipadic(cfg: &Config) -> Result<InstalledModel> {
-    let dir = cfg.models_dir().join(IPADIC);
-    if let Some(m) = registry::installed(&cfg.models_dir(), IPADIC) {
-        return Ok(m);
-    }
-    let (src, source) = ipadic_source(cfg)?;
-    std::fs::create_dir_all(&dir)?;
-    let out = dir.join("system.dic");
-    kotae_index::japanese::compile_ipadic(&src, &out)?;
-    record_dictionary(&dir, IPADIC, source, "system.dic")
+    fetch_dictionary(
+        cfg,
+        IPADIC,
+        ("mecab-ipadic", "/usr/share/mecab/dic/ipadic", "matrix.def"),
+        "system.dic",
+        kotae_index::japanese::compile_ipadic,
+    )
 }
 
 pub fn print_list(cfg: &Config, all: bool) -> Result<()> {

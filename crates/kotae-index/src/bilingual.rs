@@ -95,10 +95,7 @@ fn strip_parentheses(s: &str) -> String {
 /// Returns the number of entries written.
 pub fn compile_edict(src: &Path, out: &Path) -> Result<usize> {
     let bytes = std::fs::read(src).map_err(|e| Error::io(src, e))?;
-    let (text, _, had_errors) = encoding_rs::EUC_JP.decode(&bytes);
-    if had_errors && !text.contains(" /") {
-        return Err(Error::Dictionary(format!("{} is not an EDICT file", src.display())));
-    }
+    let (text, _, _) = encoding_rs::EUC_JP.decode(&bytes);
     let tmp = out.with_extension("tmp");
     let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut w = std::io::BufWriter::new(f);
@@ -155,11 +152,10 @@ impl Lexicon {
                 let words = k.split(' ').count();
                 if (e.common && words <= 3) || (2..=3).contains(&words) {
                     let heads = self.en_ja.entry(k.into_boxed_str()).or_default();
-                    if heads.split('|').count() < MAX_HEADS + usize::from(heads.is_empty())
-                        && !heads.split('|').any(|h| h == e.head)
-                    {
-                        *heads =
-                            if heads.is_empty() { e.head.clone().into() } else { format!("{heads}|{}", e.head).into() };
+                    if heads.is_empty() {
+                        *heads = e.head.clone().into();
+                    } else if heads.split('|').count() < MAX_HEADS && !heads.split('|').any(|h| h == e.head) {
+                        *heads = format!("{heads}|{}", e.head).into();
                     }
                 }
             }
@@ -185,29 +181,30 @@ impl Lexicon {
         }
     }
 
-    /// Load a compiled `lexicon.tsv`.
+    /// Load a compiled `lexicon.tsv`, streaming its lines into the tables.
     pub fn load(path: &Path) -> Result<Self> {
         let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut lex = Lexicon::default();
-        let mut common_heads = std::collections::HashSet::new();
-        for (i, line) in BufReader::new(f).lines().enumerate() {
-            let line = line.map_err(|e| Error::io(path, e))?;
-            let mut parts = line.splitn(3, '\t');
-            let (Some(head), Some(common), Some(glosses)) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(Error::Dictionary(format!(
-                    "{}:{}: malformed line; delete the file and run `kotae models fetch edict`",
-                    path.display(),
-                    i + 1
-                )));
-            };
-            let e = Entry {
-                head: head.to_string(),
-                common: common == "1",
-                glosses: glosses.split('|').map(str::to_string).collect(),
-            };
-            lex.add(e, &mut common_heads);
-        }
-        Ok(lex)
+        let mut failure = None;
+        let entries = BufReader::new(f).lines().enumerate().map_while(|(i, line)| {
+            let parsed = line.map_err(|e| Error::io(path, e)).and_then(|line| {
+                let mut parts = line.splitn(3, '\t');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(head), Some(common), Some(glosses)) => Ok(Entry {
+                        head: head.to_string(),
+                        common: common == "1",
+                        glosses: glosses.split('|').map(str::to_string).collect(),
+                    }),
+                    _ => Err(Error::Dictionary(format!(
+                        "{}:{}: malformed line; delete the file and run `kotae models fetch edict`",
+                        path.display(),
+                        i + 1
+                    ))),
+                }
+            });
+            parsed.map_err(|e| failure = Some(e)).ok()
+        });
+        let lex = Self::from_entries(entries);
+        failure.map_or(Ok(lex), Err)
     }
 
     /// English translations of a Japanese word (dictionary form).
@@ -218,14 +215,6 @@ impl Lexicon {
     /// Japanese words for an English word or phrase (any case; a leading "to " is ignored).
     pub fn en_to_ja(&self, phrase: &str) -> Option<Vec<&str>> {
         self.en_ja.get(english_key(phrase).as_str()).map(|v| v.split('|').collect())
-    }
-
-    pub fn len(&self) -> usize {
-        self.ja_en.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ja_en.is_empty()
     }
 }
 
