@@ -24,6 +24,23 @@ pub struct Config {
     pub generator: GeneratorConfig,
     pub answer: kotae_answer::AnswerConfig,
     pub server: kotae_server::ServerConfig,
+    pub guard: GuardConfig,
+}
+
+/// The guardrails (`[guard]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardConfig {
+    /// Check questions, answers and training data. Turning it off is for experiments only.
+    pub enabled: bool,
+    /// The deployment's policy file (`guard.toml`); the built-in defaults when unset.
+    pub policy: Option<PathBuf>,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self { enabled: true, policy: None }
+    }
 }
 
 /// The language model that writes answers.
@@ -138,6 +155,7 @@ impl Default for Config {
             generator: GeneratorConfig::default(),
             answer: kotae_answer::AnswerConfig::default(),
             server: kotae_server::ServerConfig::default(),
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -243,6 +261,12 @@ impl Config {
         if let Some(v) = env("KOTAE_GGUF_ENGINE") {
             cfg.generator.engine = v;
         }
+        if let Some(v) = env("KOTAE_GUARD_POLICY") {
+            cfg.guard.policy = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env_parse("KOTAE_GUARD")? {
+            cfg.guard.enabled = v;
+        }
         if let Some(v) = env("KOTAE_ADDR") {
             cfg.server.addr = v;
         }
@@ -298,6 +322,9 @@ impl Config {
         }
         self.generator.gguf_engine()?;
         self.embedder.encoder_engine()?;
+        if let Some(p) = &self.guard.policy {
+            kotae_guard::Policy::load(p).map_err(|e| anyhow::anyhow!("{e} (guard.policy or KOTAE_GUARD_POLICY)"))?;
+        }
         if self.generator.prefill_chunk == 0 || self.answer.top_k == 0 || self.answer.context_tokens < 128 {
             bail!("generator.prefill_chunk and answer.top_k must be ≥ 1, answer.context_tokens ≥ 128");
         }

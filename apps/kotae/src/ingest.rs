@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use kotae_guard::Guard;
 use kotae_index::{ChunkId, FileEntry, IndexedChunk, KnowledgeIndex, VectorPoint};
 use kotae_ingest::dedup::{exact_hash, Deduper};
 use kotae_ingest::{ChunkerConfig, FileType};
@@ -43,8 +44,20 @@ pub struct IngestSummary {
     pub personal_data_redacted: usize,
     pub boilerplate_lines_removed: usize,
     pub orphan_vectors_removed: usize,
+    /// Chunks whose text holds instructions addressed to an AI ("ignore previous
+    /// instructions…"): indexed, and quoted as data in every prompt, but an admin should look.
+    pub instructions_flagged: Vec<Flagged>,
     pub skipped: Vec<Skipped>,
     pub seconds: f64,
+}
+
+/// A chunk the document guard flagged.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Flagged {
+    pub source: String,
+    pub section: String,
+    pub category: String,
+    pub rule: String,
 }
 
 struct FileJob {
@@ -120,6 +133,8 @@ pub fn run_ingest(
     groups.sort();
     groups.dedup();
     let chunker = ChunkerConfig { max_tokens: cfg.ingest.chunk_tokens };
+    // Instructions hidden in manuals and logs are flagged here and quoted as data in prompts.
+    let doc_guard = kotae_guard::Guardrails::load(cfg.guard.policy.as_deref(), None, None)?;
     let manifest = index.manifest().clone();
     let mut dedup = Deduper::new(cfg.ingest.near_duplicate_threshold);
     let mut seen_by_root: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -174,6 +189,19 @@ pub fn run_ingest(
                         continue;
                     }
                     let section = c.section.join(" > ");
+                    let v = doc_guard.check(kotae_guard::Direction::Document, &c.text, &Default::default());
+                    if let Some(f) = v.decisive() {
+                        tracing::warn!(source = %source, section = %section, rule = %f.rule, "instructions in a document");
+                        sum.instructions_flagged.push(Flagged {
+                            source: source.clone(),
+                            section: section.clone(),
+                            category: f.category.as_str().into(),
+                            rule: f.rule.clone(),
+                        });
+                        if v.blocked() {
+                            continue;
+                        }
+                    }
                     kept.push(IndexedChunk {
                         id: ChunkId::of(&source, &section, &c.text, &groups),
                         source: source.clone(),
@@ -309,6 +337,15 @@ pub fn print_summary(s: &IngestSummary) {
     );
     if s.truncated_for_embedding > 0 {
         println!("note: {} chunk(s) were longer than the embedder's limit and were cut for embedding (full text stays searchable by BM25)", s.truncated_for_embedding);
+    }
+    if !s.instructions_flagged.is_empty() {
+        println!(
+            "flagged {} chunk(s) with instructions addressed to an AI (quoted as data in prompts; review them):",
+            s.instructions_flagged.len()
+        );
+        for f in &s.instructions_flagged {
+            println!("  {} [{}]: {} ({})", f.source, f.section, f.category, f.rule);
+        }
     }
     if !s.skipped.is_empty() {
         println!("skipped {} file(s):", s.skipped.len());

@@ -4,6 +4,8 @@
 pub mod config;
 pub mod eval;
 pub mod finetune;
+pub mod guard_cli;
+pub mod guard_eval;
 pub mod ingest;
 pub mod models;
 pub mod search;

@@ -43,6 +43,11 @@ struct Global {
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)]
 enum Cmd {
+    /// Guardrails: check a text, screen user-written text before training, review the quarantine
+    Guard {
+        #[command(subcommand)]
+        cmd: GuardCmd,
+    },
     /// Ingest manuals and inquiry logs (files or folders)
     Ingest {
         #[arg(required = true)]
@@ -221,7 +226,52 @@ enum ModelsCmd {
 }
 
 #[derive(Subcommand)]
+enum GuardCmd {
+    /// Check one text in one direction (input, output, training, document) and print the verdict
+    Check {
+        text: String,
+        #[arg(long, default_value = "input")]
+        direction: String,
+    },
+    /// Screen conversations and feedback for training: what fails goes to the quarantine,
+    /// what passes to <data-dir>/training/screened.jsonl
+    Screen {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the quarantine (pending by default), or release / reject one entry
+    Quarantine {
+        /// pending, released, rejected or all
+        #[arg(long, default_value = "pending")]
+        status: String,
+        /// Let this entry into training data (an admin judged it harmless)
+        #[arg(long, value_name = "ID")]
+        release: Option<i64>,
+        /// Keep this entry out for good
+        #[arg(long, value_name = "ID")]
+        reject: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum EvalCmd {
+    /// The guardrails on labelled harmful and benign prompts (ja, en): block rates per
+    /// category, latency, and HarmBench as an outside test
+    Guard {
+        #[arg(long, default_value = "evals/guard")]
+        dir: PathBuf,
+        /// dev, heldout (report only: never tune on it) or all
+        #[arg(long, default_value = "dev")]
+        split: String,
+        /// Floors and ceilings to enforce (exit 1 when missed); `none` reports only
+        #[arg(long, default_value = "evals/guard/thresholds.toml")]
+        thresholds: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// List every false positive and miss
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Retrieval quality on the golden set
     Retrieval {
         #[arg(long, default_value = "evals/retrieval/golden.jsonl")]
@@ -297,7 +347,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             for n in names {
                 eprintln!("fetching {n} …");
-                let m = models::fetch(&cfg, &n)?;
+                let m = match models::fetch(&cfg, &n) {
+                    Ok(m) => m,
+                    // The Japanese word list needs npm; without it the guard still runs on
+                    // its built-in lists, so the rest of the set is fetched.
+                    Err(e) if n == models::JA_WORDS => {
+                        eprintln!("warning: {n}: {e:#}");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 println!("{:<24} {:>9.1} MB  {}", m.name, m.total_bytes() as f64 / 1e6, m.source);
             }
         }
@@ -344,8 +403,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&a)?);
             } else {
-                if a.completion_tokens == 0 {
-                    print!("{}", a.text);
+                // `on_text` streamed what passed; a blocked answer ends with its refusal.
+                if a.guard.is_some() {
+                    print!("{}{}", if a.completion_tokens > 0 { "\n\n" } else { "" }, a.text);
                 }
                 println!();
                 for c in &a.citations {
@@ -445,6 +505,84 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cfg.server.addr = a;
             }
             kotae::serve::run_serve(&cfg)?;
+        }
+        Cmd::Guard { cmd: GuardCmd::Check { text, direction } } => {
+            let direction = match direction.as_str() {
+                "input" => kotae_guard::Direction::Input,
+                "output" => kotae_guard::Direction::Output,
+                "training" => kotae_guard::Direction::Training,
+                "document" => kotae_guard::Direction::Document,
+                other => anyhow::bail!("--direction {other}: use input, output, training or document"),
+            };
+            let classifiers = kotae::serve::load_classifiers(&cfg)?;
+            let guard = kotae::serve::load_guard(&cfg, &classifiers)?
+                .ok_or_else(|| anyhow::anyhow!("the guardrails are off (guard.enabled = false)"))?;
+            let vector = if guard.wants_vector() && direction != kotae_guard::Direction::Output {
+                use kotae_models::Embedder;
+                kotae::load_embedder(&cfg)?.embed(&[text.as_str()], kotae_models::InputKind::Query)?.vectors.pop()
+            } else {
+                None
+            };
+            let ctx = kotae_guard::Context { vector: vector.as_deref(), ..Default::default() };
+            let v = guard.check(direction, &text, &ctx);
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            if v.blocked() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Guard { cmd: GuardCmd::Screen { json } } => {
+            let r = kotae::guard_cli::screen(&cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "checked {}, passed {} ({} with personal data redacted, {} released by an admin), quarantined {}; training data: {}",
+                    r.checked, r.passed, r.redacted, r.released, r.quarantined, r.out
+                );
+            }
+        }
+        Cmd::Guard { cmd: GuardCmd::Quarantine { status, release, reject } } => {
+            let store = kotae::guard_cli::open_store(&cfg)?;
+            let api = |e: kotae_server::ApiError| anyhow::anyhow!("{e}");
+            for (id, st) in release.map(|i| (i, "released")).into_iter().chain(reject.map(|i| (i, "rejected"))) {
+                if !store.review_quarantine(id, st).map_err(api)? {
+                    anyhow::bail!("no quarantine entry {id}: `kotae guard quarantine --status all` lists them");
+                }
+                println!("entry {id}: {st}");
+            }
+            if release.is_none() && reject.is_none() {
+                let filter = (status != "all").then_some(status.as_str());
+                for q in store.quarantined(filter).map_err(api)? {
+                    println!("{}", serde_json::to_string(&q)?);
+                }
+            }
+        }
+        Cmd::Eval { cmd: EvalCmd::Guard { dir, split, thresholds, json, verbose } } => {
+            let files = kotae::guard_eval::split_files(&dir, &split)?;
+            let classifiers = kotae::serve::load_classifiers(&cfg)?;
+            let guard = kotae::serve::load_guard(&cfg, &classifiers)?
+                .ok_or_else(|| anyhow::anyhow!("the guardrails are off (guard.enabled = false)"))?;
+            let embedder = if guard.wants_vector() { Some(kotae::load_embedder(&cfg)?) } else { None };
+            let mut r = kotae::guard_eval::run_guard_eval(
+                &cfg,
+                &files,
+                guard.clone(),
+                embedder.as_ref().map(|e| e as &dyn kotae_models::Embedder),
+            )?;
+            r.lexicon_terms = kotae_guard::Guardrails::load(None, Some(&cfg.models_dir()), None)?.lexicon().len();
+            // Thresholds come from the dev split; the held-out split is reported, never tuned on.
+            if let Some(t) = load_thresholds(&thresholds)? {
+                kotae::guard_eval::check_thresholds(&mut r, &t);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                kotae::guard_eval::print_guard_report(&r, verbose);
+            }
+            if !r.failures.is_empty() {
+                eprintln!("guard evaluation FAILED: {} threshold(s) missed", r.failures.len());
+                return Ok(ExitCode::from(1));
+            }
         }
         Cmd::Eval { cmd: EvalCmd::AnswerScope { golden, out_of_scope, thresholds, json } } => {
             let embedder = kotae::load_embedder(&cfg)?;

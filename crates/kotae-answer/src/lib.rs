@@ -12,6 +12,7 @@ pub mod prompt;
 use std::sync::Arc;
 use std::time::Instant;
 
+use kotae_guard::{Context, Direction, Gate, GateEvent, Guard, Verdict};
 use kotae_index::{Fusion, Hit, KnowledgeIndex, SearchMode, SearchRequest};
 use kotae_models::{
     ChatMessage, Embedder, FinishReason, GenEvent, Generation, GeneratorWorker, InputKind, PromptFormat, Role,
@@ -110,6 +111,17 @@ pub enum AnswerKind {
     Direct,
     /// Nothing relevant enough was found: Kotae says so and points to the help desk.
     Declined,
+    /// The guardrails stopped the question or the answer: the text is the refusal.
+    Blocked,
+}
+
+/// Why the guardrails stopped an answer (never the offending text).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardNote {
+    /// `input` (the question) or `output` (a sentence of the answer).
+    pub direction: String,
+    pub category: String,
+    pub rule: String,
 }
 
 /// A source the answer relies on.
@@ -158,6 +170,9 @@ pub struct Answer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<FinishReason>,
     pub timings: Timings,
+    /// Set when the guardrails stopped the question or the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardNote>,
 }
 
 impl Answer {
@@ -181,6 +196,7 @@ impl Answer {
             completion_tokens: 0,
             finish_reason: None,
             timings: Timings::default(),
+            guard: None,
         }
     }
 }
@@ -201,7 +217,23 @@ pub struct Plan {
     pub sources: Vec<Hit>,
     pub relevance: Option<f32>,
     pub timings: Timings,
+    /// The guard's decisions on the question that are worth recording (warn, redact, block).
+    pub verdicts: Vec<Verdict>,
+    /// The question with personal data redacted, when the guard redacted it: what may be
+    /// stored and logged instead of what was sent.
+    pub redacted_question: Option<String>,
+    /// Texts of the sources shown to the model, and the rules it must not disclose: what
+    /// the output gate checks answers against.
+    shown: Vec<String>,
+    secret: String,
     started: Instant,
+}
+
+impl Plan {
+    /// The output gate for this plan's generation (sentence by sentence).
+    pub fn gate(&self, guard: Arc<dyn Guard>) -> Gate {
+        Gate::new(guard, &self.lang, self.shown.clone(), vec![self.secret.clone()])
+    }
 }
 
 /// Retrieval settings shared with `kotae search`.
@@ -218,6 +250,7 @@ pub struct Answerer {
     format: Arc<PromptFormat>,
     retrieval: RetrievalSettings,
     cfg: AnswerConfig,
+    guard: Option<Arc<dyn Guard>>,
 }
 
 impl Answerer {
@@ -228,11 +261,49 @@ impl Answerer {
         retrieval: RetrievalSettings,
         cfg: AnswerConfig,
     ) -> Self {
-        Self { index, embedder, format, retrieval, cfg }
+        Self { index, embedder, format, retrieval, cfg, guard: None }
+    }
+
+    /// Check questions and answers with `guard`.
+    pub fn with_guard(mut self, guard: Arc<dyn Guard>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    pub fn guard(&self) -> Option<&Arc<dyn Guard>> {
+        self.guard.as_ref()
     }
 
     pub fn config(&self) -> &AnswerConfig {
         &self.cfg
+    }
+
+    /// The answer that replaces a blocked question or answer: the policy's refusal.
+    pub fn blocked(&self, lang: &str, search_query: &str, verdict: &Verdict) -> Answer {
+        let category = verdict.category().unwrap_or(kotae_guard::Category::Unsafe);
+        let text = match &self.guard {
+            Some(g) => g.policy().refusal(lang, verdict.direction, category).to_string(),
+            None => String::new(),
+        };
+        let mut a = Answer::without_generation(text, lang, AnswerKind::Blocked, Vec::new(), search_query, None);
+        a.guard = Some(GuardNote {
+            direction: verdict.direction.as_str().into(),
+            category: category.as_str().into(),
+            rule: verdict.decisive().map(|f| f.rule.clone()).unwrap_or_default(),
+        });
+        a
+    }
+
+    /// An answer stopped by the output gate: the refusal replaces everything generated.
+    pub fn complete_blocked(&self, plan: Plan, verdict: &Verdict, completion_tokens: usize) -> Answer {
+        let mut a = self.blocked(&plan.lang, &plan.search_query, verdict);
+        a.relevance = plan.relevance;
+        a.completion_tokens = completion_tokens;
+        a.finish_reason = Some(FinishReason::Cancelled);
+        let mut timings = plan.timings;
+        timings.total_ms = ms(plan.started);
+        a.timings = timings;
+        a
     }
 
     /// Retrieve and decide (blocking: embeds the query and searches).
@@ -244,18 +315,92 @@ impl Answerer {
             return Err(Error::BadQuestion("the question is empty: write what you want to know".into()));
         }
         let lang = if kotae_ingest::clean::detect_lang(&text) == "ja" { "ja" } else { "en" }.to_string();
-        let search_query = prompt::search_query(&text, &q.history);
         let mut timings = Timings::default();
+        // The guard reads the question first; its vector (for the safety head) is the one
+        // retrieval uses when the question stands alone.
+        let mut verdicts = Vec::new();
+        let mut redacted_question = None;
+        let mut text = text;
+        let mut early_vector: Option<Vec<f32>> = None;
+        if let Some(guard) = &self.guard {
+            if guard.wants_vector() {
+                if let Some(e) = &self.embedder {
+                    let t = Instant::now();
+                    early_vector = e.embed(&[text.as_str()], InputKind::Query)?.vectors.pop();
+                    timings.embed_ms = ms(t);
+                }
+            }
+            let v = guard.check(
+                Direction::Input,
+                &text,
+                &Context { lang: Some(&lang), vector: early_vector.as_deref(), ..Default::default() },
+            );
+            tracing::debug!(action = v.action.as_str(), us = v.took_us, "input guard");
+            // Earlier turns count too: a client of the OpenAI API sends the whole conversation,
+            // and a request split over two messages is still one request.
+            let mut v = v;
+            if !v.blocked() {
+                for m in &q.history {
+                    // Earlier answers (which an API client may have written itself) are read
+                    // for planted instructions; earlier questions like this one.
+                    let mut h = if m.role == Role::Assistant {
+                        let mut h = guard.check(Direction::Document, &m.content, &Context::default());
+                        if !h.findings.is_empty() {
+                            h.action = kotae_guard::Action::Block;
+                            h.findings.iter_mut().for_each(|f| f.action = kotae_guard::Action::Block);
+                        }
+                        h
+                    } else {
+                        guard.check(Direction::Input, &m.content, &Context::default())
+                    };
+                    if h.blocked() {
+                        h.redacted = v.redacted.clone();
+                        v = h;
+                        break;
+                    }
+                }
+            }
+            if v.blocked() {
+                let answer = self.blocked(&lang, "", &v);
+                let redacted_question = v.redacted.clone();
+                verdicts.push(v);
+                return Ok(Plan {
+                    action: Action::Done(Box::new(answer)),
+                    lang,
+                    search_query: String::new(),
+                    sources: Vec::new(),
+                    relevance: None,
+                    timings,
+                    verdicts,
+                    redacted_question,
+                    shown: Vec::new(),
+                    secret: String::new(),
+                    started,
+                });
+            }
+            if let Some(r) = &v.redacted {
+                text = r.clone();
+                redacted_question = Some(r.clone());
+                early_vector = None;
+            }
+            if v.action != kotae_guard::Action::Allow {
+                verdicts.push(v);
+            }
+        }
+        let search_query = prompt::search_query(&text, &q.history);
 
         let retrieve_span = tracing::info_span!("retrieve", lang = %lang).entered();
         let t = Instant::now();
         let (mode, vector) = match (&self.embedder, self.retrieval.mode) {
+            (Some(_), m) if m != SearchMode::Bm25 && early_vector.is_some() && search_query == text => {
+                (m, early_vector.clone())
+            }
             (Some(e), m) if m != SearchMode::Bm25 => {
                 (m, e.embed(&[search_query.as_str()], InputKind::Query)?.vectors.pop())
             }
             _ => (SearchMode::Bm25, None),
         };
-        timings.embed_ms = ms(t);
+        timings.embed_ms += ms(t);
         let question_vector = if search_query == text { vector.clone() } else { None };
         let t = Instant::now();
         let sources = self.index.search(&SearchRequest {
@@ -278,14 +423,33 @@ impl Answerer {
             Some(r) => r >= self.cfg.min_relevance(&lang),
             None => !sources.is_empty(),
         };
+        let mut shown_texts = Vec::new();
         let action = if !relevant {
             Action::Done(Box::new(self.declined(&lang, &search_query, relevance)))
         } else if let Some(direct) =
             self.direct_answer(question_vector.as_deref(), &sources, &lang, &search_query, relevance)?
         {
-            Action::Done(Box::new(direct))
+            // A past answer is output too: it passes the same check as generated text.
+            let blocked = self.guard.as_ref().map(|g| {
+                let shown = vec![direct.citations.first().map(|c| c.snippet.clone()).unwrap_or_default()];
+                g.check(
+                    Direction::Output,
+                    &direct.text,
+                    &Context { lang: Some(&lang), sources: &shown, ..Default::default() },
+                )
+            });
+            match blocked {
+                Some(v) if v.blocked() => {
+                    let a = self.blocked(&lang, &search_query, &v);
+                    verdicts.push(v);
+                    Action::Done(Box::new(a))
+                }
+                _ => Action::Done(Box::new(direct)),
+            }
         } else {
-            let (messages, shown) = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &sources)?;
+            let quoted = self.without_instructions(&sources);
+            let (messages, shown) = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &quoted)?;
+            shown_texts = sources.iter().take(shown).map(|h| h.text.clone()).collect();
             let prompt = self.format.render(&messages)?;
             let mut params = SamplingParams {
                 japanese_kanji_only: lang == "ja" || self.cfg.sampling.japanese_kanji_only,
@@ -295,7 +459,48 @@ impl Answerer {
             Action::Generate { prompt, params }
         };
         timings.prompt_ms = ms(t);
-        Ok(Plan { action, lang, search_query, sources, relevance, timings, started })
+        let secret = prompt::system_rules(&lang, &self.cfg);
+        Ok(Plan {
+            action,
+            lang,
+            search_query,
+            sources,
+            relevance,
+            timings,
+            verdicts,
+            redacted_question,
+            shown: shown_texts,
+            secret,
+            started,
+        })
+    }
+
+    /// The sources with every sentence that addresses an AI ("ignore previous instructions")
+    /// replaced by a note: documents are data, and an instruction planted in a manual or an
+    /// inquiry log must not reach the model as one.
+    fn without_instructions(&self, sources: &[Hit]) -> Vec<Hit> {
+        let Some(guard) = &self.guard else { return sources.to_vec() };
+        sources
+            .iter()
+            .map(|h| {
+                let ctx = Context::default();
+                if !guard.check(Direction::Document, &h.text, &ctx).findings.is_empty() {
+                    let kept: String = kotae_guard::stream::sentences(&h.text)
+                        .into_iter()
+                        .map(|s| {
+                            if guard.check(Direction::Document, s, &ctx).findings.is_empty() {
+                                s.to_string()
+                            } else {
+                                "[instruction removed] ".to_string()
+                            }
+                        })
+                        .collect();
+                    tracing::warn!(source = %h.source, "instructions in a source were removed from the prompt");
+                    return Hit { text: kept, ..h.clone() };
+                }
+                h.clone()
+            })
+            .collect()
     }
 
     fn declined(&self, lang: &str, search_query: &str, relevance: Option<f32>) -> Answer {
@@ -391,6 +596,7 @@ impl Answerer {
                     completion_tokens: g.completion_tokens,
                     finish_reason: Some(g.finish_reason),
                     timings: Timings::default(),
+                    guard: None,
                 }
             }
         };
@@ -399,39 +605,66 @@ impl Answerer {
         answer
     }
 
-    /// Plan, generate and complete in one blocking call (the CLI and tests).
+    /// Plan, generate and complete in one blocking call (the CLI and tests). With a guard,
+    /// the text reaches `on_text` only after its sentence passed the output gate.
     pub fn ask(
         &self,
         q: &Question,
         worker: &GeneratorWorker,
-        on_text: impl FnMut(&str) + Send + 'static,
+        mut on_text: impl FnMut(&str) + Send + 'static,
     ) -> Result<Answer> {
         let plan = self.plan(q)?;
-        let generated = match &plan.action {
-            Action::Done(_) => None,
-            Action::Generate { prompt, params } => {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let mut on_text = on_text;
-                let mut queued = 0.0;
-                worker.submit(
-                    prompt.clone(),
-                    params.clone(),
-                    Box::new(move |ev| {
-                        match ev {
-                            GenEvent::Started { queued_ms } => queued = queued_ms,
-                            GenEvent::Text(t) => on_text(&t),
-                            GenEvent::Done(r) => {
-                                let _ = tx.send(r.map(|g| (g, queued)));
+        let (prompt, params) = match &plan.action {
+            Action::Done(a) => {
+                if a.guard.is_none() {
+                    on_text(&a.text);
+                }
+                return Ok(self.complete(plan, None));
+            }
+            Action::Generate { prompt, params } => (prompt.clone(), params.clone()),
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<GenEvent>();
+        worker.submit(prompt, params, Box::new(move |ev| tx.send(ev).is_ok()))?;
+        let mut gate = self.guard.clone().map(|g| plan.gate(g));
+        let mut queued = 0.0;
+        let mut tokens = 0;
+        loop {
+            let ev = rx.recv().map_err(|_| kotae_models::Error::Generation("the worker stopped".into()))?;
+            let events = match ev {
+                GenEvent::Started { queued_ms } => {
+                    queued = queued_ms;
+                    continue;
+                }
+                GenEvent::Text(t) => {
+                    tokens += 1;
+                    match &mut gate {
+                        Some(g) => g.push(&t),
+                        None => vec![GateEvent::Release(t)],
+                    }
+                }
+                GenEvent::Done(r) => {
+                    let g = r?;
+                    if let Some(gate) = &mut gate {
+                        for ev in gate.finish() {
+                            match ev {
+                                GateEvent::Release(t) => on_text(&t),
+                                GateEvent::Blocked(v) => {
+                                    return Ok(self.complete_blocked(plan, &v, g.completion_tokens))
+                                }
                             }
                         }
-                        true
-                    }),
-                )?;
-                let r = rx.recv().map_err(|_| kotae_models::Error::Generation("the worker stopped".into()))?;
-                Some(r?)
+                    }
+                    return Ok(self.complete(plan, Some((g, queued))));
+                }
+            };
+            for ev in events {
+                match ev {
+                    GateEvent::Release(t) => on_text(&t),
+                    // Dropping `rx` ends the generation at its next token.
+                    GateEvent::Blocked(v) => return Ok(self.complete_blocked(plan, &v, tokens)),
+                }
             }
-        };
-        Ok(self.complete(plan, generated))
+        }
     }
 }
 

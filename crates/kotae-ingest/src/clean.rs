@@ -79,34 +79,94 @@ fn luhn(digits: &[u32]) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// Replace e-mail addresses, phone numbers and payment card numbers with placeholders.
-/// Returns the redacted text and how many items were replaced.
-pub fn redact_pii(text: &str) -> (String, usize) {
-    let mut n = 0;
+// Postal addresses: Japanese (prefecture, municipality, block numbers) and English street
+// addresses.
+static ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?x)
+        (?:〒\s?\d{3}-?\d{4}\s*)?
+        (?:東京都|北海道|京都府|大阪府|\p{Han}{2,3}県)
+        [\p{Han}\p{Hiragana}\p{Katakana}ー]{1,10}?[市区町村郡]
+        [\p{Han}\p{Hiragana}\p{Katakana}ー]{0,12}?
+        \d{1,4}\s?(?:丁目|番地?|[-－−‐])\s?\d{1,4}(?:\s?(?:番地?|号|[-－−‐])\s?\d{0,4})?
+        | (?-u:\b)\d{1,5}\s[A-Z][a-z]+(?:\s[A-Z][a-z]+)?\s(?:Street|St\.?|Avenue|Ave\.?|Road|Rd\.?|Boulevard|Blvd\.?|Lane|Ln\.?|Drive|Dr\.?)(?-u:\b)
+        | 〒\s?\d{3}-\d{4}",
+    )
+    .unwrap()
+});
+// Japan's Individual Number (マイナンバー): 12 digits whose last is a check digit.
+static MY_NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?-u:\b)\d{4}[ -]?\d{4}[ -]?\d{4}(?-u:\b)").unwrap());
+
+fn my_number_check(digits: &[u32]) -> bool {
+    if digits.len() != 12 {
+        return false;
+    }
+    let sum: u32 = (1..=11).map(|n| digits[11 - n] * if n <= 6 { n as u32 + 1 } else { n as u32 - 5 }).sum();
+    let r = sum % 11;
+    digits[11] == if r <= 1 { 0 } else { 11 - r }
+}
+
+/// One piece of personal data in a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PiiSpan {
+    /// `card`, `email`, `phone`, `address`, `my_number`.
+    pub kind: &'static str,
+    /// Byte range in the text.
+    pub range: std::ops::Range<usize>,
+}
+
+/// Personal data in `text`: payment cards (Luhn-valid), e-mail addresses, phone numbers
+/// (9+ digits), postal addresses, Individual Numbers; non-overlapping, in text order.
+pub fn find_pii(text: &str) -> Vec<PiiSpan> {
+    let mut spans: Vec<PiiSpan> = Vec::new();
+    let mut add = |kind: &'static str, r: std::ops::Range<usize>| {
+        if !spans.iter().any(|s| s.range.start < r.end && r.start < s.range.end) {
+            spans.push(PiiSpan { kind, range: r });
+        }
+    };
+    let digits = |s: &str| -> Vec<u32> { s.chars().filter_map(|ch| ch.to_digit(10)).collect() };
     // Cards first: a card number also looks like a long phone number.
-    let s = CARD.replace_all(text, |c: &regex::Captures| {
-        let digits: Vec<u32> = c[0].chars().filter_map(|ch| ch.to_digit(10)).collect();
-        if (13..=19).contains(&digits.len()) && luhn(&digits) {
-            n += 1;
-            "[CARD]".to_string()
-        } else {
-            c[0].to_string()
+    for m in CARD.find_iter(text) {
+        let d = digits(m.as_str());
+        if (13..=19).contains(&d.len()) && luhn(&d) {
+            add("card", m.range());
         }
-    });
-    let s = EMAIL.replace_all(&s, |_: &regex::Captures| {
-        n += 1;
-        "[EMAIL]"
-    });
-    let s = PHONE.replace_all(&s, |c: &regex::Captures| {
-        let digits = c[0].chars().filter(|ch| ch.is_ascii_digit()).count();
-        if digits >= 9 {
-            n += 1;
-            "[PHONE]".to_string()
-        } else {
-            c[0].to_string()
+    }
+    for m in MY_NUMBER.find_iter(text) {
+        if my_number_check(&digits(m.as_str())) {
+            add("my_number", m.range());
         }
-    });
-    (s.into_owned(), n)
+    }
+    for m in EMAIL.find_iter(text) {
+        add("email", m.range());
+    }
+    for m in ADDRESS.find_iter(text) {
+        add("address", m.range());
+    }
+    for m in PHONE.find_iter(text) {
+        if m.as_str().chars().filter(|ch| ch.is_ascii_digit()).count() >= 9 {
+            add("phone", m.range());
+        }
+    }
+    spans.sort_by_key(|s| s.range.start);
+    spans
+}
+
+/// Replace personal data ([`find_pii`]) with placeholders (`[EMAIL]`, `[PHONE]`, `[CARD]`,
+/// `[ADDRESS]`, `[MY_NUMBER]`). Returns the redacted text and how many items were replaced.
+pub fn redact_pii(text: &str) -> (String, usize) {
+    let spans = find_pii(text);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for s in &spans {
+        out.push_str(&text[at..s.range.start]);
+        out.push('[');
+        out.push_str(&s.kind.to_uppercase());
+        out.push(']');
+        at = s.range.end;
+    }
+    out.push_str(&text[at..]);
+    (out, spans.len())
 }
 
 /// Language of a piece of text as an ISO 639-1 code. Any kana means Japanese; otherwise
@@ -177,6 +237,12 @@ mod tests {
         check_redact("version 2.4.1 on 2024-04-01", "version 2.4.1 on 2024-04-01");
         check_redact("ticket INC-20240401", "ticket INC-20240401");
         check_redact("id 1234 5678 9012 3456", "id 1234 5678 9012 3456");
+        check_redact("住所は東京都港区芝公園4丁目2-8です", "住所は[ADDRESS]です");
+        check_redact("大阪府大阪市北区梅田1-2-3に住む", "[ADDRESS]に住む");
+        check_redact("lives at 42 Maple Street, Springfield", "lives at [ADDRESS], Springfield");
+        check_redact("マイナンバーは123456789018", "マイナンバーは[MY_NUMBER]");
+        // Not an address: a floor and room number, a date.
+        check_redact("会議室は3階の301です。2024年4月1日から", "会議室は3階の301です。2024年4月1日から");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct PromptFormat {
     stop_ids: BTreeSet<u32>,
     context_length: usize,
     non_japanese_han: OnceLock<Vec<u32>>,
+    /// The text of every special or added token (`<|im_end|>`, `</s>`…), longest first.
+    control: Vec<String>,
 }
 
 impl std::fmt::Debug for PromptFormat {
@@ -92,6 +94,17 @@ impl PromptFormat {
         let eos_token = token(eos_id);
         let mut stop_ids: BTreeSet<u32> = eos_id.into_iter().collect();
         stop_ids.extend(END_OF_TURN.iter().filter_map(|t| tokenizer.token_to_id(t)));
+        let mut control: Vec<String> = tokenizer
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special && !t.content.trim().is_empty())
+            .map(|t| t.content.clone())
+            .chain(END_OF_TURN.iter().map(|t| t.to_string()))
+            .chain([bos_token.clone(), eos_token.clone()])
+            .filter(|t| t.chars().count() >= 2)
+            .collect();
+        control.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        control.dedup();
         Ok(Self {
             tokenizer,
             env,
@@ -103,6 +116,7 @@ impl PromptFormat {
             stop_ids,
             context_length,
             non_japanese_han: OnceLock::new(),
+            control,
         })
     }
 
@@ -126,6 +140,25 @@ impl PromptFormat {
             eos_token => &self.eos_token,
         })
         .map_err(|e| Error::Template(format!("{e:#}")))
+    }
+
+    /// `text` (a user's message, a document, an earlier answer) made unable to produce a
+    /// control token: every special or added token's text in it is broken with a zero-width
+    /// space after its first character, so the tokenizer reads it as plain characters. The
+    /// template's own tokens, rendered around the text, stay real.
+    pub fn neutralize(&self, text: &str) -> String {
+        if !self.control.iter().any(|t| text.contains(t.as_str())) {
+            return text.to_string();
+        }
+        let mut out = text.to_string();
+        for t in &self.control {
+            if out.contains(t.as_str()) {
+                let first = t.chars().next().map(char::len_utf8).unwrap_or(0);
+                let broken = format!("{}\u{200b}{}", &t[..first], &t[first..]);
+                out = out.replace(t.as_str(), &broken);
+            }
+        }
+        out
     }
 
     /// Token ids of a rendered prompt (special tokens in the text are matched whole; nothing

@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use kotae_answer::{Action, Answer, Question};
+use kotae_answer::{Action, Answer, GuardNote, Question};
+use kotae_guard::{GateEvent, Verdict};
 use kotae_index::{SearchMode, SearchRequest};
 use kotae_models::{ChatMessage, FinishReason, GenEvent, InputKind, Role, SamplingParams};
 use serde::{Deserialize, Serialize};
@@ -17,12 +18,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ApiError;
-use crate::metrics::KindLabels;
+use crate::metrics::{DirectionLabels, GuardLabels, KindLabels};
+use crate::store::GuardEvent;
 use crate::{AppState, Client, Engine};
 
 /// What an answer run reports to the handler.
 pub(crate) enum RunEvent {
     Text(String),
+    /// The guardrails stopped the question or the answer; `Done` follows with the refusal.
+    Guard(GuardNote),
     Done(Box<Answer>),
     Failed(ApiError),
 }
@@ -31,75 +35,201 @@ fn join_error(e: tokio::task::JoinError) -> ApiError {
     ApiError::Internal(format!("task failed: {e}"))
 }
 
-/// Retrieve and plan on the blocking pool, then either finish at once (declined, past
-/// inquiry) or queue the generation. Errors here (queue full, bad question) come back before
-/// any byte of a stream, so they keep their HTTP status.
+/// Who asked, for the audit trail.
+#[derive(Clone)]
+pub(crate) struct Asker {
+    pub client: String,
+    pub conversation_id: Option<String>,
+}
+
+/// A started answer run.
+pub(crate) struct Run {
+    pub rx: mpsc::UnboundedReceiver<RunEvent>,
+    /// The question as it may be stored (personal data redacted by the input guard).
+    pub question: String,
+}
+
+/// Record guard decisions in the audit table and the metrics. The audit never holds the
+/// offending text, only what decided.
+pub(crate) fn record_guard(state: &AppState, request_id: &str, asker: &Asker, verdicts: &[Verdict]) {
+    let mut events = Vec::new();
+    for v in verdicts {
+        state
+            .metrics
+            .guard_check_seconds
+            .get_or_create(&DirectionLabels { direction: v.direction.as_str().into() })
+            .observe(v.took_us as f64 / 1e6);
+        for f in &v.findings {
+            state
+                .metrics
+                .guard_decisions
+                .get_or_create(&GuardLabels {
+                    direction: v.direction.as_str().into(),
+                    category: f.category.as_str().into(),
+                    action: f.action.as_str().into(),
+                })
+                .inc();
+            events.push(GuardEvent {
+                request_id: request_id.into(),
+                conversation_id: asker.conversation_id.clone(),
+                client: asker.client.clone(),
+                direction: v.direction.as_str().into(),
+                category: f.category.as_str().into(),
+                rule: f.rule.clone(),
+                score: f.score as f64,
+                action: f.action.as_str().into(),
+                took_us: v.took_us as i64,
+            });
+        }
+    }
+    if let Err(e) = state.store.add_guard_events(&events) {
+        tracing::error!(error = %e, "cannot write the guard audit");
+    }
+}
+
+/// Retrieve and plan on the blocking pool (the input guard runs first), then either finish
+/// at once (blocked, declined, past inquiry) or queue the generation. Errors here (queue
+/// full, bad question) come back before any byte of a stream, so they keep their HTTP
+/// status. Generated text passes the output gate sentence by sentence on the blocking pool,
+/// never on the generator's thread: a blocked sentence is never sent.
 pub(crate) async fn start_answer(
     state: &Arc<AppState>,
     engine: Arc<Engine>,
     q: Question,
+    asker: Asker,
     tweak: impl FnOnce(&mut SamplingParams),
-) -> Result<mpsc::UnboundedReceiver<RunEvent>, ApiError> {
+) -> Result<Run, ApiError> {
+    let request_id = uuid::Uuid::new_v4().to_string();
     let e2 = engine.clone();
+    let original = q.text.clone();
     let mut plan = tokio::task::spawn_blocking(move || e2.answerer.plan(&q)).await.map_err(join_error)??;
+    record_guard(state, &request_id, &asker, &plan.verdicts);
+    let question = plan.redacted_question.clone().unwrap_or(original);
     let (tx, rx) = mpsc::unbounded_channel();
     let (prompt, params) = match &mut plan.action {
         Action::Done(a) => {
+            if let Some(note) = &a.guard {
+                let _ = tx.send(RunEvent::Guard(note.clone()));
+            }
             let _ = tx.send(RunEvent::Text(a.text.clone()));
             let answer = engine.answerer.complete(plan, None);
             let _ = tx.send(RunEvent::Done(Box::new(answer)));
-            return Ok(rx);
+            return Ok(Run { rx, question });
         }
         Action::Generate { prompt, params } => {
             tweak(params);
             (prompt.clone(), params.clone())
         }
     };
-    let mut plan = Some(plan);
-    let mut queued = 0.0;
     let limit = std::time::Duration::from_secs(state.cfg.generation_timeout_s.max(1));
     let mut deadline: Option<std::time::Instant> = None;
-    let st = state.clone();
-    let eng = engine.clone();
-    let sink = Box::new(move |ev: GenEvent| match ev {
-        // A client that left while its job waited: skip the job.
-        GenEvent::Started { queued_ms } => {
-            queued = queued_ms;
+    let (raw_tx, raw_rx) = std::sync::mpsc::channel::<GenEvent>();
+    // The sink sees the client's channel too: a client that left (while its job waited, or
+    // mid-answer) stops the generation at once, not at the next released sentence.
+    let client_tx = tx.clone();
+    let sink = Box::new(move |ev: GenEvent| {
+        if matches!(ev, GenEvent::Started { .. }) {
             deadline = Some(std::time::Instant::now() + limit);
-            !tx.is_closed()
         }
-        GenEvent::Text(t) => {
-            tx.send(RunEvent::Text(t)).is_ok() && deadline.is_none_or(|d| std::time::Instant::now() < d)
-        }
-        GenEvent::Done(Ok(g)) => {
-            if g.finish_reason == FinishReason::Cancelled {
-                st.metrics.answers.get_or_create(&KindLabels { kind: "cancelled".into() }).inc();
-            }
-            st.metrics.decode_tokens_per_s.observe(g.decode_tokens_per_s());
-            st.metrics.prompt_tokens_per_s.observe(g.prompt_tokens_per_s());
-            if let Some(p) = plan.take() {
-                let a = eng.answerer.complete(p, Some((g, queued)));
-                let _ = tx.send(RunEvent::Done(Box::new(a)));
-            }
-            true
-        }
-        GenEvent::Done(Err(e)) => {
-            let _ = tx.send(RunEvent::Failed(match e {
-                kotae_models::Error::PromptTooLong { .. } => ApiError::from(kotae_answer::Error::Model(e)),
-                other => ApiError::Internal(other.to_string()),
-            }));
-            true
-        }
+        let text = matches!(ev, GenEvent::Text(_) | GenEvent::Started { .. });
+        raw_tx.send(ev).is_ok()
+            && (!text || (!client_tx.is_closed() && deadline.is_none_or(|d| std::time::Instant::now() < d)))
     });
     engine.worker.submit(prompt, params, sink).map_err(|e| ApiError::from(kotae_answer::Error::Busy(e)))?;
-    Ok(rx)
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut gate = engine.answerer.guard().cloned().map(|g| plan.gate(g));
+        let mut queued = 0.0;
+        let mut tokens = 0usize;
+        let observe_gate = |gate: &Option<kotae_guard::Gate>| {
+            if let Some(g) = gate.as_ref().filter(|g| g.sentences > 0) {
+                let per = g.check_us as f64 / g.sentences as f64 / 1e6;
+                st.metrics
+                    .guard_check_seconds
+                    .get_or_create(&DirectionLabels { direction: "output".into() })
+                    .observe(per);
+            }
+        };
+        // Ends the run with the refusal; dropping `raw_rx` stops the generation.
+        let blocked = |v: &Verdict, plan, tokens| {
+            record_guard(&st, &request_id, &asker, std::slice::from_ref(v));
+            let a = engine.answerer.complete_blocked(plan, v, tokens);
+            if let Some(note) = &a.guard {
+                let _ = tx.send(RunEvent::Guard(note.clone()));
+            }
+            let _ = tx.send(RunEvent::Done(Box::new(a)));
+        };
+        while let Ok(ev) = raw_rx.recv() {
+            let released = match ev {
+                // A client that left while its job waited: skip the job.
+                GenEvent::Started { queued_ms } => {
+                    queued = queued_ms;
+                    if tx.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+                GenEvent::Text(t) => {
+                    tokens += 1;
+                    match &mut gate {
+                        Some(g) => g.push(&t),
+                        None => vec![GateEvent::Release(t)],
+                    }
+                }
+                GenEvent::Done(Ok(g)) => {
+                    if g.finish_reason == FinishReason::Cancelled {
+                        st.metrics.answers.get_or_create(&KindLabels { kind: "cancelled".into() }).inc();
+                    }
+                    st.metrics.decode_tokens_per_s.observe(g.decode_tokens_per_s());
+                    st.metrics.prompt_tokens_per_s.observe(g.prompt_tokens_per_s());
+                    for ev in gate.as_mut().map(|g| g.finish()).unwrap_or_default() {
+                        match ev {
+                            GateEvent::Release(t) => {
+                                let _ = tx.send(RunEvent::Text(t));
+                            }
+                            GateEvent::Blocked(v) => {
+                                observe_gate(&gate);
+                                return blocked(&v, plan, g.completion_tokens);
+                            }
+                        }
+                    }
+                    observe_gate(&gate);
+                    let a = engine.answerer.complete(plan, Some((g, queued)));
+                    let _ = tx.send(RunEvent::Done(Box::new(a)));
+                    return;
+                }
+                GenEvent::Done(Err(e)) => {
+                    let _ = tx.send(RunEvent::Failed(match e {
+                        kotae_models::Error::PromptTooLong { .. } => ApiError::from(kotae_answer::Error::Model(e)),
+                        other => ApiError::Internal(other.to_string()),
+                    }));
+                    return;
+                }
+            };
+            for ev in released {
+                match ev {
+                    GateEvent::Release(t) => {
+                        // The client went away: returning drops `raw_rx`, which stops the worker.
+                        if tx.send(RunEvent::Text(t)).is_err() {
+                            return;
+                        }
+                    }
+                    GateEvent::Blocked(v) => {
+                        observe_gate(&gate);
+                        return blocked(&v, plan, tokens);
+                    }
+                }
+            }
+        }
+    });
+    Ok(Run { rx, question })
 }
 
 /// Wait for the end of an answer run (non-streaming responses).
 pub(crate) async fn finished(rx: &mut mpsc::UnboundedReceiver<RunEvent>) -> Result<Box<Answer>, ApiError> {
     while let Some(ev) = rx.recv().await {
         match ev {
-            RunEvent::Text(_) => {}
+            RunEvent::Text(_) | RunEvent::Guard(_) => {}
             RunEvent::Failed(e) => return Err(e),
             RunEvent::Done(a) => return Ok(a),
         }
@@ -174,13 +304,26 @@ pub async fn chat(
     };
     let keep = engine.answerer.config().history_messages;
     let stored = state.store.messages(&conversation)?;
-    let history: Vec<ChatMessage> = stored[stored.len().saturating_sub(keep)..]
+    // Turns the guard blocked (the question and its refusal) never reach the model again.
+    let mut turns: Vec<&crate::store::StoredMessage> = Vec::with_capacity(stored.len());
+    for m in &stored {
+        let blocked = m.answer.as_ref().is_some_and(|a| a["kind"] == "blocked");
+        if blocked {
+            if turns.last().is_some_and(|p| p.role == "user") {
+                turns.pop();
+            }
+            continue;
+        }
+        turns.push(m);
+    }
+    let history: Vec<ChatMessage> = turns[turns.len().saturating_sub(keep)..]
         .iter()
         .map(|m| ChatMessage::new(if m.role == "user" { Role::User } else { Role::Assistant }, m.content.clone()))
         .collect();
     let q = Question { text: req.message.clone(), history, groups: client.groups.clone() };
-    let mut rx = start_answer(&state, engine, q, |_| {}).await?;
-    state.store.add_message(&conversation, "user", &req.message, None)?;
+    let asker = Asker { client: client.id.clone(), conversation_id: Some(conversation.clone()) };
+    let Run { mut rx, question } = start_answer(&state, engine, q, asker, |_| {}).await?;
+    state.store.add_message(&conversation, "user", &question, None)?;
 
     if !req.stream {
         let a = finished(&mut rx).await?;
@@ -199,6 +342,7 @@ pub async fn chat(
         while let Some(ev) = rx.recv().await {
             let event = match ev {
                 RunEvent::Text(t) => Event::default().event("token").data(json!({ "text": t }).to_string()),
+                RunEvent::Guard(note) => Event::default().event("guard").data(json!(note).to_string()),
                 RunEvent::Failed(e) => {
                     Event::default().event("error").data(serde_json::to_string(&e.body()).unwrap_or_default())
                 }

@@ -23,6 +23,18 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub direction: String,
+    pub category: String,
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -38,6 +50,8 @@ pub struct Metrics {
     pub prompt_tokens_per_s: Histogram,
     pub answers: Family<KindLabels, Counter>,
     pub queue_depth: Gauge,
+    pub guard_decisions: Family<GuardLabels, Counter>,
+    pub guard_check_seconds: HistogramFamily<DirectionLabels>,
 }
 
 impl Default for Metrics {
@@ -66,6 +80,20 @@ impl Default for Metrics {
         registry.register("answers", "Answers by kind (generated, direct, declined)", answers.clone());
         let queue_depth = Gauge::default();
         registry.register("generation_queue_depth", "Generation jobs waiting or running", queue_depth.clone());
+        let guard_decisions = Family::<GuardLabels, Counter>::default();
+        registry.register(
+            "guard_decisions",
+            "Guardrail findings by direction, category and action (warn, redact, block)",
+            guard_decisions.clone(),
+        );
+        let guard_check_seconds: HistogramFamily<DirectionLabels> = Family::new_with_constructor(|| {
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05])
+        });
+        registry.register(
+            "guard_check_seconds",
+            "Time of one guard check (a question, or one answer sentence)",
+            guard_check_seconds.clone(),
+        );
         Self {
             registry,
             requests,
@@ -75,6 +103,8 @@ impl Default for Metrics {
             prompt_tokens_per_s,
             answers,
             queue_depth,
+            guard_decisions,
+            guard_check_seconds,
         }
     }
 }

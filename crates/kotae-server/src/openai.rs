@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::{check_question, finished, observe_answer, start_answer, RunEvent};
+use crate::api::{check_question, finished, observe_answer, start_answer, Asker, Run, RunEvent};
 use crate::error::ApiError;
 use crate::{AppState, Client};
 
@@ -60,6 +60,9 @@ fn text_of(content: &Value) -> Result<String, ApiError> {
 }
 
 fn finish_reason(a: &Answer) -> &'static str {
+    if a.guard.is_some() {
+        return "content_filter";
+    }
     match a.finish_reason {
         Some(FinishReason::Length) => "length",
         _ => "stop",
@@ -67,7 +70,7 @@ fn finish_reason(a: &Answer) -> &'static str {
 }
 
 fn kotae_extra(a: &Answer) -> Value {
-    json!({ "kind": a.kind, "citations": a.citations, "timings": a.timings, "lang": a.lang })
+    json!({ "kind": a.kind, "citations": a.citations, "timings": a.timings, "lang": a.lang, "guard": a.guard })
 }
 
 /// `POST /v1/chat/completions`
@@ -101,7 +104,8 @@ pub async fn chat_completions(
     let model = req.model.clone().unwrap_or_else(|| state.cfg.model_id.clone());
     let q = Question { text: last.content, history: msgs, groups: client.groups.clone() };
     let cap = engine.answerer.config().sampling.max_tokens.max(1);
-    let mut rx = start_answer(&state, engine, q, |p| {
+    let asker = Asker { client: client.id.clone(), conversation_id: None };
+    let Run { mut rx, .. } = start_answer(&state, engine, q, asker, |p| {
         if let Some(t) = req.temperature {
             p.temperature = t;
         }
@@ -168,9 +172,28 @@ pub async fn chat_completions(
         if sse_tx.send(Ok(chunk(json!({ "role": "assistant", "content": "" }), None, None))).await.is_err() {
             return;
         }
+        let mut blocked = false;
+        let mut sent_any = false;
         while let Some(ev) = rx.recv().await {
             let (event, last) = match ev {
-                RunEvent::Text(t) => (chunk(json!({ "content": t }), None, None), false),
+                // After a block, the refusal arrives with `Done`.
+                RunEvent::Text(_) if blocked => continue,
+                RunEvent::Text(t) => {
+                    sent_any = true;
+                    (chunk(json!({ "content": t }), None, None), false)
+                }
+                RunEvent::Guard(_) => {
+                    blocked = true;
+                    continue;
+                }
+                RunEvent::Done(a) if blocked => {
+                    observe_answer(&state, &a);
+                    let text = if sent_any { format!("\n\n{}", a.text) } else { a.text.clone() };
+                    if sse_tx.send(Ok(chunk(json!({ "content": text }), None, None))).await.is_err() {
+                        return;
+                    }
+                    (chunk(json!({}), Some(finish_reason(&a)), Some(kotae_extra(&a))), true)
+                }
                 RunEvent::Failed(e) => {
                     (Event::default().data(serde_json::to_string(&e.body()).unwrap_or_default()), true)
                 }

@@ -39,7 +39,66 @@ const MIGRATIONS: &[&str] = &[
         created_unix INTEGER NOT NULL
     );
     CREATE INDEX feedback_message ON feedback(message_id);",
+    // 2: the guardrails' audit trail (never the offending text), and the quarantine of text
+    // that failed the training-data guard, for an admin to review.
+    "CREATE TABLE guard_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL,
+        conversation_id TEXT,
+        client TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        category TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        score REAL NOT NULL,
+        action TEXT NOT NULL,
+        took_us INTEGER NOT NULL,
+        created_unix INTEGER NOT NULL
+    );
+    CREATE INDEX guard_events_request ON guard_events(request_id);
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        text TEXT NOT NULL,
+        category TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        client TEXT,
+        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'released', 'rejected')),
+        created_unix INTEGER NOT NULL,
+        reviewed_unix INTEGER,
+        UNIQUE (source, ref)
+    );",
 ];
+
+/// One decision of the guardrails, as the audit table keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardEvent {
+    pub request_id: String,
+    pub conversation_id: Option<String>,
+    pub client: String,
+    pub direction: String,
+    pub category: String,
+    pub rule: String,
+    pub score: f64,
+    pub action: String,
+    pub took_us: i64,
+}
+
+/// A text held back from training data.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quarantined {
+    pub id: i64,
+    /// `feedback`, `conversation`, `inquiry_log`.
+    pub source: String,
+    /// Where it came from (a feedback id, a message id, a log file and row).
+    pub r#ref: String,
+    pub text: String,
+    pub category: String,
+    pub rule: String,
+    pub client: Option<String>,
+    pub status: String,
+    pub created_unix: i64,
+}
 
 /// One stored message.
 #[derive(Debug, Clone, Serialize)]
@@ -185,6 +244,151 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(internal)
+    }
+}
+
+impl Store {
+    /// Record guard decisions (all of one request in one transaction).
+    pub fn add_guard_events(&self, events: &[GuardEvent]) -> Result<(), ApiError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(internal)?;
+        for e in events {
+            tx.execute(
+                "INSERT INTO guard_events (request_id, conversation_id, client, direction, category, rule, score,
+                 action, took_us, created_unix) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    e.request_id,
+                    e.conversation_id,
+                    e.client,
+                    e.direction,
+                    e.category,
+                    e.rule,
+                    e.score,
+                    e.action,
+                    e.took_us,
+                    now()
+                ],
+            )
+            .map_err(internal)?;
+        }
+        tx.commit().map_err(internal)
+    }
+
+    /// The most recent guard decisions, newest first.
+    pub fn guard_events(&self, limit: usize) -> Result<Vec<GuardEvent>, ApiError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT request_id, conversation_id, client, direction, category, rule, score, action, took_us
+                 FROM guard_events ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map([limit as i64], |r| {
+                Ok(GuardEvent {
+                    request_id: r.get(0)?,
+                    conversation_id: r.get(1)?,
+                    client: r.get(2)?,
+                    direction: r.get(3)?,
+                    category: r.get(4)?,
+                    rule: r.get(5)?,
+                    score: r.get(6)?,
+                    action: r.get(7)?,
+                    took_us: r.get(8)?,
+                })
+            })
+            .map_err(internal)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+    }
+
+    /// Put a text in quarantine (once per source and reference).
+    #[allow(clippy::too_many_arguments)]
+    pub fn quarantine(
+        &self,
+        source: &str,
+        r#ref: &str,
+        text: &str,
+        category: &str,
+        rule: &str,
+        client: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO quarantine (source, ref, text, category, rule, client, created_unix)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![source, r#ref, text, category, rule, client, now()],
+            )
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    /// Quarantined texts, optionally only those with `status`.
+    pub fn quarantined(&self, status: Option<&str>) -> Result<Vec<Quarantined>, ApiError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT id, source, ref, text, category, rule, client, status, created_unix FROM quarantine
+                 WHERE ?1 IS NULL OR status = ?1 ORDER BY id",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map([status], |r| {
+                Ok(Quarantined {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    r#ref: r.get(2)?,
+                    text: r.get(3)?,
+                    category: r.get(4)?,
+                    rule: r.get(5)?,
+                    client: r.get(6)?,
+                    status: r.get(7)?,
+                    created_unix: r.get(8)?,
+                })
+            })
+            .map_err(internal)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+    }
+
+    /// An admin's review: `released` lets the text into training data, `rejected` keeps it out.
+    /// Returns whether the entry existed.
+    pub fn review_quarantine(&self, id: i64, status: &str) -> Result<bool, ApiError> {
+        if status != "released" && status != "rejected" {
+            return Err(ApiError::BadRequest(format!("status '{status}': use released or rejected")));
+        }
+        let n = self
+            .conn()
+            .execute("UPDATE quarantine SET status = ?1, reviewed_unix = ?2 WHERE id = ?3", params![status, now(), id])
+            .map_err(internal)?;
+        Ok(n > 0)
+    }
+
+    /// Feedback comments with the answer they were left on (training candidates).
+    pub fn feedback_comments(&self) -> Result<Vec<(i64, String, String, String)>, ApiError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT f.id, f.client, f.comment, m.content FROM feedback f JOIN messages m ON m.id = f.message_id
+                 WHERE f.comment IS NOT NULL AND f.comment != '' ORDER BY f.id",
+            )
+            .map_err(internal)?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(internal)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+    }
+
+    /// Every user message with its conversation's client (training candidates).
+    pub fn user_messages(&self) -> Result<Vec<(String, String, String)>, ApiError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT m.id, c.client, m.content FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.role = 'user' ORDER BY m.created_unix, m.seq",
+            )
+            .map_err(internal)?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(internal)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
     }
 }
 

@@ -1,0 +1,60 @@
+//! The guardrails measured on `evals/guard/` with the trained safety head, as CI runs them.
+
+use std::sync::OnceLock;
+
+use super::*;
+
+/// A data directory with a safety head trained on the real embedder (once per test binary).
+fn guarded() -> &'static (tempfile::TempDir, Config) {
+    static G: OnceLock<(tempfile::TempDir, Config)> = OnceLock::new();
+    G.get_or_init(|| {
+        let dir = fresh_data_dir();
+        let cfg = config(dir.path());
+        let job = kotae::finetune::HeadJob {
+            task: "safety".into(),
+            knowledge: workspace().join("knowledge"),
+            out: dir.path().join("heads/safety"),
+            config: Default::default(),
+            safe_extra: Vec::new(),
+        };
+        kotae::finetune::run_head(&cfg, &job).unwrap();
+        (dir, cfg)
+    })
+}
+
+#[test]
+fn guard_eval_meets_its_thresholds_on_the_dev_split() {
+    let (_, cfg) = guarded();
+    let classifiers = kotae::serve::load_classifiers(cfg).unwrap();
+    assert!(classifiers.contains_key("safety"));
+    let guard = kotae::serve::load_guard(cfg, &classifiers).unwrap().unwrap();
+    let files = kotae::guard_eval::split_files(&workspace().join("evals/guard"), "dev").unwrap();
+    let mut r = kotae::guard_eval::run_guard_eval(cfg, &files, guard, Some(embedder() as &dyn Embedder)).unwrap();
+    let t: toml::Table =
+        toml::from_str(&std::fs::read_to_string(workspace().join("evals/guard/thresholds.toml")).unwrap()).unwrap();
+    kotae::guard_eval::check_thresholds(&mut r, &t);
+    kotae::guard_eval::print_guard_report(&r, false);
+    assert!(r.classifier);
+    assert_eq!(r.by_lang.len(), 2);
+    assert!(r.failures.is_empty(), "{:#?}", r.failures);
+}
+
+#[test]
+fn the_safety_head_never_trains_on_the_eval_sets() {
+    let train: std::collections::HashSet<String> = kotae_guard::TRAIN_JSONL
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["text"].as_str().map(|t| t.trim().to_lowercase()))
+        .collect();
+    assert_eq!(train.len(), 600);
+    for split in ["dev", "heldout"] {
+        for lang in ["ja", "en"] {
+            let cases = kotae::guard_eval::load_cases(&[workspace().join(format!("evals/guard/{lang}.{split}.jsonl"))])
+                .unwrap();
+            assert_eq!(cases.len(), 200);
+            for c in cases {
+                assert!(!train.contains(&c.text.trim().to_lowercase()), "{} is in the training data", c.id);
+            }
+        }
+    }
+}
