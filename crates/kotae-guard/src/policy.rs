@@ -248,6 +248,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_policy_in_deploy_parses() {
+        let p = Policy::parse(include_str!("../../../deploy/guard.toml")).unwrap();
+        assert_eq!(p.actions.get(Direction::Input, Category::PersonalData), Action::Redact);
+        assert_eq!(p.actions.get(Direction::Training, Category::Hate), Action::Block);
+        assert!(p.refusals.ja.contains("内線"));
+        assert_eq!(p.thresholds.classifier, 0.95);
+    }
+
+    #[test]
     fn a_policy_file_overrides_what_it_names() {
         let p = Policy::parse(
             r#"

@@ -36,7 +36,9 @@ pub fn spec() -> Value {
                     "chunk_id": { "type": "string" }, "kind": { "type": "string" }, "marked": { "type": "boolean" } } },
                 "Answer": { "type": "object", "properties": {
                     "text": { "type": "string" }, "lang": { "type": "string" },
-                    "kind": { "type": "string", "enum": ["generated", "direct", "declined"] },
+                    "kind": { "type": "string", "enum": ["generated", "direct", "declined", "blocked"] },
+                    "guard": { "type": "object", "description": "set when the guardrails stopped the question (direction input) or the answer (output); the text is then the refusal",
+                        "properties": { "direction": { "type": "string" }, "category": { "type": "string" }, "rule": { "type": "string" } } },
                     "citations": { "type": "array", "items": { "$ref": "#/components/schemas/Citation" } },
                     "search_query": { "type": "string" }, "relevance": { "type": ["number", "null"] },
                     "prompt_tokens": { "type": "integer" }, "completion_tokens": { "type": "integer" },
@@ -60,7 +62,7 @@ pub fn spec() -> Value {
         "security": [{ "bearer": [] }, {}],
         "paths": {
             "/api/chat": { "post": {
-                "summary": "Ask a question (in a conversation). With stream=true (default) the response is text/event-stream: `meta` {conversation_id}, `token` {text}…, then `done` (ChatResponse) or `error` (Error).",
+                "summary": "Ask a question (in a conversation). With stream=true (default) the response is text/event-stream: `meta` {conversation_id}, `token` {text}…, then `done` (ChatResponse) or `error` (Error). When the guardrails stop the question or a sentence of the answer, `guard` {direction, category, rule} comes before `done`, whose answer (kind `blocked`) is the refusal; a blocked sentence is never sent.",
                 "requestBody": body("ChatRequest"),
                 "responses": {
                     "200": { "description": "answer", "content": {
