@@ -412,8 +412,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("[{}] {} — {}", c.n, c.source, c.section);
                 }
                 eprintln!(
-                    "({:?}; first token {:.0} ms, total {:.0} ms, {} prompt + {} answer tokens)",
-                    a.kind, a.timings.first_token_ms, a.timings.total_ms, a.prompt_tokens, a.completion_tokens
+                    "({:?}; first token {:.0} ms (+{:.0} ms held by the output guard), total {:.0} ms, {} prompt + {} answer tokens)",
+                    a.kind,
+                    a.timings.first_token_ms,
+                    a.timings.guard_hold_ms,
+                    a.timings.total_ms,
+                    a.prompt_tokens,
+                    a.completion_tokens
                 );
             }
         }

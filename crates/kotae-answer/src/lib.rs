@@ -152,6 +152,10 @@ pub struct Timings {
     pub first_token_ms: f64,
     pub generate_ms: f64,
     pub total_ms: f64,
+    /// How long the output gate held the first text back (its sentence being written and
+    /// checked): the delay the guardrails add to the first visible token.
+    #[serde(default)]
+    pub guard_hold_ms: f64,
 }
 
 /// The finished answer.
@@ -654,7 +658,9 @@ impl Answerer {
                             }
                         }
                     }
-                    return Ok(self.complete(plan, Some((g, queued))));
+                    let mut a = self.complete(plan, Some((g, queued)));
+                    a.timings.guard_hold_ms = gate.as_ref().and_then(|g| g.first_hold_ms).unwrap_or(0.0);
+                    return Ok(a);
                 }
             };
             for ev in events {

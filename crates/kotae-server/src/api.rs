@@ -194,7 +194,11 @@ pub(crate) async fn start_answer(
                         }
                     }
                     observe_gate(&gate);
-                    let a = engine.answerer.complete(plan, Some((g, queued)));
+                    let mut a = engine.answerer.complete(plan, Some((g, queued)));
+                    if let Some(hold) = gate.as_ref().and_then(|g| g.first_hold_ms) {
+                        a.timings.guard_hold_ms = hold;
+                        st.metrics.guard_hold_seconds.observe(hold / 1e3);
+                    }
                     let _ = tx.send(RunEvent::Done(Box::new(a)));
                     return;
                 }

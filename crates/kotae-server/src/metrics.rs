@@ -52,6 +52,7 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub guard_decisions: Family<GuardLabels, Counter>,
     pub guard_check_seconds: HistogramFamily<DirectionLabels>,
+    pub guard_hold_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -94,6 +95,12 @@ impl Default for Metrics {
             "Time of one guard check (a question, or one answer sentence)",
             guard_check_seconds.clone(),
         );
+        let guard_hold_seconds = latency_histogram();
+        registry.register(
+            "guard_hold_seconds",
+            "How long the output gate held an answer's first text back (its first sentence being written and checked)",
+            guard_hold_seconds.clone(),
+        );
         Self {
             registry,
             requests,
@@ -105,6 +112,7 @@ impl Default for Metrics {
             queue_depth,
             guard_decisions,
             guard_check_seconds,
+            guard_hold_seconds,
         }
     }
 }

@@ -4,6 +4,7 @@
 //!   kotae-bench embed --threads 1 --out target/bench/passages.json
 //!   kotae-bench export-e5 target/bench/e5-hf      # the same weights for sentence-transformers
 //!   kotae-bench search --chunks 100000
+//!   kotae-bench guard                              # guardrail check latency
 //!
 //! Thread count is fixed per process (RAYON_NUM_THREADS is read once), so run one process per
 //! setting, side by side with the peer.
@@ -32,6 +33,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Guardrail latency on one core: the input check of every evals/guard prompt (guard alone
+    /// and with the question's embedding), and the output check of every sentence of knowledge/
+    Guard {
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
     /// Passages/s of the configured embedder on ~200-token passages built from knowledge/
     Embed {
         #[arg(long, default_value_t = 128)]
@@ -134,6 +141,67 @@ fn main() -> Result<()> {
     let cfg =
         Config::load(&Overrides { data_dir: cli.data_dir.clone(), threads: Some(cli.threads), ..Default::default() })?;
     match cli.cmd {
+        Cmd::Guard { repeats } => {
+            use kotae_guard::{Context, Direction};
+            let classifiers = kotae::serve::load_classifiers(&cfg)?;
+            let guard = kotae::serve::load_guard(&cfg, &classifiers)?.context("the guardrails are off")?;
+            let files = kotae::guard_eval::split_files(std::path::Path::new("evals/guard"), "all")?;
+            let cases = kotae::guard_eval::load_cases(&files)?;
+            let e = kotae::load_embedder(&cfg)?;
+            let mut embed_ms = Vec::new();
+            let mut vectors = Vec::new();
+            for c in &cases {
+                let t = Instant::now();
+                vectors.push(e.embed(&[c.text.as_str()], InputKind::Query)?.vectors.remove(0));
+                embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let sentences: Vec<String> = knowledge_chunks(&e)?
+                .iter()
+                .flat_map(|c| kotae_guard::stream::sentences(&c.text).into_iter().map(String::from).collect::<Vec<_>>())
+                .filter(|s| !s.trim().is_empty())
+                .collect();
+            let (mut input_ms, mut output_ms) = (Vec::new(), Vec::new());
+            for _ in 0..repeats {
+                for (c, v) in cases.iter().zip(&vectors) {
+                    let ctx = Context { lang: Some(&c.lang), vector: Some(v), ..Default::default() };
+                    let t = Instant::now();
+                    std::hint::black_box(guard.check(Direction::Input, &c.text, &ctx));
+                    input_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                for s in &sentences {
+                    let ctx = Context { lang: Some("ja"), ..Default::default() };
+                    let t = Instant::now();
+                    std::hint::black_box(guard.check(Direction::Output, s, &ctx));
+                    output_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let pct = |v: &mut Vec<f64>, p: f64| {
+                v.sort_by(f64::total_cmp);
+                v[((v.len() - 1) as f64 * p).round() as usize]
+            };
+            println!(
+                "guard ({} threads; classifier: {}): {} prompts x {repeats}, {} answer sentences x {repeats}",
+                cli.threads,
+                guard.wants_vector(),
+                cases.len(),
+                sentences.len()
+            );
+            println!(
+                "  input check        p50 {:.3} ms  p99 {:.3} ms   (goal p50 < 5 ms)",
+                pct(&mut input_ms, 0.5),
+                pct(&mut input_ms, 0.99)
+            );
+            println!(
+                "  question embedding p50 {:.2} ms  p99 {:.2} ms   (shared with retrieval)",
+                pct(&mut embed_ms, 0.5),
+                pct(&mut embed_ms, 0.99)
+            );
+            println!(
+                "  output sentence    p50 {:.3} ms  p99 {:.3} ms   (goal p50 < 2 ms)",
+                pct(&mut output_ms, 0.5),
+                pct(&mut output_ms, 0.99)
+            );
+        }
         Cmd::Generate { model, prompt_tokens, decode, repeats, prefill_chunk, out } => {
             use kotae_models::{ChatMessage, Generator, Role, SamplingParams};
             let opts = kotae_models::GeneratorOptions {
