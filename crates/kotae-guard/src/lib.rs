@@ -32,6 +32,14 @@ pub use stream::{Gate, GateEvent};
 /// benign look-alikes), written for it and disjoint from `evals/guard/`.
 pub const TRAIN_JSONL: &str = include_str!("../data/train.jsonl");
 
+/// More of the same, written later and independently: benign look-alikes that the first set
+/// lacked (operations, first aid, data exports) and indirect, business-framed harmful requests.
+pub const TRAIN_EXTRA_JSONL: &str = include_str!("../data/train-extra.jsonl");
+
+/// Ordinary help-desk questions (IT, HR, general affairs, product support; ja + en): what the
+/// head must let through. Lines equal to a question of `evals/` were removed.
+pub const ORDINARY_JSONL: &str = include_str!("../data/ordinary.jsonl");
+
 /// Errors of the guard.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

