@@ -145,6 +145,9 @@ impl Gate {
             self.first_hold_ms = self.first_held.map(|t| t.elapsed().as_secs_f64() * 1e3);
         }
         self.window.push(sentence.to_string());
+        if self.window.len() > 8 {
+            self.window.remove(0);
+        }
         self.released.push_str(sentence);
         (!sentence.is_empty()).then(|| GateEvent::Release(sentence.to_string()))
     }
