@@ -224,7 +224,7 @@ impl Lexicon {
 }
 
 fn is_kana(c: char) -> bool {
-    matches!(c as u32, 0x3041..=0x309F | 0x30A0..=0x30FF)
+    matches!(c as u32, 0x3041..=0x30FF)
 }
 
 fn is_han(c: char) -> bool {

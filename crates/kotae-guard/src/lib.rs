@@ -447,7 +447,7 @@ impl Guard for Guardrails {
             }
         }
         findings.retain(|f| f.action != Action::Allow);
-        findings.sort_by(|a, b| b.action.cmp(&a.action));
+        findings.sort_by_key(|f| std::cmp::Reverse(f.action));
         let action = findings.first().map(|f| f.action).unwrap_or(Action::Allow);
         if action != Action::Redact && action != Action::Block {
             redacted = redacted.filter(|_| findings.iter().any(|f| f.action == Action::Redact));
