@@ -234,8 +234,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The output gate for this plan's generation (sentence by sentence).
-    pub fn gate(&self, guard: Arc<dyn Guard>) -> Gate {
+    /// The output gate for this plan's generation (sentence by sentence; text passes as it
+    /// comes without a guard).
+    pub fn gate(&self, guard: Option<Arc<dyn Guard>>) -> Gate {
         Gate::new(guard, &self.lang, self.shown.clone(), vec![self.secret.clone()])
     }
 }
@@ -629,7 +630,7 @@ impl Answerer {
         };
         let (tx, rx) = std::sync::mpsc::channel::<GenEvent>();
         worker.submit(prompt, params, Box::new(move |ev| tx.send(ev).is_ok()))?;
-        let mut gate = self.guard.clone().map(|g| plan.gate(g));
+        let mut gate = plan.gate(self.guard.clone());
         let mut queued = 0.0;
         let mut tokens = 0;
         loop {
@@ -641,25 +642,18 @@ impl Answerer {
                 }
                 GenEvent::Text(t) => {
                     tokens += 1;
-                    match &mut gate {
-                        Some(g) => g.push(&t),
-                        None => vec![GateEvent::Release(t)],
-                    }
+                    gate.push(&t)
                 }
                 GenEvent::Done(r) => {
                     let g = r?;
-                    if let Some(gate) = &mut gate {
-                        for ev in gate.finish() {
-                            match ev {
-                                GateEvent::Release(t) => on_text(&t),
-                                GateEvent::Blocked(v) => {
-                                    return Ok(self.complete_blocked(plan, &v, g.completion_tokens))
-                                }
-                            }
+                    for ev in gate.finish() {
+                        match ev {
+                            GateEvent::Release(t) => on_text(&t),
+                            GateEvent::Blocked(v) => return Ok(self.complete_blocked(plan, &v, g.completion_tokens)),
                         }
                     }
                     let mut a = self.complete(plan, Some((g, queued)));
-                    a.timings.guard_hold_ms = gate.as_ref().and_then(|g| g.first_hold_ms).unwrap_or(0.0);
+                    a.timings.guard_hold_ms = gate.first_hold_ms.unwrap_or(0.0);
                     return Ok(a);
                 }
             };

@@ -25,7 +25,8 @@ pub type SentenceCheck = Box<dyn FnMut(&str, &str) -> Option<Verdict> + Send>;
 
 /// Holds the current sentence of an answer until it has been checked.
 pub struct Gate {
-    guard: Arc<dyn Guard>,
+    /// `None`: the guardrails are off and text passes as it comes.
+    guard: Option<Arc<dyn Guard>>,
     lang: String,
     sources: Vec<String>,
     secrets: Vec<String>,
@@ -45,7 +46,7 @@ pub struct Gate {
 impl Gate {
     /// `sources`: the texts shown to the model (personal data in them may be repeated);
     /// `secrets`: text that must never appear in an answer (the system prompt).
-    pub fn new(guard: Arc<dyn Guard>, lang: &str, sources: Vec<String>, secrets: Vec<String>) -> Self {
+    pub fn new(guard: Option<Arc<dyn Guard>>, lang: &str, sources: Vec<String>, secrets: Vec<String>) -> Self {
         Self {
             guard,
             lang: lang.to_string(),
@@ -82,12 +83,16 @@ impl Gate {
         if self.blocked {
             return Vec::new();
         }
+        let Some(guard) = &self.guard else {
+            self.released.push_str(piece);
+            return (!piece.is_empty()).then(|| GateEvent::Release(piece.to_string())).into_iter().collect();
+        };
         if self.first_held.is_none() && !piece.is_empty() {
             self.first_held = Some(Instant::now());
         }
         self.held.push_str(piece);
         let mut out = Vec::new();
-        let max_hold = self.guard.policy().output.max_hold_chars;
+        let max_hold = guard.policy().output.max_hold_chars;
         while let Some(cut) = boundary(&self.held, max_hold) {
             let sentence: String = self.held[..cut].to_string();
             self.held.drain(..cut);
@@ -113,16 +118,17 @@ impl Gate {
     }
 
     fn check(&mut self, sentence: &str) -> Option<GateEvent> {
+        let guard = self.guard.clone()?;
         let t = Instant::now();
-        let lookback = self.guard.policy().output.lookback_sentences;
+        let lookback = guard.policy().output.lookback_sentences;
         let before = self.window[self.window.len().saturating_sub(lookback)..].concat();
         let ctx = Context { lang: Some(&self.lang), vector: None, sources: &self.sources, secrets: &self.secrets };
         // The sentence alone (its language, its personal data), then with the window before
         // it (an expression split across sentences).
-        let mut verdict = self.guard.check(Direction::Output, sentence, &ctx);
+        let mut verdict = guard.check(Direction::Output, sentence, &ctx);
         if !verdict.blocked() && !before.is_empty() {
             let joined = format!("{before}{sentence}");
-            let v = self.guard.check(Direction::Output, &joined, &Context { lang: None, ..ctx.clone() });
+            let v = guard.check(Direction::Output, &joined, &Context { lang: None, ..ctx.clone() });
             if v.blocked() {
                 verdict = v;
             }

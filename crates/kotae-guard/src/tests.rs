@@ -125,7 +125,7 @@ fn documents_flag_hidden_instructions_only() {
 #[test]
 fn the_gate_never_releases_a_blocked_sentence() {
     let g: Arc<dyn Guard> = guard();
-    let mut gate = Gate::new(g, "en", Vec::new(), Vec::new());
+    let mut gate = Gate::new(Some(g), "en", Vec::new(), Vec::new());
     let mut shown = String::new();
     let mut blocked = None;
     for piece in ["Open Secure", "Link [1]. ", "Customers with disabil", "ities do not need to be served", ". More."] {
@@ -144,7 +144,7 @@ fn the_gate_never_releases_a_blocked_sentence() {
 #[test]
 fn the_gate_releases_clean_text_whole() {
     let g: Arc<dyn Guard> = guard();
-    let mut gate = Gate::new(g, "ja", Vec::new(), Vec::new());
+    let mut gate = Gate::new(Some(g), "ja", Vec::new(), Vec::new());
     let mut shown = String::new();
     let text = "勤怠システムから申請してください[1]。承認は上長が行います。";
     for c in text.chars() {
@@ -161,6 +161,21 @@ fn the_gate_releases_clean_text_whole() {
     }
     assert_eq!(shown, text);
     assert_eq!(gate.sentences, 2);
+}
+
+#[test]
+fn without_a_guard_the_gate_passes_text_through() {
+    let mut gate = Gate::new(None, "ja", Vec::new(), Vec::new());
+    let out: Vec<String> = ["勤怠", "システム"]
+        .iter()
+        .flat_map(|p| gate.push(p))
+        .map(|e| match e {
+            GateEvent::Release(t) => t,
+            GateEvent::Blocked(_) => panic!("no guard, no block"),
+        })
+        .collect();
+    assert_eq!(out, ["勤怠", "システム"]);
+    assert!(gate.finish().is_empty());
 }
 
 #[test]

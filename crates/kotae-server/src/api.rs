@@ -138,11 +138,11 @@ pub(crate) async fn start_answer(
     engine.worker.submit(prompt, params, sink).map_err(|e| ApiError::from(kotae_answer::Error::Busy(e)))?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
-        let mut gate = engine.answerer.guard().cloned().map(|g| plan.gate(g));
+        let mut gate = plan.gate(engine.answerer.guard().cloned());
         let mut queued = 0.0;
         let mut tokens = 0usize;
-        let observe_gate = |gate: &Option<kotae_guard::Gate>| {
-            if let Some(g) = gate.as_ref().filter(|g| g.sentences > 0) {
+        let observe_gate = |g: &kotae_guard::Gate| {
+            if g.sentences > 0 {
                 let per = g.check_us as f64 / g.sentences as f64 / 1e6;
                 st.metrics
                     .guard_check_seconds
@@ -171,10 +171,7 @@ pub(crate) async fn start_answer(
                 }
                 GenEvent::Text(t) => {
                     tokens += 1;
-                    match &mut gate {
-                        Some(g) => g.push(&t),
-                        None => vec![GateEvent::Release(t)],
-                    }
+                    gate.push(&t)
                 }
                 GenEvent::Done(Ok(g)) => {
                     if g.finish_reason == FinishReason::Cancelled {
@@ -182,7 +179,7 @@ pub(crate) async fn start_answer(
                     }
                     st.metrics.decode_tokens_per_s.observe(g.decode_tokens_per_s());
                     st.metrics.prompt_tokens_per_s.observe(g.prompt_tokens_per_s());
-                    for ev in gate.as_mut().map(|g| g.finish()).unwrap_or_default() {
+                    for ev in gate.finish() {
                         match ev {
                             GateEvent::Release(t) => {
                                 let _ = tx.send(RunEvent::Text(t));
@@ -195,7 +192,7 @@ pub(crate) async fn start_answer(
                     }
                     observe_gate(&gate);
                     let mut a = engine.answerer.complete(plan, Some((g, queued)));
-                    if let Some(hold) = gate.as_ref().and_then(|g| g.first_hold_ms) {
+                    if let Some(hold) = gate.first_hold_ms {
                         a.timings.guard_hold_ms = hold;
                         st.metrics.guard_hold_seconds.observe(hold / 1e3);
                     }
