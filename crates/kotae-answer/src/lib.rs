@@ -8,6 +8,7 @@
 
 pub mod cite;
 pub mod prompt;
+pub mod slot;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -328,17 +329,25 @@ impl Answerer {
         let mut text = text;
         let mut early_vector: Option<Vec<f32>> = None;
         if let Some(guard) = &self.guard {
+            let mut states = None;
             if guard.wants_vector() {
                 if let Some(e) = &self.embedder {
                     let t = Instant::now();
-                    early_vector = e.embed(&[text.as_str()], InputKind::Query)?.vectors.pop();
+                    let (mut v, s) = kotae_guard::encode(guard.as_ref(), e.as_ref(), &[text.as_str()])?;
+                    early_vector = v.pop();
+                    states = s.and_then(|mut s| s.pop());
                     timings.embed_ms = ms(t);
                 }
             }
             let v = guard.check(
                 Direction::Input,
                 &text,
-                &Context { lang: Some(&lang), vector: early_vector.as_deref(), ..Default::default() },
+                &Context {
+                    lang: Some(&lang),
+                    vector: early_vector.as_deref(),
+                    states: states.as_ref(),
+                    ..Default::default()
+                },
             );
             tracing::debug!(action = v.action.as_str(), us = v.took_us, "input guard");
             // Earlier turns count too: a client of the OpenAI API sends the whole conversation,
@@ -432,7 +441,7 @@ impl Answerer {
         let action = if !relevant {
             Action::Done(Box::new(self.declined(&lang, &search_query, relevance)))
         } else if let Some(direct) =
-            self.direct_answer(question_vector.as_deref(), &sources, &lang, &search_query, relevance)?
+            self.direct_answer(&text, question_vector.as_deref(), &sources, &lang, &search_query, relevance)?
         {
             // A past answer is output too: it passes the same check as generated text.
             let blocked = self.guard.as_ref().map(|g| {
@@ -528,6 +537,7 @@ impl Answerer {
     /// Only for standalone questions: a follow-up has no `question_vector`.
     fn direct_answer(
         &self,
+        question: &str,
         question_vector: Option<&[f32]>,
         sources: &[Hit],
         lang: &str,
@@ -548,6 +558,8 @@ impl Answerer {
                 let (q, a) = h.text.strip_prefix("Q: ")?.split_once("\nA: ")?;
                 Some((h, q.trim(), a.trim()))
             })
+            // Same topic is not same question: the past one must ask for the same thing.
+            .filter(|(_, q, _)| slot::same_slot(question, q))
             .collect();
         if candidates.is_empty() {
             return Ok(None);

@@ -17,6 +17,8 @@ pub mod policy;
 pub mod rules;
 pub mod stream;
 
+use kotae_models::candle::Tensor;
+use kotae_models::{Embedder, InputKind};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -274,6 +276,8 @@ pub struct Context<'a> {
     pub lang: Option<&'a str>,
     /// The text's embedding (query kind) from the embedder the safety head was trained on.
     pub vector: Option<&'a [f32]>,
+    /// The text's token states below the tuned safety head's layers (see [`encode`]).
+    pub states: Option<&'a Tensor>,
     /// Source texts the answer was written from: personal data that appears in them may be
     /// repeated (a help-desk phone number from a manual), other personal data may not.
     pub sources: &'a [String],
@@ -290,9 +294,28 @@ pub trait Guard: Send + Sync {
     fn policy(&self) -> &Policy;
     /// Whether [`Context::vector`] is read (a classifier is loaded): callers embed only then.
     fn wants_vector(&self) -> bool;
-    /// The classifier's probability that the text is harmful, from its vector (`None`
-    /// without a classifier): for evaluations and threshold choice.
-    fn classifier_score(&self, vector: &[f32]) -> Option<f32>;
+    /// The encoder layer whose token states the classifier reads (a tuned head), if any.
+    fn states_layer(&self) -> Option<usize> {
+        None
+    }
+    /// The classifier's probability that the text is harmful, from its vector and states
+    /// (`None` without a classifier): for evaluations and threshold choice.
+    fn classifier_score(&self, vector: &[f32], states: Option<&Tensor>) -> Option<f32>;
+}
+
+/// What a guard's classifier reads of some texts (query side), from one encoder pass: the
+/// sentence vectors, and the token states when its head is tuned.
+pub fn encode(
+    guard: &dyn Guard,
+    embedder: &dyn Embedder,
+    texts: &[&str],
+) -> kotae_models::Result<(Vec<Vec<f32>>, Option<Vec<Tensor>>)> {
+    if let Some(layer) = guard.states_layer() {
+        if let Some((out, states)) = embedder.embed_with_states(texts, InputKind::Query, layer)? {
+            return Ok((out.vectors, Some(states)));
+        }
+    }
+    Ok((embedder.embed(texts, InputKind::Query)?.vectors, None))
 }
 
 /// The product's guard: rules, lexicons, personal-data detectors and the optional safety head,
@@ -338,12 +361,17 @@ impl Guardrails {
     }
 
     /// The safety head's probability that the text is harmful (harmful + jailbreak labels).
-    fn head_score(&self, vector: &[f32]) -> Option<f32> {
+    fn head_score(&self, vector: Option<&[f32]>, states: Option<&Tensor>) -> Option<f32> {
         let head = self.head.as_ref()?;
-        if vector.len() != head.card.input_dim {
-            return None;
-        }
-        let p = head.probabilities(&[vector.to_vec()]).ok()?.pop()?;
+        let p = if head.split_layer().is_some() {
+            head.probabilities_from_states(&[states?.clone()]).ok()?.pop()?
+        } else {
+            let vector = vector?;
+            if vector.len() != head.card.input_dim {
+                return None;
+            }
+            head.probabilities(&[vector.to_vec()]).ok()?.pop()?
+        };
         Some(
             head.card
                 .labels
@@ -373,8 +401,12 @@ impl Guard for Guardrails {
         self.head.is_some()
     }
 
-    fn classifier_score(&self, vector: &[f32]) -> Option<f32> {
-        self.head_score(vector)
+    fn states_layer(&self) -> Option<usize> {
+        self.head.as_ref().and_then(|h| h.split_layer())
+    }
+
+    fn classifier_score(&self, vector: &[f32], states: Option<&Tensor>) -> Option<f32> {
+        self.head_score(Some(vector), states)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(direction = direction.as_str()))]
@@ -425,7 +457,7 @@ impl Guard for Guardrails {
         // The classifier: alone it needs a high score; with a weak signal (a rude word, a
         // teaching marker) a lower one.
         if matches!(direction, Direction::Input | Direction::Training) {
-            if let Some(score) = ctx.vector.and_then(|v| self.head_score(v)) {
+            if let Some(score) = self.head_score(ctx.vector, ctx.states) {
                 let weak = findings.iter().any(|f| f.action == Action::Warn);
                 let th = &self.policy.thresholds;
                 if score >= th.classifier || (weak && score >= th.classifier_with_signal) {

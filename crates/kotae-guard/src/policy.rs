@@ -170,8 +170,9 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        // Chosen on evals/guard/*.dev.jsonl (never on the held-out split).
-        Self { classifier: 0.98, classifier_with_signal: 0.5 }
+        // Chosen on evals/guard/*.dev.jsonl (never on the held-out split) for the tuned
+        // safety head (`kotae finetune head --task safety`, two layers fine-tuned).
+        Self { classifier: 0.95, classifier_with_signal: 0.5 }
     }
 }
 
@@ -253,7 +254,7 @@ mod tests {
         assert_eq!(p.actions.get(Direction::Input, Category::PersonalData), Action::Redact);
         assert_eq!(p.actions.get(Direction::Training, Category::Hate), Action::Block);
         assert!(p.refusals.ja.contains("内線"));
-        assert_eq!(p.thresholds.classifier, 0.98);
+        assert_eq!(p.thresholds.classifier, 0.95);
     }
 
     #[test]

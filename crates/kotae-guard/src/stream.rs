@@ -122,7 +122,13 @@ impl Gate {
         let t = Instant::now();
         let lookback = guard.policy().output.lookback_sentences;
         let before = self.window[self.window.len().saturating_sub(lookback)..].concat();
-        let ctx = Context { lang: Some(&self.lang), vector: None, sources: &self.sources, secrets: &self.secrets };
+        let ctx = Context {
+            lang: Some(&self.lang),
+            vector: None,
+            states: None,
+            sources: &self.sources,
+            secrets: &self.secrets,
+        };
         // The sentence alone (its language, its personal data), then with the window before
         // it (an expression split across sentences).
         let mut verdict = guard.check(Direction::Output, sentence, &ctx);

@@ -1,5 +1,7 @@
-//! Classification heads on sentence vectors (transfer learning: the embedder frozen, a small
-//! trained layer on top). A head is `head.safetensors` + `head.json` (its card); training lives
+//! Classification heads (transfer learning and fine-tuning). A plain head reads the frozen
+//! embedder's sentence vector; a tuned head carries its own copy of the encoder's top layers,
+//! fine-tuned with it, and reads the frozen encoder's token states below them
+//! ([`EncoderTop`]). A head is `head.safetensors` + `head.json` (its card); training lives
 //! in `kotae-adapt`, this is what serving needs: load, classify, evaluate.
 
 use std::collections::BTreeMap;
@@ -81,6 +83,15 @@ pub struct HeadCard {
     pub embedder: String,
     pub input_dim: usize,
     pub hidden: usize,
+    /// Encoder layers fine-tuned with the head (0: the head reads the sentence vector).
+    #[serde(default)]
+    pub tuned_layers: usize,
+    /// The encoder layer whose output the tuned layers read (layers below it stay frozen).
+    #[serde(default)]
+    pub split_layer: usize,
+    /// Token states kept per text for the tuned layers: the first and last halves.
+    #[serde(default)]
+    pub max_states: usize,
     /// The training settings, as the trainer recorded them.
     pub config: serde_json::Value,
     pub train_examples: usize,
@@ -97,12 +108,146 @@ pub struct Head {
     w1: Tensor,
     b1: Tensor,
     w2: Option<(Tensor, Tensor)>,
+    top: Option<EncoderTop>,
+    /// The same layers on the int8 kernels, for serving on the CPU.
+    top_int8: Option<crate::int8_bert::Int8Layers>,
+}
+
+/// The top layers of a BERT encoder in f32, written with candle's differentiable ops so the
+/// same code trains them (`kotae-adapt`) and serves them. Post-LayerNorm BERT layers, as in
+/// multilingual-e5 and MiniLM; each layer's tensors are named `q`, `k`, `v`, `o` (attention),
+/// `ln1`, `up`, `down`, `ln2` with `.weight` and `.bias`.
+pub struct EncoderTop {
+    pub layers: Vec<HashMap<String, Tensor>>,
+    pub heads: usize,
+    pub eps: f64,
+}
+
+/// LayerNorm over the last dimension from basic ops (candle's fused one has no backward).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?.broadcast_add(b)
+}
+
+impl EncoderTop {
+    fn get<'a>(l: &'a HashMap<String, Tensor>, name: &str) -> candle_core::Result<&'a Tensor> {
+        l.get(name).ok_or_else(|| candle_core::Error::Msg(format!("encoder layer lacks {name}")))
+    }
+
+    /// `x [b, t, h]` with `mask [b, t]` (1 for a token, 0 for padding) → `[b, t, h]`.
+    pub fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let nh = self.heads;
+        let hd = h / nh;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let masked = ((mask.ones_like()? - mask)? * -1e4)?.reshape((b, 1, 1, t))?;
+        let mut x = x.clone();
+        for l in &self.layers {
+            let lin = |x: &Tensor, n: &str| -> candle_core::Result<Tensor> {
+                let w = Self::get(l, &format!("{n}.weight"))?;
+                let (o, i) = w.dims2()?;
+                x.reshape((b * t, i))?
+                    .matmul(&w.t()?)?
+                    .broadcast_add(Self::get(l, &format!("{n}.bias"))?)?
+                    .reshape((b, t, o))
+            };
+            let split = |y: Tensor| y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous();
+            let (q, k, v) = (split(lin(&x, "q")?)?, split(lin(&x, "k")?)?, split(lin(&x, "v")?)?);
+            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&masked)?;
+            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let ctx = att.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, h))?;
+            let norm = |y: &Tensor, n: &str| {
+                layer_norm(y, Self::get(l, &format!("{n}.weight"))?, Self::get(l, &format!("{n}.bias"))?, self.eps)
+            };
+            x = norm(&(lin(&ctx, "o")? + &x)?, "ln1")?;
+            let up = lin(&x, "up")?.gelu_erf()?;
+            x = norm(&(lin(&up, "down")? + &x)?, "ln2")?;
+        }
+        Ok(x)
+    }
+
+    /// Mean of the unmasked token vectors: `[b, t, h]` → `[b, h]`.
+    pub fn pool(x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let m = mask.unsqueeze(2)?;
+        x.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?.clamp(1e-9, f64::MAX)?)
+    }
+}
+
+/// The token states a tuned head reads: at most `max` of them, the first and the last halves
+/// (a long jailbreak puts its request at the end).
+pub fn keep_states(states: &Tensor, max: usize) -> candle_core::Result<Tensor> {
+    let n = states.dim(0)?;
+    if max == 0 || n <= max {
+        return Ok(states.clone());
+    }
+    let head = max / 2;
+    Tensor::cat(&[states.narrow(0, 0, head)?, states.narrow(0, n - (max - head), max - head)?], 0)
+}
+
+/// Pad per-text states `[n_i, h]` into `[b, t, h]` with its mask `[b, t]`.
+pub fn pad_states(states: &[Tensor]) -> candle_core::Result<(Tensor, Tensor)> {
+    let t = states.iter().map(|s| s.dim(0)).collect::<candle_core::Result<Vec<_>>>()?.into_iter().max().unwrap_or(1);
+    let mut rows = Vec::with_capacity(states.len());
+    let mut mask = Vec::with_capacity(states.len() * t);
+    for s in states {
+        let (n, h) = s.dims2()?;
+        rows.push(if n < t {
+            Tensor::cat(&[s.clone(), Tensor::zeros((t - n, h), s.dtype(), s.device())?], 0)?
+        } else {
+            s.clone()
+        });
+        mask.extend((0..t).map(|i| if i < n { 1f32 } else { 0.0 }));
+    }
+    let dev = states.first().map(|s| s.device().clone()).unwrap_or(Device::Cpu);
+    Ok((Tensor::stack(&rows, 0)?, Tensor::from_vec(mask, (states.len(), t), &dev)?))
 }
 
 impl Head {
     /// A head from its weights: `w1 [h, in]`, `b1 [h]`, and for an MLP `w2 [labels, h]`, `b2`.
     pub fn new(card: HeadCard, w1: Tensor, b1: Tensor, w2: Option<(Tensor, Tensor)>) -> Self {
-        Self { card, w1, b1, w2 }
+        Self { card, w1, b1, w2, top: None, top_int8: None }
+    }
+
+    /// A tuned head: its fine-tuned encoder layers and the layer below them it reads.
+    pub fn with_top(mut self, top: EncoderTop) -> Self {
+        self.card.tuned_layers = top.layers.len();
+        self.top_int8 = crate::int8_bert::Int8Layers::new(&top.layers, top.heads, top.eps).ok();
+        self.top = Some(top);
+        self
+    }
+
+    /// The encoder layer whose token states this head reads; `None` for a plain head (it reads
+    /// the sentence vector).
+    pub fn split_layer(&self) -> Option<usize> {
+        self.top.as_ref().map(|_| self.card.split_layer)
+    }
+
+    /// Class probabilities from token states (one `[n, h]` tensor per text) for a tuned head.
+    pub fn probabilities_from_states(&self, states: &[Tensor]) -> Result<Vec<Vec<f32>>> {
+        let top = self.top.as_ref().ok_or_else(|| Error::Generation("this head reads sentence vectors".into()))?;
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kept =
+            states.iter().map(|s| keep_states(s, self.card.max_states)).collect::<candle_core::Result<Vec<_>>>()?;
+        if let (Some(int8), true) = (&self.top_int8, kept.iter().all(|s| s.device().is_cpu())) {
+            // Packed, no padding, int8 products: what serving runs.
+            let lens = kept.iter().map(|s| s.dim(0)).collect::<candle_core::Result<Vec<_>>>()?;
+            let out = int8.forward(&Tensor::cat(&kept, 0)?, &lens)?;
+            let mut rows = Vec::with_capacity(lens.len());
+            let mut at = 0;
+            for n in lens {
+                rows.push(out.narrow(0, at, n)?.mean_keepdim(0)?);
+                at += n;
+            }
+            let pooled = Tensor::cat(&rows, 0)?;
+            return Ok(candle_nn::ops::softmax(&self.logits(&pooled)?, D::Minus1)?.to_vec2()?);
+        }
+        let (x, mask) = pad_states(&kept)?;
+        let pooled = EncoderTop::pool(&top.forward(&x, &mask)?, &mask)?;
+        Ok(candle_nn::ops::softmax(&self.logits(&pooled)?, D::Minus1)?.to_vec2()?)
     }
 
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
@@ -137,6 +282,15 @@ impl Head {
             m.insert("w2".into(), w.clone());
             m.insert("b2".into(), b.clone());
         }
+        if let Some(top) = &self.top {
+            for (i, l) in top.layers.iter().enumerate() {
+                for (k, t) in l {
+                    m.insert(format!("top.{i}.{k}"), t.clone());
+                }
+            }
+            m.insert("top.heads".into(), Tensor::new(&[top.heads as u32], &Device::Cpu)?);
+            m.insert("top.eps".into(), Tensor::new(&[top.eps as f32], &Device::Cpu)?);
+        }
         candle_core::safetensors::save(&m, dir.join("head.safetensors"))?;
         let p = dir.join("head.json");
         std::fs::write(&p, serde_json::to_string_pretty(&self.card)?).map_err(|e| Error::io(&p, e))
@@ -152,7 +306,29 @@ impl Head {
             (Some(a), Some(b)) => Some((a.clone(), b.clone())),
             _ => None,
         };
-        let head = Self { w1: get("w1")?, b1: get("b1")?, w2, card };
+        let top = if card.tuned_layers > 0 {
+            let mut layers = vec![HashMap::new(); card.tuned_layers];
+            for (k, t) in &w {
+                let Some(rest) = k.strip_prefix("top.") else { continue };
+                let Some((i, name)) = rest.split_once('.') else { continue };
+                if let Some(l) = i.parse::<usize>().ok().and_then(|i| layers.get_mut(i)) {
+                    l.insert(name.to_string(), t.clone());
+                }
+            }
+            if layers.iter().any(|l| l.len() != 16) {
+                return Err(Error::invalid(dir, "head.safetensors lacks some of its tuned encoder layers"));
+            }
+            let heads = get("top.heads")?.to_vec1::<u32>()?[0] as usize;
+            let eps = get("top.eps")?.to_vec1::<f32>()?[0] as f64;
+            Some(EncoderTop { layers, heads, eps })
+        } else {
+            None
+        };
+        let top_int8 = match &top {
+            Some(t) => Some(crate::int8_bert::Int8Layers::new(&t.layers, t.heads, t.eps)?),
+            None => None,
+        };
+        let head = Self { w1: get("w1")?, b1: get("b1")?, w2, card, top, top_int8 };
         let out = head.w2.as_ref().map(|(w, _)| w.dim(0)).unwrap_or_else(|| head.w1.dim(0))?;
         if out != head.card.labels.len() || head.w1.dim(1)? != head.card.input_dim {
             return Err(Error::invalid(dir, "head.safetensors does not match the labels and input size in head.json"));
@@ -162,6 +338,17 @@ impl Head {
 }
 
 impl Head {
+    /// Metrics on labelled token states (a tuned head), in batches of 32.
+    pub fn evaluate_states(&self, states: &[Tensor], y: &[usize]) -> Result<ClassMetrics> {
+        let mut pred = Vec::with_capacity(states.len());
+        for part in states.chunks(32) {
+            for p in self.probabilities_from_states(part)? {
+                pred.push(p.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0);
+            }
+        }
+        Ok(metrics(&self.card.labels, y, &pred))
+    }
+
     /// Metrics on labelled vectors (label indices in this head's label order).
     pub fn evaluate(&self, x: &[Vec<f32>], y: &[usize]) -> Result<ClassMetrics> {
         let probs = self.probabilities(x)?;
@@ -170,5 +357,92 @@ impl Head {
             .map(|p| p.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0)
             .collect();
         Ok(metrics(&self.card.labels, y, &pred))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(shape: (usize, usize), seed: u64, scale: f32) -> Tensor {
+        let n = shape.0 * shape.1;
+        // A small LCG: deterministic weights without a dependency.
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn tuned_head() -> Head {
+        let (h, inter) = (64, 128);
+        let mut layers = Vec::new();
+        for i in 0..2u64 {
+            let mut l = HashMap::new();
+            for (j, (k, (o, inp))) in
+                [("q", (h, h)), ("k", (h, h)), ("v", (h, h)), ("o", (h, h)), ("up", (inter, h)), ("down", (h, inter))]
+                    .into_iter()
+                    .enumerate()
+            {
+                let seed = i * 10 + j as u64;
+                l.insert(format!("{k}.weight"), random((o, inp), seed, 0.3));
+                l.insert(format!("{k}.bias"), random((1, o), seed + 100, 0.1).squeeze(0).unwrap());
+            }
+            for n in ["ln1", "ln2"] {
+                l.insert(format!("{n}.weight"), Tensor::ones(h, DType::F32, &Device::Cpu).unwrap());
+                l.insert(format!("{n}.bias"), Tensor::zeros(h, DType::F32, &Device::Cpu).unwrap());
+            }
+            layers.push(l);
+        }
+        let card = HeadCard {
+            task: "safety".into(),
+            labels: vec!["harmful".into(), "safe".into()],
+            embedder: "test".into(),
+            input_dim: h,
+            hidden: 0,
+            tuned_layers: 0,
+            split_layer: 10,
+            max_states: 8,
+            config: serde_json::Value::Null,
+            train_examples: 0,
+            class_counts: BTreeMap::new(),
+            validation: ClassMetrics::default(),
+            tests: BTreeMap::new(),
+        };
+        Head::new(card, random((2, h), 7, 0.5), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(), None)
+            .with_top(EncoderTop { layers, heads: 4, eps: 1e-12 })
+    }
+
+    use candle_core::DType;
+
+    #[test]
+    fn a_tuned_head_serves_on_int8_what_it_trained_in_f32_and_survives_save_and_load() {
+        let head = tuned_head();
+        assert_eq!(head.split_layer(), Some(10));
+        let states = vec![random((5, 64), 1, 2.0), random((12, 64), 2, 2.0)];
+        let int8 = head.probabilities_from_states(&states).unwrap();
+        // The f32 layers (what training runs), padded with a mask, on the same kept states.
+        let top = head.top.as_ref().unwrap();
+        let kept: Vec<Tensor> = states.iter().map(|s| keep_states(s, 8).unwrap()).collect();
+        assert_eq!(kept[1].dim(0).unwrap(), 8, "first four and last four states");
+        let (x, mask) = pad_states(&kept).unwrap();
+        let pooled = EncoderTop::pool(&top.forward(&x, &mask).unwrap(), &mask).unwrap();
+        let f32p: Vec<Vec<f32>> =
+            candle_nn::ops::softmax(&head.logits(&pooled).unwrap(), D::Minus1).unwrap().to_vec2().unwrap();
+        for (a, b) in int8.iter().flatten().zip(f32p.iter().flatten()) {
+            assert!((a - b).abs() < 0.02, "int8 {int8:?} vs f32 {f32p:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        head.save(dir.path()).unwrap();
+        let back = Head::load(dir.path()).unwrap();
+        assert_eq!(back.card.tuned_layers, 2);
+        assert_eq!(back.split_layer(), Some(10));
+        let again = back.probabilities_from_states(&states).unwrap();
+        for (a, b) in int8.iter().flatten().zip(again.iter().flatten()) {
+            assert!((a - b).abs() < 1e-5);
+        }
     }
 }

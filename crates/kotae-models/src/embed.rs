@@ -49,6 +49,23 @@ pub trait Embedder: Send + Sync {
     fn count_tokens(&self, text: &str) -> Result<usize>;
     /// Embed texts; inputs over [`Embedder::max_tokens`] are truncated and counted.
     fn embed(&self, texts: &[&str], kind: InputKind) -> Result<EmbedOutput>;
+    /// Embed texts and also return each one's token states after the first `layer` encoder
+    /// layers (`[tokens, dim]`), in the same pass: what a tuned classifier head reads.
+    /// `None` when the engine cannot.
+    fn embed_with_states(
+        &self,
+        _texts: &[&str],
+        _kind: InputKind,
+        _layer: usize,
+    ) -> Result<Option<(EmbedOutput, Vec<Tensor>)>> {
+        Ok(None)
+    }
+    /// Encoder layers, attention heads and LayerNorm epsilon, and layer `i`'s f32 weights (as
+    /// [`crate::classifier::EncoderTop`] names them), for fine-tuning the top layers. `None`
+    /// when the engine cannot.
+    fn encoder_layer(&self, _i: usize) -> Result<Option<(usize, usize, f64, HashMap<String, Tensor>)>> {
+        Ok(None)
+    }
 }
 
 /// Per-model behaviour that is not in the weights.
@@ -260,6 +277,21 @@ impl BertEmbedder {
     }
 }
 
+impl BertEmbedder {
+    /// Vectors and the states after `layer` layers, the int8 engine only.
+    fn forward_split_batch(&self, batch: &[&Vec<u32>], layer: usize) -> Result<Option<(Vec<Vec<f32>>, Vec<Tensor>)>> {
+        let Encoder::Int8(m) = &self.model else { return Ok(None) };
+        let (out, states) = m.forward_split(batch, &self.device, layer)?;
+        let mut per = Vec::with_capacity(batch.len());
+        let mut at = 0;
+        for seq in batch {
+            per.push(states.narrow(0, at, seq.len())?);
+            at += seq.len();
+        }
+        Ok(Some((self.pool_packed(&out, batch)?, per)))
+    }
+}
+
 impl Embedder for BertEmbedder {
     fn name(&self) -> &str {
         &self.opts.name
@@ -292,5 +324,40 @@ impl Embedder for BertEmbedder {
             start = end;
         }
         Ok(EmbedOutput { vectors, truncated })
+    }
+
+    fn embed_with_states(
+        &self,
+        texts: &[&str],
+        kind: InputKind,
+        layer: usize,
+    ) -> Result<Option<(EmbedOutput, Vec<Tensor>)>> {
+        if !matches!(self.model, Encoder::Int8(_)) {
+            return Ok(None);
+        }
+        let (ids, truncated) = self.tokenize(texts, kind)?;
+        let mut vectors = Vec::with_capacity(ids.len());
+        let mut states = Vec::with_capacity(ids.len());
+        // Packed batches need no padding: a token budget per pass.
+        let mut start = 0;
+        while start < ids.len() {
+            let mut end = start + 1;
+            let mut tokens = ids[start].len();
+            while end < ids.len() && tokens + ids[end].len() <= self.opts.batch_tokens {
+                tokens += ids[end].len();
+                end += 1;
+            }
+            let batch: Vec<&Vec<u32>> = ids[start..end].iter().collect();
+            let Some((v, s)) = self.forward_split_batch(&batch, layer)? else { return Ok(None) };
+            vectors.extend(v);
+            states.extend(s);
+            start = end;
+        }
+        Ok(Some((EmbedOutput { vectors, truncated }, states)))
+    }
+
+    fn encoder_layer(&self, i: usize) -> Result<Option<(usize, usize, f64, HashMap<String, Tensor>)>> {
+        let Encoder::Int8(m) = &self.model else { return Ok(None) };
+        Ok(Some((m.num_layers(), m.heads(), m.eps() as f64, m.layer_tensors(i, &self.device)?)))
     }
 }

@@ -124,10 +124,66 @@ impl Int8Bert {
     /// Hidden states of the sequences packed end to end, `[Σ lengths, hidden]`.
     pub fn forward(&self, seqs: &[&Vec<u32>], device: &Device) -> Result<Tensor> {
         // On a worker of the pool, the products' parallel loops start on this thread.
-        rayon::scope(|_| self.forward_on_pool(seqs, device))
+        Ok(rayon::scope(|_| self.forward_on_pool(seqs, device, None))?.0)
     }
 
-    fn forward_on_pool(&self, seqs: &[&Vec<u32>], device: &Device) -> Result<Tensor> {
+    /// Like [`Int8Bert::forward`], and also the hidden states after the first `split` layers
+    /// (packed the same way): the input of a classifier that fine-tuned the layers above.
+    pub fn forward_split(&self, seqs: &[&Vec<u32>], device: &Device, split: usize) -> Result<(Tensor, Tensor)> {
+        let (out, states) = rayon::scope(|_| self.forward_on_pool(seqs, device, Some(split)))?;
+        let states = states.unwrap_or_else(|| out.clone());
+        Ok((out, states))
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Layer `i`'s weights in f32 (the int8 products dequantized), named as
+    /// [`crate::classifier::EncoderTop`] reads them.
+    pub fn layer_tensors(&self, i: usize, device: &Device) -> Result<HashMap<String, Tensor>> {
+        let l = self.layers.get(i).ok_or_else(|| Error::Generation(format!("the encoder has no layer {i}")))?;
+        let dense = |m: &Linear| -> Result<(Tensor, Tensor)> {
+            let (rows, cols) = (m.w.rows(), m.w.cols());
+            let mut w = vec![0f32; rows * cols];
+            for (r, row) in w.chunks_mut(cols).enumerate() {
+                m.w.dequantize_row(r, row);
+            }
+            Ok((Tensor::from_vec(w, (rows, cols), device)?, Tensor::new(m.b.as_slice(), device)?))
+        };
+        let mut out = HashMap::new();
+        let (qkv_w, qkv_b) = dense(&l.qkv)?;
+        let h = self.hidden;
+        for (k, name) in ["q", "k", "v"].iter().enumerate() {
+            out.insert(format!("{name}.weight"), qkv_w.narrow(0, k * h, h)?.contiguous()?);
+            out.insert(format!("{name}.bias"), qkv_b.narrow(0, k * h, h)?.contiguous()?);
+        }
+        for (name, m) in [("o", &l.attn_out), ("up", &l.up), ("down", &l.down)] {
+            let (w, b) = dense(m)?;
+            out.insert(format!("{name}.weight"), w);
+            out.insert(format!("{name}.bias"), b);
+        }
+        for (name, n) in [("ln1", &l.attn_norm), ("ln2", &l.out_norm)] {
+            out.insert(format!("{name}.weight"), n.w.to_device(device)?);
+            out.insert(format!("{name}.bias"), n.b.to_device(device)?);
+        }
+        Ok(out)
+    }
+
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    fn forward_on_pool(
+        &self,
+        seqs: &[&Vec<u32>],
+        device: &Device,
+        split: Option<usize>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let positions: Vec<u32> = seqs.iter().flat_map(|s| 0..s.len() as u32).collect();
         let ids = Tensor::new(ids.as_slice(), device)?;
@@ -135,50 +191,116 @@ impl Int8Bert {
         let x = self.word.index_select(&ids, 0)?.add(&self.position.index_select(&positions, 0)?)?;
         let x = x.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
         let mut x = self.norm(&x, &self.emb_norm)?;
-        let (h, nh) = (self.hidden, self.heads);
-        let hd = h / nh;
-        let scale = 1.0 / (hd as f64).sqrt();
-        for l in &self.layers {
-            let qkv = l.qkv.forward(&x)?;
-            // Attention per sequence, the sequences in parallel (each one's products are too
-            // small to keep the pool busy alone).
-            let starts: Vec<usize> = seqs
-                .iter()
-                .scan(0, |at, s| {
-                    let start = *at;
-                    *at += s.len();
-                    Some(start)
-                })
-                .collect();
-            let outs = starts
-                .par_iter()
-                .zip(seqs.par_iter())
-                .map(|(&at, s)| -> Result<Tensor> {
-                    let n = s.len();
-                    let part = qkv.narrow(0, at, n)?;
-                    let heads = |i: usize| -> Result<Tensor> {
-                        Ok(part.narrow(1, i * h, h)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?)
-                    };
-                    let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-                    let mut att = (q * scale)?.matmul(&k.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-                    kotae_kernels::act::softmax_rows(&mut att, n);
-                    let att = Tensor::from_vec(att, (nh, n, n), device)?;
-                    Ok(att.matmul(&v)?.transpose(0, 1)?.contiguous()?.reshape((n, h))?)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let att = Tensor::cat(&outs, 0)?;
-            x = self.norm(&(l.attn_out.forward(&att)? + &x)?, &l.attn_norm)?;
-            let up = match self.act {
-                HiddenAct::Gelu => l.up.forward_with(&x, kotae_kernels::act::gelu_erf)?,
-                HiddenAct::GeluApproximate => l.up.forward(&x)?.gelu()?,
-                HiddenAct::Relu => l.up.forward(&x)?.relu()?,
-            };
-            x = self.norm(&(l.down.forward(&up)? + &x)?, &l.out_norm)?;
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let mut states = None;
+        for (li, l) in self.layers.iter().enumerate() {
+            if split == Some(li) {
+                states = Some(x.clone());
+            }
+            x = layer_forward(l, &x, &lens, self.heads, self.eps, self.act)?;
         }
-        Ok(x)
+        Ok((x, states))
     }
 
     fn norm(&self, x: &Tensor, n: &LayerNorm) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(x, &n.w, &n.b, self.eps)?)
+        norm(x, n, self.eps)
+    }
+}
+
+fn norm(x: &Tensor, n: &LayerNorm, eps: f32) -> Result<Tensor> {
+    Ok(candle_nn::ops::layer_norm(x, &n.w, &n.b, eps)?)
+}
+
+/// One post-LayerNorm BERT layer on sequences packed end to end (`lens` tokens each).
+fn layer_forward(l: &Layer, x: &Tensor, lens: &[usize], nh: usize, eps: f32, act: HiddenAct) -> Result<Tensor> {
+    let device = x.device();
+    let h = x.dim(1)?;
+    let hd = h / nh;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let qkv = l.qkv.forward(x)?;
+    // Attention per sequence, the sequences in parallel (each one's products are too small to
+    // keep the pool busy alone).
+    let starts: Vec<usize> = lens
+        .iter()
+        .scan(0, |at, &n| {
+            let start = *at;
+            *at += n;
+            Some(start)
+        })
+        .collect();
+    let outs = starts
+        .par_iter()
+        .zip(lens.par_iter())
+        .map(|(&at, &n)| -> Result<Tensor> {
+            let part = qkv.narrow(0, at, n)?;
+            let heads = |i: usize| -> Result<Tensor> {
+                Ok(part.narrow(1, i * h, h)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?)
+            };
+            let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+            let mut att = (q * scale)?.matmul(&k.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            kotae_kernels::act::softmax_rows(&mut att, n);
+            let att = Tensor::from_vec(att, (nh, n, n), device)?;
+            Ok(att.matmul(&v)?.transpose(0, 1)?.contiguous()?.reshape((n, h))?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let att = Tensor::cat(&outs, 0)?;
+    let x = norm(&(l.attn_out.forward(&att)? + x)?, &l.attn_norm, eps)?;
+    let up = match act {
+        HiddenAct::Gelu => l.up.forward_with(&x, kotae_kernels::act::gelu_erf)?,
+        HiddenAct::GeluApproximate => l.up.forward(&x)?.gelu()?,
+        HiddenAct::Relu => l.up.forward(&x)?.relu()?,
+    };
+    norm(&(l.down.forward(&up)? + &x)?, &l.out_norm, eps)
+}
+
+/// Encoder layers alone on the int8 kernels: a tuned classifier's top layers, from tensors
+/// named as [`crate::classifier::EncoderTop`] names them (GELU, as in e5 and MiniLM).
+pub struct Int8Layers {
+    layers: Vec<Layer>,
+    heads: usize,
+    eps: f32,
+}
+
+impl Int8Layers {
+    pub fn new(layers: &[HashMap<String, Tensor>], heads: usize, eps: f64) -> Result<Self> {
+        let layers = layers
+            .iter()
+            .map(|t| {
+                let get = |n: &str| -> Result<Tensor> {
+                    t.get(n).cloned().ok_or_else(|| Error::Generation(format!("encoder layer lacks {n}")))
+                };
+                let linear = |parts: &[&str]| -> Result<Linear> {
+                    let ws = parts.iter().map(|p| get(&format!("{p}.weight"))).collect::<Result<Vec<_>>>()?;
+                    let bs = parts.iter().map(|p| get(&format!("{p}.bias"))).collect::<Result<Vec<_>>>()?;
+                    let w = Tensor::cat(&ws, 0)?;
+                    let (rows, cols) = w.dims2()?;
+                    let b = Tensor::cat(&bs, 0)?.to_vec1::<f32>()?;
+                    Ok(Linear { w: QMatrix::quantize(&w.flatten_all()?.to_vec1::<f32>()?, rows, cols), b })
+                };
+                let ln = |n: &str| -> Result<LayerNorm> {
+                    Ok(LayerNorm { w: get(&format!("{n}.weight"))?, b: get(&format!("{n}.bias"))? })
+                };
+                Ok(Layer {
+                    qkv: linear(&["q", "k", "v"])?,
+                    attn_out: linear(&["o"])?,
+                    attn_norm: ln("ln1")?,
+                    up: linear(&["up"])?,
+                    down: linear(&["down"])?,
+                    out_norm: ln("ln2")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, heads, eps: eps as f32 })
+    }
+
+    /// Sequences packed end to end (`[Σ lens, hidden]`) through every layer.
+    pub fn forward(&self, x: &Tensor, lens: &[usize]) -> Result<Tensor> {
+        rayon::scope(|_| {
+            let mut x = x.clone();
+            for l in &self.layers {
+                x = layer_forward(l, &x, lens, self.heads, self.eps, HiddenAct::Gelu)?;
+            }
+            Ok(x)
+        })
     }
 }

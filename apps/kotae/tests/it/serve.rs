@@ -455,6 +455,43 @@ fn a_question_asked_before_gets_the_logged_answer_directly() {
     };
     let b = engine.answerer.ask(&q, &engine.worker, |_| {}).unwrap();
     assert_ne!(b.kind, kotae_answer::AnswerKind::Direct);
+    // Same topic, another question: the log says how many days are granted, the question asks
+    // how far ahead to apply (the manual's 3営業日前).
+    let c = ask("有給休暇は何日前までに申請すればいいですか？");
+    assert_ne!(c.kind, kotae_answer::AnswerKind::Direct, "{}", c.text);
+    assert_eq!(ask("有給休暇って何日あるの").kind, kotae_answer::AnswerKind::Direct);
+}
+
+/// `kotae eval answer` on a few questions of the gold set, through the answer path: each
+/// answer is scored, and the summary agrees with the per-question results.
+#[test]
+fn the_answer_eval_scores_answers_from_the_real_answer_path() {
+    let k = kb();
+    let engine = kotae::serve::engine_from(&k.cfg, k.index.clone(), k.embedder.clone()).unwrap();
+    let all = kotae::answer_eval::load_cases(&[workspace().join("evals/answer/en.dev.jsonl")]).unwrap();
+    let mut cases: Vec<_> = all.iter().filter(|c| c.answerable && c.kind == "single").take(3).cloned().collect();
+    cases.extend(all.iter().filter(|c| !c.answerable).take(2).cloned());
+    let r = kotae::answer_eval::run_answer_eval(&engine, &cases, false).unwrap();
+    assert_eq!(r.cases.len(), 5);
+    let en = &r.by_lang["en"];
+    assert_eq!((en.answerable, en.unanswerable), (3, 2));
+    let mean = r.cases.iter().filter(|c| c.answerable).map(|c| c.correctness()).sum::<f64>() / 3.0;
+    assert!((en.correctness - mean).abs() < 1e-9);
+    for c in &r.cases {
+        assert!(!c.answer.trim().is_empty(), "{}: empty answer", c.id);
+        assert!(c.total_ms > 0.0);
+        if !c.declined {
+            assert!(c.sentences > 0 && c.supported <= c.sentences, "{c:?}");
+        }
+    }
+    let mut t: toml::Table = toml::from_str("[en]\ncorrectness = 1.01\n").unwrap();
+    let mut failing = r.clone();
+    kotae::answer_eval::check_thresholds(&mut failing, &t);
+    assert_eq!(failing.failures.len(), 1, "a floor above 1 always fails");
+    t = toml::from_str("[en]\nrepetition_rate = 1.0\n").unwrap();
+    let mut passing = r.clone();
+    kotae::answer_eval::check_thresholds(&mut passing, &t);
+    assert!(passing.failures.is_empty());
 }
 
 /// A real CPU LoRA run of SmolLM2 on the inquiry logs of `knowledge/` (a couple of minutes):

@@ -1,0 +1,543 @@
+//! `kotae eval answer`: the answers themselves, measured on the gold set in `evals/answer/`
+//! (questions with the key facts a right answer must contain, and questions the documents do
+//! not answer). Every question goes through the same path as `kotae ask` (guard, retrieval,
+//! the answer gate, generation, the output gate).
+//!
+//! Metrics per language:
+//! - correctness: share of key facts present in the answer (each fact has alternatives; text
+//!   compared after NFKC, lower case, without spaces and thousands separators);
+//! - wrong answers: answerable questions answered (not declined) with under half their facts;
+//! - refusal accuracy: unanswerable questions declined (or answered with "the documents do not
+//!   say");
+//! - citation precision and recall against the gold sources (file level);
+//! - lexical support: share of answer sentences whose content words (English) or character
+//!   bigrams (Japanese) and every number appear in a source shown to the model; an automatic
+//!   check, not validated against hand labels yet;
+//! - language match (the question's language and script, no Simplified-only Han characters in
+//!   Japanese), repetition, and latency.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use kotae_answer::{AnswerKind, Question};
+use kotae_models::ChatMessage;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AnswerCase {
+    pub id: String,
+    pub lang: String,
+    pub question: String,
+    pub answerable: bool,
+    #[serde(default)]
+    pub facts: Vec<Vec<String>>,
+    #[serde(default)]
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub history: Vec<ChatMessage>,
+}
+
+/// `evals/answer/{ja,en}.{split}.jsonl` for split `dev`, `heldout` or `all`.
+pub fn split_files(dir: &Path, split: &str, langs: &[String]) -> Result<Vec<PathBuf>> {
+    let splits: &[&str] = match split {
+        "dev" => &["dev"],
+        "heldout" => &["heldout"],
+        "all" => &["dev", "heldout"],
+        other => anyhow::bail!("--split {other}: use dev, heldout or all"),
+    };
+    let mut out = Vec::new();
+    for lang in langs {
+        for s in splits {
+            let p = dir.join(format!("{lang}.{s}.jsonl"));
+            anyhow::ensure!(p.exists(), "{} is missing", p.display());
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+pub fn load_cases(files: &[PathBuf]) -> Result<Vec<AnswerCase>> {
+    let mut out = Vec::new();
+    for p in files {
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let c: AnswerCase =
+                serde_json::from_str(line).with_context(|| format!("{}:{}: not an answer case", p.display(), i + 1))?;
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Text as the fact check compares it: NFKC, lower case, no white space, no thousands
+/// separators or full stops between digits.
+pub fn fold(text: &str) -> String {
+    let t: Vec<char> =
+        kotae_ingest::clean::normalize(text).to_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
+    let mut out = String::with_capacity(t.len());
+    for (i, &c) in t.iter().enumerate() {
+        let between_digits = i > 0 && i + 1 < t.len() && t[i - 1].is_ascii_digit() && t[i + 1].is_ascii_digit();
+        if c == ',' && between_digits {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Which of `facts` (each a list of alternatives) the answer states.
+pub fn facts_present(answer: &str, facts: &[Vec<String>]) -> Vec<bool> {
+    let a = fold(answer);
+    facts.iter().map(|alts| alts.iter().any(|alt| !alt.trim().is_empty() && a.contains(&fold(alt)))).collect()
+}
+
+/// Han characters used only in Simplified Chinese (their Japanese forms differ): a Japanese
+/// answer that contains one drifted into Chinese.
+const SIMPLIFIED_ONLY: &str = "们这说对时会为来东车长门问间见过还没让话边产业发经现进动种实样学关开头将么无后务报处认设请应该热办选变给论员气应带运闻转连达钱铁错银静须顾顺题风飞馆驾骑鱼鸡齐龙个亿仅从们优伤侧债储儿兴农冲决况净减凤刘则创删剥剧劝办务动劳势区协单卖卫却历压县参双发变叹号叶吗听员呜响哑团园围图圆圣场坏块坚坛垄处备复够头夹夺奋妇娱学宁宝实审宪宫宽宾导层岁岛币帅师帐带帮干并广庆库应庙废开异弃张弹强归当录彻径忆忧怀态总恋悬惊惯惨愿戏战户扑执扩扫扬扰折抚护报拟拥择挂挡挤挥损捡换据掳掷揽搀摄摆摇撑击杀权条来杨杰极构枪标栋栏树样档梦检楼横欢欧歼毁气汇汉汤沟没沪泪泽洁洒浅测济浏浓涛润涨渊渐温湾湿满滚滞滤灭灯灵炉点炼烂烟热爱牵犹独狮猎猪献环现琐电画畅疗监盖盘着矫矿码础确碍礼祸离种积称稳穷窍竞笔筑简类粮紧红约级纪纯纲纳纵纸纹线组细织终绍经结绕绘给络统继绩续维综绿缓编缩缴网罗罚罢职联聪肃肠肤肿胀胁脑脚脱脸腾舰艰艺节芦苏范茧荐药莱获营萧蓝虑虽蚀蛮补袄装见观规视览觉触誉计订认讨让训议讯记讲许论设访证评识诉词译试诗诚话诞询该详语误说请诸课谁调谈谊谋谓谢谨谱贝负贡财责贤败货质贩贫购贯贵贷贸费贺资赋赏赔赖赛赞赠赢赵赶趋跃践踪车轨轩转轮软轰轻载较辅辆辈辉输辞边达迁过迈运还这进远违连迟适选递逻遗邓邮邻郑酝酱释里鉴针钓钟钢钱钻铁铃铜铭银铺链销锁锅错锻镇镜长门闭问闯闲间闷闹闻阀阅队阳阴阵阶际陆陈险随隐难雾静面页顶项顺须顾顿颁预领频题颜额风飘飞餐饭饮饰饱馆首驱驶驻驾验骂骑骗骤鱼鲁鲜鸟鸣鸭鹅麦黄齐齿龙";
+
+/// Whether `answer` is in the question's language and script.
+pub fn language_matches(answer: &str, lang: &str) -> bool {
+    let kana = answer.chars().filter(|c| matches!(c, '\u{3040}'..='\u{30ff}')).count();
+    let han = answer.chars().filter(|c| matches!(c, '\u{4e00}'..='\u{9fff}')).count();
+    let latin = answer.chars().filter(|c| c.is_ascii_alphabetic()).count();
+    if lang == "ja" {
+        kana > 0 && !answer.chars().any(|c| SIMPLIFIED_ONLY.contains(c)) && latin < 2 * (kana + han).max(1)
+    } else {
+        // Japanese names of forms and systems may be quoted; the answer itself is English.
+        latin > 0 && kana + han <= latin / 3
+    }
+}
+
+/// Repetition: a sentence said twice, or a piece of ten characters three times.
+pub fn repetitive(answer: &str) -> bool {
+    let sentences: Vec<String> =
+        kotae_guard::stream::sentences(answer).iter().map(|s| fold(s)).filter(|s| s.chars().count() >= 8).collect();
+    let mut seen = std::collections::HashSet::new();
+    if sentences.iter().any(|s| !seen.insert(s.clone())) {
+        return true;
+    }
+    let chars: Vec<char> = fold(answer).chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let mut counts: std::collections::HashMap<&[char], usize> = std::collections::HashMap::new();
+    chars.windows(10).any(|w| {
+        let n = counts.entry(w).or_default();
+        *n += 1;
+        *n >= 3
+    })
+}
+
+const EN_STOP: &[&str] = &[
+    "the", "and", "for", "you", "your", "are", "can", "with", "that", "this", "from", "have", "has", "will", "not",
+    "but", "all", "any", "our", "its", "use", "may", "must", "should", "please", "also", "into", "when", "which",
+    "what", "who", "how", "there", "their", "then", "than", "been", "was", "were", "does", "did", "about", "they",
+    "them", "more", "out", "one", "per", "each", "only", "other", "some", "such", "after", "before", "within",
+];
+
+fn numbers(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            cur.push(c);
+        } else if !(c == ',' && !cur.is_empty()) {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Whether a sentence of an answer is supported by the sources: its numbers all appear in
+/// them, and most of its content does (English words of three letters or more, not stop
+/// words; Japanese character bigrams with a kanji or katakana).
+pub fn supported(sentence: &str, sources: &[String], lang: &str) -> bool {
+    // Width and case folded; spaces kept (English words are compared one by one).
+    let light = |t: &str| kotae_ingest::clean::normalize(t).to_lowercase();
+    let s = light(&sentence.replace(|c: char| c == '[' || c == ']', " "));
+    // Markers, greetings and the like carry no claim.
+    let content: String = s.chars().filter(|c| c.is_alphanumeric()).collect();
+    if content.chars().count() < 6 {
+        return true;
+    }
+    let src: String = sources.iter().map(|t| light(t)).collect::<Vec<_>>().join("\n");
+    let src_numbers: std::collections::HashSet<String> = numbers(&src).into_iter().collect();
+    if numbers(&s).iter().any(|n| n.len() > 1 && !src_numbers.contains(n)) {
+        // Single digits are list numbers and citation markers more often than claims.
+        return false;
+    }
+    let (hit, total) = if lang == "ja" {
+        let chars: Vec<char> = s.chars().collect();
+        let grams: Vec<String> = chars
+            .windows(2)
+            .filter(|w| w.iter().any(|c| matches!(c, '\u{4e00}'..='\u{9fff}' | '\u{30a0}'..='\u{30ff}')))
+            .map(|w| w.iter().collect())
+            .collect();
+        (grams.iter().filter(|g| src.contains(g.as_str())).count(), grams.len())
+    } else {
+        let words: Vec<&str> = s
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.chars().count() >= 3 && !EN_STOP.contains(w))
+            .collect();
+        (words.iter().filter(|w| src.contains(*w)).count(), words.len())
+    };
+    total == 0 || hit as f64 / total as f64 >= 0.6
+}
+
+/// Phrases of an answer that says the documents do not answer the question.
+pub fn says_not_found(answer: &str) -> bool {
+    let a = fold(answer);
+    [
+        "見つかりません",
+        "見つかりませんでした",
+        "記載がありません",
+        "記載されていません",
+        "記載はありません",
+        "情報がありません",
+        "わかりません",
+        "分かりません",
+        "お答えできません",
+        "not found",
+        "couldn'tfind",
+        "couldnotfind",
+        "can'tfind",
+        "cannotfind",
+        "donotcontain",
+        "don'tcontain",
+        "doesnotcontain",
+        "doesn'tcontain",
+        "donotmention",
+        "doesnotmention",
+        "doesn'tmention",
+        "don'thaveinformation",
+        "donothaveinformation",
+        "noinformation",
+        "notcovered",
+        "notspecified",
+        "notmentioned",
+    ]
+    .iter()
+    .any(|p| a.contains(p))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub id: String,
+    pub lang: String,
+    pub kind: String,
+    pub question: String,
+    pub answerable: bool,
+    pub answer: String,
+    /// generated, direct, declined or blocked.
+    pub answered_as: String,
+    pub declined: bool,
+    pub facts: Vec<bool>,
+    pub cited: Vec<String>,
+    pub gold_sources: Vec<String>,
+    pub shown: Vec<String>,
+    pub sentences: usize,
+    pub supported: usize,
+    pub language_ok: bool,
+    pub repetitive: bool,
+    pub first_token_ms: f64,
+    pub total_ms: f64,
+}
+
+impl CaseResult {
+    pub fn correctness(&self) -> f64 {
+        if self.facts.is_empty() {
+            return 0.0;
+        }
+        self.facts.iter().filter(|&&f| f).count() as f64 / self.facts.len() as f64
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LangReport {
+    pub answerable: usize,
+    pub unanswerable: usize,
+    /// Mean share of key facts present, over answerable questions.
+    pub correctness: f64,
+    /// Answerable questions with every key fact.
+    pub all_facts: f64,
+    /// Answerable questions answered with under half their facts (declines not counted).
+    pub wrong_answer_rate: f64,
+    /// Answerable questions declined.
+    pub declined_answerable: f64,
+    /// Unanswerable questions declined.
+    pub refusal_accuracy: f64,
+    pub citation_precision: f64,
+    pub citation_recall: f64,
+    /// Answer sentences supported by the sources shown (lexical check).
+    pub support: f64,
+    pub language_match: f64,
+    pub repetition_rate: f64,
+    /// Direct answers (a past inquiry) that miss the facts: the wrong-question rate.
+    pub wrong_direct: f64,
+    pub direct_answers: usize,
+    pub first_token_p50_ms: f64,
+    pub total_p50_ms: f64,
+    pub by_kind: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AnswerReport {
+    pub files: Vec<String>,
+    pub generator: String,
+    pub by_lang: BTreeMap<String, LangReport>,
+    pub cases: Vec<CaseResult>,
+    pub failures: Vec<String>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn share(n: usize, d: usize) -> f64 {
+    if d == 0 {
+        0.0
+    } else {
+        n as f64 / d as f64
+    }
+}
+
+/// Ask every case through the product's answer path.
+pub fn run_answer_eval(engine: &kotae_server::Engine, cases: &[AnswerCase], progress: bool) -> Result<AnswerReport> {
+    let mut report = AnswerReport { generator: engine.worker.name().to_string(), ..Default::default() };
+    for (i, c) in cases.iter().enumerate() {
+        let q = Question { text: c.question.clone(), history: c.history.clone(), groups: Vec::new() };
+        // The plan again, for the texts shown to the model (retrieval is deterministic).
+        let plan = engine.answerer.plan(&q)?;
+        let shown_texts: BTreeMap<String, String> =
+            plan.sources.iter().map(|h| (h.chunk_id.clone(), h.text.clone())).collect();
+        let t = Instant::now();
+        let a = engine.answerer.ask(&q, &engine.worker, |_| {})?;
+        let total_ms = t.elapsed().as_secs_f64() * 1e3;
+        let declined = matches!(a.kind, AnswerKind::Declined) || says_not_found(&a.text);
+        let cited_texts: Vec<String> = a
+            .citations
+            .iter()
+            .map(|c| shown_texts.get(&c.chunk_id).cloned().unwrap_or_else(|| c.snippet.clone()))
+            .collect();
+        let sentences: Vec<&str> = kotae_guard::stream::sentences(&a.text)
+            .into_iter()
+            .filter(|s| s.chars().filter(|c| c.is_alphanumeric()).count() > 0)
+            .collect();
+        let support_texts = if cited_texts.is_empty() { shown_texts.values().cloned().collect() } else { cited_texts };
+        let supported_n = sentences.iter().filter(|s| supported(s, &support_texts, &c.lang)).count();
+        let mut cited: Vec<String> = a.citations.iter().map(|c| c.source.clone()).collect();
+        cited.dedup();
+        let r = CaseResult {
+            id: c.id.clone(),
+            lang: c.lang.clone(),
+            kind: c.kind.clone(),
+            question: c.question.clone(),
+            answerable: c.answerable,
+            answered_as: format!("{:?}", a.kind).to_lowercase(),
+            declined,
+            facts: facts_present(&a.text, &c.facts),
+            cited,
+            gold_sources: c.sources.clone(),
+            shown: plan.sources.iter().map(|h| h.source.clone()).collect(),
+            sentences: sentences.len(),
+            supported: supported_n,
+            language_ok: declined || language_matches(&a.text, &c.lang),
+            repetitive: repetitive(&a.text),
+            first_token_ms: a.timings.first_token_ms,
+            total_ms,
+            answer: a.text.clone(),
+        };
+        if progress {
+            eprintln!(
+                "[{}/{}] {} {} facts {}/{} {:.0} ms",
+                i + 1,
+                cases.len(),
+                r.id,
+                r.answered_as,
+                r.facts.iter().filter(|&&f| f).count(),
+                r.facts.len(),
+                r.total_ms
+            );
+        }
+        report.cases.push(r);
+    }
+    summarize(&mut report);
+    Ok(report)
+}
+
+pub fn summarize(report: &mut AnswerReport) {
+    let mut langs: BTreeMap<String, Vec<&CaseResult>> = BTreeMap::new();
+    for c in &report.cases {
+        langs.entry(c.lang.clone()).or_default().push(c);
+    }
+    for (lang, cs) in langs {
+        let ans: Vec<&&CaseResult> = cs.iter().filter(|c| c.answerable).collect();
+        let una: Vec<&&CaseResult> = cs.iter().filter(|c| !c.answerable).collect();
+        let answered: Vec<&&&CaseResult> = ans.iter().filter(|c| !c.declined).collect();
+        let mut cited_total = 0;
+        let mut cited_gold = 0;
+        let mut recall = Vec::new();
+        for c in &ans {
+            cited_total += c.cited.len();
+            cited_gold += c.cited.iter().filter(|s| c.gold_sources.contains(s)).count();
+            if !c.declined && !c.gold_sources.is_empty() {
+                recall.push(share(c.gold_sources.iter().filter(|g| c.cited.contains(g)).count(), c.gold_sources.len()));
+            }
+        }
+        for c in &una {
+            if !c.declined {
+                cited_total += c.cited.len();
+            }
+        }
+        let mut by_kind: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for c in &ans {
+            by_kind.entry(c.kind.clone()).or_default().push(c.correctness());
+        }
+        let direct: Vec<&&CaseResult> = ans.iter().filter(|c| c.answered_as == "direct").copied().collect();
+        let lr = LangReport {
+            answerable: ans.len(),
+            unanswerable: una.len(),
+            correctness: ans.iter().map(|c| c.correctness()).sum::<f64>() / ans.len().max(1) as f64,
+            all_facts: share(ans.iter().filter(|c| c.facts.iter().all(|&f| f)).count(), ans.len()),
+            wrong_answer_rate: share(answered.iter().filter(|c| c.correctness() < 0.5).count(), ans.len()),
+            declined_answerable: share(ans.iter().filter(|c| c.declined).count(), ans.len()),
+            refusal_accuracy: share(una.iter().filter(|c| c.declined).count(), una.len()),
+            citation_precision: share(cited_gold, cited_total),
+            citation_recall: recall.iter().sum::<f64>() / recall.len().max(1) as f64,
+            support: share(
+                cs.iter().filter(|c| !c.declined).map(|c| c.supported).sum(),
+                cs.iter().filter(|c| !c.declined).map(|c| c.sentences).sum(),
+            ),
+            language_match: share(cs.iter().filter(|c| c.language_ok).count(), cs.len()),
+            repetition_rate: share(cs.iter().filter(|c| c.repetitive).count(), cs.len()),
+            wrong_direct: share(direct.iter().filter(|c| c.correctness() < 0.5).count(), direct.len()),
+            direct_answers: direct.len(),
+            first_token_p50_ms: median(cs.iter().map(|c| c.first_token_ms).filter(|&t| t > 0.0).collect()),
+            total_p50_ms: median(cs.iter().map(|c| c.total_ms).collect()),
+            by_kind: by_kind.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len().max(1) as f64)).collect(),
+        };
+        report.by_lang.insert(lang, lr);
+    }
+}
+
+/// Floors (and ceilings for rates that must stay low) per language from a TOML table:
+/// `[ja] correctness = 0.5`, `wrong_answer_rate = 0.3` (a ceiling), ….
+pub fn check_thresholds(report: &mut AnswerReport, t: &toml::Table) {
+    const CEILINGS: &[&str] = &["wrong_answer_rate", "repetition_rate", "wrong_direct", "declined_answerable"];
+    for (lang, lr) in &report.by_lang {
+        let Some(table) = t.get(lang).and_then(|v| v.as_table()) else { continue };
+        let v = serde_json::to_value(lr).unwrap_or_default();
+        for (metric, bound) in table {
+            let (Some(bound), Some(value)) = (bound.as_float(), v[metric].as_f64()) else { continue };
+            let ceiling = CEILINGS.contains(&metric.as_str());
+            if (ceiling && value > bound) || (!ceiling && value < bound) {
+                report.failures.push(format!(
+                    "{lang} {metric} {value:.3} {} {bound:.3}",
+                    if ceiling { "above the ceiling" } else { "below the floor" }
+                ));
+            }
+        }
+    }
+}
+
+pub fn print_report(r: &AnswerReport, verbose: bool) {
+    println!("answers by {} on {}", r.generator, r.files.join(", "));
+    for (lang, l) in &r.by_lang {
+        println!(
+            "[{lang}] {} answerable, {} unanswerable\n  correctness {:.3} (all facts {:.3}); wrong answers {:.3}; answerable declined {:.3}\n  refusal accuracy {:.3}; citations P {:.3} R {:.3}; lexical support {:.3}\n  language match {:.3}; repetition {:.3}; direct answers {} (wrong {:.3})\n  first token p50 {:.0} ms, total p50 {:.0} ms",
+            l.answerable,
+            l.unanswerable,
+            l.correctness,
+            l.all_facts,
+            l.wrong_answer_rate,
+            l.declined_answerable,
+            l.refusal_accuracy,
+            l.citation_precision,
+            l.citation_recall,
+            l.support,
+            l.language_match,
+            l.repetition_rate,
+            l.direct_answers,
+            l.wrong_direct,
+            l.first_token_p50_ms,
+            l.total_p50_ms
+        );
+        let kinds: Vec<String> = l.by_kind.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        println!("  correctness by kind: {}", kinds.join(", "));
+    }
+    if verbose {
+        for c in &r.cases {
+            let bad = if c.answerable { c.correctness() < 1.0 } else { !c.declined };
+            if bad || !c.language_ok || c.repetitive {
+                println!(
+                    "--- {} ({}; {}) facts {:?} cited {:?} gold {:?}\n  Q: {}\n  A: {}",
+                    c.id,
+                    c.kind,
+                    c.answered_as,
+                    c.facts,
+                    c.cited,
+                    c.gold_sources,
+                    c.question,
+                    c.answer.replace('\n', " ")
+                );
+            }
+        }
+    }
+    for f in &r.failures {
+        println!("FAILED: {f}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_match_across_width_case_spaces_and_separators() {
+        let facts = vec![vec!["2,000 yen".to_string()], vec!["3営業日前".to_string()], vec!["Galaxy Hall".into()]];
+        assert_eq!(
+            facts_present("ＧＡＬＡＸＹ hall holds 60; ¥2000 yen per day, ３ 営業日前まで", &facts),
+            vec![true, true, true]
+        );
+        assert_eq!(facts_present("60 people", &facts), vec![false, false, false]);
+    }
+
+    #[test]
+    fn language_and_script() {
+        assert!(language_matches("申請は3営業日前までに勤怠システムから行います[1]。", "ja"));
+        assert!(!language_matches("申请需要在3个工作日前提交。", "ja"));
+        assert!(!language_matches("Please apply three business days ahead.", "ja"));
+        assert!(language_matches("Apply in the 勤怠システム three business days ahead [1].", "en"));
+        assert!(!language_matches("有給休暇は3営業日前までに申請してください。", "en"));
+    }
+
+    #[test]
+    fn repetition_and_support() {
+        assert!(repetitive("産休は休暇です。これは大切です。産休は休暇です。"));
+        assert!(!repetitive("Apply three business days ahead [1]. Your manager approves it."));
+        let src = vec!["有給休暇は3営業日前までに勤怠システムから申請してください。".to_string()];
+        assert!(supported("有給休暇は3営業日前までに勤怠システムで申請します[1]。", &src, "ja"));
+        assert!(!supported("有給休暇は10営業日前までに申請します。", &src, "ja"));
+        let en = vec!["The Galaxy Hall seats 60 people and has a projector.".to_string()];
+        assert!(supported("The Galaxy Hall seats 60 people [1].", &en, "en"));
+        assert!(!supported("The Galaxy Hall holds 80 people.", &en, "en"));
+        assert!(!supported("Parking is free for visitors on weekends.", &en, "en"));
+    }
+
+    #[test]
+    fn declines_are_recognised() {
+        assert!(says_not_found("申し訳ありませんが、資料には記載がありません。"));
+        assert!(says_not_found("The documents do not mention a parking fee."));
+        assert!(!says_not_found("Apply three business days ahead."));
+    }
+}
