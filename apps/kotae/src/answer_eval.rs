@@ -105,7 +105,8 @@ pub fn language_matches(answer: &str, lang: &str) -> bool {
     let han = answer.chars().filter(|c| matches!(c, '\u{4e00}'..='\u{9fff}')).count();
     let latin = answer.chars().filter(|c| c.is_ascii_alphabetic()).count();
     if lang == "ja" {
-        kana > 0 && !answer.chars().any(|c| SIMPLIFIED_ONLY.contains(c)) && latin < 2 * (kana + han).max(1)
+        // Kana, or kanji alone (「特別休暇」), with no Simplified-only character.
+        kana + han > 0 && !answer.chars().any(|c| SIMPLIFIED_ONLY.contains(c)) && latin < 2 * (kana + han)
     } else {
         // Japanese names of forms and systems may be quoted; the answer itself is English.
         latin > 0 && kana + han <= latin / 3
@@ -278,6 +279,8 @@ pub struct LangReport {
     pub support: f64,
     pub language_match: f64,
     pub repetition_rate: f64,
+    /// Answers with no words at all (empty, or a citation marker alone).
+    pub empty_rate: f64,
     /// Direct answers (a past inquiry) that miss the facts: the wrong-question rate.
     pub wrong_direct: f64,
     pub direct_answers: usize,
@@ -420,6 +423,7 @@ pub fn summarize(report: &mut AnswerReport) {
             ),
             language_match: share(cs.iter().filter(|c| c.language_ok).count(), cs.len()),
             repetition_rate: share(cs.iter().filter(|c| c.repetitive).count(), cs.len()),
+            empty_rate: share(cs.iter().filter(|c| c.sentences == 0).count(), cs.len()),
             wrong_direct: share(direct.iter().filter(|c| c.correctness() < 0.5).count(), direct.len()),
             direct_answers: direct.len(),
             first_token_p50_ms: median(cs.iter().map(|c| c.first_token_ms).filter(|&t| t > 0.0).collect()),
@@ -433,7 +437,8 @@ pub fn summarize(report: &mut AnswerReport) {
 /// Floors (and ceilings for rates that must stay low) per language from a TOML table:
 /// `[ja] correctness = 0.5`, `wrong_answer_rate = 0.3` (a ceiling), ….
 pub fn check_thresholds(report: &mut AnswerReport, t: &toml::Table) {
-    const CEILINGS: &[&str] = &["wrong_answer_rate", "repetition_rate", "wrong_direct", "declined_answerable"];
+    const CEILINGS: &[&str] =
+        &["wrong_answer_rate", "repetition_rate", "empty_rate", "wrong_direct", "declined_answerable"];
     for (lang, lr) in &report.by_lang {
         let Some(table) = t.get(lang).and_then(|v| v.as_table()) else { continue };
         let v = serde_json::to_value(lr).unwrap_or_default();
@@ -454,7 +459,7 @@ pub fn print_report(r: &AnswerReport, verbose: bool) {
     println!("answers by {} on {}", r.generator, r.files.join(", "));
     for (lang, l) in &r.by_lang {
         println!(
-            "[{lang}] {} answerable, {} unanswerable\n  correctness {:.3} (all facts {:.3}); wrong answers {:.3}; answerable declined {:.3}\n  refusal accuracy {:.3}; citations P {:.3} R {:.3}; lexical support {:.3}\n  language match {:.3}; repetition {:.3}; direct answers {} (wrong {:.3})\n  first token p50 {:.0} ms, total p50 {:.0} ms",
+            "[{lang}] {} answerable, {} unanswerable\n  correctness {:.3} (all facts {:.3}); wrong answers {:.3}; answerable declined {:.3}\n  refusal accuracy {:.3}; citations P {:.3} R {:.3}; lexical support {:.3}\n  language match {:.3}; repetition {:.3}; empty {:.3}; direct answers {} (wrong {:.3})\n  first token p50 {:.0} ms, total p50 {:.0} ms",
             l.answerable,
             l.unanswerable,
             l.correctness,
@@ -467,6 +472,7 @@ pub fn print_report(r: &AnswerReport, verbose: bool) {
             l.support,
             l.language_match,
             l.repetition_rate,
+            l.empty_rate,
             l.direct_answers,
             l.wrong_direct,
             l.first_token_p50_ms,
@@ -516,6 +522,8 @@ mod tests {
     fn language_and_script() {
         assert!(language_matches("申請は3営業日前までに勤怠システムから行います[1]。", "ja"));
         assert!(!language_matches("申请需要在3个工作日前提交。", "ja"));
+        assert!(language_matches("特別休暇", "ja"));
+        assert!(!language_matches("", "ja"));
         assert!(!language_matches("Please apply three business days ahead.", "ja"));
         assert!(language_matches("Apply in the 勤怠システム three business days ahead [1].", "en"));
         assert!(!language_matches("有給休暇は3営業日前までに申請してください。", "en"));

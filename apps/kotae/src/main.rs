@@ -304,7 +304,7 @@ enum EvalCmd {
         split: String,
         #[arg(long, value_delimiter = ',', default_value = "ja,en")]
         lang: Vec<String>,
-        /// Only the first N questions of each file (a quick look)
+        /// Only N questions of each file, spread over it (a quick look)
         #[arg(long)]
         limit: Option<usize>,
         /// Floors and ceilings to enforce (exit 1 when missed); `none` reports only
@@ -435,7 +435,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&a)?);
             } else {
                 // `on_text` streamed what passed; a blocked answer ends with its refusal.
-                if a.guard.is_some() {
+                // An extractive answer replaced what was streamed (the generator wrote no words).
+                if a.guard.is_some() || a.kind == kotae_answer::AnswerKind::Extractive {
                     print!("{}{}", if a.completion_tokens > 0 { "\n\n" } else { "" }, a.text);
                 }
                 println!();
@@ -642,8 +643,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut cases = Vec::new();
             for f in &files {
                 let mut c = kotae::answer_eval::load_cases(std::slice::from_ref(f))?;
-                if let Some(n) = limit {
-                    c.truncate(n);
+                if let Some(n) = limit.filter(|&n| n > 0 && n < c.len()) {
+                    // Spread over the file (answerable and unanswerable questions both).
+                    let len = c.len();
+                    c = (0..n).map(|i| c[i * len / n].clone()).collect();
                 }
                 cases.extend(c);
             }

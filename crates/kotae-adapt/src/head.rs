@@ -272,7 +272,25 @@ pub fn train_head(
 /// `max` per text: what a tuned head reads.
 pub fn token_states(e: &dyn Embedder, texts: &[String], split: usize, max: usize) -> Result<Vec<Tensor>> {
     let mut out = Vec::with_capacity(texts.len());
-    for part in texts.chunks(32) {
+    // A long text keeps its first and last 400 characters: the head reads the first and last
+    // states only, and the encoder's cost grows with the length (in-the-wild jailbreaks run to
+    // thousands of characters).
+    let short: Vec<String> = texts
+        .iter()
+        .map(|t| {
+            let chars: Vec<char> = t.chars().collect();
+            if chars.len() <= 800 {
+                t.clone()
+            } else {
+                format!(
+                    "{} … {}",
+                    chars[..400].iter().collect::<String>(),
+                    chars[chars.len() - 400..].iter().collect::<String>()
+                )
+            }
+        })
+        .collect();
+    for part in short.chunks(32) {
         let refs: Vec<&str> = part.iter().map(|s| s.as_str()).collect();
         let (_, states) = e.embed_with_states(&refs, InputKind::Query, split)?.ok_or_else(|| {
             Error::Config(format!("{}: this encoder engine cannot be fine-tuned; use the int8 engine", e.name()))

