@@ -258,8 +258,30 @@ impl Head {
         })
     }
 
-    /// Class probabilities of each vector, in label order.
+    /// Class probabilities of texts (query side), whatever the head reads: the sentence
+    /// vectors, or a tuned head's token states (one encoder pass either way).
+    pub fn probabilities_of_texts(&self, e: &dyn crate::Embedder, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        match self.split_layer() {
+            Some(layer) => match e.embed_with_states(texts, crate::InputKind::Query, layer)? {
+                Some((_, states)) => self.probabilities_from_states(&states),
+                None => Err(Error::Generation(format!(
+                    "the {} head fine-tuned encoder layers; this encoder engine cannot give their inputs (use the int8 engine)",
+                    self.card.task
+                ))),
+            },
+            None => self.probabilities(&e.embed(texts, crate::InputKind::Query)?.vectors),
+        }
+    }
+
+    /// Class probabilities of each vector, in label order (a plain head; a tuned head reads
+    /// token states, see [`Head::probabilities_of_texts`]).
     pub fn probabilities(&self, vectors: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        if self.top.is_some() {
+            return Err(Error::Generation(format!(
+                "the {} head reads token states, not sentence vectors",
+                self.card.task
+            )));
+        }
         if vectors.is_empty() {
             return Ok(Vec::new());
         }

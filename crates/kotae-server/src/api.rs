@@ -466,15 +466,11 @@ pub async fn classify(
     };
     let out = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
         let t = std::time::Instant::now();
-        let v = embedder
-            .embed(&[req.text.trim()], InputKind::Query)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .vectors
-            .pop()
-            .ok_or_else(|| ApiError::Internal("no vector".into()))?;
         let mut results = Vec::new();
         for (task, head) in heads {
-            let p = head.probabilities(std::slice::from_ref(&v)).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let p = head
+                .probabilities_of_texts(embedder.as_ref(), &[req.text.trim()])
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             let p = &p[0];
             let best = (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b });
             let scores: serde_json::Map<String, serde_json::Value> =
