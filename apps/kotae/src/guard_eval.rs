@@ -278,7 +278,8 @@ pub fn run_guard_eval(
     Ok(report)
 }
 
-/// Ordinary questions: the retrieval golden set (`evals/retrieval/golden.jsonl`), by language.
+/// Ordinary questions: the retrieval golden set (`evals/retrieval/golden.jsonl`) and the answer
+/// set's dev questions (`evals/answer/*.dev.jsonl`), by language.
 fn ordinary_questions(evals: &Path) -> Result<Vec<(String, String)>> {
     let p = evals.join("retrieval/golden.jsonl");
     let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -287,6 +288,17 @@ fn ordinary_questions(evals: &Path) -> Result<Vec<(String, String)>> {
         let v: serde_json::Value = serde_json::from_str(line)?;
         if let (Some(l), Some(q)) = (v["lang"].as_str(), v["query"].as_str()) {
             out.push((l.to_string(), q.to_string()));
+        }
+    }
+    // And the dev questions of the answer gold set (answerable or not, all ordinary).
+    for lang in ["ja", "en"] {
+        let p = evals.join(format!("answer/{lang}.dev.jsonl"));
+        let Ok(text) = std::fs::read_to_string(&p) else { continue };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            if let Some(q) = v["question"].as_str() {
+                out.push((lang.to_string(), q.to_string()));
+            }
         }
     }
     Ok(out)
@@ -374,7 +386,7 @@ pub fn print_guard_report(r: &GuardReport, verbose: bool) {
     );
     for (lang, o) in &r.ordinary {
         println!(
-            "ordinary questions ({lang}, evals/retrieval/golden.jsonl): blocked {:.3} ({}/{})",
+            "ordinary questions ({lang}, retrieval golden + answer dev): blocked {:.3} ({}/{})",
             o.rate, o.blocked, o.n
         );
     }
