@@ -144,10 +144,9 @@ fn numbers(s: &str) -> Vec<String> {
     for c in s.chars() {
         if c.is_ascii_digit() {
             cur.push(c);
-        } else if !(c == ',' && !cur.is_empty()) {
-            if !cur.is_empty() {
-                out.push(std::mem::take(&mut cur));
-            }
+        } else if c != ',' && !cur.is_empty() {
+            // A comma inside a number (2,000) keeps it whole.
+            out.push(std::mem::take(&mut cur));
         }
     }
     if !cur.is_empty() {
@@ -162,7 +161,7 @@ fn numbers(s: &str) -> Vec<String> {
 pub fn supported(sentence: &str, sources: &[String], lang: &str) -> bool {
     // Width and case folded; spaces kept (English words are compared one by one).
     let light = |t: &str| kotae_ingest::clean::normalize(t).to_lowercase();
-    let s = light(&sentence.replace(|c: char| c == '[' || c == ']', " "));
+    let s = light(&sentence.replace(['[', ']'], " "));
     // Markers, greetings and the like carry no claim.
     let content: String = s.chars().filter(|c| c.is_alphanumeric()).collect();
     if content.chars().count() < 6 {

@@ -303,13 +303,12 @@ pub trait Guard: Send + Sync {
     fn classifier_score(&self, vector: &[f32], states: Option<&Tensor>) -> Option<f32>;
 }
 
+/// Sentence vectors, and token states when the guard's head is tuned.
+pub type Encoded = (Vec<Vec<f32>>, Option<Vec<Tensor>>);
+
 /// What a guard's classifier reads of some texts (query side), from one encoder pass: the
 /// sentence vectors, and the token states when its head is tuned.
-pub fn encode(
-    guard: &dyn Guard,
-    embedder: &dyn Embedder,
-    texts: &[&str],
-) -> kotae_models::Result<(Vec<Vec<f32>>, Option<Vec<Tensor>>)> {
+pub fn encode(guard: &dyn Guard, embedder: &dyn Embedder, texts: &[&str]) -> kotae_models::Result<Encoded> {
     if let Some(layer) = guard.states_layer() {
         if let Some((out, states)) = embedder.embed_with_states(texts, InputKind::Query, layer)? {
             return Ok((out.vectors, Some(states)));

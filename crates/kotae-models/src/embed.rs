@@ -37,6 +37,12 @@ pub struct EmbedOutput {
     pub truncated: usize,
 }
 
+/// An encoder's layer count, attention heads, LayerNorm epsilon, and one layer's f32 weights.
+pub type EncoderLayer = (usize, usize, f64, HashMap<String, Tensor>);
+
+/// Sentence vectors, and each text's token states after some layer.
+type VectorsAndStates = (Vec<Vec<f32>>, Vec<Tensor>);
+
 /// Turns text into fixed-size vectors.
 pub trait Embedder: Send + Sync {
     /// Catalog name of the model, e.g. `multilingual-e5-small`.
@@ -63,7 +69,7 @@ pub trait Embedder: Send + Sync {
     /// Encoder layers, attention heads and LayerNorm epsilon, and layer `i`'s f32 weights (as
     /// [`crate::classifier::EncoderTop`] names them), for fine-tuning the top layers. `None`
     /// when the engine cannot.
-    fn encoder_layer(&self, _i: usize) -> Result<Option<(usize, usize, f64, HashMap<String, Tensor>)>> {
+    fn encoder_layer(&self, _i: usize) -> Result<Option<EncoderLayer>> {
         Ok(None)
     }
 }
@@ -279,7 +285,7 @@ impl BertEmbedder {
 
 impl BertEmbedder {
     /// Vectors and the states after `layer` layers, the int8 engine only.
-    fn forward_split_batch(&self, batch: &[&Vec<u32>], layer: usize) -> Result<Option<(Vec<Vec<f32>>, Vec<Tensor>)>> {
+    fn forward_split_batch(&self, batch: &[&Vec<u32>], layer: usize) -> Result<Option<VectorsAndStates>> {
         let Encoder::Int8(m) = &self.model else { return Ok(None) };
         let (out, states) = m.forward_split(batch, &self.device, layer)?;
         let mut per = Vec::with_capacity(batch.len());
@@ -356,7 +362,7 @@ impl Embedder for BertEmbedder {
         Ok(Some((EmbedOutput { vectors, truncated }, states)))
     }
 
-    fn encoder_layer(&self, i: usize) -> Result<Option<(usize, usize, f64, HashMap<String, Tensor>)>> {
+    fn encoder_layer(&self, i: usize) -> Result<Option<EncoderLayer>> {
         let Encoder::Int8(m) = &self.model else { return Ok(None) };
         Ok(Some((m.num_layers(), m.heads(), m.eps() as f64, m.layer_tensors(i, &self.device)?)))
     }
