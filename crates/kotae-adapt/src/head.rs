@@ -151,6 +151,86 @@ impl EmbeddingCache {
     }
 }
 
+/// `w1`, `b1` and, for an MLP, `(w2, b2)`.
+type HeadWeights = (Tensor, Tensor, Option<(Tensor, Tensor)>);
+
+/// A linear or MLP head being trained: its variables and its loss.
+struct TrainableHead {
+    w1: Var,
+    b1: Var,
+    second: Option<(Var, Var)>,
+    hidden: usize,
+}
+
+impl TrainableHead {
+    /// Uniform ±1/√fan-in weights, zero biases; `hidden` 0 gives a linear head.
+    fn new(rng: &mut StdRng, labels: usize, dim: usize, hidden: usize) -> Result<Self> {
+        let dev = Device::Cpu;
+        let init = |rng: &mut StdRng, out: usize, inp: usize| -> Result<(Var, Var)> {
+            use rand::Rng;
+            let bound = 1.0 / (inp as f32).sqrt();
+            let w: Vec<f32> = (0..out * inp).map(|_| rng.random_range(-bound..bound)).collect();
+            Ok((Var::from_tensor(&Tensor::from_vec(w, (out, inp), &dev)?)?, Var::zeros(out, DType::F32, &dev)?))
+        };
+        let (w1, b1) = init(rng, if hidden > 0 { hidden } else { labels }, dim)?;
+        let second = if hidden > 0 { Some(init(rng, labels, hidden)?) } else { None };
+        Ok(Self { w1, b1, second, hidden })
+    }
+
+    fn vars(&self) -> Vec<(String, Var)> {
+        let mut vars: Vec<(String, Var)> = vec![("w1".into(), self.w1.clone()), ("b1".into(), self.b1.clone())];
+        if let Some((w, b)) = &self.second {
+            vars.push(("w2".into(), w.clone()));
+            vars.push(("b2".into(), b.clone()));
+        }
+        vars
+    }
+
+    /// Class-weighted cross-entropy of inputs `x [batch, dim]` against labels `y`, with
+    /// dropout on the hidden layer: Σ w_y · nll / Σ w_y.
+    fn loss(&self, x: &Tensor, y: &Tensor, class_w: &Tensor, dropout: f64, rng: &mut StdRng) -> Result<Tensor> {
+        let mut h = x.matmul(&self.w1.as_tensor().t()?)?.broadcast_add(self.b1.as_tensor())?;
+        if let Some((w2, b2)) = &self.second {
+            h = h.relu()?;
+            if dropout > 0.0 {
+                use rand::Rng;
+                let keep = 1.0 - dropout as f32;
+                let m: Vec<f32> =
+                    (0..h.elem_count()).map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
+                h = (h * Tensor::from_vec(m, (x.dim(0)?, self.hidden), x.device())?)?;
+            }
+            h = h.matmul(&w2.as_tensor().t()?)?.broadcast_add(b2.as_tensor())?;
+        }
+        let logp = candle_nn::ops::log_softmax(&h, D::Minus1)?;
+        let nll = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+        let wy = class_w.index_select(y, 0)?;
+        Ok(((nll * &wy)?.sum_all()? / wy.sum_all()?.to_scalar::<f32>()? as f64)?)
+    }
+
+    /// The trained weights: `w1`, `b1` and, for an MLP, `(w2, b2)`.
+    fn weights(&self) -> Result<HeadWeights> {
+        let second = match &self.second {
+            Some((w, b)) => Some((w.as_tensor().copy()?, b.as_tensor().copy()?)),
+            None => None,
+        };
+        Ok((self.w1.as_tensor().copy()?, self.b1.as_tensor().copy()?, second))
+    }
+}
+
+/// Training examples per class and the loss weight of each class (inverse frequency when
+/// `balance`, else 1).
+fn class_weights(train: &[usize], y: &[usize], k: usize, balance: bool) -> Result<(Vec<usize>, Tensor)> {
+    let mut counts = vec![0usize; k];
+    for &i in train {
+        counts[y[i]] += 1;
+    }
+    let weights: Vec<f32> = counts
+        .iter()
+        .map(|&c| if balance && c > 0 { train.len() as f32 / (k as f32 * c as f32) } else { 1.0 })
+        .collect();
+    Ok((counts, Tensor::from_vec(weights, k, &Device::Cpu)?))
+}
+
 /// Train a head on vectors `x` with label indices `y`; validate on the held-out part.
 pub fn train_head(
     task: &str,
@@ -168,28 +248,9 @@ pub fn train_head(
     let (tr, va) = stratified_split(y, cfg.val_fraction, cfg.seed);
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let init = |rng: &mut StdRng, out: usize, inp: usize| -> Result<(Var, Var)> {
-        use rand::Rng;
-        let bound = 1.0 / (inp as f32).sqrt();
-        let w: Vec<f32> = (0..out * inp).map(|_| rng.random_range(-bound..bound)).collect();
-        Ok((Var::from_tensor(&Tensor::from_vec(w, (out, inp), &dev)?)?, Var::zeros(out, DType::F32, &dev)?))
-    };
-    let (w1, b1) = init(&mut rng, if cfg.hidden > 0 { cfg.hidden } else { k }, dim)?;
-    let second = if cfg.hidden > 0 { Some(init(&mut rng, k, cfg.hidden)?) } else { None };
-    let mut vars: Vec<(String, Var)> = vec![("w1".into(), w1.clone()), ("b1".into(), b1.clone())];
-    if let Some((w, b)) = &second {
-        vars.push(("w2".into(), w.clone()));
-        vars.push(("b2".into(), b.clone()));
-    }
-    let mut counts = vec![0usize; k];
-    for &i in &tr {
-        counts[y[i]] += 1;
-    }
-    let weights: Vec<f32> = counts
-        .iter()
-        .map(|&c| if cfg.balance_classes && c > 0 { tr.len() as f32 / (k as f32 * c as f32) } else { 1.0 })
-        .collect();
-    let class_w = Tensor::from_vec(weights, k, &dev)?;
+    let th = TrainableHead::new(&mut rng, k, dim, cfg.hidden)?;
+    let vars = th.vars();
+    let (counts, class_w) = class_weights(&tr, y, k, cfg.balance_classes)?;
     let tensor_of = |idx: &[usize]| -> Result<Tensor> {
         let flat: Vec<f32> = idx.iter().flat_map(|&i| x[i].iter().copied()).collect();
         Ok(Tensor::from_vec(flat, (idx.len(), dim), &dev)?)
@@ -210,24 +271,7 @@ pub fn train_head(
         for batch in order.chunks(cfg.batch_size.max(1)) {
             let xb = tensor_of(batch)?;
             let yb = Tensor::from_vec(batch.iter().map(|&i| y[i] as u32).collect::<Vec<_>>(), batch.len(), &dev)?;
-            let mut h = xb.matmul(&w1.as_tensor().t()?)?.broadcast_add(b1.as_tensor())?;
-            if let Some((w2, b2)) = &second {
-                h = h.relu()?;
-                if cfg.dropout > 0.0 {
-                    use rand::Rng;
-                    let keep = 1.0 - cfg.dropout as f32;
-                    let m: Vec<f32> = (0..h.elem_count())
-                        .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
-                        .collect();
-                    h = (h * Tensor::from_vec(m, (batch.len(), cfg.hidden), &dev)?)?;
-                }
-                h = h.matmul(&w2.as_tensor().t()?)?.broadcast_add(b2.as_tensor())?;
-            }
-            // Class-weighted cross-entropy: Σ w_y · nll / Σ w_y.
-            let logp = candle_nn::ops::log_softmax(&h, D::Minus1)?;
-            let nll = logp.gather(&yb.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
-            let wy = class_w.index_select(&yb, 0)?;
-            let loss = ((nll * &wy)?.sum_all()? / wy.sum_all()?.to_scalar::<f32>()? as f64)?;
+            let loss = th.loss(&xb, &yb, &class_w, cfg.dropout, &mut rng)?;
             let g = loss.backward()?;
             let grads: Vec<Tensor> = vars
                 .iter()
@@ -238,6 +282,7 @@ pub fn train_head(
         }
     }
     let class_counts = labels.iter().cloned().zip(counts.iter().copied()).collect();
+    let (w1, b1, w2) = th.weights()?;
     let mut head = Head::new(
         HeadCard {
             task: task.into(),
@@ -254,12 +299,9 @@ pub fn train_head(
             validation: ClassMetrics::default(),
             tests: BTreeMap::new(),
         },
-        w1.as_tensor().copy()?,
-        b1.as_tensor().copy()?,
-        match &second {
-            Some((w, b)) => Some((w.as_tensor().copy()?, b.as_tensor().copy()?)),
-            None => None,
-        },
+        w1,
+        b1,
+        w2,
     );
     head.card.validation = head.evaluate(
         &va.iter().map(|&i| x[i].clone()).collect::<Vec<_>>(),
@@ -345,28 +387,9 @@ pub fn train_tuned_head(
     let dim = states.first().map(|s| s.dim(1)).transpose()?.ok_or_else(|| Error::Config("no examples".into()))?;
     let (tr, va) = stratified_split(y, cfg.val_fraction, cfg.seed);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let init = |rng: &mut StdRng, out: usize, inp: usize| -> Result<(Var, Var)> {
-        use rand::Rng;
-        let bound = 1.0 / (inp as f32).sqrt();
-        let w: Vec<f32> = (0..out * inp).map(|_| rng.random_range(-bound..bound)).collect();
-        Ok((Var::from_tensor(&Tensor::from_vec(w, (out, inp), &dev)?)?, Var::zeros(out, DType::F32, &dev)?))
-    };
-    let (w1, b1) = init(&mut rng, if cfg.hidden > 0 { cfg.hidden } else { k }, dim)?;
-    let second = if cfg.hidden > 0 { Some(init(&mut rng, k, cfg.hidden)?) } else { None };
-    let mut head_vars: Vec<(String, Var)> = vec![("w1".into(), w1.clone()), ("b1".into(), b1.clone())];
-    if let Some((w, b)) = &second {
-        head_vars.push(("w2".into(), w.clone()));
-        head_vars.push(("b2".into(), b.clone()));
-    }
-    let mut counts = vec![0usize; k];
-    for &i in &tr {
-        counts[y[i]] += 1;
-    }
-    let weights: Vec<f32> = counts
-        .iter()
-        .map(|&c| if cfg.balance_classes && c > 0 { tr.len() as f32 / (k as f32 * c as f32) } else { 1.0 })
-        .collect();
-    let class_w = Tensor::from_vec(weights, k, &dev)?;
+    let th = TrainableHead::new(&mut rng, k, dim, cfg.hidden)?;
+    let head_vars = th.vars();
+    let (counts, class_w) = class_weights(&tr, y, k, cfg.balance_classes)?;
     let (mut opt_head, mut opt_top) = (AdamW::new(&head_vars)?, AdamW::new(&top_vars)?);
     let tc_head = TrainConfig {
         learning_rate: cfg.learning_rate,
@@ -400,23 +423,7 @@ pub fn train_tuned_head(
             let (x, mask) = pad_states(&part)?;
             let pooled = EncoderTop::pool(&top.forward(&x, &mask)?, &mask)?;
             let yb = Tensor::from_vec(batch.iter().map(|&i| y[i] as u32).collect::<Vec<_>>(), batch.len(), &dev)?;
-            let mut h = pooled.matmul(&w1.as_tensor().t()?)?.broadcast_add(b1.as_tensor())?;
-            if let Some((w2, b2)) = &second {
-                h = h.relu()?;
-                if cfg.dropout > 0.0 {
-                    use rand::Rng;
-                    let keep = 1.0 - cfg.dropout as f32;
-                    let m: Vec<f32> = (0..h.elem_count())
-                        .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
-                        .collect();
-                    h = (h * Tensor::from_vec(m, (batch.len(), cfg.hidden), &dev)?)?;
-                }
-                h = h.matmul(&w2.as_tensor().t()?)?.broadcast_add(b2.as_tensor())?;
-            }
-            let logp = candle_nn::ops::log_softmax(&h, D::Minus1)?;
-            let nll = logp.gather(&yb.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
-            let wy = class_w.index_select(&yb, 0)?;
-            let loss = ((nll * &wy)?.sum_all()? / wy.sum_all()?.to_scalar::<f32>()? as f64)?;
+            let loss = th.loss(&pooled, &yb, &class_w, cfg.dropout, &mut rng)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             let g = loss.backward()?;
             let grads = |vars: &[(String, Var)]| -> candle_core::Result<Vec<Tensor>> {
@@ -436,6 +443,7 @@ pub fn train_tuned_head(
         );
     }
     let class_counts = labels.iter().cloned().zip(counts.iter().copied()).collect();
+    let (w1, b1, w2) = th.weights()?;
     let frozen = EncoderTop {
         layers: top
             .layers
@@ -461,12 +469,9 @@ pub fn train_tuned_head(
             validation: ClassMetrics::default(),
             tests: BTreeMap::new(),
         },
-        w1.as_tensor().copy()?,
-        b1.as_tensor().copy()?,
-        match &second {
-            Some((w, b)) => Some((w.as_tensor().copy()?, b.as_tensor().copy()?)),
-            None => None,
-        },
+        w1,
+        b1,
+        w2,
     )
     .with_top(frozen);
     head.card.validation = head.evaluate_states(

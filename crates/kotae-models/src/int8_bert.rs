@@ -41,6 +41,14 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, |_| {})
     }
+
+    /// The products of several dense layers stacked (query, key, value) and quantized.
+    fn stacked(ws: &[Tensor], bs: &[Tensor]) -> Result<Self> {
+        let w = Tensor::cat(ws, 0)?;
+        let (rows, cols) = w.dims2()?;
+        let b = Tensor::cat(bs, 0)?.to_vec1::<f32>()?;
+        Ok(Linear { w: QMatrix::quantize(&w.flatten_all()?.to_vec1::<f32>()?, rows, cols), b })
+    }
 }
 
 struct LayerNorm {
@@ -86,10 +94,7 @@ impl Int8Bert {
         let linear = |parts: &[&str]| -> Result<Linear> {
             let ws = parts.iter().map(|p| get(&format!("{p}.weight"))).collect::<Result<Vec<_>>>()?;
             let bs = parts.iter().map(|p| get(&format!("{p}.bias"))).collect::<Result<Vec<_>>>()?;
-            let w = Tensor::cat(&ws, 0)?;
-            let (rows, cols) = w.dims2()?;
-            let b = Tensor::cat(&bs, 0)?.to_vec1::<f32>()?;
-            Ok(Linear { w: QMatrix::quantize(&w.flatten_all()?.to_vec1::<f32>()?, rows, cols), b })
+            Linear::stacked(&ws, &bs)
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -272,10 +277,7 @@ impl Int8Layers {
                 let linear = |parts: &[&str]| -> Result<Linear> {
                     let ws = parts.iter().map(|p| get(&format!("{p}.weight"))).collect::<Result<Vec<_>>>()?;
                     let bs = parts.iter().map(|p| get(&format!("{p}.bias"))).collect::<Result<Vec<_>>>()?;
-                    let w = Tensor::cat(&ws, 0)?;
-                    let (rows, cols) = w.dims2()?;
-                    let b = Tensor::cat(&bs, 0)?.to_vec1::<f32>()?;
-                    Ok(Linear { w: QMatrix::quantize(&w.flatten_all()?.to_vec1::<f32>()?, rows, cols), b })
+                    Linear::stacked(&ws, &bs)
                 };
                 let ln = |n: &str| -> Result<LayerNorm> {
                     Ok(LayerNorm { w: get(&format!("{n}.weight"))?, b: get(&format!("{n}.bias"))? })
