@@ -10,9 +10,11 @@
 //! - refusal accuracy: unanswerable questions declined (or answered with "the documents do not
 //!   say");
 //! - citation precision and recall against the gold sources (file level);
-//! - lexical support: share of answer sentences whose content words (English) or character
-//!   bigrams (Japanese) and every number appear in a source shown to the model; an automatic
-//!   check, not validated against hand labels yet;
+//! - faithfulness: share of answer sentences supported by the chunks the answer cites (all
+//!   shown chunks when it cites none), by the lexical check of [`kotae_answer::ground`]. The
+//!   product grounds against every shown chunk, so this is the stricter reading; how well the
+//!   check agrees with hand labels is measured by `kotae eval support-check`;
+//! - how answers came about: extractive quotes, and generated sentences grounding dropped;
 //! - language match (the question's language and script, no Simplified-only Han characters in
 //!   Japanese), repetition, and latency.
 
@@ -131,64 +133,12 @@ pub fn repetitive(answer: &str) -> bool {
     })
 }
 
-const EN_STOP: &[&str] = &[
-    "the", "and", "for", "you", "your", "are", "can", "with", "that", "this", "from", "have", "has", "will", "not",
-    "but", "all", "any", "our", "its", "use", "may", "must", "should", "please", "also", "into", "when", "which",
-    "what", "who", "how", "there", "their", "then", "than", "been", "was", "were", "does", "did", "about", "they",
-    "them", "more", "out", "one", "per", "each", "only", "other", "some", "such", "after", "before", "within",
-];
-
-fn numbers(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            cur.push(c);
-        } else if c != ',' && !cur.is_empty() {
-            // A comma inside a number (2,000) keeps it whole.
-            out.push(std::mem::take(&mut cur));
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// Whether a sentence of an answer is supported by the sources: its numbers all appear in
-/// them, and most of its content does (English words of three letters or more, not stop
-/// words; Japanese character bigrams with a kanji or katakana).
+/// Whether a sentence of an answer is supported by `sources` (the product's grounding check,
+/// [`kotae_answer::ground`]), at the default threshold.
 pub fn supported(sentence: &str, sources: &[String], lang: &str) -> bool {
-    // Width and case folded; spaces kept (English words are compared one by one).
-    let light = |t: &str| kotae_ingest::clean::normalize(t).to_lowercase();
-    let s = light(&sentence.replace(['[', ']'], " "));
-    // Markers, greetings and the like carry no claim.
-    let content: String = s.chars().filter(|c| c.is_alphanumeric()).collect();
-    if content.chars().count() < 6 {
-        return true;
-    }
-    let src: String = sources.iter().map(|t| light(t)).collect::<Vec<_>>().join("\n");
-    let src_numbers: std::collections::HashSet<String> = numbers(&src).into_iter().collect();
-    if numbers(&s).iter().any(|n| n.len() > 1 && !src_numbers.contains(n)) {
-        // Single digits are list numbers and citation markers more often than claims.
-        return false;
-    }
-    let (hit, total) = if lang == "ja" {
-        let chars: Vec<char> = s.chars().collect();
-        let grams: Vec<String> = chars
-            .windows(2)
-            .filter(|w| w.iter().any(|c| matches!(c, '\u{4e00}'..='\u{9fff}' | '\u{30a0}'..='\u{30ff}')))
-            .map(|w| w.iter().collect())
-            .collect();
-        (grams.iter().filter(|g| src.contains(g.as_str())).count(), grams.len())
-    } else {
-        let words: Vec<&str> = s
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| w.chars().count() >= 3 && !EN_STOP.contains(w))
-            .collect();
-        (words.iter().filter(|w| src.contains(*w)).count(), words.len())
-    };
-    total == 0 || hit as f64 / total as f64 >= 0.6
+    kotae_answer::ground::Grounds::new(sources, "")
+        .support(sentence, lang)
+        .supported(kotae_answer::AnswerConfig::default().min_support)
 }
 
 /// Phrases of an answer that says the documents do not answer the question.
@@ -242,8 +192,12 @@ pub struct CaseResult {
     pub cited: Vec<String>,
     pub gold_sources: Vec<String>,
     pub shown: Vec<String>,
+    /// The texts of the shown chunks, in the same order (for the report and for labelling).
+    pub shown_texts: Vec<String>,
     pub sentences: usize,
     pub supported: usize,
+    /// Generated sentences the grounding check left out.
+    pub dropped: usize,
     pub language_ok: bool,
     pub repetitive: bool,
     pub first_token_ms: f64,
@@ -275,8 +229,12 @@ pub struct LangReport {
     pub refusal_accuracy: f64,
     pub citation_precision: f64,
     pub citation_recall: f64,
-    /// Answer sentences supported by the sources shown (lexical check).
+    /// Answer sentences supported by the chunks they cite (lexical check).
     pub support: f64,
+    /// Answers that are extractive quotes (the generator's text had nothing supported left).
+    pub extractive_rate: f64,
+    /// Generated sentences dropped by grounding, per answered question.
+    pub dropped_per_answer: f64,
     pub language_match: f64,
     pub repetition_rate: f64,
     /// Answers with no words at all (empty, or a citation marker alone).
@@ -322,7 +280,7 @@ pub fn run_answer_eval(engine: &kotae_server::Engine, cases: &[AnswerCase], prog
         // The plan again, for the texts shown to the model (retrieval is deterministic).
         let plan = engine.answerer.plan(&q)?;
         let shown_texts: BTreeMap<String, String> =
-            plan.sources.iter().map(|h| (h.chunk_id.clone(), h.text.clone())).collect();
+            plan.shown_sources().iter().map(|h| (h.chunk_id.clone(), h.text.clone())).collect();
         let t = Instant::now();
         let a = engine.answerer.ask(&q, &engine.worker, |_| {})?;
         let total_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -337,7 +295,9 @@ pub fn run_answer_eval(engine: &kotae_server::Engine, cases: &[AnswerCase], prog
             .filter(|s| s.chars().filter(|c| c.is_alphanumeric()).count() > 0)
             .collect();
         let support_texts = if cited_texts.is_empty() { shown_texts.values().cloned().collect() } else { cited_texts };
-        let supported_n = sentences.iter().filter(|s| supported(s, &support_texts, &c.lang)).count();
+        let grounds = kotae_answer::ground::Grounds::new(&support_texts, &c.question);
+        let min = engine.answerer.config().min_support;
+        let supported_n = sentences.iter().filter(|s| grounds.support(s, &c.lang).supported(min)).count();
         let mut cited: Vec<String> = a.citations.iter().map(|c| c.source.clone()).collect();
         cited.dedup();
         let r = CaseResult {
@@ -351,9 +311,11 @@ pub fn run_answer_eval(engine: &kotae_server::Engine, cases: &[AnswerCase], prog
             facts: facts_present(&a.text, &c.facts),
             cited,
             gold_sources: c.sources.clone(),
-            shown: plan.sources.iter().map(|h| h.source.clone()).collect(),
+            shown: plan.shown_sources().iter().map(|h| h.source.clone()).collect(),
+            shown_texts: plan.shown_sources().iter().map(|h| h.text.clone()).collect(),
             sentences: sentences.len(),
             supported: supported_n,
+            dropped: a.dropped_sentences,
             language_ok: declined || language_matches(&a.text, &c.lang),
             repetitive: repetitive(&a.text),
             first_token_ms: a.timings.first_token_ms,
@@ -421,6 +383,9 @@ pub fn summarize(report: &mut AnswerReport) {
                 cs.iter().filter(|c| !c.declined).map(|c| c.supported).sum(),
                 cs.iter().filter(|c| !c.declined).map(|c| c.sentences).sum(),
             ),
+            extractive_rate: share(cs.iter().filter(|c| c.answered_as == "extractive").count(), cs.len()),
+            dropped_per_answer: cs.iter().filter(|c| !c.declined).map(|c| c.dropped).sum::<usize>() as f64
+                / cs.iter().filter(|c| !c.declined).count().max(1) as f64,
             language_match: share(cs.iter().filter(|c| c.language_ok).count(), cs.len()),
             repetition_rate: share(cs.iter().filter(|c| c.repetitive).count(), cs.len()),
             empty_rate: share(cs.iter().filter(|c| c.sentences == 0).count(), cs.len()),
@@ -459,7 +424,7 @@ pub fn print_report(r: &AnswerReport, verbose: bool) {
     println!("answers by {} on {}", r.generator, r.files.join(", "));
     for (lang, l) in &r.by_lang {
         println!(
-            "[{lang}] {} answerable, {} unanswerable\n  correctness {:.3} (all facts {:.3}); wrong answers {:.3}; answerable declined {:.3}\n  refusal accuracy {:.3}; citations P {:.3} R {:.3}; lexical support {:.3}\n  language match {:.3}; repetition {:.3}; empty {:.3}; direct answers {} (wrong {:.3})\n  first token p50 {:.0} ms, total p50 {:.0} ms",
+            "[{lang}] {} answerable, {} unanswerable\n  correctness {:.3} (all facts {:.3}); wrong answers {:.3}; answerable declined {:.3}\n  refusal accuracy {:.3}; citations P {:.3} R {:.3}; faithfulness {:.3}\n  extractive {:.3}; dropped sentences per answer {:.2}\n  language match {:.3}; repetition {:.3}; empty {:.3}; direct answers {} (wrong {:.3})\n  first token p50 {:.0} ms, total p50 {:.0} ms",
             l.answerable,
             l.unanswerable,
             l.correctness,
@@ -470,6 +435,8 @@ pub fn print_report(r: &AnswerReport, verbose: bool) {
             l.citation_precision,
             l.citation_recall,
             l.support,
+            l.extractive_rate,
+            l.dropped_per_answer,
             l.language_match,
             l.repetition_rate,
             l.empty_rate,
@@ -501,6 +468,99 @@ pub fn print_report(r: &AnswerReport, verbose: bool) {
     }
     for f in &r.failures {
         println!("FAILED: {f}");
+    }
+}
+
+/// One answer sentence labelled by hand: does the source text support it?
+#[derive(Debug, Clone, Deserialize)]
+pub struct SupportLabel {
+    pub id: String,
+    pub lang: String,
+    #[serde(default)]
+    pub question: String,
+    pub sentence: String,
+    /// The texts the sentence may draw on (what the model was shown).
+    pub sources: Vec<String>,
+    /// `supported` or `unsupported`.
+    pub label: String,
+}
+
+/// How the automatic support check agrees with hand labels.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SupportAgreement {
+    pub n: usize,
+    pub labelled_unsupported: usize,
+    /// Share of sentences where the check and the label agree.
+    pub agreement: f64,
+    /// Cohen's kappa (agreement beyond chance).
+    pub kappa: f64,
+    /// Of the sentences the check calls unsupported, the share labelled so (what grounding
+    /// drops wrongly is 1 minus this).
+    pub unsupported_precision: f64,
+    /// Of the sentences labelled unsupported, the share the check catches.
+    pub unsupported_recall: f64,
+    pub by_lang: BTreeMap<String, (usize, f64)>,
+    /// Ids where the check and the label disagree.
+    pub disagreements: Vec<String>,
+}
+
+pub fn load_support_labels(path: &Path) -> Result<Vec<SupportLabel>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let l: SupportLabel =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not a support label", path.display(), i + 1))?;
+        anyhow::ensure!(
+            l.label == "supported" || l.label == "unsupported",
+            "{}:{}: label must be supported or unsupported, not {:?}",
+            path.display(),
+            i + 1,
+            l.label
+        );
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// The product's check (at `min_support`) against the hand labels.
+pub fn support_agreement(labels: &[SupportLabel], min_support: f32) -> SupportAgreement {
+    let (mut tp, mut fp, mut fneg, mut tn) = (0usize, 0usize, 0usize, 0usize);
+    let mut by_lang: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut disagreements = Vec::new();
+    for l in labels {
+        let check_unsupported = !kotae_answer::ground::Grounds::new(&l.sources, &l.question)
+            .support(&l.sentence, &l.lang)
+            .supported(min_support);
+        let label_unsupported = l.label == "unsupported";
+        match (check_unsupported, label_unsupported) {
+            (true, true) => tp += 1,
+            (true, false) => fp += 1,
+            (false, true) => fneg += 1,
+            (false, false) => tn += 1,
+        }
+        let e = by_lang.entry(l.lang.clone()).or_default();
+        e.0 += 1;
+        if check_unsupported == label_unsupported {
+            e.1 += 1;
+        } else {
+            disagreements.push(l.id.clone());
+        }
+    }
+    let n = labels.len();
+    let agree = share(tp + tn, n);
+    // Chance agreement from both raters' marginals.
+    let p_check = share(tp + fp, n);
+    let p_label = share(tp + fneg, n);
+    let chance = p_check * p_label + (1.0 - p_check) * (1.0 - p_label);
+    SupportAgreement {
+        n,
+        labelled_unsupported: tp + fneg,
+        agreement: agree,
+        kappa: if chance < 1.0 { (agree - chance) / (1.0 - chance) } else { 0.0 },
+        unsupported_precision: share(tp, tp + fp),
+        unsupported_recall: share(tp, tp + fneg),
+        by_lang: by_lang.into_iter().map(|(k, (n, a))| (k, (n, share(a, n)))).collect(),
+        disagreements,
     }
 }
 

@@ -316,6 +316,14 @@ enum EvalCmd {
         #[arg(long)]
         verbose: bool,
     },
+    /// How the grounding check (which drops unsupported answer sentences) agrees with hand
+    /// labels of answer sentences
+    SupportCheck {
+        #[arg(long, default_value = "evals/answer/support_labels.jsonl")]
+        labels: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Whether the relevance threshold answers what the documents cover and declines the rest
     AnswerScope {
         #[arg(long, default_value = "evals/retrieval/golden.jsonl")]
@@ -664,6 +672,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !r.failures.is_empty() {
                 eprintln!("answer evaluation FAILED: {} threshold(s) missed", r.failures.len());
                 return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Eval { cmd: EvalCmd::SupportCheck { labels, json } } => {
+            let l = kotae::answer_eval::load_support_labels(&labels)?;
+            let r = kotae::answer_eval::support_agreement(&l, cfg.answer.min_support);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "support check at min_support {} on {} hand-labelled sentences ({} unsupported):\n  agreement {:.3}, kappa {:.3}; unsupported: precision {:.3}, recall {:.3}",
+                    cfg.answer.min_support,
+                    r.n,
+                    r.labelled_unsupported,
+                    r.agreement,
+                    r.kappa,
+                    r.unsupported_precision,
+                    r.unsupported_recall
+                );
+                for (lang, (n, a)) in &r.by_lang {
+                    println!("  [{lang}] {n} sentences, agreement {a:.3}");
+                }
+                println!("  disagreements: {}", r.disagreements.join(", "));
             }
         }
         Cmd::Eval { cmd: EvalCmd::AnswerScope { golden, out_of_scope, thresholds, json } } => {

@@ -7,13 +7,15 @@
 //! [`GeneratorWorker`] it is given (or the embedder, for the query).
 
 pub mod cite;
+pub mod ground;
 pub mod prompt;
 pub mod slot;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use kotae_guard::{Context, Direction, Gate, GateEvent, Guard, Verdict};
+pub use ground::GroundingMode;
+use kotae_guard::{Context, Direction, Gate, GateEvent, Guard, SentenceOutcome, Verdict};
 use kotae_index::{Fusion, Hit, KnowledgeIndex, SearchMode, SearchRequest};
 use kotae_models::{
     ChatMessage, Embedder, FinishReason, GenEvent, Generation, GeneratorWorker, InputKind, PromptFormat, Role,
@@ -60,6 +62,12 @@ pub struct AnswerConfig {
     /// Where to send people when Kotae cannot answer, per language.
     pub helpdesk_ja: String,
     pub helpdesk_en: String,
+    /// What happens to a generated sentence the sources shown to the model do not support
+    /// (`drop`, `flag` or `off`).
+    pub grounding: GroundingMode,
+    /// The share of a sentence's content that must be found in the sources (numbers must
+    /// all be found).
+    pub min_support: f32,
     pub sampling: SamplingParams,
 }
 
@@ -85,6 +93,8 @@ impl Default for AnswerConfig {
             history_messages: 4,
             helpdesk_ja: "担当のヘルプデスク".into(),
             helpdesk_en: "the help desk".into(),
+            grounding: GroundingMode::Drop,
+            min_support: 0.6,
             sampling: SamplingParams { max_tokens: 256, ..Default::default() },
         }
     }
@@ -181,6 +191,17 @@ pub struct Answer {
     /// Set when the guardrails stopped the question or the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardNote>,
+    /// Generated sentences left out because the sources do not support them (grounding
+    /// `drop`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_sentences: usize,
+    /// Sentences shown but not supported by the sources (grounding `flag`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Answer {
@@ -205,6 +226,8 @@ impl Answer {
             finish_reason: None,
             timings: Timings::default(),
             guard: None,
+            dropped_sentences: 0,
+            unsupported: Vec::new(),
         }
     }
 }
@@ -234,14 +257,40 @@ pub struct Plan {
     /// the output gate checks answers against.
     shown: Vec<String>,
     secret: String,
+    /// The question as answered (redacted when the guard redacted it).
+    question: String,
+    grounding: GroundingMode,
+    min_support: f32,
     started: Instant,
 }
 
 impl Plan {
-    /// The output gate for this plan's generation (sentence by sentence; text passes as it
-    /// comes without a guard).
+    /// The output gate for this plan's generation, sentence by sentence: the guard (when
+    /// there is one), then grounding against the sources shown to the model. Text passes as
+    /// it comes when both are off.
     pub fn gate(&self, guard: Option<Arc<dyn Guard>>) -> Gate {
-        Gate::new(guard, &self.lang, self.shown.clone(), vec![self.secret.clone()])
+        let gate = Gate::new(guard, &self.lang, self.shown.clone(), vec![self.secret.clone()]);
+        if self.grounding == GroundingMode::Off || !matches!(self.action, Action::Generate { .. }) {
+            return gate;
+        }
+        let grounds = ground::Grounds::new(&self.shown, &self.question);
+        let (lang, mode, min) = (self.lang.clone(), self.grounding, self.min_support);
+        gate.with_check(Box::new(move |sentence, _| {
+            if grounds.support(sentence, &lang).supported(min) {
+                SentenceOutcome::Pass
+            } else if mode == GroundingMode::Flag {
+                SentenceOutcome::Flag
+            } else {
+                tracing::debug!(sentence, "unsupported sentence dropped");
+                SentenceOutcome::Drop
+            }
+        }))
+    }
+
+    /// The sources shown to the model (the first of the retrieved ones that fitted the
+    /// prompt's budget): what citations may point at.
+    pub fn shown_sources(&self) -> &[Hit] {
+        &self.sources[..self.shown.len().min(self.sources.len())]
     }
 }
 
@@ -392,6 +441,9 @@ impl Answerer {
                     redacted_question,
                     shown: Vec::new(),
                     secret: String::new(),
+                    question: String::new(),
+                    grounding: GroundingMode::Off,
+                    min_support: 0.0,
                     started,
                 });
             }
@@ -488,6 +540,9 @@ impl Answerer {
             redacted_question,
             shown: shown_texts,
             secret,
+            question: text,
+            grounding: self.cfg.grounding,
+            min_support: self.cfg.min_support,
             started,
         })
     }
@@ -641,15 +696,17 @@ impl Answerer {
     /// Turn a plan and (if it needed one) its generation into the answer.
     pub fn complete(&self, plan: Plan, generated: Option<(Generation, f64)>) -> Answer {
         let mut timings = plan.timings;
+        let shown = &plan.sources[..plan.shown.len().min(plan.sources.len())];
         let mut answer = match (plan.action, generated) {
             (Action::Done(a), _) => *a,
             (Action::Generate { .. }, None) => self.declined(&plan.lang, &plan.search_query, plan.relevance),
             (Action::Generate { .. }, Some((g, queued_ms))) => {
                 let mut text = g.text.trim().to_string();
-                let mut citations = cite::used_citations(&text, &plan.sources);
+                // Citations point at what the model was shown, not at everything retrieved.
+                let mut citations = cite::used_citations(&text, shown);
                 let mut kind = AnswerKind::Generated;
                 if !has_words(&text) {
-                    if let Some((quote, cited)) = self.extractive(&plan.lang, &plan.search_query, &plan.sources) {
+                    if let Some((quote, cited)) = self.extractive(&plan.lang, &plan.search_query, shown) {
                         (text, citations, kind) = (quote, vec![cited], AnswerKind::Extractive);
                     }
                 }
@@ -669,12 +726,26 @@ impl Answerer {
                     finish_reason: Some(g.finish_reason),
                     timings: Timings::default(),
                     guard: None,
+                    dropped_sentences: 0,
+                    unsupported: Vec::new(),
                 }
             }
         };
         timings.total_ms = ms(plan.started);
         answer.timings = timings;
         answer
+    }
+
+    /// A generation that went through the plan's output gate, as the answer: the text the
+    /// gate released (unsupported sentences left out under grounding `drop`, listed under
+    /// `flag`), and the extractive quote when nothing with words is left.
+    pub fn complete_gated(&self, plan: Plan, mut g: Generation, queued_ms: f64, gate: &Gate) -> Answer {
+        g.text = gate.released().to_string();
+        let mut a = self.complete(plan, Some((g, queued_ms)));
+        a.dropped_sentences = gate.dropped;
+        a.unsupported = gate.flagged.clone();
+        a.timings.guard_hold_ms = gate.first_hold_ms.unwrap_or(0.0);
+        a
     }
 
     /// Plan, generate and complete in one blocking call (the CLI and tests). With a guard,
@@ -719,8 +790,10 @@ impl Answerer {
                             GateEvent::Blocked(v) => return Ok(self.complete_blocked(plan, &v, g.completion_tokens)),
                         }
                     }
-                    let mut a = self.complete(plan, Some((g, queued)));
-                    a.timings.guard_hold_ms = gate.first_hold_ms.unwrap_or(0.0);
+                    let a = self.complete_gated(plan, g, queued, &gate);
+                    if a.kind == AnswerKind::Extractive {
+                        on_text(&a.text);
+                    }
                     return Ok(a);
                 }
             };

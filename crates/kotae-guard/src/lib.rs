@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use lexicon::Lexicon;
 pub use normalize::Normalized;
 pub use policy::Policy;
-pub use stream::{Gate, GateEvent};
+pub use stream::{Gate, GateEvent, SentenceOutcome};
 
 /// The project's own labelled training prompts for the safety head (ja + en, harmful and
 /// benign look-alikes), written for it and disjoint from `evals/guard/`.

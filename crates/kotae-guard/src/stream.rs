@@ -20,8 +20,22 @@ pub enum GateEvent {
     Blocked(Box<Verdict>),
 }
 
-/// An extra per-sentence check: gets the sentence and the window before it.
-pub type SentenceCheck = Box<dyn FnMut(&str, &str) -> Option<Verdict> + Send>;
+/// What an extra per-sentence check decides about a sentence.
+#[derive(Debug, Clone)]
+pub enum SentenceOutcome {
+    /// Show it.
+    Pass,
+    /// Show it, and list it in [`Gate::flagged`].
+    Flag,
+    /// Leave it out and go on with the next sentence (counted in [`Gate::dropped`]).
+    Drop,
+    /// End the stream, as a guard block does.
+    Block(Box<Verdict>),
+}
+
+/// An extra per-sentence check: gets the sentence and the released window before it. Runs
+/// after the guard (only on sentences the guard let through), with or without a guard.
+pub type SentenceCheck = Box<dyn FnMut(&str, &str) -> SentenceOutcome + Send>;
 
 /// Holds the current sentence of an answer until it has been checked.
 pub struct Gate {
@@ -35,6 +49,9 @@ pub struct Gate {
     released: String,
     blocked: bool,
     extra: Vec<SentenceCheck>,
+    /// Sentences an extra check left out, and those it flagged (shown, but listed).
+    pub dropped: usize,
+    pub flagged: Vec<String>,
     /// Time spent checking, and sentences checked (for metrics).
     pub check_us: u64,
     pub sentences: usize,
@@ -57,6 +74,8 @@ impl Gate {
             released: String::new(),
             blocked: false,
             extra: Vec::new(),
+            dropped: 0,
+            flagged: Vec::new(),
             check_us: 0,
             sentences: 0,
             first_held: None,
@@ -83,16 +102,20 @@ impl Gate {
         if self.blocked {
             return Vec::new();
         }
-        let Some(guard) = &self.guard else {
+        if self.guard.is_none() && self.extra.is_empty() {
             self.released.push_str(piece);
             return (!piece.is_empty()).then(|| GateEvent::Release(piece.to_string())).into_iter().collect();
-        };
+        }
         if self.first_held.is_none() && !piece.is_empty() {
             self.first_held = Some(Instant::now());
         }
         self.held.push_str(piece);
         let mut out = Vec::new();
-        let max_hold = guard.policy().output.max_hold_chars;
+        let max_hold = self
+            .guard
+            .as_ref()
+            .map(|g| g.policy().output.max_hold_chars)
+            .unwrap_or(crate::policy::OutputSettings::default().max_hold_chars);
         while let Some(cut) = boundary(&self.held, max_hold) {
             let sentence: String = self.held[..cut].to_string();
             self.held.drain(..cut);
@@ -118,40 +141,61 @@ impl Gate {
     }
 
     fn check(&mut self, sentence: &str) -> Option<GateEvent> {
-        let guard = self.guard.clone()?;
         let t = Instant::now();
-        let lookback = guard.policy().output.lookback_sentences;
+        let lookback = self.guard.as_ref().map(|g| g.policy().output.lookback_sentences).unwrap_or(1);
         let before = self.window[self.window.len().saturating_sub(lookback)..].concat();
-        let ctx = Context {
-            lang: Some(&self.lang),
-            vector: None,
-            states: None,
-            sources: &self.sources,
-            secrets: &self.secrets,
-        };
-        // The sentence alone (its language, its personal data), then with the window before
-        // it (an expression split across sentences).
-        let mut verdict = guard.check(Direction::Output, sentence, &ctx);
-        if !verdict.blocked() && !before.is_empty() {
-            let joined = format!("{before}{sentence}");
-            let v = guard.check(Direction::Output, &joined, &Context { lang: None, ..ctx.clone() });
+        let mut verdict = None;
+        if let Some(guard) = self.guard.clone() {
+            let ctx = Context {
+                lang: Some(&self.lang),
+                vector: None,
+                states: None,
+                sources: &self.sources,
+                secrets: &self.secrets,
+            };
+            // The sentence alone (its language, its personal data), then with the window
+            // before it (an expression split across sentences).
+            let mut v = guard.check(Direction::Output, sentence, &ctx);
+            if !v.blocked() && !before.is_empty() {
+                let joined = format!("{before}{sentence}");
+                let w = guard.check(Direction::Output, &joined, &Context { lang: None, ..ctx.clone() });
+                if w.blocked() {
+                    v = w;
+                }
+            }
             if v.blocked() {
-                verdict = v;
+                verdict = Some(Box::new(v));
             }
         }
-        if !verdict.blocked() {
+        let mut outcome = SentenceOutcome::Pass;
+        if verdict.is_none() {
             for check in &mut self.extra {
-                if let Some(v) = check(sentence, &before).filter(|v| v.blocked()) {
-                    verdict = v;
+                match check(sentence, &before) {
+                    SentenceOutcome::Pass => {}
+                    SentenceOutcome::Block(v) => {
+                        verdict = Some(v);
+                        break;
+                    }
+                    o => outcome = o,
+                }
+                if matches!(outcome, SentenceOutcome::Drop) {
                     break;
                 }
             }
         }
         self.check_us += t.elapsed().as_micros() as u64;
         self.sentences += 1;
-        if verdict.blocked() {
+        if let Some(v) = verdict {
             self.blocked = true;
-            return Some(GateEvent::Blocked(Box::new(verdict)));
+            return Some(GateEvent::Blocked(v));
+        }
+        match outcome {
+            SentenceOutcome::Drop => {
+                self.dropped += 1;
+                return None;
+            }
+            SentenceOutcome::Flag => self.flagged.push(sentence.trim().to_string()),
+            _ => {}
         }
         if self.first_hold_ms.is_none() {
             self.first_hold_ms = self.first_held.map(|t| t.elapsed().as_secs_f64() * 1e3);
@@ -234,5 +278,58 @@ mod tests {
         assert_eq!(boundary("「はい」と答えます。」x", 200), Some("「はい」と答えます。」".len()));
         assert_eq!(boundary("line one\nline two", 200), Some("line one\n".len()));
         assert_eq!(boundary("abcdefghij", 5), Some(5));
+    }
+
+    fn blocked() -> Box<Verdict> {
+        Box::new(Verdict {
+            direction: Direction::Output,
+            action: crate::Action::Block,
+            findings: Vec::new(),
+            redacted: None,
+            took_us: 0,
+        })
+    }
+
+    #[test]
+    fn a_sentence_check_drops_flags_and_blocks_without_a_guard() {
+        let mut gate = Gate::new(None, "en", Vec::new(), Vec::new()).with_check(Box::new(|s, _| {
+            if s.contains("80") {
+                SentenceOutcome::Drop
+            } else if s.contains("maybe") {
+                SentenceOutcome::Flag
+            } else if s.contains("secret") {
+                SentenceOutcome::Block(blocked())
+            } else {
+                SentenceOutcome::Pass
+            }
+        }));
+        let mut shown = String::new();
+        for piece in ["The hall seats ", "60. It seats 80. It is ", "maybe blue. ", "Done."] {
+            for ev in gate.push(piece) {
+                if let GateEvent::Release(t) = ev {
+                    shown.push_str(&t);
+                }
+            }
+        }
+        for ev in gate.finish() {
+            if let GateEvent::Release(t) = ev {
+                shown.push_str(&t);
+            }
+        }
+        assert_eq!(shown, "The hall seats 60. It is maybe blue. Done.");
+        assert_eq!(gate.released(), shown);
+        assert_eq!((gate.dropped, gate.flagged.clone()), (1, vec!["It is maybe blue.".to_string()]));
+        // A block ends the stream there.
+        let mut gate = Gate::new(None, "en", Vec::new(), Vec::new()).with_check(Box::new(|s, _| {
+            if s.contains("secret") {
+                SentenceOutcome::Block(blocked())
+            } else {
+                SentenceOutcome::Pass
+            }
+        }));
+        let evs = gate.push("Fine. The secret is x. More. ");
+        assert!(matches!(evs.last(), Some(GateEvent::Blocked(_))));
+        assert!(gate.push("Again. ").is_empty());
+        assert_eq!(gate.released(), "Fine. ");
     }
 }

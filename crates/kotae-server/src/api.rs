@@ -191,10 +191,13 @@ pub(crate) async fn start_answer(
                         }
                     }
                     observe_gate(&gate);
-                    let mut a = engine.answerer.complete(plan, Some((g, queued)));
+                    let a = engine.answerer.complete_gated(plan, g, queued, &gate);
                     if let Some(hold) = gate.first_hold_ms {
-                        a.timings.guard_hold_ms = hold;
                         st.metrics.guard_hold_seconds.observe(hold / 1e3);
+                    }
+                    // Nothing generated survived: the quote replaces it, and the client sees it.
+                    if a.kind == kotae_answer::AnswerKind::Extractive {
+                        let _ = tx.send(RunEvent::Text(a.text.clone()));
                     }
                     let _ = tx.send(RunEvent::Done(Box::new(a)));
                     return;
