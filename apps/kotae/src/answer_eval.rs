@@ -202,6 +202,7 @@ pub struct CaseResult {
     pub repetitive: bool,
     pub first_token_ms: f64,
     pub total_ms: f64,
+    pub completion_tokens: usize,
 }
 
 impl CaseResult {
@@ -244,6 +245,8 @@ pub struct LangReport {
     pub direct_answers: usize,
     pub first_token_p50_ms: f64,
     pub total_p50_ms: f64,
+    /// Generated tokens per second after the first (median over generated answers).
+    pub decode_tokens_per_s: f64,
     pub by_kind: BTreeMap<String, f64>,
 }
 
@@ -320,6 +323,7 @@ pub fn run_answer_eval(engine: &kotae_server::Engine, cases: &[AnswerCase], prog
             repetitive: repetitive(&a.text),
             first_token_ms: a.timings.first_token_ms,
             total_ms,
+            completion_tokens: a.completion_tokens,
             answer: a.text.clone(),
         };
         if progress {
@@ -393,6 +397,12 @@ pub fn summarize(report: &mut AnswerReport) {
             direct_answers: direct.len(),
             first_token_p50_ms: median(cs.iter().map(|c| c.first_token_ms).filter(|&t| t > 0.0).collect()),
             total_p50_ms: median(cs.iter().map(|c| c.total_ms).collect()),
+            decode_tokens_per_s: median(
+                cs.iter()
+                    .filter(|c| c.completion_tokens > 1 && c.total_ms > c.first_token_ms && c.first_token_ms > 0.0)
+                    .map(|c| (c.completion_tokens - 1) as f64 / ((c.total_ms - c.first_token_ms) / 1e3))
+                    .collect(),
+            ),
             by_kind: by_kind.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len().max(1) as f64)).collect(),
         };
         report.by_lang.insert(lang, lr);

@@ -85,7 +85,7 @@ pub fn load_golden(path: &Path) -> Result<Vec<GoldQuery>> {
         .collect()
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     /// lang → mode → metrics
     pub results: BTreeMap<String, BTreeMap<String, Metrics>>,

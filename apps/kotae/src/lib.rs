@@ -9,6 +9,8 @@ pub mod guard_cli;
 pub mod guard_eval;
 pub mod ingest;
 pub mod models;
+pub mod nightly;
+pub mod report;
 pub mod search;
 pub mod serve;
 

@@ -316,6 +316,30 @@ enum EvalCmd {
         #[arg(long)]
         verbose: bool,
     },
+    /// Every suite (retrieval, answers, support check, guardrails, the seed's risks,
+    /// performance) against this deployment's data, in one process: the history goes into
+    /// SQLite, the run is compared with the thresholds and the last good run (exit 1 on a
+    /// regression), and a self-contained HTML report and JSON are written. The nightly job.
+    All {
+        /// The folder with retrieval/, answer/ and guard/
+        #[arg(long, default_value = "evals")]
+        evals: PathBuf,
+        /// Answer split: dev, heldout (report only) or all
+        #[arg(long, default_value = "dev")]
+        split: String,
+        /// Only N answer questions per file, spread over it (CI's fast subset)
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Harmful prompts per language sent through the whole answer path
+        #[arg(long, default_value_t = 10)]
+        red_team: usize,
+        /// Where report.html and report.json go [default: <data-dir>/evals/latest]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The SQLite history [default: <data-dir>/evals/history.sqlite]
+        #[arg(long)]
+        history: Option<PathBuf>,
+    },
     /// How the grounding check (which drops unsupported answer sentences) agrees with hand
     /// labels of answer sentences
     SupportCheck {
@@ -671,6 +695,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if !r.failures.is_empty() {
                 eprintln!("answer evaluation FAILED: {} threshold(s) missed", r.failures.len());
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Eval { cmd: EvalCmd::All { evals, split, limit, red_team, out, history } } => {
+            let engine = kotae::serve::build_engine(&cfg)?;
+            let opts = kotae::nightly::SuiteOptions { evals, answer_split: split, limit, red_team };
+            let mut run = kotae::nightly::run_suites(&cfg, &engine, &opts)?;
+            let dir = cfg.data_dir.join("evals");
+            let mut h = kotae::nightly::History::open(&history.unwrap_or_else(|| dir.join("history.sqlite")))?;
+            let out = out.unwrap_or_else(|| dir.join("latest"));
+            kotae::nightly::finish(&mut run, &mut h, &out)?;
+            print!("{}", kotae::nightly::summary(&run));
+            println!("report: {}", out.join("report.html").display());
+            if !run.passed() {
                 return Ok(ExitCode::from(1));
             }
         }

@@ -7,6 +7,7 @@
 //! [`GeneratorWorker`] it is given (or the embedder, for the query).
 
 pub mod cite;
+pub mod evidence;
 pub mod ground;
 pub mod prompt;
 pub mod slot;
@@ -68,6 +69,12 @@ pub struct AnswerConfig {
     /// The share of a sentence's content that must be found in the sources (numbers must
     /// all be found).
     pub min_support: f32,
+    /// Sentences of the shown sources quoted under a generated answer (the manual's own words,
+    /// cited) when the answer does not already say them; 0 turns the quote off. The extractive
+    /// answer quotes as many.
+    pub evidence_sentences: usize,
+    /// How many of the shown sources (best first) the quoted sentences may come from.
+    pub evidence_sources: usize,
     pub sampling: SamplingParams,
 }
 
@@ -95,6 +102,8 @@ impl Default for AnswerConfig {
             helpdesk_en: "the help desk".into(),
             grounding: GroundingMode::Drop,
             min_support: 0.6,
+            evidence_sentences: 2,
+            evidence_sources: 2,
             sampling: SamplingParams { max_tokens: 256, ..Default::default() },
         }
     }
@@ -205,6 +214,16 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl Answer {
+    /// What the answer adds to the text a stream already showed (`released`): the quoted
+    /// evidence under a generated answer, or the whole extractive answer that replaced it.
+    pub fn unsent(&self, released: &str) -> Option<String> {
+        if self.kind == AnswerKind::Extractive {
+            return Some(self.text.clone());
+        }
+        let shown = released.trim();
+        self.text.strip_prefix(shown).filter(|t| !t.is_empty()).map(str::to_string)
+    }
+
     /// An answer that needed no generation (declined, or a past inquiry).
     fn without_generation(
         text: String,
@@ -590,50 +609,90 @@ impl Answerer {
         Answer::without_generation(text, lang, AnswerKind::Declined, Vec::new(), search_query, relevance)
     }
 
-    /// The extractive answer: up to two sentences of the best source that share the most
-    /// with the question, quoted, with the source cited. `None` when there is no source or the
-    /// output guard would stop the quote.
-    fn extractive(&self, lang: &str, question: &str, sources: &[Hit]) -> Option<(String, Citation)> {
-        let hit = sources.first()?;
-        let body =
-            hit.text.strip_prefix("Q: ").map(|t| t.split_once("\nA: ").map(|x| x.1).unwrap_or(t)).unwrap_or(&hit.text);
-        let grams = |t: &str| -> std::collections::HashSet<String> {
-            let t = t.to_lowercase();
-            let chars: Vec<char> = t.chars().filter(|c| c.is_alphanumeric()).collect();
-            if lang == "ja" {
-                chars.windows(2).map(|w| w.iter().collect()).collect()
-            } else {
-                t.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() >= 3).map(String::from).collect()
-            }
-        };
-        let q = grams(question);
-        let sentences: Vec<&str> = kotae_guard::stream::sentences(body)
-            .into_iter()
-            .map(str::trim)
-            .filter(|s| has_words(s) && s.chars().count() >= 6)
-            .collect();
-        let mut scored: Vec<(usize, usize)> =
-            sentences.iter().enumerate().map(|(i, s)| (i, grams(s).intersection(&q).count())).collect();
-        scored.sort_by_key(|&(i, n)| (std::cmp::Reverse(n), i));
-        let mut keep: Vec<usize> = scored.iter().take(2).map(|&(i, _)| i).collect();
-        keep.sort();
-        if keep.is_empty() {
+    /// The best sentences of the shown sources for the question, quoted with their citations
+    /// (numbered as in the prompt). `None` when nothing shares a term with the question or
+    /// the output guard would stop the quote.
+    fn quote(&self, lang: &str, question: &str, shown: &[Hit]) -> Option<(Vec<evidence::Evidence>, Vec<Citation>)> {
+        let k = self.cfg.evidence_sentences.max(1);
+        let chosen = evidence::best_sentences(question, shown, self.cfg.evidence_sources.max(1), k);
+        if chosen.is_empty() {
             return None;
         }
-        let quote: Vec<&str> = keep.iter().map(|&i| sentences[i]).collect();
-        let text = if lang == "ja" {
-            format!("資料「{}」には次のとおりあります:「{}」[1]", hit.section, quote.join(""))
-        } else {
-            format!("The section \"{}\" says: \"{}\" [1]", hit.section, quote.join(" "))
-        };
         if let Some(g) = &self.guard {
-            let shown = vec![hit.text.clone()];
-            let ctx = Context { lang: Some(lang), sources: &shown, ..Default::default() };
-            if g.check(Direction::Output, &text, &ctx).blocked() {
+            let texts: Vec<String> = chosen.iter().map(|e| shown[e.source].text.clone()).collect();
+            let ctx = Context { lang: Some(lang), sources: &texts, ..Default::default() };
+            let joined: String = chosen.iter().map(|e| e.sentence.as_str()).collect::<Vec<_>>().join(" ");
+            if g.check(Direction::Output, &joined, &ctx).blocked() {
                 return None;
             }
         }
-        Some((text, cite::citation(1, hit, true)))
+        let mut citations: Vec<Citation> = Vec::new();
+        for e in &chosen {
+            if !citations.iter().any(|c| c.n == e.source + 1) {
+                citations.push(cite::citation(e.source + 1, &shown[e.source], true));
+            }
+        }
+        Some((chosen, citations))
+    }
+
+    /// The extractive answer: the best sentences of the shown sources, quoted and cited.
+    fn extractive(&self, lang: &str, question: &str, shown: &[Hit]) -> Option<(String, Vec<Citation>)> {
+        let (chosen, citations) = self.quote(lang, question, shown)?;
+        let section = &shown[chosen[0].source].section;
+        let quoted: Vec<String> = chosen
+            .iter()
+            .map(|e| {
+                if lang == "ja" {
+                    format!("「{}」[{}]", e.sentence, e.source + 1)
+                } else {
+                    format!("\"{}\" [{}]", e.sentence, e.source + 1)
+                }
+            })
+            .collect();
+        let text = if lang == "ja" {
+            format!("資料「{section}」などには次のとおりあります: {}", quoted.join(""))
+        } else {
+            format!("The documents (\"{section}\") say: {}", quoted.join(" "))
+        };
+        Some((text, citations))
+    }
+
+    /// The evidence under a generated answer: the sentences it rests on, in the manual's own
+    /// words, unless the answer already says them.
+    fn with_evidence(
+        &self,
+        lang: &str,
+        question: &str,
+        shown: &[Hit],
+        text: &mut String,
+        citations: &mut Vec<Citation>,
+    ) {
+        if self.cfg.evidence_sentences == 0 || evidence::declines(text) {
+            return;
+        }
+        let Some((chosen, cited)) = self.quote(lang, question, shown) else { return };
+        let fresh: Vec<&evidence::Evidence> =
+            chosen.iter().filter(|e| !evidence::covered_by(text, &e.sentence)).collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let quoted: Vec<String> = fresh
+            .iter()
+            .map(|e| {
+                if lang == "ja" {
+                    format!("「{}」[{}]", e.sentence, e.source + 1)
+                } else {
+                    format!("\"{}\" [{}]", e.sentence, e.source + 1)
+                }
+            })
+            .collect();
+        text.push_str(if lang == "ja" { "\n\n資料より: " } else { "\n\nFrom the documents: " });
+        text.push_str(&quoted.join(if lang == "ja" { "" } else { " " }));
+        for c in cited {
+            if fresh.iter().any(|e| e.source + 1 == c.n) && !citations.iter().any(|x| x.chunk_id == c.chunk_id) {
+                citations.push(c);
+            }
+        }
     }
 
     /// A past inquiry in the question's language whose question means the same as this one
@@ -706,9 +765,11 @@ impl Answerer {
                 let mut citations = cite::used_citations(&text, shown);
                 let mut kind = AnswerKind::Generated;
                 if !has_words(&text) {
-                    if let Some((quote, cited)) = self.extractive(&plan.lang, &plan.search_query, shown) {
-                        (text, citations, kind) = (quote, vec![cited], AnswerKind::Extractive);
+                    if let Some((quote, cited)) = self.extractive(&plan.lang, &plan.question, shown) {
+                        (text, citations, kind) = (quote, cited, AnswerKind::Extractive);
                     }
+                } else {
+                    self.with_evidence(&plan.lang, &plan.question, shown, &mut text, &mut citations);
                 }
                 timings.queue_ms = queued_ms;
                 timings.generate_ms = g.prompt_ms + g.decode_ms;
@@ -791,8 +852,8 @@ impl Answerer {
                         }
                     }
                     let a = self.complete_gated(plan, g, queued, &gate);
-                    if a.kind == AnswerKind::Extractive {
-                        on_text(&a.text);
+                    if let Some(tail) = a.unsent(gate.released()) {
+                        on_text(&tail);
                     }
                     return Ok(a);
                 }

@@ -103,7 +103,7 @@ pub struct IndexedChunk {
 }
 
 /// One search result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Hit {
     pub rank: usize,
     pub score: f32,

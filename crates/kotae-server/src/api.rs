@@ -195,9 +195,10 @@ pub(crate) async fn start_answer(
                     if let Some(hold) = gate.first_hold_ms {
                         st.metrics.guard_hold_seconds.observe(hold / 1e3);
                     }
-                    // Nothing generated survived: the quote replaces it, and the client sees it.
-                    if a.kind == kotae_answer::AnswerKind::Extractive {
-                        let _ = tx.send(RunEvent::Text(a.text.clone()));
+                    // The quoted evidence, or the extractive answer when nothing generated
+                    // survived grounding: the client sees it too.
+                    if let Some(tail) = a.unsent(gate.released()) {
+                        let _ = tx.send(RunEvent::Text(tail));
                     }
                     let _ = tx.send(RunEvent::Done(Box::new(a)));
                     return;

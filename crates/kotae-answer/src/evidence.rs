@@ -1,0 +1,171 @@
+//! Evidence: the sentences of the sources shown to the model that answer the question best.
+//! They are quoted under a generated answer (the manual's own words, with their citation, so
+//! a reader can check the answer at a glance) and make up the extractive answer when nothing
+//! generated is supported.
+//!
+//! Sentences are scored by what they share with the question (character bigrams for
+//! Japanese, content words for English), less for lower-ranked sources, more when the
+//! question asks for a number (how many, when, how long) and the sentence has one.
+
+use std::collections::HashSet;
+
+use kotae_index::Hit;
+
+use crate::slot::{asked_slot, Slot};
+
+/// A sentence chosen as evidence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evidence {
+    /// Index of its source among the shown ones.
+    pub source: usize,
+    pub sentence: String,
+    pub score: f32,
+}
+
+const EN_STOP: &[&str] = &[
+    "the", "and", "for", "you", "your", "are", "can", "with", "that", "this", "from", "have", "has", "will", "not",
+    "but", "all", "any", "our", "its", "may", "must", "should", "please", "also", "into", "when", "which", "what",
+    "who", "how", "there", "their", "then", "than", "been", "was", "were", "does", "did", "about", "they", "them",
+    "get", "got", "need", "want", "know", "tell",
+];
+
+fn stem(w: &str) -> &str {
+    for suffix in ["ing", "ies", "es", "ed", "s"] {
+        if w.len() > suffix.len() + 3 {
+            if let Some(s) = w.strip_suffix(suffix) {
+                return s;
+            }
+        }
+    }
+    w
+}
+
+/// What a text shares with another is counted on these: Japanese character bigrams
+/// (letters and digits) and English content words (stemmed).
+fn terms(text: &str) -> HashSet<String> {
+    let t = kotae_ingest::clean::normalize(text).to_lowercase();
+    let mut out: HashSet<String> = HashSet::new();
+    let chars: Vec<char> = t.chars().collect();
+    for w in chars.windows(2) {
+        if w.iter().all(|c| c.is_alphanumeric()) && w.iter().any(|c| !c.is_ascii()) {
+            out.insert(w.iter().collect());
+        }
+    }
+    for w in t.split(|c: char| !c.is_ascii_alphanumeric()) {
+        if w.len() >= 3 && !EN_STOP.contains(&w) {
+            out.insert(stem(w).to_string());
+        }
+    }
+    out
+}
+
+/// The answer part of a chunk: an inquiry's answer without its question; a manual's text
+/// without heading marks and list bullets.
+pub fn body(hit: &Hit) -> &str {
+    hit.text.strip_prefix("Q: ").map(|t| t.split_once("\nA: ").map(|x| x.1).unwrap_or(t)).unwrap_or(&hit.text)
+}
+
+fn clean_sentence(s: &str) -> String {
+    let s = s.trim().trim_start_matches(['#', '-', '*', '・', '>', ' ']).trim();
+    s.replace("**", "")
+}
+
+/// Whether a piece of a source is a sentence worth quoting (not a heading, not a fragment).
+fn quotable(s: &str) -> bool {
+    let n = s.chars().count();
+    n >= 8 && s.chars().any(char::is_alphanumeric)
+}
+
+/// The `k` best sentences for `question` among the first `max_sources` shown sources, in
+/// the order they appear (source by source).
+pub fn best_sentences(question: &str, sources: &[Hit], max_sources: usize, k: usize) -> Vec<Evidence> {
+    let q = terms(question);
+    if q.is_empty() {
+        return Vec::new();
+    }
+    let wants_number = matches!(asked_slot(question), Some(Slot::When | Slot::Duration | Slot::Quantity));
+    let mut scored: Vec<(Evidence, usize)> = Vec::new();
+    let mut seen = HashSet::new();
+    for (si, hit) in sources.iter().take(max_sources).enumerate() {
+        for (pos, raw) in kotae_guard::stream::sentences(body(hit)).into_iter().enumerate() {
+            let sentence = clean_sentence(raw);
+            if !quotable(&sentence) || !seen.insert(sentence.clone()) {
+                continue;
+            }
+            let shared = terms(&sentence).intersection(&q).count() as f32;
+            if shared == 0.0 {
+                continue;
+            }
+            let number = wants_number && sentence.chars().any(|c| c.is_ascii_digit() || ('０'..='９').contains(&c));
+            let score = shared + if number { 1.5 } else { 0.0 } - 0.5 * si as f32;
+            scored.push((Evidence { source: si, sentence, score }, pos));
+        }
+    }
+    scored.sort_by(|a, b| b.0.score.total_cmp(&a.0.score).then(a.0.source.cmp(&b.0.source)).then(a.1.cmp(&b.1)));
+    scored.truncate(k);
+    scored.sort_by_key(|(e, pos)| (e.source, *pos));
+    scored.into_iter().map(|(e, _)| e).collect()
+}
+
+/// Whether `answer` already says what `quote` says (most of the quote's terms are in it).
+pub fn covered_by(answer: &str, quote: &str) -> bool {
+    let q = terms(quote);
+    if q.is_empty() {
+        return true;
+    }
+    let a = terms(answer);
+    q.intersection(&a).count() as f32 / q.len() as f32 >= 0.7
+}
+
+/// Whether an answer says the documents do not answer the question (no quote goes under it).
+pub fn declines(answer: &str) -> bool {
+    let a = kotae_ingest::clean::normalize(answer).to_lowercase();
+    [
+        "見つかりません",
+        "記載がありません",
+        "記載されていません",
+        "記載はありません",
+        "情報がありません",
+        "わかりません",
+        "分かりません",
+        "not found",
+        "could not find",
+        "couldn't find",
+        "cannot find",
+        "do not contain",
+        "does not contain",
+        "do not mention",
+        "does not mention",
+        "doesn't mention",
+        "no information",
+        "not possible to determine",
+        "not specified",
+        "not mentioned",
+    ]
+    .iter()
+    .any(|p| a.contains(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(text: &str) -> Hit {
+        Hit { text: text.into(), source: "s.md".into(), section: "S".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn the_sentence_with_the_asked_number_wins() {
+        let sources = vec![hit(
+            "## 有給休暇\n有給休暇は入社日に10日付与されます。取得する場合は、原則として3営業日前までに勤怠システムから申請してください。半日単位でも取得できます。",
+        )];
+        let e = best_sentences("有給休暇は何日前までに申請すればいいですか", &sources, 3, 1);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].sentence.contains("3営業日前"), "{e:?}");
+        let inquiry = vec![hit("Q: How do I book a room?\nA: Book it in RoomBook up to 4 weeks ahead.")];
+        let e = best_sentences("how far ahead can I book a room", &inquiry, 3, 2);
+        assert_eq!(e[0].sentence, "Book it in RoomBook up to 4 weeks ahead.");
+        assert!(covered_by("You can book a room in RoomBook up to 4 weeks ahead [1].", &e[0].sentence));
+        assert!(!covered_by("Ask General Affairs.", &e[0].sentence));
+    }
+}
