@@ -25,6 +25,33 @@ pub fn test_data() -> PathBuf {
     d
 }
 
+/// A screenshot of `page` in real headless Chromium (installed by scripts/test.sh; or
+/// `$KOTAE_CHROMIUM`), `width`×`height` pixels, written to `png`. Checks the PNG's size and
+/// that the page drew more than a blank screen.
+pub fn screenshot(page: &Path, png: &Path, width: u32, height: u32) {
+    let browser = std::env::var("KOTAE_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let out = std::process::Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            &format!("--window-size={width},{height}"),
+            &format!("--screenshot={}", png.display()),
+        ])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {browser} (scripts/test.sh installs chromium): {e}"));
+    assert!(png.exists(), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let dim = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert_eq!((dim(16), dim(20)), (width, height), "screenshot size");
+    // A blank page of this size compresses to a few kB; text and charts do not.
+    assert!(bytes.len() > 40_000, "the screenshot looks blank ({} bytes)", bytes.len());
+}
+
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }

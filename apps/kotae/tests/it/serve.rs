@@ -11,7 +11,7 @@ use kotae_models::Embedder;
 use kotae_server::AppState;
 use serde_json::{json, Value};
 
-use super::{config, embedder, fresh_data_dir, ingest, workspace};
+use super::{config, embedder, fresh_data_dir, ingest, screenshot, workspace};
 
 struct Kb {
     _dir: tempfile::TempDir,
@@ -492,6 +492,74 @@ fn the_answer_eval_scores_answers_from_the_real_answer_path() {
     let mut passing = r.clone();
     kotae::answer_eval::check_thresholds(&mut passing, &t);
     assert!(passing.failures.is_empty());
+}
+
+/// `kotae eval all` as CI runs it (a fast subset: two answer questions per language, one
+/// harmful request per language through the answer path): every suite leaves its metrics, the
+/// run goes into the SQLite history, the next run is compared with it, and the HTML report
+/// shows the metrics and the worst questions without needing the network.
+#[test]
+fn the_nightly_suite_runs_every_suite_keeps_history_and_reports() {
+    let k = kb();
+    let engine = kotae::serve::engine_from(&k.cfg, k.index.clone(), k.embedder.clone()).unwrap();
+    let opts = kotae::nightly::SuiteOptions {
+        evals: workspace().join("evals"),
+        answer_split: "dev".into(),
+        limit: Some(2),
+        red_team: 1,
+    };
+    let mut run = kotae::nightly::run_suites(&k.cfg, &engine, &opts).unwrap();
+    let names: Vec<String> = run.metrics.iter().map(|m| m.name.clone()).collect();
+    for want in [
+        "retrieval.ja.ndcg_at_10",
+        "answer.ja.correctness",
+        "answer.en.refusal_accuracy",
+        "answer.en.faithfulness",
+        "risk.ja.language_match",
+        "risk.en.harmful_answered",
+        "risk.ja.domain_pieces_per_term",
+        "guard.ja.harmful_blocked",
+        "perf.search_p50_ms",
+        "perf.en.first_token_p50_ms",
+        "support_check.agreement",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+    assert!(run.vocab.new_terms.iter().any(|(t, n)| t == "新型コロナウイルス" && *n > 0));
+    let dir = tempfile::tempdir().unwrap();
+    let mut history = kotae::nightly::History::open(&dir.path().join("history.sqlite")).unwrap();
+    kotae::nightly::finish(&mut run, &mut history, &dir.path().join("r1")).unwrap();
+    assert!(run.baseline.is_none() && run.regressions.is_empty());
+    // The same figures again: no regression against a good first run; a worse one fails.
+    let mut again = run.clone();
+    let first_passed = run.passed();
+    kotae::nightly::finish(&mut again, &mut history, &dir.path().join("r2")).unwrap();
+    if first_passed {
+        assert_eq!(again.baseline, run.id);
+        assert!(again.regressions.is_empty(), "{:?}", again.regressions);
+        let mut worse = run.clone();
+        for m in &mut worse.metrics {
+            if m.name == "answer.ja.correctness" {
+                m.value -= 0.2;
+            }
+        }
+        kotae::nightly::finish(&mut worse, &mut history, &dir.path().join("r3")).unwrap();
+        assert!(worse.regressions.iter().any(|r| r.name == "answer.ja.correctness"));
+    }
+    assert!(history.series().unwrap()["answer.en.correctness"].len() >= 2);
+    let html = std::fs::read_to_string(dir.path().join("r2/report.html")).unwrap();
+    for want in ["answer.ja.correctness", "<svg", "Answers by language", "Risks", "新型コロナウイルス"] {
+        assert!(html.contains(want), "the report lacks {want}");
+    }
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "the report must open offline");
+    // What a person sees: the page in a real browser, at desktop and phone widths.
+    let shots = workspace().join("target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    screenshot(&dir.path().join("r2/report.html"), &shots.join("nightly-report.png"), 1280, 2400);
+    screenshot(&dir.path().join("r2/report.html"), &shots.join("nightly-report-mobile.png"), 390, 1600);
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r2/report.json")).unwrap()).unwrap();
+    assert!(json["metrics"].as_array().unwrap().len() >= names.len());
 }
 
 /// A real CPU LoRA run of SmolLM2 on the inquiry logs of `knowledge/` (a couple of minutes):
