@@ -466,9 +466,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&a)?);
             } else {
-                // `on_text` streamed what passed; a blocked answer ends with its refusal.
-                // An extractive answer replaced what was streamed (the generator wrote no words).
-                if a.guard.is_some() || a.kind == kotae_answer::AnswerKind::Extractive {
+                // `on_text` streamed what passed (and the quoted evidence, or the extractive
+                // answer); a blocked answer ends with its refusal.
+                if a.guard.is_some() {
                     print!("{}{}", if a.completion_tokens > 0 { "\n\n" } else { "" }, a.text);
                 }
                 println!();

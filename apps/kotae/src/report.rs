@@ -23,7 +23,7 @@ fn fmt(v: f64, unit: &str) -> String {
 fn trend(points: &[(i64, String, bool, f64)], unit: &str) -> String {
     let pts: Vec<&(i64, String, bool, f64)> =
         points.iter().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
-    let (w, h, pad) = (220.0, 48.0, 5.0);
+    let (w, h, pad) = (160.0, 26.0, 3.0);
     if pts.is_empty() {
         return String::new();
     }
@@ -112,6 +112,34 @@ pub fn render(run: &NightlyRun, series: &BTreeMap<String, Vec<(i64, String, bool
         h.push_str("</ul>");
     }
 
+    // The answers per language first: what people read.
+    if let Some(a) = &run.answers {
+        h.push_str("<h2>Answers by language</h2><table><tr><th></th>");
+        for lang in a.by_lang.keys() {
+            let _ = write!(h, "<th>{}</th>", esc(lang));
+        }
+        h.push_str("</tr>");
+        let rows: &[(&str, fn(&crate::answer_eval::LangReport) -> f64)] = &[
+            ("correctness", |l| l.correctness),
+            ("all key facts", |l| l.all_facts),
+            ("wrong answers", |l| l.wrong_answer_rate),
+            ("refusal accuracy", |l| l.refusal_accuracy),
+            ("citation precision", |l| l.citation_precision),
+            ("citation recall", |l| l.citation_recall),
+            ("faithfulness", |l| l.support),
+            ("language match", |l| l.language_match),
+            ("repetition", |l| l.repetition_rate),
+        ];
+        for (name, f) in rows {
+            let _ = write!(h, "<tr><td>{name}</td>");
+            for l in a.by_lang.values() {
+                let _ = write!(h, r#"<td class="num">{:.3}</td>"#, f(l));
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table>");
+    }
+
     // Every metric, by suite, with its trend.
     let baseline: BTreeMap<&str, f64> = series
         .iter()
@@ -155,32 +183,7 @@ pub fn render(run: &NightlyRun, series: &BTreeMap<String, Vec<(i64, String, bool
         h.push_str("</table>");
     }
 
-    // Answers per language, and the worst questions.
     if let Some(a) = &run.answers {
-        h.push_str("<h2>Answers by language</h2><table><tr><th></th>");
-        for lang in a.by_lang.keys() {
-            let _ = write!(h, "<th>{}</th>", esc(lang));
-        }
-        h.push_str("</tr>");
-        let rows: &[(&str, fn(&crate::answer_eval::LangReport) -> f64)] = &[
-            ("correctness", |l| l.correctness),
-            ("all key facts", |l| l.all_facts),
-            ("wrong answers", |l| l.wrong_answer_rate),
-            ("refusal accuracy", |l| l.refusal_accuracy),
-            ("citation precision", |l| l.citation_precision),
-            ("citation recall", |l| l.citation_recall),
-            ("faithfulness", |l| l.support),
-            ("language match", |l| l.language_match),
-            ("repetition", |l| l.repetition_rate),
-        ];
-        for (name, f) in rows {
-            let _ = write!(h, "<tr><td>{name}</td>");
-            for l in a.by_lang.values() {
-                let _ = write!(h, r#"<td class="num">{:.3}</td>"#, f(l));
-            }
-            h.push_str("</tr>");
-        }
-        h.push_str("</table>");
         let mut worst: Vec<&crate::answer_eval::CaseResult> =
             a.cases.iter().filter(|c| if c.answerable { c.correctness() < 1.0 } else { !c.declined }).collect();
         worst.sort_by(|x, y| x.correctness().total_cmp(&y.correctness()).then(x.id.cmp(&y.id)));

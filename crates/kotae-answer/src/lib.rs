@@ -133,8 +133,8 @@ pub enum AnswerKind {
     Declined,
     /// The guardrails stopped the question or the answer: the text is the refusal.
     Blocked,
-    /// The generator wrote nothing usable (no words, or a citation marker alone): the best
-    /// source's most relevant sentences, quoted with their citation.
+    /// Nothing the generator wrote was usable (no words, or no sentence the sources support):
+    /// "no direct answer found", and the closest sentences of the sources, quoted and cited.
     Extractive,
 }
 
@@ -635,10 +635,11 @@ impl Answerer {
         Some((chosen, citations))
     }
 
-    /// The extractive answer: the best sentences of the shown sources, quoted and cited.
+    /// The extractive answer, when nothing generated was supported by the sources: Kotae says
+    /// it found no direct answer (it cannot tell whether the documents hold one) and quotes the
+    /// closest sentences of the shown sources, cited.
     fn extractive(&self, lang: &str, question: &str, shown: &[Hit]) -> Option<(String, Vec<Citation>)> {
         let (chosen, citations) = self.quote(lang, question, shown)?;
-        let section = &shown[chosen[0].source].section;
         let quoted: Vec<String> = chosen
             .iter()
             .map(|e| {
@@ -650,9 +651,9 @@ impl Answerer {
             })
             .collect();
         let text = if lang == "ja" {
-            format!("資料「{section}」などには次のとおりあります: {}", quoted.join(""))
+            format!("資料に直接の答えは見つかりませんでした。関連する記述は次のとおりです: {}", quoted.join(""))
         } else {
-            format!("The documents (\"{section}\") say: {}", quoted.join(" "))
+            format!("I could not find a direct answer in the documents. The closest passages say: {}", quoted.join(" "))
         };
         Some((text, citations))
     }
