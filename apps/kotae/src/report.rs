@@ -11,6 +11,8 @@ fn esc(s: &str) -> String {
 }
 
 fn fmt(v: f64, unit: &str) -> String {
+    // An empty sum is -0.0: never show a minus sign on zero.
+    let v = v + 0.0;
     match unit {
         "rate" => format!("{v:.3}"),
         "ms" => format!("{v:.0} ms"),
@@ -70,6 +72,9 @@ th{background:#f6f6f8}td.num{text-align:right;font-variant-numeric:tabular-nums;
 .case{border:1px solid #e3e3e8;border-radius:.5rem;padding:.6rem .9rem;margin:.7rem 0}
 .case .q{font-weight:600}.case .a{white-space:pre-wrap;overflow-wrap:anywhere;word-break:normal;line-break:strict;background:#fafafa;padding:.4rem;border-radius:.3rem}
 .src{color:#555;font-size:.9em;overflow-wrap:anywhere}svg.trend{display:block}
+.scroll{overflow-x:auto}td:first-child{overflow-wrap:anywhere}
+@media (max-width:640px){body{margin:1rem auto}.trendcol{display:none}}
+@media (prefers-color-scheme:dark){body{background:#111;color:#eee}th{background:#222}.case .a{background:#1b1b1b}td,th{border-color:#333}.meta,.src{color:#aaa}}
 "#;
 
 /// The page for `run`, with each metric's history from `series`.
@@ -133,7 +138,7 @@ pub fn render(run: &NightlyRun, series: &BTreeMap<String, Vec<(i64, String, bool
         for (name, f) in rows {
             let _ = write!(h, "<tr><td>{name}</td>");
             for l in a.by_lang.values() {
-                let _ = write!(h, r#"<td class="num">{:.3}</td>"#, f(l));
+                let _ = write!(h, r#"<td class="num">{:.3}</td>"#, f(l) + 0.0);
             }
             h.push_str("</tr>");
         }
@@ -152,7 +157,7 @@ pub fn render(run: &NightlyRun, series: &BTreeMap<String, Vec<(i64, String, bool
     for (suite, ms) in suites {
         let _ = write!(
             h,
-            "<h2>{}</h2><table><tr><th>metric</th><th>now</th><th>last good</th><th>change</th><th>trend</th></tr>",
+            "<h2>{}</h2><div class=\"scroll\"><table><tr><th>metric</th><th>now</th><th>last good</th><th>change</th><th class=\"trendcol\">trend</th></tr>",
             esc(suite)
         );
         for m in ms {
@@ -172,15 +177,15 @@ pub fn render(run: &NightlyRun, series: &BTreeMap<String, Vec<(i64, String, bool
             };
             let _ = write!(
                 h,
-                r#"<tr><td>{}<span class="src">{arrow}</span></td><td class="num">{}</td><td class="num">{}</td><td class="num {class}">{}</td><td>{}</td></tr>"#,
+                r#"<tr><td>{}<span class="src">{arrow}</span></td><td class="num">{}</td><td class="num">{}</td><td class="num {class}">{}</td><td class="trendcol">{}</td></tr>"#,
                 esc(&m.name),
                 fmt(m.value, &m.unit),
                 before.map(|b| fmt(b, &m.unit)).unwrap_or_else(|| "–".into()),
-                change.map(|c| format!("{c:+.3}")).unwrap_or_default(),
+                change.map(|c| format!("{:+.3}", c + 0.0)).unwrap_or_default(),
                 series.get(&m.name).map(|s| trend(s, &m.unit)).unwrap_or_default()
             );
         }
-        h.push_str("</table>");
+        h.push_str("</table></div>");
     }
 
     if let Some(a) = &run.answers {
