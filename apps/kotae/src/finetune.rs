@@ -202,7 +202,7 @@ pub fn run_lora(cfg: &Config, job: &LoraJob) -> Result<()> {
         summary.peak_rss_mib.unwrap_or(0.0)
     );
     let adapter = job.run_dir.join("adapter");
-    export::save_adapter(&model, &adapter, &job.base)?;
+    export::save_adapter(&model, &adapter, &peft_base(&job.base))?;
     let merged = job.run_dir.join("merged");
     export::save_merged_hf(&model, &merged)?;
     let mut outputs = vec![adapter.display().to_string(), merged.display().to_string()];
@@ -470,4 +470,16 @@ fn print_head(h: &Head) {
         println!("test {name}: {} examples, {}", m.examples, recall.join(", "));
         print!("{}", m.confusion_table());
     }
+}
+
+/// What an adapter's `base_model_name_or_path` says, so `PeftModel.from_pretrained` finds the
+/// base without help: a catalog model's original Hugging Face repository (the GGUF it trained
+/// on was quantized from those weights), or a local base's absolute path.
+pub fn peft_base(base: &str) -> String {
+    if let Ok(spec) = kotae_models::registry::spec(base) {
+        if !spec.base_model.is_empty() {
+            return spec.base_model.to_string();
+        }
+    }
+    std::fs::canonicalize(base).map(|p| p.display().to_string()).unwrap_or_else(|_| base.to_string())
 }

