@@ -70,15 +70,28 @@ fn clean_sentence(s: &str) -> String {
     s.replace("**", "")
 }
 
-/// Whether a piece of a source is a sentence worth quoting (not a heading, not a fragment).
-fn quotable(s: &str) -> bool {
+/// Whether a piece of a source is a sentence worth quoting: long enough, ended like a
+/// sentence (not a heading), and not a fragment cut at a chunk boundary (an English piece
+/// starting in lower case, or ending on a comma). `whole`: the piece is a source's entire body
+/// (a short inquiry answer may lack a full stop).
+fn quotable(s: &str, whole: bool) -> bool {
     let n = s.chars().count();
-    n >= 8 && s.chars().any(char::is_alphanumeric)
+    let ended =
+        s.trim_end_matches(['」', '』', ')', '）', '"', '\'', ' ']).ends_with(['。', '.', '!', '?', '！', '？']);
+    let fragment = s.starts_with(|c: char| c.is_ascii_lowercase()) || s.ends_with([',', '、']);
+    n >= 8 && s.chars().any(char::is_alphanumeric) && (ended || whole) && !fragment
 }
 
-/// The `k` best sentences for `question` among the first `max_sources` shown sources, in
-/// the order they appear (source by source).
-pub fn best_sentences(question: &str, sources: &[Hit], max_sources: usize, k: usize) -> Vec<Evidence> {
+/// The `k` best sentences for `question` among the first `max_sources` shown sources (only
+/// those in `lang`, when given: an English answer quotes English text), in the order they
+/// appear (source by source).
+pub fn best_sentences(
+    question: &str,
+    sources: &[Hit],
+    max_sources: usize,
+    k: usize,
+    lang: Option<&str>,
+) -> Vec<Evidence> {
     let q = terms(question);
     if q.is_empty() {
         return Vec::new();
@@ -87,9 +100,14 @@ pub fn best_sentences(question: &str, sources: &[Hit], max_sources: usize, k: us
     let mut scored: Vec<(Evidence, usize)> = Vec::new();
     let mut seen = HashSet::new();
     for (si, hit) in sources.iter().take(max_sources).enumerate() {
-        for (pos, raw) in kotae_guard::stream::sentences(body(hit)).into_iter().enumerate() {
+        if lang.is_some_and(|l| !hit.lang.is_empty() && hit.lang != l) {
+            continue;
+        }
+        let pieces = kotae_guard::stream::sentences(body(hit));
+        let whole = pieces.len() == 1;
+        for (pos, raw) in pieces.into_iter().enumerate() {
             let sentence = clean_sentence(raw);
-            if !quotable(&sentence) || !seen.insert(sentence.clone()) {
+            if !quotable(&sentence, whole) || !seen.insert(sentence.clone()) {
                 continue;
             }
             let shared = terms(&sentence).intersection(&q).count() as f32;
@@ -102,7 +120,17 @@ pub fn best_sentences(question: &str, sources: &[Hit], max_sources: usize, k: us
         }
     }
     scored.sort_by(|a, b| b.0.score.total_cmp(&a.0.score).then(a.0.source.cmp(&b.0.source)).then(a.1.cmp(&b.1)));
-    scored.truncate(k);
+    // Two sources often say the same thing: a sentence that repeats a better one is skipped.
+    let mut kept: Vec<(Evidence, usize)> = Vec::new();
+    for c in scored {
+        if kept.len() == k {
+            break;
+        }
+        if !kept.iter().any(|(e, _)| covered_by(&e.sentence, &c.0.sentence)) {
+            kept.push(c);
+        }
+    }
+    let mut scored = kept;
     scored.sort_by_key(|(e, pos)| (e.source, *pos));
     scored.into_iter().map(|(e, _)| e).collect()
 }
@@ -159,13 +187,21 @@ mod tests {
         let sources = vec![hit(
             "## 有給休暇\n有給休暇は入社日に10日付与されます。取得する場合は、原則として3営業日前までに勤怠システムから申請してください。半日単位でも取得できます。",
         )];
-        let e = best_sentences("有給休暇は何日前までに申請すればいいですか", &sources, 3, 1);
+        let e = best_sentences("有給休暇は何日前までに申請すればいいですか", &sources, 3, 1, None);
         assert_eq!(e.len(), 1);
         assert!(e[0].sentence.contains("3営業日前"), "{e:?}");
         let inquiry = vec![hit("Q: How do I book a room?\nA: Book it in RoomBook up to 4 weeks ahead.")];
-        let e = best_sentences("how far ahead can I book a room", &inquiry, 3, 2);
+        let e = best_sentences("how far ahead can I book a room", &inquiry, 3, 2, None);
         assert_eq!(e[0].sentence, "Book it in RoomBook up to 4 weeks ahead.");
         assert!(covered_by("You can book a room in RoomBook up to 4 weeks ahead [1].", &e[0].sentence));
         assert!(!covered_by("Ask General Affairs.", &e[0].sentence));
+        // Headings and chunk-boundary fragments are not quoted; a repeated sentence only once.
+        let two = vec![
+            hit("Reporting Security Incidents\nthan 100 rows are exported later, Report incidents within 30 minutes."),
+            hit("Report incidents within 30 minutes of noticing them."),
+        ];
+        let e = best_sentences("how soon must I report security incidents", &two, 2, 3, None);
+        let texts: Vec<&str> = e.iter().map(|e| e.sentence.as_str()).collect();
+        assert_eq!(texts, vec!["Report incidents within 30 minutes of noticing them."], "{e:?}");
     }
 }

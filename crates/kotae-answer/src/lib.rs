@@ -220,8 +220,7 @@ impl Answer {
         if self.kind == AnswerKind::Extractive {
             return Some(self.text.clone());
         }
-        let shown = released.trim();
-        self.text.strip_prefix(shown).filter(|t| !t.is_empty()).map(str::to_string)
+        self.text.strip_prefix(released.trim_start()).filter(|t| !t.is_empty()).map(str::to_string)
     }
 
     /// An answer that needed no generation (declined, or a past inquiry).
@@ -612,9 +611,16 @@ impl Answerer {
     /// The best sentences of the shown sources for the question, quoted with their citations
     /// (numbered as in the prompt). `None` when nothing shares a term with the question or
     /// the output guard would stop the quote.
-    fn quote(&self, lang: &str, question: &str, shown: &[Hit]) -> Option<(Vec<evidence::Evidence>, Vec<Citation>)> {
+    fn quote(
+        &self,
+        lang: &str,
+        question: &str,
+        shown: &[Hit],
+        same_language: bool,
+    ) -> Option<(Vec<evidence::Evidence>, Vec<Citation>)> {
         let k = self.cfg.evidence_sentences.max(1);
-        let chosen = evidence::best_sentences(question, shown, self.cfg.evidence_sources.max(1), k);
+        let only = same_language.then_some(lang);
+        let chosen = evidence::best_sentences(question, shown, self.cfg.evidence_sources.max(1), k, only);
         if chosen.is_empty() {
             return None;
         }
@@ -639,7 +645,9 @@ impl Answerer {
     /// it found no direct answer (it cannot tell whether the documents hold one) and quotes the
     /// closest sentences of the shown sources, cited.
     fn extractive(&self, lang: &str, question: &str, shown: &[Hit]) -> Option<(String, Vec<Citation>)> {
-        let (chosen, citations) = self.quote(lang, question, shown)?;
+        // In the answer's language when a shown source is; else the closest text at all.
+        let (chosen, citations) =
+            self.quote(lang, question, shown, true).or_else(|| self.quote(lang, question, shown, false))?;
         let quoted: Vec<String> = chosen
             .iter()
             .map(|e| {
@@ -671,7 +679,7 @@ impl Answerer {
         if self.cfg.evidence_sentences == 0 || evidence::declines(text) {
             return;
         }
-        let Some((chosen, cited)) = self.quote(lang, question, shown) else { return };
+        let Some((chosen, cited)) = self.quote(lang, question, shown, true) else { return };
         let fresh: Vec<&evidence::Evidence> =
             chosen.iter().filter(|e| !evidence::covered_by(text, &e.sentence)).collect();
         if fresh.is_empty() {
@@ -761,7 +769,9 @@ impl Answerer {
             (Action::Done(a), _) => *a,
             (Action::Generate { .. }, None) => self.declined(&plan.lang, &plan.search_query, plan.relevance),
             (Action::Generate { .. }, Some((g, queued_ms))) => {
-                let mut text = g.text.trim().to_string();
+                // What the stream showed, from its first visible character.
+                let raw = g.text.trim_start().to_string();
+                let mut text = raw.trim_end().to_string();
                 // Citations point at what the model was shown, not at everything retrieved.
                 let mut citations = cite::used_citations(&text, shown);
                 let mut kind = AnswerKind::Generated;
@@ -770,7 +780,13 @@ impl Answerer {
                         (text, citations, kind) = (quote, cited, AnswerKind::Extractive);
                     }
                 } else {
+                    let before = text.len();
                     self.with_evidence(&plan.lang, &plan.question, shown, &mut text, &mut citations);
+                    if text.len() > before {
+                        // The quote follows what the stream showed, exactly: streamed text and
+                        // the answer's text stay the same.
+                        text = format!("{raw}{}", &text[before..]);
+                    }
                 }
                 timings.queue_ms = queued_ms;
                 timings.generate_ms = g.prompt_ms + g.decode_ms;

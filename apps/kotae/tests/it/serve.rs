@@ -616,7 +616,8 @@ async fn a_lora_fine_tuned_smollm2_lowers_domain_perplexity_and_its_merged_model
     }
     // PEFT finds the base by itself: the original weights' repository, not a catalog name.
     let peft: Value =
-        serde_json::from_str(&std::fs::read_to_string(run.path().join("adapter/adapter_config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("adapter/adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(peft["base_model_name_or_path"], "HuggingFaceTB/SmolLM2-135M-Instruct");
     let merged = run.path().join("merged").display().to_string();
     let dir = tempfile::tempdir().unwrap();
