@@ -419,6 +419,11 @@ pub fn compare(run: &NightlyRun, baseline: &BTreeMap<String, f64>) -> Vec<Regres
     out
 }
 
+/// One stored value of a metric: run id, start time, whether the run passed, value.
+pub type Point = (i64, String, bool, f64);
+/// Every stored value of every metric, by metric name, oldest first.
+pub type Series = BTreeMap<String, Vec<Point>>;
+
 /// The history of runs, in SQLite.
 pub struct History {
     conn: rusqlite::Connection,
@@ -490,11 +495,11 @@ impl History {
     }
 
     /// Every stored value of every metric, oldest first: (run id, started, passed, value).
-    pub fn series(&self) -> Result<BTreeMap<String, Vec<(i64, String, bool, f64)>>> {
+    pub fn series(&self) -> Result<Series> {
         let mut st = self.conn.prepare(
             "SELECT m.name, r.id, r.started, r.passed, m.value FROM metrics m JOIN runs r ON r.id = m.run_id ORDER BY r.id",
         )?;
-        let mut out: BTreeMap<String, Vec<(i64, String, bool, f64)>> = BTreeMap::new();
+        let mut out = Series::new();
         let rows = st.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,

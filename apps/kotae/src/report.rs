@@ -4,7 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::nightly::{Better, NightlyRun};
+use crate::answer_eval::LangReport;
+use crate::nightly::{Better, NightlyRun, Point, Series};
+
+/// A row of the per-language table: its label and how to read it.
+type Row = (&'static str, fn(&LangReport) -> f64);
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -22,9 +26,8 @@ fn fmt(v: f64, unit: &str) -> String {
 }
 
 /// A line chart of one metric's history (the last 30 runs); failed runs as hollow points.
-fn trend(points: &[(i64, String, bool, f64)], unit: &str) -> String {
-    let pts: Vec<&(i64, String, bool, f64)> =
-        points.iter().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+fn trend(points: &[Point], unit: &str) -> String {
+    let pts: Vec<&Point> = points.iter().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
     let (w, h, pad) = (160.0, 26.0, 3.0);
     if pts.is_empty() {
         return String::new();
@@ -78,7 +81,7 @@ th{background:#f6f6f8}td.num{text-align:right;font-variant-numeric:tabular-nums;
 "#;
 
 /// The page for `run`, with each metric's history from `series`.
-pub fn render(run: &NightlyRun, series: &BTreeMap<String, Vec<(i64, String, bool, f64)>>) -> String {
+pub fn render(run: &NightlyRun, series: &Series) -> String {
     let mut h = String::new();
     let status = if run.passed() {
         r#"<span class="status pass">PASSED</span>"#
@@ -124,7 +127,7 @@ pub fn render(run: &NightlyRun, series: &BTreeMap<String, Vec<(i64, String, bool
             let _ = write!(h, "<th>{}</th>", esc(lang));
         }
         h.push_str("</tr>");
-        let rows: &[(&str, fn(&crate::answer_eval::LangReport) -> f64)] = &[
+        let rows: &[Row] = &[
             ("correctness", |l| l.correctness),
             ("all key facts", |l| l.all_facts),
             ("wrong answers", |l| l.wrong_answer_rate),
