@@ -75,6 +75,21 @@ pub fn load_cases(files: &[PathBuf]) -> Result<Vec<AnswerCase>> {
     Ok(out)
 }
 
+/// The cases of `files`, only `limit` per file when given, spread over each file (answerable
+/// and unanswerable questions both).
+pub fn load_limited(files: &[PathBuf], limit: Option<usize>) -> Result<Vec<AnswerCase>> {
+    let mut cases = Vec::new();
+    for f in files {
+        let mut c = load_cases(std::slice::from_ref(f))?;
+        if let Some(n) = limit.filter(|&n| n > 0 && n < c.len()) {
+            let len = c.len();
+            c = (0..n).map(|i| c[i * len / n].clone()).collect();
+        }
+        cases.extend(c);
+    }
+    Ok(cases)
+}
+
 /// Text as the fact check compares it: NFKC, lower case, no white space, no thousands
 /// separators or full stops between digits.
 pub fn fold(text: &str) -> String {

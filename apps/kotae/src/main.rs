@@ -672,16 +672,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Eval { cmd: EvalCmd::Answer { dir, split, lang, limit, thresholds, json, verbose } } => {
             let files = kotae::answer_eval::split_files(&dir, &split, &lang)?;
-            let mut cases = Vec::new();
-            for f in &files {
-                let mut c = kotae::answer_eval::load_cases(std::slice::from_ref(f))?;
-                if let Some(n) = limit.filter(|&n| n > 0 && n < c.len()) {
-                    // Spread over the file (answerable and unanswerable questions both).
-                    let len = c.len();
-                    c = (0..n).map(|i| c[i * len / n].clone()).collect();
-                }
-                cases.extend(c);
-            }
+            let cases = kotae::answer_eval::load_limited(&files, limit)?;
             let engine = kotae::serve::build_engine(&cfg)?;
             let mut r = kotae::answer_eval::run_answer_eval(&engine, &cases, !json)?;
             r.files = files.iter().map(|p| p.display().to_string()).collect();

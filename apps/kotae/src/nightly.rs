@@ -299,15 +299,7 @@ pub fn run_suites(cfg: &Config, engine: &kotae_server::Engine, o: &SuiteOptions)
     // Answers.
     let langs = vec!["ja".to_string(), "en".to_string()];
     let files = answer_eval::split_files(&o.evals.join("answer"), &o.answer_split, &langs)?;
-    let mut cases = Vec::new();
-    for f in &files {
-        let mut c = answer_eval::load_cases(std::slice::from_ref(f))?;
-        if let Some(n) = o.limit.filter(|&n| n > 0 && n < c.len()) {
-            let len = c.len();
-            c = (0..n).map(|i| c[i * len / n].clone()).collect();
-        }
-        cases.extend(c);
-    }
+    let cases = answer_eval::load_limited(&files, o.limit)?;
     let mut a = answer_eval::run_answer_eval(engine, &cases, false)?;
     a.files = files.iter().map(|p| p.display().to_string()).collect();
     if let Some(t) = thresholds(&o.evals.join("answer/quality.toml"))? {

@@ -29,6 +29,8 @@ const EN_STOP: &[&str] = &[
     "get", "got", "need", "want", "know", "tell",
 ];
 
+/// A plural or past ending off (no six-letter cut as in `ground`: evidence ranks sentences by
+/// shared terms, where "reimbursement" and "reimbursed" are better told apart).
 fn stem(w: &str) -> &str {
     for suffix in ["ing", "ies", "es", "ed", "s"] {
         if w.len() > suffix.len() + 3 {
@@ -133,6 +135,21 @@ pub fn best_sentences(
     let mut scored = kept;
     scored.sort_by_key(|(e, pos)| (e.source, *pos));
     scored.into_iter().map(|(e, _)| e).collect()
+}
+
+/// Sentences quoted with their citations, as an answer shows them: 「…」[n] in Japanese,
+/// "…" [n] in English.
+pub fn quoted<'a>(lang: &str, chosen: impl Iterator<Item = &'a Evidence>) -> String {
+    let parts: Vec<String> = chosen
+        .map(|e| {
+            if lang == "ja" {
+                format!("「{}」[{}]", e.sentence, e.source + 1)
+            } else {
+                format!("\"{}\" [{}]", e.sentence, e.source + 1)
+            }
+        })
+        .collect();
+    parts.join(if lang == "ja" { "" } else { " " })
 }
 
 /// Whether `answer` already says what `quote` says (most of the quote's terms are in it).

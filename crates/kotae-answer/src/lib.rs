@@ -648,20 +648,11 @@ impl Answerer {
         // In the answer's language when a shown source is; else the closest text at all.
         let (chosen, citations) =
             self.quote(lang, question, shown, true).or_else(|| self.quote(lang, question, shown, false))?;
-        let quoted: Vec<String> = chosen
-            .iter()
-            .map(|e| {
-                if lang == "ja" {
-                    format!("「{}」[{}]", e.sentence, e.source + 1)
-                } else {
-                    format!("\"{}\" [{}]", e.sentence, e.source + 1)
-                }
-            })
-            .collect();
+        let quoted = evidence::quoted(lang, chosen.iter());
         let text = if lang == "ja" {
-            format!("資料に直接の答えは見つかりませんでした。関連する記述は次のとおりです: {}", quoted.join(""))
+            format!("資料に直接の答えは見つかりませんでした。関連する記述は次のとおりです: {quoted}")
         } else {
-            format!("I could not find a direct answer in the documents. The closest passages say: {}", quoted.join(" "))
+            format!("I could not find a direct answer in the documents. The closest passages say: {quoted}")
         };
         Some((text, citations))
     }
@@ -685,18 +676,8 @@ impl Answerer {
         if fresh.is_empty() {
             return;
         }
-        let quoted: Vec<String> = fresh
-            .iter()
-            .map(|e| {
-                if lang == "ja" {
-                    format!("「{}」[{}]", e.sentence, e.source + 1)
-                } else {
-                    format!("\"{}\" [{}]", e.sentence, e.source + 1)
-                }
-            })
-            .collect();
         text.push_str(if lang == "ja" { "\n\n資料より: " } else { "\n\nFrom the documents: " });
-        text.push_str(&quoted.join(if lang == "ja" { "" } else { " " }));
+        text.push_str(&evidence::quoted(lang, fresh.iter().copied()));
         for c in cited {
             if fresh.iter().any(|e| e.source + 1 == c.n) && !citations.iter().any(|x| x.chunk_id == c.chunk_id) {
                 citations.push(c);
