@@ -190,7 +190,9 @@ pub fn run_ingest(
                     }
                     let section = c.section.join(" > ");
                     let v = doc_guard.check(kotae_guard::Direction::Document, &c.text, &Default::default());
+                    let mut flags = Vec::new();
                     if let Some(f) = v.decisive() {
+                        flags.push(f.category.as_str().to_string());
                         tracing::warn!(source = %source, section = %section, rule = %f.rule, "instructions in a document");
                         sum.instructions_flagged.push(Flagged {
                             source: source.clone(),
@@ -219,6 +221,7 @@ pub fn run_ingest(
                         groups: groups.clone(),
                         timestamp: c.timestamp,
                         ingested_unix: ingested_at,
+                        flags,
                     });
                 }
                 if kept.is_empty() {

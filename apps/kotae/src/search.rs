@@ -62,6 +62,7 @@ pub fn print_hits(out: &SearchOutput) {
     }
     for h in &out.hits {
         let snippet: String = h.text.chars().take(160).collect::<String>().replace('\n', " ");
-        println!("{}. [{:.3}] {} — {} ({})\n   {}", h.rank, h.score, h.source, h.section, h.lang, snippet);
+        let flags = if h.flags.is_empty() { String::new() } else { format!(" flagged: {}", h.flags.join(", ")) };
+        println!("{}. [{:.3}] {} — {} ({}){flags}\n   {}", h.rank, h.score, h.source, h.section, h.lang, snippet);
     }
 }

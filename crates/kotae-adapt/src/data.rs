@@ -233,7 +233,7 @@ pub fn build_examples(
                                 text: c.text.clone(),
                                 kind: "manual".into(),
                                 span: (c.span.start as u64, c.span.end as u64),
-                                dense_score: None,
+                                ..Default::default()
                             };
                             let question = heading_question(&heading, &c.lang);
                             let (mut messages, _) = kotae_answer::prompt::messages(

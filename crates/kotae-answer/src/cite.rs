@@ -101,6 +101,7 @@ mod tests {
             kind: "manual".into(),
             span: (0, 1),
             dense_score: Some(0.9),
+            flags: vec![],
         }
     }
 

@@ -42,6 +42,8 @@ pub struct Fields {
     pub ordinal: Field,
     pub timestamp: Field,
     pub ingested: Field,
+    /// Ingest flags; absent from indexes built before flags were stored (re-ingest to add them).
+    pub flags: Option<Field>,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -70,6 +72,7 @@ fn schema() -> (Schema, Fields) {
         ordinal: b.add_u64_field("ordinal", STORED),
         timestamp: b.add_i64_field("timestamp", STORED),
         ingested: b.add_i64_field("ingested", STORED | INDEXED | FAST),
+        flags: Some(b.add_text_field("flags", STRING | STORED)),
     };
     (b.build(), f)
 }
@@ -166,6 +169,8 @@ impl Lexical {
         let index =
             if dir.join("meta.json").exists() { Index::open_in_dir(dir)? } else { Index::create_in_dir(dir, schema)? };
         register_analyzers(&index, ja)?;
+        let mut f = f;
+        f.flags = index.schema().get_field("flags").ok();
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         Ok(Self { index, reader, f, translation: None })
     }
@@ -203,6 +208,13 @@ impl Lexical {
             d.add_i64(f.timestamp, t);
         }
         d.add_i64(f.ingested, c.ingested_unix);
+        if let Some(field) = f.flags {
+            for flag in &c.flags {
+                d.add_text(field, flag);
+            }
+        } else if !c.flags.is_empty() {
+            tracing::warn!(source = %c.source, "this index predates ingest flags: re-ingest into a new data directory to keep them");
+        }
         d
     }
 
@@ -224,6 +236,10 @@ impl Lexical {
             timestamp: d.get_first(f.timestamp).and_then(|v| v.as_i64()),
             ingested_unix: d.get_first(f.ingested).and_then(|v| v.as_i64()).unwrap_or(0),
             text_hash: s(f.text_hash),
+            flags: f
+                .flags
+                .map(|field| d.get_all(field).filter_map(|v| v.as_str()).map(str::to_string).collect())
+                .unwrap_or_default(),
         }
     }
 

@@ -100,6 +100,10 @@ pub struct IndexedChunk {
     pub ingested_unix: i64,
     /// Hash of the normalized text, for result deduplication.
     pub text_hash: String,
+    /// What the document guard found in the chunk at ingest (e.g. `prompt_injection`): the chunk
+    /// stays searchable, and the offending sentences never reach a prompt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
 /// One search result.
@@ -118,6 +122,9 @@ pub struct Hit {
     /// an absolute relevance signal (fused scores are only comparable within one query).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dense_score: Option<f32>,
+    /// The chunk's ingest flags (see [`IndexedChunk::flags`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

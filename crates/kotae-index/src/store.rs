@@ -264,6 +264,7 @@ impl KnowledgeIndex {
                 kind: c.kind,
                 span: c.span,
                 dense_score: dense_scores.get(&id).copied(),
+                flags: c.flags,
             });
             if hits.len() == req.top_k {
                 break;

@@ -56,7 +56,7 @@ enum Cmd {
     /// Prompt processing, decode and time to first token of a generator on a ~N-token RAG prompt
     Generate {
         /// Catalog name or path
-        #[arg(long, default_value = "qwen2.5-0.5b-instruct")]
+        #[arg(long, default_value = "qwen2.5-coder-0.5b-instruct")]
         model: String,
         #[arg(long, default_value_t = 1000)]
         prompt_tokens: usize,
@@ -99,7 +99,7 @@ enum Cmd {
     /// `scripts/gpu/random_weights.py` fills it with random weights of the same shapes, for
     /// training throughput on a machine the real weights cannot be copied to.
     ShapeFolder {
-        #[arg(long, default_value = "qwen2.5-0.5b-instruct")]
+        #[arg(long, default_value = "qwen2.5-coder-0.5b-instruct")]
         base: String,
         #[arg(long)]
         out: PathBuf,
@@ -425,6 +425,7 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
                 groups: groups.clone(),
                 timestamp: None,
                 ingested_unix: 0,
+                flags: vec![],
             });
         }
         w.put_vectors(&points)?;

@@ -55,6 +55,7 @@ fn chunk(source: &str, i: u32, text: &str, groups: &[&str]) -> IndexedChunk {
         timestamp: None,
         ingested_unix: 0,
         text_hash: format!("{:x}", ChunkId::of("", "", text, &[]).0),
+        flags: vec![],
     }
 }
 
