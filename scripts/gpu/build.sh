@@ -40,7 +40,7 @@ for l in sys.stdin:
 rm -rf target/gpu && mkdir -p target/gpu/bin
 strip -o target/gpu/bin/kotae-bench target/debug/kotae-bench
 strip -o target/gpu/bin/adapt-it "$test_bin"
-for m in qwen2.5-0.5b-instruct smollm2-135m-instruct; do
+for m in qwen2.5-coder-0.5b-instruct smollm2-135m-instruct; do
   LD_LIBRARY_PATH="$CUDA/lib" ./target/debug/kotae-bench shape-folder --base "$m" --out "target/gpu/$m"
 done
 # One compressed file to copy (the programs hold the CUDA kernels: ~200 MB, ~35 MB packed).

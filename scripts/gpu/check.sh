@@ -20,13 +20,13 @@ if [ -x target/gpu/bin/kotae-bench ]; then
   lib=$(python3 -c 'import nvidia.cu13 as m; print(list(m.__path__)[0] + "/lib")' 2>/dev/null ||
     dirname "$(find /opt /usr -name libcublas.so.13 2>/dev/null | head -1)")
   export LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
-  MODELS=(target/gpu/qwen2.5-0.5b-instruct target/gpu/smollm2-135m-instruct)
+  MODELS=(target/gpu/qwen2.5-coder-0.5b-instruct target/gpu/smollm2-135m-instruct)
   for m in "${MODELS[@]}"; do python3 scripts/gpu/random_weights.py "$m"; done
   (cd crates/kotae-adapt && "$BIN/adapt-it" cuda --test-threads=1)
 else
   cargo build --features cuda -p kotae --bin kotae-bench || exit 1
   BIN=$PWD/target/debug
-  MODELS=(qwen2.5-0.5b-instruct smollm2-135m-instruct)
+  MODELS=(qwen2.5-coder-0.5b-instruct smollm2-135m-instruct)
   cargo test --features cuda -p kotae-adapt --test it -- cuda --test-threads=1
 fi
 echo "tests: exit $?"

@@ -223,7 +223,8 @@ enum ModelsCmd {
     /// Install models: the embedder and the Japanese dictionary by default
     Fetch {
         names: Vec<String>,
-        /// Everything in the catalog, generators included
+        /// Everything in the catalog, the small generators included (the larger hub-only
+        /// generators are fetched by name)
         #[arg(long)]
         all: bool,
     },

@@ -51,9 +51,12 @@ pub fn default_set(cfg: &Config) -> Vec<String> {
     v
 }
 
+/// `kotae models fetch --all`: the whole catalog except the larger hub-only generators
+/// (gigabytes each, for bigger machines), which are fetched by name.
 pub fn all_names() -> Vec<String> {
     registry::CATALOG
         .iter()
+        .filter(|m| !(m.kind == registry::ModelKind::Generator && m.packages.is_empty()))
         .map(|m| m.name.to_string())
         .chain([IPADIC.to_string(), EDICT.to_string(), JA_WORDS.to_string()])
         .collect()

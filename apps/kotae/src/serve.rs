@@ -45,8 +45,15 @@ pub fn engine_from(
     let worker = GeneratorWorker::spawn(Box::new(generator), cfg.server.queue_capacity)?;
     let retrieval = RetrievalSettings { mode: cfg.search.mode, fusion: cfg.search.fusion };
     let classifiers = load_classifiers(cfg)?;
+    let mut answer_cfg = cfg.answer.clone();
+    if answer_cfg.generator_languages.is_empty() {
+        // The catalog knows which of its generators write which languages (SmolLM2: English only).
+        if let Ok(spec) = kotae_models::registry::spec(&cfg.generator.model) {
+            answer_cfg.generator_languages = spec.languages.iter().map(|l| l.to_string()).collect();
+        }
+    }
     let mut answerer =
-        Answerer::new(index.clone(), Some(embedder.clone()), worker.format().clone(), retrieval, cfg.answer.clone());
+        Answerer::new(index.clone(), Some(embedder.clone()), worker.format().clone(), retrieval, answer_cfg);
     if let Some(guard) = load_guard(cfg, &classifiers)? {
         answerer = answerer.with_guard(guard);
     }

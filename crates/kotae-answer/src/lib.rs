@@ -75,10 +75,20 @@ pub struct AnswerConfig {
     pub evidence_sentences: usize,
     /// How many of the shown sources (best first) the quoted sentences may come from.
     pub evidence_sources: usize,
+    /// Languages the generator writes well (empty: every language). A question in another
+    /// language gets the extractive answer, the manual's own words, never the model's (an
+    /// English-only model writing Japanese is the seed article's language-bias risk).
+    #[serde(default)]
+    pub generator_languages: Vec<String>,
     pub sampling: SamplingParams,
 }
 
 impl AnswerConfig {
+    /// Whether the generator may write an answer in `lang`.
+    pub fn generates(&self, lang: &str) -> bool {
+        self.generator_languages.is_empty() || self.generator_languages.iter().any(|l| l == lang)
+    }
+
     /// The relevance threshold for a question in `lang`.
     pub fn min_relevance(&self, lang: &str) -> f32 {
         if lang == "ja" {
@@ -104,6 +114,7 @@ impl Default for AnswerConfig {
             min_support: 0.6,
             evidence_sentences: 2,
             evidence_sources: 2,
+            generator_languages: Vec::new(),
             sampling: SamplingParams { max_tokens: 256, ..Default::default() },
         }
     }
@@ -533,6 +544,24 @@ impl Answerer {
                 }
                 _ => Action::Done(Box::new(direct)),
             }
+        } else if !self.cfg.generates(&lang) {
+            // The generator does not write this language: quote the sources instead.
+            let quoted = self.without_instructions(&sources);
+            let (_, shown) = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &quoted)?;
+            let shown = &quoted[..shown.min(quoted.len())];
+            let lead = if lang == "ja" { "資料の該当箇所は次のとおりです: " } else { "The documents say: " };
+            let answer = match self.quote(&lang, &text, shown, true).or_else(|| self.quote(&lang, &text, shown, false)) {
+                Some((chosen, citations)) => Answer::without_generation(
+                    format!("{lead}{}", evidence::quoted(&lang, chosen.iter())),
+                    &lang,
+                    AnswerKind::Extractive,
+                    citations,
+                    &search_query,
+                    relevance,
+                ),
+                None => self.declined(&lang, &search_query, relevance),
+            };
+            Action::Done(Box::new(answer))
         } else {
             let quoted = self.without_instructions(&sources);
             let (messages, shown) = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &quoted)?;

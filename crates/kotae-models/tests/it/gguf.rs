@@ -56,6 +56,6 @@ fn qwen2_tokenizer_matches_reference_ids() {
         ("<|im_start|>user\nHi<|im_end|>", &[151644, 872, 198, 13048, 151645]),
         ("  two  spaces\n\nnewlines", &[220, 1378, 220, 12621, 271, 931, 7969]),
     ];
-    let t = check("qwen2.5-0.5b-instruct", "qwen2", cases);
+    let t = check("qwen2.5-coder-0.5b-instruct", "qwen2", cases);
     assert!(t.chat_template.is_some_and(|c| c.contains("<|im_start|>")));
 }
