@@ -159,7 +159,35 @@ pub fn covered_by(answer: &str, quote: &str) -> bool {
         return true;
     }
     let a = terms(answer);
-    q.intersection(&a).count() as f32 / q.len() as f32 >= 0.7
+    q.intersection(&a).count() as f32 / q.len() as f32 >= 0.7 || copies(answer, quote)
+}
+
+/// Whether the answer already copies a long run of the quote word for word (12 characters of
+/// Japanese, 30 of Latin script: a clause either way): quoting it again would say it twice.
+fn copies(answer: &str, quote: &str) -> bool {
+    let norm = |s: &str| -> Vec<char> {
+        kotae_ingest::clean::normalize(s).to_lowercase().chars().filter(|c| c.is_alphanumeric()).collect()
+    };
+    let (a, q) = (norm(answer), norm(quote));
+    let need = if q.iter().any(|c| !c.is_ascii()) { 12 } else { 30 };
+    if q.len() < need || a.len() < need {
+        return false;
+    }
+    // Longest common run, one row of the dynamic-programming table at a time.
+    let mut prev = vec![0usize; q.len() + 1];
+    for ca in &a {
+        let mut row = vec![0usize; q.len() + 1];
+        for (j, cq) in q.iter().enumerate() {
+            if ca == cq {
+                row[j + 1] = prev[j] + 1;
+                if row[j + 1] >= need {
+                    return true;
+                }
+            }
+        }
+        prev = row;
+    }
+    false
 }
 
 /// Whether an answer says the documents do not answer the question (no quote goes under it).
@@ -197,6 +225,16 @@ mod tests {
 
     fn hit(text: &str) -> Hit {
         Hit { text: text.into(), source: "s.md".into(), section: "S".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_quote_the_answer_already_copies_is_covered() {
+        let quote = "Repeated unexpected prompts (\"MFA fatigue\") mean someone knows your password: deny the request, change your password immediately and report it to the security team.";
+        let answer = "You should deny them, change your password immediately and report it to the security team.";
+        assert!(covered_by(answer, quote));
+        assert!(!covered_by("Deny the request.", quote));
+        assert!(covered_by("原則として3営業日前までに勤怠システムから申請します。", "取得する場合は、原則として3営業日前までに勤怠システムから申請してください。"));
+        assert!(!covered_by("勤怠システムで申請します。", "取得する場合は、原則として3営業日前までに勤怠システムから申請してください。"));
     }
 
     #[test]

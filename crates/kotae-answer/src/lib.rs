@@ -115,7 +115,9 @@ impl Default for AnswerConfig {
             evidence_sentences: 2,
             evidence_sources: 2,
             generator_languages: Vec::new(),
-            sampling: SamplingParams { max_tokens: 256, ..Default::default() },
+            // 16 Japanese characters is a clause; Latin-script answers get three times as many
+            // (a Japanese character carries about what three Latin letters do).
+            sampling: SamplingParams { max_tokens: 256, no_repeat_chars: 16, ..Default::default() },
         }
     }
 }
@@ -569,8 +571,14 @@ impl Answerer {
             let prompt = self.format.render(&messages)?;
             let mut params = SamplingParams {
                 japanese_kanji_only: lang == "ja" || self.cfg.sampling.japanese_kanji_only,
+                no_repeat_chars: if lang == "ja" {
+                    self.cfg.sampling.no_repeat_chars
+                } else {
+                    self.cfg.sampling.no_repeat_chars * 3
+                },
                 ..self.cfg.sampling.clone()
             };
+            params.max_tokens = prompt::fitted_max_tokens(&text, params.max_tokens);
             params.stop.extend(prompt::source_headers(&sources, shown));
             Action::Generate { prompt, params }
         };
@@ -872,6 +880,9 @@ impl Answerer {
                 }
                 GenEvent::Done(r) => {
                     let g = r?;
+                    if g.finish_reason == FinishReason::Length {
+                        gate.cut();
+                    }
                     for ev in gate.finish() {
                         match ev {
                             GateEvent::Release(t) => on_text(&t),

@@ -58,6 +58,39 @@ fn is_follow_up(q: &str) -> bool {
         })
 }
 
+/// The answer length a question calls for, within `cap` tokens: a question for one fact (when,
+/// how many, where, who) is answered in a sentence or two, a yes/no question in a few, a
+/// procedure at full length. A short limit also keeps a small model from drifting into
+/// sentences the sources do not support.
+pub fn fitted_max_tokens(question: &str, cap: usize) -> usize {
+    let q = question.to_lowercase();
+    let any = |words: &[&str]| words.iter().any(|w| q.contains(w));
+    const PROCEDURE: &[&str] = &[
+        "手順", "方法", "やり方", "どうすれば", "どうやって", "どうしたら", "流れ", "how do i", "how can i",
+        "how should i", "how to ", "steps", "procedure", "process for", "what should i do",
+    ];
+    const SLOT: &[&str] = &[
+        "いつ", "何日", "何時", "何分", "何回", "何件", "何名", "何人", "何円", "いくら", "何%", "何パーセント",
+        "何歳", "何年", "何ヶ月", "何か月", "何週", "何枚", "何錠", "何階", "どこ", "誰", "だれ", "どれくらい",
+        "どのくらい", "期限", "締め切り", "締切", "上限", "when ", "how many", "how much", "how long", "how far",
+        "where", "who ", "what time", "what date", "which day", "deadline", "what is the limit", "maximum",
+    ];
+    const YES_NO: &[&str] = &[
+        "できますか", "ありますか", "必要ですか", "いいですか", "でしょうか", "can i ", "is it ", "is there",
+        "do i need", "are we", "may i", "should i",
+    ];
+    let fit = if any(PROCEDURE) {
+        cap
+    } else if any(SLOT) {
+        128
+    } else if any(YES_NO) {
+        160
+    } else {
+        cap
+    };
+    fit.min(cap)
+}
+
 fn system_prompt(lang: &str, cfg: &AnswerConfig, sources: &str) -> String {
     // The documents sit in the system message and the question stays the user's own turn:
     // small models asked "Sources: … Question: …" in one user message tend to echo a source
@@ -181,6 +214,17 @@ pub fn messages(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_length_fits_the_question() {
+        assert_eq!(fitted_max_tokens("有給休暇は何日前までに申請すればいいですか？", 256), 128);
+        assert_eq!(fitted_max_tokens("How many days a week can I work remotely?", 256), 128);
+        assert_eq!(fitted_max_tokens("VPNの設定手順を教えてください", 256), 256);
+        assert_eq!(fitted_max_tokens("How do I book the Galaxy Hall, and when?", 256), 256);
+        assert_eq!(fitted_max_tokens("Can I bring my dog to the office?", 256), 160);
+        assert_eq!(fitted_max_tokens("Tell me about the expense system", 256), 256);
+        assert_eq!(fitted_max_tokens("いつまでに出せばいい？", 64), 64);
+    }
 
     #[test]
     fn follow_ups_take_the_previous_question() {

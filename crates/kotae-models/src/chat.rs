@@ -244,6 +244,16 @@ pub struct TextStream {
 }
 
 impl TextStream {
+    /// The text that pushing `id` would release, without pushing it.
+    pub fn peek(&self, fmt: &PromptFormat, id: u32) -> Result<Option<String>> {
+        let before = fmt.decode(&self.tokens[self.prev..self.current])?;
+        let mut ids = self.tokens[self.prev..].to_vec();
+        ids.push(id);
+        let text = fmt.decode(&ids)?;
+        Ok((text.len() > before.len() && !text.ends_with('\u{FFFD}') && text.is_char_boundary(before.len()))
+            .then(|| text[before.len()..].to_string()))
+    }
+
     pub fn push(&mut self, fmt: &PromptFormat, id: u32) -> Result<Option<String>> {
         let before = fmt.decode(&self.tokens[self.prev..self.current])?;
         self.tokens.push(id);
@@ -307,6 +317,20 @@ impl StopMatcher {
 mod tests {
     use super::*;
 
+    #[test]
+    fn character_runs_are_not_repeated() {
+        let text = "産休は出産予定日の6週間前から取得できます。";
+        // The model starts the same clause again: blocked once 8 characters would repeat.
+        assert!(repeats_chars(text, "産休は出産予定日の", 8));
+        assert!(!repeats_chars(text, "申請は", 8));
+        // A new piece that only continues fresh text is fine, and short runs may repeat.
+        assert!(!repeats_chars("有給休暇は", "3営業日前", 8));
+        assert!(!repeats_chars("有給休暇は10日。", "有給休暇", 8));
+        // Runs without letters (rules, dots) may repeat; 0 turns the check off.
+        assert!(!repeats_chars("--------\n", "--------", 8));
+        assert!(!repeats_chars(text, text, 0));
+    }
+
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
         let mut m = StopMatcher::new(&stops.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         let mut out = String::new();
@@ -340,4 +364,24 @@ mod tests {
         assert_eq!(run(&["END"], &["aEN", "Dz"]), ("a".into(), true));
         assert_eq!(run(&["終わり"], &["答え終", "わり"]), ("答え".into(), true));
     }
+}
+
+/// Whether appending `piece` to `text` repeats a run of `n` characters that `text` already
+/// holds: character n-gram blocking, which works for Japanese (no spaces, tokens of one to
+/// four characters) where token n-grams do not. Runs without a letter, digit or ideograph
+/// (rules, dots, table borders) may repeat.
+pub fn repeats_chars(text: &str, piece: &str, n: usize) -> bool {
+    if n == 0 || piece.is_empty() {
+        return false;
+    }
+    let prior: Vec<char> = text.chars().collect();
+    let all: Vec<char> = prior.iter().copied().chain(piece.chars()).collect();
+    if all.len() <= n {
+        return false;
+    }
+    let prior_s: String = prior.iter().collect();
+    (prior.len() + 1..=all.len()).filter(|&end| end >= n).any(|end| {
+        let gram = &all[end - n..end];
+        gram.iter().any(|c| c.is_alphanumeric()) && prior_s.contains(&gram.iter().collect::<String>())
+    })
 }

@@ -34,6 +34,9 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Forbid Han characters that Japanese does not use (set for Japanese answers).
     pub japanese_kanji_only: bool,
+    /// Never repeat a run of this many characters of the generated text (0: off); a token
+    /// that would is replaced by the next best one.
+    pub no_repeat_chars: usize,
 }
 
 impl Default for SamplingParams {
@@ -48,6 +51,7 @@ impl Default for SamplingParams {
             max_tokens: 512,
             stop: Vec::new(),
             japanese_kanji_only: false,
+            no_repeat_chars: 0,
         }
     }
 }
@@ -445,6 +449,7 @@ impl Generator for CandleGenerator {
         let mut stops = StopMatcher::new(&params.stop);
         let mut text = String::new();
         let mut all: Vec<u32> = ids.clone();
+        let mut written = String::new();
 
         let mut logits = self.prefill(&ids)?;
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -468,7 +473,25 @@ impl Generator for CandleGenerator {
                 }
                 logits = Tensor::from_vec(v, logits.dims1()?, logits.device())?;
             }
-            let next = sampler.sample(&logits)?;
+            let mut next = sampler.sample(&logits)?;
+            // A token that would repeat a run of characters already written gives way to the
+            // next best (a few tries; then the text is what the model insists on).
+            for _ in 0..4 {
+                if params.no_repeat_chars == 0 {
+                    break;
+                }
+                match stream.peek(&format, next)? {
+                    Some(piece) if crate::chat::repeats_chars(&written, &piece, params.no_repeat_chars) => {
+                        let mut v = logits.to_vec1::<f32>()?;
+                        if let Some(x) = v.get_mut(next as usize) {
+                            *x = f32::NEG_INFINITY;
+                        }
+                        logits = Tensor::from_vec(v, logits.dims1()?, logits.device())?;
+                        next = sampler.sample(&logits)?;
+                    }
+                    _ => break,
+                }
+            }
             if produced == 0 {
                 first_token_ms = t0.elapsed().as_secs_f64() * 1e3;
             }
@@ -479,6 +502,7 @@ impl Generator for CandleGenerator {
                 break;
             }
             if let Some(piece) = stream.push(&format, next)? {
+                written.push_str(&piece);
                 let (out, hit) = stops.push(&piece);
                 text.push_str(&out);
                 if !out.is_empty() && !on_text(&out) {

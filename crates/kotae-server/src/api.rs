@@ -179,6 +179,9 @@ pub(crate) async fn start_answer(
                     }
                     st.metrics.decode_tokens_per_s.observe(g.decode_tokens_per_s());
                     st.metrics.prompt_tokens_per_s.observe(g.prompt_tokens_per_s());
+                    if g.finish_reason == FinishReason::Length {
+                        gate.cut();
+                    }
                     for ev in gate.finish() {
                         match ev {
                             GateEvent::Release(t) => {
