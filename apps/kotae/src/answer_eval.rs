@@ -131,13 +131,26 @@ pub fn language_matches(answer: &str, lang: &str) -> bool {
     }
 }
 
-/// Repetition: a sentence said twice, or a piece of ten characters three times.
+/// Repetition: a sentence said twice, or a piece of ten characters three times in Japanese, or
+/// in Latin script a run of five words twice (ten letters are two English words: "business
+/// class" three times in an answer about flights is not repetition).
 pub fn repetitive(answer: &str) -> bool {
     let sentences: Vec<String> =
         kotae_guard::stream::sentences(answer).iter().map(|s| fold(s)).filter(|s| s.chars().count() >= 8).collect();
     let mut seen = std::collections::HashSet::new();
     if sentences.iter().any(|s| !seen.insert(s.clone())) {
         return true;
+    }
+    let cjk = answer.chars().filter(|c| ('\u{3040}'..='\u{30ff}').contains(c) || ('\u{4e00}'..='\u{9fff}').contains(c)).count();
+    let latin = answer.chars().filter(char::is_ascii_alphabetic).count();
+    if latin > 3 * cjk {
+        let words: Vec<String> = answer
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        let mut runs = std::collections::HashSet::new();
+        return words.windows(5).any(|w| !runs.insert(w.join(" ")));
     }
     let chars: Vec<char> = fold(answer).chars().filter(|c| !c.is_ascii_punctuation()).collect();
     let mut counts: std::collections::HashMap<&[char], usize> = std::collections::HashMap::new();
@@ -622,6 +635,12 @@ mod tests {
     fn repetition_and_support() {
         assert!(repetitive("産休は休暇です。これは大切です。産休は休暇です。"));
         assert!(!repetitive("Apply three business days ahead [1]. Your manager approves it."));
+        assert!(!repetitive(
+            "Business class is allowed on long flights. Business class needs approval. Book business class early."
+        ));
+        assert!(repetitive(
+            "Scan the QR code shown on screen with the app. Then scan the QR code shown on screen again."
+        ));
         let src = vec!["有給休暇は3営業日前までに勤怠システムから申請してください。".to_string()];
         assert!(supported("有給休暇は3営業日前までに勤怠システムで申請します[1]。", &src, "ja"));
         assert!(!supported("有給休暇は10営業日前までに申請します。", &src, "ja"));
