@@ -141,14 +141,14 @@ pub fn repetitive(answer: &str) -> bool {
     if sentences.iter().any(|s| !seen.insert(s.clone())) {
         return true;
     }
-    let cjk = answer.chars().filter(|c| ('\u{3040}'..='\u{30ff}').contains(c) || ('\u{4e00}'..='\u{9fff}').contains(c)).count();
+    let cjk = answer
+        .chars()
+        .filter(|c| ('\u{3040}'..='\u{30ff}').contains(c) || ('\u{4e00}'..='\u{9fff}').contains(c))
+        .count();
     let latin = answer.chars().filter(char::is_ascii_alphabetic).count();
     if latin > 3 * cjk {
-        let words: Vec<String> = answer
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
+        let words: Vec<String> =
+            answer.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
         let mut runs = std::collections::HashSet::new();
         return words.windows(5).any(|w| !runs.insert(w.join(" ")));
     }

@@ -60,7 +60,12 @@ pub struct GeneratorConfig {
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        Self { model: "qwen2.5-coder-0.5b-instruct".into(), prefill_chunk: 512, device: "cpu".into(), engine: "auto".into() }
+        Self {
+            model: "qwen2.5-coder-0.5b-instruct".into(),
+            prefill_chunk: 512,
+            device: "cpu".into(),
+            engine: "auto".into(),
+        }
     }
 }
 

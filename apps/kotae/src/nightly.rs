@@ -322,8 +322,10 @@ pub fn run_suites(cfg: &Config, engine: &kotae_server::Engine, o: &SuiteOptions)
         run.push(format!("perf.{lang}.decode_tokens_per_s"), l.decode_tokens_per_s, Better::Higher, "per_s");
     }
     run.threshold_failures.extend(a.failures.iter().map(|f| format!("answer: {f}")));
-    let texts: Vec<String> = a.cases.iter().flat_map(|c| c.shown_texts.iter().cloned()).collect();
     run.answers = Some(a);
+    // The domain's terms come from the whole knowledge base, not only from what a few eval
+    // answers happened to show the model.
+    let texts = engine.index.chunk_texts(20_000)?;
 
     // The support check against hand labels.
     let labels = o.evals.join("answer/support_labels.jsonl");

@@ -233,8 +233,14 @@ mod tests {
         let answer = "You should deny them, change your password immediately and report it to the security team.";
         assert!(covered_by(answer, quote));
         assert!(!covered_by("Deny the request.", quote));
-        assert!(covered_by("原則として3営業日前までに勤怠システムから申請します。", "取得する場合は、原則として3営業日前までに勤怠システムから申請してください。"));
-        assert!(!covered_by("勤怠システムで申請します。", "取得する場合は、原則として3営業日前までに勤怠システムから申請してください。"));
+        assert!(covered_by(
+            "原則として3営業日前までに勤怠システムから申請します。",
+            "取得する場合は、原則として3営業日前までに勤怠システムから申請してください。"
+        ));
+        assert!(!covered_by(
+            "勤怠システムで申請します。",
+            "取得する場合は、原則として3営業日前までに勤怠システムから申請してください。"
+        ));
     }
 
     #[test]

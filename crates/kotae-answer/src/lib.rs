@@ -551,8 +551,10 @@ impl Answerer {
             let quoted = self.without_instructions(&sources);
             let (_, shown) = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &quoted)?;
             let shown = &quoted[..shown.min(quoted.len())];
-            let lead = if lang == "ja" { "資料の該当箇所は次のとおりです: " } else { "The documents say: " };
-            let answer = match self.quote(&lang, &text, shown, true).or_else(|| self.quote(&lang, &text, shown, false)) {
+            let lead =
+                if lang == "ja" { "資料の該当箇所は次のとおりです: " } else { "The documents say: " };
+            let answer = match self.quote(&lang, &text, shown, true).or_else(|| self.quote(&lang, &text, shown, false))
+            {
                 Some((chosen, citations)) => Answer::without_generation(
                     format!("{lead}{}", evidence::quoted(&lang, chosen.iter())),
                     &lang,

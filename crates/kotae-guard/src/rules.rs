@@ -600,7 +600,8 @@ impl RuleSet {
             .iter()
             .map(|(_, name, _)| {
                 BENIGN.iter().find(|(rule, _)| name == rule).map(|(_, p)| {
-                    let build = |q: &str| RegexBuilder::new(q).build().unwrap_or_else(|e| panic!("benign span {p}: {e}"));
+                    let build =
+                        |q: &str| RegexBuilder::new(q).build().unwrap_or_else(|e| panic!("benign span {p}: {e}"));
                     (build(&expand(p)), build(&format!("(?is){p}")))
                 })
             })

@@ -273,6 +273,27 @@ impl KnowledgeIndex {
         Ok(hits)
     }
 
+    /// The texts of up to `limit` indexed chunks, whatever their access groups: for checks an
+    /// operator runs over the whole knowledge base (the nightly vocabulary check), never for
+    /// answers.
+    pub fn chunk_texts(&self, limit: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let searcher = self.lexical.reader.searcher();
+        for seg in searcher.segment_readers() {
+            let store = seg.get_store_reader(64).map_err(|e| Error::io("lexical store", e))?;
+            for doc in store.iter::<TantivyDocument>(seg.alive_bitset()) {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                use tantivy::schema::Value;
+                if let Some(t) = doc?.get_first(self.lexical.f.text).and_then(|v| v.as_str()) {
+                    out.push(t.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn all_lexical_ids(&self) -> Result<HashSet<ChunkId>> {
         let mut out = HashSet::new();
         let searcher = self.lexical.reader.searcher();

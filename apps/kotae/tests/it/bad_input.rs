@@ -87,7 +87,13 @@ fn instructions_hidden_in_documents_are_flagged_at_ingest() {
     // Flagged, not dropped: the facts around the instruction stay searchable, and the flag
     // travels with the chunk into every search result.
     assert_eq!(s.files_ingested, 3);
-    let o = |q: &str| SearchOptions { query: q.into(), top_k: Some(5), mode: Some(SearchMode::Bm25), groups: vec![], lang: None };
+    let o = |q: &str| SearchOptions {
+        query: q.into(),
+        top_k: Some(5),
+        mode: Some(SearchMode::Bm25),
+        groups: vec![],
+        lang: None,
+    };
     let hits = run_search(&cfg, &kb, None, &o("SecureLink VPN")).unwrap().hits;
     let vpn = hits.iter().find(|h| h.source == "vpn.md").expect("vpn.md is still found");
     assert_eq!(vpn.flags, vec!["prompt_injection".to_string()]);
