@@ -313,6 +313,26 @@ impl StopMatcher {
     }
 }
 
+/// Whether appending `piece` to `text` repeats a run of `n` characters that `text` already
+/// holds: character n-gram blocking, which works for Japanese (no spaces, tokens of one to
+/// four characters) where token n-grams do not. Runs without a letter, digit or ideograph
+/// (rules, dots, table borders) may repeat.
+pub fn repeats_chars(text: &str, piece: &str, n: usize) -> bool {
+    if n == 0 || piece.is_empty() {
+        return false;
+    }
+    let prior: Vec<char> = text.chars().collect();
+    let all: Vec<char> = prior.iter().copied().chain(piece.chars()).collect();
+    if all.len() <= n {
+        return false;
+    }
+    let prior_s: String = prior.iter().collect();
+    (prior.len() + 1..=all.len()).filter(|&end| end >= n).any(|end| {
+        let gram = &all[end - n..end];
+        gram.iter().any(|c| c.is_alphanumeric()) && prior_s.contains(&gram.iter().collect::<String>())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,24 +384,4 @@ mod tests {
         assert_eq!(run(&["END"], &["aEN", "Dz"]), ("a".into(), true));
         assert_eq!(run(&["終わり"], &["答え終", "わり"]), ("答え".into(), true));
     }
-}
-
-/// Whether appending `piece` to `text` repeats a run of `n` characters that `text` already
-/// holds: character n-gram blocking, which works for Japanese (no spaces, tokens of one to
-/// four characters) where token n-grams do not. Runs without a letter, digit or ideograph
-/// (rules, dots, table borders) may repeat.
-pub fn repeats_chars(text: &str, piece: &str, n: usize) -> bool {
-    if n == 0 || piece.is_empty() {
-        return false;
-    }
-    let prior: Vec<char> = text.chars().collect();
-    let all: Vec<char> = prior.iter().copied().chain(piece.chars()).collect();
-    if all.len() <= n {
-        return false;
-    }
-    let prior_s: String = prior.iter().collect();
-    (prior.len() + 1..=all.len()).filter(|&end| end >= n).any(|end| {
-        let gram = &all[end - n..end];
-        gram.iter().any(|c| c.is_alphanumeric()) && prior_s.contains(&gram.iter().collect::<String>())
-    })
 }
