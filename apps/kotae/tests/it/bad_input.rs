@@ -87,22 +87,15 @@ fn instructions_hidden_in_documents_are_flagged_at_ingest() {
     // Flagged, not dropped: the facts around the instruction stay searchable, and the flag
     // travels with the chunk into every search result.
     assert_eq!(s.files_ingested, 3);
-    let o = |q: &str| SearchOptions {
-        query: q.into(),
-        top_k: Some(5),
-        mode: Some(SearchMode::Bm25),
-        groups: vec![],
-        lang: None,
-    };
-    let hits = run_search(&cfg, &kb, None, &o("SecureLink VPN")).unwrap().hits;
+    let hits = bm25_hits(&cfg, &kb, "SecureLink VPN");
     let vpn = hits.iter().find(|h| h.source == "vpn.md").expect("vpn.md is still found");
     assert_eq!(vpn.flags, vec!["prompt_injection".to_string()]);
-    let hits = run_search(&cfg, &kb, None, &o("有給休暇")).unwrap().hits;
+    let hits = bm25_hits(&cfg, &kb, "有給休暇");
     let leave = hits.iter().find(|h| h.source == "leave.md").expect("leave.md is found");
     assert!(leave.flags.is_empty(), "{:?}", leave.flags);
     drop(kb);
     // A reopened index keeps the flags.
     let kb = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
-    let hits = run_search(&cfg, &kb, None, &o("SecureLink VPN")).unwrap().hits;
+    let hits = bm25_hits(&cfg, &kb, "SecureLink VPN");
     assert!(hits.iter().any(|h| h.source == "vpn.md" && h.flags == ["prompt_injection"]));
 }

@@ -100,6 +100,12 @@ pub fn search(cfg: &Config, kb: &KnowledgeIndex, q: &str, mode: SearchMode, grou
     run_search(cfg, kb, Some(embedder() as &dyn Embedder), &o).unwrap().hits.into_iter().map(|h| h.source).collect()
 }
 
+/// BM25 hits for `q` (top 5, every group): no embedder needed.
+pub fn bm25_hits(cfg: &Config, kb: &KnowledgeIndex, q: &str) -> Vec<kotae_index::Hit> {
+    let o = SearchOptions { query: q.into(), top_k: Some(5), mode: Some(SearchMode::Bm25), groups: vec![], lang: None };
+    run_search(cfg, kb, None, &o).unwrap().hits
+}
+
 struct Shared {
     _dir: tempfile::TempDir,
     cfg: Config,
@@ -237,23 +243,16 @@ fn changed_files_replace_their_chunks_and_prune_removes_deleted_ones() {
     std::fs::write(corpus.path().join("a.md"), "# Parking\n\nThe bicycle parking moved to the basement.\n").unwrap();
     let s = ingest(&cfg, &mut kb, &[corpus.path()], &[], false);
     assert_eq!((s.files_ingested, s.files_unchanged), (1, 1));
-    let o = |q: &str| SearchOptions {
-        query: q.into(),
-        top_k: Some(5),
-        mode: Some(SearchMode::Bm25),
-        groups: vec![],
-        lang: None,
-    };
-    let hits = run_search(&cfg, &kb, None, &o("bicycle")).unwrap().hits;
+    let hits = bm25_hits(&cfg, &kb, "bicycle");
     assert_eq!(hits.len(), 1);
     assert!(hits[0].text.contains("basement") && !hits[0].text.contains("building B"));
     std::fs::remove_file(corpus.path().join("b.md")).unwrap();
     let s = ingest(&cfg, &mut kb, &[corpus.path()], &[], false);
     assert_eq!(s.files_removed, 0, "without --prune nothing is removed");
-    assert_eq!(run_search(&cfg, &kb, None, &o("canteen")).unwrap().hits.len(), 1);
+    assert_eq!(bm25_hits(&cfg, &kb, "canteen").len(), 1);
     let s = ingest(&cfg, &mut kb, &[corpus.path()], &[], true);
     assert_eq!(s.files_removed, 1);
-    assert!(run_search(&cfg, &kb, None, &o("canteen")).unwrap().hits.is_empty());
+    assert!(bm25_hits(&cfg, &kb, "canteen").is_empty());
     assert_eq!(kb.vectors().count().unwrap() as u64, kb.num_chunks());
 }
 
