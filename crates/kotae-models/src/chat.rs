@@ -255,16 +255,13 @@ impl TextStream {
     }
 
     pub fn push(&mut self, fmt: &PromptFormat, id: u32) -> Result<Option<String>> {
-        let before = fmt.decode(&self.tokens[self.prev..self.current])?;
+        let piece = self.peek(fmt, id)?;
         self.tokens.push(id);
-        let text = fmt.decode(&self.tokens[self.prev..])?;
-        if text.len() > before.len() && !text.ends_with('\u{FFFD}') && text.is_char_boundary(before.len()) {
+        if piece.is_some() {
             self.prev = self.current;
             self.current = self.tokens.len();
-            Ok(Some(text[before.len()..].to_string()))
-        } else {
-            Ok(None)
         }
+        Ok(piece)
     }
 }
 
