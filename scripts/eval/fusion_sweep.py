@@ -6,8 +6,9 @@
 
 Prints R@1, R@5, MRR@10 and nDCG@10 per language for bm25, dense and several fusions, computed
 exactly as `kotae eval retrieval` does (distinct sources, chunks deduplicated by text hash), so
-the `kotae 0.2` row reproduces its hybrid row (relative 0.2/0.8, equal weights when BM25's best
-hit crossed languages by translation). Standard library only.
+the `kotae` row reproduces its hybrid row (agreement fusion, depth 8, BM25 weight 0.6 when the
+lists' top sources are disjoint, 0.1 when they are the same). Give several dump files (say the
+golden set and each outside set) to see every fusion on all of them. Standard library only.
 """
 import json
 import math
@@ -100,21 +101,50 @@ def margin_adaptive(base, top, tau):
 
 
 def crossing_balanced(wb):
-    """What `kotae` does: `weighted(minmax, wb)`, but equal weights when BM25's best hit matched
+    """The fusion before agreement: `weighted(minmax, wb)`, but equal weights when BM25's best hit matched
     only dictionary translations of the query (`bm25_best_by_translation` in the dump)."""
     return lambda q: weighted(minmax, 0.5 if q.get("bm25_best_by_translation") else wb)(q)
+
+
+def top_sources(lst, n):
+    out = []
+    for h in lst:
+        if h["source"] not in out:
+            out.append(h["source"])
+        if len(out) == n:
+            break
+    return out
+
+
+def agreement(depth, disagree, agree):
+    """Relative fusion whose BM25 weight moves from `disagree` to `agree` with the share of
+    distinct sources the two lists' top `depth` have in common (`Fusion::Agreement`)."""
+
+    def f(q):
+        share = len(set(top_sources(q["bm25"], depth)) & set(top_sources(q["dense"], depth))) / depth
+        return weighted(minmax, disagree + (agree - disagree) * share)(q)
+
+    return f
 
 
 def single(lst):
     return lambda q: [(h["chunk_id"], h["score"]) for h in q[lst]]
 
 
-def main(path):
-    queries = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+def main(paths):
+    queries = []
+    for path in paths:
+        name = path.rsplit("/", 1)[-1].removesuffix(".jsonl")
+        for line in open(path, encoding="utf-8"):
+            if line.strip():
+                q = json.loads(line)
+                q["lang"] = f"{name}:{q['lang']}" if len(paths) > 1 else q["lang"]
+                queries.append(q)
     langs = sorted({q["lang"] for q in queries})
-    fusions = [("bm25", single("bm25")), ("dense", single("dense"))]
-    fusions += [(f"relative {w}", weighted(minmax, w)) for w in (0.1, 0.2, 0.3, 0.4)]
-    fusions += [(f"kotae {w}", crossing_balanced(w)) for w in (0.1, 0.2, 0.3)]
+    fusions = [("bm25", single("bm25")), ("dense", single("dense")), ("kotae", agreement(8, 0.6, 0.1))]
+    fusions += [(f"agree {n} {d}/{a}", agreement(n, d, a)) for n in (5, 8) for d, a in ((0.6, 0.3), (0.5, 0.25))]
+    fusions += [(f"relative {w}", weighted(minmax, w)) for w in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    fusions += [(f"crossing {w}", crossing_balanced(w)) for w in (0.1, 0.2, 0.3)]
     fusions += [(f"dbsf {w}", weighted(dbsf_norm, w)) for w in (0.2, 0.3, 0.4)]
     fusions += [(f"rrf {w}", rrf(w)) for w in (0.2, 0.3, 0.5)]
     fusions += [(f"margin {top}/{tau}", margin_adaptive(0.2, top, tau)) for top in (0.35, 0.5) for tau in (0.005, 0.01)]
@@ -128,6 +158,6 @@ def main(path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1])
+    main(sys.argv[1:])

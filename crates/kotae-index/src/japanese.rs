@@ -203,3 +203,93 @@ impl TokenStream for VecTokenStream<'_> {
         &mut self.tokens[i]
     }
 }
+
+/// Lucene's CJK bigram analysis: every run of Han, kana or full-width characters becomes its
+/// overlapping character pairs (a lone character stays a unigram), every run of Latin letters
+/// or digits one lower-cased word. It needs no dictionary, so it finds what morphology misses —
+/// unknown words, compounds cut differently in question and manual, new katakana terms — and
+/// BM25 searches it beside the morphological field.
+#[derive(Clone, Default)]
+pub struct CjkBigramTokenizer {
+    tokens: Vec<Token>,
+}
+
+/// Han, hiragana, katakana (with the prolonged sound mark) and the CJK symbols that carry
+/// meaning (々, 〆).
+fn is_cjk(c: char) -> bool {
+    matches!(c,
+        '\u{3005}' | '\u{3006}' | '\u{3041}'..='\u{309F}' | '\u{30A0}'..='\u{30FF}' | '\u{31F0}'..='\u{31FF}'
+        | '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' | '\u{F900}'..='\u{FAFF}' | '\u{FF66}'..='\u{FF9F}'
+        | '\u{20000}'..='\u{2FFFF}')
+}
+
+impl CjkBigramTokenizer {
+    /// The terms of `text`, in order (for tests and query analysis).
+    pub fn terms(&mut self, text: &str) -> Vec<String> {
+        let mut ts = self.token_stream(text);
+        let mut out = Vec::new();
+        while ts.advance() {
+            out.push(ts.token().text.clone());
+        }
+        out
+    }
+}
+
+impl Tokenizer for CjkBigramTokenizer {
+    type TokenStream<'a> = VecTokenStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream<'a> {
+        self.tokens.clear();
+        let push = |tokens: &mut Vec<Token>, from: usize, to: usize, text: String| {
+            let position = tokens.len();
+            tokens.push(Token { offset_from: from, offset_to: to, position, text, position_length: 1 });
+        };
+        let chars: Vec<(usize, char)> = text.char_indices().collect();
+        let end_of = |i: usize| chars.get(i + 1).map_or(text.len(), |c| c.0);
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i].1;
+            if is_cjk(c) {
+                let start = i;
+                while i < chars.len() && is_cjk(chars[i].1) {
+                    i += 1;
+                }
+                if i - start == 1 {
+                    push(&mut self.tokens, chars[start].0, end_of(start), c.to_string());
+                } else {
+                    for j in start..i - 1 {
+                        let pair: String = [chars[j].1, chars[j + 1].1].into_iter().collect();
+                        push(&mut self.tokens, chars[j].0, end_of(j + 1), pair);
+                    }
+                }
+            } else if c.is_alphanumeric() {
+                let start = i;
+                while i < chars.len() && chars[i].1.is_alphanumeric() && !is_cjk(chars[i].1) {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().map(|c| c.1).collect::<String>().to_lowercase();
+                if word.len() <= 40 {
+                    push(&mut self.tokens, chars[start].0, end_of(i - 1), word);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        VecTokenStream { tokens: &mut self.tokens, idx: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bigrams_for_cjk_runs_words_for_latin() {
+        let mut t = CjkBigramTokenizer::default();
+        assert_eq!(t.terms("背景を透明に"), ["背景", "景を", "を透", "透明", "明に"]);
+        assert_eq!(t.terms("JPEGで保存"), ["jpeg", "で保", "保存"]);
+        assert_eq!(t.terms("色 RGB2 値"), ["色", "rgb2", "値"]);
+        assert_eq!(t.terms("コロナウイルス"), ["コロ", "ロナ", "ナウ", "ウイ", "イル", "ルス"]);
+        assert!(t.terms("、。！ ").is_empty());
+    }
+}

@@ -242,7 +242,10 @@ impl KnowledgeIndex {
         let ranked = match req.mode {
             SearchMode::Bm25 => bm25,
             SearchMode::Dense => dense,
-            SearchMode::Hybrid => req.fusion.fuse_for(&bm25, &dense, bm25_best_by_translation),
+            SearchMode::Hybrid => {
+                let source = |id: &ChunkId| chunks.get(id).map(|c| c.source.clone());
+                req.fusion.fuse_for(&bm25, &dense, bm25_best_by_translation, source)
+            }
         };
         let mut seen = HashSet::new();
         let mut hits = Vec::with_capacity(req.top_k);

@@ -209,16 +209,33 @@ fn hybrid_needs_a_vector_and_dedups_identical_text() {
 }
 
 #[test]
-fn title_matches_weigh_more_than_body_matches() {
+fn a_title_match_adds_to_a_body_match() {
     let dir = tempfile::tempdir().unwrap();
     let mut kb = open(dir.path());
-    let mut in_title = chunk("t.md", 0, "some unrelated body words", &["public"]);
-    in_title.section = vec!["Printer guide".into()];
-    let in_body = chunk("b.md", 0, "the printer is on the third floor", &["public"]);
-    write_source(&mut kb, "t.md", &[in_title]);
-    write_source(&mut kb, "b.md", &[in_body]);
+    let mut titled = chunk("t.md", 0, "the printer is on the third floor", &["public"]);
+    titled.section = vec!["Printer guide".into()];
+    let mut plain = chunk("b.md", 0, "the printer is on the third floor.", &["public"]);
+    plain.section = vec!["Office guide".into()];
+    write_source(&mut kb, "b.md", &[plain]);
+    write_source(&mut kb, "t.md", &[titled]);
     let hits = kb.search(&req("printer", None, SearchMode::Bm25, 5, &[])).unwrap();
-    assert_eq!(hits[0].source, "t.md");
+    assert_eq!(hits.iter().map(|h| h.source.as_str()).collect::<Vec<_>>(), ["t.md", "b.md"]);
+}
+
+#[test]
+fn question_words_do_not_pull_faq_titles_above_the_topic() {
+    // "How do I Become a GIMP Wizard?" shares only question words with the question: before
+    // they were dropped (and titles weighed 2×), its title outranked the page on the topic.
+    let dir = tempfile::tempdir().unwrap();
+    let mut kb = open(dir.path());
+    let mut faq = chunk("faq.md", 0, "Chapters on images, layers and filters.", &["public"]);
+    faq.section = vec!["How do I become a wizard? What can I do here?".into()];
+    let mut topic = chunk("feather.md", 0, "Feathering softens the edges of a selection gradually.", &["public"]);
+    topic.section = vec!["Feather".into()];
+    write_source(&mut kb, "faq.md", &[faq]);
+    write_source(&mut kb, "feather.md", &[topic]);
+    let hits = kb.search(&req("How do I soften the edges of my selection?", None, SearchMode::Bm25, 5, &[])).unwrap();
+    assert_eq!(hits.iter().map(|h| h.source.as_str()).collect::<Vec<_>>(), ["feather.md"]);
 }
 
 #[test]
