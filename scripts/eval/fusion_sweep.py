@@ -7,7 +7,7 @@
 Prints R@1, R@5, MRR@10 and nDCG@10 per language for bm25, dense and several fusions, computed
 exactly as `kotae eval retrieval` does (distinct sources, chunks deduplicated by text hash), so
 the `kotae` row reproduces its hybrid row (agreement fusion, depth 8, BM25 weight 0.6 when the
-lists' top sources are disjoint, 0.1 when they are the same). Give several dump files (say the
+lists' top sources are disjoint or BM25's best hit crossed languages, 0.1 when they are the same). Give several dump files (say the
 golden set and each outside set) to see every fusion on all of them. Standard library only.
 """
 import json
@@ -118,10 +118,13 @@ def top_sources(lst, n):
 
 def agreement(depth, disagree, agree):
     """Relative fusion whose BM25 weight moves from `disagree` to `agree` with the share of
-    distinct sources the two lists' top `depth` have in common (`Fusion::Agreement`)."""
+    distinct sources the two lists' top `depth` have in common (`Fusion::Agreement`); the
+    `disagree` weight when BM25's best hit crossed languages by translation."""
 
     def f(q):
         share = len(set(top_sources(q["bm25"], depth)) & set(top_sources(q["dense"], depth))) / depth
+        if q.get("bm25_best_by_translation"):
+            share = 0.0
         return weighted(minmax, disagree + (agree - disagree) * share)(q)
 
     return f
