@@ -70,9 +70,9 @@ pub struct Fields {
     pub ingested: Field,
     /// Ingest flags; absent from indexes built before flags were stored (re-ingest to add them).
     pub flags: Option<Field>,
-    /// Japanese titles and bodies as character bigrams, beside the morphological fields; absent
-    /// from indexes built before them (re-ingest to add them).
-    pub title_ja_bi: Option<Field>,
+    /// Japanese bodies as character bigrams, beside the morphological field; absent from
+    /// indexes built before it (re-ingest to add it). Titles have no bigram field: on the
+    /// outside evaluation it cost 0.01 nDCG@10 and a quarter of the bigram query terms.
     pub body_ja_bi: Option<Field>,
 }
 
@@ -103,7 +103,6 @@ fn schema() -> (Schema, Fields) {
         timestamp: b.add_i64_field("timestamp", STORED),
         ingested: b.add_i64_field("ingested", STORED | INDEXED | FAST),
         flags: Some(b.add_text_field("flags", STRING | STORED)),
-        title_ja_bi: Some(b.add_text_field("title_ja_bi", text_opts("kotae_ja_bigram"))),
         body_ja_bi: Some(b.add_text_field("body_ja_bi", text_opts("kotae_ja_bigram"))),
     };
     (b.build(), f)
@@ -205,7 +204,6 @@ impl Lexical {
         register_analyzers(&index, ja)?;
         let mut f = f;
         f.flags = index.schema().get_field("flags").ok();
-        f.title_ja_bi = index.schema().get_field("title_ja_bi").ok();
         f.body_ja_bi = index.schema().get_field("body_ja_bi").ok();
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         Ok(Self { index, reader, f, translation: None, question_words: OnceLock::new() })
@@ -238,8 +236,7 @@ impl Lexical {
         d.add_text(title, &section);
         d.add_text(body, &c.text);
         if c.lang == "ja" {
-            if let (Some(title), Some(body)) = (f.title_ja_bi, f.body_ja_bi) {
-                d.add_text(title, &section);
+            if let Some(body) = f.body_ja_bi {
                 d.add_text(body, &c.text);
             }
         }
@@ -383,8 +380,8 @@ impl Lexical {
         let mut own: Vec<Term> = Vec::new();
         let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let mut fields = vec![(f.title_en, TITLE_BOOST), (f.body_en, 1.0), (f.title_ja, TITLE_BOOST), (f.body_ja, 1.0)];
-        if let (Some(title), Some(body)) = (f.title_ja_bi, f.body_ja_bi) {
-            fields.extend([(title, TITLE_BOOST * BIGRAM_WEIGHT), (body, BIGRAM_WEIGHT)]);
+        if let Some(body) = f.body_ja_bi {
+            fields.push((body, BIGRAM_WEIGHT));
         }
         let question_words = self.question_words()?;
         for (field, boost) in fields {
@@ -392,7 +389,7 @@ impl Lexical {
                 if (field == f.body_en || field == f.title_en) && question_words.contains(&term) {
                     continue;
                 }
-                if (Some(field) == f.body_ja_bi || Some(field) == f.title_ja_bi) && !bigram_carries_meaning(&term) {
+                if Some(field) == f.body_ja_bi && !bigram_carries_meaning(&term) {
                     continue;
                 }
                 let t = Term::from_field_text(field, &term);
