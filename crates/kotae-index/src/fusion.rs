@@ -186,10 +186,10 @@ fn agreement<K: Eq + Hash>(
         }
         set
     };
-    let (x, y) = (top(a), top(b));
     if depth == 0 {
         return 0.0;
     }
+    let (x, y) = (top(a), top(b));
     x.intersection(&y).count() as f32 / depth as f32
 }
 

@@ -74,13 +74,18 @@ impl JapaneseTokenizer {
 
     /// The terms this tokenizer produces for `text` (for tests and debugging).
     pub fn terms(&mut self, text: &str) -> Vec<String> {
-        let mut ts = self.token_stream(text);
-        let mut out = Vec::new();
-        while ts.advance() {
-            out.push(ts.token().text.clone());
-        }
-        out
+        terms_of(self, text)
     }
+}
+
+/// The terms a tantivy tokenizer produces for `text`, in order.
+pub fn terms_of(tokenizer: &mut impl Tokenizer, text: &str) -> Vec<String> {
+    let mut ts = tokenizer.token_stream(text);
+    let mut out = Vec::new();
+    while ts.advance() {
+        out.push(ts.token().text.clone());
+    }
+    out
 }
 
 /// One morpheme of a Japanese text, for query translation.
@@ -223,18 +228,6 @@ fn is_cjk(c: char) -> bool {
         | '\u{20000}'..='\u{2FFFF}')
 }
 
-impl CjkBigramTokenizer {
-    /// The terms of `text`, in order (for tests and query analysis).
-    pub fn terms(&mut self, text: &str) -> Vec<String> {
-        let mut ts = self.token_stream(text);
-        let mut out = Vec::new();
-        while ts.advance() {
-            out.push(ts.token().text.clone());
-        }
-        out
-    }
-}
-
 impl Tokenizer for CjkBigramTokenizer {
     type TokenStream<'a> = VecTokenStream<'a>;
 
@@ -285,11 +278,12 @@ mod tests {
 
     #[test]
     fn bigrams_for_cjk_runs_words_for_latin() {
-        let mut t = CjkBigramTokenizer::default();
-        assert_eq!(t.terms("背景を透明に"), ["背景", "景を", "を透", "透明", "明に"]);
-        assert_eq!(t.terms("JPEGで保存"), ["jpeg", "で保", "保存"]);
-        assert_eq!(t.terms("色 RGB2 値"), ["色", "rgb2", "値"]);
-        assert_eq!(t.terms("コロナウイルス"), ["コロ", "ロナ", "ナウ", "ウイ", "イル", "ルス"]);
-        assert!(t.terms("、。！ ").is_empty());
+        let mut tok = CjkBigramTokenizer::default();
+        let mut t = |s: &str| terms_of(&mut tok, s);
+        assert_eq!(t("背景を透明に"), ["背景", "景を", "を透", "透明", "明に"]);
+        assert_eq!(t("JPEGで保存"), ["jpeg", "で保", "保存"]);
+        assert_eq!(t("色 RGB2 値"), ["色", "rgb2", "値"]);
+        assert_eq!(t("コロナウイルス"), ["コロ", "ロナ", "ナウ", "ウイ", "イル", "ルス"]);
+        assert!(t("、。！ ").is_empty());
     }
 }
