@@ -88,6 +88,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make an API key for a service: prints the key (once) and the `[[server.api_keys]]`
+    /// entry to put in kotae.toml, which holds only its SHA-256
+    NewKey {
+        /// Unique name of the key's holder (owner of its conversations, shown in the audit)
+        #[arg(long)]
+        name: String,
+        /// Access groups its holder may read (repeat or comma-separate)
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Give the key the admin role (admin API)
+        #[arg(long)]
+        admin: bool,
+    },
     /// Run the chat server (HTTP API, SSE streaming, OpenAI-compatible endpoints)
     Serve {
         /// Address to listen on [env: KOTAE_ADDR] [default: 127.0.0.1:8080]
@@ -425,6 +438,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Models { cmd: ModelsCmd::List { all } } => models::print_list(&cfg, all)?,
+        Cmd::NewKey { name, groups, admin } => {
+            let key = kotae_server::auth::new_key();
+            let entry = kotae_server::ApiKey {
+                name,
+                key: None,
+                key_sha256: Some(kotae_server::auth::key_digest(&key)),
+                groups: groups.into_iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
+                role: if admin { kotae_server::Role::Admin } else { kotae_server::Role::User },
+            };
+            #[derive(serde::Serialize)]
+            struct Entry {
+                api_keys: Vec<kotae_server::ApiKey>,
+            }
+            let toml =
+                toml::to_string(&Entry { api_keys: vec![entry] })?.replace("[[api_keys]]", "[[server.api_keys]]");
+            eprintln!("The key (shown once; Kotae keeps only its SHA-256):");
+            println!("{key}");
+            eprintln!("\nAdd to kotae.toml:\n\n{toml}");
+        }
         Cmd::Ingest { paths, groups, prune, json } => {
             let embedder = ingest::EmbedderHandle::lazy(&cfg);
             // An existing knowledge base knows its dimension: the model loads only if needed.

@@ -62,29 +62,34 @@ pub fn is_resolved(status: Option<&str>, answer: &str) -> bool {
     )
 }
 
-/// Parse `YYYY-MM-DD`, `YYYY/MM/DD`, optionally followed by `[T ]HH:MM[:SS]`, as UTC seconds.
+/// Parse an inquiry's time as Unix seconds: RFC 3339 / ISO 8601 with an offset
+/// (`2024-04-01T10:30:00+09:00`, `…Z`) at that offset; `YYYY-MM-DD` or `YYYY/MM/DD`, optionally
+/// followed by `[T ]HH:MM[:SS]`, without one, as UTC. Impossible dates (`2024-02-30`) and years
+/// outside the calendar are `None`, never a panic.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
     let s = s.trim();
-    let nums: Vec<i64> = s
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty())
-        .take(6)
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    if nums.len() < 3 || nums[0] < 1900 || !(1..=12).contains(&nums[1]) || !(1..=31).contains(&nums[2]) {
+    if s.len() < 8 || s.len() > 64 || !s.as_bytes()[0].is_ascii_digit() {
         return None;
     }
-    let (y, m, d) = (nums[0], nums[1], nums[2]);
-    // days_from_civil (Howard Hinnant)
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let hms = nums.get(3).unwrap_or(&0) * 3600 + nums.get(4).unwrap_or(&0) * 60 + nums.get(5).unwrap_or(&0);
-    Some(days * 86400 + hms)
+    // `2024/04/01 10:30` → `2024-04-01T10:30`: only the date's slashes and one separator.
+    let (date, rest) = s.split_at(s.find([' ', 'T', 't']).unwrap_or(s.len()));
+    let iso = format!(
+        "{}{}",
+        date.replace('/', "-"),
+        rest.trim_start().strip_prefix(['T', 't']).map_or_else(
+            || if rest.trim().is_empty() { String::new() } else { format!("T{}", rest.trim()) },
+            |r| format!("T{r}"),
+        )
+    );
+    if let Ok(t) = iso.parse::<jiff::Timestamp>() {
+        return Some(t.as_second());
+    }
+    let civil = iso
+        .parse::<jiff::civil::DateTime>()
+        .ok()
+        .filter(|_| iso.contains('T'))
+        .or_else(|| iso.parse::<jiff::civil::Date>().ok().map(|d| d.to_datetime(jiff::civil::Time::midnight())))?;
+    jiff::tz::Offset::UTC.to_timestamp(civil).ok().map(|t| t.as_second())
 }
 
 fn read_csv(text: &str) -> Result<(Vec<Record>, usize)> {
@@ -218,10 +223,11 @@ pub fn process_log(
     order.sort_by_key(|&i| std::cmp::Reverse(resolved[i].timestamp.unwrap_or(i64::MIN)));
     let mut dedup = Deduper::new(0.8);
     let mut keep = vec![false; resolved.len()];
+    let mut kept_questions = std::collections::HashSet::new();
     for &i in &order {
         let r = &resolved[i];
         if dedup.check_insert(&format!("{}\n{}", r.question, r.answer)).is_none()
-            && !same_question_kept(&resolved, &keep, i)
+            && !same_question_kept(&mut kept_questions, &r.question)
         {
             keep[i] = true;
         } else {
@@ -257,9 +263,8 @@ pub fn process_log(
 
 /// The same question asked again (after normalization) counts as a duplicate even when the
 /// answer was worded differently: the newer answer, already kept, wins.
-fn same_question_kept(all: &[Record], keep: &[bool], i: usize) -> bool {
-    let key = crate::dedup::comparison_key(&all[i].question);
-    all.iter().zip(keep).any(|(r, &k)| k && crate::dedup::comparison_key(&r.question) == key)
+fn same_question_kept(kept_questions: &mut std::collections::HashSet<String>, question: &str) -> bool {
+    !kept_questions.insert(crate::dedup::comparison_key(question))
 }
 
 #[cfg(test)]
@@ -314,5 +319,38 @@ mod tests {
         assert_eq!(parse_timestamp("1970-01-02"), Some(86400));
         assert_eq!(parse_timestamp("2024/04/01 10:30"), Some(1711967400));
         assert_eq!(parse_timestamp("yesterday"), None);
+        // Offsets count: 10:30 in Tokyo is 01:30 UTC.
+        assert_eq!(parse_timestamp("2024-04-01T10:30:00+09:00"), Some(1711967400 - 9 * 3600));
+        assert_eq!(parse_timestamp("2024-04-01 10:30+09:00"), Some(1711967400 - 9 * 3600));
+        assert_eq!(parse_timestamp("2024-04-01T10:30:00Z"), Some(1711967400));
+        assert_eq!(parse_timestamp("2024/04/01T10:30:15"), Some(1711967415));
+        // Impossible dates and times, and years past the calendar: none, and no panic.
+        for bad in [
+            "2024-02-30",
+            "2023-02-29",
+            "2024-13-01",
+            "2024-04-01 25:00",
+            "99999999999-01-01",
+            "9999999999999999999-01-01 00:00",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+        assert_eq!(parse_timestamp("2024-02-29"), Some(1709164800));
+    }
+
+    #[test]
+    fn a_large_log_keeps_one_answer_per_question() {
+        let mut data = String::from("question,answer,status,answered_at\n");
+        for i in 0..5_000 {
+            for copy in 0..2 {
+                data.push_str(&format!(
+                    "How do I set up device {i} model {}?,Open settings {copy} and pick {i}.,resolved,2024-01-01\n",
+                    i * 7919 % 10007
+                ));
+            }
+        }
+        let (chunks, rep) = run("big.csv", &data).unwrap();
+        assert_eq!(chunks.len() + rep.duplicates_merged, 10_000);
+        assert!(rep.duplicates_merged >= 5_000, "{rep:?}");
     }
 }

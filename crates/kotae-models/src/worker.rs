@@ -53,6 +53,10 @@ pub struct GeneratorWorker {
     /// Jobs waiting plus the one running.
     load: Arc<AtomicUsize>,
     capacity: usize,
+    /// Generations that panicked (each ended its job with an error).
+    panics: Arc<AtomicUsize>,
+    /// False once the worker thread has ended.
+    alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl GeneratorWorker {
@@ -63,6 +67,10 @@ impl GeneratorWorker {
         let name: Arc<str> = generator.name().into();
         let load = Arc::new(AtomicUsize::new(0));
         let worker_load = load.clone();
+        let panics = Arc::new(AtomicUsize::new(0));
+        let worker_panics = panics.clone();
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let worker_alive = alive.clone();
         std::thread::Builder::new()
             .name(format!("generate-{name}"))
             .spawn(move || {
@@ -71,8 +79,24 @@ impl GeneratorWorker {
                     if (job.sink)(GenEvent::Started { queued_ms }) {
                         let sink = &mut job.sink;
                         let _span = tracing::info_span!("generate", queued_ms).entered();
-                        let result = generator
-                            .generate(&job.prompt, &job.params, &mut |t: &str| sink(GenEvent::Text(t.to_string())));
+                        // A panic in one generation (a model bug, a bad input) must not stop
+                        // every later answer: it ends this job with an error and the worker
+                        // goes on with the next one.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            generator.generate(&job.prompt, &job.params, &mut |t: &str| {
+                                sink(GenEvent::Text(t.to_string()))
+                            })
+                        }))
+                        .unwrap_or_else(|p| {
+                            let what = p
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| p.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "unknown panic".into());
+                            worker_panics.fetch_add(1, Ordering::SeqCst);
+                            tracing::error!(panic = %what, "the generator panicked; the worker goes on with the next job");
+                            Err(Error::Generation(format!("the generator failed: {what}")))
+                        });
                         match &result {
                             Ok(g) => tracing::info!(
                                 prompt_tokens = g.prompt_tokens,
@@ -84,13 +108,18 @@ impl GeneratorWorker {
                             ),
                             Err(e) => tracing::warn!(error = %e, "generation failed"),
                         }
-                        (job.sink)(GenEvent::Done(result));
+                        let sink = &mut job.sink;
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(GenEvent::Done(result)))).is_err() {
+                            worker_panics.fetch_add(1, Ordering::SeqCst);
+                            tracing::error!("a job's sink panicked; the worker goes on with the next job");
+                        }
                     }
                     worker_load.fetch_sub(1, Ordering::SeqCst);
                 }
+                worker_alive.store(false, Ordering::SeqCst);
             })
             .map_err(|e| Error::Generation(format!("cannot start the worker thread: {e}")))?;
-        Ok(Self { tx, format, name, load, capacity })
+        Ok(Self { tx, format, name, load, capacity, panics, alive })
     }
 
     /// Queue a job; its events go to `sink` from the worker thread.
@@ -145,5 +174,15 @@ impl GeneratorWorker {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Generations that panicked since start.
+    pub fn panics(&self) -> usize {
+        self.panics.load(Ordering::SeqCst)
+    }
+
+    /// Whether the worker thread still takes jobs.
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 }

@@ -99,6 +99,14 @@ pub(crate) async fn start_answer(
     asker: Asker,
     tweak: impl FnOnce(&mut SamplingParams),
 ) -> Result<Run, ApiError> {
+    // Fair use: the client's own limit first, then a full queue refuses before the costly
+    // retrieval rather than after it.
+    let slot = state.begin_answer(&asker.client)?;
+    if engine.worker.load() > engine.worker.capacity() {
+        return Err(ApiError::from(kotae_answer::Error::Busy(kotae_models::SubmitError::QueueFull {
+            capacity: engine.worker.capacity(),
+        })));
+    }
     let request_id = uuid::Uuid::new_v4().to_string();
     let e2 = engine.clone();
     let original = q.text.clone();
@@ -138,6 +146,8 @@ pub(crate) async fn start_answer(
     engine.worker.submit(prompt, params, sink).map_err(|e| ApiError::from(kotae_answer::Error::Busy(e)))?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
+        // The client's answer slot is held until the run ends.
+        let _slot = slot;
         let mut gate = plan.gate(engine.answerer.guard().cloned());
         let mut queued = 0.0;
         let mut tokens = 0usize;
@@ -298,16 +308,19 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
     check_question(&state, &req.message)?;
-    let engine = state.engine()?;
-    let conversation = match &req.conversation_id {
-        Some(id) => match state.store.conversation_owner(id)? {
-            Some(owner) if owner == client.id => id.clone(),
+    if let Some(id) = &req.conversation_id {
+        match state.store.conversation_owner(id)? {
+            Some(owner) if owner == client.id => {}
             _ => {
                 return Err(ApiError::NotFound(format!(
                     "no conversation {id} for this client: omit `conversation_id` to start one"
                 )))
             }
-        },
+        }
+    }
+    let engine = state.engine()?;
+    let conversation = match &req.conversation_id {
+        Some(id) => id.clone(),
         None => state.store.create_conversation(&client.id)?,
     };
     let keep = engine.answerer.config().history_messages;
@@ -534,6 +547,11 @@ pub async fn conversation(
     Ok(Json(json!({ "id": id, "messages": messages })).into_response())
 }
 
+/// `GET /api/me`: who the server takes the client for.
+pub async fn me(Extension(client): Extension<Client>) -> Response {
+    Json(json!({ "id": client.id, "role": client.role, "groups": client.groups, "via": client.via })).into_response()
+}
+
 pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     Json(json!({ "status": "ok", "uptime_s": crate::uptime_s(&state) })).into_response()
 }
@@ -541,8 +559,12 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 /// Ready when the models are loaded and the index is open.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let e = state.engine()?;
+    if !e.worker.alive() {
+        return Err(ApiError::NotReady("the generation worker has stopped; restart the server".into()));
+    }
     Ok(Json(json!({
         "status": "ready",
+        "generator_panics": e.worker.panics(),
         "generator": e.worker.name(),
         "embedder": e.embedder_name,
         "chunks": e.index.num_chunks(),

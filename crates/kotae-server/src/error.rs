@@ -13,11 +13,15 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("the request body is larger than {limit} bytes: send a shorter message")]
     PayloadTooLarge { limit: usize },
     #[error("too many requests from this client: wait {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
+    #[error("this client already has {limit} answers in flight: wait for one to finish")]
+    InFlight { limit: usize },
     #[error("Kotae is busy answering other questions: retry in {retry_after_s} s")]
     Busy { retry_after_s: u64 },
     #[error("not ready: {0}")]
@@ -46,11 +50,13 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", None),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::RateLimited { retry_after_s } => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited", Some(*retry_after_s))
             }
+            ApiError::InFlight { .. } => (StatusCode::TOO_MANY_REQUESTS, "in_flight_limit", Some(1)),
             ApiError::Busy { retry_after_s } => (StatusCode::SERVICE_UNAVAILABLE, "busy", Some(*retry_after_s)),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", None),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", None),

@@ -5,7 +5,9 @@
 //! [`kotae_models::GeneratorWorker`]; it never runs a model on an async thread (embedding and
 //! search go to the blocking pool, generation to the worker).
 
+mod admin;
 mod api;
+pub mod auth;
 pub mod error;
 pub mod metrics;
 mod openai;
@@ -29,31 +31,11 @@ use kotae_index::KnowledgeIndex;
 use kotae_models::{Embedder, GeneratorWorker};
 use serde::{Deserialize, Serialize};
 
+pub use auth::{ApiKey, Client, JwtConfig, Role, SsoConfig};
 pub use error::ApiError;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
-
-/// An API key and the access groups its holder may read.
-#[derive(Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKey {
-    /// Name used in logs and as the rate-limit key (never the secret).
-    pub name: String,
-    pub key: String,
-    #[serde(default)]
-    pub groups: Vec<String>,
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKey")
-            .field("name", &self.name)
-            .field("key", &"<redacted>")
-            .field("groups", &self.groups)
-            .finish()
-    }
-}
 
 /// Server settings (`[server]` in `kotae.toml`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -73,9 +55,22 @@ pub struct ServerConfig {
     pub generation_timeout_s: u64,
     /// Longest question accepted, in characters.
     pub max_question_chars: usize,
-    /// Clients without a key read `public` documents only; `false` requires a key.
+    /// Clients without a credential read `public` documents only; `false` requires one.
     pub allow_anonymous: bool,
     pub api_keys: Vec<ApiKey>,
+    /// Employees' bearer tokens from an OpenID Connect provider.
+    pub jwt: Option<JwtConfig>,
+    /// Identity headers set by a single-sign-on proxy (only believed from `trusted_proxies`).
+    pub sso: Option<SsoConfig>,
+    /// Addresses or CIDR ranges of reverse proxies whose `X-Forwarded-For` (and SSO headers)
+    /// are believed. Empty: the peer address is the client's.
+    pub trusted_proxies: Vec<String>,
+    /// Users in any of these groups (from a JWT or the SSO proxy) are admins.
+    pub admin_groups: Vec<String>,
+    /// Failed authentications an address may make per minute before it is refused.
+    pub auth_failures_per_minute: u32,
+    /// Answers one client may have queued or generating at once.
+    pub answers_in_flight_per_client: usize,
     /// Model id shown by the OpenAI-compatible API.
     pub model_id: String,
 }
@@ -92,6 +87,12 @@ impl Default for ServerConfig {
             max_question_chars: 4000,
             allow_anonymous: true,
             api_keys: Vec::new(),
+            jwt: None,
+            sso: None,
+            trusted_proxies: Vec::new(),
+            admin_groups: Vec::new(),
+            auth_failures_per_minute: 10,
+            answers_in_flight_per_client: 2,
             model_id: "kotae".into(),
         }
     }
@@ -117,6 +118,9 @@ pub struct AppState {
     pub store: store::Store,
     pub metrics: metrics::Metrics,
     limiter: DefaultKeyedRateLimiter<String>,
+    auth: auth::Authenticator,
+    failures: auth::FailureLimiter,
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     started: Instant,
 }
 
@@ -127,7 +131,12 @@ impl AppState {
         let burst =
             std::num::NonZeroU32::new(cfg.rate_limit_burst).ok_or("server.rate_limit_burst must be at least 1")?;
         let limiter = RateLimiter::keyed(Quota::per_minute(per_min).allow_burst(burst));
+        let auth = auth::Authenticator::new(&cfg)?;
+        let failures = auth::FailureLimiter::new(cfg.auth_failures_per_minute);
         Ok(Arc::new(Self {
+            auth,
+            failures,
+            in_flight: Default::default(),
             cfg,
             engine: OnceLock::new(),
             load_error: OnceLock::new(),
@@ -157,24 +166,56 @@ impl AppState {
     }
 }
 
-/// Who is asking: set by the access middleware from the API key or the peer address.
-#[derive(Debug, Clone)]
-pub struct Client {
-    /// Rate-limit and ownership key: `key:<name>` or `ip:<address>`.
-    pub id: String,
-    pub groups: Vec<String>,
+/// One answer a client has in flight; released when dropped.
+pub(crate) struct InFlight {
+    state: Arc<AppState>,
+    client: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut m = self.state.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl AppState {
+    /// Take one of the client's answer slots (`server.answers_in_flight_per_client`).
+    pub(crate) fn begin_answer(self: &Arc<Self>, client: &str) -> Result<InFlight, ApiError> {
+        let limit = self.cfg.answers_in_flight_per_client.max(1);
+        let mut m = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(client.to_string()).or_insert(0);
+        if *n >= limit {
+            return Err(ApiError::InFlight { limit });
+        }
+        *n += 1;
+        Ok(InFlight { state: self.clone(), client: client.to_string() })
+    }
 }
 
 /// The HTTP application.
 pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route("/admin/api/audit", get(admin::audit))
+        .route("/admin/api/guard-events", get(admin::guard_events))
+        .route("/admin/api/quarantine", get(admin::quarantine))
+        .route("/admin/api/quarantine/{id}", post(admin::review))
+        .route_layer(axum::middleware::from_fn(admin_only));
     let limited = Router::new()
         .route("/api/chat", post(api::chat))
         .route("/api/search", post(api::search))
         .route("/api/feedback", post(api::feedback))
         .route("/api/classify", post(api::classify))
         .route("/api/conversations/{id}", get(api::conversation))
+        .route("/api/me", get(api::me))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .merge(admin)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access));
     Router::new()
         .merge(limited)
@@ -206,27 +247,87 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     resp
 }
 
-/// Identifies the client (API key or IP), applies the per-client rate limit.
+/// Identifies the client (API key, JWT, SSO proxy headers or anonymous), refuses what does
+/// not verify, applies the per-client rate limit.
 async fn access(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    let ip = state.auth.client_ip(peer, req.headers());
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
-        .filter(|k| !k.is_empty());
-    let client = match bearer {
-        Some(k) => match state.cfg.api_keys.iter().find(|a| a.key == k) {
-            Some(a) => Client { id: format!("key:{}", a.name), groups: a.groups.clone() },
-            // OpenAI clients insist on sending some key; with anonymous access on, an unknown
-            // key is treated as anonymous rather than rejected.
-            None if state.cfg.allow_anonymous && state.cfg.api_keys.is_empty() => anonymous(&req),
-            None => return Err(ApiError::Unauthorized("unknown API key".into())),
-        },
-        None if state.cfg.allow_anonymous => anonymous(&req),
-        None => {
-            return Err(ApiError::Unauthorized("an API key is required: send `Authorization: Bearer <key>`".into()))
+        .filter(|k| !k.is_empty())
+        .map(str::to_string);
+    let offers_credential = bearer.is_some() || req.headers().contains_key(header::AUTHORIZATION);
+    if offers_credential {
+        if let Some(wait) = state.failures.locked(ip) {
+            return Err(ApiError::RateLimited { retry_after_s: wait });
         }
+    }
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let deny = |how: &str, why: String| {
+        state.failures.failed(ip);
+        tracing::warn!(client_ip = %ip, how, reason = %why, route = %route, "authentication failed");
+        state.store.audit(&store::AuditEntry {
+            actor: format!("ip:{ip}"),
+            action: "authenticate".into(),
+            target: route.clone(),
+            result: "denied".into(),
+            detail: format!("{how}: {why}"),
+            ip: ip.to_string(),
+        });
+    };
+    let client = match bearer {
+        Some(token) if auth::looks_like_jwt(&token) && state.auth.jwt().is_some() => {
+            let Some(jwt) = state.auth.jwt() else { unreachable!() };
+            match jwt.verify(&token).await {
+                Ok((user, groups)) => state.auth.from_claims(user, groups, ip),
+                Err(auth::Denied(why)) => {
+                    deny("jwt", why);
+                    return Err(ApiError::Unauthorized(
+                        "the bearer token was refused (signature, issuer, audience or expiry): sign in again".into(),
+                    ));
+                }
+            }
+        }
+        Some(token) => match state.auth.api_key(&token, ip) {
+            Some(c) => c,
+            // OpenAI clients insist on sending some key; on a server with no credentials at
+            // all and anonymous access on, such a key means nothing and is ignored.
+            None if state.cfg.allow_anonymous && !state.auth.has_credentials() => anonymous(ip),
+            None => {
+                deny("api_key", "unknown API key".into());
+                return Err(ApiError::Unauthorized("unknown API key".into()));
+            }
+        },
+        None if req.headers().contains_key(header::AUTHORIZATION) => {
+            deny("authorization", "not a bearer credential".into());
+            return Err(ApiError::Unauthorized("send `Authorization: Bearer <token or API key>`".into()));
+        }
+        None => match state.auth.sso(peer, ip, req.headers()) {
+            Ok(Some(c)) => c,
+            Ok(None) if state.cfg.allow_anonymous => anonymous(ip),
+            Ok(None) => {
+                return Err(ApiError::Unauthorized(
+                    "sign-in required: send `Authorization: Bearer <token or API key>`".into(),
+                ))
+            }
+            Err(auth::Denied(why)) => {
+                // Identity headers from outside the proxy are ignored, never believed.
+                tracing::warn!(client_ip = %ip, reason = %why, "ignored SSO headers");
+                if state.cfg.allow_anonymous {
+                    anonymous(ip)
+                } else {
+                    return Err(ApiError::Unauthorized("sign-in required".into()));
+                }
+            }
+        },
     };
     if let Err(not_until) = state.limiter.check_key(&client.id) {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -236,13 +337,19 @@ async fn access(State(state): State<Arc<AppState>>, mut req: Request, next: Next
     Ok(next.run(req).await)
 }
 
-fn anonymous(req: &Request) -> Client {
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    Client { id: format!("ip:{ip}"), groups: Vec::new() }
+fn anonymous(ip: std::net::IpAddr) -> Client {
+    Client { id: format!("ip:{ip}"), groups: Vec::new(), role: Role::User, via: "anonymous", ip }
+}
+
+/// Admin endpoints: 401 for anonymous clients, 403 for signed-in users without the role.
+async fn admin_only(req: Request, next: Next) -> Result<Response, ApiError> {
+    match req.extensions().get::<Client>() {
+        Some(c) if c.role == Role::Admin => Ok(next.run(req).await),
+        Some(c) if c.via == "anonymous" => {
+            Err(ApiError::Unauthorized("admin endpoints need an admin credential".into()))
+        }
+        _ => Err(ApiError::Forbidden("this endpoint is for admins".into())),
+    }
 }
 
 /// Serve until `shutdown` resolves. The engine is installed by the caller (possibly after
@@ -261,6 +368,7 @@ pub async fn serve(
             tick.tick().await;
             st.limiter.retain_recent();
             st.limiter.shrink_to_fit();
+            st.failures.prune();
         }
     });
     let app = router(state);
@@ -274,6 +382,27 @@ pub async fn serve(
 /// Seconds since the server started.
 pub fn uptime_s(state: &AppState) -> f64 {
     state.started.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_in_flight_are_limited_per_client_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServerConfig { answers_in_flight_per_client: 2, ..Default::default() };
+        let state = AppState::new(cfg, store::Store::open(&dir.path().join("s.sqlite3")).unwrap()).unwrap();
+        let a1 = state.begin_answer("key:a").unwrap();
+        let _a2 = state.begin_answer("key:a").unwrap();
+        assert!(matches!(state.begin_answer("key:a"), Err(ApiError::InFlight { limit: 2 })));
+        // Another client is not held back by the first one's answers.
+        let _b = state.begin_answer("key:b").unwrap();
+        drop(a1);
+        let _a3 = state.begin_answer("key:a").unwrap();
+        drop((_a2, _a3, _b));
+        assert!(state.in_flight.lock().unwrap().is_empty(), "released slots leave nothing behind");
+    }
 }
 
 // The server is tested through real HTTP with real models in `apps/kotae/tests/it/serve.rs`

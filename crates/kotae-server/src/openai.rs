@@ -113,7 +113,7 @@ pub async fn chat_completions(
             p.top_p = t;
         }
         if let Some(n) = req.max_completion_tokens.or(req.max_tokens) {
-            p.max_tokens = n.clamp(1, cap.max(2048));
+            p.max_tokens = n.clamp(1, cap);
         }
         if let Some(s) = req.seed {
             p.seed = s;

@@ -18,13 +18,13 @@ pub fn spec() -> Value {
         "info": {
             "title": "Kotae",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Answers from a company's own documents, with citations. Errors are JSON `{\"error\": {\"code\", \"message\"}}`; 429 and 503 carry `Retry-After`."
+            "description": "Answers from a company's own documents, with citations. Errors are JSON `{\"error\": {\"code\", \"message\"}}`; 429 and 503 carry `Retry-After`. Credentials: `Authorization: Bearer` with an API key or an OpenID Connect JWT, or the headers of a trusted single-sign-on proxy; a credential that does not verify is refused (401), never treated as anonymous, and repeated failures from one address are refused with 429 for the rest of the minute. `/admin/api/…` needs the admin role (403 otherwise)."
         },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
                 "Error": { "type": "object", "properties": { "error": { "type": "object", "properties": {
-                    "code": { "type": "string", "enum": ["bad_request", "unauthorized", "not_found", "payload_too_large", "rate_limited", "busy", "not_ready", "timeout", "internal"] },
+                    "code": { "type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "not_found", "payload_too_large", "rate_limited", "in_flight_limit", "busy", "not_ready", "timeout", "internal"] },
                     "message": { "type": "string" } } } } },
                 "ChatRequest": { "type": "object", "required": ["message"], "properties": {
                     "message": { "type": "string", "maxLength": 4000 },
@@ -80,11 +80,32 @@ pub fn spec() -> Value {
             "/api/feedback": { "post": {
                 "summary": "Thumbs up/down on an answer",
                 "requestBody": body("FeedbackRequest"),
-                "responses": { "201": { "description": "`{id}`" }, "400": err(), "404": err() } } },
+                "responses": { "201": { "description": "`{id}` (a second vote on the same answer replaces the first)" }, "400": err(), "404": err() } } },
             "/api/conversations/{id}": { "get": {
                 "summary": "Messages of one of the client's conversations",
                 "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "200": { "description": "`{id, messages}`" }, "404": err() } } },
+            "/api/me": { "get": {
+                "summary": "Who the server takes the client for: `{id, role, groups, via}` (via: api_key, jwt, sso, anonymous)",
+                "responses": { "200": { "description": "the client" }, "401": err(), "429": err() } } },
+            "/admin/api/audit": { "get": {
+                "summary": "Audit trail (admin): admin actions and authentication failures, newest first: `{entries: [{id, actor, action, target, result, detail, ip, created_unix}]}`",
+                "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
+                               { "name": "before", "in": "query", "description": "page back: entries with a smaller id", "schema": { "type": "integer" } }],
+                "responses": { "200": { "description": "entries" }, "401": err(), "403": err() } } },
+            "/admin/api/guard-events": { "get": {
+                "summary": "Guardrail decisions (admin), newest first, without the offending text: `{events}`",
+                "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }],
+                "responses": { "200": { "description": "events" }, "401": err(), "403": err() } } },
+            "/admin/api/quarantine": { "get": {
+                "summary": "Texts the training-data guard held back (admin): `{items: [{id, source, ref, text, category, rule, client, status, created_unix}]}`",
+                "parameters": [{ "name": "status", "in": "query", "schema": { "type": "string", "enum": ["pending", "released", "rejected"] } }],
+                "responses": { "200": { "description": "items" }, "400": err(), "401": err(), "403": err() } } },
+            "/admin/api/quarantine/{id}": { "post": {
+                "summary": "Review a held-back text (admin): `released` lets it into training data, `rejected` keeps it out; audited",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["status"], "properties": { "status": { "type": "string", "enum": ["released", "rejected"] } } } } } },
+                "responses": { "200": { "description": "`{id, status}`" }, "400": err(), "401": err(), "403": err(), "404": err() } } },
             "/v1/chat/completions": { "post": {
                 "summary": "OpenAI-compatible chat completion (retrieval-augmented); streaming with stream=true",
                 "requestBody": body("CompletionRequest"),

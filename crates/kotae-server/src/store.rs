@@ -68,7 +68,45 @@ const MIGRATIONS: &[&str] = &[
         reviewed_unix INTEGER,
         UNIQUE (source, ref)
     );",
+    // 3: the audit trail of admin actions and authentication failures; one vote per client
+    // and answer (earlier duplicates: the latest stays).
+    "CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        result TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        created_unix INTEGER NOT NULL
+    );
+    CREATE INDEX audit_created ON audit(created_unix);
+    DELETE FROM feedback WHERE id NOT IN (SELECT MAX(id) FROM feedback GROUP BY message_id, client);
+    CREATE UNIQUE INDEX feedback_once ON feedback(message_id, client);",
 ];
+
+/// One line of the audit trail: who did what to what, and how it ended. Never a secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    /// `key:<name>`, `user:<id>` or, for a failed sign-in, `ip:<address>`.
+    pub actor: String,
+    /// `authenticate`, `quarantine.review`, …
+    pub action: String,
+    pub target: String,
+    /// `ok`, `denied`, `failed`.
+    pub result: String,
+    pub detail: String,
+    pub ip: String,
+}
+
+/// An audit line as read back.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    pub id: i64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    pub created_unix: i64,
+}
 
 /// One decision of the guardrails, as the audit table keeps it.
 #[derive(Debug, Clone, Serialize)]
@@ -211,7 +249,8 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(internal)
     }
 
-    /// Store feedback on an assistant message; `None` when there is no such message.
+    /// Store a client's vote on an answer in one of its own conversations; a second vote
+    /// replaces the first. `None` when there is no such answer for this client.
     pub fn add_feedback(
         &self,
         message_id: &str,
@@ -220,19 +259,30 @@ impl Store {
         client: &str,
     ) -> Result<Option<i64>, ApiError> {
         let conn = self.conn();
-        let exists: Option<String> = conn
-            .query_row("SELECT role FROM messages WHERE id = ?1", [message_id], |r| r.get(0))
+        let found: Option<(String, String)> = conn
+            .query_row(
+                "SELECT m.role, c.client FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.id = ?1",
+                [message_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(internal)?;
-        if exists.as_deref() != Some("assistant") {
-            return Ok(None);
+        match found {
+            Some((role, owner)) if role == "assistant" && owner == client => {}
+            _ => return Ok(None),
         }
-        conn.execute(
-            "INSERT INTO feedback (message_id, rating, comment, client, created_unix) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![message_id, rating, comment, client, now()],
-        )
-        .map_err(internal)?;
-        Ok(Some(conn.last_insert_rowid()))
+        let id = conn
+            .query_row(
+                "INSERT INTO feedback (message_id, rating, comment, client, created_unix) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (message_id, client) DO UPDATE SET rating = excluded.rating,
+                   comment = excluded.comment, created_unix = excluded.created_unix
+                 RETURNING id",
+                params![message_id, rating, comment, client, now()],
+                |r| r.get(0),
+            )
+            .map_err(internal)?;
+        Ok(Some(id))
     }
 
     /// (up, down) counts, for metrics and tests.
@@ -248,6 +298,46 @@ impl Store {
 }
 
 impl Store {
+    /// Append to the audit trail. A failure to write is logged, never shown to the client.
+    pub fn audit(&self, e: &AuditEntry) {
+        let r = self.conn().execute(
+            "INSERT INTO audit (actor, action, target, result, detail, ip, created_unix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![e.actor, e.action, e.target, e.result, e.detail, e.ip, now()],
+        );
+        if let Err(err) = r {
+            tracing::error!(error = %err, action = %e.action, "cannot write the audit trail");
+        }
+    }
+
+    /// Audit lines, newest first; `before` pages back by id.
+    pub fn audit_entries(&self, limit: usize, before: Option<i64>) -> Result<Vec<AuditRow>, ApiError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT id, actor, action, target, result, detail, ip, created_unix FROM audit
+                 WHERE ?2 IS NULL OR id < ?2 ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map(params![limit as i64, before], |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    entry: AuditEntry {
+                        actor: r.get(1)?,
+                        action: r.get(2)?,
+                        target: r.get(3)?,
+                        result: r.get(4)?,
+                        detail: r.get(5)?,
+                        ip: r.get(6)?,
+                    },
+                    created_unix: r.get(7)?,
+                })
+            })
+            .map_err(internal)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+    }
+
     /// Record guard decisions (all of one request in one transaction).
     pub fn add_guard_events(&self, events: &[GuardEvent]) -> Result<(), ApiError> {
         if events.is_empty() {
@@ -418,8 +508,13 @@ mod tests {
             let a = s
                 .add_message(&c, "assistant", "Restart [1].", Some(&serde_json::json!({"kind": "generated"})))
                 .unwrap();
-            assert!(s.add_feedback(&a, "up", Some("good"), "k1").unwrap().is_some());
+            let first = s.add_feedback(&a, "up", Some("good"), "k1").unwrap().unwrap();
             assert!(s.add_feedback("nope", "up", None, "k1").unwrap().is_none());
+            // Another client cannot vote on k1's answer; k1's second vote replaces its first.
+            assert!(s.add_feedback(&a, "down", None, "k2").unwrap().is_none());
+            assert_eq!(s.add_feedback(&a, "down", None, "k1").unwrap(), Some(first));
+            assert_eq!(s.feedback_counts().unwrap(), (0, 1));
+            s.add_feedback(&a, "up", Some("good"), "k1").unwrap();
             (c, a)
         };
         let s = Store::open(&path).unwrap();

@@ -821,7 +821,13 @@ async fn users_cannot_teach_the_bot_slurs_through_feedback_or_corrections() {
     // claims. None of it may reach training data, and no answer repeats it.
     let dir = tempfile::tempdir().unwrap();
     let keys: Vec<kotae_server::ApiKey> = (0..6)
-        .map(|i| kotae_server::ApiKey { name: format!("user{i}"), key: format!("secret-{i}"), groups: Vec::new() })
+        .map(|i| kotae_server::ApiKey {
+            name: format!("user{i}"),
+            key: None,
+            key_sha256: Some(kotae_server::auth::key_digest(&format!("secret-{i}"))),
+            groups: Vec::new(),
+            role: kotae_server::Role::User,
+        })
         .collect();
     let s = Server::start(dir.path(), |cfg| {
         cfg.server.api_keys = keys.clone();

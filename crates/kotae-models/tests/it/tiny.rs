@@ -313,3 +313,47 @@ fn int8_engine_matches_candle_quantized_models() {
         assert!(d <= 1e-3 * max_abs(&one), "{arch}: growing the cache changed logits by {d}");
     }
 }
+
+/// The tiny model, except that a prompt with `PANIC` in it panics mid-generation (the kind
+/// of bug a model runtime can have on one odd input).
+struct Fragile(CandleGenerator);
+
+impl Generator for Fragile {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn format(&self) -> std::sync::Arc<kotae_models::PromptFormat> {
+        self.0.format()
+    }
+    fn generate(
+        &mut self,
+        prompt: &str,
+        params: &SamplingParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> kotae_models::Result<kotae_models::Generation> {
+        let panics = prompt.contains("PANIC");
+        self.0.generate(prompt, params, &mut |t| {
+            assert!(!panics, "index out of bounds in a kernel");
+            on_text(t)
+        })
+    }
+}
+
+#[test]
+fn a_panicking_generation_fails_its_job_and_the_worker_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_gguf(&path, 257);
+    let worker = kotae_models::GeneratorWorker::spawn(Box::new(Fragile(load(&path))), 2).unwrap();
+    let params = SamplingParams { max_tokens: 4, repeat_penalty: 1.0, ..Default::default() };
+    let err = worker.run_blocking("PANIC please".into(), params.clone(), |_| {}).unwrap_err();
+    assert!(err.to_string().contains("index out of bounds"), "{err}");
+    assert_eq!(worker.panics(), 1);
+    // The next answers are served as usual.
+    for _ in 0..2 {
+        let g = worker.run_blocking("hello".into(), params.clone(), |_| {}).unwrap();
+        assert!(g.completion_tokens > 0);
+    }
+    assert!(worker.alive());
+    assert_eq!(worker.load(), 0);
+}

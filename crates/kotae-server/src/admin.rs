@@ -1,0 +1,116 @@
+//! `/admin/api/…`: what admins read and decide (the audit trail, the guardrails' decisions,
+//! the training-data quarantine). Every route needs the admin role (see `admin_only`), and
+//! every change an admin makes is audited.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::store::AuditEntry;
+use crate::{AppState, Client};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Entries older than this id (the last id of the previous page).
+    #[serde(default)]
+    pub before: Option<i64>,
+}
+
+fn limit_of(p: &Page) -> Result<usize, ApiError> {
+    match p.limit.unwrap_or(100) {
+        n @ 1..=1000 => Ok(n),
+        n => Err(ApiError::BadRequest(format!("`limit` is {n}: use 1 to 1000"))),
+    }
+}
+
+fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::BadRequest(format!("{}: check the query parameters", e.body_text()))
+}
+
+/// `GET /admin/api/audit`: admin actions and authentication failures, newest first.
+pub async fn audit(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = q.map_err(bad_query)?;
+    let entries = state.store.audit_entries(limit_of(&p)?, p.before)?;
+    Ok(Json(json!({ "entries": entries })).into_response())
+}
+
+/// `GET /admin/api/guard-events`: the guardrails' decisions (never the offending text).
+pub async fn guard_events(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = q.map_err(bad_query)?;
+    if p.before.is_some() {
+        return Err(ApiError::BadRequest("`before` is not supported here; use `limit`".into()));
+    }
+    let events = state.store.guard_events(limit_of(&p)?)?;
+    Ok(Json(json!({ "events": events })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineQuery {
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// `GET /admin/api/quarantine`: texts the training-data guard held back, for review.
+pub async fn quarantine(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<QuarantineQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(bad_query)?;
+    if let Some(s) = &q.status {
+        if !["pending", "released", "rejected"].contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(format!("`status` is '{s}': use pending, released or rejected")));
+        }
+    }
+    let items = state.store.quarantined(q.status.as_deref())?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Review {
+    /// `released` (may be trained on) or `rejected`.
+    pub status: String,
+}
+
+/// `POST /admin/api/quarantine/{id}`: release a held-back text into training data, or reject it.
+pub async fn review(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    Path(id): Path<i64>,
+    body: Result<Json<Review>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(r) = body?;
+    let found = state.store.review_quarantine(id, &r.status);
+    let result = match &found {
+        Ok(true) => "ok",
+        Ok(false) => "not_found",
+        Err(_) => "failed",
+    };
+    state.store.audit(&AuditEntry {
+        actor: admin.id.clone(),
+        action: "quarantine.review".into(),
+        target: format!("quarantine/{id}"),
+        result: result.into(),
+        detail: format!("status={}", r.status),
+        ip: admin.ip.to_string(),
+    });
+    match found? {
+        true => Ok(Json(json!({ "id": id, "status": r.status })).into_response()),
+        false => Err(ApiError::NotFound(format!("no quarantined text {id}"))),
+    }
+}
