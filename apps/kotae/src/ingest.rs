@@ -29,6 +29,25 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// A document whose readers changed on this run.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupChange {
+    pub path: String,
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+}
+
+/// A document carrying a confidentiality marker.
+#[derive(Debug, Clone, Serialize)]
+pub struct Marked {
+    pub path: String,
+    pub markers: Vec<String>,
+    /// The groups it was indexed with.
+    pub groups: Vec<String>,
+    /// Whether `ingest.markers` decided them.
+    pub mapped: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct IngestSummary {
     pub files_seen: usize,
@@ -47,6 +66,10 @@ pub struct IngestSummary {
     /// Chunks whose text holds instructions addressed to an AI ("ignore previous
     /// instructions…"): indexed, and quoted as data in every prompt, but an admin should look.
     pub instructions_flagged: Vec<Flagged>,
+    /// Documents whose access groups changed (logged too).
+    pub groups_changed: Vec<GroupChange>,
+    /// Documents with a confidentiality marker line.
+    pub marked: Vec<Marked>,
     pub skipped: Vec<Skipped>,
     pub seconds: f64,
 }
@@ -64,8 +87,31 @@ struct FileJob {
     source: String,
     root: String,
     hash: String,
+    groups: Vec<String>,
     chunks: Vec<IndexedChunk>,
 }
+
+/// A file to (re)ingest.
+struct Changed {
+    source: String,
+    root: String,
+    hash: String,
+    path: PathBuf,
+    groups: Vec<String>,
+    bytes: Vec<u8>,
+}
+
+fn clean_groups<'a>(groups: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut g: Vec<String> = groups.into_iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect();
+    g.sort();
+    g.dedup();
+    g
+}
+
+/// Why a document nobody labelled is refused.
+pub const UNLABELLED: &str =
+    "no access groups: say who may read it with --groups (e.g. --groups public, --groups staff), \
+     ingest.default_groups or an [[ingest.access]] rule in kotae.toml";
 
 /// Files under `path` (or `path` itself), with their source names relative to the root.
 fn walk(path: &Path) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
@@ -77,10 +123,15 @@ fn walk(path: &Path) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
         return Ok((root, vec![(name, abs)]));
     }
     let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(&abs).follow_links(false).sort_by_file_name() {
+    // Hidden files and folders (`.git/`, `.private/`) are never walked into.
+    let walker = walkdir::WalkDir::new(&abs)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+    for entry in walker {
         let entry = entry?;
-        let hidden = entry.file_name().to_string_lossy().starts_with('.') && entry.depth() > 0;
-        if hidden || !entry.file_type().is_file() {
+        if !entry.file_type().is_file() {
             continue;
         }
         let rel = entry.path().strip_prefix(&abs).unwrap_or(entry.path());
@@ -126,19 +177,33 @@ pub fn run_ingest(
 ) -> Result<IngestSummary> {
     let start = Instant::now();
     let mut sum = IngestSummary::default();
-    let mut groups: Vec<String> = opts.groups.iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect();
-    if groups.is_empty() {
-        groups.push(kotae_index::PUBLIC_GROUP.into());
+    let explicit = clean_groups(&opts.groups);
+    let default_groups = clean_groups(&cfg.ingest.default_groups);
+    // Folder rules on canonical paths, longest first.
+    let mut rules: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    for r in &cfg.ingest.access {
+        let p = std::fs::canonicalize(&r.path).with_context(|| {
+            format!(
+                "ingest.access: the path {} does not exist (relative paths start at the working directory)",
+                r.path.display()
+            )
+        })?;
+        let g = clean_groups(&r.groups);
+        anyhow::ensure!(!g.is_empty(), "ingest.access: the rule for {} has no groups", r.path.display());
+        rules.push((p, g));
     }
-    groups.sort();
-    groups.dedup();
+    rules.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
     let chunker = ChunkerConfig { max_tokens: cfg.ingest.chunk_tokens };
     // Instructions hidden in manuals and logs are flagged here and quoted as data in prompts.
     let doc_guard = kotae_guard::Guardrails::load(cfg.guard.policy.as_deref(), None, None)?;
     let manifest = index.manifest().clone();
+    // Where each indexed document came from: a file is one document whatever folder it is
+    // ingested from.
+    let indexed_at: BTreeMap<PathBuf, &str> =
+        manifest.files.iter().map(|(src, e)| (Path::new(&e.root).join(src), src.as_str())).collect();
     let mut dedup = Deduper::new(cfg.ingest.near_duplicate_threshold);
     let mut seen_by_root: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut changed: Vec<(String, String, String, PathBuf)> = Vec::new(); // source, root, hash, path
+    let mut changed: Vec<Changed> = Vec::new();
 
     for path in &opts.paths {
         let (root, files) = walk(path)?;
@@ -147,6 +212,22 @@ pub fn run_ingest(
         for (source, file) in files {
             sum.files_seen += 1;
             seen.insert(source.clone());
+            let existing = manifest.files.get(&source);
+            if let Some(e) = existing.filter(|e| e.root != root_s) {
+                let reason = format!(
+                    "a document named {source} from {} is already indexed; rename one of them, or ingest from that folder",
+                    e.root
+                );
+                sum.skipped.push(Skipped { path: source, reason });
+                continue;
+            }
+            if let Some(other) = indexed_at.get(&file).filter(|o| **o != source) {
+                let reason = format!(
+                    "already indexed as {other}: ingest the folder it came from again (or remove it with --prune there) instead of adding it under a second name"
+                );
+                sum.skipped.push(Skipped { path: source, reason });
+                continue;
+            }
             let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             if size > cfg.ingest.max_file_bytes {
                 let e = kotae_ingest::Error::TooLarge { size, limit: cfg.ingest.max_file_bytes };
@@ -157,11 +238,28 @@ pub fn run_ingest(
                 sum.skipped.push(Skipped { path: source, reason: e.to_string() });
                 continue;
             }
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Who may read it: a folder rule, else --groups, else what it had, else the default.
+            let groups = match (rules.iter().find(|(p, _)| file.starts_with(p)), existing) {
+                (Some((_, g)), _) => g.clone(),
+                (None, _) if !explicit.is_empty() => explicit.clone(),
+                (None, Some(e)) => e.groups.clone(),
+                (None, None) if !default_groups.is_empty() => default_groups.clone(),
+                (None, None) => {
+                    sum.skipped.push(Skipped { path: source, reason: UNLABELLED.into() });
+                    continue;
+                }
+            };
+            let bytes = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => {
+                    sum.skipped.push(Skipped { path: source, reason: format!("cannot read the file: {e}") });
+                    continue;
+                }
+            };
             let hash = sha256_hex(&bytes);
-            match manifest.files.get(&source) {
-                Some(e) if e.hash == hash && e.groups == groups && e.root == root_s => sum.files_unchanged += 1,
-                _ => changed.push((source, root_s.clone(), hash, file)),
+            match existing {
+                Some(e) if e.hash == hash && e.groups == groups => sum.files_unchanged += 1,
+                _ => changed.push(Changed { source, root: root_s.clone(), hash, path: file, groups, bytes }),
             }
         }
     }
@@ -172,12 +270,34 @@ pub fn run_ingest(
     let pb = bar(opts.quiet, changed.len() as u64, "parse");
     let mut jobs = Vec::new();
     let ingested_at = now_unix();
-    for (source, root, hash, file) in changed {
+    for Changed { source, root, hash, path: file, mut groups, bytes } in changed {
         pb.inc(1);
-        let bytes = std::fs::read(&file)?;
         let ftype = FileType::from_path(&file).expect("checked above");
         match kotae_ingest::process_file(&source, &bytes, ftype, &chunker, &count) {
             Ok((chunks, rep)) => {
+                if !rep.markers.is_empty() {
+                    // A marked document takes the groups its marker maps to (never public);
+                    // unmapped, it is reported and keeps the groups it was given.
+                    let mapped = rep.markers.iter().find_map(|m| cfg.ingest.markers.get(&m.to_lowercase()));
+                    if let Some(g) = mapped {
+                        groups = clean_groups(g);
+                    }
+                    tracing::warn!(source = %source, markers = ?rep.markers, groups = ?groups, "confidentiality marker");
+                    sum.marked.push(Marked {
+                        path: source.clone(),
+                        markers: rep.markers.clone(),
+                        groups: groups.clone(),
+                        mapped: mapped.is_some(),
+                    });
+                }
+                if let Some(e) = manifest.files.get(&source).filter(|e| e.groups != groups) {
+                    tracing::info!(source = %source, from = ?e.groups, to = ?groups, "access groups changed");
+                    sum.groups_changed.push(GroupChange {
+                        path: source.clone(),
+                        from: e.groups.clone(),
+                        to: groups.clone(),
+                    });
+                }
                 sum.unresolved_inquiries_skipped += rep.unresolved_skipped;
                 sum.duplicates_dropped += rep.duplicates_merged;
                 sum.personal_data_redacted += rep.redactions;
@@ -228,7 +348,7 @@ pub fn run_ingest(
                     sum.skipped.push(Skipped { path: source, reason: "no text to index after cleaning".into() });
                     continue;
                 }
-                jobs.push(FileJob { source, root, hash, chunks: kept });
+                jobs.push(FileJob { source, root, hash, groups, chunks: kept });
             }
             Err(e) => sum.skipped.push(Skipped { path: source, reason: e.to_string() }),
         }
@@ -269,7 +389,7 @@ pub fn run_ingest(
             let entry = FileEntry {
                 root: job.root.clone(),
                 hash: job.hash.clone(),
-                groups: groups.clone(),
+                groups: job.groups.clone(),
                 chunks: job.chunks.len(),
                 ingested_unix: ingested_at,
             };
@@ -349,6 +469,18 @@ pub fn print_summary(s: &IngestSummary) {
         for f in &s.instructions_flagged {
             println!("  {} [{}]: {} ({})", f.source, f.section, f.category, f.rule);
         }
+    }
+    for c in &s.groups_changed {
+        println!("access changed: {}: {} -> {}", c.path, c.from.join(","), c.to.join(","));
+    }
+    for m in &s.marked {
+        println!(
+            "marked {}: {} -> groups {}{}",
+            m.path,
+            m.markers.join(", "),
+            m.groups.join(","),
+            if m.mapped { "" } else { " (no ingest.markers rule for this marker: check who may read it)" }
+        );
     }
     if !s.skipped.is_empty() {
         println!("skipped {} file(s):", s.skipped.len());

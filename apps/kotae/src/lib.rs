@@ -10,6 +10,7 @@ pub mod guard_eval;
 pub mod ingest;
 pub mod models;
 pub mod nightly;
+pub mod pdf;
 pub mod report;
 pub mod search;
 pub mod serve;

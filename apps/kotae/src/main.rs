@@ -52,7 +52,9 @@ enum Cmd {
     Ingest {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Access groups of the ingested content (default: public)
+        /// Who may read the ingested documents (`public` = everyone). Folder rules in
+        /// `[[ingest.access]]` win over it; without either, a document keeps the groups it had,
+        /// else gets `ingest.default_groups`, else is skipped (never silently public)
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
         /// Remove files that disappeared from the given folders
@@ -377,6 +379,10 @@ enum EvalCmd {
 }
 
 fn main() -> ExitCode {
+    // The PDF extraction child (see `kotae::pdf`): nothing else starts.
+    if std::env::args().nth(1).as_deref() == Some(kotae::pdf::HELPER_ARG) {
+        return kotae::pdf::helper_main();
+    }
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("KOTAE_LOG").unwrap_or_else(|_| "warn,qdrant_edge=error".into());
@@ -413,6 +419,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = Config::load(&Overrides { config: g.config, data_dir: g.data_dir, kb: g.kb, threads: g.threads })?;
     // Inference thread count: candle and rayon read this before their pools start.
     std::env::set_var("RAYON_NUM_THREADS", cfg.threads.to_string());
+    // PDFs are parsed in a child process with time and memory limits.
+    match std::env::current_exe() {
+        Ok(exe) => kotae::pdf::install(kotae::pdf::limits_for(&cfg, &exe)),
+        Err(e) => tracing::warn!(error = %e, "cannot find this program's path: PDFs are parsed in-process"),
+    }
     match cli.cmd {
         Cmd::Models { cmd: ModelsCmd::Fetch { names, all } } => {
             let names = if all {

@@ -1,8 +1,8 @@
 //! `kotae search`: one query against the knowledge base.
 
 use anyhow::Result;
-use kotae_index::{Hit, KnowledgeIndex, SearchMode, SearchRequest};
-use kotae_models::{Embedder, InputKind};
+use kotae_index::{Hit, KnowledgeIndex, SearchMode};
+use kotae_models::Embedder;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -31,28 +31,25 @@ pub fn run_search(
     embedder: Option<&dyn Embedder>,
     o: &SearchOptions,
 ) -> Result<SearchOutput> {
-    let text = kotae_ingest::clean::normalize(o.query.trim());
-    anyhow::ensure!(!text.is_empty(), "the query is empty: give some words to search for");
-    let mode = o.mode.unwrap_or(cfg.search.mode);
-    let t0 = std::time::Instant::now();
-    let vector = match (mode, embedder) {
-        (SearchMode::Bm25, _) => None,
-        (_, Some(e)) => e.embed(&[text.as_str()], InputKind::Query)?.vectors.pop(),
-        (_, None) => anyhow::bail!("{mode:?} search needs the embedder; install it with `kotae models fetch`"),
-    };
-    let embed_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let t1 = std::time::Instant::now();
-    let req = SearchRequest {
-        text: text.clone(),
-        vector,
-        mode,
-        top_k: o.top_k.unwrap_or(cfg.search.top_k),
-        groups: o.groups.clone(),
-        lang: o.lang.clone(),
-        fusion: cfg.search.fusion,
-    };
-    let hits = index.search(&req)?;
-    Ok(SearchOutput { query: o.query.clone(), mode, hits, embed_ms, search_ms: t1.elapsed().as_secs_f64() * 1e3 })
+    let r = kotae_answer::search(
+        index,
+        embedder,
+        &kotae_answer::SearchQuery {
+            text: &o.query,
+            mode: o.mode.unwrap_or(cfg.search.mode),
+            top_k: o.top_k.unwrap_or(cfg.search.top_k),
+            groups: o.groups.clone(),
+            lang: o.lang.clone(),
+            fusion: cfg.search.fusion,
+        },
+    )?;
+    Ok(SearchOutput {
+        query: o.query.clone(),
+        mode: r.mode,
+        hits: r.hits,
+        embed_ms: r.embed_ms,
+        search_ms: r.search_ms,
+    })
 }
 
 pub fn print_hits(out: &SearchOutput) {

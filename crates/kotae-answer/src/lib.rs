@@ -10,6 +10,7 @@ pub mod cite;
 pub mod evidence;
 pub mod ground;
 pub mod prompt;
+pub mod search;
 pub mod slot;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use kotae_models::{
     ChatMessage, Embedder, FinishReason, GenEvent, Generation, GeneratorWorker, InputKind, PromptFormat, Role,
     SamplingParams,
 };
+pub use search::{search, SearchQuery, SearchResult};
 use serde::{Deserialize, Serialize};
 
 /// Errors of answering.

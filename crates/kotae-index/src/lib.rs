@@ -47,6 +47,9 @@ pub enum Error {
     Manifest(String),
     #[error("invalid query: {0}")]
     Query(String),
+    /// Another process has the knowledge base open.
+    #[error("{0}")]
+    InUse(String),
 }
 
 impl Error {

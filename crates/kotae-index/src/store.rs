@@ -50,6 +50,45 @@ pub struct KnowledgeIndex {
     lexical: Lexical,
     vectors: Box<dyn VectorStore>,
     manifest: Manifest,
+    /// Held while open: one process at a time uses a knowledge base directory.
+    _lock: std::fs::File,
+}
+
+/// Take the knowledge base's lock (`<dir>/kotae.lock`, an OS file lock, released when the
+/// process ends however it ends). A second process gets a clear error naming the holder,
+/// not a storage engine's lock failure.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join("kotae.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {
+            let me = format!("pid {} ({})", std::process::id(), std::env::args().take(2).collect::<Vec<_>>().join(" "));
+            f.set_len(0)
+                .and_then(|_| f.rewind())
+                .and_then(|_| f.write_all(me.as_bytes()))
+                .map_err(|e| Error::io(&path, e))?;
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            Err(Error::InUse(format!(
+                "the knowledge base in {} is open in another Kotae process ({}): \
+                 stop it first (a running `kotae serve` holds it until it exits), or use another --kb",
+                dir.display(),
+                if holder.trim().is_empty() { "unknown" } else { holder.trim() }
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
 }
 
 impl KnowledgeIndex {
@@ -62,6 +101,7 @@ impl KnowledgeIndex {
                 cfg.dir.display()
             )));
         }
+        let lock = lock_dir(&cfg.dir)?;
         let dict = cfg.ja_dictionary.as_deref().filter(|p| p.exists());
         // Peek at the stored manifest to learn which Japanese analyzer the index was built with.
         let stored: Option<Manifest> = if existing {
@@ -151,7 +191,7 @@ impl KnowledgeIndex {
             Some(server) => Box::new(ServerStore::connect(server, dim, cfg.hnsw)?),
             None => Box::new(EdgeStore::open(&cfg.dir.join("vectors"), dim, cfg.hnsw)?),
         };
-        Ok(Self { lexical, vectors, manifest })
+        Ok(Self { lexical, vectors, manifest, _lock: lock })
     }
 
     pub fn manifest(&self) -> &Manifest {

@@ -34,6 +34,24 @@ static BOILERPLATE: LazyLock<Vec<Regex>> = LazyLock::new(|| {
     .collect()
 });
 
+static MARKER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)(社外秘|部外秘|関係者外秘|社内限り|取扱注意|極秘|\bstrictly confidential\b|\bconfidential\b|\binternal use only\b|\binternal only\b|\bdo not distribute\b)",
+    )
+    .expect("valid marker regex")
+});
+
+/// The confidentiality marker of a short, label-like line (`社外秘`, `【社外秘】`,
+/// `CONFIDENTIAL - Internal use only`), lowercase; `None` for other lines (a sentence that
+/// mentions confidential data is not a marker).
+pub fn confidentiality_marker(line: &str) -> Option<String> {
+    let t = line.trim();
+    if t.is_empty() || t.chars().count() > 40 || t.ends_with(['.', '。', '?', '？']) {
+        return None;
+    }
+    MARKER.find(t).map(|m| m.as_str().to_lowercase())
+}
+
 /// Whether a whole line is boilerplate (copyright footers, page numbers, "back to top").
 pub fn is_boilerplate_line(line: &str) -> bool {
     let t = line.trim();
@@ -273,6 +291,12 @@ mod tests {
         assert!(is_boilerplate_line("© 2024 Example Corp. All rights reserved."));
         assert!(is_boilerplate_line("Page 3 of 10"));
         assert!(is_boilerplate_line("社外秘"));
+        assert_eq!(confidentiality_marker(" 社外秘 ").as_deref(), Some("社外秘"));
+        assert_eq!(confidentiality_marker("【社外秘】経費精算の手引き").as_deref(), Some("社外秘"));
+        assert_eq!(confidentiality_marker("CONFIDENTIAL").as_deref(), Some("confidential"));
+        assert_eq!(confidentiality_marker("Internal use only").as_deref(), Some("internal use only"));
+        assert_eq!(confidentiality_marker("Never print confidential documents on a personal printer."), None);
+        assert_eq!(confidentiality_marker("Page 3 of 10"), None);
         assert!(!is_boilerplate_line("Restart the router and wait for the page to load."));
     }
 }

@@ -111,6 +111,8 @@ pub struct FileReport {
     pub duplicates_merged: usize,
     pub redactions: usize,
     pub boilerplate_lines: usize,
+    /// Confidentiality markers in the document (lowercase).
+    pub markers: Vec<String>,
 }
 
 /// Parse, clean and chunk one file's bytes.
@@ -125,7 +127,11 @@ pub fn process_file(
         return logs::process_log(source, bytes, ftype, cfg, count_tokens);
     }
     let doc = parse_manual(source, bytes, ftype)?;
-    let mut report = FileReport { boilerplate_lines: doc.boilerplate_lines, ..Default::default() };
+    let mut report = FileReport {
+        boilerplate_lines: doc.boilerplate_lines,
+        markers: doc.markers.iter().cloned().collect(),
+        ..Default::default()
+    };
     let chunks = chunk_document(source, SourceKind::Manual, &doc, cfg, count_tokens);
     report.chunks = chunks.len();
     Ok((chunks, report))

@@ -5,7 +5,7 @@ use std::ops::Range;
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 use scraper::{ElementRef, Html, Node};
 
-use crate::clean::{is_boilerplate_line, normalize};
+use crate::clean::{confidentiality_marker, is_boilerplate_line, normalize};
 use crate::{Error, FileType, Result};
 
 /// A document reduced to its extracted text and the structural blocks over it.
@@ -16,6 +16,9 @@ pub struct ParsedDoc {
     pub text: String,
     pub blocks: Vec<Block>,
     pub boilerplate_lines: usize,
+    /// Confidentiality markers found (`社外秘`, `confidential`…), lowercase: reported, and
+    /// mapped to access groups by the caller, even when their line went as boilerplate.
+    pub markers: std::collections::BTreeSet<String>,
 }
 
 /// A structural unit: a paragraph, list, heading, code block or table.
@@ -41,18 +44,21 @@ pub fn decode_text(bytes: &[u8]) -> Result<String> {
     }
 }
 
-/// Remove boilerplate lines; returns the kept text and how many lines went.
-fn strip_boilerplate(text: &str) -> (String, usize) {
+/// Remove boilerplate lines; returns the kept text, how many lines went, and the
+/// confidentiality markers seen.
+fn strip_boilerplate(text: &str) -> (String, usize, std::collections::BTreeSet<String>) {
     let mut out = String::with_capacity(text.len());
     let mut n = 0;
+    let mut markers = std::collections::BTreeSet::new();
     for line in text.split_inclusive('\n') {
+        markers.extend(confidentiality_marker(line));
         if is_boilerplate_line(line) {
             n += 1;
         } else {
             out.push_str(line);
         }
     }
-    (out, n)
+    (out, n, markers)
 }
 
 pub fn parse_manual(source: &str, bytes: &[u8], ftype: FileType) -> Result<ParsedDoc> {
@@ -71,7 +77,7 @@ pub fn parse_manual(source: &str, bytes: &[u8], ftype: FileType) -> Result<Parse
 }
 
 pub fn parse_markdown(raw: &str) -> ParsedDoc {
-    let (text, boilerplate_lines) = strip_boilerplate(&normalize(raw));
+    let (text, boilerplate_lines, markers) = strip_boilerplate(&normalize(raw));
     let mut blocks = Vec::new();
     let mut headings: Vec<(usize, String)> = Vec::new();
     let mut title = None;
@@ -118,7 +124,7 @@ pub fn parse_markdown(raw: &str) -> ParsedDoc {
             _ => {}
         }
     }
-    ParsedDoc { title, text, blocks, boilerplate_lines }
+    ParsedDoc { title, text, blocks, boilerplate_lines, markers }
 }
 
 fn push_block(blocks: &mut Vec<Block>, text: &str, span: Range<usize>, headings: &[(usize, String)], atomic: bool) {
@@ -276,13 +282,15 @@ pub fn parse_html(raw: &str) -> ParsedDoc {
     let mut tb = TextBuilder::default();
     walk_html(root, &mut tb);
     let mut boilerplate_lines = 0;
+    let mut markers = std::collections::BTreeSet::new();
     tb.blocks.retain(|b| {
+        markers.extend(confidentiality_marker(&tb.text[b.span.clone()]));
         let keep = !is_boilerplate_line(&tb.text[b.span.clone()]);
         boilerplate_lines += usize::from(!keep);
         keep
     });
     let title = title.or_else(|| tb.blocks.first().and_then(|b| b.section.first().cloned()));
-    ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines }
+    ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines, markers }
 }
 
 /// A one-line paragraph that reads like a heading: short, no closing punctuation.
@@ -322,21 +330,44 @@ fn push_plain(tb: &mut TextBuilder, text: &str) {
 }
 
 pub fn parse_plain(raw: &str) -> ParsedDoc {
-    let (text, boilerplate_lines) = strip_boilerplate(&normalize(raw));
+    let (text, boilerplate_lines, markers) = strip_boilerplate(&normalize(raw));
     let mut tb = TextBuilder::default();
     push_plain(&mut tb, &text);
     let title = tb.blocks.first().and_then(|b| b.section.first().cloned());
-    ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines }
+    ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines, markers }
+}
+
+/// Text of each page of a PDF, in this process. pdf-extract panics on some malformed files;
+/// a bad file must not take ingestion down.
+pub fn extract_pdf_pages(bytes: &[u8]) -> Result<Vec<String>> {
+    if !bytes.starts_with(b"%PDF") {
+        return Err(Error::Pdf("missing %PDF header".into()));
+    }
+    std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes))
+        .map_err(|_| Error::Pdf("malformed PDF structure".into()))?
+        .map_err(|e| Error::Pdf(e.to_string()))
+}
+
+/// What extracts PDF pages; a program installs one that isolates the parser (a subprocess with
+/// time and memory limits), since a compression bomb or a parser loop in one uploaded file must
+/// not take the process down. Without one, [`extract_pdf_pages`] runs in-process.
+pub type PdfExtractor = fn(&[u8]) -> Result<Vec<String>>;
+
+static PDF_EXTRACTOR: std::sync::OnceLock<PdfExtractor> = std::sync::OnceLock::new();
+
+/// Install the process's PDF extractor (once; later calls are ignored).
+pub fn set_pdf_extractor(f: PdfExtractor) {
+    let _ = PDF_EXTRACTOR.set(f);
 }
 
 pub fn parse_pdf(bytes: &[u8]) -> Result<ParsedDoc> {
     if !bytes.starts_with(b"%PDF") {
         return Err(Error::Pdf("missing %PDF header".into()));
     }
-    // pdf-extract panics on some malformed files; a bad file must not take ingestion down.
-    let pages = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes))
-        .map_err(|_| Error::Pdf("malformed PDF structure".into()))?
-        .map_err(|e| Error::Pdf(e.to_string()))?;
+    let pages = match PDF_EXTRACTOR.get() {
+        Some(extract) => extract(bytes)?,
+        None => extract_pdf_pages(bytes)?,
+    };
     let pages: Vec<String> = pages.iter().map(|p| normalize(p)).collect();
     // Running headers and footers: lines found on at least half of the pages (2 or more).
     let mut counts = std::collections::HashMap::<&str, usize>::new();
@@ -353,11 +384,13 @@ pub fn parse_pdf(bytes: &[u8]) -> Result<ParsedDoc> {
         n >= 2 && n * 2 >= pages.len()
     };
     let mut boilerplate_lines = 0;
+    let mut markers = std::collections::BTreeSet::new();
     let mut tb = TextBuilder::default();
     for page in &pages {
         let kept: Vec<&str> = page
             .lines()
             .filter(|l| {
+                markers.extend(confidentiality_marker(l));
                 let drop = is_boilerplate_line(l) || (!l.trim().is_empty() && repeated(l));
                 boilerplate_lines += usize::from(drop);
                 !drop
@@ -369,7 +402,7 @@ pub fn parse_pdf(bytes: &[u8]) -> Result<ParsedDoc> {
         return Err(Error::PdfNoText);
     }
     let title = tb.blocks.first().and_then(|b| b.section.first().cloned());
-    Ok(ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines })
+    Ok(ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines, markers })
 }
 
 #[cfg(test)]

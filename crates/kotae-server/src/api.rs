@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use kotae_answer::{Action, Answer, GuardNote, Question};
 use kotae_guard::{GateEvent, Verdict};
-use kotae_index::{SearchMode, SearchRequest};
-use kotae_models::{ChatMessage, FinishReason, GenEvent, InputKind, Role, SamplingParams};
+use kotae_index::SearchMode;
+use kotae_models::{ChatMessage, FinishReason, GenEvent, Role, SamplingParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -420,27 +420,19 @@ pub async fn search(
     let limit = state.cfg.request_timeout_s.max(1);
     let work = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
         let t = std::time::Instant::now();
-        let text = req.query.trim().to_string();
-        let mode = req.mode.unwrap_or(engine.retrieval.mode);
-        let vector = match (&engine.embedder, mode) {
-            (_, SearchMode::Bm25) => None,
-            (Some(e), _) => e
-                .embed(&[text.as_str()], InputKind::Query)
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .vectors
-                .pop(),
-            (None, _) => return Err(ApiError::BadRequest("dense search needs the embedder; use mode bm25".into())),
-        };
-        let hits = engine.index.search(&SearchRequest {
-            text,
-            vector,
-            mode,
-            top_k,
-            groups: client.groups.clone(),
-            lang: None,
-            fusion: engine.retrieval.fusion,
-        })?;
-        Ok(json!({ "mode": mode, "hits": hits, "took_ms": t.elapsed().as_secs_f64() * 1e3 }))
+        let r = kotae_answer::search(
+            &engine.index,
+            engine.embedder.as_deref(),
+            &kotae_answer::SearchQuery {
+                text: &req.query,
+                mode: req.mode.unwrap_or(engine.retrieval.mode),
+                top_k,
+                groups: client.groups.clone(),
+                lang: None,
+                fusion: engine.retrieval.fusion,
+            },
+        )?;
+        Ok(json!({ "mode": r.mode, "hits": r.hits, "took_ms": t.elapsed().as_secs_f64() * 1e3 }))
     });
     let out = tokio::time::timeout(std::time::Duration::from_secs(limit), work)
         .await

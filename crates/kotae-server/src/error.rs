@@ -90,6 +90,7 @@ impl From<kotae_answer::Error> for ApiError {
     fn from(e: kotae_answer::Error) -> Self {
         match e {
             kotae_answer::Error::BadQuestion(m) => ApiError::BadRequest(m),
+            kotae_answer::Error::Index(e) => ApiError::from(e),
             kotae_answer::Error::Busy(kotae_models::SubmitError::QueueFull { .. }) => {
                 ApiError::Busy { retry_after_s: 5 }
             }

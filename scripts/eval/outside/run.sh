@@ -18,7 +18,7 @@ scripts/eval/outside/fetch.sh "$CORPUS"
 DATA_DIR="${KOTAE_DATA_DIR:-./kotae-data}"
 for lang in en ja; do
   if [ ! -f "$DATA_DIR/kb/outside-$lang/.outside-complete" ]; then
-    "$KOTAE" --kb "outside-$lang" ingest "$CORPUS/$lang"
+    "$KOTAE" --kb "outside-$lang" ingest --groups public "$CORPUS/$lang"
     touch "$DATA_DIR/kb/outside-$lang/.outside-complete"
   fi
 done

@@ -99,3 +99,99 @@ fn instructions_hidden_in_documents_are_flagged_at_ingest() {
     let hits = bm25_hits(&cfg, &kb, "SecureLink VPN");
     assert!(hits.iter().any(|h| h.source == "vpn.md" && h.flags == ["prompt_injection"]));
 }
+
+#[test]
+fn ingest_fails_closed_on_who_may_read() {
+    let data = fresh_data_dir();
+    let mut cfg = config(data.path());
+    cfg.ingest.default_groups = Vec::new();
+    let top = tempfile::tempdir().unwrap();
+    let c = top.path().join("manuals");
+    for d in ["hr", ".git", ".private", "it"] {
+        std::fs::create_dir_all(c.join(d)).unwrap();
+    }
+    std::fs::write(c.join("it/vpn.md"), "# VPN\n\nThe VPN client is called Zephyr Connect.\n").unwrap();
+    std::fs::write(c.join("hr/salary.md"), "# Salary bands\n\nGrade 5 salary band is 8 million yen.\n").unwrap();
+    std::fs::write(c.join(".git/notes.md"), "# Git notes\n\nThe deploy token is quartz-falcon.\n").unwrap();
+    std::fs::write(c.join(".private/plan.md"), "# Plan\n\nThe merger with Umbrella closes in May.\n").unwrap();
+    std::fs::write(c.join("it/printer.md"), "社外秘\n\n# Printers\n\nThe printer PIN for floor 3 is kept by GA.\n")
+        .unwrap();
+    let mut kb = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
+
+    // Nobody said who may read them: nothing is indexed, each file says why.
+    let s = ingest(&cfg, &mut kb, &[&c], &[], false);
+    assert_eq!(s.files_ingested, 0, "{s:?}");
+    assert_eq!(s.files_seen, 3, "hidden folders are not walked: {s:?}");
+    assert!(s.skipped.iter().all(|k| k.reason == kotae::ingest::UNLABELLED), "{:?}", s.skipped);
+    assert_eq!(kb.num_chunks(), 0);
+
+    // A folder rule beats --groups; a marker maps to its groups instead of public.
+    cfg.ingest.access = vec![kotae::config::AccessRule { path: c.join("hr"), groups: vec!["hr".into()] }];
+    cfg.ingest.markers.insert("社外秘".into(), vec!["staff".into()]);
+    let s = ingest(&cfg, &mut kb, &[&c], &["public"], false);
+    assert_eq!(s.files_ingested, 3, "{s:?}");
+    assert_eq!(s.marked.len(), 1);
+    assert_eq!((s.marked[0].path.as_str(), s.marked[0].groups.clone()), ("it/printer.md", vec!["staff".to_string()]));
+    let groups = |kb: &KnowledgeIndex, f: &str| kb.manifest().files[f].groups.clone();
+    assert_eq!(groups(&kb, "hr/salary.md"), vec!["hr"]);
+    assert_eq!(groups(&kb, "it/vpn.md"), vec!["public"]);
+    assert_eq!(groups(&kb, "it/printer.md"), vec!["staff"]);
+    for (q, hidden) in [("salary band grade 5", "hr/salary.md"), ("printer PIN floor 3", "it/printer.md")] {
+        assert!(!search(&cfg, &kb, q, SearchMode::Hybrid, &[]).contains(&hidden.to_string()), "{q} leaked");
+    }
+    assert!(bm25_hits(&cfg, &kb, "quartz falcon deploy token").is_empty());
+    assert!(bm25_hits(&cfg, &kb, "merger Umbrella").is_empty());
+
+    // Re-ingesting without --groups keeps each file's groups; with other groups it changes
+    // them and says so.
+    std::fs::write(c.join("it/vpn.md"), "# VPN\n\nThe VPN client is called Zephyr Connect 2.\n").unwrap();
+    let s = ingest(&cfg, &mut kb, &[&c], &[], false);
+    assert_eq!((s.files_ingested, s.groups_changed.len()), (1, 0), "{s:?}");
+    assert_eq!(groups(&kb, "it/vpn.md"), vec!["public"]);
+    let s = ingest(&cfg, &mut kb, &[&c], &["it"], false);
+    assert_eq!(s.groups_changed.len(), 1, "{s:?}");
+    assert_eq!(groups(&kb, "it/vpn.md"), vec!["it"]);
+    assert_eq!(groups(&kb, "hr/salary.md"), vec!["hr"], "the rule still holds");
+
+    // The parent folder does not re-add the files under new names (as public).
+    let s = ingest(&cfg, &mut kb, &[top.path()], &["public"], false);
+    assert_eq!(s.files_ingested, 0, "{s:?}");
+    assert!(s
+        .skipped
+        .iter()
+        .any(|k| k.path == "manuals/hr/salary.md" && k.reason.contains("already indexed as hr/salary.md")));
+    // The same name under another folder does not overwrite the first one.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("it")).unwrap();
+    std::fs::write(other.path().join("it/vpn.md"), "# VPN\n\nUse the old client.\n").unwrap();
+    let s = ingest(&cfg, &mut kb, &[other.path()], &["public"], false);
+    assert_eq!(s.files_ingested, 0, "{s:?}");
+    assert!(s.skipped[0].reason.contains("already indexed"), "{:?}", s.skipped);
+    assert_eq!(groups(&kb, "it/vpn.md"), vec!["it"]);
+    assert_eq!(kb.manifest().files.len(), 3);
+}
+
+#[test]
+fn pdfs_are_parsed_in_a_child_process_within_limits() {
+    use kotae::pdf::{extract, PdfLimits};
+    let pdf = std::fs::read(workspace().join("knowledge/manuals/hr/business-travel.en.pdf")).unwrap();
+    let limits = PdfLimits {
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_kotae")),
+        timeout: std::time::Duration::from_secs(60),
+        memory_mb: 4096,
+    };
+    // The child reads what the parser in this process reads.
+    assert_eq!(extract(&pdf, &limits).unwrap(), kotae_ingest::parse::extract_pdf_pages(&pdf).unwrap());
+    // A broken file is the parser's clear error, from the child.
+    let err = extract(&pdf[..pdf.len() / 3], &limits).unwrap_err().to_string();
+    assert!(err.contains("PDF"), "{err}");
+    // Past its time or its memory the child is stopped; the caller gets an error, not a hang.
+    let t = std::time::Instant::now();
+    let err = extract(&pdf, &PdfLimits { timeout: std::time::Duration::from_millis(1), ..limits.clone() })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("took longer than"), "{err}");
+    assert!(t.elapsed().as_secs() < 30);
+    let err = extract(&pdf, &PdfLimits { memory_mb: 1, ..limits }).unwrap_err().to_string();
+    assert!(err.contains("within its limits (1 MB"), "{err}");
+}

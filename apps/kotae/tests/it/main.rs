@@ -68,6 +68,8 @@ pub fn config(data_dir: &Path) -> Config {
         Config::load(&Overrides { data_dir: Some(data_dir.to_path_buf()), threads: Some(2), ..Default::default() })
             .unwrap();
     cfg.ingest.commit_every = 4;
+    // The test company's documents are for everyone unless a test says otherwise.
+    cfg.ingest.default_groups = vec!["public".into()];
     cfg
 }
 

@@ -230,6 +230,14 @@ async fn bursts_get_429_and_a_full_queue_gets_503_both_with_retry_after() {
 
     let s = Server::start(dir.path(), |c| {
         c.server.queue_capacity = 1;
+        c.server.answers_in_flight_per_client = 2;
+        c.server.api_keys = vec![kotae_server::ApiKey {
+            name: "other".into(),
+            key: None,
+            key_sha256: Some(kotae_server::auth::key_digest("kotae_other_0123456789")),
+            groups: Vec::new(),
+            role: kotae_server::Role::User,
+        }];
         c.answer.sampling.max_tokens = 200;
     })
     .await;
@@ -243,7 +251,19 @@ async fn bursts_get_429_and_a_full_queue_gets_503_both_with_retry_after() {
     }
     let second = ask("How do I reserve a meeting room?").await.unwrap();
     assert_eq!(second.status(), 200, "one job may wait");
+    // This client has two answers in flight: its third waits for them, whatever the queue.
     let third = ask("How much is the per diem abroad?").await.unwrap();
+    assert_eq!(third.status(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    assert_eq!(third.json::<Value>().await.unwrap()["error"]["code"], "in_flight_limit");
+    // Another client finds the queue full.
+    let third = c
+        .post(s.url("/api/chat"))
+        .bearer_auth("kotae_other_0123456789")
+        .json(&json!({ "message": "How much is the per diem abroad?" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(third.status(), 503);
     assert!(third.headers().contains_key("retry-after"));
     assert_eq!(third.json::<Value>().await.unwrap()["error"]["code"], "busy");
@@ -350,6 +370,18 @@ async fn openai_compatible_endpoints_errors_and_openapi() {
         .await
         .unwrap();
     assert_eq!(search["hits"].as_array().unwrap().len(), 3);
+    // Full-width letters (as Japanese keyboards type them) search as the CLI and answers do.
+    let wide: Value = c
+        .post(s.url("/api/search"))
+        .json(&json!({ "query": "ＶＰＮ", "top_k": 3 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids = |v: &Value| v["hits"].as_array().unwrap().iter().map(|h| h["chunk_id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&wide), ids(&search));
 
     let spec: Value = c.get(s.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     for p in [
@@ -874,13 +906,27 @@ async fn users_cannot_teach_the_bot_slurs_through_feedback_or_corrections() {
         assert_ne!(done["kind"], "generated", "{attack}: {done}");
         message_ids.push(id);
     }
+    // A benign comment on another answer (a second vote on the same answer would replace the
+    // first one).
     let benign = "Clear answer, the booking link helped.";
-    c.post(s.url("/api/feedback"))
+    let done: Value = c
+        .post(s.url("/api/chat"))
         .bearer_auth("secret-0")
-        .json(&json!({ "message_id": message_ids[0], "rating": "up", "comment": benign }))
+        .json(&json!({ "message": "Where do I book a meeting room?", "stream": false }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = c
+        .post(s.url("/api/feedback"))
+        .bearer_auth("secret-0")
+        .json(&json!({ "message_id": done["message_id"], "rating": "up", "comment": benign }))
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 201);
 
     let mut cfg = kb().cfg.clone();
     cfg.data_dir = dir.path().to_path_buf();

@@ -259,5 +259,34 @@ fn a_different_embedder_is_refused() {
     assert!(err.to_string().contains("built with embedder 'test'"), "{err}");
 }
 
+#[test]
+fn a_second_process_gets_a_clear_error_not_a_storage_lock_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kb = open(dir.path());
+    write_source(&mut kb, "a.md", &[chunk("a.md", 0, "x", &["public"])]);
+    // The same directory opened again while the first handle lives (as `kotae search` beside
+    // a running `kotae serve`).
+    let err = KnowledgeIndex::open(&IndexConfig {
+        dir: dir.path().to_path_buf(),
+        embedder: "test".into(),
+        dim: Some(DIM),
+        ja_dictionary: None,
+        hnsw: HnswSettings::default(),
+        server: None,
+        lexicon: None,
+        cross_lingual_weight: 0.0,
+    })
+    .err()
+    .unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("open in another Kotae process") && msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    assert!(!msg.contains("WAL"), "{msg}");
+    drop(kb);
+    assert_eq!(open(dir.path()).num_chunks(), 1, "free again once the holder is gone");
+}
+
 mod japanese;
 mod server;
