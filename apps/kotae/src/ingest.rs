@@ -482,10 +482,20 @@ pub fn print_summary(s: &IngestSummary) {
             if m.mapped { "" } else { " (no ingest.markers rule for this marker: check who may read it)" }
         );
     }
-    if !s.skipped.is_empty() {
-        println!("skipped {} file(s):", s.skipped.len());
-        for k in &s.skipped {
+    let (unlabelled, other): (Vec<&Skipped>, Vec<&Skipped>) = s.skipped.iter().partition(|k| k.reason == UNLABELLED);
+    if !other.is_empty() {
+        println!("skipped {} file(s):", other.len());
+        for k in &other {
             println!("  {}: {}", k.path, k.reason);
         }
+    }
+    if !unlabelled.is_empty() {
+        let names: Vec<&str> = unlabelled.iter().take(5).map(|k| k.path.as_str()).collect();
+        println!(
+            "skipped {} file(s) with {UNLABELLED} ({}{})",
+            unlabelled.len(),
+            names.join(", "),
+            if unlabelled.len() > names.len() { ", …" } else { "" }
+        );
     }
 }

@@ -482,6 +482,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ingest::print_summary(&s);
             }
+            // Nothing went in because nobody said who may read it: that is an error.
+            if s.files_ingested == 0 && s.skipped.iter().any(|k| k.reason == ingest::UNLABELLED) {
+                return Ok(ExitCode::from(2));
+            }
         }
         Cmd::Search { query, top_k, mode, groups, lang, json } => {
             let mode_used = mode.unwrap_or(cfg.search.mode);

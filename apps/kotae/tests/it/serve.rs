@@ -1,6 +1,7 @@
 //! The chat server through real HTTP, with the real embedder, index of `knowledge/` and
 //! SmolLM2 as the generator.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,15 @@ struct Server {
 impl Server {
     /// A server over the shared knowledge base; `state_dir` holds its SQLite database.
     async fn start(state_dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Server {
+        Self::start_with(state_dir, kb().index.clone(), tweak).await
+    }
+
+    /// A server over `index` (a knowledge base of the test's own).
+    async fn start_with(
+        state_dir: &std::path::Path,
+        index: Arc<kotae_index::KnowledgeIndex>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Server {
         let k = kb();
         let mut cfg = k.cfg.clone();
         cfg.data_dir = state_dir.to_path_buf();
@@ -54,7 +64,7 @@ impl Server {
         }
         tweak(&mut cfg);
         let state = kotae::serve::server_state(&cfg).unwrap();
-        let engine = kotae::serve::engine_from(&cfg, k.index.clone(), k.embedder.clone()).unwrap();
+        let engine = kotae::serve::engine_from(&cfg, index, k.embedder.clone()).unwrap();
         state.set_engine(engine);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -968,5 +978,146 @@ async fn users_cannot_teach_the_bot_slurs_through_feedback_or_corrections() {
             assert!(!text.contains(w), "{q}: {text}");
         }
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_endpoint_shows_a_chunk_outside_the_askers_groups() {
+    // Property: for random documents with random groups and random users, no search hit, no
+    // citation and no answer text comes from a document none of the user's groups (or
+    // `public`) may read, whatever the endpoint or the search mode. Seeded, so a failure
+    // reproduces.
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    const GROUPS: [&str; 5] = ["public", "hr", "it", "sales", "legal"];
+    let topics = [
+        ("Expense claims", "Submit the expense claim with receipts by the fifth business day."),
+        ("Laptop loan", "Borrow a loaner laptop from the IT desk for up to two weeks."),
+        ("Business travel", "Book business travel through the travel portal and get approval first."),
+        ("経費精算", "経費精算は領収書を添えて翌月5営業日までに申請してください。"),
+    ];
+    let corpus = tempfile::tempdir().unwrap();
+    let mut docs: Vec<(String, Vec<&str>, String)> = Vec::new(); // source, groups, code word
+    for i in 0..16 {
+        let mut g: Vec<&str> = (0..1 + next(2)).map(|_| GROUPS[next(GROUPS.len())]).collect();
+        g.sort();
+        g.dedup();
+        let folder = g.join("+");
+        let (title, body) = topics[next(topics.len())];
+        let code = format!("zq{}x{}", i, next(1000));
+        std::fs::create_dir_all(corpus.path().join(&folder)).unwrap();
+        let source = format!("{folder}/doc{i}.md");
+        std::fs::write(
+            corpus.path().join(&source),
+            format!("# {title} {i}\n\n{body} Reference code {code} applies to case {i}.\n"),
+        )
+        .unwrap();
+        docs.push((source, g, code));
+    }
+    let data = fresh_data_dir();
+    let mut cfg = config(data.path());
+    cfg.ingest.default_groups = Vec::new();
+    let folders: BTreeSet<String> = docs.iter().map(|d| d.0.split('/').next().unwrap().to_string()).collect();
+    cfg.ingest.access = folders
+        .iter()
+        .map(|f| kotae::config::AccessRule {
+            path: corpus.path().join(f),
+            groups: f.split('+').map(String::from).collect(),
+        })
+        .collect();
+    let mut index = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
+    let sum = ingest(&cfg, &mut index, &[corpus.path()], &[], false);
+    assert_eq!(sum.files_ingested, docs.len(), "{sum:?}");
+
+    // Users: random groups (possibly none), each with a key; plus anonymous.
+    let users: Vec<(String, Vec<String>)> = (0..6)
+        .map(|u| {
+            let mut g: Vec<String> = (0..next(3)).map(|_| GROUPS[1 + next(GROUPS.len() - 1)].to_string()).collect();
+            g.sort();
+            g.dedup();
+            (format!("kotae_user_{u}_0123456789"), g)
+        })
+        .collect();
+    let state = tempfile::tempdir().unwrap();
+    let keys: Vec<kotae_server::ApiKey> = users
+        .iter()
+        .enumerate()
+        .map(|(u, (key, groups))| kotae_server::ApiKey {
+            name: format!("u{u}"),
+            key: None,
+            key_sha256: Some(kotae_server::auth::key_digest(key)),
+            groups: groups.clone(),
+            role: kotae_server::Role::User,
+        })
+        .collect();
+    let s = Server::start_with(state.path(), Arc::new(index), |c| {
+        c.server.api_keys = keys.clone();
+        c.server.rate_limit_burst = 1000;
+        c.answer.sampling.max_tokens = 24;
+    })
+    .await;
+    let c = client();
+    let allowed = |groups: &[String], source: &str| {
+        let d = docs.iter().find(|d| d.0 == source).unwrap_or_else(|| panic!("unknown source {source}"));
+        d.1.iter().any(|g| *g == "public" || groups.iter().any(|u| u == g))
+    };
+    let mut askers: Vec<(Option<&str>, Vec<String>)> =
+        users.iter().map(|(k, g)| (Some(k.as_str()), g.clone())).collect();
+    askers.push((None, Vec::new()));
+    let mut hits_seen = 0;
+    for (key, groups) in &askers {
+        for q in [
+            "expense claim receipts",
+            "loaner laptop",
+            "経費精算の締め切り",
+            "reference code case",
+            docs[next(docs.len())].2.as_str(),
+        ] {
+            for mode in ["bm25", "dense", "hybrid"] {
+                let mut r = c.post(s.url("/api/search")).json(&json!({ "query": q, "top_k": 20, "mode": mode }));
+                if let Some(k) = key {
+                    r = r.bearer_auth(k);
+                }
+                let v: Value = r.send().await.unwrap().json().await.unwrap();
+                for h in v["hits"].as_array().unwrap_or_else(|| panic!("{v}")) {
+                    hits_seen += 1;
+                    let src = h["source"].as_str().unwrap();
+                    assert!(allowed(groups, src), "{mode} search '{q}' showed {src} to a user in {groups:?}");
+                }
+            }
+        }
+        // An answer (and its OpenAI-shaped twin): citations and text only from readable documents.
+        let q = "How do I submit an expense claim, and what is the reference code?";
+        let mut r = c.post(s.url("/api/chat")).json(&json!({ "message": q, "stream": false }));
+        let mut o =
+            c.post(s.url("/v1/chat/completions")).json(&json!({ "messages": [{ "role": "user", "content": q }] }));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+            o = o.bearer_auth(k);
+        }
+        let done: Value = r.send().await.unwrap().json().await.unwrap();
+        let completion: Value = o.send().await.unwrap().json().await.unwrap();
+        for (answer, citations) in [
+            (done["answer"]["text"].as_str().unwrap_or_default(), &done["answer"]["citations"]),
+            (
+                completion["choices"][0]["message"]["content"].as_str().unwrap_or_default(),
+                &completion["kotae"]["citations"],
+            ),
+        ] {
+            for cit in citations.as_array().cloned().unwrap_or_default() {
+                let src = cit["source"].as_str().unwrap();
+                assert!(allowed(groups, src), "an answer cited {src} to a user in {groups:?}");
+            }
+            for (src, _, code) in &docs {
+                assert!(allowed(groups, src) || !answer.contains(code.as_str()), "{code} of {src} reached {groups:?}");
+            }
+        }
+    }
+    assert!(hits_seen > 50, "the property was exercised ({hits_seen} hits)");
     s.stop().await;
 }
