@@ -171,7 +171,7 @@ fn bar(quiet: bool, len: u64, msg: &str) -> ProgressBar {
 
 pub fn run_ingest(
     cfg: &Config,
-    index: &mut KnowledgeIndex,
+    index: &KnowledgeIndex,
     embedder: &EmbedderHandle<'_>,
     opts: &IngestOptions,
 ) -> Result<IngestSummary> {

@@ -471,12 +471,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Ingest { paths, groups, prune, json } => {
             let embedder = ingest::EmbedderHandle::lazy(&cfg);
             // An existing knowledge base knows its dimension: the model loads only if needed.
-            let mut index = match kotae::open_index(&cfg, None) {
+            let index = match kotae::open_index(&cfg, None) {
                 Ok(index) => index,
+                // Held by another process: say so now, without loading the model first.
+                Err(e) if matches!(e.downcast_ref::<kotae_index::Error>(), Some(kotae_index::Error::InUse(_))) => {
+                    return Err(e)
+                }
                 Err(_) => kotae::open_index(&cfg, Some(embedder.get()?.dim()))?,
             };
             let opts = ingest::IngestOptions { paths, groups, prune, quiet: json };
-            let s = ingest::run_ingest(&cfg, &mut index, &embedder, &opts)?;
+            let s = ingest::run_ingest(&cfg, &index, &embedder, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {

@@ -57,6 +57,8 @@ pub fn engine_from(
     if let Some(guard) = load_guard(cfg, &classifiers)? {
         answerer = answerer.with_guard(guard);
     }
+    let knowledge: Arc<dyn kotae_server::documents::Knowledge> =
+        Arc::new(LiveKnowledge { cfg: cfg.clone(), index: index.clone(), embedder: embedder.clone() });
     Ok(Engine {
         answerer,
         worker,
@@ -65,7 +67,70 @@ pub fn engine_from(
         retrieval,
         embedder_name: cfg.embedder.model.clone(),
         classifiers,
+        knowledge: Some(knowledge),
     })
+}
+
+/// The admin API's way to change the served knowledge base: the same ingestion as
+/// `kotae ingest`, on the index the server searches (each commit is visible at once).
+struct LiveKnowledge {
+    cfg: Config,
+    index: Arc<kotae_index::KnowledgeIndex>,
+    embedder: Arc<dyn Embedder>,
+}
+
+impl kotae_server::documents::Knowledge for LiveKnowledge {
+    fn uploads_dir(&self) -> std::path::PathBuf {
+        self.cfg.data_dir.join("uploads").join(&self.cfg.kb)
+    }
+
+    fn max_file_bytes(&self) -> u64 {
+        self.cfg.ingest.max_file_bytes
+    }
+
+    fn check_name(&self, name: &str) -> Result<(), String> {
+        kotae_ingest::FileType::from_path(std::path::Path::new(name)).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn ingest(&self, files: &[std::path::PathBuf], groups: &[String]) -> Result<serde_json::Value, String> {
+        let opts =
+            crate::ingest::IngestOptions { paths: files.to_vec(), groups: groups.to_vec(), prune: false, quiet: true };
+        let handle = crate::ingest::EmbedderHandle::with(&self.cfg, self.embedder.as_ref());
+        let s = crate::ingest::run_ingest(&self.cfg, &self.index, &handle, &opts).map_err(|e| format!("{e:#}"))?;
+        serde_json::to_value(&s).map_err(|e| e.to_string())
+    }
+
+    fn remove(&self, source: &str) -> Result<bool, String> {
+        let mut w = self.index.write().map_err(|e| e.to_string())?;
+        if !w.manifest().files.contains_key(source) {
+            return Ok(false);
+        }
+        w.remove_source(source).map_err(|e| e.to_string())?;
+        w.finish().map_err(|e| e.to_string())?;
+        self.index.sweep_orphans().map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    fn documents(&self) -> serde_json::Value {
+        let uploads = self.uploads_dir();
+        let m = self.index.manifest();
+        let docs: Vec<serde_json::Value> = m
+            .files
+            .iter()
+            .map(|(source, e)| {
+                serde_json::json!({
+                    "source": source,
+                    "root": e.root,
+                    "uploaded": std::path::Path::new(&e.root) == uploads || std::fs::canonicalize(&uploads).is_ok_and(|u| u == std::path::Path::new(&e.root)),
+                    "groups": e.groups,
+                    "chunks": e.chunks,
+                    "version": e.hash.chars().take(12).collect::<String>(),
+                    "ingested_unix": e.ingested_unix,
+                })
+            })
+            .collect();
+        serde_json::json!({ "documents": docs, "chunks_total": self.index.num_chunks() })
+    }
 }
 
 /// The guardrails as configured: the policy, the built-in and installed lexicons, and the

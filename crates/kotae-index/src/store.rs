@@ -49,7 +49,8 @@ pub struct Candidates {
 pub struct KnowledgeIndex {
     lexical: Lexical,
     vectors: Box<dyn VectorStore>,
-    manifest: Manifest,
+    /// The committed manifest; a write session replaces it at each commit, while readers go on.
+    manifest: std::sync::RwLock<Manifest>,
     /// Held while open: one process at a time uses a knowledge base directory.
     _lock: std::fs::File,
 }
@@ -191,11 +192,12 @@ impl KnowledgeIndex {
             Some(server) => Box::new(ServerStore::connect(server, dim, cfg.hnsw)?),
             None => Box::new(EdgeStore::open(&cfg.dir.join("vectors"), dim, cfg.hnsw)?),
         };
-        Ok(Self { lexical, vectors, manifest, _lock: lock })
+        Ok(Self { lexical, vectors, manifest: std::sync::RwLock::new(manifest), _lock: lock })
     }
 
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
+    /// The committed manifest (hold the guard briefly: a commit waits for it).
+    pub fn manifest(&self) -> std::sync::RwLockReadGuard<'_, Manifest> {
+        self.manifest.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn vectors(&self) -> &dyn VectorStore {
@@ -219,9 +221,10 @@ impl KnowledgeIndex {
         self.lexical.has_text_hash(hash)
     }
 
-    /// Start writing. Only one session may be open at a time (tantivy's lock enforces it
-    /// across processes too).
-    pub fn write(&mut self) -> Result<WriteSession<'_>> {
+    /// Start writing. Only one session may be open at a time (tantivy's lock enforces it).
+    /// Searches go on meanwhile and see each commit as soon as it is made: a document's old
+    /// chunks or its new ones, never a mix.
+    pub fn write(&self) -> Result<WriteSession<'_>> {
         let writer: IndexWriter<TantivyDocument> =
             self.lexical.index.writer_with_num_threads(1, 64 << 20).map_err(|e| {
                 if matches!(e, tantivy::TantivyError::LockFailure(..)) {
@@ -232,7 +235,7 @@ impl KnowledgeIndex {
                     e.into()
                 }
             })?;
-        let manifest = self.manifest.clone();
+        let manifest = self.manifest().clone();
         Ok(WriteSession { index: self, writer, manifest, stale: Vec::new(), dirty: false })
     }
 
@@ -367,7 +370,7 @@ impl KnowledgeIndex {
 
 /// An open write: vectors go to the store at once, chunks and manifest land at [`WriteSession::commit`].
 pub struct WriteSession<'a> {
-    index: &'a mut KnowledgeIndex,
+    index: &'a KnowledgeIndex,
     writer: IndexWriter<TantivyDocument>,
     manifest: Manifest,
     stale: Vec<ChunkId>,
@@ -421,7 +424,7 @@ impl WriteSession<'_> {
         prepared.set_payload(&payload);
         prepared.commit()?;
         self.index.lexical.reader.reload()?;
-        self.index.manifest = self.manifest.clone();
+        *self.index.manifest.write().unwrap_or_else(|e| e.into_inner()) = self.manifest.clone();
         let stale = std::mem::take(&mut self.stale);
         self.index.vectors.delete(&stale)?;
         self.index.vectors.flush()?;

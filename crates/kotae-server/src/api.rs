@@ -31,7 +31,7 @@ pub(crate) enum RunEvent {
     Failed(ApiError),
 }
 
-fn join_error(e: tokio::task::JoinError) -> ApiError {
+pub(crate) fn join_error(e: tokio::task::JoinError) -> ApiError {
     ApiError::Internal(format!("task failed: {e}"))
 }
 

@@ -8,6 +8,7 @@
 mod admin;
 mod api;
 pub mod auth;
+pub mod documents;
 pub mod error;
 pub mod metrics;
 mod openai;
@@ -36,6 +37,9 @@ pub use error::ApiError;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Largest upload request (all its files); each file is also held to `ingest.max_file_bytes`.
+pub const UPLOAD_LIMIT: usize = 256 << 20;
 
 /// Server settings (`[server]` in `kotae.toml`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -108,6 +112,8 @@ pub struct Engine {
     pub embedder_name: String,
     /// Trained classification heads on the embedder's vectors, by task.
     pub classifiers: std::collections::BTreeMap<String, Arc<kotae_models::Head>>,
+    /// Changes the knowledge base (the admin API's uploads and deletions).
+    pub knowledge: Option<Arc<dyn documents::Knowledge>>,
 }
 
 /// Shared state of all handlers.
@@ -121,6 +127,8 @@ pub struct AppState {
     auth: auth::Authenticator,
     failures: auth::FailureLimiter,
     in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Admin jobs run one at a time.
+    pub(crate) jobs: tokio::sync::Mutex<()>,
     started: Instant,
 }
 
@@ -132,11 +140,17 @@ impl AppState {
             std::num::NonZeroU32::new(cfg.rate_limit_burst).ok_or("server.rate_limit_burst must be at least 1")?;
         let limiter = RateLimiter::keyed(Quota::per_minute(per_min).allow_burst(burst));
         let auth = auth::Authenticator::new(&cfg)?;
+        match store.fail_interrupted_jobs() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(jobs = n, "admin jobs were interrupted by the last stop; they are marked failed"),
+            Err(e) => return Err(format!("cannot read the job table: {e}")),
+        }
         let failures = auth::FailureLimiter::new(cfg.auth_failures_per_minute);
         Ok(Arc::new(Self {
             auth,
             failures,
             in_flight: Default::default(),
+            jobs: tokio::sync::Mutex::new(()),
             cfg,
             engine: OnceLock::new(),
             load_error: OnceLock::new(),
@@ -205,6 +219,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/guard-events", get(admin::guard_events))
         .route("/admin/api/quarantine", get(admin::quarantine))
         .route("/admin/api/quarantine/{id}", post(admin::review))
+        .route(
+            "/admin/api/documents",
+            get(documents::list).post(documents::upload).layer(axum::extract::DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
+        .route("/admin/api/documents/{*source}", axum::routing::delete(documents::remove))
+        .route("/admin/api/jobs", get(documents::jobs))
+        .route("/admin/api/jobs/{id}", get(documents::job))
+        .route("/admin/api/jobs/{id}/retry", post(documents::retry))
         .route_layer(axum::middleware::from_fn(admin_only));
     let limited = Router::new()
         .route("/api/chat", post(api::chat))
@@ -361,11 +383,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Forget rate-limit state of clients that have been quiet, so the map does not grow
     // with every address ever seen.
-    let st = state.clone();
+    // A weak handle: an aborted pruner must not keep the state (and the index) alive.
+    let st = Arc::downgrade(&state);
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
+            let Some(st) = st.upgrade() else { return };
             st.limiter.retain_recent();
             st.limiter.shrink_to_fit();
             st.failures.prune();

@@ -106,6 +106,25 @@ pub fn spec() -> Value {
                 "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
                 "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["status"], "properties": { "status": { "type": "string", "enum": ["released", "rejected"] } } } } } },
                 "responses": { "200": { "description": "`{id, status}`" }, "400": err(), "401": err(), "403": err(), "404": err() } } },
+            "/admin/api/documents": {
+                "get": { "summary": "Indexed documents (admin): `{documents: [{source, root, uploaded, groups, chunks, version, ingested_unix}], chunks_total}`",
+                    "responses": { "200": { "description": "documents" }, "401": err(), "403": err() } },
+                "post": { "summary": "Upload documents (admin): multipart/form-data with `groups` (comma-separated, required) and one or more `file` parts (Markdown, HTML, PDF, text, inquiry logs as CSV/JSONL; each at most ingest.max_file_bytes). A file of the same name is replaced by the new version. Nothing is stored unless every file arrived whole; the ingestion runs as a background job: 202 `{job, files}`, then poll `/admin/api/jobs/{id}`. Searches see the old or the new version, never a mix.",
+                    "requestBody": { "required": true, "content": { "multipart/form-data": { "schema": { "type": "object", "required": ["groups", "file"], "properties": {
+                        "groups": { "type": "string" }, "file": { "type": "array", "items": { "type": "string", "format": "binary" } } } } } } },
+                    "responses": { "202": { "description": "`{job, files}`" }, "400": err(), "401": err(), "403": err(), "413": err() } } },
+            "/admin/api/documents/{source}": { "delete": {
+                "summary": "Remove a document from the index, and its uploaded file (admin); a background job: 202 `{job}`",
+                "parameters": [{ "name": "source", "in": "path", "required": true, "schema": { "type": "string" }, "description": "the document's source path as listed" }],
+                "responses": { "202": { "description": "`{job}`" }, "401": err(), "403": err() } } },
+            "/admin/api/jobs": { "get": { "summary": "Admin jobs, newest first (admin): `{jobs: [{id, kind, actor, status (queued, running, done, failed), detail, report, created_unix, finished_unix}]}`",
+                "responses": { "200": { "description": "jobs" }, "401": err(), "403": err() } } },
+            "/admin/api/jobs/{id}": { "get": { "summary": "One job (admin); `report` holds the ingest summary (files ingested, skipped with reasons, flagged instructions, markers, group changes) or `{error}`",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "the job" }, "401": err(), "403": err(), "404": err() } } },
+            "/admin/api/jobs/{id}/retry": { "post": { "summary": "Run a failed ingest job again (admin), e.g. one a restart interrupted: 202 `{job}`",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "202": { "description": "`{job}`" }, "400": err(), "401": err(), "403": err(), "404": err() } } },
             "/v1/chat/completions": { "post": {
                 "summary": "OpenAI-compatible chat completion (retrieval-augmented); streaming with stream=true",
                 "requestBody": body("CompletionRequest"),

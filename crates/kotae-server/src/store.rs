@@ -83,6 +83,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_created ON audit(created_unix);
     DELETE FROM feedback WHERE id NOT IN (SELECT MAX(id) FROM feedback GROUP BY message_id, client);
     CREATE UNIQUE INDEX feedback_once ON feedback(message_id, client);",
+    // 4: admin jobs (ingest uploads, remove documents).
+    "CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+        detail_json TEXT NOT NULL,
+        report_json TEXT,
+        created_unix INTEGER NOT NULL,
+        finished_unix INTEGER
+    );
+    CREATE INDEX jobs_created ON jobs(created_unix);",
 ];
 
 /// One line of the audit trail: who did what to what, and how it ended. Never a secret.
@@ -298,6 +310,81 @@ impl Store {
 }
 
 impl Store {
+    /// A new admin job, queued; its id.
+    pub fn create_job(&self, kind: &str, actor: &str, detail: &serde_json::Value) -> Result<String, ApiError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.conn()
+            .execute(
+                "INSERT INTO jobs (id, kind, actor, status, detail_json, created_unix) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+                params![id, kind, actor, detail.to_string(), now()],
+            )
+            .map_err(internal)?;
+        Ok(id)
+    }
+
+    /// Move a job on; `done` and `failed` record its report and end time.
+    pub fn set_job(&self, id: &str, status: &str, report: Option<&serde_json::Value>) -> Result<(), ApiError> {
+        let end = matches!(status, "done" | "failed").then(now);
+        self.conn()
+            .execute(
+                "UPDATE jobs SET status = ?2, report_json = COALESCE(?3, report_json), finished_unix = ?4 WHERE id = ?1",
+                params![id, status, report.map(|r| r.to_string()), end],
+            )
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
+        let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        Ok(serde_json::json!({
+            "id": r.get::<_, String>(0)?,
+            "kind": r.get::<_, String>(1)?,
+            "actor": r.get::<_, String>(2)?,
+            "status": r.get::<_, String>(3)?,
+            "detail": parse(r.get(4)?),
+            "report": parse(r.get(5)?),
+            "created_unix": r.get::<_, i64>(6)?,
+            "finished_unix": r.get::<_, Option<i64>>(7)?,
+        }))
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<serde_json::Value>, ApiError> {
+        self.conn()
+            .query_row(
+                "SELECT id, kind, actor, status, detail_json, report_json, created_unix, finished_unix FROM jobs WHERE id = ?1",
+                [id],
+                Self::job_row,
+            )
+            .optional()
+            .map_err(internal)
+    }
+
+    /// At a server's start: jobs still queued or running were cut short by a crash or a kill.
+    pub fn fail_interrupted_jobs(&self) -> Result<usize, ApiError> {
+        let report = serde_json::json!({ "error": "interrupted: the server stopped during the job; run it again" });
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE jobs SET status = 'failed', report_json = ?1, finished_unix = ?2 WHERE status IN ('queued', 'running')",
+                params![report.to_string(), now()],
+            )
+            .map_err(internal)?;
+        Ok(n)
+    }
+
+    /// The newest jobs first.
+    pub fn jobs(&self, limit: usize) -> Result<Vec<serde_json::Value>, ApiError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT id, kind, actor, status, detail_json, report_json, created_unix, finished_unix FROM jobs
+                 ORDER BY created_unix DESC, rowid DESC LIMIT ?1",
+            )
+            .map_err(internal)?;
+        let rows = st.query_map([limit as i64], Self::job_row).map_err(internal)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+    }
+
     /// Append to the audit trail. A failure to write is logged, never shown to the client.
     pub fn audit(&self, e: &AuditEntry) {
         let r = self.conn().execute(

@@ -110,6 +110,7 @@ impl Server {
         let c = reqwest::Client::new();
         let mut r = match method {
             "GET" => c.get(self.url(path)),
+            "DELETE" => c.delete(self.url(path)),
             _ => c.post(self.url(path)).json(&body_for(path)),
         };
         if let Some(a) = auth {
@@ -161,6 +162,12 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/api/guard-events"),
     ("GET", "/admin/api/quarantine"),
     ("POST", "/admin/api/quarantine/1"),
+    ("GET", "/admin/api/documents"),
+    ("POST", "/admin/api/documents"),
+    ("DELETE", "/admin/api/documents/a.md"),
+    ("GET", "/admin/api/jobs"),
+    ("GET", "/admin/api/jobs/j1"),
+    ("POST", "/admin/api/jobs/j1/retry"),
 ];
 
 fn now() -> u64 {
@@ -228,7 +235,11 @@ async fn every_route_refuses_missing_wrong_and_malformed_credentials() {
     // Every route tried here is described, with its method.
     let (_, spec) = s.call("GET", "/openapi.json", None, &[]).await;
     for (m, p) in USER_ROUTES.iter().chain(ADMIN_ROUTES) {
-        let templated = p.replace("/c1", "/{id}").replace("/quarantine/1", "/quarantine/{id}");
+        let templated = p
+            .replace("/c1", "/{id}")
+            .replace("/quarantine/1", "/quarantine/{id}")
+            .replace("/documents/a.md", "/documents/{source}")
+            .replace("/jobs/j1", "/jobs/{id}");
         assert!(spec["paths"][&templated][m.to_lowercase()].is_object(), "{m} {templated} missing from /openapi.json");
     }
 }
@@ -546,4 +557,27 @@ fn the_settings_fail_closed() {
         }]
     })
     .contains("16 characters"));
+}
+
+#[test]
+fn jobs_cut_short_by_a_crash_are_failed_at_the_next_start_and_can_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kotae.sqlite3");
+    let (running, done) = {
+        let store = Store::open(&path).unwrap();
+        let running =
+            store.create_job("ingest", "key:ops", &json!({ "files": ["a.md"], "groups": ["staff"] })).unwrap();
+        store.set_job(&running, "running", None).unwrap();
+        let done = store.create_job("ingest", "key:ops", &json!({ "files": ["b.md"], "groups": ["staff"] })).unwrap();
+        store.set_job(&done, "done", Some(&json!({ "files_ingested": 1 }))).unwrap();
+        (running, done)
+        // The process dies here (no shutdown ran).
+    };
+    let state = AppState::new(ServerConfig::default(), Store::open(&path).unwrap()).unwrap();
+    let j = state.store.job(&running).unwrap().unwrap();
+    assert_eq!(j["status"], "failed");
+    assert!(j["report"]["error"].as_str().unwrap().contains("interrupted"), "{j}");
+    assert!(j["finished_unix"].is_i64());
+    assert_eq!(state.store.job(&done).unwrap().unwrap()["status"], "done", "finished jobs stay as they were");
+    assert_eq!(state.store.jobs(10).unwrap().len(), 2);
 }

@@ -378,7 +378,7 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
     if !models_link.exists() {
         std::os::unix::fs::symlink(std::fs::canonicalize(cfg.models_dir())?, &models_link)?;
     }
-    let mut kb = kotae::open_index(&c2, Some(e.dim()))?;
+    let kb = kotae::open_index(&c2, Some(e.dim()))?;
     // Synthetic corpus: each chunk mixes three real sentences; its vector is a real chunk's vector
     // plus noise, normalized. Deterministic (xorshift).
     let mut x: u64 = 0x2545F4914F6CDD1D;

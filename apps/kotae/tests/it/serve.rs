@@ -1121,3 +1121,161 @@ async fn no_endpoint_shows_a_chunk_outside_the_askers_groups() {
     assert!(hits_seen > 50, "the property was exercised ({hits_seen} hits)");
     s.stop().await;
 }
+
+/// A manual with three sections (three chunks), each saying which version it is.
+fn parking_manual(version: &str) -> String {
+    let filler = "Permits are checked by the security staff at the gate every morning, and a car without a valid permit may be asked to leave the premises.";
+    format!(
+        "# Parking permits\n\n## Applying\n\nParking permit rules, version {version}: apply for a parking permit at the General Affairs desk with your car registration. {filler} {filler}\n\n## Fees\n\nParking permit fee, version {version}: the fee is deducted from the monthly salary. {filler} {filler}\n\n## Returning\n\nReturning the parking permit, version {version}: hand the permit back to General Affairs when you leave. {filler} {filler}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_upload_replace_and_delete_documents_while_serving() {
+    let data = fresh_data_dir();
+    let cfg = config(data.path());
+    let corpus = tempfile::tempdir().unwrap();
+    std::fs::write(corpus.path().join("lockers.md"), "# Lockers\n\nLocker keys are issued by General Affairs.\n")
+        .unwrap();
+    let mut index = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
+    ingest(&cfg, &mut index, &[corpus.path()], &["public"], false);
+    let state = tempfile::tempdir().unwrap();
+    let (admin, user) = ("kotae_admin_0123456789", "kotae_staff_0123456789");
+    let key = |name: &str, k: &str, role, groups: &[&str]| kotae_server::ApiKey {
+        name: name.into(),
+        key: None,
+        key_sha256: Some(kotae_server::auth::key_digest(k)),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        role,
+    };
+    let keys =
+        vec![key("ops", admin, kotae_server::Role::Admin, &[]), key("emp", user, kotae_server::Role::User, &["staff"])];
+    let s = Server::start_with(state.path(), Arc::new(index), |c| {
+        c.server.api_keys = keys.clone();
+        c.server.rate_limit_burst = 100_000;
+        c.server.rate_limit_per_minute = 100_000;
+    })
+    .await;
+    let c = client();
+    let upload = |k: &str, name: &str, body: String, groups: &str| {
+        let form = reqwest::multipart::Form::new()
+            .text("groups", groups.to_string())
+            .part("file", reqwest::multipart::Part::text(body).file_name(name.to_string()));
+        c.post(s.url("/admin/api/documents")).bearer_auth(k).multipart(form).send()
+    };
+    let search = |k: Option<&'static str>, q: &'static str| {
+        let mut r = c.post(s.url("/api/search")).json(&json!({ "query": q, "top_k": 10, "mode": "hybrid" }));
+        if let Some(k) = k {
+            r = r.bearer_auth(k);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let v: Value = resp.json().await.unwrap();
+            v["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h["source"] == "parking.md")
+                .map(|h| h["text"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let wait_job = |id: String| {
+        let c = c.clone();
+        let url = s.url(&format!("/admin/api/jobs/{id}"));
+        async move {
+            loop {
+                let j: Value = c.get(&url).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+                if j["status"] == "done" || j["status"] == "failed" {
+                    return j;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // Only admins upload; a file Kotae cannot read changes nothing.
+    assert_eq!(upload(user, "parking.md", parking_manual("ONE"), "staff").await.unwrap().status(), 403);
+    let r = upload(admin, "setup.exe", "MZ".into(), "staff").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().contains("setup.exe"));
+    let r = upload(admin, "parking.md", parking_manual("ONE"), "").await.unwrap();
+    assert_eq!(r.status(), 400, "groups are required");
+    let uploads = state.path().join("uploads").join(&cfg.kb);
+    assert!(std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0) == 0, "nothing stored");
+
+    // Upload → searchable, for the staff and nobody else.
+    let r = upload(admin, "parking.md", parking_manual("ONE"), "staff").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let t = Instant::now();
+    let job = r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string();
+    while search(Some(user), "parking permit fee").await.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(120), "never searchable: {}", wait_job(job.clone()).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("upload end -> first query that finds it: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    let j = wait_job(job).await;
+    assert_eq!((j["status"].as_str(), j["report"]["files_ingested"].as_u64()), (Some("done"), Some(1)), "{j}");
+    assert!(search(None, "parking permit fee").await.is_empty(), "anonymous clients do not see staff documents");
+
+    // Replace it under continuous queries: each answer shows one version, never a mix.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c2, url, st) = (c.clone(), s.url("/api/search"), stop.clone());
+    let load = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !st.load(std::sync::atomic::Ordering::SeqCst) {
+            let resp = c2
+                .post(&url)
+                .bearer_auth("kotae_staff_0123456789")
+                .json(&json!({ "query": "parking permit version", "top_k": 10 }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let v: Value = resp.json().await.unwrap();
+            let texts: Vec<String> = v["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h["source"] == "parking.md")
+                .map(|h| h["text"].as_str().unwrap().to_string())
+                .collect();
+            seen.push(texts);
+        }
+        seen
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = upload(admin, "parking.md", parking_manual("TWO"), "staff").await.unwrap();
+    let j = wait_job(r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string()).await;
+    assert_eq!(j["status"], "done", "{j}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = load.await.unwrap();
+    let one = |t: &Vec<String>| t.iter().any(|x| x.contains("version ONE"));
+    let two = |t: &Vec<String>| t.iter().any(|x| x.contains("version TWO"));
+    assert!(seen.iter().all(|t| !(one(t) && two(t))), "a query saw both versions");
+    assert!(
+        seen.iter().any(one) && seen.iter().any(two),
+        "the load ran across the replacement ({} queries)",
+        seen.len()
+    );
+    eprintln!("{} queries during the replacement, none mixed", seen.len());
+
+    let docs: Value =
+        c.get(s.url("/admin/api/documents")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    let p = docs["documents"].as_array().unwrap().iter().find(|d| d["source"] == "parking.md").unwrap().clone();
+    assert_eq!((p["groups"].clone(), p["uploaded"].clone()), (json!(["staff"]), json!(true)), "{docs}");
+
+    // Delete: gone from search and from the upload folder.
+    let r = c.delete(s.url("/admin/api/documents/parking.md")).bearer_auth(admin).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let j = wait_job(r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string()).await;
+    assert_eq!(j["status"], "done", "{j}");
+    assert!(search(Some(user), "parking permit fee").await.is_empty());
+    assert!(!uploads.join("parking.md").exists());
+    let audit: Value = c.get(s.url("/admin/api/audit")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"documents.upload") && actions.contains(&"documents.remove"), "{actions:?}");
+    s.stop().await;
+}

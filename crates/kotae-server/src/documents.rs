@@ -1,0 +1,269 @@
+//! `/admin/api/documents` and `/admin/api/jobs`: admins add, replace and delete documents
+//! while Kotae serves. Uploads are streamed to a temporary file, checked, and moved into the
+//! knowledge base's upload folder only when every file of the request arrived whole; then a
+//! background job ingests them into the live index, whose searches see each commit at once (a
+//! document's old chunks or its new ones, never a mix). Jobs are kept in the state database:
+//! a job that a crash interrupted is reported failed at the next start and can be run again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Multipart, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::store::AuditEntry;
+use crate::{AppState, Client};
+
+/// What the admin API needs from the program that owns ingestion (the `kotae` app).
+pub trait Knowledge: Send + Sync {
+    /// Where uploaded documents live (one folder per knowledge base).
+    fn uploads_dir(&self) -> PathBuf;
+    /// Largest file accepted, bytes.
+    fn max_file_bytes(&self) -> u64;
+    /// Why a file name cannot be ingested (unsupported type), if it cannot.
+    fn check_name(&self, name: &str) -> Result<(), String>;
+    /// Ingest these files (all in `uploads_dir`) with these groups: the run's summary.
+    fn ingest(&self, files: &[PathBuf], groups: &[String]) -> Result<Value, String>;
+    /// Remove a document from the index; whether it was there.
+    fn remove(&self, source: &str) -> Result<bool, String>;
+    /// Every indexed document with its status.
+    fn documents(&self) -> Value;
+}
+
+fn knowledge(state: &AppState) -> Result<Arc<dyn Knowledge>, ApiError> {
+    state
+        .engine()?
+        .knowledge
+        .clone()
+        .ok_or_else(|| ApiError::NotReady("this server cannot change its knowledge base".into()))
+}
+
+fn audit(state: &AppState, who: &Client, action: &str, target: &str, result: &str, detail: String) {
+    state.store.audit(&AuditEntry {
+        actor: who.id.clone(),
+        action: action.into(),
+        target: target.into(),
+        result: result.into(),
+        detail,
+        ip: who.ip.to_string(),
+    });
+}
+
+/// `GET /admin/api/documents`.
+pub async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let k = knowledge(&state)?;
+    Ok(Json(tokio::task::spawn_blocking(move || k.documents()).await.map_err(crate::api::join_error)?).into_response())
+}
+
+/// A file name as the uploads folder may hold it: its last path component, no hidden names.
+fn safe_name(raw: &str) -> Result<String, ApiError> {
+    let name = raw.rsplit(['/', '\\']).next().unwrap_or("").trim();
+    if name.is_empty() || name.starts_with('.') || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "the file name '{raw}' cannot be stored: give a plain name such as manual.md"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// Removes the temporary files of an upload that did not complete.
+struct Staged(Vec<(PathBuf, PathBuf)>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.0 {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// `POST /admin/api/documents` (multipart): `groups` (comma-separated, required) and one or
+/// more `file` parts. New names are added, existing names replaced by the new version.
+pub async fn upload(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    mut form: Multipart,
+) -> Result<Response, ApiError> {
+    let k = knowledge(&state)?;
+    let dir = k.uploads_dir();
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
+    let limit = k.max_file_bytes();
+    let mut groups: Vec<String> = Vec::new();
+    let mut staged = Staged(Vec::new());
+    let bad = |m: String| ApiError::BadRequest(m);
+    while let Some(mut field) =
+        form.next_field().await.map_err(|e| bad(format!("the upload is not valid multipart/form-data: {e}")))?
+    {
+        match field.name() {
+            Some("groups") => {
+                let text = field.text().await.map_err(|e| bad(format!("`groups`: {e}")))?;
+                groups.extend(text.split(',').map(|g| g.trim().to_string()).filter(|g| !g.is_empty()));
+            }
+            Some("file") => {
+                let name = safe_name(field.file_name().unwrap_or(""))?;
+                k.check_name(&name).map_err(|e| bad(format!("{name}: {e}")))?;
+                if staged.0.iter().any(|(_, p)| p.file_name().is_some_and(|n| n == name.as_str())) {
+                    return Err(bad(format!("{name} is in the upload twice")));
+                }
+                let tmp = dir.join(format!(".upload-{}", uuid::Uuid::new_v4()));
+                staged.0.push((tmp.clone(), dir.join(&name)));
+                let mut out = tokio::fs::File::create(&tmp)
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("{}: {e}", tmp.display())))?;
+                let mut size = 0u64;
+                while let Some(chunk) =
+                    field.chunk().await.map_err(|e| bad(format!("{name}: the upload broke off: {e}")))?
+                {
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        return Err(bad(format!(
+                            "{name} is larger than {limit} bytes (ingest.max_file_bytes): split it or raise the limit"
+                        )));
+                    }
+                    tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
+                        .await
+                        .map_err(|e| ApiError::Internal(format!("{}: {e}", tmp.display())))?;
+                }
+                tokio::io::AsyncWriteExt::flush(&mut out).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+                if size == 0 {
+                    return Err(bad(format!("{name} is empty")));
+                }
+            }
+            other => return Err(bad(format!("unexpected form field {other:?}: send `groups` and `file` parts"))),
+        }
+    }
+    if staged.0.is_empty() {
+        return Err(bad("no `file` part in the upload".into()));
+    }
+    if groups.is_empty() {
+        return Err(bad("`groups` is required: who may read these documents (e.g. public, staff, hr)".into()));
+    }
+    // Every file arrived whole: move them into place (same folder, so each rename is atomic).
+    let mut files = Vec::new();
+    for (tmp, dest) in std::mem::take(&mut staged.0) {
+        if let Err(e) = std::fs::rename(&tmp, &dest) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ApiError::Internal(format!("{}: {e}", dest.display())));
+        }
+        files.push(dest);
+    }
+    let names: Vec<String> =
+        files.iter().filter_map(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+    let detail = json!({ "files": names, "groups": groups });
+    let id = state.store.create_job("ingest", &admin.id, &detail)?;
+    audit(
+        &state,
+        &admin,
+        "documents.upload",
+        &names.join(","),
+        "accepted",
+        format!("job {id}, groups {}", groups.join(",")),
+    );
+    spawn_job(state.clone(), k, id.clone(), Work::Ingest { files, groups });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": id, "files": names }))).into_response())
+}
+
+/// `DELETE /admin/api/documents/{*source}`: remove a document from the index (and its
+/// uploaded file).
+pub async fn remove(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    UrlPath(source): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let k = knowledge(&state)?;
+    let id = state.store.create_job("remove", &admin.id, &json!({ "source": source }))?;
+    audit(&state, &admin, "documents.remove", &source, "accepted", format!("job {id}"));
+    spawn_job(state.clone(), k, id.clone(), Work::Remove { source });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
+}
+
+enum Work {
+    Ingest { files: Vec<PathBuf>, groups: Vec<String> },
+    Remove { source: String },
+}
+
+/// Run a job on the blocking pool, one at a time, recording its end in the store.
+fn spawn_job(state: Arc<AppState>, k: Arc<dyn Knowledge>, id: String, work: Work) {
+    tokio::spawn(async move {
+        let _one_at_a_time = state.jobs.lock().await;
+        let _ = state.store.set_job(&id, "running", None);
+        let uploads = k.uploads_dir();
+        let result = tokio::task::spawn_blocking(move || match work {
+            Work::Ingest { files, groups } => k.ingest(&files, &groups),
+            Work::Remove { source } => {
+                let removed = k.remove(&source)?;
+                // Its uploaded file goes too, so a later re-ingest of the folder does not bring it back.
+                let file = uploads.join(&source);
+                if Path::new(&source).components().count() == 1 && file.exists() {
+                    std::fs::remove_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                }
+                if removed {
+                    Ok(json!({ "removed": source }))
+                } else {
+                    Err(format!("no document {source} in the knowledge base"))
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the job failed: {e}")));
+        let (status, report) = match result {
+            Ok(v) => ("done", v),
+            Err(e) => ("failed", json!({ "error": e })),
+        };
+        if let Err(e) = state.store.set_job(&id, status, Some(&report)) {
+            tracing::error!(error = %e, job = %id, "cannot record the job's end");
+        }
+        tracing::info!(job = %id, status, "admin job ended");
+    });
+}
+
+/// `GET /admin/api/jobs`.
+pub async fn jobs(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    Ok(Json(json!({ "jobs": state.store.jobs(100)? })).into_response())
+}
+
+/// `GET /admin/api/jobs/{id}`.
+pub async fn job(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+    match state.store.job(&id)? {
+        Some(j) => Ok(Json(j).into_response()),
+        None => Err(ApiError::NotFound(format!("no job {id}"))),
+    }
+}
+
+/// `POST /admin/api/jobs/{id}/retry`: run a failed ingest job again (its files are still in
+/// the upload folder).
+pub async fn retry(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let k = knowledge(&state)?;
+    let Some(j) = state.store.job(&id)? else { return Err(ApiError::NotFound(format!("no job {id}"))) };
+    if j["status"] != "failed" || j["kind"] != "ingest" {
+        return Err(ApiError::BadRequest(format!(
+            "job {id} is {} {}: only failed ingest jobs run again",
+            j["status"], j["kind"]
+        )));
+    }
+    let dir = k.uploads_dir();
+    let files: Vec<PathBuf> = j["detail"]["files"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f.as_str()).map(|f| dir.join(f)).filter(|p| p.exists()).collect())
+        .unwrap_or_default();
+    let groups: Vec<String> = j["detail"]["groups"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|g| g.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    if files.is_empty() {
+        return Err(ApiError::BadRequest(format!("the files of job {id} are gone: upload them again")));
+    }
+    let detail = json!({ "files": j["detail"]["files"], "groups": groups, "retry_of": id });
+    let new = state.store.create_job("ingest", &admin.id, &detail)?;
+    audit(&state, &admin, "jobs.retry", &id, "accepted", format!("job {new}"));
+    spawn_job(state.clone(), k, new.clone(), Work::Ingest { files, groups });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": new }))).into_response())
+}
