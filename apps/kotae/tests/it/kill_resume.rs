@@ -33,7 +33,11 @@ fn killed_ingest_resumes_without_duplicates() {
         std::fs::write(corpus.path().join(format!("note-{i:02}.md")), text).unwrap();
     }
     let cfg_path = data.path().join("kotae.toml");
-    std::fs::write(&cfg_path, "threads = 1\n[ingest]\ncommit_every = 1\nchunk_tokens = 48\n").unwrap();
+    std::fs::write(
+        &cfg_path,
+        "threads = 1\n[ingest]\ncommit_every = 1\nchunk_tokens = 48\ndefault_groups = [\"public\"]\n",
+    )
+    .unwrap();
     let bin = env!("CARGO_BIN_EXE_kotae");
     let run = || {
         Command::new(bin)
