@@ -112,7 +112,8 @@ impl kotae_server::documents::Knowledge for LiveKnowledge {
     }
 
     fn documents(&self) -> serde_json::Value {
-        let uploads = self.uploads_dir();
+        // The manifest keeps canonical roots: canonicalize the upload folder once, not per document.
+        let uploads = std::fs::canonicalize(self.uploads_dir()).unwrap_or_else(|_| self.uploads_dir());
         let m = self.index.manifest();
         let docs: Vec<serde_json::Value> = m
             .files
@@ -121,7 +122,7 @@ impl kotae_server::documents::Knowledge for LiveKnowledge {
                 serde_json::json!({
                     "source": source,
                     "root": e.root,
-                    "uploaded": std::path::Path::new(&e.root) == uploads || std::fs::canonicalize(&uploads).is_ok_and(|u| u == std::path::Path::new(&e.root)),
+                    "uploaded": std::path::Path::new(&e.root) == uploads,
                     "groups": e.groups,
                     "chunks": e.chunks,
                     "version": e.hash.chars().take(12).collect::<String>(),

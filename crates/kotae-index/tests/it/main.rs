@@ -25,18 +25,21 @@ fn vec_for(seed: u64) -> Vec<f32> {
     v.into_iter().map(|a| a / n).collect()
 }
 
-fn open(dir: &Path) -> KnowledgeIndex {
-    KnowledgeIndex::open(&IndexConfig {
+fn index_config(dir: &Path, embedder: &str) -> IndexConfig {
+    IndexConfig {
         dir: dir.to_path_buf(),
-        embedder: "test".into(),
+        embedder: embedder.into(),
         dim: Some(DIM),
         ja_dictionary: None,
         hnsw: HnswSettings::default(),
         server: None,
         lexicon: None,
         cross_lingual_weight: 0.0,
-    })
-    .unwrap()
+    }
+}
+
+fn open(dir: &Path) -> KnowledgeIndex {
+    KnowledgeIndex::open(&index_config(dir, "test")).unwrap()
 }
 
 fn chunk(source: &str, i: u32, text: &str, groups: &[&str]) -> IndexedChunk {
@@ -244,18 +247,7 @@ fn a_different_embedder_is_refused() {
     let mut kb = open(dir.path());
     write_source(&mut kb, "a.md", &[chunk("a.md", 0, "x", &["public"])]);
     drop(kb);
-    let err = KnowledgeIndex::open(&IndexConfig {
-        dir: dir.path().to_path_buf(),
-        embedder: "other".into(),
-        dim: Some(DIM),
-        ja_dictionary: None,
-        hnsw: HnswSettings::default(),
-        server: None,
-        lexicon: None,
-        cross_lingual_weight: 0.0,
-    })
-    .err()
-    .unwrap();
+    let err = KnowledgeIndex::open(&index_config(dir.path(), "other")).err().unwrap();
     assert!(err.to_string().contains("built with embedder 'test'"), "{err}");
 }
 
@@ -266,18 +258,7 @@ fn a_second_process_gets_a_clear_error_not_a_storage_lock_failure() {
     write_source(&mut kb, "a.md", &[chunk("a.md", 0, "x", &["public"])]);
     // The same directory opened again while the first handle lives (as `kotae search` beside
     // a running `kotae serve`).
-    let err = KnowledgeIndex::open(&IndexConfig {
-        dir: dir.path().to_path_buf(),
-        embedder: "test".into(),
-        dim: Some(DIM),
-        ja_dictionary: None,
-        hnsw: HnswSettings::default(),
-        server: None,
-        lexicon: None,
-        cross_lingual_weight: 0.0,
-    })
-    .err()
-    .unwrap();
+    let err = KnowledgeIndex::open(&index_config(dir.path(), "test")).err().unwrap();
     let msg = err.to_string();
     assert!(
         msg.contains("open in another Kotae process") && msg.contains(&format!("pid {}", std::process::id())),
