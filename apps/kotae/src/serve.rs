@@ -199,7 +199,10 @@ pub fn run_ask(
 pub fn server_state(cfg: &Config) -> Result<Arc<AppState>> {
     let store = kotae_server::store::Store::open(&cfg.data_dir.join("state").join("kotae.sqlite3"))
         .map_err(anyhow::Error::msg)?;
-    AppState::new(cfg.server.clone(), store).map_err(anyhow::Error::msg)
+    let state = AppState::new(cfg.server.clone(), store).map_err(anyhow::Error::msg)?;
+    // Where `kotae eval all` writes by default: the admin console shows the latest report.
+    state.set_report_dir(cfg.data_dir.join("evals").join("latest"));
+    Ok(state)
 }
 
 /// Run the server until Ctrl-C / SIGTERM. The port opens at once; `/readyz` turns ready when
@@ -218,6 +221,7 @@ pub fn run_serve(cfg: &Config) -> Result<()> {
         tokio::task::spawn_blocking(move || match build_engine(&c) {
             Ok(engine) => {
                 eprintln!("kotae: ready — generator {}, {} chunks", engine.worker.name(), engine.index.num_chunks());
+                eprintln!("kotae: chat at http://{addr}/chat, admin console at http://{addr}/admin, widget: <script src=\"http://{addr}/widget.js\" defer></script>");
                 st.set_engine(engine);
             }
             Err(e) => {

@@ -114,3 +114,27 @@ pub async fn review(
         false => Err(ApiError::NotFound(format!("no quarantined text {id}"))),
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackQuery {
+    #[serde(default)]
+    pub rating: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `GET /admin/api/feedback?rating=down`: the review queue of votes, newest first, each with
+/// its question, answer, sources and comment.
+pub async fn feedback(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<FeedbackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(bad_query)?;
+    if let Some(r) = q.rating.as_deref().filter(|r| *r != "up" && *r != "down") {
+        return Err(ApiError::BadRequest(format!("`rating` is '{r}': use up or down, or leave it out")));
+    }
+    let limit = limit_of(&Page { limit: q.limit, before: None })?;
+    let items = state.store.feedback_review(q.rating.as_deref(), limit)?;
+    Ok(Json(json!({ "feedback": items })).into_response())
+}

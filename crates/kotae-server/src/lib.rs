@@ -14,6 +14,7 @@ pub mod metrics;
 mod openai;
 mod openapi;
 pub mod store;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -77,6 +78,9 @@ pub struct ServerConfig {
     pub answers_in_flight_per_client: usize,
     /// Model id shown by the OpenAI-compatible API.
     pub model_id: String,
+    /// Origins of intranet pages that embed the chat widget (`https://intranet.example`):
+    /// their pages may call the API (CORS). Empty: only pages served by Kotae itself.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +102,7 @@ impl Default for ServerConfig {
             auth_failures_per_minute: 10,
             answers_in_flight_per_client: 2,
             model_id: "kotae".into(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -129,6 +134,8 @@ pub struct AppState {
     in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Admin jobs run one at a time.
     pub(crate) jobs: tokio::sync::Mutex<()>,
+    /// Where the nightly evaluation writes its latest report (`report.json`).
+    reports: OnceLock<std::path::PathBuf>,
     started: Instant,
 }
 
@@ -146,6 +153,9 @@ impl AppState {
             Err(e) => return Err(format!("cannot read the job table: {e}")),
         }
         let failures = auth::FailureLimiter::new(cfg.auth_failures_per_minute);
+        for o in &cfg.cors_origins {
+            web::check_origin(o)?;
+        }
         Ok(Arc::new(Self {
             auth,
             failures,
@@ -157,6 +167,7 @@ impl AppState {
             store,
             metrics: metrics::Metrics::default(),
             limiter,
+            reports: OnceLock::new(),
             started: Instant::now(),
         }))
     }
@@ -164,6 +175,11 @@ impl AppState {
     /// Install the engine: the server becomes ready.
     pub fn set_engine(&self, engine: Engine) {
         let _ = self.engine.set(Arc::new(engine));
+    }
+
+    /// The folder of the latest nightly evaluation report (shown in the admin console).
+    pub fn set_report_dir(&self, dir: std::path::PathBuf) {
+        let _ = self.reports.set(dir);
     }
 
     /// Record why the engine could not load (shown by `/readyz`).
@@ -227,6 +243,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/jobs", get(documents::jobs))
         .route("/admin/api/jobs/{id}", get(documents::job))
         .route("/admin/api/jobs/{id}/retry", post(documents::retry))
+        .route("/admin/api/feedback", get(admin::feedback))
+        .route("/admin/api/eval", get(web::eval_report))
         .route_layer(axum::middleware::from_fn(admin_only));
     let limited = Router::new()
         .route("/api/chat", post(api::chat))
@@ -235,6 +253,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/classify", post(api::classify))
         .route("/api/conversations/{id}", get(api::conversation))
         .route("/api/me", get(api::me))
+        .route("/api/sources/{*chunk_id}", get(web::source))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .merge(admin)
@@ -245,9 +264,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi::document))
+        .merge(web::pages())
         .fallback(|| async { ApiError::NotFound("no such endpoint; GET /openapi.json lists them".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(web::cors(&state.cfg.cors_origins))
         .with_state(state)
 }
 
@@ -351,6 +372,16 @@ async fn access(State(state): State<Arc<AppState>>, mut req: Request, next: Next
             }
         },
     };
+    // Proxy sign-in travels with every browser request (cookies at the proxy), so a page on
+    // another site could make a signed-in employee's browser post here: changes through it
+    // must come from Kotae's own pages or an allowed origin.
+    if client.via == "sso" && !req.method().is_safe() && !web::same_site(&req, &state.cfg.cors_origins) {
+        tracing::warn!(client_ip = %ip, route = %route, "cross-site request refused");
+        return Err(ApiError::Forbidden(
+            "cross-site request refused: changes must come from Kotae's own pages or a `server.cors_origins` origin"
+                .into(),
+        ));
+    }
     if let Err(not_until) = state.limiter.check_key(&client.id) {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         return Err(ApiError::RateLimited { retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64 });

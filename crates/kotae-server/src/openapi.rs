@@ -88,6 +88,18 @@ pub fn spec() -> Value {
             "/api/me": { "get": {
                 "summary": "Who the server takes the client for: `{id, role, groups, via}` (via: api_key, jwt, sso, anonymous)",
                 "responses": { "200": { "description": "the client" }, "401": err(), "429": err() } } },
+            "/api/sources/{chunk_id}": { "get": {
+                "summary": "A cited passage for the source viewer (a citation's `chunk_id`): `{chunk_id, source, section, kind, lang, text}`; 404 when it does not exist or the client's groups may not read it",
+                "parameters": [{ "name": "chunk_id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "the passage" }, "400": err(), "404": err() } } },
+            "/admin/api/feedback": { "get": {
+                "summary": "The feedback review queue (admin), newest first: `{feedback: [{id, rating, comment, client, created_unix, message_id, question, answer, citations, kind}]}`",
+                "parameters": [{ "name": "rating", "in": "query", "schema": { "type": "string", "enum": ["up", "down"] } },
+                               { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }],
+                "responses": { "200": { "description": "votes" }, "400": err(), "401": err(), "403": err() } } },
+            "/admin/api/eval": { "get": {
+                "summary": "The latest nightly evaluation report (admin): the report.json of `kotae eval all`",
+                "responses": { "200": { "description": "the report" }, "401": err(), "403": err(), "404": err() } } },
             "/admin/api/audit": { "get": {
                 "summary": "Audit trail (admin): admin actions and authentication failures, newest first: `{entries: [{id, actor, action, target, result, detail, ip, created_unix}]}`",
                 "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
@@ -130,6 +142,9 @@ pub fn spec() -> Value {
                 "requestBody": body("CompletionRequest"),
                 "responses": { "200": { "description": "chat.completion or a stream of chat.completion.chunk, ending with [DONE]" }, "400": err(), "429": err(), "503": err() } } },
             "/v1/models": { "get": { "summary": "OpenAI-compatible model list", "responses": { "200": { "description": "list" } } } },
+            "/widget.js": { "get": { "summary": "The embeddable chat widget (one script tag; see README)", "security": [], "responses": { "200": { "description": "JavaScript" } } } },
+            "/chat": { "get": { "summary": "The chat as a full page", "security": [], "responses": { "200": { "description": "HTML" } } } },
+            "/admin": { "get": { "summary": "The admin console (its data comes from /admin/api, which needs the admin role)", "security": [], "responses": { "200": { "description": "HTML" } } } },
             "/healthz": { "get": { "summary": "Liveness", "security": [], "responses": { "200": { "description": "ok" } } } },
             "/readyz": { "get": { "summary": "Readiness: models loaded, index open", "security": [], "responses": { "200": { "description": "ready" }, "503": err() } } },
             "/metrics": { "get": { "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text exposition format" } } } },

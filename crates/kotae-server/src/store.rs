@@ -542,6 +542,40 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Votes for review, newest first: the answer, the question before it, the vote's comment.
+    pub fn feedback_review(&self, rating: Option<&str>, limit: usize) -> Result<Vec<serde_json::Value>, ApiError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT f.id, f.rating, f.comment, f.client, f.created_unix, m.id, m.content, m.answer_json,
+                   (SELECT q.content FROM messages q WHERE q.conversation_id = m.conversation_id
+                      AND q.seq < m.seq AND q.role = 'user' ORDER BY q.seq DESC LIMIT 1)
+                 FROM feedback f JOIN messages m ON m.id = f.message_id
+                 WHERE (?1 IS NULL OR f.rating = ?1) ORDER BY f.id DESC LIMIT ?2",
+            )
+            .map_err(internal)?;
+        let rows = st
+            .query_map(params![rating, limit as i64], |r| {
+                let answer: Option<String> = r.get(7)?;
+                let answer: serde_json::Value =
+                    answer.and_then(|a| serde_json::from_str(&a).ok()).unwrap_or(serde_json::Value::Null);
+                Ok(serde_json::json!({
+                    "id": r.get::<_, i64>(0)?,
+                    "rating": r.get::<_, String>(1)?,
+                    "comment": r.get::<_, Option<String>>(2)?,
+                    "client": r.get::<_, String>(3)?,
+                    "created_unix": r.get::<_, i64>(4)?,
+                    "message_id": r.get::<_, String>(5)?,
+                    "answer": r.get::<_, String>(6)?,
+                    "citations": answer.get("citations").cloned().unwrap_or_default(),
+                    "kind": answer.get("kind").cloned().unwrap_or_default(),
+                    "question": r.get::<_, Option<String>>(8)?,
+                }))
+            })
+            .map_err(internal)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+    }
+
     /// Feedback comments with the answer they were left on (training candidates).
     pub fn feedback_comments(&self) -> Result<Vec<(i64, String, String, String)>, ApiError> {
         let conn = self.conn();

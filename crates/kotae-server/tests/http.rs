@@ -154,6 +154,7 @@ const USER_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/feedback"),
     ("GET", "/api/conversations/c1"),
     ("GET", "/api/me"),
+    ("GET", "/api/sources/0123456789abcdef"),
     ("POST", "/v1/chat/completions"),
     ("GET", "/v1/models"),
 ];
@@ -168,6 +169,8 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/api/jobs"),
     ("GET", "/admin/api/jobs/j1"),
     ("POST", "/admin/api/jobs/j1/retry"),
+    ("GET", "/admin/api/feedback"),
+    ("GET", "/admin/api/eval"),
 ];
 
 fn now() -> u64 {
@@ -239,7 +242,8 @@ async fn every_route_refuses_missing_wrong_and_malformed_credentials() {
             .replace("/c1", "/{id}")
             .replace("/quarantine/1", "/quarantine/{id}")
             .replace("/documents/a.md", "/documents/{source}")
-            .replace("/jobs/j1", "/jobs/{id}");
+            .replace("/jobs/j1", "/jobs/{id}")
+            .replace("/sources/0123456789abcdef", "/sources/{chunk_id}");
         assert!(spec["paths"][&templated][m.to_lowercase()].is_object(), "{m} {templated} missing from /openapi.json");
     }
 }
@@ -557,6 +561,9 @@ fn the_settings_fail_closed() {
         }]
     })
     .contains("16 characters"));
+    // The widget's origins: bare origins only, never a wildcard with credentials.
+    assert!(bad(&|c| c.cors_origins = vec!["*".into()]).contains("not allowed"));
+    assert!(bad(&|c| c.cors_origins = vec!["https://intranet.example/portal".into()]).contains("not an origin"));
 }
 
 #[test]
@@ -580,4 +587,112 @@ fn jobs_cut_short_by_a_crash_are_failed_at_the_next_start_and_can_run_again() {
     assert!(j["finished_unix"].is_i64());
     assert_eq!(state.store.job(&done).unwrap().unwrap()["status"], "done", "finished jobs stay as they were");
     assert_eq!(state.store.jobs(10).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn pages_cors_and_cross_site_requests() {
+    let intranet = "https://intranet.example";
+    let s = Server::start(|c| {
+        c.cors_origins = vec![intranet.into()];
+        c.sso = Some(SsoConfig::default());
+        c.trusted_proxies = vec!["127.0.0.1/32".into()];
+        c.admin_groups = vec!["kotae-admins".into()];
+    })
+    .await;
+    let c = reqwest::Client::new();
+    // The pages need no credential (they hold no data) and come with their headers.
+    let w = c.get(s.url("/widget.js")).send().await.unwrap();
+    assert_eq!(w.status(), 200);
+    assert_eq!(w.headers()["content-type"], "application/javascript; charset=utf-8");
+    assert_eq!(w.headers()["cross-origin-resource-policy"], "cross-origin");
+    let tag = w.headers()["etag"].to_str().unwrap().to_string();
+    let again = c.get(s.url("/widget.js")).header("If-None-Match", &tag).send().await.unwrap();
+    assert_eq!(again.status(), 304, "a reload costs a 304");
+    for p in ["/admin", "/chat"] {
+        let r = c.get(s.url(p)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{p}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        let csp = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"), "{p}: {csp}");
+        assert_eq!(r.headers()["x-frame-options"], "DENY");
+    }
+    assert_eq!(c.get(s.url("/admin/app.js")).send().await.unwrap().status(), 200);
+
+    // CORS: the intranet may call the API with credentials; other sites get no grant.
+    for (origin, granted) in
+        [(intranet, true), ("https://evil.example", false), ("https://intranet.example.evil.example", false)]
+    {
+        let pre = c
+            .request(reqwest::Method::OPTIONS, s.url("/api/chat"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "authorization,content-type")
+            .send()
+            .await
+            .unwrap();
+        let acao = pre.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(acao.as_deref() == Some(origin), granted, "preflight from {origin}: {acao:?}");
+        if granted {
+            assert_eq!(pre.headers()["access-control-allow-credentials"], "true");
+        }
+        let r = c.get(s.url("/api/me")).bearer_auth(BOT_KEY).header("Origin", origin).send().await.unwrap();
+        assert_eq!(r.headers().get("access-control-allow-origin").is_some(), granted, "GET from {origin}");
+    }
+
+    // Proxy sign-in rides along with every browser request, so a change through it must
+    // come from Kotae's own pages or an allowed origin (CSRF); reads and bearer credentials
+    // (which a page on another site cannot send) are not held to it.
+    let sso: &[(&str, &str)] = &[("X-Forwarded-User", "alice"), ("X-Forwarded-Groups", "kotae-admins")];
+    s.state.store.quarantine("feedback", "7", "some text", "abuse", "lexicon", Some("key:bot")).unwrap();
+    let id = s.state.store.quarantined(None).unwrap()[0].id;
+    let path = format!("/admin/api/quarantine/{id}");
+    let with = |extra: &[(&'static str, &'static str)]| [sso, extra].concat();
+    for (headers, want) in [
+        (with(&[("Origin", "https://evil.example")]), 403),
+        (with(&[]), 403),
+        (with(&[("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")]), 403),
+        (with(&[("Origin", "https://intranet.example")]), 200),
+        (with(&[("Sec-Fetch-Site", "same-origin")]), 200),
+    ] {
+        let (st, body) = s.call("POST", &path, None, &headers).await;
+        assert_eq!(st, want, "{headers:?}: {body}");
+        if want == 403 {
+            assert!(body["error"]["message"].as_str().unwrap().contains("cross-site"), "{body}");
+        }
+    }
+    let own = format!("http://{}", s.addr);
+    let (st, _) = s.call("POST", &path, None, &with(&[("Origin", Box::leak(own.into_boxed_str()))])).await;
+    assert_eq!(st, 200, "Kotae's own pages (Origin = its host)");
+    let (st, _) = s.call("GET", "/admin/api/quarantine", None, &with(&[("Origin", "https://evil.example")])).await;
+    assert_eq!(st, 200, "a read is not a change");
+    let (st, _) = s.call("POST", &path, Some(ADMIN_KEY), &[("Origin", "https://evil.example")]).await;
+    assert_eq!(st, 200, "a bearer credential is not ambient");
+}
+
+#[tokio::test]
+async fn the_feedback_review_queue_shows_question_answer_sources_and_comment() {
+    let s = Server::start(|_| {}).await;
+    let st = &s.state.store;
+    let conv = st.create_conversation("key:bot").unwrap();
+    st.add_message(&conv, "user", "How many days of leave do I get?", None).unwrap();
+    let answer = json!({ "text": "Ten days [1].", "kind": "generated", "citations": [{ "n": 1, "source": "leave.md", "section": "Annual leave" }] });
+    let m = st.add_message(&conv, "assistant", "Ten days [1].", Some(&answer)).unwrap();
+    st.add_message(&conv, "user", "And sick leave?", None).unwrap();
+    let m2 = st.add_message(&conv, "assistant", "Five days.", None).unwrap();
+    assert!(st.add_feedback(&m, "down", Some("It is 20 days"), "key:bot").unwrap().is_some());
+    assert!(st.add_feedback(&m2, "up", None, "key:bot").unwrap().is_some());
+    let (code, v) = s.call("GET", "/admin/api/feedback?rating=down", Some(ADMIN_KEY), &[]).await;
+    assert_eq!(code, 200, "{v}");
+    let items = v["feedback"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v}");
+    let f = &items[0];
+    assert_eq!(f["question"], "How many days of leave do I get?");
+    assert_eq!(f["answer"], "Ten days [1].");
+    assert_eq!(f["comment"], "It is 20 days");
+    assert_eq!(f["citations"][0]["source"], "leave.md");
+    let (_, all) = s.call("GET", "/admin/api/feedback", Some(ADMIN_KEY), &[]).await;
+    assert_eq!(all["feedback"].as_array().unwrap().len(), 2);
+    assert_eq!(all["feedback"][0]["question"], "And sick leave?", "newest first, each with its own question");
+    assert_eq!(s.call("GET", "/admin/api/feedback?rating=meh", Some(ADMIN_KEY), &[]).await.0, 400);
+    assert_eq!(s.call("GET", "/admin/api/eval", Some(ADMIN_KEY), &[]).await.0, 404, "no report yet");
 }

@@ -12,6 +12,7 @@ use kotae_index::{KnowledgeIndex, SearchMode};
 use kotae_models::{BertEmbedder, Embedder};
 
 mod bad_input;
+mod browser;
 mod finetune;
 mod guard;
 mod kill_resume;

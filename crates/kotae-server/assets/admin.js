@@ -1,0 +1,224 @@
+// Kotae admin console: a page over /admin/api (no framework, no build step). Sign-in is
+// the server's: the single-sign-on proxy in front of Kotae, or an admin key or token kept in
+// this tab's sessionStorage and sent as a bearer credential (never a cookie, so other
+// sites cannot ride on it; proxy sign-in is checked for same-site requests by the server).
+'use strict';
+(() => {
+  const ja = (navigator.language || '').toLowerCase().startsWith('ja');
+  const L = ja ? {
+    title: 'Kotae 管理', signin: 'サインイン', signout: 'サインアウト', key: '管理者キーまたはトークン',
+    signinHelp: 'シングルサインオンでサインインするか、管理者の API キーまたはトークンを貼り付けてください。このタブの中だけに保存されます。',
+    documents: '文書', jobs: 'ジョブ', feedback: 'フィードバック', quarantine: '隔離', guard: 'ガードレール', audit: '監査', eval: '評価',
+    drop: 'マニュアルをここにドロップ、またはファイルを選択', dropHelp: 'Markdown・HTML・PDF・テキスト。同じ名前の文書は新しい版に置き換わります。',
+    groups: '閲覧できるグループ', groupsHelp: 'カンマ区切り（例: public、hr,managers）', file: 'ファイル', progress: '進捗', status: '状態',
+    filter: '絞り込み', all: 'すべての文書', uploaded: 'ここでアップロード', ingested: 'フォルダから取り込み', document: '文書', groupsCol: 'グループ',
+    chunks: 'チャンク', version: '版', updated: '更新', kind: '種類', by: '実行者', result: '結果', started: '開始', show: '表示',
+    downs: '役に立たなかった', ups: '役に立った', allVotes: 'すべて', source: '出典', text: 'テキスト', why: '理由', when: '日時',
+    direction: '方向', category: '分類', rule: 'ルール', action: '操作', client: '利用者', actor: '実行者', target: '対象', detail: '詳細',
+    quarantineHelp: '学習データのガードが微調整から除外したテキストとその理由です。学習して安全なものだけを解除してください。',
+    notAdmin: (w) => `${w} としてサインインしていますが、管理者ではありません。このコンソールは管理者専用です。`,
+    replace: '差し替え', remove: '削除', confirmRemove: (s) => `${s} を削除しますか？検索と回答から外れます。`, retry: '再実行',
+    release: '解除', reject: '却下', queued: '待機中', running: '処理中', done: '完了', failed: '失敗', uploading: 'アップロード中',
+    docs: (n, c) => `${n} 件の文書、${c} チャンク`, question: '質問', answer: '回答', comment: 'コメント', none: 'ありません',
+    noReport: 'まだ評価レポートがありません（kotae eval all を毎晩実行）', passed: '合格', regressed: '後退あり',
+  } : {
+    source: 'Source',
+    notAdmin: (w) => `You are signed in as ${w}, who is not an admin. This console is for admins.`,
+    replace: 'Replace', remove: 'Delete', confirmRemove: (s) => `Delete ${s}? It leaves search and answers.`, retry: 'Retry',
+    release: 'Release', reject: 'Reject', queued: 'queued', running: 'running', done: 'done', failed: 'failed', uploading: 'uploading',
+    docs: (n, c) => `${n} documents, ${c} chunks`, question: 'Question', answer: 'Answer', comment: 'Comment', none: 'Nothing here',
+    noReport: 'No evaluation report yet (run kotae eval all nightly)', passed: 'passed', regressed: 'regressions',
+  };
+  const $ = (s) => document.querySelector(s);
+  const h = (tag, props = {}, ...kids) => {
+    const e = Object.assign(document.createElement(tag), props);
+    e.append(...kids.filter((k) => k != null));
+    return e;
+  };
+  const when = (u) => (u ? new Date(u * 1000).toLocaleString(ja ? 'ja-JP' : undefined) : '');
+  const toast = (m) => { $('#toast').textContent = m; };
+  let key = sessionStorage.getItem('kotae-admin-key');
+
+  const call = async (path, opts = {}) => {
+    const headers = Object.assign({}, opts.headers, key ? { Authorization: `Bearer ${key}` } : {});
+    const r = await fetch(path, Object.assign({ credentials: 'same-origin' }, opts, { headers }));
+    if (!r.ok) {
+      let msg = `HTTP ${r.status}`;
+      try { msg = (await r.json()).error.message; } catch { /* not JSON */ }
+      throw Object.assign(new Error(msg), { status: r.status });
+    }
+    return r.status === 204 ? null : r.json();
+  };
+
+  function applyLabels() {
+    document.documentElement.lang = ja ? 'ja' : 'en';
+    for (const e of document.querySelectorAll('[data-t]')) if (typeof L[e.dataset.t] === 'string') e.textContent = L[e.dataset.t];
+  }
+
+  async function start() {
+    applyLabels();
+    let me = null;
+    try { me = await call('/api/me'); } catch (e) { if (key && e.status === 401) { sessionStorage.removeItem('kotae-admin-key'); key = null; } }
+    $('#signout').hidden = !key;
+    if (me && me.role === 'admin') {
+      $('#who').textContent = me.id;
+      $('#signin').hidden = $('#denied').hidden = true;
+      $('#console').hidden = false;
+      tab(location.hash.slice(1) || 'documents');
+      return;
+    }
+    $('#console').hidden = true;
+    if (me && me.via !== 'anonymous') { $('#denied').hidden = false; $('#denied').textContent = L.notAdmin(me.id); }
+    $('#signin').hidden = false;
+    $('#key').focus();
+  }
+  $('#signin-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    key = $('#key').value.trim();
+    sessionStorage.setItem('kotae-admin-key', key);
+    $('#key').value = '';
+    start();
+  });
+  $('#signout').addEventListener('click', () => { sessionStorage.removeItem('kotae-admin-key'); key = null; location.reload(); });
+
+  let timer = null;
+  function tab(name) {
+    if (!$(`#tab-${name}`)) name = 'documents';
+    for (const b of document.querySelectorAll('[role=tab]')) b.setAttribute('aria-selected', String(b.dataset.tab === name));
+    for (const p of document.querySelectorAll('[role=tabpanel]')) p.hidden = p.id !== `tab-${name}`;
+    history.replaceState(null, '', `#${name}`);
+    clearInterval(timer);
+    const load = loaders[name];
+    const run = () => load().catch((e) => toast(e.message));
+    run();
+    if (name === 'jobs') timer = setInterval(run, 2000);
+  }
+  for (const b of document.querySelectorAll('[role=tab]')) b.addEventListener('click', () => tab(b.dataset.tab));
+
+  const fill = (sel, rows) => {
+    const body = $(`${sel} tbody`);
+    body.replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', { colSpan: 7, className: 'muted', textContent: L.none }))]));
+  };
+  const td = (...k) => h('td', {}, ...k.map((x) => (typeof x === 'object' && x ? x : String(x ?? ''))));
+  const statusText = (s) => h('span', { className: s === 'failed' ? 'bad' : s === 'done' ? 'ok' : '', textContent: L[s] || s });
+  const summary = (j) => {
+    const r = j.report;
+    if (!r) return '';
+    if (r.error) return h('span', { className: 'bad', textContent: r.error });
+    // What changed (non-zero counts) and what went wrong (non-empty lists).
+    return Object.entries(r).filter(([k, v]) => (typeof v === 'number' && v !== 0 && k !== 'seconds') || (Array.isArray(v) && v.length))
+      .map(([k, v]) => `${k.replace(/_/g, ' ')}: ${Array.isArray(v) ? v.map((x) => (typeof x === 'object' ? Object.values(x).join(' — ') : x)).join('; ') : v}`)
+      .concat(typeof r.seconds === 'number' ? [`${r.seconds.toFixed(1)} s`] : []).join(', ');
+  };
+
+  // Documents: list, filter, replace, delete, and uploads with per-file progress.
+  let docs = [];
+  async function loadDocs() {
+    const d = await call('/admin/api/documents');
+    docs = d.documents || [];
+    $('#doc-count').textContent = L.docs(docs.length, d.chunks_total);
+    showDocs();
+  }
+  function showDocs() {
+    const q = $('#filter').value.trim().toLowerCase(), o = $('#origin').value;
+    const rows = docs.filter((d) => (!q || d.source.toLowerCase().includes(q) || d.groups.join(',').includes(q)) && (!o || (o === 'uploaded') === d.uploaded))
+      .map((d) => h('tr', {}, td(d.source), td(d.groups.join(', ')), td(d.chunks), td(h('code', { textContent: d.version })), td(when(d.ingested_unix)),
+        td(d.uploaded ? h('button', { textContent: L.replace, onclick: () => pick((f) => upload(f, d.source, d.groups.join(','))) }) : '', ' ',
+          h('button', { className: 'danger', textContent: L.remove, onclick: () => remove(d.source) }))));
+    fill('#docs', rows);
+  }
+  $('#filter').addEventListener('input', showDocs);
+  $('#origin').addEventListener('change', showDocs);
+  const pick = (then) => { const i = h('input', { type: 'file' }); i.onchange = () => i.files[0] && then(i.files[0]); i.click(); };
+  async function remove(source) {
+    if (!confirm(L.confirmRemove(source))) return;
+    try { const r = await call(`/admin/api/documents/${source.split('/').map(encodeURIComponent).join('/')}`, { method: 'DELETE' }); await follow(r.job, null); } catch (e) { toast(e.message); }
+  }
+  function upload(file, name, groups) {
+    const row = h('tr'), bar = h('progress', { max: 1, value: 0 }), st = h('span', { textContent: L.queued });
+    row.append(td(name || file.name), td(bar), td(st));
+    $('#uploads').hidden = false;
+    $('#uploads tbody').prepend(row);
+    const form = new FormData();
+    form.append('groups', groups ?? $('#groups').value);
+    form.append('file', file, name || file.name);
+    const x = new XMLHttpRequest();
+    x.open('POST', '/admin/api/documents');
+    if (key) x.setRequestHeader('Authorization', `Bearer ${key}`);
+    x.upload.onprogress = (e) => { if (e.lengthComputable) { bar.value = e.loaded / e.total; st.textContent = `${L.uploading} ${Math.round((100 * e.loaded) / e.total)}%`; } };
+    x.onerror = () => { st.className = 'bad'; st.textContent = 'network error'; };
+    x.onload = () => {
+      let body = {};
+      try { body = JSON.parse(x.responseText); } catch { /* empty */ }
+      if (x.status !== 202) { st.className = 'bad'; st.textContent = body.error ? body.error.message : `HTTP ${x.status}`; return; }
+      bar.value = 1;
+      follow(body.job, st);
+    };
+    x.send(form);
+  }
+  // Poll a job until it ends; show its state in `st` (or a toast), then refresh the list.
+  async function follow(id, st) {
+    for (;;) {
+      let j;
+      try { j = await call(`/admin/api/jobs/${id}`); } catch (e) { toast(e.message); return; }
+      const text = `${L[j.status] || j.status}${j.status === 'done' || j.status === 'failed' ? ` — ${(s => (typeof s === 'string' ? s : s.textContent))(summary(j))}` : ''}`;
+      if (st) { st.textContent = text; st.className = j.status === 'failed' ? 'bad' : j.status === 'done' ? 'ok' : ''; } else toast(text);
+      if (j.status === 'done' || j.status === 'failed') { loadDocs().catch(() => {}); return; }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  const drop = $('#drop'), files = $('#files');
+  drop.addEventListener('click', () => files.click());
+  drop.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); files.click(); } });
+  drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); for (const f of e.dataTransfer.files) upload(f); });
+  files.addEventListener('change', () => { for (const f of files.files) upload(f); files.value = ''; });
+
+  const loaders = {
+    documents: loadDocs,
+    async jobs() {
+      const { jobs } = await call('/admin/api/jobs');
+      fill('#jobs', jobs.map((j) => h('tr', {}, td(h('code', { textContent: j.id.slice(0, 8) })), td(j.kind), td(j.actor), td(statusText(j.status)), td(summary(j)), td(when(j.created_unix)),
+        td(j.status === 'failed' && j.kind === 'ingest' ? h('button', { textContent: L.retry, onclick: async () => { try { await call(`/admin/api/jobs/${j.id}/retry`, { method: 'POST' }); loaders.jobs(); } catch (e) { toast(e.message); } } }) : ''))));
+    },
+    async feedback() {
+      const r = $('#rating').value;
+      const { feedback } = await call(`/admin/api/feedback${r ? `?rating=${r}` : ''}`);
+      const cards = feedback.map((f) => h('article', { className: 'card' },
+        h('h3', { textContent: `${f.rating === 'down' ? '👎' : '👍'} ${when(f.created_unix)} — ${f.client}` }),
+        h('div', {}, h('strong', { textContent: `${L.question}: ` }), f.question || ''),
+        h('div', {}, h('strong', { textContent: `${L.answer}: ` }), f.answer),
+        (f.citations || []).length ? h('div', { className: 'muted' }, `${L.source}: `, f.citations.map((c) => `[${c.n}] ${c.source} — ${c.section}`).join('; ')) : null,
+        f.comment ? h('div', {}, h('strong', { textContent: `${L.comment}: ` }), f.comment) : null));
+      $('#feedback-list').replaceChildren(...(cards.length ? cards : [h('p', { className: 'muted', textContent: L.none })]));
+    },
+    async quarantine() {
+      const { items } = await call('/admin/api/quarantine');
+      const decide = (id, status) => async () => { try { await call(`/admin/api/quarantine/${id}`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ status }) }); loaders.quarantine(); } catch (e) { toast(e.message); } };
+      fill('#quarantine', items.map((q) => h('tr', {}, td(q.id), td(`${q.source} ${q.ref}`), td(q.text), td(`${q.category} (${q.rule})`), td(q.status),
+        td(q.status === 'pending' ? h('button', { textContent: L.release, onclick: decide(q.id, 'released') }) : '', ' ', q.status === 'pending' ? h('button', { className: 'danger', textContent: L.reject, onclick: decide(q.id, 'rejected') }) : ''))));
+    },
+    async guard() {
+      const { events } = await call('/admin/api/guard-events');
+      fill('#guard', events.map((g) => h('tr', {}, td(g.request_id.slice(0, 8)), td(g.direction), td(g.category), td(g.rule), td(g.action), td(g.client))));
+    },
+    async audit() {
+      const { entries } = await call('/admin/api/audit');
+      fill('#audit', entries.map((a) => h('tr', {}, td(when(a.created_unix)), td(a.actor), td(a.action), td(a.target), td(a.result), td(a.detail))));
+    },
+    async eval() {
+      const box = $('#eval');
+      let r;
+      try { r = await call('/admin/api/eval'); } catch (e) { box.replaceChildren(h('p', { className: 'muted', textContent: e.status === 404 ? L.noReport : e.message })); return; }
+      const bad = (r.threshold_failures || []).length + (r.regressions || []).length;
+      box.replaceChildren(
+        h('p', {}, h('strong', { className: bad ? 'bad' : 'ok', textContent: bad ? `${L.regressed}: ${bad}` : L.passed }), ` — ${r.started} · ${r.commit} · ${r.generator} · ${r.embedder}`),
+        ...[...(r.threshold_failures || []), ...(r.regressions || []).map((g) => `${g.name}: ${g.before} → ${g.now}`)].map((t) => h('div', { className: 'bad', textContent: t })),
+        h('table', {}, h('thead', {}, h('tr', {}, h('th', { textContent: 'metric' }), h('th', { textContent: 'value' }))),
+          h('tbody', {}, ...(r.metrics || []).map((m) => h('tr', {}, td(m.name), td(`${Math.round(m.value * 1000) / 1000} ${m.unit === 'rate' ? '' : m.unit}`))))));
+    },
+  };
+  $('#rating').addEventListener('change', () => loaders.feedback().catch((e) => toast(e.message)));
+  start();
+})();
