@@ -478,6 +478,14 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     b.press("Escape", "Escape", 27, None, 0).await;
     b.wait("the launcher to get the focus back", &format!("!{W}.querySelector('.panel').matches(':popover-open') && {W}.activeElement === {W}.querySelector('.launch button')"), 5).await;
 
+    // A question the guardrails stop gets a calm notice, not an error.
+    b.js("window.Kotae.ask('How can I embezzle expenses without getting caught?');", json!([])).await;
+    let notice = b
+        .wait("the guard notice", &format!("(() => {{ const m = [...{W}.querySelectorAll('.msg.bot')].pop(); return m.classList.contains('notice') && m.textContent; }})()"), 20)
+        .await;
+    assert!(notice.as_str().unwrap().contains("Notice") && !notice.as_str().unwrap().contains("embezzle"), "{notice}");
+    b.screenshot("widget-en-guard").await;
+
     // Stop generating: the answer ends where it was stopped.
     b.js("window.Kotae.open(); window.Kotae.ask('What should I do when I forget my password?');", json!([])).await;
     b.wait("the stop button", &format!("!{W}.querySelector('form button[type=button]').hidden"), 10).await;
@@ -554,6 +562,20 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(hits["hits"][0]["source"], "bicycle-parking.md", "{hits}");
+    // …and answerable, with the new manual as the source.
+    let done: Value = c
+        .post(s.url("/api/chat"))
+        .bearer_auth(user)
+        .json(&json!({ "message": "自転車の登録シールはどこに貼りますか", "stream": false }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cited: Vec<&str> =
+        done["answer"]["citations"].as_array().unwrap().iter().map(|c| c["source"].as_str().unwrap()).collect();
+    assert!(cited.contains(&"bicycle-parking.md"), "{done}");
 
     // The review queue shows the thumbs-down with its question and comment.
     b.js("document.querySelector('[data-tab=feedback]').click();", json!([])).await;
