@@ -18,10 +18,11 @@ if { ! command -v chromium >/dev/null 2>&1 && [ -z "${KOTAE_CHROMIUM:-}" ]; } \
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-ipafont-gothic fonts-noto-color-emoji >/dev/null \
     || { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-ipafont-gothic fonts-noto-color-emoji >/dev/null; }
 fi
-# The official OpenAI Python client, for the compatibility test of /v1/chat/completions.
+# The official OpenAI Python client (the compatibility test of /v1/chat/completions) and
+# Slack's Python SDK (its request signing, for the Slack test).
 export KOTAE_TEST_PYTHONPATH="$KOTAE_TEST_DATA/py"
-if ! PYTHONPATH="$KOTAE_TEST_PYTHONPATH" python3 -c "import openai" 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check --target "$KOTAE_TEST_PYTHONPATH" "openai==1.*"
+if ! PYTHONPATH="$KOTAE_TEST_PYTHONPATH" python3 -c "import openai, slack_sdk" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$KOTAE_TEST_PYTHONPATH" "openai==1.*" "slack_sdk==3.*"
 fi
 cargo test --workspace --no-fail-fast -- --test-threads=2
 cargo fmt --all -- --check

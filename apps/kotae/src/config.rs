@@ -25,6 +25,8 @@ pub struct Config {
     pub answer: kotae_answer::AnswerConfig,
     pub server: kotae_server::ServerConfig,
     pub guard: GuardConfig,
+    /// The Slack app (`[slack]`; off until its signing secret and bot token are set).
+    pub slack: kotae_server::slack::SlackConfig,
 }
 
 /// The guardrails (`[guard]`).
@@ -182,6 +184,7 @@ impl Default for Config {
             answer: kotae_answer::AnswerConfig::default(),
             server: kotae_server::ServerConfig::default(),
             guard: GuardConfig::default(),
+            slack: Default::default(),
         }
     }
 }
@@ -300,6 +303,18 @@ impl Config {
         }
         if let Some(v) = env("KOTAE_ADDR") {
             cfg.server.addr = v;
+        }
+        if let Some(v) = env("KOTAE_SLACK_SIGNING_SECRET") {
+            cfg.slack.signing_secret = Some(v);
+        }
+        if let Some(v) = env("KOTAE_SLACK_BOT_TOKEN") {
+            cfg.slack.bot_token = Some(v);
+        }
+        if let Some(v) = env("KOTAE_SLACK_APP_TOKEN") {
+            cfg.slack.app_token = Some(v);
+        }
+        if let Some(v) = env("KOTAE_SLACK_API_URL") {
+            cfg.slack.api_url = v;
         }
         if let Some(v) = env("KOTAE_PYTHON") {
             cfg.models.python = v;

@@ -192,7 +192,12 @@ pub fn run_lora(cfg: &Config, job: &LoraJob) -> Result<()> {
         progress: true,
     };
     let summary = train::train(&model, &ds.train, &ds.val, &opts)?;
-    let dom_after = ev(&ds.val)?.unwrap_or(f64::NAN);
+    // A finished run ends on its best weights, whose validation loss training measured on
+    // this same set: no second pass over it.
+    let dom_after = match summary.best_val_loss {
+        Some(loss) if !summary.interrupted => loss.exp(),
+        _ => ev(&ds.val)?.unwrap_or(f64::NAN),
+    };
     let gen_after = ev(&general)?;
     eprintln!(
         "after: held-out domain perplexity {dom_after:.2}, general text {}; {} steps, {:.0} tokens/s, peak memory {:.0} MiB",

@@ -202,6 +202,12 @@ pub fn server_state(cfg: &Config) -> Result<Arc<AppState>> {
     let state = AppState::new(cfg.server.clone(), store).map_err(anyhow::Error::msg)?;
     // Where `kotae eval all` writes by default: the admin console shows the latest report.
     state.set_report_dir(cfg.data_dir.join("evals").join("latest"));
+    if let Some(slack) = kotae_server::slack::Slack::new(&cfg.slack).map_err(anyhow::Error::msg)? {
+        if cfg.slack.app_token.is_some() {
+            tracing::warn!("slack.app_token is set, but Socket Mode is not available yet: Slack must reach /slack/events over HTTPS");
+        }
+        state.set_slack(slack);
+    }
     Ok(state)
 }
 

@@ -300,6 +300,28 @@ pub(crate) fn check_question(state: &AppState, text: &str) -> Result<(), ApiErro
     Ok(())
 }
 
+/// The last turns of a conversation for the model (`answer.history_messages`). Turns the
+/// guard blocked (the question and its refusal) never reach the model again.
+pub(crate) fn history(state: &AppState, engine: &Engine, conversation: &str) -> Result<Vec<ChatMessage>, ApiError> {
+    let keep = engine.answerer.config().history_messages;
+    let stored = state.store.messages(conversation)?;
+    let mut turns: Vec<&crate::store::StoredMessage> = Vec::with_capacity(stored.len());
+    for m in &stored {
+        let blocked = m.answer.as_ref().is_some_and(|a| a["kind"] == "blocked");
+        if blocked {
+            if turns.last().is_some_and(|p| p.role == "user") {
+                turns.pop();
+            }
+            continue;
+        }
+        turns.push(m);
+    }
+    Ok(turns[turns.len().saturating_sub(keep)..]
+        .iter()
+        .map(|m| ChatMessage::new(if m.role == "user" { Role::User } else { Role::Assistant }, m.content.clone()))
+        .collect())
+}
+
 /// `POST /api/chat`: ask within a conversation; streams `meta`, `token`… and `done` events.
 pub async fn chat(
     State(state): State<Arc<AppState>>,
@@ -323,24 +345,7 @@ pub async fn chat(
         Some(id) => id.clone(),
         None => state.store.create_conversation(&client.id)?,
     };
-    let keep = engine.answerer.config().history_messages;
-    let stored = state.store.messages(&conversation)?;
-    // Turns the guard blocked (the question and its refusal) never reach the model again.
-    let mut turns: Vec<&crate::store::StoredMessage> = Vec::with_capacity(stored.len());
-    for m in &stored {
-        let blocked = m.answer.as_ref().is_some_and(|a| a["kind"] == "blocked");
-        if blocked {
-            if turns.last().is_some_and(|p| p.role == "user") {
-                turns.pop();
-            }
-            continue;
-        }
-        turns.push(m);
-    }
-    let history: Vec<ChatMessage> = turns[turns.len().saturating_sub(keep)..]
-        .iter()
-        .map(|m| ChatMessage::new(if m.role == "user" { Role::User } else { Role::Assistant }, m.content.clone()))
-        .collect();
+    let history = history(&state, &engine, &conversation)?;
     let q = Question { text: req.message.clone(), history, groups: client.groups.clone() };
     let asker = Asker { client: client.id.clone(), conversation_id: Some(conversation.clone()) };
     let Run { mut rx, question } = start_answer(&state, engine, q, asker, |_| {}).await?;

@@ -13,6 +13,7 @@ pub mod error;
 pub mod metrics;
 mod openai;
 mod openapi;
+pub mod slack;
 pub mod store;
 mod web;
 
@@ -136,6 +137,8 @@ pub struct AppState {
     pub(crate) jobs: tokio::sync::Mutex<()>,
     /// Where the nightly evaluation writes its latest report (`report.json`).
     reports: OnceLock<std::path::PathBuf>,
+    /// The Slack app, when `[slack]` is configured.
+    pub(crate) slack: OnceLock<Arc<slack::Slack>>,
     started: Instant,
 }
 
@@ -168,6 +171,7 @@ impl AppState {
             metrics: metrics::Metrics::default(),
             limiter,
             reports: OnceLock::new(),
+            slack: OnceLock::new(),
             started: Instant::now(),
         }))
     }
@@ -180,6 +184,11 @@ impl AppState {
     /// The folder of the latest nightly evaluation report (shown in the admin console).
     pub fn set_report_dir(&self, dir: std::path::PathBuf) {
         let _ = self.reports.set(dir);
+    }
+
+    /// Answer in Slack (`/slack/…`).
+    pub fn set_slack(&self, slack: Arc<slack::Slack>) {
+        let _ = self.slack.set(slack);
     }
 
     /// Record why the engine could not load (shown by `/readyz`).
@@ -265,6 +274,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi::document))
         .merge(web::pages())
+        // Slack signs its requests; they pass no other access check.
+        .route("/slack/events", post(slack::events))
+        .route("/slack/interactive", post(slack::interactive))
+        .route("/slack/commands", post(slack::commands))
         .fallback(|| async { ApiError::NotFound("no such endpoint; GET /openapi.json lists them".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))

@@ -95,6 +95,16 @@ const MIGRATIONS: &[&str] = &[
         finished_unix INTEGER
     );
     CREATE INDEX jobs_created ON jobs(created_unix);",
+    // 5: Slack: events already taken (Slack retries; an event is answered once, across
+    // restarts) and which conversation a thread is.
+    "CREATE TABLE slack_events (
+        event_id TEXT PRIMARY KEY,
+        received_unix INTEGER NOT NULL
+    );
+    CREATE TABLE slack_threads (
+        thread TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE
+    );",
 ];
 
 /// One line of the audit trail: who did what to what, and how it ended. Never a secret.
@@ -574,6 +584,39 @@ impl Store {
             })
             .map_err(internal)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+    }
+
+    /// Record a Slack event id; `false` when it was seen before (a retry or a duplicate).
+    /// Ids older than a day are forgotten (Slack retries within minutes).
+    pub fn slack_event_first_seen(&self, event_id: &str) -> Result<bool, ApiError> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM slack_events WHERE received_unix < ?1", [now() - 86_400]).map_err(internal)?;
+        let n = conn
+            .execute(
+                "INSERT OR IGNORE INTO slack_events (event_id, received_unix) VALUES (?1, ?2)",
+                params![event_id, now()],
+            )
+            .map_err(internal)?;
+        Ok(n == 1)
+    }
+
+    /// The conversation of a Slack thread (`team:channel:thread_ts`), if it has one.
+    pub fn slack_thread(&self, thread: &str) -> Result<Option<String>, ApiError> {
+        self.conn()
+            .query_row("SELECT conversation_id FROM slack_threads WHERE thread = ?1", [thread], |r| r.get(0))
+            .optional()
+            .map_err(internal)
+    }
+
+    pub fn set_slack_thread(&self, thread: &str, conversation: &str) -> Result<(), ApiError> {
+        self.conn()
+            .execute(
+                "INSERT INTO slack_threads (thread, conversation_id) VALUES (?1, ?2)
+                 ON CONFLICT (thread) DO UPDATE SET conversation_id = excluded.conversation_id",
+                params![thread, conversation],
+            )
+            .map_err(internal)?;
+        Ok(())
     }
 
     /// Feedback comments with the answer they were left on (training candidates).

@@ -17,6 +17,7 @@ mod finetune;
 mod guard;
 mod kill_resume;
 mod serve;
+mod slack;
 
 pub fn test_data() -> PathBuf {
     let d = std::env::var("KOTAE_TEST_DATA")
