@@ -254,6 +254,7 @@ mark{background:#ffe58a;color:#1a1a1a;padding:0 1px}
     const r = await call(`/api/sources/${encodeURIComponent(c.chunk_id)}`).catch(() => null);
     if (!r || !r.ok) { vBody.textContent = T.nopassage; return; }
     const p = await r.json();
+    vTitle.textContent = p.source;
     vWhere.textContent = p.section || c.section || '';
     vBody.textContent = '';
     const text = p.text;
@@ -426,7 +427,12 @@ mark{background:#ffe58a;color:#1a1a1a;padding:0 1px}
 
   if (target) host.setAttribute('style', 'display:block;height:100%');
   (target || document.body).append(host);
-  if (target) restore();
+  if (target) {
+    restore();
+    // A link to a source (Slack's citations: /chat#source=<chunk id>) opens it.
+    const m = /^#source=([0-9a-f]{16})$/.exec(location.hash);
+    if (m) openSource({ chunk_id: m[1], source: '', section: '' }, null, '');
+  }
   else if (pop) launch.showPopover();
   window.Kotae = { open: () => show(true), close: () => show(false), ask: (q) => { if (!target) show(true); return ask(q); }, reset };
 })();
