@@ -130,7 +130,21 @@ impl kotae_server::documents::Knowledge for LiveKnowledge {
                 })
             })
             .collect();
-        serde_json::json!({ "documents": docs, "chunks_total": self.index.num_chunks() })
+        // Who may read what is decided at ingest: the folder rules, the default, the markers.
+        let rules: Vec<serde_json::Value> = self
+            .cfg
+            .ingest
+            .access
+            .iter()
+            .map(|r| serde_json::json!({ "path": r.path.display().to_string(), "groups": r.groups }))
+            .collect();
+        serde_json::json!({
+            "documents": docs,
+            "chunks_total": self.index.num_chunks(),
+            "access_rules": rules,
+            "default_groups": self.cfg.ingest.default_groups,
+            "markers": self.cfg.ingest.markers,
+        })
     }
 }
 

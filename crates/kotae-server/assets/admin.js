@@ -6,7 +6,7 @@
 (() => {
   const ja = (navigator.language || '').toLowerCase().startsWith('ja');
   const L = ja ? {
-    title: 'Kotae 管理', signin: 'サインイン', signout: 'サインアウト', key: '管理者キーまたはトークン',
+    title: 'Kotae 管理', signin: 'サインイン', sso: 'シングルサインオンでサインイン', signout: 'サインアウト', key: '管理者キーまたはトークン',
     signinHelp: 'シングルサインオンでサインインするか、管理者の API キーまたはトークンを貼り付けてください。このタブの中だけに保存されます。',
     documents: '文書', jobs: 'ジョブ', feedback: 'フィードバック', quarantine: '隔離', guard: 'ガードレール', audit: '監査', eval: '評価',
     drop: 'マニュアルをここにドロップ、またはファイルを選択', dropHelp: 'Markdown・HTML・PDF・テキスト。同じ名前の文書は新しい版に置き換わります。',
@@ -19,14 +19,14 @@
     notAdmin: (w) => `${w} としてサインインしていますが、管理者ではありません。このコンソールは管理者専用です。`,
     replace: '差し替え', remove: '削除', confirmRemove: (s) => `${s} を削除しますか？検索と回答から外れます。`, retry: '再実行',
     release: '解除', reject: '却下', queued: '待機中', running: '処理中', done: '完了', failed: '失敗', uploading: 'アップロード中',
-    docs: (n, c) => `${n} 件の文書、${c} チャンク`, question: '質問', answer: '回答', comment: 'コメント', none: 'ありません',
+    docs: (n, c) => `${n} 件の文書、${c} チャンク`, rulesTitle: 'アクセスルール（フォルダ・既定・機密表示）', defaultGroups: '既定のグループ', question: '質問', answer: '回答', comment: 'コメント', none: 'ありません',
     noReport: 'まだ評価レポートがありません（kotae eval all を毎晩実行）', passed: '合格', regressed: '後退あり',
   } : {
     source: 'Source',
     notAdmin: (w) => `You are signed in as ${w}, who is not an admin. This console is for admins.`,
     replace: 'Replace', remove: 'Delete', confirmRemove: (s) => `Delete ${s}? It leaves search and answers.`, retry: 'Retry',
     release: 'Release', reject: 'Reject', queued: 'queued', running: 'running', done: 'done', failed: 'failed', uploading: 'uploading',
-    docs: (n, c) => `${n} documents, ${c} chunks`, question: 'Question', answer: 'Answer', comment: 'Comment', none: 'Nothing here',
+    docs: (n, c) => `${n} documents, ${c} chunks`, rulesTitle: 'Access rules (folders, default, confidentiality markers)', defaultGroups: 'Default groups', question: 'Question', answer: 'Answer', comment: 'Comment', none: 'Nothing here',
     noReport: 'No evaluation report yet (run kotae eval all nightly)', passed: 'passed', regressed: 'regressions',
   };
   const $ = (s) => document.querySelector(s);
@@ -55,8 +55,41 @@
     for (const e of document.querySelectorAll('[data-t]')) if (typeof L[e.dataset.t] === 'string') e.textContent = L[e.dataset.t];
   }
 
+  // Single sign-on: authorization code with PKCE (a public client; the token stays in this tab).
+  const b64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  const redirect = `${location.origin}/admin`;
+  async function ssoStart(cfg) {
+    const verifier = b64url(crypto.getRandomValues(new Uint8Array(32)));
+    const state = b64url(crypto.getRandomValues(new Uint8Array(16)));
+    sessionStorage.setItem('kotae-admin-pkce', JSON.stringify({ verifier, state }));
+    const challenge = b64url(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
+    const q = new URLSearchParams({ response_type: 'code', client_id: cfg.client_id, redirect_uri: redirect, scope: cfg.scope, state, code_challenge: challenge, code_challenge_method: 'S256' });
+    location.assign(`${cfg.authorize_url}${cfg.authorize_url.includes('?') ? '&' : '?'}${q}`);
+  }
+  async function ssoFinish(cfg) {
+    const q = new URLSearchParams(location.search);
+    const pkce = JSON.parse(sessionStorage.getItem('kotae-admin-pkce') || 'null');
+    sessionStorage.removeItem('kotae-admin-pkce');
+    history.replaceState(null, '', '/admin');
+    if (!pkce || q.get('state') !== pkce.state) throw new Error('sign-in failed: the state does not match; try again');
+    const r = await fetch(cfg.token_url, { method: 'POST', headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ grant_type: 'authorization_code', code: q.get('code'), redirect_uri: redirect, client_id: cfg.client_id, code_verifier: pkce.verifier }) });
+    const t = await r.json();
+    if (!r.ok || !(t.id_token || t.access_token)) throw new Error(`sign-in failed: ${t.error_description || t.error || r.status}`);
+    key = t.id_token || t.access_token;
+    sessionStorage.setItem('kotae-admin-key', key);
+  }
+
   async function start() {
     applyLabels();
+    const sso = await fetch('/admin/login').then((r) => (r.ok ? r.json() : null)).catch(() => null);
+    if (sso) {
+      $('#sso').hidden = false;
+      $('#sso').onclick = () => ssoStart(sso);
+      if (new URLSearchParams(location.search).has('code')) {
+        try { await ssoFinish(sso); } catch (e) { toast(e.message); }
+      }
+    }
     let me = null;
     try { me = await call('/api/me'); } catch (e) { if (key && e.status === 401) { sessionStorage.removeItem('kotae-admin-key'); key = null; } }
     $('#signout').hidden = !key;
@@ -117,6 +150,13 @@
     const d = await call('/admin/api/documents');
     docs = d.documents || [];
     $('#doc-count').textContent = L.docs(docs.length, d.chunks_total);
+    // Who may read what: folder rules (longest path wins), the default, confidentiality markers.
+    const rules = (d.access_rules || []).map((r) => `${r.path} → ${r.groups.join(', ')}`);
+    const markers = Object.entries(d.markers || {}).map(([m, g]) => `「${m}」 → ${g.join(', ')}`);
+    $('#rules-body').replaceChildren(
+      ...rules.map((t) => h('div', { textContent: t })),
+      h('div', { textContent: `${L.defaultGroups}: ${(d.default_groups || []).join(', ') || '—'}` }),
+      ...markers.map((t) => h('div', { textContent: t })));
     showDocs();
   }
   function showDocs() {

@@ -85,6 +85,14 @@ pub struct JwtConfig {
     /// A token naming a key the cached JWKS lacks (the provider rotated its keys) fetches
     /// it again, at most this often.
     pub jwks_refetch_min_s: u64,
+    /// Sign-in to the admin console with the provider (authorization code flow with PKCE,
+    /// a public client): the provider's authorization endpoint…
+    pub authorize_url: Option<String>,
+    /// …its token endpoint (it must allow Kotae's origin, CORS)…
+    pub token_url: Option<String>,
+    /// …and Kotae's client id there (redirect URI: `https://<kotae>/admin`).
+    pub client_id: Option<String>,
+    pub scopes: String,
 }
 
 impl Default for JwtConfig {
@@ -100,6 +108,10 @@ impl Default for JwtConfig {
             leeway_s: 60,
             jwks_refresh_s: 600,
             jwks_refetch_min_s: 10,
+            authorize_url: None,
+            token_url: None,
+            client_id: None,
+            scopes: "openid profile email".into(),
         }
     }
 }

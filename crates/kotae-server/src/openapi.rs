@@ -143,6 +143,7 @@ pub fn spec() -> Value {
                 "responses": { "200": { "description": "chat.completion or a stream of chat.completion.chunk, ending with [DONE]" }, "400": err(), "429": err(), "503": err() } } },
             "/v1/models": { "get": { "summary": "OpenAI-compatible model list", "responses": { "200": { "description": "list" } } } },
             "/widget.js": { "get": { "summary": "The embeddable chat widget (one script tag; see README)", "security": [], "responses": { "200": { "description": "JavaScript" } } } },
+            "/admin/login": { "get": { "summary": "The admin console's single sign-on settings (authorization code with PKCE): `{authorize_url, token_url, client_id, scope}`; 404 when server.jwt does not name the provider's endpoints", "security": [], "responses": { "200": { "description": "settings" }, "404": err() } } },
             "/chat": { "get": { "summary": "The chat as a full page", "security": [], "responses": { "200": { "description": "HTML" } } } },
             "/admin": { "get": { "summary": "The admin console (its data comes from /admin/api, which needs the admin role)", "security": [], "responses": { "200": { "description": "HTML" } } } },
             "/healthz": { "get": { "summary": "Liveness", "security": [], "responses": { "200": { "description": "ok" } } } },

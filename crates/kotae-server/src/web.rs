@@ -31,7 +31,8 @@ const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 
 pub(crate) fn pages() -> Router<Arc<AppState>> {
     Router::new()
         .route("/widget.js", get(|h: HeaderMap| async move { asset(&h, WIDGET_JS, "application/javascript", true) }))
-        .route("/admin", get(|h: HeaderMap| async move { page(&h, ADMIN_HTML) }))
+        .route("/admin", get(admin_page))
+        .route("/admin/login", get(login_config))
         .route("/admin/", get(|| async { axum::response::Redirect::permanent("/admin") }))
         .route("/admin/app.js", get(|h: HeaderMap| async move { asset(&h, ADMIN_JS, "application/javascript", false) }))
         .route("/chat", get(|h: HeaderMap| async move { page(&h, CHAT_HTML) }))
@@ -62,6 +63,38 @@ fn asset(h: &HeaderMap, body: &'static str, mime: &str, cross_origin: bool) -> R
     if let Some(ct) = hs.get_mut(header::CONTENT_TYPE) {
         if !fresh {
             *ct = HeaderValue::from_str(&format!("{mime}; charset=utf-8")).expect("mime");
+        }
+    }
+    resp
+}
+
+/// The console's sign-in settings, when `[server.jwt]` names the provider's endpoints.
+fn login(state: &AppState) -> Option<(&str, &str, &str, &str)> {
+    let j = state.cfg.jwt.as_ref()?;
+    Some((j.authorize_url.as_deref()?, j.token_url.as_deref()?, j.client_id.as_deref()?, j.scopes.as_str()))
+}
+
+/// `GET /admin/login`: what the console needs to sign in with the provider (nothing secret).
+async fn login_config(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let (authorize_url, token_url, client_id, scope) = login(&state).ok_or_else(|| {
+        ApiError::NotFound(
+            "no single sign-on for the console: set server.jwt.authorize_url, token_url and client_id".into(),
+        )
+    })?;
+    Ok(Json(json!({ "authorize_url": authorize_url, "token_url": token_url, "client_id": client_id, "scope": scope }))
+        .into_response())
+}
+
+/// The console; its page may also talk to the provider's token endpoint.
+async fn admin_page(State(state): State<Arc<AppState>>, h: HeaderMap) -> Response {
+    let idp = login(&state)
+        .and_then(|(_, token, _, _)| reqwest::Url::parse(token).ok())
+        .map(|u| u.origin().ascii_serialization());
+    let mut resp = page(&h, ADMIN_HTML);
+    if let Some(origin) = idp {
+        let csp = PAGE_CSP.replace("connect-src 'self'", &format!("connect-src 'self' {origin}"));
+        if let Ok(v) = HeaderValue::from_str(&csp) {
+            resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
         }
     }
     resp

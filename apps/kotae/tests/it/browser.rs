@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use kotae_models::Embedder;
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
 use super::serve::{client, Server};
 use super::{config, embedder, fresh_data_dir, ingest, workspace};
@@ -177,8 +178,13 @@ const SECRET: &str = "browser-test-hs256-secret-0123456789abcdef";
 
 /// The host's token endpoint: a short-lived token for the signed-in employee.
 fn token() -> String {
+    id_token("hanako", &["staff"])
+}
+
+fn id_token(sub: &str, groups: &[&str]) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let claims = json!({ "iss": "intranet", "aud": "kotae", "sub": "hanako", "groups": ["staff"], "exp": now + 300, "iat": now });
+    let claims =
+        json!({ "iss": "intranet", "aud": "kotae", "sub": sub, "groups": groups, "exp": now + 300, "iat": now });
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -187,11 +193,41 @@ fn token() -> String {
     .unwrap()
 }
 
-/// The intranet site on `listener`: the page (`?lang=`) and its token endpoint.
+/// The intranet site on `listener`: the page (`?lang=`) and its token endpoint, and the
+/// company's identity provider (authorization code with PKCE: it signs in "yuki", an admin).
 fn serve_host(listener: tokio::net::TcpListener, kotae: String) {
     use axum::extract::Query;
-    use axum::response::Html;
+    use axum::response::{Html, IntoResponse};
+    type Codes = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+    let codes: Codes = Default::default();
+    let (c1, c2, origin) = (codes.clone(), codes, kotae.clone());
+    let authorize = move |Query(q): Query<std::collections::HashMap<String, String>>| {
+        let code = format!("code-{}", c1.lock().unwrap().len());
+        c1.lock().unwrap().insert(code.clone(), q["code_challenge"].clone());
+        let to = format!("{}?code={code}&state={}", q["redirect_uri"], q["state"]);
+        async move { axum::response::Redirect::to(&to) }
+    };
+    let token_endpoint = move |body: String| {
+        let f: std::collections::HashMap<&str, &str> = body.split('&').filter_map(|kv| kv.split_once('=')).collect();
+        let challenge = c2.lock().unwrap().remove(f.get("code").copied().unwrap_or_default());
+        let verifier = f.get("code_verifier").copied().unwrap_or_default();
+        let digest = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+        let cors = [("access-control-allow-origin", origin.clone())];
+        async move {
+            if challenge.as_deref() != Some(digest.as_str()) {
+                return (axum::http::StatusCode::BAD_REQUEST, cors, axum::Json(json!({ "error": "invalid_grant" })))
+                    .into_response();
+            }
+            (
+                cors,
+                axum::Json(json!({ "id_token": id_token("yuki", &["kotae-admins", "staff"]), "token_type": "Bearer" })),
+            )
+                .into_response()
+        }
+    };
     let app = axum::Router::new()
+        .route("/authorize", axum::routing::get(authorize))
+        .route("/oauth/token", axum::routing::post(token_endpoint))
         .route(
             "/",
             axum::routing::get(move |Query(q): Query<std::collections::HashMap<String, String>>| {
@@ -240,11 +276,15 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
         c.server.allow_anonymous = false;
         c.server.rate_limit_burst = 100_000;
         c.server.rate_limit_per_minute = 100_000;
-        c.server.cors_origins = vec![origin];
+        c.server.cors_origins = vec![origin.clone()];
+        c.server.admin_groups = vec!["kotae-admins".into()];
         c.server.jwt = Some(kotae_server::JwtConfig {
             issuer: "intranet".into(),
             audience: vec!["kotae".into()],
             hs256_secret: Some(SECRET.into()),
+            authorize_url: Some(format!("{origin}/authorize")),
+            token_url: Some(format!("{origin}/oauth/token")),
+            client_id: Some("kotae".into()),
             ..Default::default()
         });
     })
@@ -519,18 +559,18 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     let docs = c.get(s.url("/admin/api/documents")).bearer_auth(user).send().await.unwrap();
     assert_eq!(docs.status(), 403);
 
-    // An admin: the documents are listed; an upload makes a new manual searchable.
-    b.js(
-        "document.querySelector('#key').value = arguments[0]; document.querySelector('#signin-form').requestSubmit();",
-        json!([admin]),
-    )
-    .await;
-    b.wait(
-        "the document list",
-        "!document.querySelector('#console').hidden && document.querySelectorAll('#docs tbody tr').length === 3",
-        10,
-    )
-    .await;
+    // An admin signs in with the company's single sign-on (code flow with PKCE): the
+    // documents are listed; an upload makes a new manual searchable.
+    b.js("document.querySelector('#sso').click();", json!([])).await;
+    let who = b
+        .wait(
+            "the console after single sign-on",
+            "!document.querySelector('#console').hidden && location.search === '' && document.querySelector('#who').textContent",
+            15,
+        )
+        .await;
+    assert_eq!(who, json!("user:yuki"));
+    b.wait("the document list", "document.querySelectorAll('#docs tbody tr').length === 3", 10).await;
     let manual = corpus.path().join("bicycle-parking.md");
     std::fs::write(
         &manual,
