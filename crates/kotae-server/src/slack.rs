@@ -250,6 +250,11 @@ impl Job {
     fn client(&self) -> String {
         format!("slack:{}:{}", self.team, self.user)
     }
+
+    /// The key of the thread rooted at `ts` in the job's channel.
+    fn thread_key(&self, ts: &str) -> String {
+        format!("{}:{}:{ts}", self.team, self.channel)
+    }
 }
 
 fn strip_mentions(text: &str) -> String {
@@ -594,7 +599,7 @@ async fn try_answer(state: &Arc<AppState>, slack: &Arc<Slack>, job: &Job) -> Res
         mine.into_iter().filter(|g| allowed.contains(g)).collect()
     };
     // The thread is the conversation.
-    let thread_key = job.thread_ts.as_ref().map(|ts| format!("{}:{}:{ts}", job.team, job.channel));
+    let thread_key = job.thread_ts.as_deref().map(|ts| job.thread_key(ts));
     let existing = match &thread_key {
         Some(k) => state.store.slack_thread(k).map_err(|e| e.to_string())?,
         None => None,
@@ -616,7 +621,7 @@ async fn try_answer(state: &Arc<AppState>, slack: &Arc<Slack>, job: &Job) -> Res
     state.store.add_message(&conversation, "user", &question, None).map_err(|e| e.to_string())?;
 
     let streaming = slack.cfg.stream && !job.ephemeral;
-    let a = if streaming {
+    let (a, posted) = if streaming {
         let ts = post(slack, job, "…", None).await?.ok_or("chat.postMessage returned no ts")?;
         let every = Duration::from_millis(slack.cfg.update_interval_ms.max(200));
         let (mut shown, mut last) = (String::new(), Instant::now());
@@ -639,25 +644,17 @@ async fn try_answer(state: &Arc<AppState>, slack: &Arc<Slack>, job: &Job) -> Res
         };
         let id = store_answer(state, &conversation, &a)?;
         update(slack, job, &ts, &a.text, Some(answer_blocks(slack, &a, id.as_deref()))).await?;
-        if job.thread_ts.is_none() {
-            state
-                .store
-                .set_slack_thread(&format!("{}:{}:{ts}", job.team, job.channel), &conversation)
-                .map_err(|e| e.to_string())?;
-        }
-        a
+        (a, Some(ts))
     } else {
         let a = finished(&mut rx).await.map_err(|e| e.to_string())?;
         let id = store_answer(state, &conversation, &a)?;
         let ts = post(slack, job, &a.text, Some(answer_blocks(slack, &a, id.as_deref()))).await?;
-        if let (None, Some(ts)) = (&job.thread_ts, ts) {
-            state
-                .store
-                .set_slack_thread(&format!("{}:{}:{ts}", job.team, job.channel), &conversation)
-                .map_err(|e| e.to_string())?;
-        }
-        a
+        (a, ts)
     };
+    // A slash command's answer starts a thread: follow-ups there continue this conversation.
+    if let (None, Some(ts)) = (&job.thread_ts, posted) {
+        state.store.set_slack_thread(&job.thread_key(&ts), &conversation).map_err(|e| e.to_string())?;
+    }
     observe_answer(state, &a);
     Ok(())
 }

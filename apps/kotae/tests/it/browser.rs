@@ -13,7 +13,7 @@ use kotae_models::Embedder;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
-use super::serve::{client, Server};
+use super::serve::{client, hashed_key, Server};
 use super::{config, embedder, fresh_data_dir, ingest, workspace};
 
 /// A W3C WebDriver session on chromedriver, spoken in plain JSON over HTTP.
@@ -256,13 +256,7 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     ingest(&cfg, &mut index, &[corpus.path()], &["staff"], false);
     let state = tempfile::tempdir().unwrap();
     let (admin, user) = ("kotae_admin_browser_0123", "kotae_staff_browser_0123");
-    let key = |name: &str, k: &str, role, groups: &[&str]| kotae_server::ApiKey {
-        name: name.into(),
-        key: None,
-        key_sha256: Some(kotae_server::auth::key_digest(k)),
-        groups: groups.iter().map(|g| g.to_string()).collect(),
-        role,
-    };
+    let key = hashed_key;
     let keys = vec![
         key("ops", admin, kotae_server::Role::Admin, &["staff"]),
         key("emp", user, kotae_server::Role::User, &["staff"]),

@@ -115,6 +115,17 @@ fn parse_sse(text: &str) -> Vec<(String, Value)> {
     out
 }
 
+/// An API key entry as `kotae new-key` writes it (only the digest of `key`).
+pub(crate) fn hashed_key(name: &str, key: &str, role: kotae_server::Role, groups: &[&str]) -> kotae_server::ApiKey {
+    kotae_server::ApiKey {
+        name: name.into(),
+        key: None,
+        key_sha256: Some(kotae_server::auth::key_digest(key)),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        role,
+    }
+}
+
 pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap()
 }
@@ -1163,13 +1174,7 @@ async fn admins_upload_replace_and_delete_documents_while_serving() {
     ingest(&cfg, &mut index, &[corpus.path()], &["public"], false);
     let state = tempfile::tempdir().unwrap();
     let (admin, user) = ("kotae_admin_0123456789", "kotae_staff_0123456789");
-    let key = |name: &str, k: &str, role, groups: &[&str]| kotae_server::ApiKey {
-        name: name.into(),
-        key: None,
-        key_sha256: Some(kotae_server::auth::key_digest(k)),
-        groups: groups.iter().map(|g| g.to_string()).collect(),
-        role,
-    };
+    let key = hashed_key;
     let keys =
         vec![key("ops", admin, kotae_server::Role::Admin, &[]), key("emp", user, kotae_server::Role::User, &["staff"])];
     let s = Server::start_with(state.path(), Arc::new(index), |c| {
