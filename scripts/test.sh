@@ -24,5 +24,38 @@ export KOTAE_TEST_PYTHONPATH="$KOTAE_TEST_DATA/py"
 if ! PYTHONPATH="$KOTAE_TEST_PYTHONPATH" python3 -c "import openai, slack_sdk" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --target "$KOTAE_TEST_PYTHONPATH" "openai==1.*" "slack_sdk==3.*"
 fi
-cargo test --workspace --no-fail-fast -- --test-threads=2
+# A real Qdrant server (../shared/bin/qdrant, or $KOTAE_QDRANT_BIN) for the tests of the
+# server-backed vector store, on loopback ports of its own with a fresh storage folder, stopped
+# when this script exits. Those tests are #[ignore]d unless a server is there, so a machine
+# without one reports them as ignored (not run), never as passed. KOTAE_TEST_QDRANT_URL points
+# them at another server instead. Only they read it: no other test moves to the server.
+QDRANT_BIN="${KOTAE_QDRANT_BIN:-$PWD/../shared/bin/qdrant}"
+if [ -z "${KOTAE_TEST_QDRANT_URL:-}" ] && [ -x "$QDRANT_BIN" ]; then
+  QDRANT_DIR="$(mktemp -d)"
+  read -r QDRANT_HTTP QDRANT_GRPC < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(2)]
+[x.bind(("127.0.0.1", 0)) for x in s]
+print(*[x.getsockname()[1] for x in s])')
+  (cd "$QDRANT_DIR" && exec env QDRANT__SERVICE__HOST=127.0.0.1 QDRANT__SERVICE__HTTP_PORT="$QDRANT_HTTP" \
+    QDRANT__SERVICE__GRPC_PORT="$QDRANT_GRPC" QDRANT__STORAGE__STORAGE_PATH="$QDRANT_DIR/storage" \
+    QDRANT__STORAGE__SNAPSHOTS_PATH="$QDRANT_DIR/snapshots" QDRANT__TELEMETRY_DISABLED=true \
+    "$QDRANT_BIN" >"$QDRANT_DIR/log" 2>&1) &
+  QDRANT_PID=$!
+  trap 'kill "$QDRANT_PID" 2>/dev/null; wait "$QDRANT_PID" 2>/dev/null; rm -rf "$QDRANT_DIR"' EXIT
+  for _ in $(seq 1 150); do
+    curl -fsS "http://127.0.0.1:$QDRANT_HTTP/readyz" >/dev/null 2>&1 && break
+    kill -0 "$QDRANT_PID" 2>/dev/null || { cat "$QDRANT_DIR/log" >&2; echo "the Qdrant server did not start" >&2; exit 1; }
+    sleep 0.2
+  done
+  curl -fsS "http://127.0.0.1:$QDRANT_HTTP/readyz" >/dev/null || { echo "the Qdrant server is not ready after 30 s" >&2; exit 1; }
+  export KOTAE_TEST_QDRANT_URL="http://127.0.0.1:$QDRANT_GRPC"
+fi
+RUN_SERVER_TESTS=()
+if [ -n "${KOTAE_TEST_QDRANT_URL:-}" ]; then
+  echo "Qdrant server tests: against $KOTAE_TEST_QDRANT_URL"
+  RUN_SERVER_TESTS=(--include-ignored)
+else
+  echo "Qdrant server tests: NOT RUN (no server at $QDRANT_BIN, no KOTAE_TEST_QDRANT_URL); they are reported as ignored"
+fi
+cargo test --workspace --no-fail-fast -- --test-threads=2 "${RUN_SERVER_TESTS[@]}"
 cargo fmt --all -- --check

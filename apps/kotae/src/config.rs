@@ -80,18 +80,28 @@ impl GeneratorConfig {
 }
 
 /// Where vectors live: empty `url` is the embedded engine in the data directory; a URL is a
-/// Qdrant server or cluster (collection `kotae_<kb>`).
+/// Qdrant server or cluster (collection `kotae_<kb>` unless `collection` names another).
 #[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VectorStoreConfig {
     pub url: String,
     pub api_key: String,
+    pub collection: String,
+    /// For a new collection on a cluster: shards, and copies of each (0: the server's default).
+    pub shards: u32,
+    pub replicas: u32,
 }
 
 impl std::fmt::Debug for VectorStoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let key = if self.api_key.is_empty() { "" } else { "<redacted>" };
-        f.debug_struct("VectorStoreConfig").field("url", &self.url).field("api_key", &key).finish()
+        f.debug_struct("VectorStoreConfig")
+            .field("url", &self.url)
+            .field("api_key", &key)
+            .field("collection", &self.collection)
+            .field("shards", &self.shards)
+            .field("replicas", &self.replicas)
+            .finish()
     }
 }
 
@@ -282,6 +292,9 @@ impl Config {
         }
         if let Some(v) = env("KOTAE_QDRANT_API_KEY").or_else(|| env("QDRANT_API_KEY")) {
             cfg.vector_store.api_key = v;
+        }
+        if let Some(v) = env("KOTAE_QDRANT_COLLECTION") {
+            cfg.vector_store.collection = v;
         }
         if let Some(v) = env("KOTAE_GENERATOR") {
             cfg.generator.model = v;

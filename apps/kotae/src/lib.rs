@@ -54,7 +54,13 @@ pub fn open_index(cfg: &Config, dim: Option<usize>) -> Result<KnowledgeIndex> {
         server: (!cfg.vector_store.url.is_empty()).then(|| kotae_index::vector_server::ServerConfig {
             url: cfg.vector_store.url.clone(),
             api_key: Some(cfg.vector_store.api_key.clone()).filter(|k| !k.is_empty()),
-            collection: format!("kotae_{}", cfg.kb),
+            collection: if cfg.vector_store.collection.is_empty() {
+                format!("kotae_{}", cfg.kb)
+            } else {
+                cfg.vector_store.collection.clone()
+            },
+            shards: Some(cfg.vector_store.shards).filter(|n| *n > 0),
+            replicas: Some(cfg.vector_store.replicas).filter(|n| *n > 0),
         }),
     };
     KnowledgeIndex::open(&ic).with_context(|| format!("cannot open knowledge base {}", cfg.kb_dir().display()))

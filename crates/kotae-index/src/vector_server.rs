@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use qdrant_client::qdrant::{
     point_id::PointIdOptions, Condition, CountPointsBuilder, CreateCollectionBuilder,
     CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder,
-    NamedVectors, PointId, PointStruct, PointsIdsList, QueryPointsBuilder, ScrollPointsBuilder, SearchParamsBuilder,
-    UpsertPointsBuilder, Value, Vector, VectorParamsBuilder, VectorsConfigBuilder,
+    HnswConfigDiffBuilder, NamedVectors, PointId, PointStruct, PointsIdsList, QueryPointsBuilder, ScrollPointsBuilder,
+    SearchParamsBuilder, UpsertPointsBuilder, Value, Vector, VectorParamsBuilder, VectorsConfigBuilder,
 };
 use qdrant_client::{Payload, Qdrant};
 
@@ -20,6 +20,10 @@ pub struct ServerConfig {
     pub url: String,
     pub api_key: Option<String>,
     pub collection: String,
+    /// Shards and copies of each shard, for a new collection on a cluster (`None`: the
+    /// server's defaults, one shard and one copy on a single node).
+    pub shards: Option<u32>,
+    pub replicas: Option<u32>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -28,13 +32,14 @@ impl std::fmt::Debug for ServerConfig {
             .field("url", &self.url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("collection", &self.collection)
+            .field("shards", &self.shards)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
 
 pub struct ServerStore {
     client: Qdrant,
-    rt: tokio::runtime::Runtime,
     collection: String,
     dim: usize,
     hnsw: HnswSettings,
@@ -55,35 +60,109 @@ fn chunk_id(p: Option<PointId>) -> Option<ChunkId> {
     }
 }
 
+/// The size of the dense vector named `name` in a collection's configuration.
+fn vector_size(info: &qdrant_client::qdrant::CollectionInfo, name: &str) -> Option<u64> {
+    use qdrant_client::qdrant::vectors_config::Config;
+    match info.config.as_ref()?.params.as_ref()?.vectors_config.as_ref()?.config.as_ref()? {
+        Config::Params(p) => Some(p.size),
+        Config::ParamsMap(m) => m.map.get(name).map(|p| p.size),
+    }
+}
+
+/// Drives every client's connections: one worker thread does the I/O while callers block on
+/// their own request (see `ServerStore::run`). Process-wide and never dropped, because dropping
+/// a runtime from async code panics, and a store may well be dropped there.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("qdrant-client")
+            .enable_all()
+            .build()
+            .expect("cannot start the Qdrant client's I/O thread")
+    })
+}
+
 impl ServerStore {
     /// Connect and create the collection (cosine, named vector `dense`, keyword indexes on
-    /// `groups`, `lang`, `source`) if it does not exist yet.
+    /// `groups`, `lang`, `source`) if it does not exist yet. Replicas that start together may
+    /// all try to create it: whichever loses the race uses the one that won. An existing
+    /// collection built for another embedder (another dimension) is refused with what to do.
     pub fn connect(cfg: &ServerConfig, dim: usize, hnsw: HnswSettings) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(serr)?;
-        let client = Qdrant::from_url(&cfg.url).api_key(cfg.api_key.clone()).build().map_err(serr)?;
-        let store = Self { client, rt, collection: cfg.collection.clone(), dim, hnsw };
-        let exists = store.rt.block_on(store.client.collection_exists(&store.collection)).map_err(serr)?;
-        if !exists {
+        // The client's own compatibility check prints to standard output (which `kotae search
+        // --json` owns) and cannot say more than "maybe": ours logs the versions instead.
+        let client =
+            Qdrant::from_url(&cfg.url).api_key(cfg.api_key.clone()).skip_compatibility_check().build().map_err(serr)?;
+        let store = Self { client, collection: cfg.collection.clone(), dim, hnsw };
+        let health = store.run(store.client.health_check()).map_err(|e| {
+            Error::Vector(format!(
+                "cannot reach the Qdrant server at {} ({e}): start it, or check `vector_store.url` \
+                 (the gRPC port, 6334 by default) and `vector_store.api_key`",
+                cfg.url
+            ))
+        })?;
+        tracing::info!(server = %health.version, collection = %store.collection, "Qdrant server");
+        if !store.run(store.client.collection_exists(&store.collection)).map_err(serr)? {
             let mut vectors = VectorsConfigBuilder::default();
             vectors.add_named_vector_params(VECTOR_NAME, VectorParamsBuilder::new(dim as u64, Distance::Cosine));
-            store
-                .rt
-                .block_on(
-                    store
-                        .client
-                        .create_collection(CreateCollectionBuilder::new(&store.collection).vectors_config(vectors)),
-                )
-                .map_err(serr)?;
-            for field in ["groups", "lang", "source"] {
+            let mut create = CreateCollectionBuilder::new(&store.collection)
+                .vectors_config(vectors)
+                .hnsw_config(HnswConfigDiffBuilder::default().m(hnsw.m as u64).ef_construct(hnsw.ef_construct as u64));
+            if let Some(n) = cfg.shards {
+                create = create.shard_number(n);
+            }
+            if let Some(n) = cfg.replicas {
+                create = create.replication_factor(n);
+            }
+            if let Err(e) = store.run(store.client.create_collection(create)) {
+                // Another replica created it between our check and our request.
+                if !store.run(store.client.collection_exists(&store.collection)).map_err(serr)? {
+                    return Err(serr(e));
+                }
+            }
+        }
+        let info = store.run(store.client.collection_info(&store.collection)).map_err(serr)?;
+        let info = info.result.ok_or_else(|| serr("no collection info"))?;
+        match vector_size(&info, VECTOR_NAME) {
+            Some(n) if n as usize == dim => {}
+            other => {
+                return Err(Error::Incompatible(format!(
+                    "the Qdrant collection `{}` holds {} vectors, but the embedder makes {dim}-dimensional ones: \
+                     use another collection (`vector_store.collection`) or re-ingest into a new one",
+                    store.collection,
+                    other.map_or_else(|| format!("no `{VECTOR_NAME}`"), |n| format!("{n}-dimensional"))
+                )))
+            }
+        }
+        // Creating an index that exists is a no-op, so a replica that died half-way through
+        // creating the collection leaves nothing to repair by hand.
+        for field in ["groups", "lang", "source"] {
+            if !info.payload_schema.contains_key(field) {
                 store
-                    .rt
-                    .block_on(store.client.create_field_index(
+                    .run(store.client.create_field_index(
                         CreateFieldIndexCollectionBuilder::new(&store.collection, field, FieldType::Keyword).wait(true),
                     ))
                     .map_err(serr)?;
             }
         }
         Ok(store)
+    }
+
+    /// Run one request to completion. Blocking a thread that drives a tokio runtime (an async
+    /// handler, `#[tokio::main]`) with `block_on` panics, so from there the request is driven
+    /// on a scoped helper thread; anywhere else (a blocking task, a CLI thread) directly.
+    fn run<F>(&self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        let rt = runtime();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| s.spawn(|| rt.block_on(f)).join().expect("a Qdrant request panicked"))
+        } else {
+            rt.block_on(f)
+        }
     }
 
     fn filter(f: &VectorFilter) -> Option<Filter> {
@@ -107,7 +186,7 @@ impl ServerStore {
         if let Some(f) = Self::filter(filter) {
             q = q.filter(f);
         }
-        let res = self.rt.block_on(self.client.query(q)).map_err(serr)?;
+        let res = self.run(self.client.query(q)).map_err(serr)?;
         Ok(res.result.into_iter().filter_map(|p| chunk_id(p.id).map(|id| (id, p.score))).collect())
     }
 }
@@ -135,8 +214,7 @@ impl VectorStore for ServerStore {
                 PointStruct::new(pid(p.id), vectors, payload)
             })
             .collect();
-        self.rt
-            .block_on(self.client.upsert_points(UpsertPointsBuilder::new(&self.collection, list).wait(true)))
+        self.run(self.client.upsert_points(UpsertPointsBuilder::new(&self.collection, list).wait(true)))
             .map_err(serr)?;
         Ok(())
     }
@@ -145,8 +223,7 @@ impl VectorStore for ServerStore {
             return Ok(());
         }
         let ids = PointsIdsList { ids: ids.iter().map(|i| pid(*i)).collect() };
-        self.rt
-            .block_on(self.client.delete_points(DeletePointsBuilder::new(&self.collection).points(ids).wait(true)))
+        self.run(self.client.delete_points(DeletePointsBuilder::new(&self.collection).points(ids).wait(true)))
             .map_err(serr)?;
         Ok(())
     }
@@ -157,7 +234,7 @@ impl VectorStore for ServerStore {
         let req = GetPointsBuilder::new(&self.collection, ids.iter().map(|i| pid(*i)).collect::<Vec<_>>())
             .with_payload(false)
             .with_vectors(false);
-        let res = self.rt.block_on(self.client.get_points(req)).map_err(serr)?;
+        let res = self.run(self.client.get_points(req)).map_err(serr)?;
         Ok(res.result.into_iter().filter_map(|p| chunk_id(p.id)).collect())
     }
     fn all_ids(&self) -> Result<Vec<ChunkId>> {
@@ -169,7 +246,7 @@ impl VectorStore for ServerStore {
             if let Some(o) = offset.take() {
                 req = req.offset(o);
             }
-            let res = self.rt.block_on(self.client.scroll(req)).map_err(serr)?;
+            let res = self.run(self.client.scroll(req)).map_err(serr)?;
             out.extend(res.result.into_iter().filter_map(|p| chunk_id(p.id)));
             match res.next_page_offset {
                 Some(o) => offset = Some(o),
@@ -191,8 +268,7 @@ impl VectorStore for ServerStore {
         Ok(()) // the server indexes in the background
     }
     fn count(&self) -> Result<usize> {
-        let res =
-            self.rt.block_on(self.client.count(CountPointsBuilder::new(&self.collection).exact(true))).map_err(serr)?;
+        let res = self.run(self.client.count(CountPointsBuilder::new(&self.collection).exact(true))).map_err(serr)?;
         Ok(res.result.map_or(0, |r| r.count as usize))
     }
 }

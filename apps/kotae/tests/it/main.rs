@@ -16,6 +16,7 @@ mod browser;
 mod finetune;
 mod guard;
 mod kill_resume;
+mod qdrant;
 mod serve;
 mod slack;
 
@@ -72,6 +73,9 @@ pub fn config(data_dir: &Path) -> Config {
     cfg.ingest.commit_every = 4;
     // The test company's documents are for everyone unless a test says otherwise.
     cfg.ingest.default_groups = vec!["public".into()];
+    // The embedded engine, whatever QDRANT_URL the environment has: a test that wants a Qdrant
+    // server says so (qdrant.rs), and never shares a collection with another.
+    cfg.vector_store = Default::default();
     cfg
 }
 

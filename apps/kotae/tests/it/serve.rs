@@ -91,7 +91,7 @@ impl Server {
 }
 
 /// Read an SSE response into (event, data) pairs.
-async fn sse_events(resp: reqwest::Response) -> Vec<(String, Value)> {
+pub(crate) async fn sse_events(resp: reqwest::Response) -> Vec<(String, Value)> {
     let text = resp.text().await.unwrap();
     parse_sse(&text)
 }
@@ -750,7 +750,7 @@ async fn trained_heads_classify_through_the_api() {
 }
 
 /// The SSE events of one `/api/chat` request.
-async fn chat_events(c: &reqwest::Client, s: &Server, body: Value) -> Vec<(String, Value)> {
+pub(crate) async fn chat_events(c: &reqwest::Client, s: &Server, body: Value) -> Vec<(String, Value)> {
     let resp = c.post(s.url("/api/chat")).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     sse_events(resp).await
