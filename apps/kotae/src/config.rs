@@ -27,6 +27,22 @@ pub struct Config {
     pub guard: GuardConfig,
     /// The Slack app (`[slack]`; off until its signing secret and bot token are set).
     pub slack: kotae_server::slack::SlackConfig,
+    pub eval: EvalConfig,
+}
+
+/// The evaluation suites (`[eval]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// The folder with `retrieval/`, `answer/` and `guard/`: where `kotae serve` finds the
+    /// suites it runs on `POST /admin/api/eval/runs`.
+    pub dir: PathBuf,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("evals") }
+    }
 }
 
 /// The guardrails (`[guard]`).
@@ -195,6 +211,7 @@ impl Default for Config {
             server: kotae_server::ServerConfig::default(),
             guard: GuardConfig::default(),
             slack: Default::default(),
+            eval: EvalConfig::default(),
         }
     }
 }
@@ -292,6 +309,9 @@ impl Config {
         }
         if let Some(v) = env("KOTAE_QDRANT_API_KEY").or_else(|| env("QDRANT_API_KEY")) {
             cfg.vector_store.api_key = v;
+        }
+        if let Some(v) = env("KOTAE_EVALS_DIR") {
+            cfg.eval.dir = PathBuf::from(v);
         }
         if let Some(v) = env("KOTAE_QDRANT_COLLECTION") {
             cfg.vector_store.collection = v;

@@ -355,6 +355,11 @@ enum EvalCmd {
         /// The SQLite history [default: <data-dir>/evals/history.sqlite]
         #[arg(long)]
         history: Option<PathBuf>,
+        /// Evaluate a running `kotae serve` at this URL in its own process (its eval.dir, its
+        /// data directory), with the admin API key in $KOTAE_API_KEY: how a scheduler evaluates
+        /// a deployment whose server holds the knowledge base
+        #[arg(long, conflicts_with_all = ["out", "history", "evals"])]
+        server: Option<String>,
     },
     /// How the grounding check (which drops unsupported answer sentences) agrees with hand
     /// labels of answer sentences
@@ -741,7 +746,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Cmd::Eval { cmd: EvalCmd::All { evals, split, limit, red_team, out, history } } => {
+        Cmd::Eval { cmd: EvalCmd::All { server: Some(url), split, limit, red_team, .. } } => {
+            let key = std::env::var("KOTAE_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())
+                .context("set KOTAE_API_KEY to an admin API key of the server (kotae new-key)")?;
+            let mut opts = serde_json::json!({ "split": split, "red_team": red_team });
+            if let Some(n) = limit {
+                opts["limit"] = n.into();
+            }
+            let r = kotae::nightly::evaluate_remote(&url, &key, &opts, std::time::Duration::from_secs(5))?;
+            print!("{}", r["summary"].as_str().unwrap_or_default());
+            println!("report (on the server): {}", r["report"].as_str().unwrap_or_default());
+            if r["passed"] != true {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Eval { cmd: EvalCmd::All { evals, split, limit, red_team, out, history, server: None } } => {
             let engine = kotae::serve::build_engine(&cfg)?;
             let opts = kotae::nightly::SuiteOptions { evals, answer_split: split, limit, red_team };
             let mut run = kotae::nightly::run_suites(&cfg, &engine, &opts)?;

@@ -528,6 +528,93 @@ pub fn finish(run: &mut NightlyRun, history: &mut History, out: &Path) -> Result
     Ok(())
 }
 
+/// Run every suite on `engine`, compare with the history in `<data-dir>/evals/history.sqlite`
+/// and write the report to `<data-dir>/evals/latest`: what `kotae eval all` does, and what the
+/// server does for `POST /admin/api/eval/runs` (`opts`: `split`, `limit`, `red_team`).
+pub fn evaluate_served(
+    cfg: &Config,
+    engine: &kotae_server::Engine,
+    opts: &serde_json::Value,
+) -> Result<serde_json::Value> {
+    let o = SuiteOptions {
+        evals: cfg.eval.dir.clone(),
+        answer_split: opts["split"].as_str().unwrap_or("dev").to_string(),
+        limit: opts["limit"].as_u64().map(|n| n as usize),
+        red_team: opts["red_team"].as_u64().unwrap_or(10) as usize,
+    };
+    if !o.evals.join("retrieval").is_dir() {
+        anyhow::bail!(
+            "no evaluation suites in {}: set eval.dir (KOTAE_EVALS_DIR) to the folder with retrieval/, answer/ and guard/",
+            o.evals.display()
+        );
+    }
+    let mut run = run_suites(cfg, engine, &o)?;
+    let dir = cfg.data_dir.join("evals");
+    let mut h = History::open(&dir.join("history.sqlite"))?;
+    let out = dir.join("latest");
+    finish(&mut run, &mut h, &out)?;
+    Ok(serde_json::json!({
+        "passed": run.passed(),
+        "run": run.id,
+        "summary": summary(&run),
+        "threshold_failures": run.threshold_failures,
+        "regressions": run.regressions,
+        "report": out.join("report.html").display().to_string(),
+    }))
+}
+
+/// `kotae eval all --server URL`: ask a running `kotae serve` to run the suites on itself
+/// (admin API key in `key`), wait for the job, and return its report (see `evaluate_served`).
+pub fn evaluate_remote(
+    url: &str,
+    key: &str,
+    opts: &serde_json::Value,
+    poll: std::time::Duration,
+) -> Result<serde_json::Value> {
+    let base = url.trim_end_matches('/').to_string();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let c = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
+        let r = c
+            .post(format!("{base}/admin/api/eval/runs"))
+            .bearer_auth(key)
+            .json(opts)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {base}"))?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        if status != reqwest::StatusCode::ACCEPTED {
+            anyhow::bail!(
+                "{base} refused to start the evaluation ({status}): {}",
+                body["error"]["message"].as_str().unwrap_or("no reason given")
+            );
+        }
+        let job = body["job"].as_str().context("no job id in the answer")?.to_string();
+        eprintln!("evaluation job {job} started on {base}");
+        loop {
+            tokio::time::sleep(poll).await;
+            let r = match c.get(format!("{base}/admin/api/jobs/{job}")).bearer_auth(key).send().await {
+                Ok(r) => r,
+                // The server may restart under us; a restart marks the job failed, which we will see.
+                Err(e) => {
+                    eprintln!("cannot read job {job} ({e}); retrying");
+                    continue;
+                }
+            };
+            let j: serde_json::Value = r.json().await.unwrap_or_default();
+            match j["status"].as_str() {
+                Some("done") => return Ok(j["report"].clone()),
+                Some("failed") => anyhow::bail!(
+                    "evaluation job {job} failed: {}",
+                    j["report"]["error"].as_str().unwrap_or("interrupted (the server stopped?)")
+                ),
+                _ => {}
+            }
+        }
+    })
+}
+
 /// The summary printed at the end of a run.
 pub fn summary(run: &NightlyRun) -> String {
     let mut s = String::new();

@@ -216,6 +216,12 @@ pub fn server_state(cfg: &Config) -> Result<Arc<AppState>> {
     let state = AppState::new(cfg.server.clone(), store).map_err(anyhow::Error::msg)?;
     // Where `kotae eval all` writes by default: the admin console shows the latest report.
     state.set_report_dir(cfg.data_dir.join("evals").join("latest"));
+    // The nightly evaluation of the running deployment (a second process cannot open the
+    // knowledge base this one holds).
+    let c = cfg.clone();
+    state.set_evaluator(Arc::new(move |engine, opts| {
+        crate::nightly::evaluate_served(&c, engine, opts).map_err(|e| format!("{e:#}"))
+    }));
     if let Some(slack) = kotae_server::slack::Slack::new(&cfg.slack).map_err(anyhow::Error::msg)? {
         if cfg.slack.app_token.is_some() {
             tracing::warn!("slack.app_token is set, but Socket Mode is not available yet: Slack must reach /slack/events over HTTPS");

@@ -221,6 +221,78 @@ fn spawn_job(state: Arc<AppState>, k: Arc<dyn Knowledge>, id: String, work: Work
     });
 }
 
+/// `POST /admin/api/eval/runs`: run the nightly evaluation suites on the served engine, as a
+/// job (`kind` "eval"), one at a time. The body may set `split` (`dev`, `heldout`, `all`),
+/// `limit` (answer questions per file) and `red_team` (harmful prompts per language). The job's
+/// report says whether it passed; the console's evaluation tab shows the new report. This is
+/// how a scheduler evaluates a running deployment (`kotae eval all --server`): a second process
+/// could not open the knowledge base the server holds.
+pub async fn start_eval(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?
+    };
+    let Some(o) = opts.as_object() else {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object: {\"split\", \"limit\", \"red_team\"}".into(),
+        ));
+    };
+    for (k, v) in o {
+        let ok = match k.as_str() {
+            "split" => matches!(v.as_str(), Some("dev" | "heldout" | "all")),
+            "limit" => v.as_u64().is_some_and(|n| (1..=100_000).contains(&n)),
+            "red_team" => v.as_u64().is_some_and(|n| n <= 1000),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown field `{k}`: the options are split, limit and red_team"
+                )))
+            }
+        };
+        if !ok {
+            return Err(ApiError::BadRequest(format!(
+                "bad `{k}`: {v} (split is dev, heldout or all; limit 1–100000; red_team 0–1000)"
+            )));
+        }
+    }
+    let Some(evaluate) = state.evaluator.get().cloned() else {
+        return Err(ApiError::NotReady("this server cannot run the evaluation suites".into()));
+    };
+    let engine = state.engine()?;
+    let id = {
+        let mut running = state.eval_job.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(j) = running.as_ref() {
+            return Err(ApiError::Conflict(format!("an evaluation is already running (job {j}): wait for it")));
+        }
+        let id = state.store.create_job("eval", &admin.id, &opts)?;
+        *running = Some(id.clone());
+        id
+    };
+    audit(&state, &admin, "eval.run", "all", "accepted", format!("job {id}"));
+    let st = state.clone();
+    let job = id.clone();
+    tokio::spawn(async move {
+        let _ = st.store.set_job(&job, "running", None);
+        let result = tokio::task::spawn_blocking(move || evaluate(&engine, &opts))
+            .await
+            .unwrap_or_else(|e| Err(format!("the evaluation failed: {e}")));
+        let (status, report) = match result {
+            Ok(v) => ("done", v),
+            Err(e) => ("failed", json!({ "error": e })),
+        };
+        if let Err(e) = st.store.set_job(&job, status, Some(&report)) {
+            tracing::error!(error = %e, job = %job, "cannot record the job's end");
+        }
+        *st.eval_job.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::info!(job = %job, status, passed = %report["passed"], "evaluation ended");
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
+}
+
 /// `GET /admin/api/jobs`.
 pub async fn jobs(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     Ok(Json(json!({ "jobs": state.store.jobs(100)? })).into_response())

@@ -26,6 +26,9 @@ pub enum ApiError {
     Busy { retry_after_s: u64 },
     #[error("not ready: {0}")]
     NotReady(String),
+    /// The request conflicts with work in progress (the message names it).
+    #[error("{0}")]
+    Conflict(String),
     #[error("the request took longer than {0} s")]
     Timeout(u64),
     /// A bug or an environment failure: details go to the log, not to the client.
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::InFlight { .. } => (StatusCode::TOO_MANY_REQUESTS, "in_flight_limit", Some(1)),
             ApiError::Busy { retry_after_s } => (StatusCode::SERVICE_UNAVAILABLE, "busy", Some(*retry_after_s)),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", None),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }

@@ -122,6 +122,12 @@ pub struct Engine {
     pub knowledge: Option<Arc<dyn documents::Knowledge>>,
 }
 
+/// Runs the nightly evaluation suites on the served engine with the given options (`split`,
+/// `limit`, `red_team`), records the run and writes the report; returns the job's report
+/// (`passed`, `summary`, `threshold_failures`, `regressions`, `report`). Set by the app, which
+/// owns the suites.
+pub type Evaluator = Arc<dyn Fn(&Engine, &serde_json::Value) -> Result<serde_json::Value, String> + Send + Sync>;
+
 /// Shared state of all handlers.
 pub struct AppState {
     pub cfg: ServerConfig,
@@ -139,6 +145,10 @@ pub struct AppState {
     reports: OnceLock<std::path::PathBuf>,
     /// The Slack app, when `[slack]` is configured.
     pub(crate) slack: OnceLock<Arc<slack::Slack>>,
+    /// The nightly evaluation, run in this process (`POST /admin/api/eval/runs`), and the
+    /// job of the run in progress (one at a time).
+    pub(crate) evaluator: OnceLock<Evaluator>,
+    pub(crate) eval_job: std::sync::Mutex<Option<String>>,
     started: Instant,
 }
 
@@ -172,6 +182,8 @@ impl AppState {
             limiter,
             reports: OnceLock::new(),
             slack: OnceLock::new(),
+            evaluator: OnceLock::new(),
+            eval_job: std::sync::Mutex::new(None),
             started: Instant::now(),
         }))
     }
@@ -184,6 +196,11 @@ impl AppState {
     /// The folder of the latest nightly evaluation report (shown in the admin console).
     pub fn set_report_dir(&self, dir: std::path::PathBuf) {
         let _ = self.reports.set(dir);
+    }
+
+    /// Let admins run the nightly evaluation in this process (`POST /admin/api/eval/runs`).
+    pub fn set_evaluator(&self, f: Evaluator) {
+        let _ = self.evaluator.set(f);
     }
 
     /// Answer in Slack (`/slack/…`).
@@ -254,6 +271,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/jobs/{id}/retry", post(documents::retry))
         .route("/admin/api/feedback", get(admin::feedback))
         .route("/admin/api/eval", get(web::eval_report))
+        .route("/admin/api/eval/runs", post(documents::start_eval))
         .route_layer(axum::middleware::from_fn(admin_only));
     let limited = Router::new()
         .route("/api/chat", post(api::chat))

@@ -621,6 +621,68 @@ fn the_nightly_suite_runs_every_suite_keeps_history_and_reports() {
     assert!(json["metrics"].as_array().unwrap().len() >= names.len());
 }
 
+/// The nightly evaluation of a running deployment: the server runs the suites in its own
+/// process (a second process cannot open the knowledge base it holds), admins only, one run
+/// at a time; `kotae eval all --server` starts it and waits for the verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_evaluates_itself_on_an_admins_request() {
+    let state = tempfile::tempdir().unwrap();
+    let (admin, user) = ("kotae_admin_0123456789", "kotae_staff_0123456789");
+    let keys = vec![
+        hashed_key("ops", admin, kotae_server::Role::Admin, &[]),
+        hashed_key("emp", user, kotae_server::Role::User, &[]),
+    ];
+    let s = Server::start(state.path(), |c| {
+        c.server.api_keys = keys.clone();
+        c.eval.dir = workspace().join("evals");
+    })
+    .await;
+    let c = client();
+    let post = |k: &str, body: Value| c.post(s.url("/admin/api/eval/runs")).bearer_auth(k).json(&body).send();
+    assert_eq!(post(user, json!({})).await.unwrap().status(), 403, "employees cannot start it");
+    let r = post(admin, json!({ "split": "everything" })).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("split is dev, heldout or all"));
+    assert_eq!(post(admin, json!({ "limits": 1 })).await.unwrap().status(), 400, "unknown option");
+
+    let opts = json!({ "limit": 1, "red_team": 0 });
+    let r = post(admin, opts.clone()).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let first = r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string();
+    let r = post(admin, opts.clone()).await.unwrap();
+    assert_eq!(r.status(), 409, "one run at a time");
+    assert!(r.text().await.unwrap().contains(&first));
+    // What `kotae eval all --server` does once the first run has ended.
+    let (base, o) = (s.base.clone(), opts.clone());
+    let report = tokio::task::spawn_blocking(move || loop {
+        match kotae::nightly::evaluate_remote(&base, admin, &o, Duration::from_millis(200)) {
+            Err(e) if e.to_string().contains("already running") => std::thread::sleep(Duration::from_millis(500)),
+            other => break other.unwrap(),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(report["passed"].is_boolean() && report["run"].as_i64().unwrap() >= 2, "{report}");
+    assert!(report["summary"].as_str().unwrap().contains("retrieval.ja.ndcg_at_10"), "{report}");
+    let j: Value = c
+        .get(s.url(&format!("/admin/api/jobs/{first}")))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((j["kind"].as_str(), j["status"].as_str()), (Some("eval"), Some("done")), "{j}");
+    // The console's evaluation tab shows the server's newest run; the audit trail names who ran it.
+    let shown: Value = c.get(s.url("/admin/api/eval")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shown["id"], report["run"], "{shown}");
+    assert!(state.path().join("evals/history.sqlite").exists());
+    let audit: Value = c.get(s.url("/admin/api/audit")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    assert!(audit["entries"].as_array().unwrap().iter().any(|e| e["action"] == "eval.run"), "{audit}");
+    s.stop().await;
+}
+
 /// A real CPU LoRA run of SmolLM2 on the inquiry logs of `knowledge/` (a couple of minutes):
 /// held-out domain perplexity falls, the run leaves a PEFT adapter, a merged model and a card,
 /// and the merged model serves answers through the chat API.
