@@ -24,6 +24,9 @@ export KOTAE_TEST_PYTHONPATH="$KOTAE_TEST_DATA/py"
 if ! PYTHONPATH="$KOTAE_TEST_PYTHONPATH" python3 -c "import openai, slack_sdk" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --target "$KOTAE_TEST_PYTHONPATH" "openai==1.*" "slack_sdk==3.*"
 fi
+# deploy/ without a container engine or a cluster: the Helm chart renders and validates against
+# the Kubernetes schemas, the Dockerfiles lint, the compose file validates (a few seconds).
+./scripts/check-deploy.sh
 # A real Qdrant server (../shared/bin/qdrant, or $KOTAE_QDRANT_BIN) for the tests of the
 # server-backed vector store, on loopback ports of its own with a fresh storage folder, stopped
 # when this script exits. Those tests are #[ignore]d unless a server is there, so a machine

