@@ -28,6 +28,27 @@ pub struct Config {
     /// The Slack app (`[slack]`; off until its signing secret and bot token are set).
     pub slack: kotae_server::slack::SlackConfig,
     pub eval: EvalConfig,
+    pub state: StateConfig,
+}
+
+/// Where conversations, feedback, jobs and the audit trail live (`[state]`): empty `url` is
+/// the embedded SQLite database in `<data-dir>/state/`; a `postgres://` URL is a PostgreSQL
+/// database that several replicas share.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    pub url: String,
+}
+
+impl std::fmt::Debug for StateConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        let shown = match self.url.split_once('@') {
+            Some((_, host)) => format!("postgres://***@{host}"),
+            None => self.url.clone(),
+        };
+        f.debug_struct("StateConfig").field("url", &shown).finish()
+    }
 }
 
 /// The evaluation suites (`[eval]`).
@@ -215,6 +236,7 @@ impl Default for Config {
             guard: GuardConfig::default(),
             slack: Default::default(),
             eval: EvalConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -313,6 +335,9 @@ impl Config {
         if let Some(v) = env("KOTAE_QDRANT_API_KEY").or_else(|| env("QDRANT_API_KEY")) {
             cfg.vector_store.api_key = v;
         }
+        if let Some(v) = env("KOTAE_STATE_URL") {
+            cfg.state.url = v;
+        }
         if let Some(v) = env("KOTAE_MODELS_DIR") {
             cfg.models.dir = PathBuf::from(v);
         }
@@ -377,6 +402,10 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        let u = &self.state.url;
+        if !(u.is_empty() || u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+            bail!("state.url must be a postgres:// URL (or empty for the embedded SQLite database)");
+        }
         if self.threads == 0 {
             bail!("threads must be at least 1 (set `threads` in kotae.toml, KOTAE_THREADS or --threads)");
         }

@@ -25,8 +25,13 @@ pub struct ScreenReport {
     pub out: String,
 }
 
+/// The state database: PostgreSQL when `state.url` is set, else SQLite in the data directory.
 pub fn open_store(cfg: &Config) -> Result<Store> {
-    Store::open(&cfg.data_dir.join("state").join("kotae.sqlite3")).map_err(anyhow::Error::msg)
+    if cfg.state.url.is_empty() {
+        Store::open(&cfg.data_dir.join("state").join("kotae.sqlite3")).map_err(anyhow::Error::msg)
+    } else {
+        Store::connect(&cfg.state.url).map_err(anyhow::Error::msg)
+    }
 }
 
 /// The guard for training data: the deployment's policy and lexicons (no classifier: it

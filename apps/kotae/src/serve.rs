@@ -211,8 +211,7 @@ pub fn run_ask(
 
 /// Open the state database and the server state (no models yet).
 pub fn server_state(cfg: &Config) -> Result<Arc<AppState>> {
-    let store = kotae_server::store::Store::open(&cfg.data_dir.join("state").join("kotae.sqlite3"))
-        .map_err(anyhow::Error::msg)?;
+    let store = crate::guard_cli::open_store(cfg)?;
     let state = AppState::new(cfg.server.clone(), store).map_err(anyhow::Error::msg)?;
     // Where `kotae eval all` writes by default: the admin console shows the latest report.
     state.set_report_dir(cfg.data_dir.join("evals").join("latest"));

@@ -264,8 +264,25 @@ impl VectorStore for ServerStore {
     fn flush(&self) -> Result<()> {
         Ok(()) // every write waits for the server's acknowledgement (`wait=true`)
     }
+    /// The server indexes in the background; like the embedded engine's HNSW build, this
+    /// returns when it has done so (the collection is green again), so that what follows an
+    /// ingest searches the index rather than a full scan. Ten minutes at most: a server busy
+    /// for longer still answers, only slower.
     fn optimize(&self) -> Result<()> {
-        Ok(()) // the server indexes in the background
+        use qdrant_client::qdrant::CollectionStatus;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let info = self.run(self.client.collection_info(&self.collection)).map_err(serr)?;
+            match info.result.map(|r| r.status()) {
+                Some(CollectionStatus::Yellow) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Some(CollectionStatus::Red) => {
+                    return Err(serr(format!("collection `{}` is red (see the server's log)", self.collection)))
+                }
+                _ => return Ok(()),
+            }
+        }
     }
     fn count(&self) -> Result<usize> {
         let res = self.run(self.client.count(CountPointsBuilder::new(&self.collection).exact(true))).map_err(serr)?;

@@ -349,7 +349,7 @@ pub(crate) async fn events(
             Ok(StatusCode::OK.into_response())
         }
         SlackPushEvent::EventCallback(cb) => {
-            if !state.store.slack_event_first_seen(&cb.event_id.to_string())? {
+            if !state.store.slack_event_first_seen(cb.event_id.as_ref())? {
                 let retry = headers.get("x-slack-retry-num").and_then(|v| v.to_str().ok()).unwrap_or("-");
                 tracing::info!(event_id = %cb.event_id, retry, "Slack event already taken");
                 return Ok(StatusCode::OK.into_response());

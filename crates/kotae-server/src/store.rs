@@ -1,12 +1,17 @@
-//! Conversations and feedback in an embedded SQLite database (`<data-dir>/state/kotae.sqlite3`).
+//! Conversations, feedback, admin jobs, the audit trail, guard events, the quarantine and
+//! Slack's bookkeeping: in an embedded SQLite database (`<data-dir>/state/kotae.sqlite3`, the
+//! default) or in PostgreSQL (`state.url`), which every replica shares.
 //!
-//! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] run in order, each in
-//! its own transaction, so a database from any earlier version opens and upgrades.
+//! One migration set serves both: the steps are written in SQLite's dialect and
+//! `postgres_dialect` translates their column types. SQLite keeps its version in `PRAGMA
+//! user_version`, PostgreSQL in `kotae_schema`; replicas that start together migrate one at a
+//! time (an advisory lock). Queries are written once, in SQL both understand (`?N`
+//! placeholders become `$N` for PostgreSQL).
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -172,19 +177,261 @@ pub struct StoredMessage {
 }
 
 pub struct Store {
-    conn: Mutex<Connection>,
+    db: Db,
+}
+
+enum Db {
+    Sqlite(Mutex<Connection>),
+    Postgres(Box<Postgres>),
+}
+
+/// A value bound to a query or read from a row, the same for both databases.
+#[derive(Debug, Clone, PartialEq)]
+enum V {
+    Null,
+    I(i64),
+    F(f64),
+    T(String),
+}
+
+impl From<i64> for V {
+    fn from(v: i64) -> Self {
+        V::I(v)
+    }
+}
+impl From<f64> for V {
+    fn from(v: f64) -> Self {
+        V::F(v)
+    }
+}
+impl From<&str> for V {
+    fn from(v: &str) -> Self {
+        V::T(v.to_string())
+    }
+}
+impl From<&String> for V {
+    fn from(v: &String) -> Self {
+        V::T(v.clone())
+    }
+}
+impl From<String> for V {
+    fn from(v: String) -> Self {
+        V::T(v)
+    }
+}
+impl<T: Into<V>> From<Option<T>> for V {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(V::Null, Into::into)
+    }
+}
+
+macro_rules! vals {
+    ($($v:expr),* $(,)?) => { &[$(V::from($v)),*] };
+}
+
+/// One result row.
+struct Row(Vec<V>);
+
+impl Row {
+    fn s(&self, i: usize) -> String {
+        self.os(i).unwrap_or_default()
+    }
+    fn os(&self, i: usize) -> Option<String> {
+        match &self.0[i] {
+            V::T(s) => Some(s.clone()),
+            V::I(n) => Some(n.to_string()),
+            V::F(x) => Some(x.to_string()),
+            V::Null => None,
+        }
+    }
+    fn i(&self, i: usize) -> i64 {
+        self.oi(i).unwrap_or(0)
+    }
+    fn oi(&self, i: usize) -> Option<i64> {
+        match &self.0[i] {
+            V::I(n) => Some(*n),
+            V::F(x) => Some(*x as i64),
+            V::T(s) => s.parse().ok(),
+            V::Null => None,
+        }
+    }
+    fn f(&self, i: usize) -> f64 {
+        match &self.0[i] {
+            V::F(x) => *x,
+            V::I(n) => *n as f64,
+            _ => 0.0,
+        }
+    }
+    fn json(&self, i: usize) -> Option<serde_json::Value> {
+        self.os(i).and_then(|s| serde_json::from_str(&s).ok())
+    }
+}
+
+impl rusqlite::ToSql for V {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        Ok(match self {
+            V::Null => ToSqlOutput::Owned(Value::Null),
+            V::I(n) => ToSqlOutput::Owned(Value::Integer(*n)),
+            V::F(x) => ToSqlOutput::Owned(Value::Real(*x)),
+            V::T(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+impl postgres::types::ToSql for V {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use postgres::types::Type;
+        match self {
+            V::Null => Ok(postgres::types::IsNull::Yes),
+            V::I(n) if *ty == Type::INT4 => i32::try_from(*n)?.to_sql(ty, out),
+            V::I(n) if *ty == Type::INT2 => i16::try_from(*n)?.to_sql(ty, out),
+            V::I(n) if *ty == Type::FLOAT8 => (*n as f64).to_sql(ty, out),
+            V::I(n) => n.to_sql(ty, out),
+            V::F(x) if *ty == Type::FLOAT4 => (*x as f32).to_sql(ty, out),
+            V::F(x) => x.to_sql(ty, out),
+            V::T(s) => s.as_str().to_sql(ty, out),
+        }
+    }
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+    postgres::types::to_sql_checked!();
 }
 
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-fn internal(e: rusqlite::Error) -> ApiError {
+fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(format!("database: {e}"))
 }
 
+/// `?N` placeholders as PostgreSQL writes them (`$N`); nothing else in our SQL uses `?`.
+fn postgres_sql(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+/// A migration step in PostgreSQL's column types.
+fn postgres_dialect(step: &str) -> String {
+    step.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+        .replace("INTEGER", "BIGINT")
+        .replace(" REAL ", " DOUBLE PRECISION ")
+}
+
+/// A PostgreSQL connection. The `postgres` client blocks on its own runtime, which tokio
+/// forbids on a thread that drives async tasks; calls from there run on a scoped thread.
+/// A broken connection (a database restart) is replaced at the next call.
+struct Postgres {
+    url: String,
+    /// Always `Some` but in `drop`: the client blocks when it closes, so it is closed off async
+    /// threads too.
+    client: Mutex<Option<postgres::Client>>,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            off_async(move || drop(c));
+        }
+    }
+}
+
+fn off_async<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(f).join().expect("a database call panicked"))
+    } else {
+        f()
+    }
+}
+
+fn pg_connect(url: &str) -> Result<postgres::Client, String> {
+    let tls = native_tls::TlsConnector::new().map_err(|e| format!("TLS: {e}"))?;
+    postgres::Client::connect(url, postgres_native_tls::MakeTlsConnector::new(tls)).map_err(|e| {
+        format!("cannot connect to PostgreSQL at {} ({e}): check state.url (KOTAE_STATE_URL)", redact_url(url))
+    })
+}
+
+/// The URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.split('?').next().unwrap_or(url).to_string(),
+    }
+}
+
+impl Postgres {
+    fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error> + Send,
+    ) -> Result<T, ApiError> {
+        off_async(|| {
+            let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
+            let c = guard.as_mut().expect("the client is only taken when the store is dropped");
+            if c.is_closed() {
+                *c = pg_connect(&self.url).map_err(ApiError::Internal)?;
+            }
+            f(c).map_err(pg_error)
+        })
+    }
+}
+
+/// A PostgreSQL error with what the server said (its code and message), not just "db error".
+fn pg_error(e: postgres::Error) -> ApiError {
+    match e.as_db_error() {
+        Some(db) => internal(format!("{} ({}): {}", db.message(), db.code().code(), db.detail().unwrap_or(""))),
+        None => internal(e),
+    }
+}
+
+fn pg_row(r: &postgres::Row) -> Result<Row, postgres::Error> {
+    use postgres::types::Type;
+    let mut out = Vec::with_capacity(r.len());
+    for (i, c) in r.columns().iter().enumerate() {
+        let t = c.type_();
+        let v = if *t == Type::INT8 {
+            r.try_get::<_, Option<i64>>(i)?.into()
+        } else if *t == Type::INT4 {
+            r.try_get::<_, Option<i32>>(i)?.map(i64::from).into()
+        } else if *t == Type::INT2 {
+            r.try_get::<_, Option<i16>>(i)?.map(i64::from).into()
+        } else if *t == Type::FLOAT8 {
+            r.try_get::<_, Option<f64>>(i)?.into()
+        } else if *t == Type::FLOAT4 {
+            r.try_get::<_, Option<f32>>(i)?.map(f64::from).into()
+        } else if *t == Type::BOOL {
+            r.try_get::<_, Option<bool>>(i)?.map(i64::from).into()
+        } else {
+            r.try_get::<_, Option<String>>(i)?.into()
+        };
+        out.push(v);
+    }
+    Ok(Row(out))
+}
+
+fn sqlite_row(r: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Row> {
+    use rusqlite::types::ValueRef;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(match r.get_ref(i)? {
+            ValueRef::Null => V::Null,
+            ValueRef::Integer(n) => V::I(n),
+            ValueRef::Real(x) => V::F(x),
+            ValueRef::Text(t) | ValueRef::Blob(t) => V::T(String::from_utf8_lossy(t).into_owned()),
+        });
+    }
+    Ok(Row(out))
+}
+
 impl Store {
-    /// Open (creating and migrating as needed).
+    /// Open the embedded SQLite database (creating and migrating as needed).
     pub fn open(path: &Path) -> Result<Self, String> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -192,34 +439,90 @@ impl Store {
         let mut conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
             .map_err(|e| e.to_string())?;
-        migrate(&mut conn).map_err(|e| format!("cannot migrate {}: {e}", path.display()))?;
-        Ok(Self { conn: Mutex::new(conn) })
+        migrate_sqlite(&mut conn).map_err(|e| format!("cannot migrate {}: {e}", path.display()))?;
+        Ok(Self { db: Db::Sqlite(Mutex::new(conn)) })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Connect to PostgreSQL (`postgres://user:password@host/db?sslmode=require`), migrating
+    /// the schema as needed; every replica given the same URL shares the state.
+    pub fn connect(url: &str) -> Result<Self, String> {
+        off_async(|| {
+            let mut client = pg_connect(url)?;
+            migrate_postgres(&mut client)
+                .map_err(|e| format!("cannot migrate the database at {}: {e}", redact_url(url)))?;
+            Ok(Self { db: Db::Postgres(Box::new(Postgres { url: url.to_string(), client: Mutex::new(Some(client)) })) })
+        })
+    }
+
+    /// Which database holds the state (`sqlite`, `postgres`), for `/readyz` and logs.
+    pub fn backend(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Run a statement; the number of rows it changed.
+    fn exec(&self, sql: &str, params: &[V]) -> Result<u64, ApiError> {
+        match &self.db {
+            Db::Sqlite(c) => {
+                let c = c.lock().unwrap_or_else(|p| p.into_inner());
+                c.execute(sql, rusqlite::params_from_iter(params.iter())).map(|n| n as u64).map_err(internal)
+            }
+            Db::Postgres(pg) => {
+                let sql = postgres_sql(sql);
+                pg.with(|c| {
+                    let p: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                        params.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
+                    c.execute(sql.as_str(), &p)
+                })
+            }
+        }
+    }
+
+    /// Run a query; its rows.
+    fn query(&self, sql: &str, params: &[V]) -> Result<Vec<Row>, ApiError> {
+        match &self.db {
+            Db::Sqlite(c) => {
+                let c = c.lock().unwrap_or_else(|p| p.into_inner());
+                let mut st = c.prepare_cached(sql).map_err(internal)?;
+                let n = st.column_count();
+                let rows =
+                    st.query_map(rusqlite::params_from_iter(params.iter()), |r| sqlite_row(r, n)).map_err(internal)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+            }
+            Db::Postgres(pg) => {
+                let sql = postgres_sql(sql);
+                pg.with(|c| {
+                    let p: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                        params.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
+                    c.query(sql.as_str(), &p)?.iter().map(pg_row).collect()
+                })
+            }
+        }
+    }
+
+    fn query_one(&self, sql: &str, params: &[V]) -> Result<Option<Row>, ApiError> {
+        Ok(self.query(sql, params)?.into_iter().next())
     }
 
     pub fn create_conversation(&self, client: &str) -> Result<String, ApiError> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.conn()
-            .execute(
-                "INSERT INTO conversations (id, client, created_unix) VALUES (?1, ?2, ?3)",
-                params![id, client, now()],
-            )
-            .map_err(internal)?;
+        self.exec(
+            "INSERT INTO conversations (id, client, created_unix) VALUES (?1, ?2, ?3)",
+            vals![&id, client, now()],
+        )?;
         Ok(id)
     }
 
     /// Whether the conversation exists and belongs to `client`.
     pub fn conversation_owner(&self, id: &str) -> Result<Option<String>, ApiError> {
-        self.conn()
-            .query_row("SELECT client FROM conversations WHERE id = ?1", [id], |r| r.get(0))
-            .optional()
-            .map_err(internal)
+        Ok(self.query_one("SELECT client FROM conversations WHERE id = ?1", vals![id])?.map(|r| r.s(0)))
     }
 
-    /// Append a message; returns its id.
+    /// Append a message; returns its id. Its place in the conversation is taken in the same
+    /// statement; on PostgreSQL, with the conversation's row locked, so that two replicas
+    /// appending at once take one place each.
     pub fn add_message(
         &self,
         conversation: &str,
@@ -228,47 +531,48 @@ impl Store {
         answer: Option<&serde_json::Value>,
     ) -> Result<String, ApiError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(internal)?;
-        let seq: i64 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?1",
-                [conversation],
-                |r| r.get(0),
-            )
-            .map_err(internal)?;
-        tx.execute(
-            "INSERT INTO messages (id, conversation_id, seq, role, content, answer_json, created_unix)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, conversation, seq, role, content, answer.map(|a| a.to_string()), now()],
-        )
-        .map_err(internal)?;
-        tx.commit().map_err(internal)?;
+        let insert = "INSERT INTO messages (id, conversation_id, seq, role, content, answer_json, created_unix)
+             SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), COALESCE(MAX(seq), 0) + 1, CAST(?3 AS TEXT),
+               CAST(?4 AS TEXT), CAST(?5 AS TEXT), CAST(?6 AS BIGINT)
+             FROM messages WHERE conversation_id = ?2";
+        let params = vals![&id, conversation, role, content, answer.map(|a| a.to_string()), now()];
+        match &self.db {
+            // One connection behind a mutex: appends are already one at a time.
+            Db::Sqlite(_) => {
+                self.exec(insert, params)?;
+            }
+            Db::Postgres(pg) => {
+                let sql = postgres_sql(insert);
+                pg.with(|c| {
+                    let mut tx = c.transaction()?;
+                    tx.query("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", &[&conversation])?;
+                    let p: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                        params.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
+                    tx.execute(sql.as_str(), &p)?;
+                    tx.commit()
+                })?;
+            }
+        }
         Ok(id)
     }
 
     /// Messages of a conversation, oldest first.
     pub fn messages(&self, conversation: &str) -> Result<Vec<StoredMessage>, ApiError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(
+        Ok(self
+            .query(
                 "SELECT id, role, content, answer_json, created_unix FROM messages
                  WHERE conversation_id = ?1 ORDER BY seq",
-            )
-            .map_err(internal)?;
-        let rows = st
-            .query_map([conversation], |r| {
-                let answer: Option<String> = r.get(3)?;
-                Ok(StoredMessage {
-                    id: r.get(0)?,
-                    role: r.get(1)?,
-                    content: r.get(2)?,
-                    answer: answer.and_then(|a| serde_json::from_str(&a).ok()),
-                    created_unix: r.get(4)?,
-                })
+                vals![conversation],
+            )?
+            .iter()
+            .map(|r| StoredMessage {
+                id: r.s(0),
+                role: r.s(1),
+                content: r.s(2),
+                answer: r.json(3),
+                created_unix: r.i(4),
             })
-            .map_err(internal)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+            .collect())
     }
 
     /// Store a client's vote on an answer in one of its own conversations; a second vote
@@ -280,127 +584,109 @@ impl Store {
         comment: Option<&str>,
         client: &str,
     ) -> Result<Option<i64>, ApiError> {
-        let conn = self.conn();
-        let found: Option<(String, String)> = conn
-            .query_row(
-                "SELECT m.role, c.client FROM messages m JOIN conversations c ON c.id = m.conversation_id
-                 WHERE m.id = ?1",
-                [message_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(internal)?;
+        let found = self.query_one(
+            "SELECT m.role, c.client FROM messages m JOIN conversations c ON c.id = m.conversation_id
+             WHERE m.id = ?1",
+            vals![message_id],
+        )?;
         match found {
-            Some((role, owner)) if role == "assistant" && owner == client => {}
+            Some(r) if r.s(0) == "assistant" && r.s(1) == client => {}
             _ => return Ok(None),
         }
-        let id = conn
-            .query_row(
-                "INSERT INTO feedback (message_id, rating, comment, client, created_unix) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (message_id, client) DO UPDATE SET rating = excluded.rating,
-                   comment = excluded.comment, created_unix = excluded.created_unix
-                 RETURNING id",
-                params![message_id, rating, comment, client, now()],
-                |r| r.get(0),
-            )
-            .map_err(internal)?;
-        Ok(Some(id))
+        let row = self.query_one(
+            "INSERT INTO feedback (message_id, rating, comment, client, created_unix) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (message_id, client) DO UPDATE SET rating = excluded.rating,
+               comment = excluded.comment, created_unix = excluded.created_unix
+             RETURNING id",
+            vals![message_id, rating, comment, client, now()],
+        )?;
+        Ok(row.map(|r| r.i(0)))
     }
 
     /// (up, down) counts, for metrics and tests.
     pub fn feedback_counts(&self) -> Result<(i64, i64), ApiError> {
-        self.conn()
-            .query_row(
-                "SELECT COALESCE(SUM(rating = 'up'), 0), COALESCE(SUM(rating = 'down'), 0) FROM feedback",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(internal)
+        let r = self.query_one(
+            "SELECT COALESCE(SUM(CASE WHEN rating = 'up' THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN rating = 'down' THEN 1 ELSE 0 END), 0) FROM feedback",
+            &[],
+        )?;
+        Ok(r.map_or((0, 0), |r| (r.i(0), r.i(1))))
     }
 }
 
 impl Store {
-    /// A new admin job, queued; its id.
+    /// A new admin job, queued; its id (time-ordered, so the newest sorts last).
     pub fn create_job(&self, kind: &str, actor: &str, detail: &serde_json::Value) -> Result<String, ApiError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        self.conn()
-            .execute(
-                "INSERT INTO jobs (id, kind, actor, status, detail_json, created_unix) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
-                params![id, kind, actor, detail.to_string(), now()],
-            )
-            .map_err(internal)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        self.exec(
+            "INSERT INTO jobs (id, kind, actor, status, detail_json, created_unix) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+            vals![&id, kind, actor, detail.to_string(), now()],
+        )?;
         Ok(id)
     }
 
     /// Move a job on; `done` and `failed` record its report and end time.
     pub fn set_job(&self, id: &str, status: &str, report: Option<&serde_json::Value>) -> Result<(), ApiError> {
         let end = matches!(status, "done" | "failed").then(now);
-        self.conn()
-            .execute(
-                "UPDATE jobs SET status = ?2, report_json = COALESCE(?3, report_json), finished_unix = ?4 WHERE id = ?1",
-                params![id, status, report.map(|r| r.to_string()), end],
-            )
-            .map_err(internal)?;
+        self.exec(
+            "UPDATE jobs SET status = ?2, report_json = COALESCE(CAST(?3 AS TEXT), report_json),
+               finished_unix = CAST(?4 AS BIGINT) WHERE id = ?1",
+            vals![id, status, report.map(|r| r.to_string()), end],
+        )?;
         Ok(())
     }
 
-    fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
-        let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-        Ok(serde_json::json!({
-            "id": r.get::<_, String>(0)?,
-            "kind": r.get::<_, String>(1)?,
-            "actor": r.get::<_, String>(2)?,
-            "status": r.get::<_, String>(3)?,
-            "detail": parse(r.get(4)?),
-            "report": parse(r.get(5)?),
-            "created_unix": r.get::<_, i64>(6)?,
-            "finished_unix": r.get::<_, Option<i64>>(7)?,
-        }))
+    fn job_json(r: &Row) -> serde_json::Value {
+        serde_json::json!({
+            "id": r.s(0),
+            "kind": r.s(1),
+            "actor": r.s(2),
+            "status": r.s(3),
+            "detail": r.json(4),
+            "report": r.json(5),
+            "created_unix": r.i(6),
+            "finished_unix": r.oi(7),
+        })
     }
 
     pub fn job(&self, id: &str) -> Result<Option<serde_json::Value>, ApiError> {
-        self.conn()
-            .query_row(
+        Ok(self
+            .query_one(
                 "SELECT id, kind, actor, status, detail_json, report_json, created_unix, finished_unix FROM jobs WHERE id = ?1",
-                [id],
-                Self::job_row,
-            )
-            .optional()
-            .map_err(internal)
+                vals![id],
+            )?
+            .map(|r| Self::job_json(&r)))
     }
 
     /// At a server's start: jobs still queued or running were cut short by a crash or a kill.
     pub fn fail_interrupted_jobs(&self) -> Result<usize, ApiError> {
         let report = serde_json::json!({ "error": "interrupted: the server stopped during the job; run it again" });
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE jobs SET status = 'failed', report_json = ?1, finished_unix = ?2 WHERE status IN ('queued', 'running')",
-                params![report.to_string(), now()],
-            )
-            .map_err(internal)?;
-        Ok(n)
+        let n = self.exec(
+            "UPDATE jobs SET status = 'failed', report_json = ?1, finished_unix = ?2 WHERE status IN ('queued', 'running')",
+            vals![report.to_string(), now()],
+        )?;
+        Ok(n as usize)
     }
 
     /// The newest jobs first.
     pub fn jobs(&self, limit: usize) -> Result<Vec<serde_json::Value>, ApiError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(
+        Ok(self
+            .query(
                 "SELECT id, kind, actor, status, detail_json, report_json, created_unix, finished_unix FROM jobs
-                 ORDER BY created_unix DESC, rowid DESC LIMIT ?1",
-            )
-            .map_err(internal)?;
-        let rows = st.query_map([limit as i64], Self::job_row).map_err(internal)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+                 ORDER BY created_unix DESC, id DESC LIMIT ?1",
+                vals![limit as i64],
+            )?
+            .iter()
+            .map(Self::job_json)
+            .collect())
     }
 
     /// Append to the audit trail. A failure to write is logged, never shown to the client.
     pub fn audit(&self, e: &AuditEntry) {
-        let r = self.conn().execute(
+        let r = self.exec(
             "INSERT INTO audit (actor, action, target, result, detail, ip, created_unix)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![e.actor, e.action, e.target, e.result, e.detail, e.ip, now()],
+            vals![&e.actor, &e.action, &e.target, &e.result, &e.detail, &e.ip, now()],
         );
         if let Err(err) = r {
             tracing::error!(error = %err, action = %e.action, "cannot write the audit trail");
@@ -409,86 +695,92 @@ impl Store {
 
     /// Audit lines, newest first; `before` pages back by id.
     pub fn audit_entries(&self, limit: usize, before: Option<i64>) -> Result<Vec<AuditRow>, ApiError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(
+        Ok(self
+            .query(
                 "SELECT id, actor, action, target, result, detail, ip, created_unix FROM audit
-                 WHERE ?2 IS NULL OR id < ?2 ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(internal)?;
-        let rows = st
-            .query_map(params![limit as i64, before], |r| {
-                Ok(AuditRow {
-                    id: r.get(0)?,
-                    entry: AuditEntry {
-                        actor: r.get(1)?,
-                        action: r.get(2)?,
-                        target: r.get(3)?,
-                        result: r.get(4)?,
-                        detail: r.get(5)?,
-                        ip: r.get(6)?,
-                    },
-                    created_unix: r.get(7)?,
-                })
+                 WHERE CAST(?2 AS BIGINT) IS NULL OR id < ?2 ORDER BY id DESC LIMIT ?1",
+                vals![limit as i64, before],
+            )?
+            .iter()
+            .map(|r| AuditRow {
+                id: r.i(0),
+                entry: AuditEntry {
+                    actor: r.s(1),
+                    action: r.s(2),
+                    target: r.s(3),
+                    result: r.s(4),
+                    detail: r.s(5),
+                    ip: r.s(6),
+                },
+                created_unix: r.i(7),
             })
-            .map_err(internal)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+            .collect())
     }
 
-    /// Record guard decisions (all of one request in one transaction).
+    /// Record guard decisions (all of one request in one statement).
     pub fn add_guard_events(&self, events: &[GuardEvent]) -> Result<(), ApiError> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(internal)?;
-        for e in events {
-            tx.execute(
-                "INSERT INTO guard_events (request_id, conversation_id, client, direction, category, rule, score,
-                 action, took_us, created_unix) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    e.request_id,
-                    e.conversation_id,
-                    e.client,
-                    e.direction,
-                    e.category,
-                    e.rule,
-                    e.score,
-                    e.action,
-                    e.took_us,
-                    now()
-                ],
-            )
-            .map_err(internal)?;
+        let mut sql = String::from(
+            "INSERT INTO guard_events (request_id, conversation_id, client, direction, category, rule, score,
+             action, took_us, created_unix) VALUES ",
+        );
+        let mut params = Vec::with_capacity(events.len() * 10);
+        for (i, e) in events.iter().enumerate() {
+            let b = i * 10;
+            sql.push_str(&format!(
+                "{}(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                if i == 0 { "" } else { ", " },
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10
+            ));
+            params.extend([
+                V::from(&e.request_id),
+                V::from(e.conversation_id.clone()),
+                V::from(&e.client),
+                V::from(&e.direction),
+                V::from(&e.category),
+                V::from(&e.rule),
+                V::F(e.score),
+                V::from(&e.action),
+                V::I(e.took_us),
+                V::I(now()),
+            ]);
         }
-        tx.commit().map_err(internal)
+        self.exec(&sql, &params)?;
+        Ok(())
     }
 
     /// The most recent guard decisions, newest first.
     pub fn guard_events(&self, limit: usize) -> Result<Vec<GuardEvent>, ApiError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(
+        Ok(self
+            .query(
                 "SELECT request_id, conversation_id, client, direction, category, rule, score, action, took_us
                  FROM guard_events ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(internal)?;
-        let rows = st
-            .query_map([limit as i64], |r| {
-                Ok(GuardEvent {
-                    request_id: r.get(0)?,
-                    conversation_id: r.get(1)?,
-                    client: r.get(2)?,
-                    direction: r.get(3)?,
-                    category: r.get(4)?,
-                    rule: r.get(5)?,
-                    score: r.get(6)?,
-                    action: r.get(7)?,
-                    took_us: r.get(8)?,
-                })
+                vals![limit as i64],
+            )?
+            .iter()
+            .map(|r| GuardEvent {
+                request_id: r.s(0),
+                conversation_id: r.os(1),
+                client: r.s(2),
+                direction: r.s(3),
+                category: r.s(4),
+                rule: r.s(5),
+                score: r.f(6),
+                action: r.s(7),
+                took_us: r.i(8),
             })
-            .map_err(internal)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+            .collect())
     }
 
     /// Put a text in quarantine (once per source and reference).
@@ -502,41 +794,35 @@ impl Store {
         rule: &str,
         client: Option<&str>,
     ) -> Result<(), ApiError> {
-        self.conn()
-            .execute(
-                "INSERT OR IGNORE INTO quarantine (source, ref, text, category, rule, client, created_unix)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![source, r#ref, text, category, rule, client, now()],
-            )
-            .map_err(internal)?;
+        self.exec(
+            "INSERT INTO quarantine (source, ref, text, category, rule, client, created_unix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (source, ref) DO NOTHING",
+            vals![source, r#ref, text, category, rule, client, now()],
+        )?;
         Ok(())
     }
 
     /// Quarantined texts, optionally only those with `status`.
     pub fn quarantined(&self, status: Option<&str>) -> Result<Vec<Quarantined>, ApiError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(
+        Ok(self
+            .query(
                 "SELECT id, source, ref, text, category, rule, client, status, created_unix FROM quarantine
-                 WHERE ?1 IS NULL OR status = ?1 ORDER BY id",
-            )
-            .map_err(internal)?;
-        let rows = st
-            .query_map([status], |r| {
-                Ok(Quarantined {
-                    id: r.get(0)?,
-                    source: r.get(1)?,
-                    r#ref: r.get(2)?,
-                    text: r.get(3)?,
-                    category: r.get(4)?,
-                    rule: r.get(5)?,
-                    client: r.get(6)?,
-                    status: r.get(7)?,
-                    created_unix: r.get(8)?,
-                })
+                 WHERE CAST(?1 AS TEXT) IS NULL OR status = ?1 ORDER BY id",
+                vals![status],
+            )?
+            .iter()
+            .map(|r| Quarantined {
+                id: r.i(0),
+                source: r.s(1),
+                r#ref: r.s(2),
+                text: r.s(3),
+                category: r.s(4),
+                rule: r.s(5),
+                client: r.os(6),
+                status: r.s(7),
+                created_unix: r.i(8),
             })
-            .map_err(internal)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+            .collect())
     }
 
     /// An admin's review: `released` lets the text into training data, `rejected` keeps it out.
@@ -545,108 +831,105 @@ impl Store {
         if status != "released" && status != "rejected" {
             return Err(ApiError::BadRequest(format!("status '{status}': use released or rejected")));
         }
-        let n = self
-            .conn()
-            .execute("UPDATE quarantine SET status = ?1, reviewed_unix = ?2 WHERE id = ?3", params![status, now(), id])
-            .map_err(internal)?;
+        let n =
+            self.exec("UPDATE quarantine SET status = ?1, reviewed_unix = ?2 WHERE id = ?3", vals![status, now(), id])?;
         Ok(n > 0)
     }
 
     /// Votes for review, newest first: the answer, the question before it, the vote's comment.
     pub fn feedback_review(&self, rating: Option<&str>, limit: usize) -> Result<Vec<serde_json::Value>, ApiError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(
+        Ok(self
+            .query(
                 "SELECT f.id, f.rating, f.comment, f.client, f.created_unix, m.id, m.content, m.answer_json,
                    (SELECT q.content FROM messages q WHERE q.conversation_id = m.conversation_id
                       AND q.seq < m.seq AND q.role = 'user' ORDER BY q.seq DESC LIMIT 1)
                  FROM feedback f JOIN messages m ON m.id = f.message_id
-                 WHERE (?1 IS NULL OR f.rating = ?1) ORDER BY f.id DESC LIMIT ?2",
-            )
-            .map_err(internal)?;
-        let rows = st
-            .query_map(params![rating, limit as i64], |r| {
-                let answer: Option<String> = r.get(7)?;
-                let answer: serde_json::Value =
-                    answer.and_then(|a| serde_json::from_str(&a).ok()).unwrap_or(serde_json::Value::Null);
-                Ok(serde_json::json!({
-                    "id": r.get::<_, i64>(0)?,
-                    "rating": r.get::<_, String>(1)?,
-                    "comment": r.get::<_, Option<String>>(2)?,
-                    "client": r.get::<_, String>(3)?,
-                    "created_unix": r.get::<_, i64>(4)?,
-                    "message_id": r.get::<_, String>(5)?,
-                    "answer": r.get::<_, String>(6)?,
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR f.rating = ?1) ORDER BY f.id DESC LIMIT ?2",
+                vals![rating, limit as i64],
+            )?
+            .iter()
+            .map(|r| {
+                let answer = r.json(7).unwrap_or(serde_json::Value::Null);
+                serde_json::json!({
+                    "id": r.i(0),
+                    "rating": r.s(1),
+                    "comment": r.os(2),
+                    "client": r.s(3),
+                    "created_unix": r.i(4),
+                    "message_id": r.s(5),
+                    "answer": r.s(6),
                     "citations": answer.get("citations").cloned().unwrap_or_default(),
                     "kind": answer.get("kind").cloned().unwrap_or_default(),
-                    "question": r.get::<_, Option<String>>(8)?,
-                }))
+                    "question": r.os(8),
+                })
             })
-            .map_err(internal)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+            .collect())
     }
 
     /// Record a Slack event id; `false` when it was seen before (a retry or a duplicate).
     /// Ids older than a day are forgotten (Slack retries within minutes).
     pub fn slack_event_first_seen(&self, event_id: &str) -> Result<bool, ApiError> {
-        let conn = self.conn();
-        conn.execute("DELETE FROM slack_events WHERE received_unix < ?1", [now() - 86_400]).map_err(internal)?;
-        let n = conn
-            .execute(
-                "INSERT OR IGNORE INTO slack_events (event_id, received_unix) VALUES (?1, ?2)",
-                params![event_id, now()],
-            )
-            .map_err(internal)?;
+        self.exec("DELETE FROM slack_events WHERE received_unix < ?1", vals![now() - 86_400])?;
+        let n = self.exec(
+            "INSERT INTO slack_events (event_id, received_unix) VALUES (?1, ?2) ON CONFLICT (event_id) DO NOTHING",
+            vals![event_id, now()],
+        )?;
         Ok(n == 1)
     }
 
     /// The conversation of a Slack thread (`team:channel:thread_ts`), if it has one.
     pub fn slack_thread(&self, thread: &str) -> Result<Option<String>, ApiError> {
-        self.conn()
-            .query_row("SELECT conversation_id FROM slack_threads WHERE thread = ?1", [thread], |r| r.get(0))
-            .optional()
-            .map_err(internal)
+        Ok(self
+            .query_one("SELECT conversation_id FROM slack_threads WHERE thread = ?1", vals![thread])?
+            .map(|r| r.s(0)))
     }
 
     pub fn set_slack_thread(&self, thread: &str, conversation: &str) -> Result<(), ApiError> {
-        self.conn()
-            .execute(
-                "INSERT INTO slack_threads (thread, conversation_id) VALUES (?1, ?2)
-                 ON CONFLICT (thread) DO UPDATE SET conversation_id = excluded.conversation_id",
-                params![thread, conversation],
-            )
-            .map_err(internal)?;
+        self.exec(
+            "INSERT INTO slack_threads (thread, conversation_id) VALUES (?1, ?2)
+             ON CONFLICT (thread) DO UPDATE SET conversation_id = excluded.conversation_id",
+            vals![thread, conversation],
+        )?;
         Ok(())
     }
 
     /// Feedback comments with the answer they were left on (training candidates).
     pub fn feedback_comments(&self) -> Result<Vec<(i64, String, String, String)>, ApiError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(
+        Ok(self
+            .query(
                 "SELECT f.id, f.client, f.comment, m.content FROM feedback f JOIN messages m ON m.id = f.message_id
                  WHERE f.comment IS NOT NULL AND f.comment != '' ORDER BY f.id",
-            )
-            .map_err(internal)?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(internal)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.i(0), r.s(1), r.s(2), r.s(3)))
+            .collect())
     }
 
     /// Every user message with its conversation's client (training candidates).
     pub fn user_messages(&self) -> Result<Vec<(String, String, String)>, ApiError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(
+        Ok(self
+            .query(
                 "SELECT m.id, c.client, m.content FROM messages m JOIN conversations c ON c.id = m.conversation_id
                  WHERE m.role = 'user' ORDER BY m.created_unix, m.seq",
-            )
-            .map_err(internal)?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(internal)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.s(0), r.s(1), r.s(2)))
+            .collect())
+    }
+
+    /// The schema version (the number of migration steps applied).
+    pub fn schema_version(&self) -> Result<usize, ApiError> {
+        let sql = match self.db {
+            Db::Sqlite(_) => "PRAGMA user_version",
+            Db::Postgres(_) => "SELECT version FROM kotae_schema",
+        };
+        Ok(self.query_one(sql, &[])?.map_or(0, |r| r.i(0) as usize))
     }
 }
 
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+fn migrate_sqlite(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
@@ -655,6 +938,23 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+/// The same steps in one transaction under an advisory lock, so that replicas starting
+/// together migrate one after the other (the later ones find nothing left to do).
+fn migrate_postgres(c: &mut postgres::Client) -> Result<(), postgres::Error> {
+    let mut tx = c.transaction()?;
+    tx.query("SELECT pg_advisory_xact_lock(7061302201)", &[])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS kotae_schema (version BIGINT NOT NULL)")?;
+    let version = tx.query_opt("SELECT version FROM kotae_schema", &[])?.map_or(0, |r| r.get::<_, i64>(0)) as usize;
+    if version == 0 {
+        tx.execute("INSERT INTO kotae_schema (version) VALUES (0)", &[])?;
+    }
+    for step in MIGRATIONS.iter().skip(version) {
+        tx.batch_execute(&postgres_dialect(step))?;
+    }
+    tx.execute("UPDATE kotae_schema SET version = $1", &[&(MIGRATIONS.len() as i64).max(version as i64)])?;
+    tx.commit()
 }
 
 #[cfg(test)]
@@ -688,7 +988,6 @@ mod tests {
         assert_eq!(m[1].answer.as_ref().unwrap()["kind"], "generated");
         assert_eq!(s.feedback_counts().unwrap(), (1, 0));
         assert_eq!(s.conversation_owner(&conv).unwrap().as_deref(), Some("k1"));
-        let v: i64 = s.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-        assert_eq!(v as usize, MIGRATIONS.len());
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
     }
 }

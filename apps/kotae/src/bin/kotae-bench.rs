@@ -110,6 +110,10 @@ enum Cmd {
         chunks: usize,
         #[arg(long, default_value = "target/bench/kb-search")]
         kb_dir: PathBuf,
+        /// Vectors in this Qdrant server (gRPC URL) instead of the embedded engine, in a new
+        /// collection of their own (scripts/bench/search_server_vs_embedded.sh runs both)
+        #[arg(long)]
+        qdrant_url: Option<String>,
     },
 }
 
@@ -308,7 +312,7 @@ fn main() -> Result<()> {
         Cmd::Lora { base, steps, batch, max_len, r, targets, out, device, dtype } => {
             bench_lora(&cfg, &base, steps, batch, max_len, r, targets, out, cli.threads, &device, &dtype)?
         }
-        Cmd::Search { chunks, kb_dir } => bench_search(&cfg, chunks, &kb_dir)?,
+        Cmd::Search { chunks, kb_dir, qdrant_url } => bench_search(&cfg, chunks, &kb_dir, qdrant_url)?,
         Cmd::ShapeFolder { base, out } => {
             let path = kotae::finetune::base_path(&cfg, &base)?;
             let m = kotae_adapt::BaseModel::load(&path, &kotae_models::candle::Device::Cpu)?;
@@ -359,7 +363,7 @@ fn export_e5(cfg: &Config, dir: &PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
+fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf, qdrant_url: Option<String>) -> Result<()> {
     let e = kotae::load_embedder(cfg)?;
     let base = knowledge_chunks(&e)?;
     let texts: Vec<String> = base.iter().map(|c| format!("{}\n{}", c.section.join(" > "), c.text)).collect();
@@ -372,6 +376,12 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
 
     let mut c2 = cfg.clone();
     c2.data_dir = kb_dir.clone();
+    c2.vector_store = Default::default();
+    if let Some(url) = qdrant_url {
+        c2.vector_store.url = url;
+        c2.vector_store.collection =
+            format!("kotae_bench_{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    }
     let _ = std::fs::remove_dir_all(kb_dir.join("kb"));
     std::fs::create_dir_all(kb_dir)?;
     let models_link = kb_dir.join("models");
@@ -461,7 +471,14 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf) -> Result<()> {
         embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let embed_p50 = percentile(&mut embed_ms.clone(), 0.5);
-    println!("search corpus={} queries={} (golden set, 3 passes)", kb.num_chunks(), queries.len());
+    println!(
+        "search corpus={} queries={} (golden set, 3 passes), vectors: {}{} ({} build)",
+        kb.num_chunks(),
+        queries.len(),
+        kb.vectors().name(),
+        if c2.vector_store.url.is_empty() { String::new() } else { format!(" at {}", c2.vector_store.url) },
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
     println!("query embedding: p50 {:.2} ms  p99 {:.2} ms", embed_p50, percentile(&mut embed_ms, 0.99));
     for mode in [SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid] {
         let mut ms = Vec::new();

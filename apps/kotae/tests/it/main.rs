@@ -16,7 +16,8 @@ mod browser;
 mod finetune;
 mod guard;
 mod kill_resume;
-mod qdrant;
+mod postgres;
+mod qdrant_server;
 mod serve;
 mod slack;
 
@@ -76,6 +77,7 @@ pub fn config(data_dir: &Path) -> Config {
     // The embedded engine, whatever QDRANT_URL the environment has: a test that wants a Qdrant
     // server says so (qdrant.rs), and never shares a collection with another.
     cfg.vector_store = Default::default();
+    cfg.state = Default::default();
     cfg
 }
 

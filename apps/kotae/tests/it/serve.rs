@@ -36,6 +36,11 @@ fn kb() -> &'static Kb {
     })
 }
 
+/// The knowledge base the serving tests share (ingested once).
+pub(crate) fn shared_index() -> Arc<KnowledgeIndex> {
+    kb().index.clone()
+}
+
 pub(crate) struct Server {
     pub(crate) base: String,
     pub(crate) state: Arc<AppState>,

@@ -270,4 +270,4 @@ fn a_second_process_gets_a_clear_error_not_a_storage_lock_failure() {
 }
 
 mod japanese;
-mod server;
+mod qdrant_server;

@@ -86,7 +86,7 @@ envFrom:
 
 {{/* Shared state is not there yet: refuse what would need it, saying why. */}}
 {{- define "kotae.checkReplicas" -}}
-{{- $why := "Kotae replicas do not share their lexical index and state (conversations, jobs, audit) yet: each keeps them in its own data volume, so a second replica would answer from a different knowledge base. Run one replica (replicaCount: 1) without autoscaling or a disruption budget." }}
+{{- $why := "Kotae replicas do not share their lexical index yet: each keeps it (and the list of ingested documents) in its own data volume, so a second replica would answer from a different knowledge base, even with vectors in a Qdrant server and the state in PostgreSQL. Run one replica (replicaCount: 1) without autoscaling or a disruption budget." }}
 {{- if gt (int .Values.replicaCount) 1 }}{{ fail (printf "replicaCount %d: %s" (int .Values.replicaCount) $why) }}{{ end }}
 {{- if .Values.autoscaling.enabled }}{{ fail (printf "autoscaling.enabled: %s" $why) }}{{ end }}
 {{- if .Values.podDisruptionBudget.enabled }}{{ fail (printf "podDisruptionBudget.enabled: %s" $why) }}{{ end }}
