@@ -24,6 +24,10 @@ export KOTAE_TEST_PYTHONPATH="$KOTAE_TEST_DATA/py"
 if ! PYTHONPATH="$KOTAE_TEST_PYTHONPATH" python3 -c "import openai, slack_sdk" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --target "$KOTAE_TEST_PYTHONPATH" "openai==1.*" "slack_sdk==3.*"
 fi
+# axe-core (Deque's accessibility engine, MPL-2.0) for the browser test's WCAG 2.1 AA checks.
+if [ ! -f "$KOTAE_TEST_DATA/npm/node_modules/axe-core/axe.min.js" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$KOTAE_TEST_DATA/npm" axe-core@4.14.1 >/dev/null
+fi
 # deploy/ without a container engine or a cluster: the Helm chart renders and validates against
 # the Kubernetes schemas, the Dockerfiles lint, the compose file validates (a few seconds).
 ./scripts/check-deploy.sh

@@ -20,14 +20,14 @@
     replace: '差し替え', remove: '削除', confirmRemove: (s) => `${s} を削除しますか？検索と回答から外れます。`, retry: '再実行',
     release: '解除', reject: '却下', queued: '待機中', running: '処理中', done: '完了', failed: '失敗', uploading: 'アップロード中',
     docs: (n, c) => `${n} 件の文書、${c} チャンク`, rulesTitle: 'アクセスルール（フォルダ・既定・機密表示）', defaultGroups: '既定のグループ', question: '質問', answer: '回答', comment: 'コメント', none: 'ありません',
-    noReport: 'まだ評価レポートがありません（kotae eval all を毎晩実行）', passed: '合格', regressed: '後退あり',
+    noReport: 'まだ評価レポートがありません（kotae eval all を毎晩実行）', passed: '合格', regressed: '後退あり', runEval: '今すぐ評価を実行',
   } : {
     source: 'Source',
     notAdmin: (w) => `You are signed in as ${w}, who is not an admin. This console is for admins.`,
     replace: 'Replace', remove: 'Delete', confirmRemove: (s) => `Delete ${s}? It leaves search and answers.`, retry: 'Retry',
     release: 'Release', reject: 'Reject', queued: 'queued', running: 'running', done: 'done', failed: 'failed', uploading: 'uploading',
     docs: (n, c) => `${n} documents, ${c} chunks`, rulesTitle: 'Access rules (folders, default, confidentiality markers)', defaultGroups: 'Default groups', question: 'Question', answer: 'Answer', comment: 'Comment', none: 'Nothing here',
-    noReport: 'No evaluation report yet (run kotae eval all nightly)', passed: 'passed', regressed: 'regressions',
+    noReport: 'No evaluation report yet (run kotae eval all nightly)', passed: 'passed', regressed: 'regressions', runEval: 'Run the evaluation now',
   };
   const $ = (s) => document.querySelector(s);
   const h = (tag, props = {}, ...kids) => {
@@ -138,6 +138,7 @@
     const r = j.report;
     if (!r) return '';
     if (r.error) return h('span', { className: 'bad', textContent: r.error });
+    if (j.kind === 'eval') return h('span', { className: r.passed ? 'ok' : 'bad', textContent: `${r.passed ? L.passed : L.regressed} — run ${r.run}` });
     // What changed (non-zero counts) and what went wrong (non-empty lists).
     return Object.entries(r).filter(([k, v]) => (typeof v === 'number' && v !== 0 && k !== 'seconds') || (Array.isArray(v) && v.length))
       .map(([k, v]) => `${k.replace(/_/g, ' ')}: ${Array.isArray(v) ? v.map((x) => (typeof x === 'object' ? Object.values(x).join(' — ') : x)).join('; ') : v}`)
@@ -249,10 +250,21 @@
     },
     async eval() {
       const box = $('#eval');
+      // Run the suites now, on this server (the nightly job does the same): one run at a time.
+      const st = h('span', { role: 'status' });
+      const run = h('button', { textContent: L.runEval, onclick: async () => {
+        run.disabled = true;
+        try {
+          const { job } = await call('/admin/api/eval/runs', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
+          await follow(job, st);
+          await loaders.eval();
+        } catch (e) { st.textContent = e.message; st.className = 'bad'; } finally { run.disabled = false; }
+      } });
+      const bar = h('p', {}, run, ' ', st);
       let r;
-      try { r = await call('/admin/api/eval'); } catch (e) { box.replaceChildren(h('p', { className: 'muted', textContent: e.status === 404 ? L.noReport : e.message })); return; }
+      try { r = await call('/admin/api/eval'); } catch (e) { box.replaceChildren(bar, h('p', { className: 'muted', textContent: e.status === 404 ? L.noReport : e.message })); return; }
       const bad = (r.threshold_failures || []).length + (r.regressions || []).length;
-      box.replaceChildren(
+      box.replaceChildren(bar,
         h('p', {}, h('strong', { className: bad ? 'bad' : 'ok', textContent: bad ? `${L.regressed}: ${bad}` : L.passed }), ` — ${r.started} · ${r.commit} · ${r.generator} · ${r.embedder}`),
         ...[...(r.threshold_failures || []), ...(r.regressions || []).map((g) => `${g.name}: ${g.before} → ${g.now}`)].map((t) => h('div', { className: 'bad', textContent: t })),
         h('table', {}, h('thead', {}, h('tr', {}, h('th', { textContent: 'metric' }), h('th', { textContent: 'value' }))),

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sha2::Digest as _;
 
 use super::serve::{client, hashed_key, Server};
-use super::{config, embedder, fresh_data_dir, ingest, workspace};
+use super::{config, embedder, fresh_data_dir, ingest, test_data, workspace};
 
 /// A W3C WebDriver session on chromedriver, spoken in plain JSON over HTTP.
 struct Browser {
@@ -79,6 +79,29 @@ impl Browser {
     /// Run `body` (a function body; `arguments` are `args`) in the page and return its value.
     async fn js(&self, body: &str, args: Value) -> Value {
         self.cmd(reqwest::Method::POST, "/execute/sync", json!({ "script": body, "args": args })).await
+    }
+
+    /// Check what is on screen with axe-core (Deque's accessibility engine, from npm; installed
+    /// by scripts/test.sh) against WCAG 2.1 A and AA; `context` is an axe context (a CSS
+    /// selector or `document`; shadow roots are included). Returns the violations, one line each.
+    async fn accessibility_violations(&self, context: &str) -> Vec<String> {
+        let axe = test_data().join("npm/node_modules/axe-core/axe.min.js");
+        let src = std::fs::read_to_string(&axe)
+            .unwrap_or_else(|e| panic!("{}: {e} (scripts/test.sh installs axe-core)", axe.display()));
+        self.js(&format!("if (!window.axe) {{ {src}\n }} return true;"), json!([])).await;
+        let script = format!(
+            "const done = arguments[arguments.length - 1];
+             axe.run({context}, {{ runOnly: {{ type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] }} }})
+               .then(r => done(r.violations.map(v => v.impact + ' ' + v.id + ': ' + v.help + ' @ ' +
+                 v.nodes.slice(0, 3).map(n => JSON.stringify(n.target) + ' ' + (n.failureSummary || '').replace(/\\s+/g, ' ')).join(' | '))))
+               .catch(e => done(['axe failed: ' + e]));"
+        );
+        let v = self.cmd(reqwest::Method::POST, "/execute/async", json!({ "script": script, "args": [] })).await;
+        v.as_array()
+            .unwrap_or_else(|| panic!("axe: {v}"))
+            .iter()
+            .map(|x| x.as_str().unwrap_or_default().to_string())
+            .collect()
     }
 
     /// Poll `expr` until it is truthy; return its value.
@@ -397,6 +420,9 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     assert!(streamed >= 1, "nothing was shown before the answer ended: {answer}");
     assert!(!answer[0].as_str().unwrap().contains("error"), "the widget showed an error: {answer}");
     b.screenshot("widget-ja-desktop").await;
+    // Accessibility of the open widget with an answer and its sources (WCAG 2.1 AA, axe-core).
+    let v = b.accessibility_violations("'kotae-chat'").await;
+    assert!(v.is_empty(), "accessibility violations in the widget:\n{}", v.join("\n"));
 
     // A citation opens the cited passage, highlighted, in the source viewer.
     let cite = b
@@ -585,6 +611,8 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     )
     .await;
     b.screenshot("admin-documents").await;
+    let v = b.accessibility_violations("document").await;
+    assert!(v.is_empty(), "accessibility violations in the admin console:\n{}", v.join("\n"));
     let hits: Value = c
         .post(s.url("/api/search"))
         .bearer_auth(user)

@@ -639,6 +639,8 @@ async fn a_running_server_evaluates_itself_on_an_admins_request() {
     ];
     let s = Server::start(state.path(), |c| {
         c.server.api_keys = keys.clone();
+        c.server.rate_limit_burst = 100_000;
+        c.server.rate_limit_per_minute = 100_000;
         c.eval.dir = workspace().join("evals");
     })
     .await;

@@ -119,10 +119,12 @@ fn replicas_starting_together_share_one_collection() {
     stores[0].upsert(&points(4)).unwrap();
     assert!(stores.iter().all(|s| s.count().unwrap() == 4), "one collection seen by all");
     // The access-group filter is backed by a payload index.
-    let info: serde_json::Value = http_get(&format!("{}/collections/{}", http_url(&cfg.url), cfg.collection));
-    let schema = &info["result"]["payload_schema"];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = qdrant_client::Qdrant::from_url(&cfg.url).skip_compatibility_check().build().unwrap();
+    let info = rt.block_on(client.collection_info(&cfg.collection)).unwrap().result.unwrap();
     for field in ["groups", "lang", "source"] {
-        assert_eq!(schema[field]["data_type"], "keyword", "{field} index: {schema}");
+        let kind = info.payload_schema.get(field).map(|p| p.data_type());
+        assert_eq!(kind, Some(qdrant_client::qdrant::PayloadSchemaType::Keyword), "{field} index");
     }
 }
 
@@ -165,24 +167,4 @@ fn a_knowledge_base_on_the_server_filters_by_group_and_survives_reopening() {
     assert_eq!(kb.vectors().count().unwrap(), 2);
     let hits = kb.search(&req("", Some(vec_for(public[0].id.0)), SearchMode::Dense, 1, &[])).unwrap();
     assert_eq!(hits[0].source, "pub.md");
-}
-
-/// The REST port that goes with a gRPC URL (6334 → 6333, the servers' convention).
-fn http_url(grpc: &str) -> String {
-    let (head, port) = grpc.rsplit_once(':').unwrap();
-    let port: u16 = port.trim_end_matches('/').parse().unwrap();
-    format!("{head}:{}", port - 1)
-}
-
-/// A GET with the standard library only (this crate has no HTTP client dependency).
-fn http_get(url: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    let json = &body[body.find("\r\n\r\n").unwrap() + 4..];
-    serde_json::from_str(json).unwrap()
 }
