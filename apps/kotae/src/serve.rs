@@ -222,9 +222,6 @@ pub fn server_state(cfg: &Config) -> Result<Arc<AppState>> {
         crate::nightly::evaluate_served(&c, engine, opts).map_err(|e| format!("{e:#}"))
     }));
     if let Some(slack) = kotae_server::slack::Slack::new(&cfg.slack).map_err(anyhow::Error::msg)? {
-        if cfg.slack.app_token.is_some() {
-            tracing::warn!("slack.app_token is set, but Socket Mode is not available yet: Slack must reach /slack/events over HTTPS");
-        }
         state.set_slack(slack);
     }
     Ok(state)

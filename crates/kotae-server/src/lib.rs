@@ -457,11 +457,21 @@ pub async fn serve(
             st.failures.prune();
         }
     });
+    // Slack over Socket Mode, when an app-level token is set: a WebSocket of its own.
+    let socket = state
+        .slack
+        .get()
+        .filter(|s| s.socket_mode())
+        .map(|s| tokio::spawn(slack::run_socket_mode(Arc::downgrade(&state), s.clone())));
     let app = router(state);
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await;
     pruner.abort();
+    if let Some(s) = socket {
+        s.abort();
+        let _ = s.await;
+    }
     served
 }
 

@@ -1,6 +1,9 @@
 //! Slack: Kotae answers mentions, direct messages and `/kotae` in threads, with citations and
 //! feedback buttons, under the same guardrails and access rules as the web chat.
 //!
+//! Socket Mode (`app_token`): a WebSocket to Slack, for deployments without a public URL; the
+//! same handlers serve what arrives there (see `run_socket_mode`).
+//!
 //! Events API over HTTPS: `/slack/events`, `/slack/interactive`, `/slack/commands`. Every
 //! request is verified with the signing secret (HMAC-SHA256 over `v0:{timestamp}:{body}`,
 //! constant-time, at most 5 minutes old) before anything else happens; Slack gets its 200 at
@@ -97,7 +100,8 @@ pub struct SlackChannel {
 /// Slack, configured and ready.
 pub struct Slack {
     cfg: SlackConfig,
-    verifier: SlackEventSignatureVerifier,
+    /// `None` in Socket Mode without a signing secret: the HTTP routes then refuse everything.
+    verifier: Option<SlackEventSignatureVerifier>,
     token: String,
     http: reqwest::Client,
     /// `users.info` e-mail lookups, cached for ten minutes.
@@ -109,15 +113,19 @@ impl Slack {
     pub fn new(cfg: &SlackConfig) -> Result<Option<Arc<Slack>>, String> {
         let secret = cfg.signing_secret.clone().filter(|s| !s.is_empty());
         let token = cfg.bot_token.clone().filter(|s| !s.is_empty());
-        let (secret, token) =
-            match (secret, token) {
-                (None, None) => return Ok(None),
-                (Some(s), Some(t)) => (s, t),
-                _ => return Err(
-                    "slack: set both signing_secret and bot_token (KOTAE_SLACK_SIGNING_SECRET, KOTAE_SLACK_BOT_TOKEN)"
-                        .into(),
-                ),
-            };
+        let app = cfg.app_token.clone().filter(|s| !s.is_empty());
+        let token = match (&secret, token, &app) {
+            (None, None, None) => return Ok(None),
+            (_, Some(t), _) if secret.is_some() || app.is_some() => t,
+            _ => {
+                return Err("slack: set bot_token and, for the Events API, signing_secret or, for Socket Mode, \
+                            app_token (KOTAE_SLACK_BOT_TOKEN, KOTAE_SLACK_SIGNING_SECRET, KOTAE_SLACK_APP_TOKEN)"
+                    .into())
+            }
+        };
+        if app.as_deref().is_some_and(|a| !a.starts_with("xapp-")) {
+            return Err("slack.app_token must be an app-level token (xapp-…) with the connections:write scope".into());
+        }
         for c in &cfg.channels {
             if c.id.is_empty() {
                 return Err("slack.channels: every channel needs its `id` (C…)".into());
@@ -128,7 +136,7 @@ impl Slack {
             .build()
             .map_err(|e| format!("slack: cannot build the HTTP client: {e}"))?;
         Ok(Some(Arc::new(Slack {
-            verifier: SlackEventSignatureVerifier::new(&SlackSigningSecret::new(secret)),
+            verifier: secret.map(|s| SlackEventSignatureVerifier::new(&SlackSigningSecret::new(s))),
             token,
             http,
             emails: Mutex::new(HashMap::new()),
@@ -148,7 +156,10 @@ impl Slack {
         let ts =
             header(SlackEventSignatureVerifier::SLACK_SIGNED_TIMESTAMP).ok_or_else(|| refuse("no timestamp".into()))?;
         let text = std::str::from_utf8(body).map_err(|_| refuse("the body is not UTF-8".into()))?;
-        self.verifier.verify(sig, text, ts).map_err(|e| refuse(e.to_string()))?;
+        let verifier = self.verifier.as_ref().ok_or_else(|| {
+            refuse("no signing_secret is set (Socket Mode only), so Slack's HTTP endpoints accept nothing".into())
+        })?;
+        verifier.verify(sig, text, ts).map_err(|e| refuse(e.to_string()))?;
         Ok(text)
     }
 
@@ -340,26 +351,138 @@ pub(crate) async fn events(
 ) -> Result<Response, ApiError> {
     let slack = slack_of(&state)?;
     let text = slack.verify(&headers, &body)?;
+    let retry = headers.get("x-slack-retry-num").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    Ok(match on_event(&state, &slack, text, retry)? {
+        Some(v) => Json(v).into_response(),
+        None => StatusCode::OK.into_response(),
+    })
+}
+
+/// An Events API payload, from HTTP or Socket Mode: its reply body, if it has one.
+fn on_event(state: &Arc<AppState>, slack: &Arc<Slack>, text: &str, retry: &str) -> Result<Option<Value>, ApiError> {
     let push: SlackPushEvent =
         serde_json::from_str(text).map_err(|e| ApiError::BadRequest(format!("not a Slack event: {e}")))?;
     match push {
-        SlackPushEvent::UrlVerification(v) => Ok(Json(json!({ "challenge": v.challenge })).into_response()),
+        SlackPushEvent::UrlVerification(v) => Ok(Some(json!({ "challenge": v.challenge }))),
         SlackPushEvent::AppRateLimited(r) => {
             tracing::warn!(team = %r.team_id, "Slack is rate limiting this app's events");
-            Ok(StatusCode::OK.into_response())
+            Ok(None)
         }
         SlackPushEvent::EventCallback(cb) => {
             if !state.store.slack_event_first_seen(cb.event_id.as_ref())? {
-                let retry = headers.get("x-slack-retry-num").and_then(|v| v.to_str().ok()).unwrap_or("-");
                 tracing::info!(event_id = %cb.event_id, retry, "Slack event already taken");
-                return Ok(StatusCode::OK.into_response());
+                return Ok(None);
             }
-            if let Some(job) = job_of(&slack, &cb) {
-                tokio::spawn(answer(state.clone(), slack, job));
+            if let Some(job) = job_of(slack, &cb) {
+                tokio::spawn(answer(state.clone(), slack.clone(), job));
             }
-            Ok(StatusCode::OK.into_response())
+            Ok(None)
         }
     }
+}
+
+impl Slack {
+    /// Whether to connect to Slack over Socket Mode (an app-level token is set).
+    pub fn socket_mode(&self) -> bool {
+        self.cfg.app_token.as_deref().is_some_and(|t| !t.is_empty())
+    }
+
+    /// `apps.connections.open` with the app-level token: a fresh WebSocket URL.
+    async fn socket_url(&self) -> Result<String, String> {
+        let url = format!("{}/apps.connections.open", self.cfg.api_url.trim_end_matches('/'));
+        let token = self.cfg.app_token.as_deref().unwrap_or_default();
+        let r =
+            self.http.post(&url).bearer_auth(token).send().await.map_err(|e| format!("apps.connections.open: {e}"))?;
+        let v: Value = r.json().await.map_err(|e| format!("apps.connections.open: not JSON: {e}"))?;
+        match (v["ok"].as_bool(), v["url"].as_str()) {
+            (Some(true), Some(u)) => Ok(u.to_string()),
+            _ => Err(format!("apps.connections.open: {}", v["error"].as_str().unwrap_or("no url"))),
+        }
+    }
+}
+
+/// Socket Mode, for companies whose Kotae has no public URL: Kotae opens a WebSocket to
+/// Slack and receives the same events, commands and interactions there, acknowledging each
+/// envelope at once (the answer follows as with the Events API). When Slack asks it to
+/// (`disconnect`: a refresh every few hours) or the connection drops, it connects again, with
+/// a growing pause (up to a minute) while Slack cannot be reached. Runs until aborted.
+/// Holds the state weakly: a server that stops is not kept alive by its Slack connection.
+pub(crate) async fn run_socket_mode(state: std::sync::Weak<AppState>, slack: Arc<Slack>) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match socket_session(&state, &slack).await {
+            Ok(()) => {
+                tracing::info!("Slack asked for a new Socket Mode connection");
+                pause = Duration::from_secs(1);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "Slack Socket Mode connection lost");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// One WebSocket connection: `Ok` when Slack asked to reconnect, `Err` when it failed.
+async fn socket_session(state: &std::sync::Weak<AppState>, slack: &Arc<Slack>) -> Result<(), String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = slack.socket_url().await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.map_err(|e| format!("connect: {e}"))?;
+    while let Some(msg) = ws.next().await {
+        let text = match msg.map_err(|e| format!("read: {e}"))? {
+            Message::Text(t) => t,
+            Message::Close(_) => return Ok(()),
+            _ => continue, // pings are answered by the WebSocket layer
+        };
+        let Ok(envelope) = serde_json::from_str::<Value>(text.as_str()) else {
+            tracing::warn!("Slack sent a Socket Mode message that is not JSON");
+            continue;
+        };
+        let kind = envelope["type"].as_str().unwrap_or_default();
+        match kind {
+            "hello" => tracing::info!(connections = %envelope["num_connections"], "Slack Socket Mode connected"),
+            "disconnect" => return Ok(()),
+            "events_api" | "slash_commands" | "interactive" => {
+                let Some(state) = &state.upgrade() else { return Ok(()) };
+                let payload = &envelope["payload"];
+                let reply = match kind {
+                    "events_api" => {
+                        on_event(state, slack, &payload.to_string(), &envelope["retry_attempt"].to_string())
+                            .unwrap_or_else(|e| {
+                                tracing::warn!(error = %e, "Slack event refused");
+                                None
+                            })
+                    }
+                    "slash_commands" => {
+                        let fields: HashMap<String, String> = payload
+                            .as_object()
+                            .map(|o| {
+                                o.iter()
+                                    .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        Some(on_command(state, slack, &fields))
+                    }
+                    _ => {
+                        if let Err(e) = on_interaction(state, slack, &payload.to_string()) {
+                            tracing::warn!(error = %e, "Slack interaction refused");
+                        }
+                        None
+                    }
+                };
+                let mut ack = json!({ "envelope_id": envelope["envelope_id"] });
+                if let Some(p) = reply.filter(|_| kind == "slash_commands") {
+                    ack["payload"] = p;
+                }
+                ws.send(Message::Text(ack.to_string().into())).await.map_err(|e| format!("ack: {e}"))?;
+            }
+            _ => {}
+        }
+    }
+    Err("the connection ended".into())
 }
 
 /// Form fields of a form-encoded body.
@@ -375,20 +498,25 @@ pub(crate) async fn commands(
 ) -> Result<Response, ApiError> {
     let slack = slack_of(&state)?;
     let f = form(slack.verify(&headers, &body)?);
+    Ok(Json(on_command(&state, &slack, &f)).into_response())
+}
+
+/// A slash command's fields, from HTTP or Socket Mode: the immediate (ephemeral) reply.
+fn on_command(state: &Arc<AppState>, slack: &Arc<Slack>, f: &HashMap<String, String>) -> Value {
     let get = |k: &str| f.get(k).cloned().unwrap_or_default();
     let text = get("text").trim().to_string();
     let ja = text.chars().any(|c| ('\u{3040}'..='\u{30ff}').contains(&c) || ('\u{4e00}'..='\u{9fff}').contains(&c));
     if text.is_empty() {
         let help = "使い方: `/kotae 質問` — Usage: `/kotae your question`";
-        return Ok(Json(json!({ "response_type": "ephemeral", "text": help })).into_response());
+        return json!({ "response_type": "ephemeral", "text": help });
     }
     let channel = get("channel_id");
     let dm = channel.starts_with('D');
     let ephemeral = !dm && slack.channel(&channel).is_some_and(|c| c.ephemeral);
     let job = Job { team: get("team_id"), channel, user: get("user_id"), text, thread_ts: None, dm, ephemeral };
-    tokio::spawn(answer(state.clone(), slack, job));
+    tokio::spawn(answer(state.clone(), slack.clone(), job));
     let ack = if ja { "確認しています…" } else { "Looking into it…" };
-    Ok(Json(json!({ "response_type": "ephemeral", "text": ack })).into_response())
+    json!({ "response_type": "ephemeral", "text": ack })
 }
 
 /// `POST /slack/interactive`: the feedback buttons and the comment dialog.
@@ -400,6 +528,13 @@ pub(crate) async fn interactive(
     let slack = slack_of(&state)?;
     let f = form(slack.verify(&headers, &body)?);
     let payload = f.get("payload").ok_or_else(|| ApiError::BadRequest("no `payload` field".into()))?;
+    on_interaction(&state, &slack, payload)?;
+    // An empty 200 also closes a submitted dialog.
+    Ok(StatusCode::OK.into_response())
+}
+
+/// A button press or a dialog's submission, from HTTP or Socket Mode.
+fn on_interaction(state: &Arc<AppState>, slack: &Arc<Slack>, payload: &str) -> Result<(), ApiError> {
     let event: SlackInteractionEvent =
         serde_json::from_str(payload).map_err(|e| ApiError::BadRequest(format!("not a Slack interaction: {e}")))?;
     match event {
@@ -437,7 +572,7 @@ pub(crate) async fn interactive(
                     }
                 });
             }
-            Ok(StatusCode::OK.into_response())
+            Ok(())
         }
         SlackInteractionEvent::ViewSubmission(v) => {
             let (meta, values) = match &v.view.view {
@@ -452,10 +587,9 @@ pub(crate) async fn interactive(
                 let client = format!("slack:{}:{}", v.team.id, v.user.id);
                 state.store.add_feedback(&message_id, "down", Some(comment.trim()), &client)?;
             }
-            // An empty 200 closes the dialog.
-            Ok(StatusCode::OK.into_response())
+            Ok(())
         }
-        _ => Ok(StatusCode::OK.into_response()),
+        _ => Ok(()),
     }
 }
 

@@ -33,12 +33,17 @@ type Calls = Arc<Mutex<Vec<(Instant, String, Value)>>>;
 
 /// Slack's Web API, as far as Kotae uses it.
 async fn stand_in(calls: Calls, limit_next: Arc<AtomicUsize>) -> String {
+    stand_in_with_socket(calls, limit_next, String::new()).await
+}
+
+/// …and `apps.connections.open`, which hands out `socket` (Socket Mode's WebSocket URL).
+async fn stand_in_with_socket(calls: Calls, limit_next: Arc<AtomicUsize>, socket: String) -> String {
     use axum::extract::{Path, Query, State};
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    type St = (Calls, Arc<AtomicUsize>, Arc<AtomicUsize>);
+    type St = (Calls, Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<String>);
     async fn method(
-        State((calls, limit, seq)): State<St>,
+        State((calls, limit, seq, socket)): State<St>,
         Path(m): Path<String>,
         Query(q): Query<std::collections::HashMap<String, String>>,
         body: axum::body::Bytes,
@@ -59,6 +64,7 @@ async fn stand_in(calls: Calls, limit_next: Arc<AtomicUsize>) -> String {
             "chat.postMessage" => {
                 json!({ "ok": true, "channel": v["channel"], "ts": ts, "message": { "ts": ts, "text": v["text"] } })
             }
+            "apps.connections.open" => json!({ "ok": true, "url": socket.as_str() }),
             "users.info" => {
                 let email = if q.get("user").map(String::as_str) == Some("U_MAIL") {
                     "Hanako@Example.com"
@@ -75,6 +81,7 @@ async fn stand_in(calls: Calls, limit_next: Arc<AtomicUsize>) -> String {
         calls,
         limit_next,
         Arc::new(AtomicUsize::new(1)),
+        Arc::new(socket),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/api", listener.local_addr().unwrap());
@@ -466,4 +473,123 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The next WebSocket connection on Slack's side of Socket Mode.
+async fn accept(l: &tokio::net::TcpListener) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let (tcp, _) =
+        tokio::time::timeout(Duration::from_secs(30), l.accept()).await.expect("Kotae never connected").unwrap();
+    tokio_tungstenite::accept_async(tcp).await.unwrap()
+}
+
+/// Socket Mode, for a Kotae without a public URL: it opens the WebSocket itself (the URL from
+/// `apps.connections.open`, with the app-level token), acknowledges each envelope at once,
+/// answers in the thread as over the Events API, puts a slash command's reply in its
+/// acknowledgement, takes a retried event once, and connects again when Slack asks. Without a
+/// signing secret, the HTTP routes accept nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_socket_mode_answers_without_a_public_url() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let data = fresh_data_dir();
+    let cfg = config(data.path());
+    let public = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        workspace().join("knowledge/manuals/ga/meeting-rooms.en.md"),
+        public.path().join("meeting-rooms.en.md"),
+    )
+    .unwrap();
+    let mut index = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
+    ingest(&cfg, &mut index, &[public.path()], &["public"], false);
+
+    // Slack's side of the socket.
+    let slack_ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_url = format!("ws://{}/link/?ticket=t1", slack_ws.local_addr().unwrap());
+    let calls: Calls = Default::default();
+    let api = stand_in_with_socket(calls.clone(), Arc::new(AtomicUsize::new(0)), ws_url).await;
+    let state = tempfile::tempdir().unwrap();
+    let s = Server::start_with(state.path(), Arc::new(index), |c| {
+        c.server.rate_limit_burst = 100_000;
+        c.server.rate_limit_per_minute = 100_000;
+        c.slack.bot_token = Some("xoxb-test".into());
+        c.slack.app_token = Some("xapp-1-test".into());
+        c.slack.api_url = api.clone();
+        c.slack.update_interval_ms = 200;
+    })
+    .await;
+    let mut ws = accept(&slack_ws).await;
+    ws.send(Message::Text(json!({ "type": "hello", "num_connections": 1 }).to_string().into())).await.unwrap();
+    let opened = |calls: &Calls| calls.lock().unwrap().iter().filter(|c| c.1 == "apps.connections.open").count();
+    assert_eq!(opened(&calls), 1);
+
+    // No signing secret: the Events API endpoints refuse even a correctly signed request.
+    let sl = Slack { s: &s, c: client(), calls: calls.clone() };
+    let (st, body, _) =
+        sl.send("/slack/events", r#"{"type":"url_verification","challenge":"x"}"#, None, None, &[]).await;
+    assert_eq!(st, 401, "{body}");
+
+    async fn ack(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> (Value, f64) {
+        let t = Instant::now();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no acknowledgement");
+            if let Message::Text(t2) = m.unwrap().unwrap() {
+                return (serde_json::from_str(t2.as_str()).unwrap(), t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let ts = "1700000100.000100";
+    let event = mention("EvS1", "U_STAFF", "C_GENERAL", ts, None, "How do I book a meeting room?");
+    let envelope = |id: &str, kind: &str, payload: &Value| {
+        Message::Text(json!({ "envelope_id": id, "type": kind, "payload": payload, "accepts_response_payload": kind != "events_api", "retry_attempt": 0 }).to_string().into())
+    };
+    let from = sl.count();
+    ws.send(envelope("env-1", "events_api", &event)).await.unwrap();
+    let (a, ms) = ack(&mut ws).await;
+    assert_eq!(a, json!({ "envelope_id": "env-1" }));
+    eprintln!("Socket Mode acknowledgement: {ms:.1} ms");
+    let (answer_calls, done) = sl.answer_after(from).await;
+    assert_eq!(answer_calls[0].1, "chat.postMessage");
+    assert_eq!(answer_calls[0].2["thread_ts"], ts, "answered in the question's thread");
+    assert!(sources(&done).contains("meeting-rooms.en.md"), "{done}");
+
+    // Slack retries the envelope: acknowledged, not answered again.
+    let posts = |calls: &Calls| calls.lock().unwrap().iter().filter(|c| c.1 == "chat.postMessage").count();
+    let before = posts(&calls);
+    ws.send(envelope("env-2", "events_api", &event)).await.unwrap();
+    assert_eq!(ack(&mut ws).await.0["envelope_id"], "env-2");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(posts(&calls), before, "a retried event was answered twice");
+
+    // A slash command: the acknowledgement carries the immediate reply; the answer follows.
+    let from = sl.count();
+    let command = json!({ "team_id": "T1", "channel_id": "C_GENERAL", "user_id": "U_STAFF", "command": "/kotae",
+                          "text": "会議室はどうやって予約しますか", "trigger_id": "1.2.3" });
+    ws.send(envelope("env-3", "slash_commands", &command)).await.unwrap();
+    let (a, _) = ack(&mut ws).await;
+    assert_eq!(
+        (a["envelope_id"].as_str(), a["payload"]["response_type"].as_str()),
+        (Some("env-3"), Some("ephemeral")),
+        "{a}"
+    );
+    assert_eq!(a["payload"]["text"], "確認しています…");
+    let (_, done) = sl.answer_after(from).await;
+    assert_eq!(done["channel"], "C_GENERAL", "{done}");
+
+    // Slack asks for a fresh connection (it does every few hours): Kotae opens a new one.
+    ws.send(Message::Text(json!({ "type": "disconnect", "reason": "refresh_requested" }).to_string().into()))
+        .await
+        .unwrap();
+    let mut ws2 = accept(&slack_ws).await;
+    assert_eq!(opened(&calls), 2, "a new URL for the new connection");
+    let from = sl.count();
+    ws2.send(envelope(
+        "env-4",
+        "events_api",
+        &mention("EvS2", "U_STAFF", "C_GENERAL", "1700000200.000100", None, "Can I cancel a meeting room booking?"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ack(&mut ws2).await.0["envelope_id"], "env-4");
+    sl.answer_after(from).await;
+    s.stop().await;
 }
