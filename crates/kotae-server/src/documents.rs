@@ -186,11 +186,34 @@ enum Work {
     Remove { source: String },
 }
 
+/// While the returned guard lives, the job's heartbeat is written every `JOB_HEARTBEAT_S`
+/// seconds (replicas sharing the state tell a live job from a dead one by it).
+fn heartbeat(state: &Arc<AppState>, id: &str) -> AbortOnDrop {
+    let (st, id) = (state.clone(), id.to_string());
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(crate::store::JOB_HEARTBEAT_S));
+        loop {
+            tick.tick().await;
+            let (st, id) = (st.clone(), id.clone());
+            let _ = tokio::task::spawn_blocking(move || st.store.touch_job(&id)).await;
+        }
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Run a job on the blocking pool, one at a time, recording its end in the store.
 fn spawn_job(state: Arc<AppState>, k: Arc<dyn Knowledge>, id: String, work: Work) {
     tokio::spawn(async move {
         let _one_at_a_time = state.jobs.lock().await;
         let _ = state.store.set_job(&id, "running", None);
+        let _alive = heartbeat(&state, &id);
         let uploads = k.uploads_dir();
         let result = tokio::task::spawn_blocking(move || match work {
             Work::Ingest { files, groups } => k.ingest(&files, &groups),
@@ -277,6 +300,7 @@ pub async fn start_eval(
     let job = id.clone();
     tokio::spawn(async move {
         let _ = st.store.set_job(&job, "running", None);
+        let _alive = heartbeat(&st, &job);
         let result = tokio::task::spawn_blocking(move || evaluate(&engine, &opts))
             .await
             .unwrap_or_else(|e| Err(format!("the evaluation failed: {e}")));

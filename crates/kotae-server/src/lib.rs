@@ -455,6 +455,16 @@ pub async fn serve(
             st.limiter.retain_recent();
             st.limiter.shrink_to_fit();
             st.failures.prune();
+            // With state shared by replicas, a replica that died leaves its jobs running:
+            // whichever replica sees the heartbeat stopped marks them failed.
+            if st.store.backend() == "postgres" {
+                let s2 = st.clone();
+                if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || s2.store.fail_interrupted_jobs()).await {
+                    if n > 0 {
+                        tracing::warn!(jobs = n, "jobs of a replica that stopped are marked failed");
+                    }
+                }
+            }
         }
     });
     // Slack over Socket Mode, when an app-level token is set: a WebSocket of its own.

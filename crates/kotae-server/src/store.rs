@@ -110,7 +110,14 @@ const MIGRATIONS: &[&str] = &[
         thread TEXT PRIMARY KEY,
         conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE
     );",
+    // 6: a running job's heartbeat, so that replicas sharing the state tell a job that another
+    // replica is running from one whose replica died.
+    "ALTER TABLE jobs ADD COLUMN heartbeat_unix INTEGER;",
 ];
+
+/// How often a running job says it is alive, and how long a silence means its process died.
+pub const JOB_HEARTBEAT_S: u64 = 15;
+pub const JOB_STALE_S: i64 = 90;
 
 /// One line of the audit trail: who did what to what, and how it ended. Never a secret.
 #[derive(Debug, Clone, Serialize)]
@@ -658,12 +665,26 @@ impl Store {
             .map(|r| Self::job_json(&r)))
     }
 
-    /// At a server's start: jobs still queued or running were cut short by a crash or a kill.
+    /// A running job is alive (see `JOB_HEARTBEAT_S`).
+    pub fn touch_job(&self, id: &str) -> Result<(), ApiError> {
+        self.exec("UPDATE jobs SET heartbeat_unix = ?2 WHERE id = ?1 AND status = 'running'", vals![id, now()])?;
+        Ok(())
+    }
+
+    /// Jobs cut short by a crash or a kill are marked failed. On SQLite (one process owns the
+    /// file) that is every job still queued or running when the server starts; on PostgreSQL,
+    /// which replicas share, only those whose heartbeat stopped `JOB_STALE_S` ago, so that a
+    /// replica starting (or sweeping, every minute) never fails another live replica's job.
     pub fn fail_interrupted_jobs(&self) -> Result<usize, ApiError> {
         let report = serde_json::json!({ "error": "interrupted: the server stopped during the job; run it again" });
+        let stale_before = match self.db {
+            Db::Sqlite(_) => i64::MAX,
+            Db::Postgres(_) => now() - JOB_STALE_S,
+        };
         let n = self.exec(
-            "UPDATE jobs SET status = 'failed', report_json = ?1, finished_unix = ?2 WHERE status IN ('queued', 'running')",
-            vals![report.to_string(), now()],
+            "UPDATE jobs SET status = 'failed', report_json = ?1, finished_unix = ?2
+             WHERE status IN ('queued', 'running') AND COALESCE(heartbeat_unix, created_unix) < ?3",
+            vals![report.to_string(), now(), stale_before],
         )?;
         Ok(n as usize)
     }
