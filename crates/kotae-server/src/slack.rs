@@ -12,7 +12,8 @@
 //!
 //! slack-morphism provides the event, interaction and Block Kit types and the signature
 //! check; its Web API client needs its own hyper/rustls stack, so the handful of calls
-//! (`chat.postMessage`, `chat.update`, `chat.postEphemeral`, `views.open`, `users.info`) go
+//! (`chat.postMessage`, `chat.update`, `chat.postEphemeral`, `views.open`, `users.info`,
+//! `usergroups.list`, `apps.connections.open`) go
 //! through reqwest here, with Slack's `429 Retry-After` honoured.
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +62,9 @@ pub struct SlackConfig {
     /// Access groups by Slack user id (`U…`) or by e-mail address (looked up with `users.info`,
     /// scope `users:read.email`). Unmapped users read public documents only.
     pub users: BTreeMap<String, Vec<String>>,
+    /// Access groups by Slack user group, its id (`S…`) or handle (`hr-team`): every member
+    /// gets them (`usergroups.list`, scope `usergroups:read`; refreshed every ten minutes).
+    pub user_groups: BTreeMap<String, Vec<String>>,
     pub channels: Vec<SlackChannel>,
 }
 
@@ -77,6 +81,7 @@ impl Default for SlackConfig {
             direct_messages: true,
             unlisted_channels: true,
             users: BTreeMap::new(),
+            user_groups: BTreeMap::new(),
             channels: Vec::new(),
         }
     }
@@ -97,6 +102,9 @@ pub struct SlackChannel {
     pub ephemeral: bool,
 }
 
+/// A Slack user group: (id, handle, member user ids).
+type UserGroup = (String, String, Vec<String>);
+
 /// Slack, configured and ready.
 pub struct Slack {
     cfg: SlackConfig,
@@ -106,6 +114,8 @@ pub struct Slack {
     http: reqwest::Client,
     /// `users.info` e-mail lookups, cached for ten minutes.
     emails: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    /// `usergroups.list`, and when it was read.
+    usergroups: Mutex<Option<(Vec<UserGroup>, Instant)>>,
 }
 
 impl Slack {
@@ -140,6 +150,7 @@ impl Slack {
             token,
             http,
             emails: Mutex::new(HashMap::new()),
+            usergroups: Mutex::new(None),
             cfg: cfg.clone(),
         })))
     }
@@ -198,8 +209,73 @@ impl Slack {
         Err(format!("{method}: still rate limited"))
     }
 
-    /// A user's access groups: by user id, else by e-mail address (`users.info`).
+    /// A user's access groups: by user id, else by e-mail address (`users.info`), together
+    /// with those of the Slack user groups they belong to.
     async fn groups_of(&self, user: &str) -> Vec<String> {
+        let mut groups: std::collections::BTreeSet<String> = self.user_groups_of(user).await.into_iter().collect();
+        groups.extend(self.mapped_groups_of(user).await);
+        groups.into_iter().collect()
+    }
+
+    /// The access groups of the Slack user groups `user` is a member of.
+    async fn user_groups_of(&self, user: &str) -> Vec<String> {
+        if self.cfg.user_groups.is_empty() {
+            return Vec::new();
+        }
+        let cached = {
+            let m = self.usergroups.lock().unwrap_or_else(|e| e.into_inner());
+            m.as_ref().filter(|(_, at)| at.elapsed() < Duration::from_secs(600)).map(|(l, _)| l.clone())
+        };
+        let list = match cached {
+            Some(l) => l,
+            None => {
+                let url = format!("{}/usergroups.list", self.cfg.api_url.trim_end_matches('/'));
+                let req = self.http.get(&url).bearer_auth(&self.token).query(&[("include_users", "true")]);
+                let list: Vec<UserGroup> = match req.send().await {
+                    Ok(r) => match r.json::<Value>().await {
+                        Ok(v) if v["ok"] == true => v["usergroups"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|g| {
+                                        let s = |k: &str| g[k].as_str().unwrap_or_default().to_string();
+                                        let users = g["users"]
+                                            .as_array()
+                                            .map(|u| u.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                                            .unwrap_or_default();
+                                        (s("id"), s("handle"), users)
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        Ok(v) => {
+                            tracing::warn!(error = %v["error"], "usergroups.list failed (scope usergroups:read?)");
+                            Vec::new()
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "usergroups.list: not JSON");
+                            Vec::new()
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "usergroups.list failed");
+                        Vec::new()
+                    }
+                };
+                *self.usergroups.lock().unwrap_or_else(|e| e.into_inner()) = Some((list.clone(), Instant::now()));
+                list
+            }
+        };
+        list.iter()
+            .filter(|(_, _, members)| members.iter().any(|m| m == user))
+            .flat_map(|(id, handle, _)| {
+                [id, handle].into_iter().filter_map(|k| self.cfg.user_groups.get(k.as_str())).flatten().cloned()
+            })
+            .collect()
+    }
+
+    /// A user's access groups from `[slack.users]`: by user id, else by e-mail address.
+    async fn mapped_groups_of(&self, user: &str) -> Vec<String> {
         if let Some(g) = self.cfg.users.get(user) {
             return g.clone();
         }

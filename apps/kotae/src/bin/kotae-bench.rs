@@ -141,6 +141,12 @@ fn knowledge_chunks(embedder: &dyn Embedder) -> Result<Vec<kotae_ingest::Chunk>>
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Every figure below is of this build: say which.
+    eprintln!(
+        "kotae-bench: {} build, {} thread(s)",
+        if cfg!(debug_assertions) { "debug (dev profile; dependencies at opt-level 3)" } else { "release" },
+        cli.threads
+    );
     std::env::set_var("RAYON_NUM_THREADS", cli.threads.to_string());
     let cfg =
         Config::load(&Overrides { data_dir: cli.data_dir.clone(), threads: Some(cli.threads), ..Default::default() })?;

@@ -65,6 +65,10 @@ async fn stand_in_with_socket(calls: Calls, limit_next: Arc<AtomicUsize>, socket
                 json!({ "ok": true, "channel": v["channel"], "ts": ts, "message": { "ts": ts, "text": v["text"] } })
             }
             "apps.connections.open" => json!({ "ok": true, "url": socket.as_str() }),
+            "usergroups.list" => json!({ "ok": true, "usergroups": [
+                { "id": "S_HR", "handle": "hr-team", "users": ["U_HRG"] },
+                { "id": "S_ALL", "handle": "everyone", "users": ["U_HRG", "U_STAFF"] },
+            ] }),
             "users.info" => {
                 let email = if q.get("user").map(String::as_str) == Some("U_MAIL") {
                     "Hanako@Example.com"
@@ -160,9 +164,12 @@ impl Slack<'_> {
     async fn answer_after(&self, from: usize) -> (Vec<(Instant, String, Value)>, Value) {
         let t = Instant::now();
         loop {
-            // (`users.info` lookups aside: the answer's own calls.)
-            let calls: Vec<_> =
-                self.calls.lock().unwrap()[from..].iter().filter(|c| c.1 != "users.info").cloned().collect();
+            // (`users.info` and `usergroups.list` lookups aside: the answer's own calls.)
+            let calls: Vec<_> = self.calls.lock().unwrap()[from..]
+                .iter()
+                .filter(|c| c.1 != "users.info" && c.1 != "usergroups.list")
+                .cloned()
+                .collect();
             if let Some(done) = calls.iter().find(|c| c.2["blocks"].is_array()) {
                 let d = done.2.clone();
                 return (calls, d);
@@ -499,8 +506,15 @@ async fn slack_socket_mode_answers_without_a_public_url() {
         public.path().join("meeting-rooms.en.md"),
     )
     .unwrap();
+    let hr = tempfile::tempdir().unwrap();
+    std::fs::write(
+        hr.path().join("salary-bands.md"),
+        "# Salary bands\n\n## Bands\n\nSalary band S3 ranges from 5.2 to 6.4 million yen a year; band S4 from 6.4 to 8.0 million yen.\n",
+    )
+    .unwrap();
     let mut index = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
     ingest(&cfg, &mut index, &[public.path()], &["public"], false);
+    ingest(&cfg, &mut index, &[hr.path()], &["hr"], false);
 
     // Slack's side of the socket.
     let slack_ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -513,6 +527,8 @@ async fn slack_socket_mode_answers_without_a_public_url() {
         c.server.rate_limit_per_minute = 100_000;
         c.slack.bot_token = Some("xoxb-test".into());
         c.slack.app_token = Some("xapp-1-test".into());
+        // Members of the Slack user group @hr-team read HR documents.
+        c.slack.user_groups.insert("hr-team".into(), vec!["hr".into()]);
         c.slack.api_url = api.clone();
         c.slack.update_interval_ms = 200;
     })
@@ -591,5 +607,23 @@ async fn slack_socket_mode_answers_without_a_public_url() {
     .unwrap();
     assert_eq!(ack(&mut ws2).await.0["envelope_id"], "env-4");
     sl.answer_after(from).await;
+
+    // Access by Slack user group: a member of @hr-team is answered from the HR manual in a
+    // DM; someone outside it, asking the same, is not.
+    for (i, (user, sees)) in [("U_HRG", true), ("U_STAFF", false)].into_iter().enumerate() {
+        let from = sl.count();
+        let q = dm(&format!("EvG{i}"), user, &format!("1700000300.00010{i}"), "What is the range of salary band S3?");
+        ws2.send(envelope(&format!("env-g{i}"), "events_api", &q)).await.unwrap();
+        ack(&mut ws2).await;
+        let (_, done) = sl.answer_after(from).await;
+        // Only the HR manual says 5.2 (million yen): the answer shows it exactly when it was
+        // allowed to read that manual.
+        assert_eq!(done.to_string().contains("5.2"), sees, "{user}: {done}");
+    }
+    assert_eq!(
+        calls.lock().unwrap().iter().filter(|c| c.1 == "usergroups.list").count(),
+        1,
+        "the user groups are read once and cached"
+    );
     s.stop().await;
 }
