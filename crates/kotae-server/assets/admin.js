@@ -20,14 +20,14 @@
     replace: '差し替え', remove: '削除', confirmRemove: (s) => `${s} を削除しますか？検索と回答から外れます。`, retry: '再実行',
     release: '解除', reject: '却下', queued: '待機中', running: '処理中', done: '完了', failed: '失敗', uploading: 'アップロード中',
     docs: (n, c) => `${n} 件の文書、${c} チャンク`, rulesTitle: 'アクセスルール（フォルダ・既定・機密表示）', defaultGroups: '既定のグループ', question: '質問', answer: '回答', comment: 'コメント', none: 'ありません',
-    noReport: 'まだ評価レポートがありません（kotae eval all を毎晩実行）', passed: '合格', regressed: '後退あり', runEval: '今すぐ評価を実行',
+    noReport: 'まだ評価レポートがありません（kotae eval all を毎晩実行）', passed: '合格', regressed: '後退あり', runEval: '今すぐ評価を実行', editGroups: 'グループ変更', askGroups: (s) => `${s} を閲覧できるグループ（カンマ区切り）`,
   } : {
     source: 'Source',
     notAdmin: (w) => `You are signed in as ${w}, who is not an admin. This console is for admins.`,
     replace: 'Replace', remove: 'Delete', confirmRemove: (s) => `Delete ${s}? It leaves search and answers.`, retry: 'Retry',
     release: 'Release', reject: 'Reject', queued: 'queued', running: 'running', done: 'done', failed: 'failed', uploading: 'uploading',
     docs: (n, c) => `${n} documents, ${c} chunks`, rulesTitle: 'Access rules (folders, default, confidentiality markers)', defaultGroups: 'Default groups', question: 'Question', answer: 'Answer', comment: 'Comment', none: 'Nothing here',
-    noReport: 'No evaluation report yet (run kotae eval all nightly)', passed: 'passed', regressed: 'regressions', runEval: 'Run the evaluation now',
+    noReport: 'No evaluation report yet (run kotae eval all nightly)', passed: 'passed', regressed: 'regressions', runEval: 'Run the evaluation now', editGroups: 'Groups…', askGroups: (s) => `Who may read ${s}? Access groups, comma-separated`,
   };
   const $ = (s) => document.querySelector(s);
   const h = (tag, props = {}, ...kids) => {
@@ -165,12 +165,23 @@
     const rows = docs.filter((d) => (!q || d.source.toLowerCase().includes(q) || d.groups.join(',').includes(q)) && (!o || (o === 'uploaded') === d.uploaded))
       .map((d) => h('tr', {}, td(d.source), td(d.groups.join(', ')), td(d.chunks), td(h('code', { textContent: d.version })), td(when(d.ingested_unix)),
         td(d.uploaded ? h('button', { textContent: L.replace, onclick: () => pick((f) => upload(f, d.source, d.groups.join(','))) }) : '', ' ',
+          d.uploaded ? h('button', { textContent: L.editGroups, onclick: () => setGroups(d) }) : '', ' ',
           h('button', { className: 'danger', textContent: L.remove, onclick: () => remove(d.source) }))));
     fill('#docs', rows);
   }
   $('#filter').addEventListener('input', showDocs);
   $('#origin').addEventListener('change', showDocs);
   const pick = (then) => { const i = h('input', { type: 'file' }); i.onchange = () => i.files[0] && then(i.files[0]); i.click(); };
+  // Who may read an uploaded document, changed in place (the server re-indexes it).
+  async function setGroups(d) {
+    const v = prompt(L.askGroups(d.source), d.groups.join(', '));
+    if (v === null) return;
+    const groups = v.split(',').map((g) => g.trim()).filter(Boolean);
+    try {
+      const r = await call(`/admin/api/documents/${d.source.split('/').map(encodeURIComponent).join('/')}`, { method: 'PATCH', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ groups }) });
+      await follow(r.job, null);
+    } catch (e) { toast(e.message); }
+  }
   async function remove(source) {
     if (!confirm(L.confirmRemove(source))) return;
     try { const r = await call(`/admin/api/documents/${source.split('/').map(encodeURIComponent).join('/')}`, { method: 'DELETE' }); await follow(r.job, null); } catch (e) { toast(e.message); }

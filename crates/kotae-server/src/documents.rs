@@ -181,6 +181,38 @@ pub async fn remove(
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
 }
 
+/// `PATCH /admin/api/documents/{*source}` with `{"groups": [...]}`: who may read an uploaded
+/// document, changed without uploading it again (a job re-indexes its file with the new
+/// groups; until it ends, the old groups apply). Documents ingested from a folder take their
+/// groups from the folder's rules: change those instead.
+pub async fn set_groups(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    UrlPath(source): UrlPath<String>,
+    Json(body): Json<Value>,
+) -> Result<Response, ApiError> {
+    let k = knowledge(&state)?;
+    let groups: Vec<String> = body["groups"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|g| g.as_str()).map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect())
+        .unwrap_or_default();
+    if groups.is_empty() {
+        return Err(ApiError::BadRequest(
+            "give `groups`, a non-empty list of access groups (e.g. [\"public\"] or [\"hr\", \"managers\"])".into(),
+        ));
+    }
+    let file = k.uploads_dir().join(&source);
+    if Path::new(&source).components().count() != 1 || !file.is_file() {
+        return Err(ApiError::BadRequest(format!(
+            "{source} was not uploaded here: its groups come from the folder rules it was ingested with (ingest.access, --groups)"
+        )));
+    }
+    let id = state.store.create_job("ingest", &admin.id, &json!({ "files": [source], "groups": groups }))?;
+    audit(&state, &admin, "documents.groups", &source, "accepted", format!("job {id}, groups {}", groups.join(",")));
+    spawn_job(state.clone(), k, id.clone(), Work::Ingest { files: vec![file], groups });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
+}
+
 enum Work {
     Ingest { files: Vec<PathBuf>, groups: Vec<String> },
     Remove { source: String },

@@ -128,7 +128,16 @@ pub fn spec() -> Value {
             "/admin/api/documents/{source}": { "delete": {
                 "summary": "Remove a document from the index, and its uploaded file (admin); a background job: 202 `{job}`",
                 "parameters": [{ "name": "source", "in": "path", "required": true, "schema": { "type": "string" }, "description": "the document's source path as listed" }],
-                "responses": { "202": { "description": "`{job}`" }, "401": err(), "403": err() } } },
+                "responses": { "202": { "description": "`{job}`" }, "401": err(), "403": err() } },
+              "patch": {
+                "summary": "Change who may read an uploaded document (admin): `{groups: [..]}`; a background job re-indexes it with the new groups: 202 `{job}`. Documents ingested from a folder take their groups from its rules (400).",
+                "parameters": [{ "name": "source", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["groups"], "properties": {
+                    "groups": { "type": "array", "items": { "type": "string" } } } } } } },
+                "responses": { "202": { "description": "`{job}`" }, "400": err(), "401": err(), "403": err() } } },
+            "/admin/api/eval/runs": { "post": {
+                "summary": "Run the nightly evaluation suites on this server now (admin), as a job: 202 `{job}`; 409 while one runs. Body (optional): `{split: dev|heldout|all, limit, red_team}`. The job's report: `{passed, run, summary, threshold_failures, regressions, report}`.",
+                "responses": { "202": { "description": "`{job}`" }, "400": err(), "401": err(), "403": err(), "409": err() } } },
             "/admin/api/jobs": { "get": { "summary": "Admin jobs, newest first (admin): `{jobs: [{id, kind, actor, status (queued, running, done, failed), detail, report, created_unix, finished_unix}]}`",
                 "responses": { "200": { "description": "jobs" }, "401": err(), "403": err() } } },
             "/admin/api/jobs/{id}": { "get": { "summary": "One job (admin); `report` holds the ingest summary (files ingested, skipped with reasons, flagged instructions, markers, group changes) or `{error}`",

@@ -1363,6 +1363,26 @@ async fn admins_upload_replace_and_delete_documents_while_serving() {
     let p = docs["documents"].as_array().unwrap().iter().find(|d| d["source"] == "parking.md").unwrap().clone();
     assert_eq!((p["groups"].clone(), p["uploaded"].clone()), (json!(["staff"]), json!(true)), "{docs}");
 
+    // Who may read it changes without a new upload: staff only → everyone. Only admins may,
+    // only for uploaded documents, and only to a non-empty list of groups.
+    let patch = |k: &str, source: &str, body: Value| {
+        c.patch(s.url(&format!("/admin/api/documents/{source}"))).bearer_auth(k).json(&body).send()
+    };
+    assert_eq!(patch(user, "parking.md", json!({ "groups": ["public"] })).await.unwrap().status(), 403);
+    assert_eq!(patch(admin, "parking.md", json!({ "groups": [] })).await.unwrap().status(), 400);
+    let r = patch(admin, "lockers.md", json!({ "groups": ["public"] })).await.unwrap();
+    assert_eq!(r.status(), 400, "lockers.md came from a folder");
+    assert!(r.text().await.unwrap().contains("folder rules"));
+    let r = patch(admin, "parking.md", json!({ "groups": ["public"] })).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let j = wait_job(r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string()).await;
+    assert_eq!(j["status"], "done", "{j}");
+    assert!(!search(None, "parking permit fee").await.is_empty(), "now public");
+    let docs: Value =
+        c.get(s.url("/admin/api/documents")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    let p = docs["documents"].as_array().unwrap().iter().find(|d| d["source"] == "parking.md").unwrap().clone();
+    assert_eq!(p["groups"], json!(["public"]), "{p}");
+
     // Delete: gone from search and from the upload folder.
     let r = c.delete(s.url("/admin/api/documents/parking.md")).bearer_auth(admin).send().await.unwrap();
     assert_eq!(r.status(), 202);
@@ -1372,6 +1392,11 @@ async fn admins_upload_replace_and_delete_documents_while_serving() {
     assert!(!uploads.join("parking.md").exists());
     let audit: Value = c.get(s.url("/admin/api/audit")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
     let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
-    assert!(actions.contains(&"documents.upload") && actions.contains(&"documents.remove"), "{actions:?}");
+    assert!(
+        actions.contains(&"documents.upload")
+            && actions.contains(&"documents.remove")
+            && actions.contains(&"documents.groups"),
+        "{actions:?}"
+    );
     s.stop().await;
 }
