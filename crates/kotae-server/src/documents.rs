@@ -244,10 +244,8 @@ impl Drop for AbortOnDrop {
 fn spawn_job(state: Arc<AppState>, k: Arc<dyn Knowledge>, id: String, work: Work) {
     tokio::spawn(async move {
         let _one_at_a_time = state.jobs.lock().await;
-        let _ = state.store.set_job(&id, "running", None);
-        let _alive = heartbeat(&state, &id);
         let uploads = k.uploads_dir();
-        let result = tokio::task::spawn_blocking(move || match work {
+        run_recorded(&state, &id, move || match work {
             Work::Ingest { files, groups } => k.ingest(&files, &groups),
             Work::Remove { source } => {
                 let removed = k.remove(&source)?;
@@ -263,17 +261,29 @@ fn spawn_job(state: Arc<AppState>, k: Arc<dyn Knowledge>, id: String, work: Work
                 }
             }
         })
-        .await
-        .unwrap_or_else(|e| Err(format!("the job failed: {e}")));
-        let (status, report) = match result {
-            Ok(v) => ("done", v),
-            Err(e) => ("failed", json!({ "error": e })),
-        };
-        if let Err(e) = state.store.set_job(&id, status, Some(&report)) {
-            tracing::error!(error = %e, job = %id, "cannot record the job's end");
-        }
-        tracing::info!(job = %id, status, "admin job ended");
+        .await;
     });
+}
+
+/// Run `work` on the blocking pool as job `id`: marked running, its heartbeat kept while it
+/// runs, its end (`done` with the report, or `failed` with the error) recorded. The status.
+async fn run_recorded(
+    state: &Arc<AppState>,
+    id: &str,
+    work: impl FnOnce() -> Result<Value, String> + Send + 'static,
+) -> &'static str {
+    let _ = state.store.set_job(id, "running", None);
+    let _alive = heartbeat(state, id);
+    let result = tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(format!("the job failed: {e}")));
+    let (status, report) = match result {
+        Ok(v) => ("done", v),
+        Err(e) => ("failed", json!({ "error": e })),
+    };
+    if let Err(e) = state.store.set_job(id, status, Some(&report)) {
+        tracing::error!(error = %e, job = %id, "cannot record the job's end");
+    }
+    tracing::info!(job = %id, status, "admin job ended");
+    status
 }
 
 /// `POST /admin/api/eval/runs`: run the nightly evaluation suites on the served engine, as a
@@ -331,20 +341,8 @@ pub async fn start_eval(
     let st = state.clone();
     let job = id.clone();
     tokio::spawn(async move {
-        let _ = st.store.set_job(&job, "running", None);
-        let _alive = heartbeat(&st, &job);
-        let result = tokio::task::spawn_blocking(move || evaluate(&engine, &opts))
-            .await
-            .unwrap_or_else(|e| Err(format!("the evaluation failed: {e}")));
-        let (status, report) = match result {
-            Ok(v) => ("done", v),
-            Err(e) => ("failed", json!({ "error": e })),
-        };
-        if let Err(e) = st.store.set_job(&job, status, Some(&report)) {
-            tracing::error!(error = %e, job = %job, "cannot record the job's end");
-        }
+        run_recorded(&st, &job, move || evaluate(&engine, &opts)).await;
         *st.eval_job.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        tracing::info!(job = %job, status, passed = %report["passed"], "evaluation ended");
     });
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
 }

@@ -390,6 +390,11 @@ impl Postgres {
     }
 }
 
+/// Parameters as the `postgres` client takes them.
+fn pg_params(params: &[V]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    params.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect()
+}
+
 /// A PostgreSQL error with what the server said (its code and message), not just "db error".
 fn pg_error(e: postgres::Error) -> ApiError {
     match e.as_db_error() {
@@ -478,11 +483,7 @@ impl Store {
             }
             Db::Postgres(pg) => {
                 let sql = postgres_sql(sql);
-                pg.with(|c| {
-                    let p: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                        params.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
-                    c.execute(sql.as_str(), &p)
-                })
+                pg.with(|c| c.execute(sql.as_str(), &pg_params(params)))
             }
         }
     }
@@ -500,11 +501,7 @@ impl Store {
             }
             Db::Postgres(pg) => {
                 let sql = postgres_sql(sql);
-                pg.with(|c| {
-                    let p: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                        params.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
-                    c.query(sql.as_str(), &p)?.iter().map(pg_row).collect()
-                })
+                pg.with(|c| c.query(sql.as_str(), &pg_params(params))?.iter().map(pg_row).collect())
             }
         }
     }
@@ -553,9 +550,7 @@ impl Store {
                 pg.with(|c| {
                     let mut tx = c.transaction()?;
                     tx.query("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", &[&conversation])?;
-                    let p: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                        params.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
-                    tx.execute(sql.as_str(), &p)?;
+                    tx.execute(sql.as_str(), &pg_params(params))?;
                     tx.commit()
                 })?;
             }
