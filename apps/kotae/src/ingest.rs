@@ -72,6 +72,16 @@ pub struct IngestSummary {
     pub marked: Vec<Marked>,
     pub skipped: Vec<Skipped>,
     pub seconds: f64,
+    /// The process's peak resident memory so far (Linux), in bytes.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// The process's peak resident set size (VmHWM), where the OS says it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb =
+        s.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
+    Some(kb * 1024)
 }
 
 /// A chunk the document guard flagged.
@@ -98,7 +108,6 @@ struct Changed {
     hash: String,
     path: PathBuf,
     groups: Vec<String>,
-    bytes: Vec<u8>,
 }
 
 fn clean_groups<'a>(groups: impl IntoIterator<Item = &'a String>) -> Vec<String> {
@@ -259,145 +268,164 @@ pub fn run_ingest(
             let hash = sha256_hex(&bytes);
             match existing {
                 Some(e) if e.hash == hash && e.groups == groups => sum.files_unchanged += 1,
-                _ => changed.push(Changed { source, root: root_s.clone(), hash, path: file, groups, bytes }),
+                _ => changed.push(Changed { source, root: root_s.clone(), hash, path: file, groups }),
             }
         }
     }
 
-    // Parse, clean and chunk the changed files. The model is loaded only if something changed.
+    // Parse, clean, chunk, embed and commit the changed files, a batch of files at a time: memory
+    // stays bounded by the batch, whatever the corpus (the files are read again here, not kept
+    // from the hashing pass). The model is loaded only if something changed.
     let embedder: Option<&dyn Embedder> = if changed.is_empty() { None } else { Some(embedder.get()?) };
     let count = |s: &str| embedder.map_or(s.len(), |e| e.count_tokens(s).unwrap_or(s.len()));
-    let pb = bar(opts.quiet, changed.len() as u64, "parse");
-    let mut jobs = Vec::new();
+    let pb = bar(opts.quiet, changed.len() as u64, "ingest");
     let ingested_at = now_unix();
-    for Changed { source, root, hash, path: file, mut groups, bytes } in changed {
-        pb.inc(1);
-        let ftype = FileType::from_path(&file).expect("checked above");
-        match kotae_ingest::process_file(&source, &bytes, ftype, &chunker, &count) {
-            Ok((chunks, rep)) => {
-                if !rep.markers.is_empty() {
-                    // A marked document takes the groups its marker maps to (never public);
-                    // unmapped, it is reported and keeps the groups it was given.
-                    let mapped = rep.markers.iter().find_map(|m| cfg.ingest.markers.get(&m.to_lowercase()));
-                    if let Some(g) = mapped {
-                        groups = clean_groups(g);
-                    }
-                    tracing::warn!(source = %source, markers = ?rep.markers, groups = ?groups, "confidentiality marker");
-                    sum.marked.push(Marked {
-                        path: source.clone(),
-                        markers: rep.markers.clone(),
-                        groups: groups.clone(),
-                        mapped: mapped.is_some(),
-                    });
-                }
-                if let Some(e) = manifest.files.get(&source).filter(|e| e.groups != groups) {
-                    tracing::info!(source = %source, from = ?e.groups, to = ?groups, "access groups changed");
-                    sum.groups_changed.push(GroupChange {
-                        path: source.clone(),
-                        from: e.groups.clone(),
-                        to: groups.clone(),
-                    });
-                }
-                sum.unresolved_inquiries_skipped += rep.unresolved_skipped;
-                sum.duplicates_dropped += rep.duplicates_merged;
-                sum.personal_data_redacted += rep.redactions;
-                sum.boilerplate_lines_removed += rep.boilerplate_lines;
-                let mut kept = Vec::new();
-                for c in chunks {
-                    if dedup.check_insert(&c.text).is_some() {
-                        sum.duplicates_dropped += 1;
-                        continue;
-                    }
-                    let section = c.section.join(" > ");
-                    let v = doc_guard.check(kotae_guard::Direction::Document, &c.text, &Default::default());
-                    let mut flags = Vec::new();
-                    if let Some(f) = v.decisive() {
-                        flags.push(f.category.as_str().to_string());
-                        tracing::warn!(source = %source, section = %section, rule = %f.rule, "instructions in a document");
-                        sum.instructions_flagged.push(Flagged {
-                            source: source.clone(),
-                            section: section.clone(),
-                            category: f.category.as_str().into(),
-                            rule: f.rule.clone(),
-                        });
-                        if v.blocked() {
-                            continue;
-                        }
-                    }
-                    kept.push(IndexedChunk {
-                        id: ChunkId::of(&source, &section, &c.text, &groups),
-                        source: source.clone(),
-                        kind: match c.kind {
-                            kotae_ingest::SourceKind::Manual => "manual".into(),
-                            kotae_ingest::SourceKind::Inquiry => "inquiry".into(),
-                        },
-                        text_hash: exact_hash(&c.text),
-                        section: c.section,
-                        span: (c.span.start as u64, c.span.end as u64),
-                        text: c.text,
-                        lang: c.lang,
-                        ordinal: c.ordinal,
-                        doc_version: hash.clone(),
-                        groups: groups.clone(),
-                        timestamp: c.timestamp,
-                        ingested_unix: ingested_at,
-                        flags,
-                    });
-                }
-                if kept.is_empty() {
-                    sum.skipped.push(Skipped { path: source, reason: "no text to index after cleaning".into() });
+    let mut session = index.write()?;
+    let mut changed = changed.into_iter().peekable();
+    while changed.peek().is_some() {
+        let mut jobs = Vec::new();
+        for Changed { source, root, hash, path: file, mut groups } in
+            changed.by_ref().take(cfg.ingest.commit_every.max(1))
+        {
+            pb.inc(1);
+            let ftype = FileType::from_path(&file).expect("checked above");
+            let bytes = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => {
+                    sum.skipped.push(Skipped { path: source, reason: format!("cannot read the file: {e}") });
                     continue;
                 }
-                jobs.push(FileJob { source, root, hash, groups, chunks: kept });
-            }
-            Err(e) => sum.skipped.push(Skipped { path: source, reason: e.to_string() }),
-        }
-    }
-    pb.finish_and_clear();
-
-    // Embed and commit in batches of files; each commit is atomic.
-    let total_chunks: usize = jobs.iter().map(|j| j.chunks.len()).sum();
-    let pb = bar(opts.quiet, total_chunks as u64, "embed");
-    let mut session = index.write()?;
-    for batch in jobs.chunks(cfg.ingest.commit_every) {
-        let ids: Vec<ChunkId> = batch.iter().flat_map(|j| j.chunks.iter().map(|c| c.id)).collect();
-        let have = session.existing_vectors(&ids)?;
-        let todo: Vec<&IndexedChunk> =
-            batch.iter().flat_map(|j| j.chunks.iter()).filter(|c| !have.contains(&c.id)).collect();
-        pb.inc((ids.len() - todo.len()) as u64);
-        for group in todo.chunks(64) {
-            let texts: Vec<String> = group.iter().map(|c| passage_text(c)).collect();
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let out = embedder.expect("loaded when files changed").embed(&refs, InputKind::Passage)?;
-            sum.truncated_for_embedding += out.truncated;
-            sum.chunks_embedded += group.len();
-            let points: Vec<VectorPoint> = group
-                .iter()
-                .zip(out.vectors)
-                .map(|(c, v)| VectorPoint {
-                    id: c.id,
-                    vector: v,
-                    groups: c.groups.clone(),
-                    lang: c.lang.clone(),
-                    source: c.source.clone(),
-                })
-                .collect();
-            session.put_vectors(&points)?;
-            pb.inc(group.len() as u64);
-        }
-        for job in batch {
-            let entry = FileEntry {
-                root: job.root.clone(),
-                hash: job.hash.clone(),
-                groups: job.groups.clone(),
-                chunks: job.chunks.len(),
-                ingested_unix: ingested_at,
             };
-            session.replace_source(&job.source, entry, &job.chunks)?;
-            sum.files_ingested += 1;
-            sum.chunks_written += job.chunks.len();
+            // Changed since it was hashed: index what is there now, under its own hash.
+            let hash = if sha256_hex(&bytes) == hash { hash } else { sha256_hex(&bytes) };
+            match kotae_ingest::process_file(&source, &bytes, ftype, &chunker, &count) {
+                Ok((chunks, rep)) => {
+                    if !rep.markers.is_empty() {
+                        // A marked document takes the groups its marker maps to (never public);
+                        // unmapped, it is reported and keeps the groups it was given.
+                        let mapped = rep.markers.iter().find_map(|m| cfg.ingest.markers.get(&m.to_lowercase()));
+                        if let Some(g) = mapped {
+                            groups = clean_groups(g);
+                        }
+                        tracing::warn!(source = %source, markers = ?rep.markers, groups = ?groups, "confidentiality marker");
+                        sum.marked.push(Marked {
+                            path: source.clone(),
+                            markers: rep.markers.clone(),
+                            groups: groups.clone(),
+                            mapped: mapped.is_some(),
+                        });
+                    }
+                    if let Some(e) = manifest.files.get(&source).filter(|e| e.groups != groups) {
+                        tracing::info!(source = %source, from = ?e.groups, to = ?groups, "access groups changed");
+                        sum.groups_changed.push(GroupChange {
+                            path: source.clone(),
+                            from: e.groups.clone(),
+                            to: groups.clone(),
+                        });
+                    }
+                    sum.unresolved_inquiries_skipped += rep.unresolved_skipped;
+                    sum.duplicates_dropped += rep.duplicates_merged;
+                    sum.personal_data_redacted += rep.redactions;
+                    sum.boilerplate_lines_removed += rep.boilerplate_lines;
+                    let mut kept = Vec::new();
+                    for c in chunks {
+                        if dedup.check_insert(&c.text).is_some() {
+                            sum.duplicates_dropped += 1;
+                            continue;
+                        }
+                        let section = c.section.join(" > ");
+                        let v = doc_guard.check(kotae_guard::Direction::Document, &c.text, &Default::default());
+                        let mut flags = Vec::new();
+                        if let Some(f) = v.decisive() {
+                            flags.push(f.category.as_str().to_string());
+                            tracing::warn!(source = %source, section = %section, rule = %f.rule, "instructions in a document");
+                            sum.instructions_flagged.push(Flagged {
+                                source: source.clone(),
+                                section: section.clone(),
+                                category: f.category.as_str().into(),
+                                rule: f.rule.clone(),
+                            });
+                            if v.blocked() {
+                                continue;
+                            }
+                        }
+                        kept.push(IndexedChunk {
+                            id: ChunkId::of(&source, &section, &c.text, &groups),
+                            source: source.clone(),
+                            kind: match c.kind {
+                                kotae_ingest::SourceKind::Manual => "manual".into(),
+                                kotae_ingest::SourceKind::Inquiry => "inquiry".into(),
+                            },
+                            text_hash: exact_hash(&c.text),
+                            section: c.section,
+                            span: (c.span.start as u64, c.span.end as u64),
+                            text: c.text,
+                            lang: c.lang,
+                            ordinal: c.ordinal,
+                            doc_version: hash.clone(),
+                            groups: groups.clone(),
+                            timestamp: c.timestamp,
+                            ingested_unix: ingested_at,
+                            flags,
+                        });
+                    }
+                    if kept.is_empty() {
+                        sum.skipped.push(Skipped { path: source, reason: "no text to index after cleaning".into() });
+                        continue;
+                    }
+                    jobs.push(FileJob { source, root, hash, groups, chunks: kept });
+                }
+                Err(e) => sum.skipped.push(Skipped { path: source, reason: e.to_string() }),
+            }
         }
-        session.commit()?;
+
+        // Embed and commit the batch; each commit is atomic.
+        {
+            let batch = &jobs[..];
+            let ids: Vec<ChunkId> = batch.iter().flat_map(|j| j.chunks.iter().map(|c| c.id)).collect();
+            let have = session.existing_vectors(&ids)?;
+            let todo: Vec<&IndexedChunk> =
+                batch.iter().flat_map(|j| j.chunks.iter()).filter(|c| !have.contains(&c.id)).collect();
+            for group in todo.chunks(64) {
+                let texts: Vec<String> = group.iter().map(|c| passage_text(c)).collect();
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let out = embedder.expect("loaded when files changed").embed(&refs, InputKind::Passage)?;
+                sum.truncated_for_embedding += out.truncated;
+                sum.chunks_embedded += group.len();
+                let points: Vec<VectorPoint> = group
+                    .iter()
+                    .zip(out.vectors)
+                    .map(|(c, v)| VectorPoint {
+                        id: c.id,
+                        vector: v,
+                        groups: c.groups.clone(),
+                        lang: c.lang.clone(),
+                        source: c.source.clone(),
+                    })
+                    .collect();
+                session.put_vectors(&points)?;
+            }
+            for job in batch {
+                let entry = FileEntry {
+                    root: job.root.clone(),
+                    hash: job.hash.clone(),
+                    groups: job.groups.clone(),
+                    chunks: job.chunks.len(),
+                    ingested_unix: ingested_at,
+                };
+                session.replace_source(&job.source, entry, &job.chunks)?;
+                sum.files_ingested += 1;
+                sum.chunks_written += job.chunks.len();
+            }
+            session.commit()?;
+        }
+        let secs = start.elapsed().as_secs_f64().max(1e-3);
+        pb.set_message(format!(
+            "{} chunks, {:.1} files/s, {:.1} chunks/s",
+            sum.chunks_written,
+            sum.files_ingested as f64 / secs,
+            sum.chunks_written as f64 / secs
+        ));
     }
     pb.finish_and_clear();
 
@@ -421,6 +449,7 @@ pub fn run_ingest(
     }
     sum.chunks_total = index.num_chunks();
     sum.seconds = start.elapsed().as_secs_f64();
+    sum.peak_rss_bytes = peak_rss_bytes();
     Ok(sum)
 }
 
@@ -453,6 +482,14 @@ pub fn print_summary(s: &IngestSummary) {
     println!(
         "ingested {} file(s), {} unchanged, {} removed; {} chunks written ({} embedded), {} in the knowledge base; {:.1}s",
         s.files_ingested, s.files_unchanged, s.files_removed, s.chunks_written, s.chunks_embedded, s.chunks_total, s.seconds
+    );
+    let secs = s.seconds.max(1e-3);
+    println!(
+        "throughput: {:.1} files/s seen, {:.2} files/s and {:.2} chunks/s ingested{}",
+        s.files_seen as f64 / secs,
+        s.files_ingested as f64 / secs,
+        s.chunks_written as f64 / secs,
+        s.peak_rss_bytes.map(|b| format!("; peak memory {} MiB", b >> 20)).unwrap_or_default()
     );
     println!(
         "cleaning: {} duplicates dropped, {} unresolved inquiries skipped, {} personal-data items redacted, {} boilerplate lines removed",

@@ -3,6 +3,7 @@
 
 pub mod answer_eval;
 pub mod config;
+pub mod corpus;
 pub mod eval;
 pub mod finetune;
 pub mod guard_cli;

@@ -57,23 +57,27 @@ pub fn similarity(a: &[u32; NUM_HASHES], b: &[u32; NUM_HASHES]) -> f32 {
 }
 
 /// LSH band keys of a signature: texts sharing one key are near-duplicate candidates.
-pub fn band_keys(sig: &[u32; NUM_HASHES]) -> Vec<String> {
-    (0..BANDS)
-        .map(|b| {
-            let mut h: u64 = b as u64;
-            for v in &sig[b * ROWS..(b + 1) * ROWS] {
-                h = mix(h ^ *v as u64);
-            }
-            format!("{b:x}{h:016x}")
-        })
-        .collect()
+pub fn band_keys(sig: &[u32; NUM_HASHES]) -> [u64; BANDS] {
+    std::array::from_fn(|b| {
+        let mut h: u64 = mix(b as u64 + 1);
+        for v in &sig[b * ROWS..(b + 1) * ROWS] {
+            h = mix(h ^ *v as u64);
+        }
+        h
+    })
 }
+
+/// Texts remembered per band key. A repetitive corpus (10,000 manuals from a few templates,
+/// inquiry logs asking the same thing in many ways) crowds some keys with texts that are alike
+/// but not duplicates; comparing every new text with all of them made ingestion quadratic.
+/// A text crowded out of one key is still found through its other fifteen.
+const BUCKET_CAP: usize = 24;
 
 /// Finds duplicates among the texts inserted so far.
 pub struct Deduper {
     threshold: f32,
     exact: HashMap<String, usize>,
-    bands: HashMap<String, Vec<usize>>,
+    bands: HashMap<u64, Vec<u32>>,
     sigs: Vec<[u32; NUM_HASHES]>,
 }
 
@@ -92,18 +96,26 @@ impl Deduper {
         }
         let sig = minhash(text);
         let keys = band_keys(&sig);
+        let mut checked: Vec<u32> = Vec::new();
         for k in &keys {
-            if let Some(cands) = self.bands.get(k) {
-                if let Some(&id) = cands.iter().find(|&&id| similarity(&self.sigs[id], &sig) >= self.threshold) {
-                    return Some(id);
+            for &id in self.bands.get(k).map(Vec::as_slice).unwrap_or_default() {
+                if checked.contains(&id) {
+                    continue;
                 }
+                if similarity(&self.sigs[id as usize], &sig) >= self.threshold {
+                    return Some(id as usize);
+                }
+                checked.push(id);
             }
         }
         let id = self.sigs.len();
         self.sigs.push(sig);
         self.exact.insert(key, id);
         for k in keys {
-            self.bands.entry(k).or_default().push(id);
+            let bucket = self.bands.entry(k).or_default();
+            if bucket.len() < BUCKET_CAP {
+                bucket.push(id as u32);
+            }
         }
         None
     }

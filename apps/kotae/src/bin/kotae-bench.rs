@@ -5,6 +5,7 @@
 //!   kotae-bench export-e5 target/bench/e5-hf      # the same weights for sentence-transformers
 //!   kotae-bench search --chunks 100000
 //!   kotae-bench guard                              # guardrail check latency
+//!   kotae-bench corpus target/bench/corpus --docs 10000  # for scripts/bench/ingest_scale.sh
 //!
 //! Thread count is fixed per process (RAYON_NUM_THREADS is read once), so run one process per
 //! setting, side by side with the peer.
@@ -50,6 +51,17 @@ enum Cmd {
         /// Write the passages here (for the sentence-transformers peer)
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Write a synthetic corpus generated from knowledge/ (manuals of many offices and years,
+    /// inquiry logs) for ingestion at scale: `kotae ingest <out> --groups public`
+    Corpus {
+        out: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        docs: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long, default_value = "knowledge")]
+        knowledge: PathBuf,
     },
     /// Write multilingual-e5-small as a Hugging Face folder (dequantized) for PyTorch peers
     ExportE5 { dir: PathBuf },
@@ -270,6 +282,20 @@ fn main() -> Result<()> {
                 percentile(&mut pp, 0.5),
                 percentile(&mut tg, 0.5),
                 percentile(&mut ttft, 0.5)
+            );
+        }
+        Cmd::Corpus { out, docs, seed, knowledge } => {
+            let spec = kotae::corpus::CorpusSpec { docs, seed, ..Default::default() };
+            let t = Instant::now();
+            let st = kotae::corpus::generate(&knowledge, &out, &spec)?;
+            println!(
+                "corpus docs={} manuals={} logs={} bytes={} seconds={:.1} out={}",
+                docs,
+                st.manuals,
+                st.logs,
+                st.bytes,
+                t.elapsed().as_secs_f64(),
+                out.display()
             );
         }
         Cmd::Embed { n, batch, repeats, out } => {

@@ -240,6 +240,49 @@ fn reingesting_an_unchanged_corpus_does_no_embedding_work() {
     assert_eq!(kb.num_chunks(), before);
 }
 
+/// The corpus behind `scripts/bench/ingest_scale.sh`, small: it is generated deterministically,
+/// ingests batch by batch (four files a commit here), is searchable by what makes each document
+/// its own (office and year), and a second run finds every file unchanged.
+#[test]
+fn a_generated_company_corpus_ingests_in_batches_and_reingests_for_free() {
+    let corpus = tempfile::tempdir().unwrap();
+    let spec = kotae::corpus::CorpusSpec { docs: 24, docs_per_log: 12, log_rows: 10, seed: 3 };
+    let st = kotae::corpus::generate(&workspace().join("knowledge"), corpus.path(), &spec).unwrap();
+    assert_eq!((st.manuals, st.logs), (22, 2));
+    let again = tempfile::tempdir().unwrap();
+    kotae::corpus::generate(&workspace().join("knowledge"), again.path(), &spec).unwrap();
+    let files = |d: &Path| {
+        let mut v: Vec<(PathBuf, Vec<u8>)> = walkdir::WalkDir::new(d)
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| (e.path().strip_prefix(d).unwrap().to_path_buf(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(files(corpus.path()), files(again.path()), "the same seed must give the same corpus");
+    assert!(kotae::corpus::generate(&workspace().join("knowledge"), corpus.path(), &spec).is_err(), "not empty");
+
+    let dir = fresh_data_dir();
+    let cfg = config(dir.path());
+    let mut kb = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
+    let s = ingest(&cfg, &mut kb, &[corpus.path()], &[], false);
+    assert_eq!(s.files_ingested + s.skipped.len(), 24, "{s:?}");
+    assert!(s.files_ingested >= 22, "{:?}", s.skipped);
+    assert!(s.chunks_written >= 60 && s.chunks_embedded == s.chunks_written, "{s:?}");
+    assert!(s.peak_rss_bytes.unwrap() > 0);
+    assert_eq!(kb.num_chunks(), s.chunks_written as u64);
+    // Every document has a scope line naming its office: one of them is found by it.
+    let doc = files(corpus.path()).into_iter().find(|(p, _)| p.to_string_lossy().ends_with(".ja.md")).unwrap();
+    let text = String::from_utf8(doc.1).unwrap();
+    let scope = text.lines().find(|l| l.starts_with("本書は")).unwrap().to_string();
+    let hits = search(&cfg, &kb, &scope, SearchMode::Hybrid, &["public"]);
+    assert!(hits.iter().any(|h| *h == doc.0.to_string_lossy()), "{scope}: {hits:?}");
+    let r = ingest(&cfg, &mut kb, &[corpus.path()], &[], false);
+    assert_eq!((r.files_ingested, r.chunks_embedded, r.files_unchanged), (0, 0, s.files_ingested), "{r:?}");
+}
+
 #[test]
 fn changed_files_replace_their_chunks_and_prune_removes_deleted_ones() {
     let data = fresh_data_dir();
