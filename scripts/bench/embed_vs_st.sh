@@ -5,15 +5,18 @@
 #   scripts/bench/embed_vs_st.sh [rounds] [python with sentence-transformers]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The build measured: target/debug (what README's commands run) unless KOTAE_BENCH names another
+# (KOTAE_BENCH=target/release/kotae-bench); kotae-bench says which build it is on stderr.
+BENCH="${KOTAE_BENCH:-./target/debug/kotae-bench}"
 ROUNDS="${1:-2}"; PY="${2:-python3}"
 OUT=target/bench/embed_vs_st.txt
 mkdir -p target/bench
-[ -d target/bench/e5-hf ] || ./target/debug/kotae-bench export-e5 target/bench/e5-hf
+[ -d target/bench/e5-hf ] || "$BENCH" export-e5 target/bench/e5-hf
 : > "$OUT"
 for t in 1 2; do
   for r in $(seq "$ROUNDS"); do
     for e in int8 candle; do
-      KOTAE_EMBED_ENGINE=$e ./target/debug/kotae-bench --threads "$t" embed --out target/bench/passages.json 2>/dev/null \
+      KOTAE_EMBED_ENGINE=$e "$BENCH" --threads "$t" embed --out target/bench/passages.json 2>/dev/null \
         | tail -1 | sed "s/^/kotae-$e threads=$t /"
     done
     "$PY" scripts/bench/st_baseline.py target/bench/e5-hf target/bench/passages.json --threads "$t" 2>/dev/null \

@@ -5,6 +5,9 @@
 #   scripts/bench/generate_vs_llamacpp.sh [rounds] [python with llama_cpp]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The build measured: target/debug (what README's commands run) unless KOTAE_BENCH names another
+# (KOTAE_BENCH=target/release/kotae-bench); kotae-bench says which build it is on stderr.
+BENCH="${KOTAE_BENCH:-./target/debug/kotae-bench}"
 ROUNDS="${1:-2}"; PY="${2:-python3}"
 MODELS="${KOTAE_DATA_DIR:-kotae-data}/models"
 OUT=target/bench/generate_vs_llamacpp.txt
@@ -14,7 +17,7 @@ for spec in "smollm2-135m-instruct:SmolLM2-135M-Instruct.Q4_1.gguf" "qwen2.5-cod
   name="${spec%%:*}"; file="${spec#*:}"
   for t in 1 2; do
     for r in $(seq "$ROUNDS"); do
-      ./target/debug/kotae-bench --threads "$t" generate --model "$name" --decode 64 --repeats 2 \
+      "$BENCH" --threads "$t" generate --model "$name" --decode 64 --repeats 2 \
         --out "target/bench/prompt-$name.txt" 2>/dev/null | tail -1 | sed "s/^/kotae $name /"
       "$PY" scripts/bench/llamacpp_baseline.py "$MODELS/$name/$file" "target/bench/prompt-$name.txt" \
         --threads "$t" --decode 64 --repeats 2 2>/dev/null | tail -1 | sed "s/^/llama.cpp $name /"

@@ -4,11 +4,14 @@
 #   scripts/bench/lora_vs_peft.sh [rounds] [threads] [python]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The build measured: target/debug (what README's commands run) unless KOTAE_BENCH names another
+# (KOTAE_BENCH=target/release/kotae-bench); kotae-bench says which build it is on stderr.
+BENCH="${KOTAE_BENCH:-./target/debug/kotae-bench}"
 ROUNDS="${1:-3}"; THREADS="${2:-2}"; PY="${3:-python3}"
 MODEL_DIR="${KOTAE_DATA_DIR:-kotae-data}/models/smollm2-135m-instruct"
 mkdir -p target/bench
 for r in $(seq "$ROUNDS"); do
-  ./target/debug/kotae-bench --threads "$THREADS" lora --steps 10 --out target/bench/lora-batches.json | tail -1
+  "$BENCH" --threads "$THREADS" lora --steps 10 --out target/bench/lora-batches.json | tail -1
   "$PY" scripts/bench/peft_baseline.py "$MODEL_DIR" SmolLM2-135M-Instruct.Q4_1.gguf target/bench/lora-batches.json --threads "$THREADS" 2>/dev/null | tail -1
 done | tee target/bench/lora_vs_peft.txt
 python3 - <<'PY'

@@ -62,6 +62,12 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value = "knowledge")]
         knowledge: PathBuf,
+        /// One inquiry-log file in this many documents (0: none)
+        #[arg(long, default_value_t = 250)]
+        docs_per_log: usize,
+        /// Rows per inquiry-log file
+        #[arg(long, default_value_t = 40)]
+        log_rows: usize,
     },
     /// Write multilingual-e5-small as a Hugging Face folder (dequantized) for PyTorch peers
     ExportE5 { dir: PathBuf },
@@ -284,8 +290,8 @@ fn main() -> Result<()> {
                 percentile(&mut ttft, 0.5)
             );
         }
-        Cmd::Corpus { out, docs, seed, knowledge } => {
-            let spec = kotae::corpus::CorpusSpec { docs, seed, ..Default::default() };
+        Cmd::Corpus { out, docs, seed, knowledge, docs_per_log, log_rows } => {
+            let spec = kotae::corpus::CorpusSpec { docs, seed, docs_per_log, log_rows };
             let t = Instant::now();
             let st = kotae::corpus::generate(&knowledge, &out, &spec)?;
             println!(
