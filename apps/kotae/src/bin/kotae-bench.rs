@@ -69,6 +69,10 @@ enum Cmd {
         #[arg(long, default_value_t = 40)]
         log_rows: usize,
     },
+    /// Parse, clean, deduplicate and chunk one file as ingestion does (no embedding): seconds,
+    /// rows or chunks kept, duplicates merged. For large inquiry logs: `kotae-bench corpus
+    /// /tmp/log --docs 1 --docs-per-log 1 --log-rows 100000`, then this on the CSV
+    Parse { file: PathBuf },
     /// Write multilingual-e5-small as a Hugging Face folder (dequantized) for PyTorch peers
     ExportE5 { dir: PathBuf },
     /// Prompt processing, decode and time to first token of a generator on a ~N-token RAG prompt
@@ -288,6 +292,23 @@ fn main() -> Result<()> {
                 percentile(&mut pp, 0.5),
                 percentile(&mut tg, 0.5),
                 percentile(&mut ttft, 0.5)
+            );
+        }
+        Cmd::Parse { file } => {
+            let bytes = std::fs::read(&file).with_context(|| file.display().to_string())?;
+            let ft = kotae_ingest::FileType::from_path(&file)?;
+            let cfg = kotae_ingest::ChunkerConfig { max_tokens: 320 };
+            let count = |s: &str| s.chars().count() / 3;
+            let t = Instant::now();
+            let (chunks, rep) = kotae_ingest::process_file(&file.display().to_string(), &bytes, ft, &cfg, &count)?;
+            println!(
+                "parse file={} bytes={} chunks={} duplicates_merged={} unresolved_skipped={} seconds={:.2}",
+                file.display(),
+                bytes.len(),
+                chunks.len(),
+                rep.duplicates_merged,
+                rep.unresolved_skipped,
+                t.elapsed().as_secs_f64()
             );
         }
         Cmd::Corpus { out, docs, seed, knowledge, docs_per_log, log_rows } => {
