@@ -13,7 +13,7 @@ use tantivy::schema::{
 use tantivy::tokenizer::{
     Language, LowerCaser, NgramTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
 };
-use tantivy::{DocAddress, Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{DocAddress, Index, IndexReader, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 use crate::bilingual::{self, Lexicon};
 use crate::japanese::{CjkBigramTokenizer, JapaneseTokenizer};
@@ -376,6 +376,19 @@ impl Lexical {
     /// BM25 over titles (boosted) and bodies of both languages, filtered by groups inside the
     /// engine (and by language when asked), best first.
     pub fn search(&self, text: &str, k: usize, groups: &[String], lang: Option<&str>) -> Result<LexicalHits> {
+        self.search_in(&self.reader.searcher(), text, k, groups, lang)
+    }
+
+    /// [`Self::search`] on a given snapshot of the index (one searcher for every read of a
+    /// query, so a commit in between cannot mix two versions of a document).
+    pub fn search_in(
+        &self,
+        searcher: &Searcher,
+        text: &str,
+        k: usize,
+        groups: &[String],
+        lang: Option<&str>,
+    ) -> Result<LexicalHits> {
         let f = &self.f;
         let mut own: Vec<Term> = Vec::new();
         let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
@@ -414,7 +427,6 @@ impl Lexical {
             clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(Box::new(q), 0.0))));
         }
         let query = BooleanQuery::new(clauses);
-        let searcher = self.reader.searcher();
         let top = searcher.search(&query, &TopDocs::with_limit(k).order_by_score())?;
         let hits = top
             .into_iter()
@@ -453,6 +465,11 @@ impl Lexical {
     /// Stored chunks for the given ids, restricted to the visible groups (ids not in the
     /// committed index are absent from the result).
     pub fn get_many(&self, ids: &[ChunkId], groups: &[String]) -> Result<Vec<IndexedChunk>> {
+        self.get_many_in(&self.reader.searcher(), ids, groups)
+    }
+
+    /// [`Self::get_many`] on a given snapshot of the index.
+    pub fn get_many_in(&self, searcher: &Searcher, ids: &[ChunkId], groups: &[String]) -> Result<Vec<IndexedChunk>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -461,7 +478,6 @@ impl Lexical {
             (Occur::Must, Box::new(TermSetQuery::new(terms)) as Box<dyn Query>),
             (Occur::Must, self.group_filter(groups)),
         ]);
-        let searcher = self.reader.searcher();
         let docs = searcher.search(&query, &DocSetCollector)?;
         docs.into_iter().map(|a| Ok(self.from_doc(&searcher.doc(a)?))).collect()
     }

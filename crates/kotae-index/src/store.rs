@@ -250,11 +250,15 @@ impl KnowledgeIndex {
     pub fn candidates(&self, req: &SearchRequest) -> Result<Candidates> {
         let groups = visible_groups(&req.groups);
         let depth = (req.top_k * 4).max(40);
+        // One snapshot for the BM25 hits and the chunks of the dense hits: a commit between
+        // the two reads (a document replaced while serving) would otherwise give old-version
+        // BM25 hits and new-version dense hits in one answer.
+        let searcher = self.lexical.reader.searcher();
         let mut chunks: HashMap<ChunkId, IndexedChunk> = HashMap::new();
         let mut bm25 = Vec::new();
         let mut bm25_best_by_translation = false;
         if req.mode != SearchMode::Dense {
-            let found = self.lexical.search(&req.text, depth, &groups, req.lang.as_deref())?;
+            let found = self.lexical.search_in(&searcher, &req.text, depth, &groups, req.lang.as_deref())?;
             bm25_best_by_translation = found.best_by_translation_only;
             for (c, s) in found.hits {
                 bm25.push((c.id, s));
@@ -270,7 +274,7 @@ impl KnowledgeIndex {
             let filter = VectorFilter { groups: groups.clone(), lang: req.lang.clone() };
             let found = self.vectors.search(v, depth, &filter)?;
             let missing: Vec<ChunkId> = found.iter().map(|x| x.0).filter(|id| !chunks.contains_key(id)).collect();
-            for c in self.lexical.get_many(&missing, &groups)? {
+            for c in self.lexical.get_many_in(&searcher, &missing, &groups)? {
                 chunks.insert(c.id, c);
             }
             // Points not in the committed lexical index (an interrupted ingest) are ignored.

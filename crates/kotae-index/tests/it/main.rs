@@ -271,3 +271,65 @@ fn a_second_process_gets_a_clear_error_not_a_storage_lock_failure() {
 
 mod japanese;
 mod qdrant_server;
+
+/// A document replaced again and again while hybrid searches run beside it: no search may
+/// return chunks of both versions (BM25 hits of the old one and dense hits of the new one
+/// were mixed when the two reads saw different commits).
+#[test]
+fn a_search_during_a_replacement_never_mixes_two_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let kb = std::sync::Arc::new(open(dir.path()));
+    let version = |v: &str| -> Vec<IndexedChunk> {
+        (0..3).map(|i| chunk("p.md", i, &format!("parking rules version {v} part {i}"), &["public"])).collect()
+    };
+    let replace = |kb: &KnowledgeIndex, chunks: &[IndexedChunk]| {
+        let mut w = kb.write().unwrap();
+        let points: Vec<VectorPoint> = chunks
+            .iter()
+            .map(|c| VectorPoint {
+                id: c.id,
+                vector: vec_for(c.id.0),
+                groups: c.groups.clone(),
+                lang: c.lang.clone(),
+                source: c.source.clone(),
+            })
+            .collect();
+        w.put_vectors(&points).unwrap();
+        let entry =
+            FileEntry { root: "/r".into(), hash: "h".into(), groups: vec![], chunks: chunks.len(), ingested_unix: 0 };
+        w.replace_source("p.md", entry, chunks).unwrap();
+        w.commit().unwrap();
+    };
+    replace(&kb, &version("ONE"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (kb, stop) = (kb.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut searches, mut mixed) = (0usize, 0usize);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // BM25 matches only version ONE's words, so dense brings in the other.
+                    let hits =
+                        kb.search(&req("parking ONE", Some(vec_for(r + 7)), SearchMode::Hybrid, 10, &[])).unwrap();
+                    let one = hits.iter().any(|h| h.text.contains("ONE"));
+                    let two = hits.iter().any(|h| h.text.contains("TWO"));
+                    mixed += usize::from(one && two);
+                    searches += 1;
+                }
+                (searches, mixed)
+            })
+        })
+        .collect();
+    for round in 0..150 {
+        replace(&kb, &version(if round % 2 == 0 { "TWO" } else { "ONE" }));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut searches, mut mixed) = (0, 0);
+    for r in readers {
+        let (s, m) = r.join().unwrap();
+        searches += s;
+        mixed += m;
+    }
+    assert!(searches > 100, "the searches ran beside the replacements ({searches})");
+    assert_eq!(mixed, 0, "{mixed} of {searches} searches returned both versions");
+}
