@@ -384,6 +384,7 @@ enum EvalCmd {
 }
 
 fn main() -> ExitCode {
+    kotae_kernels::keep_freed_memory();
     // The PDF extraction child (see `kotae::pdf`): nothing else starts.
     if std::env::args().nth(1).as_deref() == Some(kotae::pdf::HELPER_ARG) {
         return kotae::pdf::helper_main();

@@ -162,6 +162,7 @@ fn knowledge_chunks(embedder: &dyn Embedder) -> Result<Vec<kotae_ingest::Chunk>>
 }
 
 fn main() -> Result<()> {
+    kotae_kernels::keep_freed_memory();
     let cli = Cli::parse();
     // Every figure below is of this build: say which.
     eprintln!(
