@@ -458,6 +458,15 @@ impl Config {
     pub fn kb_dir(&self) -> PathBuf {
         self.data_dir.join("kb").join(&self.kb)
     }
+
+    /// Name of the embedder this knowledge base searches with: the configured model, or its
+    /// adaptation (`<model>+ft-<id>`) when `kotae finetune embedder` made one.
+    pub fn embedder_id(&self) -> String {
+        match kotae_models::adapter::EmbedderAdapter::card(&self.kb_dir().join("adapter")) {
+            Ok(c) => c.embedder_name(),
+            Err(_) => self.embedder.model.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod answer_eval;
 pub mod config;
 pub mod corpus;
+pub mod embedder_tune;
 pub mod eval;
 pub mod finetune;
 pub mod guard_cli;
@@ -22,8 +23,19 @@ use kotae_models::BertEmbedder;
 
 use config::Config;
 
-/// Load the configured embedder (CPU).
+/// Load the configured embedder (CPU), with the knowledge base's adapter when it has one
+/// (`kotae finetune embedder`).
 pub fn load_embedder(cfg: &Config) -> Result<BertEmbedder> {
+    let base = load_base_embedder(cfg)?;
+    let dir = embedder_tune::adapter_dir(cfg);
+    if dir.join("adapter.json").exists() {
+        return embedder_tune::with_adapter(base, &dir);
+    }
+    Ok(base)
+}
+
+/// The configured embedder as published, without an adapter.
+pub fn load_base_embedder(cfg: &Config) -> Result<BertEmbedder> {
     Ok(kotae_models::registry::load_embedder(
         &cfg.models_dir(),
         &cfg.embedder.model,
@@ -39,10 +51,19 @@ fn candle_device() -> Result<kotae_models::candle::Device> {
 
 /// Open (or create) the configured knowledge base.
 pub fn open_index(cfg: &Config, dim: Option<usize>) -> Result<KnowledgeIndex> {
+    open_index_as(cfg, dim, cfg.embedder_id())
+}
+
+/// Open the knowledge base whatever embedder its vectors came from (to re-embed it).
+pub fn open_index_any_embedder(cfg: &Config) -> Result<KnowledgeIndex> {
+    open_index_as(cfg, None, String::new())
+}
+
+fn open_index_as(cfg: &Config, dim: Option<usize>, embedder: String) -> Result<KnowledgeIndex> {
     let dict = kotae_index::store::ipadic_path(&cfg.models_dir());
     let ic = IndexConfig {
         dir: cfg.kb_dir(),
-        embedder: cfg.embedder.model.clone(),
+        embedder,
         dim,
         ja_dictionary: Some(dict),
         lexicon: Some(kotae_index::store::lexicon_path(&cfg.models_dir())),

@@ -162,6 +162,49 @@ enum FinetuneCmd {
         #[arg(long, default_value_t = 5e-5)]
         tune_lr: f64,
     },
+    /// Adapt the embedder to this knowledge base (its top layers, contrastively on pairs from
+    /// the inquiry logs and the manuals' headings), then re-embed the knowledge base with it
+    Embedder {
+        /// Top encoder layers trained
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+        #[arg(long, default_value_t = 4)]
+        epochs: usize,
+        #[arg(long, default_value_t = 2e-5)]
+        lr: f64,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Temperature of the contrastive loss
+        #[arg(long, default_value_t = 0.05)]
+        temperature: f64,
+        /// Fraction of documents held out (early stopping and the before/after report)
+        #[arg(long, default_value_t = 0.2)]
+        val_fraction: f64,
+        /// At most this many training pairs (0: all)
+        #[arg(long, default_value_t = 4000)]
+        max_pairs: usize,
+        /// Epochs without a better held-out MRR before stopping
+        #[arg(long, default_value_t = 1)]
+        patience: usize,
+        /// Text for the forgetting check (general-domain pairs before/after)
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "evals/general/general.en.txt,evals/general/general.ja.txt"
+        )]
+        general_text: Vec<PathBuf>,
+        /// Save the adapter without re-embedding the knowledge base
+        #[arg(long)]
+        no_reembed: bool,
+        /// Only re-embed: finish an interrupted re-embedding, or put a saved adapter to use
+        #[arg(long, conflicts_with = "remove")]
+        reembed: bool,
+        /// Go back to the original embedder (the knowledge base is re-embedded with it)
+        #[arg(long)]
+        remove: bool,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Fine-tuning: LoRA adapters (and optionally whole layers) on the generator
     Lora {
         /// Catalog generator, GGUF file or Hugging Face folder
@@ -642,6 +685,45 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 gguf: true,
             };
             finetune::run_lora(&cfg, &job)?;
+        }
+        Cmd::Finetune {
+            cmd:
+                FinetuneCmd::Embedder {
+                    layers,
+                    epochs,
+                    lr,
+                    batch_size,
+                    temperature,
+                    val_fraction,
+                    max_pairs,
+                    patience,
+                    general_text,
+                    no_reembed,
+                    reembed,
+                    remove,
+                    seed,
+                },
+        } => {
+            use kotae::embedder_tune::{self, Target};
+            if remove {
+                embedder_tune::reembed(&cfg, Target::Base)?;
+            } else if reembed {
+                embedder_tune::reembed(&cfg, Target::Resume)?;
+            } else {
+                let config = kotae_adapt::embedder::EmbedderTuneConfig {
+                    layers,
+                    epochs,
+                    learning_rate: lr,
+                    batch_size,
+                    temperature,
+                    val_fraction,
+                    max_pairs,
+                    patience,
+                    seed,
+                    ..Default::default()
+                };
+                embedder_tune::run(&cfg, &embedder_tune::EmbedderJob { config, general_text, no_reembed })?;
+            }
         }
         Cmd::Serve { addr } => {
             let mut cfg = cfg;

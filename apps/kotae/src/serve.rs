@@ -182,12 +182,21 @@ pub fn load_classifiers(cfg: &Config) -> Result<BTreeMap<String, Arc<kotae_model
             continue;
         }
         let head = kotae_models::Head::load(&e.path()).with_context(|| format!("loading {}", e.path().display()))?;
-        if head.card.embedder != cfg.embedder.model {
+        // A head reads the sentence vector, or (tuned) the token states below its own layers:
+        // an adapted embedder changes the first always, the second only above its split.
+        let id = cfg.embedder_id();
+        let adapter_split = kotae_models::adapter::EmbedderAdapter::card(&crate::embedder_tune::adapter_dir(cfg))
+            .map(|c| c.split_layer)
+            .unwrap_or(usize::MAX);
+        let same_base = head.card.embedder == cfg.embedder.model
+            || head.card.embedder.strip_prefix(&cfg.embedder.model).is_some_and(|r| r.starts_with("+ft-"));
+        let fits = head.card.embedder == id
+            || (head.card.tuned_layers > 0 && same_base && head.card.split_layer <= adapter_split);
+        if !fits {
             anyhow::bail!(
-                "{} was trained on {} vectors but the embedder is {}: retrain it with `kotae finetune head --task {}` or remove it",
+                "{} was trained on {} vectors but the embedder is {id}: retrain it with `kotae finetune head --task {}` or remove it",
                 e.path().display(),
                 head.card.embedder,
-                cfg.embedder.model,
                 head.card.task
             );
         }

@@ -7,11 +7,14 @@
 //!   Qwen2 generator, trained on question→answer pairs from the inquiry logs and grounded
 //!   examples from the manuals ([`data`]), exported as a PEFT adapter and as a merged model
 //!   that `kotae serve` loads ([`export`]).
+//! - The embedder adapted for retrieval ([`embedder`]): its top layers trained contrastively
+//!   on pairs from the knowledge base, served on the int8 engine like the original.
 //!
 //! It depends on the model runtime for tokenizers, templates and embedders, and on ingestion
 //! for reading the company's sources; it knows nothing about HTTP or indexes.
 
 pub mod data;
+pub mod embedder;
 pub mod export;
 pub mod head;
 pub mod lm;

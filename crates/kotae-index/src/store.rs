@@ -20,6 +20,8 @@ pub const MANIFEST_FORMAT: u32 = 1;
 pub struct IndexConfig {
     /// Folder of this knowledge base (`lexical/` and `vectors/` live inside).
     pub dir: PathBuf,
+    /// Name of the embedder; empty opens a knowledge base whatever embedder its vectors came
+    /// from (for re-embedding it).
     pub embedder: String,
     /// Vector dimension of the embedder; `None` takes it from an existing knowledge base
     /// (for BM25-only use, without loading the model).
@@ -166,7 +168,13 @@ impl KnowledgeIndex {
                 vector_backend: String::new(),
                 files: Default::default(),
             };
-        } else if manifest.embedder != cfg.embedder || manifest.dim != dim {
+        } else if manifest.embedder.ends_with("~partial") && !cfg.embedder.is_empty() {
+            return Err(Error::Incompatible(format!(
+                "re-embedding the knowledge base in {} with {} was interrupted: run `kotae finetune embedder --reembed` to finish it",
+                cfg.dir.display(),
+                manifest.embedder.trim_end_matches("~partial")
+            )));
+        } else if (!cfg.embedder.is_empty() && manifest.embedder != cfg.embedder) || manifest.dim != dim {
             return Err(Error::Incompatible(format!(
                 "the knowledge base in {} was built with embedder '{}' ({}-d), but '{}' ({}-d) is configured; \
                  use the same embedder or ingest into a new --data-dir",
@@ -323,6 +331,20 @@ impl KnowledgeIndex {
         Ok(hits)
     }
 
+    /// Every committed chunk, whatever its access groups: for re-embedding the knowledge base
+    /// and adapting the embedder to it, never for answers.
+    pub fn all_chunks(&self) -> Result<Vec<IndexedChunk>> {
+        let mut out = Vec::new();
+        let searcher = self.lexical.reader.searcher();
+        for seg in searcher.segment_readers() {
+            let store = seg.get_store_reader(64).map_err(|e| Error::io("lexical store", e))?;
+            for doc in store.iter::<TantivyDocument>(seg.alive_bitset()) {
+                out.push(self.lexical.from_doc(&doc?));
+            }
+        }
+        Ok(out)
+    }
+
     /// The texts of up to `limit` indexed chunks, whatever their access groups: for checks an
     /// operator runs over the whole knowledge base (the nightly vocabulary check), never for
     /// answers.
@@ -407,6 +429,12 @@ impl WriteSession<'_> {
         self.manifest.files.insert(source.to_string(), entry);
         self.dirty = true;
         Ok(())
+    }
+
+    /// Name the embedder the stored vectors come from (lands at the next commit).
+    pub fn set_embedder(&mut self, name: &str) {
+        self.manifest.embedder = name.to_string();
+        self.dirty = true;
     }
 
     pub fn remove_source(&mut self, source: &str) -> Result<()> {

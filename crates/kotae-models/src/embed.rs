@@ -284,6 +284,20 @@ impl BertEmbedder {
 }
 
 impl BertEmbedder {
+    /// This embedder with an adapter's top layers (see [`crate::adapter`]), named
+    /// `<model>+ft-<id>`. The int8 engine only.
+    pub fn with_adapter(mut self, a: &crate::adapter::EmbedderAdapter) -> Result<Self> {
+        let Encoder::Int8(m) = &mut self.model else {
+            return Err(Error::Generation(
+                "an adapted embedder runs on the int8 engine (embedder.engine = int8 or auto)".into(),
+            ));
+        };
+        let layers = crate::int8_bert::Int8Layers::new(&a.layers, a.card.heads, a.card.eps)?;
+        m.replace_top(a.card.split_layer, layers)?;
+        self.opts.name = a.card.embedder_name();
+        Ok(self)
+    }
+
     /// Vectors and the states after `layer` layers, the int8 engine only.
     fn forward_split_batch(&self, batch: &[&Vec<u32>], layer: usize) -> Result<Option<VectorsAndStates>> {
         let Encoder::Int8(m) = &self.model else { return Ok(None) };

@@ -179,6 +179,21 @@ impl Int8Bert {
         self.eps
     }
 
+    /// Replace layers `split..` with `top` (an adapted embedder's layers).
+    pub fn replace_top(&mut self, split: usize, top: Int8Layers) -> Result<()> {
+        if split + top.layers.len() != self.layers.len() || top.heads != self.heads {
+            return Err(Error::Generation(format!(
+                "{} replacement layers from layer {split} do not fit an encoder of {} layers and {} heads",
+                top.layers.len(),
+                self.layers.len(),
+                self.heads
+            )));
+        }
+        self.layers.truncate(split);
+        self.layers.extend(top.layers);
+        Ok(())
+    }
+
     pub fn heads(&self) -> usize {
         self.heads
     }

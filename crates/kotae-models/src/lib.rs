@@ -9,6 +9,7 @@
 //! It must not know about documents, indexes or HTTP: it turns text into vectors and prompts
 //! into text, nothing more.
 
+pub mod adapter;
 pub mod chat;
 pub mod classifier;
 pub mod e5s1;

@@ -13,6 +13,7 @@ use kotae_models::{BertEmbedder, Embedder};
 
 mod bad_input;
 mod browser;
+mod embedder;
 mod finetune;
 mod guard;
 mod kill_resume;
