@@ -459,6 +459,20 @@ impl Config {
         self.data_dir.join("kb").join(&self.kb)
     }
 
+    /// `[answer]` with its similarity thresholds (set on the original embedder's scale) carried
+    /// over to the knowledge base's adapted embedder, when it has one.
+    pub fn answer_config(&self) -> kotae_answer::AnswerConfig {
+        let mut a = self.answer.clone();
+        if let Ok(card) = kotae_models::adapter::EmbedderAdapter::card(&self.kb_dir().join("adapter")) {
+            a.min_relevance_ja = card.map_score(a.min_relevance_ja);
+            a.min_relevance_en = card.map_score(a.min_relevance_en);
+            if a.direct_answer_similarity <= 1.0 {
+                a.direct_answer_similarity = card.map_score(a.direct_answer_similarity).min(1.0);
+            }
+        }
+        a
+    }
+
     /// Name of the embedder this knowledge base searches with: the configured model, or its
     /// adaptation (`<model>+ft-<id>`) when `kotae finetune embedder` made one.
     pub fn embedder_id(&self) -> String {

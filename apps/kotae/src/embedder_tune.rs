@@ -118,6 +118,14 @@ fn print_card(a: &EmbedderAdapter) {
     line("held-out after", &c.heldout_after);
     line("general before", &c.general_before);
     line("general after", &c.general_after);
+    let d = kotae_answer::AnswerConfig::default();
+    println!(
+        "  relevance gate on the adapted scale (score quantiles matched): ja {:.3} → {:.3}, en {:.3} → {:.3}",
+        d.min_relevance_ja,
+        c.map_score(d.min_relevance_ja),
+        d.min_relevance_en,
+        c.map_score(d.min_relevance_en)
+    );
 }
 
 /// Re-embed every chunk with the target embedder and make it the knowledge base's.

@@ -339,7 +339,8 @@ pub fn run_scope_eval(
             declined: o.iter().filter(|&&s| s < t).count() as f64 / o.len().max(1) as f64,
         }
     };
-    let t = |lang: &str| cfg.answer.min_relevance(lang);
+    let answer = cfg.answer_config();
+    let t = |lang: &str| answer.min_relevance(lang);
     let mut at_threshold: Vec<ScopeRow> = ["ja", "en"].iter().map(|l| row(l, t(l))).collect();
     let n = |lang: &str, v: &[(String, String, String, f32)]| v.iter().filter(|x| x.1 == lang).count() as f64;
     let (ni, no) = (ins.len().max(1) as f64, outs.len().max(1) as f64);

@@ -170,7 +170,7 @@ enum FinetuneCmd {
         layers: usize,
         #[arg(long, default_value_t = 4)]
         epochs: usize,
-        #[arg(long, default_value_t = 2e-5)]
+        #[arg(long, default_value_t = 5e-5)]
         lr: f64,
         #[arg(long, default_value_t = 16)]
         batch_size: usize,
@@ -186,6 +186,9 @@ enum FinetuneCmd {
         /// Epochs without a better held-out MRR before stopping
         #[arg(long, default_value_t = 1)]
         patience: usize,
+        /// Weight of the anchor keeping positives' cosines at or above the original's (0: off)
+        #[arg(long, default_value_t = 1.0)]
+        anchor: f64,
         /// Text for the forgetting check (general-domain pairs before/after)
         #[arg(
             long,
@@ -697,6 +700,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     val_fraction,
                     max_pairs,
                     patience,
+                    anchor,
                     general_text,
                     no_reembed,
                     reembed,
@@ -719,6 +723,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     val_fraction,
                     max_pairs,
                     patience,
+                    anchor,
                     seed,
                     ..Default::default()
                 };

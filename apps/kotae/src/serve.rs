@@ -45,7 +45,7 @@ pub fn engine_from(
     let worker = GeneratorWorker::spawn(Box::new(generator), cfg.server.queue_capacity)?;
     let retrieval = RetrievalSettings { mode: cfg.search.mode, fusion: cfg.search.fusion };
     let classifiers = load_classifiers(cfg)?;
-    let mut answer_cfg = cfg.answer.clone();
+    let mut answer_cfg = cfg.answer_config();
     if answer_cfg.generator_languages.is_empty() {
         // The catalog knows which of its generators write which languages (SmolLM2: English only).
         if let Ok(spec) = kotae_models::registry::spec(&cfg.generator.model) {

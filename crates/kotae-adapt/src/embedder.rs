@@ -68,6 +68,10 @@ pub struct EmbedderTuneConfig {
     pub patience: usize,
     /// At most this many training pairs (a random sample; 0 = all).
     pub max_pairs: usize,
+    /// Weight (in units of 1/temperature) of the anchor that keeps a positive's cosine from
+    /// falling below the original model's: contrastive training alone lowers every score, and
+    /// the relevance gate's thresholds are on the original's scale. 0 turns it off.
+    pub anchor: f64,
     pub seed: u64,
 }
 
@@ -76,7 +80,7 @@ impl Default for EmbedderTuneConfig {
         Self {
             layers: 2,
             epochs: 4,
-            learning_rate: 2e-5,
+            learning_rate: 5e-5,
             weight_decay: 0.01,
             batch_size: 16,
             temperature: 0.05,
@@ -84,6 +88,7 @@ impl Default for EmbedderTuneConfig {
             max_states: 256,
             patience: 1,
             max_pairs: 4000,
+            anchor: 1.0,
             seed: 42,
         }
     }
@@ -273,14 +278,22 @@ fn pair_states(e: &dyn Embedder, pairs: &[Pair], split: usize, max: usize) -> Re
     })
 }
 
+/// Cosine of every query with every passage of the set.
+fn score_matrix(top: &EncoderTop, s: &PairStates) -> Result<Vec<Vec<f32>>> {
+    if s.queries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = encode_all(top, &s.queries)?;
+    let p = encode_all(top, &s.passages)?;
+    Ok(q.matmul(&p.t()?)?.to_vec2()?)
+}
+
 /// Rank every query against every passage of the set.
 fn evaluate(top: &EncoderTop, s: &PairStates, temperature: f64) -> Result<PairMetrics> {
     if s.queries.is_empty() {
         return Ok(PairMetrics::default());
     }
-    let q = encode_all(top, &s.queries)?;
-    let p = encode_all(top, &s.passages)?;
-    let scores: Vec<Vec<f32>> = q.matmul(&p.t()?)?.to_vec2()?;
+    let scores = score_matrix(top, s)?;
     let mut m = PairMetrics { pairs: scores.len(), candidates: s.passages.len(), ..Default::default() };
     for (row, &pos) in scores.iter().zip(&s.positive) {
         let rank = 1 + row.iter().filter(|&&x| x > row[pos]).count();
@@ -359,6 +372,30 @@ pub fn tune_embedder(
     let ge = pair_states(e, general, split, cfg.max_states)?;
     tracing::info!(train = train.len(), heldout = heldout.len(), secs = t0.elapsed().as_secs_f64(), "states computed");
     let heldout_before = evaluate(&top, &va, cfg.temperature)?;
+    // What the relevance gate compares with its threshold is a question's best score: for
+    // each held-out and general query, its positive's score and its best other passage's
+    // (an answerable question's and an unanswerable one's best, as near as pairs tell).
+    let all_scores = |top: &EncoderTop| -> Result<Vec<f32>> {
+        let mut v = Vec::new();
+        for s in [&va, &ge] {
+            for (row, &pos) in score_matrix(top, s)?.iter().zip(&s.positive) {
+                v.push(row[pos]);
+                let other = row.iter().enumerate().filter(|(j, _)| *j != pos).map(|(_, &x)| x);
+                if let Some(m) = other.reduce(f32::max) {
+                    v.push(m);
+                }
+            }
+        }
+        Ok(v)
+    };
+    let scores_before = all_scores(&top)?;
+    // Each training pair's cosine under the original layers: the anchor's floor.
+    let floor: Vec<f32> = {
+        let q = encode_all(&top, &tr.queries)?;
+        let p = encode_all(&top, &tr.passages)?;
+        let pos = Tensor::new(tr.positive.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(), &Device::Cpu)?;
+        (q * p.index_select(&pos, 0)?)?.sum(1)?.to_vec1()?
+    };
     let general_before = evaluate(&top, &ge, cfg.temperature)?;
     let mut best = (heldout_before.mrr, 0usize, frozen_copy(&top)?, heldout_before.clone());
     let batch_size = cfg.batch_size.clamp(2, 64);
@@ -407,7 +444,13 @@ pub fn tune_embedder(
             let logits = (q.matmul(&p.t()?)? / cfg.temperature)?;
             let target: Vec<u32> = batch.iter().map(|&i| slot[&tr.positive[i]] as u32).collect();
             let target = Tensor::from_vec(target, batch.len(), &dev)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &target)?;
+            let mut loss = candle_nn::loss::cross_entropy(&logits, &target)?;
+            if cfg.anchor > 0.0 {
+                let s = (&q * p.index_select(&target, 0)?)?.sum(1)?;
+                let f = Tensor::new(batch.iter().map(|&i| floor[i]).collect::<Vec<_>>().as_slice(), &dev)?;
+                let below = (f - s)?.relu()?.mean_all()?;
+                loss = (loss + (below * (cfg.anchor / cfg.temperature))?)?;
+            }
             loss_sum += loss.to_scalar::<f32>()? as f64;
             batches += 1;
             let g = loss.backward()?;
@@ -444,6 +487,7 @@ pub fn tune_embedder(
     let (_, best_epoch, best_layers, heldout_after) = best;
     let kept = EncoderTop { layers: best_layers, heads, eps };
     let general_after = evaluate(&kept, &ge, cfg.temperature)?;
+    let score_map = kotae_models::adapter::quantile_map(&scores_before, &all_scores(&kept)?);
     let count = |pairs: &[Pair]| {
         let mut m = BTreeMap::new();
         for p in pairs {
@@ -470,6 +514,7 @@ pub fn tune_embedder(
         epochs,
         best_epoch,
         seconds: t0.elapsed().as_secs_f64(),
+        score_map,
     };
     Ok(EmbedderAdapter { card, layers: kept.layers })
 }

@@ -69,12 +69,79 @@ pub struct AdapterCard {
     /// original layers kept).
     pub best_epoch: usize,
     pub seconds: f64,
+    /// The same quantiles of cosine scores under the original and the adapted model (each
+    /// held-out and general query's positive and best other passage): thresholds set on the
+    /// original's scale (the relevance gate) are carried over by [`AdapterCard::map_score`].
+    #[serde(default)]
+    pub score_map: Vec<(f32, f32)>,
 }
 
 impl AdapterCard {
     /// The adapted embedder's name: `<base>+ft-<id>`.
     pub fn embedder_name(&self) -> String {
         format!("{}+ft-{}", self.base, self.id)
+    }
+
+    /// A score on the original model's scale → the adapted model's score at the same quantile
+    /// (linear between quantiles; shifted by the end's difference outside them). Unchanged
+    /// without a map.
+    pub fn map_score(&self, t: f32) -> f32 {
+        let m = &self.score_map;
+        let (Some(first), Some(last)) = (m.first(), m.last()) else { return t };
+        if t <= first.0 {
+            return t + (first.1 - first.0);
+        }
+        if t >= last.0 {
+            return t + (last.1 - last.0);
+        }
+        for w in m.windows(2) {
+            let ((a0, b0), (a1, b1)) = (w[0], w[1]);
+            if t >= a0 && t <= a1 {
+                let f = if a1 > a0 { (t - a0) / (a1 - a0) } else { 0.5 };
+                return b0 + f * (b1 - b0);
+            }
+        }
+        t
+    }
+}
+
+/// Quantile map between two score samples (`QUANTILES + 1` points, both sorted).
+pub fn quantile_map(before: &[f32], after: &[f32]) -> Vec<(f32, f32)> {
+    const QUANTILES: usize = 200;
+    if before.is_empty() || after.is_empty() {
+        return Vec::new();
+    }
+    let sorted = |v: &[f32]| {
+        let mut v = v.to_vec();
+        v.sort_by(f32::total_cmp);
+        v
+    };
+    let (b, a) = (sorted(before), sorted(after));
+    let at = |v: &[f32], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (0..=QUANTILES)
+        .map(|i| {
+            let q = i as f64 / QUANTILES as f64;
+            (at(&b, q), at(&a, q))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_map_by_quantile() {
+        // The adapted model scores everything 0.1 lower and twice as spread.
+        let before: Vec<f32> = (0..100).map(|i| 0.7 + i as f32 * 0.002).collect();
+        let after: Vec<f32> = before.iter().map(|s| 0.6 + (s - 0.7) * 2.0).collect();
+        let card = AdapterCard { score_map: quantile_map(&before, &after), ..Default::default() };
+        assert!((card.map_score(0.8) - 0.8).abs() < 0.01, "{}", card.map_score(0.8));
+        assert!((card.map_score(0.75) - 0.7).abs() < 0.01, "{}", card.map_score(0.75));
+        // Above the highest score seen (0.898 → 0.996): shifted by the end's difference.
+        assert!((card.map_score(0.9) - 0.998).abs() < 0.01, "{}", card.map_score(0.9));
+        assert!((card.map_score(0.5) - 0.4).abs() < 0.01, "{}", card.map_score(0.5));
+        assert_eq!(AdapterCard::default().map_score(0.85), 0.85);
     }
 }
 
