@@ -170,7 +170,7 @@ enum FinetuneCmd {
         layers: usize,
         #[arg(long, default_value_t = 4)]
         epochs: usize,
-        #[arg(long, default_value_t = 5e-5)]
+        #[arg(long, default_value_t = 2e-5)]
         lr: f64,
         #[arg(long, default_value_t = 16)]
         batch_size: usize,

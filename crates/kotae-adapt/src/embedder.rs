@@ -80,7 +80,7 @@ impl Default for EmbedderTuneConfig {
         Self {
             layers: 2,
             epochs: 4,
-            learning_rate: 5e-5,
+            learning_rate: 2e-5,
             weight_decay: 0.01,
             batch_size: 16,
             temperature: 0.05,

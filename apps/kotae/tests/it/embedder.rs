@@ -23,7 +23,7 @@ fn an_adapted_embedder_is_trained_on_the_knowledge_base_reembeds_it_and_can_be_r
 
     // Trained and saved, the knowledge base not yet touched.
     let job = EmbedderJob {
-        config: EmbedderTuneConfig { epochs: 3, max_pairs: 160, ..Default::default() },
+        config: EmbedderTuneConfig { epochs: 2, max_pairs: 160, learning_rate: 5e-5, ..Default::default() },
         general_text: vec![
             workspace().join("evals/general/general.en.txt"),
             workspace().join("evals/general/general.ja.txt"),
