@@ -156,19 +156,11 @@ pub fn reembed(cfg: &Config, target: Target) -> Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     for part in chunks.chunks(64) {
-        let texts: Vec<&str> = part.iter().map(|c| c.text.as_str()).collect();
-        let out = embedder.embed(&texts, InputKind::Passage)?;
-        let points: Vec<VectorPoint> = part
-            .iter()
-            .zip(out.vectors)
-            .map(|(c, v)| VectorPoint {
-                id: c.id,
-                vector: v,
-                groups: c.groups.clone(),
-                lang: c.lang.clone(),
-                source: c.source.clone(),
-            })
-            .collect();
+        // What ingest embeds: the section path, then the text.
+        let texts: Vec<String> = part.iter().map(crate::ingest::passage_text).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let out = embedder.embed(&refs, InputKind::Passage)?;
+        let points: Vec<VectorPoint> = part.iter().zip(out.vectors).map(|(c, v)| VectorPoint::of(c, v)).collect();
         w.put_vectors(&points)?;
         bar.inc(part.len() as u64);
     }

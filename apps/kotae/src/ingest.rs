@@ -392,17 +392,8 @@ pub fn run_ingest(
                 let out = embedder.expect("loaded when files changed").embed(&refs, InputKind::Passage)?;
                 sum.truncated_for_embedding += out.truncated;
                 sum.chunks_embedded += group.len();
-                let points: Vec<VectorPoint> = group
-                    .iter()
-                    .zip(out.vectors)
-                    .map(|(c, v)| VectorPoint {
-                        id: c.id,
-                        vector: v,
-                        groups: c.groups.clone(),
-                        lang: c.lang.clone(),
-                        source: c.source.clone(),
-                    })
-                    .collect();
+                let points: Vec<VectorPoint> =
+                    group.iter().zip(out.vectors).map(|(c, v)| VectorPoint::of(c, v)).collect();
                 session.put_vectors(&points)?;
             }
             for job in batch {

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{Device, Tensor, D};
 use kotae_index::{IndexedChunk, KnowledgeIndex, SearchMode, SearchRequest};
 use kotae_models::adapter::{AdapterCard, EmbedderAdapter, EpochLog, PairMetrics};
 use kotae_models::classifier::{keep_states, pad_states, EncoderTop};
@@ -312,13 +312,6 @@ fn evaluate(top: &EncoderTop, s: &PairStates, temperature: f64) -> Result<PairMe
     Ok(m)
 }
 
-fn frozen_copy(top: &EncoderTop) -> candle_core::Result<Vec<HashMap<String, Tensor>>> {
-    top.layers
-        .iter()
-        .map(|l| l.iter().map(|(n, t)| Ok((n.clone(), t.copy()?))).collect::<candle_core::Result<HashMap<_, _>>>())
-        .collect()
-}
-
 /// Train the embedder's top layers on `train`, stop early on `heldout`, measure forgetting on
 /// `general`. The adapter's weights are those of the best held-out epoch.
 pub fn tune_embedder(
@@ -352,21 +345,7 @@ pub fn tune_embedder(
     let (n_layers, heads, eps, _) = e.encoder_layer(0)?.ok_or_else(no_tuning)?;
     let layers = cfg.layers.clamp(1, n_layers);
     let split = n_layers - layers;
-    let mut vars: Vec<(String, Var)> = Vec::new();
-    let mut top_layers = Vec::new();
-    for i in split..n_layers {
-        let (_, _, _, w) = e.encoder_layer(i)?.ok_or_else(no_tuning)?;
-        let mut names: Vec<&String> = w.keys().collect();
-        names.sort();
-        let mut l = HashMap::new();
-        for name in names {
-            let v = Var::from_tensor(&w[name])?;
-            l.insert(name.clone(), v.as_tensor().clone());
-            vars.push((format!("top.{}.{name}", i - split), v));
-        }
-        top_layers.push(l);
-    }
-    let top = EncoderTop { layers: top_layers, heads, eps };
+    let (top, vars) = crate::head::trainable_top(e, split, n_layers, heads, eps)?;
     let tr = pair_states(e, train, split, cfg.max_states)?;
     let va = pair_states(e, heldout, split, cfg.max_states)?;
     let ge = pair_states(e, general, split, cfg.max_states)?;
@@ -397,7 +376,7 @@ pub fn tune_embedder(
         (q * p.index_select(&pos, 0)?)?.sum(1)?.to_vec1()?
     };
     let general_before = evaluate(&top, &ge, cfg.temperature)?;
-    let mut best = (heldout_before.mrr, 0usize, frozen_copy(&top)?, heldout_before.clone());
+    let mut best = (heldout_before.mrr, 0usize, crate::head::frozen_layers(&top)?, heldout_before.clone());
     let batch_size = cfg.batch_size.clamp(2, 64);
     let steps_per_epoch = train.len().div_ceil(batch_size);
     let total = steps_per_epoch * cfg.epochs.max(1);
@@ -475,7 +454,7 @@ pub fn tune_embedder(
         );
         epochs.push(log);
         if m.mrr > best.0 {
-            best = (m.mrr, epoch, frozen_copy(&top)?, m);
+            best = (m.mrr, epoch, crate::head::frozen_layers(&top)?, m);
             stale = 0;
         } else {
             stale += 1;

@@ -344,6 +344,42 @@ pub fn token_states(e: &dyn Embedder, texts: &[String], split: usize, max: usize
     Ok(out)
 }
 
+/// The embedder's layers `split..n_layers` as trainable `Var`s (named `top.<i>.<tensor>`) and
+/// the [`EncoderTop`] that reads them.
+pub(crate) fn trainable_top(
+    e: &dyn Embedder,
+    split: usize,
+    n_layers: usize,
+    heads: usize,
+    eps: f64,
+) -> Result<(EncoderTop, Vec<(String, Var)>)> {
+    let mut vars: Vec<(String, Var)> = Vec::new();
+    let mut layers = Vec::new();
+    for i in split..n_layers {
+        let (_, _, _, w) = e.encoder_layer(i)?.ok_or_else(|| {
+            Error::Config(format!("{}: this encoder engine cannot be fine-tuned; use the int8 engine", e.name()))
+        })?;
+        let mut l = HashMap::new();
+        let mut names: Vec<&String> = w.keys().collect();
+        names.sort();
+        for name in names {
+            let v = Var::from_tensor(&w[name])?;
+            l.insert(name.clone(), v.as_tensor().clone());
+            vars.push((format!("top.{}.{name}", i - split), v));
+        }
+        layers.push(l);
+    }
+    Ok((EncoderTop { layers, heads, eps }, vars))
+}
+
+/// The layers' current values, detached from training.
+pub(crate) fn frozen_layers(top: &EncoderTop) -> candle_core::Result<Vec<HashMap<String, Tensor>>> {
+    top.layers
+        .iter()
+        .map(|l| l.iter().map(|(n, t)| Ok((n.clone(), t.copy()?))).collect::<candle_core::Result<HashMap<_, _>>>())
+        .collect()
+}
+
 /// Fine-tuning: the embedder's top `layers` layers are copied and trained together with a
 /// head on the token states of the frozen layers below them (computed once). Serving then
 /// runs the frozen layers once per question for both retrieval and the head.
@@ -369,21 +405,7 @@ pub fn train_tuned_head(
     let states = token_states(e, texts, split, cfg.max_states)?;
     tracing::info!(texts = texts.len(), split, secs = t0.elapsed().as_secs_f64(), "token states computed");
     let dev = Device::Cpu;
-    let mut top_vars: Vec<(String, Var)> = Vec::new();
-    let mut top_layers = Vec::new();
-    for i in split..n_layers {
-        let (_, _, _, w) = e.encoder_layer(i)?.ok_or_else(no_tuning)?;
-        let mut l = HashMap::new();
-        let mut names: Vec<&String> = w.keys().collect();
-        names.sort();
-        for name in names {
-            let v = Var::from_tensor(&w[name])?;
-            l.insert(name.clone(), v.as_tensor().clone());
-            top_vars.push((format!("top.{}.{name}", i - split), v));
-        }
-        top_layers.push(l);
-    }
-    let top = EncoderTop { layers: top_layers, heads, eps };
+    let (top, top_vars) = trainable_top(e, split, n_layers, heads, eps)?;
     let dim = states.first().map(|s| s.dim(1)).transpose()?.ok_or_else(|| Error::Config("no examples".into()))?;
     let (tr, va) = stratified_split(y, cfg.val_fraction, cfg.seed);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
@@ -444,15 +466,7 @@ pub fn train_tuned_head(
     }
     let class_counts = labels.iter().cloned().zip(counts.iter().copied()).collect();
     let (w1, b1, w2) = th.weights()?;
-    let frozen = EncoderTop {
-        layers: top
-            .layers
-            .iter()
-            .map(|l| l.iter().map(|(n, t)| Ok((n.clone(), t.copy()?))).collect::<candle_core::Result<HashMap<_, _>>>())
-            .collect::<candle_core::Result<Vec<_>>>()?,
-        heads,
-        eps,
-    };
+    let frozen = EncoderTop { layers: frozen_layers(&top)?, heads, eps };
     let mut head = Head::new(
         HeadCard {
             task: task.into(),

@@ -35,6 +35,19 @@ pub struct VectorPoint {
     pub source: String,
 }
 
+impl VectorPoint {
+    /// A chunk's vector with the chunk's filter payload.
+    pub fn of(chunk: &crate::IndexedChunk, vector: Vec<f32>) -> Self {
+        Self {
+            id: chunk.id,
+            vector,
+            groups: chunk.groups.clone(),
+            lang: chunk.lang.clone(),
+            source: chunk.source.clone(),
+        }
+    }
+}
+
 /// Filter applied inside the vector engine, before the top-k is cut.
 #[derive(Debug, Clone, Default)]
 pub struct VectorFilter {
