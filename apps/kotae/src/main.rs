@@ -161,6 +161,16 @@ enum FinetuneCmd {
         /// Learning rate of the tuned layers
         #[arg(long, default_value_t = 5e-5)]
         tune_lr: f64,
+        /// Safety: the generator layer whose states the second classifier reads
+        #[arg(long, default_value_t = 9)]
+        lm_layer: usize,
+        /// Safety: how that layer's token states are pooled (mean or last)
+        #[arg(long, default_value = "mean")]
+        lm_pool: kotae_models::states::StatePool,
+        /// Safety: also train a second classifier on the generator's states (blocks more
+        /// harmful prompts, and more of other domains' ordinary questions: see evals/guard/README.md)
+        #[arg(long)]
+        lm_probe: bool,
     },
     /// Adapt the embedder to this knowledge base (its top layers, contrastively on pairs from
     /// the inquiry logs and the manuals' headings), then re-embed the knowledge base with it
@@ -605,6 +615,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     tune_layers,
                     tune_epochs,
                     tune_lr,
+                    lm_layer,
+                    lm_pool,
+                    lm_probe,
                 },
         } => {
             let out = out.unwrap_or_else(|| cfg.data_dir.join("heads").join(&task));
@@ -619,7 +632,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 tune_learning_rate: tune_lr,
                 ..Default::default()
             };
-            finetune::run_head(&cfg, &finetune::HeadJob { task, knowledge, out, config, safe_extra })?;
+            let lm_probe = lm_probe.then_some(finetune::LmProbe { layer: lm_layer, pool: lm_pool });
+            finetune::run_head(&cfg, &finetune::HeadJob { task, knowledge, out, config, safe_extra, lm_probe })?;
         }
         Cmd::Finetune {
             cmd:
@@ -754,7 +768,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 (None, None)
             };
-            let ctx = kotae_guard::Context { vector: vector.as_deref(), states: states.as_ref(), ..Default::default() };
+            let lm_state = match kotae::serve::lm_states_for(&cfg, &classifiers, None)? {
+                Some(r) if direction != kotae_guard::Direction::Output => Some(r.features(&text)?),
+                _ => None,
+            };
+            let ctx = kotae_guard::Context {
+                vector: vector.as_deref(),
+                states: states.as_ref(),
+                lm_state: lm_state.as_deref(),
+                ..Default::default()
+            };
             let v = guard.check(direction, &text, &ctx);
             println!("{}", serde_json::to_string_pretty(&v)?);
             if v.blocked() {
@@ -794,11 +817,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let guard = kotae::serve::load_guard(&cfg, &classifiers)?
                 .ok_or_else(|| anyhow::anyhow!("the guardrails are off (guard.enabled = false)"))?;
             let embedder = if guard.wants_vector() { Some(kotae::load_embedder(&cfg)?) } else { None };
+            let lm = kotae::serve::lm_states_for(&cfg, &classifiers, None)?;
             let mut r = kotae::guard_eval::run_guard_eval(
                 &cfg,
                 &files,
                 guard.clone(),
                 embedder.as_ref().map(|e| e as &dyn kotae_models::Embedder),
+                lm.as_deref(),
             )?;
             r.lexicon_terms = kotae_guard::Guardrails::load(None, Some(&cfg.models_dir()), None)?.lexicon().len();
             // Thresholds come from the dev split; the held-out split is reported, never tuned on.

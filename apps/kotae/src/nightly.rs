@@ -339,7 +339,13 @@ pub fn run_suites(cfg: &Config, engine: &kotae_server::Engine, o: &SuiteOptions)
     // Guardrails.
     if let Some(guard) = engine.answerer.guard() {
         let files = guard_eval::split_files(&o.evals.join("guard"), "dev")?;
-        let mut g = guard_eval::run_guard_eval(cfg, &files, guard.clone(), embedder)?;
+        let mut g = guard_eval::run_guard_eval(
+            cfg,
+            &files,
+            guard.clone(),
+            embedder,
+            engine.answerer.lm_states().map(|r| r.as_ref()),
+        )?;
         if let Some(mut t) = thresholds(&o.evals.join("guard/thresholds.toml"))? {
             // Latency is tracked as a trend here (perf.guard_input_p50_ms), not as a floor.
             t.remove("latency");

@@ -42,9 +42,10 @@ pub fn engine_from(
     };
     let generator = kotae_models::registry::load_generator(&cfg.models_dir(), &cfg.generator.model, &opts)
         .with_context(|| format!("cannot load generator {}", cfg.generator.model))?;
+    let classifiers = load_classifiers(cfg)?;
+    let lm_states = lm_states_for(cfg, &classifiers, Some(&generator))?;
     let worker = GeneratorWorker::spawn(Box::new(generator), cfg.server.queue_capacity)?;
     let retrieval = RetrievalSettings { mode: cfg.search.mode, fusion: cfg.search.fusion };
-    let classifiers = load_classifiers(cfg)?;
     let mut answer_cfg = cfg.answer_config();
     if answer_cfg.generator_languages.is_empty() {
         // The catalog knows which of its generators write which languages (SmolLM2: English only).
@@ -55,7 +56,7 @@ pub fn engine_from(
     let mut answerer =
         Answerer::new(index.clone(), Some(embedder.clone()), worker.format().clone(), retrieval, answer_cfg);
     if let Some(guard) = load_guard(cfg, &classifiers)? {
-        answerer = answerer.with_guard(guard);
+        answerer = answerer.with_guard(guard).with_lm_states(lm_states);
     }
     let knowledge: Arc<dyn kotae_server::documents::Knowledge> =
         Arc::new(LiveKnowledge { cfg: cfg.clone(), index: index.clone(), embedder: embedder.clone() });
@@ -162,13 +163,44 @@ pub fn load_guard(
     if head.is_none() {
         tracing::warn!("no safety head: the guard runs on rules and lexicons only (train one with `kotae finetune head --task safety`)");
     }
-    let g = kotae_guard::Guardrails::load(cfg.guard.policy.as_deref(), Some(&cfg.models_dir()), head)?;
+    let g = kotae_guard::Guardrails::load(cfg.guard.policy.as_deref(), Some(&cfg.models_dir()), head)?
+        .with_lm_probe(classifiers.get(LM_SAFETY).cloned());
     if g.lexicon().len() < 500 {
         tracing::warn!(
             "the Japanese inappropriate-words list is not installed: `kotae models fetch ja-inappropriate-words`"
         );
     }
     Ok(Some(Arc::new(g)))
+}
+
+/// The task name of the second safety classifier (on the generator's states).
+pub const LM_SAFETY: &str = "safety-lm";
+
+/// The state reader the second safety classifier needs, from `generator` (sharing its
+/// weights) or, without one, from the configured generator loaded for it.
+pub fn lm_states_for(
+    cfg: &Config,
+    classifiers: &BTreeMap<String, Arc<kotae_models::Head>>,
+    generator: Option<&kotae_models::CandleGenerator>,
+) -> Result<Option<Arc<kotae_models::states::LmStates>>> {
+    let Some(h) = classifiers.get(LM_SAFETY) else { return Ok(None) };
+    let pool: kotae_models::states::StatePool =
+        h.card.config["pool"].as_str().unwrap_or("mean").parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let layer = h.card.split_layer;
+    let r = match generator {
+        Some(g) => g.lm_states(layer, pool),
+        None => Some(crate::finetune::load_lm_states(cfg, layer, pool)?),
+    };
+    match r {
+        Some(r) if r.id() == h.card.embedder => Ok(Some(Arc::new(r))),
+        _ => {
+            tracing::warn!(
+                "the second safety classifier reads {} but the generator cannot give those states (the int8 engine is needed): the guard runs without it",
+                h.card.embedder
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// The trained heads under `<data-dir>/heads/<task>/`, by task. A head trained on another
@@ -182,6 +214,20 @@ pub fn load_classifiers(cfg: &Config) -> Result<BTreeMap<String, Arc<kotae_model
             continue;
         }
         let head = kotae_models::Head::load(&e.path()).with_context(|| format!("loading {}", e.path().display()))?;
+        // A head on the generator's states reads that generator or nothing.
+        if let Some((model, _)) = head.card.embedder.split_once("@L") {
+            if model != cfg.generator.model {
+                tracing::warn!(
+                    "{} reads {}'s states but the generator is {}: it is not used; retrain it with `kotae finetune head --task safety`",
+                    e.path().display(),
+                    model,
+                    cfg.generator.model
+                );
+                continue;
+            }
+            out.insert(head.card.task.clone(), Arc::new(head));
+            continue;
+        }
         // A head reads the sentence vector, or (tuned) the token states below its own layers:
         // an adapted embedder changes the first always, the second only above its split.
         let id = cfg.embedder_id();

@@ -194,6 +194,9 @@ pub struct Timings {
     /// checked): the delay the guardrails add to the first visible token.
     #[serde(default)]
     pub guard_hold_ms: f64,
+    /// The guard's second classifier: the generator's first layers on the question.
+    #[serde(default)]
+    pub guard_probe_ms: f64,
 }
 
 /// The finished answer.
@@ -342,6 +345,8 @@ pub struct Answerer {
     retrieval: RetrievalSettings,
     cfg: AnswerConfig,
     guard: Option<Arc<dyn Guard>>,
+    /// The generator's states for the guard's second classifier, when it has one.
+    lm_states: Option<Arc<kotae_models::states::LmStates>>,
 }
 
 impl Answerer {
@@ -352,7 +357,13 @@ impl Answerer {
         retrieval: RetrievalSettings,
         cfg: AnswerConfig,
     ) -> Self {
-        Self { index, embedder, format, retrieval, cfg, guard: None }
+        Self { index, embedder, format, retrieval, cfg, guard: None, lm_states: None }
+    }
+
+    /// The reader of the generator's states that the guard's second classifier needs.
+    pub fn with_lm_states(mut self, states: Option<Arc<kotae_models::states::LmStates>>) -> Self {
+        self.lm_states = states;
+        self
     }
 
     /// Check questions and answers with `guard`.
@@ -363,6 +374,11 @@ impl Answerer {
 
     pub fn guard(&self) -> Option<&Arc<dyn Guard>> {
         self.guard.as_ref()
+    }
+
+    /// The reader of the generator's states for the guard's second classifier.
+    pub fn lm_states(&self) -> Option<&Arc<kotae_models::states::LmStates>> {
+        self.lm_states.as_ref()
     }
 
     pub fn config(&self) -> &AnswerConfig {
@@ -424,6 +440,14 @@ impl Answerer {
                     timings.embed_ms = ms(t);
                 }
             }
+            let mut lm_state = None;
+            if let (Some(id), Some(r)) = (guard.lm_probe(), &self.lm_states) {
+                if r.id() == id {
+                    let t = Instant::now();
+                    lm_state = Some(r.features(&text)?);
+                    timings.guard_probe_ms = ms(t);
+                }
+            }
             let v = guard.check(
                 Direction::Input,
                 &text,
@@ -431,6 +455,7 @@ impl Answerer {
                     lang: Some(&lang),
                     vector: early_vector.as_deref(),
                     states: states.as_ref(),
+                    lm_state: lm_state.as_deref(),
                     ..Default::default()
                 },
             );

@@ -49,13 +49,28 @@ pub const ORDINARY_JSONL: &str = include_str!("../data/ordinary.jsonl");
 pub const TRAIN_MORE_JA_JSONL: &str = include_str!("../data/train-more.ja.jsonl");
 pub const TRAIN_MORE_EN_JSONL: &str = include_str!("../data/train-more.en.jsonl");
 
+/// Benign questions of many other domains (appliances, travel, programming, pharmacy, …;
+/// image editing left out as a test), 700 per language: without them the classifier learned
+/// "not this company's help desk, so harmful" and refused a quarter of another domain's
+/// ordinary questions.
+pub const GENERAL_JA_JSONL: &str = include_str!("../data/general.ja.jsonl");
+pub const GENERAL_EN_JSONL: &str = include_str!("../data/general.en.jsonl");
+
 /// Every line of the project's own safety training data (JSON Lines: `lang`, `label`,
 /// `category`, `text`).
 pub fn training_lines() -> impl Iterator<Item = &'static str> {
-    [TRAIN_JSONL, TRAIN_EXTRA_JSONL, ORDINARY_JSONL, TRAIN_MORE_JA_JSONL, TRAIN_MORE_EN_JSONL]
-        .into_iter()
-        .flat_map(str::lines)
-        .filter(|l| !l.trim().is_empty())
+    [
+        TRAIN_JSONL,
+        TRAIN_EXTRA_JSONL,
+        ORDINARY_JSONL,
+        TRAIN_MORE_JA_JSONL,
+        TRAIN_MORE_EN_JSONL,
+        GENERAL_JA_JSONL,
+        GENERAL_EN_JSONL,
+    ]
+    .into_iter()
+    .flat_map(str::lines)
+    .filter(|l| !l.trim().is_empty())
 }
 
 /// Errors of the guard.
@@ -294,6 +309,9 @@ pub struct Context<'a> {
     pub vector: Option<&'a [f32]>,
     /// The text's token states below the tuned safety head's layers (see [`encode`]).
     pub states: Option<&'a Tensor>,
+    /// The generator's pooled state of the text ([`kotae_models::states::LmStates`]), for
+    /// the second safety classifier ([`Guard::lm_probe`]).
+    pub lm_state: Option<&'a [f32]>,
     /// Source texts the answer was written from: personal data that appears in them may be
     /// repeated (a help-desk phone number from a manual), other personal data may not.
     pub sources: &'a [String],
@@ -317,6 +335,16 @@ pub trait Guard: Send + Sync {
     /// The classifier's probability that the text is harmful, from its vector and states
     /// (`None` without a classifier): for evaluations and threshold choice.
     fn classifier_score(&self, vector: &[f32], states: Option<&Tensor>) -> Option<f32>;
+    /// The states the second safety classifier reads, as [`kotae_models::states::LmStates::id`]
+    /// names them (`None`: no such classifier; callers then skip the model run).
+    fn lm_probe(&self) -> Option<&str> {
+        None
+    }
+    /// The second classifier's probability that the text is harmful, from the generator's
+    /// state of it.
+    fn lm_probe_score(&self, _lm_state: &[f32]) -> Option<f32> {
+        None
+    }
 }
 
 /// Sentence vectors, and token states when the guard's head is tuned.
@@ -340,13 +368,22 @@ pub struct Guardrails {
     rules: rules::RuleSet,
     lexicon: Lexicon,
     head: Option<Arc<kotae_models::Head>>,
+    /// A head on the generator's residual stream (`kotae finetune head --task safety` trains
+    /// it beside the first when the generator is installed).
+    lm_head: Option<Arc<kotae_models::Head>>,
 }
 
 impl Guardrails {
     /// Built-in rules and lexicon, the policy's terms, and the safety head when given.
     pub fn new(policy: Policy, lexicon: Lexicon, head: Option<Arc<kotae_models::Head>>) -> Self {
         let rules = rules::RuleSet::new(&policy.terms);
-        Self { policy, rules, lexicon, head }
+        Self { policy, rules, lexicon, head, lm_head: None }
+    }
+
+    /// With the second safety classifier, on the generator's states.
+    pub fn with_lm_probe(mut self, head: Option<Arc<kotae_models::Head>>) -> Self {
+        self.lm_head = head;
+        self
     }
 
     /// The guard a deployment runs: `policy` (or the defaults), the built-in lexicon plus
@@ -387,15 +424,15 @@ impl Guardrails {
             }
             head.probabilities(&[vector.to_vec()]).ok()?.pop()?
         };
-        Some(
-            head.card
-                .labels
-                .iter()
-                .zip(&p)
-                .filter(|(l, _)| l.as_str() != "safe" && l.as_str() != "benign")
-                .map(|(_, p)| *p)
-                .sum(),
-        )
+        Some(harmful_mass(&head.card.labels, &p))
+    }
+
+    /// The probe's probability of the harmful labels.
+    fn lm_score(&self, lm_state: Option<&[f32]>) -> Option<f32> {
+        let head = self.lm_head.as_ref()?;
+        let x = lm_state.filter(|x| x.len() == head.card.input_dim)?;
+        let p = head.probabilities(&[x.to_vec()]).ok()?.pop()?;
+        Some(harmful_mass(&head.card.labels, &p))
     }
 
     fn finding(&self, direction: Direction, category: Category, rule: String, score: f32) -> Finding {
@@ -422,6 +459,14 @@ impl Guard for Guardrails {
 
     fn classifier_score(&self, vector: &[f32], states: Option<&Tensor>) -> Option<f32> {
         self.head_score(Some(vector), states)
+    }
+
+    fn lm_probe(&self) -> Option<&str> {
+        self.lm_head.as_ref().map(|h| h.card.embedder.as_str())
+    }
+
+    fn lm_probe_score(&self, lm_state: &[f32]) -> Option<f32> {
+        self.lm_score(Some(lm_state))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(direction = direction.as_str()))]
@@ -493,6 +538,14 @@ impl Guard for Guardrails {
                     findings.push(self.finding(direction, category, "classifier:safety".into(), score));
                 }
             }
+            // The second classifier, on the generator's reading of the text: either one
+            // blocks (they fail on different prompts).
+            if let Some(score) = self.lm_score(ctx.lm_state) {
+                if score >= self.policy.thresholds.lm_classifier && !findings.iter().any(|f| f.action == Action::Block)
+                {
+                    findings.push(self.finding(direction, Category::Unsafe, "classifier:safety-lm".into(), score));
+                }
+            }
         }
         if direction == Direction::Output && leaks(&norm, ctx.secrets) {
             findings.push(self.finding(direction, Category::PromptInjection, "leak:system_prompt".into(), 1.0));
@@ -510,6 +563,11 @@ impl Guard for Guardrails {
         }
         Verdict { direction, action, findings, redacted, took_us: t.elapsed().as_micros() as u64 }
     }
+}
+
+/// Probability of every label but `safe` / `benign`.
+fn harmful_mass(labels: &[String], p: &[f32]) -> f32 {
+    labels.iter().zip(p).filter(|(l, _)| l.as_str() != "safe" && l.as_str() != "benign").map(|(_, p)| *p).sum()
 }
 
 /// Whether the text copies 48 or more consecutive characters of a secret (compared in the

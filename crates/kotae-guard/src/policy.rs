@@ -166,13 +166,17 @@ pub struct Thresholds {
     pub classifier: f32,
     /// A lower bar when a rule or lexicon also fired weakly (a rude word, a teaching marker).
     pub classifier_with_signal: f32,
+    /// Probability of `harmful` (or `jailbreak`) from the second safety classifier (on the
+    /// generator's states, trained on request) above which an input is blocked. Chosen on
+    /// the dev split: 0.90 blocked as many harmful prompts and more benign ones.
+    pub lm_classifier: f32,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
         // Chosen on evals/guard/*.dev.jsonl (never on the held-out split) for the tuned
         // safety head (`kotae finetune head --task safety`, two layers fine-tuned).
-        Self { classifier: 0.95, classifier_with_signal: 0.5 }
+        Self { classifier: 0.95, classifier_with_signal: 0.5, lm_classifier: 0.97 }
     }
 }
 
@@ -219,7 +223,11 @@ impl Policy {
 
     fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.thresholds;
-        for (name, v) in [("classifier", t.classifier), ("classifier_with_signal", t.classifier_with_signal)] {
+        for (name, v) in [
+            ("classifier", t.classifier),
+            ("classifier_with_signal", t.classifier_with_signal),
+            ("lm_classifier", t.lm_classifier),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("thresholds.{name} is {v}: it must be between 0 and 1"));
             }

@@ -159,6 +159,7 @@ impl Gate {
                 lang: Some(&self.lang),
                 vector: None,
                 states: None,
+                lm_state: None,
                 sources: &self.sources,
                 secrets: &self.secrets,
             };

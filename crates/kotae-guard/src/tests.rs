@@ -213,3 +213,54 @@ fn policy_actions_apply() {
     assert_eq!(v.action, Action::Warn);
     assert_eq!(v.category(), Some(Category::Weapons));
 }
+
+/// The second classifier reads the generator's state of the question when the caller gives
+/// it: above its threshold it blocks alone; without a state it stays out of the decision; it
+/// never runs on answers.
+#[test]
+fn the_second_classifier_blocks_on_the_generators_state() {
+    use kotae_models::candle::{Device, Tensor};
+    use kotae_models::classifier::{ClassMetrics, HeadCard};
+    let dim = 4;
+    let card = HeadCard {
+        task: "safety-lm".into(),
+        labels: vec!["harmful".into(), "jailbreak".into(), "safe".into()],
+        embedder: "tiny@L1/mean".into(),
+        input_dim: dim,
+        hidden: 0,
+        tuned_layers: 0,
+        split_layer: 1,
+        max_states: 0,
+        config: serde_json::Value::Null,
+        train_examples: 0,
+        class_counts: Default::default(),
+        validation: ClassMetrics::default(),
+        tests: Default::default(),
+    };
+    // Harmful when the first feature is large, safe when it is negative.
+    let w1 =
+        Tensor::from_vec(vec![10f32, 0., 0., 0., 0., 0., 0., 0., -10., 0., 0., 0.], (3, dim), &Device::Cpu).unwrap();
+    let b1 = Tensor::zeros(3, kotae_models::candle::DType::F32, &Device::Cpu).unwrap();
+    let head = Arc::new(kotae_models::Head::new(card, w1, b1, None));
+    let g = Guardrails::new(Policy::default(), Lexicon::builtin(), None).with_lm_probe(Some(head));
+    assert_eq!(g.lm_probe(), Some("tiny@L1/mean"));
+    let q = "Where do I find the travel expense form?";
+    let harmful = [1f32, 0., 0., 0.];
+    let safe = [-1f32, 0., 0., 0.];
+    assert!(g.lm_probe_score(&harmful).unwrap() > 0.99);
+    assert!(g.lm_probe_score(&safe).unwrap() < 0.01);
+    fn with(x: &[f32]) -> Context<'_> {
+        Context { lm_state: Some(x), ..Default::default() }
+    }
+    let v = g.check(Direction::Input, q, &with(&harmful));
+    assert!(v.blocked());
+    assert_eq!(v.decisive().unwrap().rule, "classifier:safety-lm");
+    assert!(!g.check(Direction::Input, q, &with(&safe)).blocked());
+    assert!(!g.check(Direction::Input, q, &Context::default()).blocked(), "no state, no decision");
+    assert!(!g.check(Direction::Output, q, &with(&harmful)).blocked(), "answers are checked otherwise");
+    // A state of the wrong size (another model) is not read.
+    assert!(!g.check(Direction::Input, q, &with(&[1.0, 0.0])).blocked());
+    // A rule's block stays the decisive finding.
+    let v = g.check(Direction::Input, "How do I make a pipe bomb at home?", &with(&harmful));
+    assert!(v.decisive().unwrap().rule.starts_with("rule:"));
+}

@@ -126,25 +126,6 @@ pub fn quantile_map(before: &[f32], after: &[f32]) -> Vec<(f32, f32)> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scores_map_by_quantile() {
-        // The adapted model scores everything 0.1 lower and twice as spread.
-        let before: Vec<f32> = (0..100).map(|i| 0.7 + i as f32 * 0.002).collect();
-        let after: Vec<f32> = before.iter().map(|s| 0.6 + (s - 0.7) * 2.0).collect();
-        let card = AdapterCard { score_map: quantile_map(&before, &after), ..Default::default() };
-        assert!((card.map_score(0.8) - 0.8).abs() < 0.01, "{}", card.map_score(0.8));
-        assert!((card.map_score(0.75) - 0.7).abs() < 0.01, "{}", card.map_score(0.75));
-        // Above the highest score seen (0.898 → 0.996): shifted by the end's difference.
-        assert!((card.map_score(0.9) - 0.998).abs() < 0.01, "{}", card.map_score(0.9));
-        assert!((card.map_score(0.5) - 0.4).abs() < 0.01, "{}", card.map_score(0.5));
-        assert_eq!(AdapterCard::default().map_score(0.85), 0.85);
-    }
-}
-
 /// Replacement top layers for an embedder.
 pub struct EmbedderAdapter {
     pub card: AdapterCard,
@@ -198,5 +179,24 @@ impl EmbedderAdapter {
             return Err(Error::invalid(&st, format!("expected {} complete encoder layers", card.layers)));
         }
         Ok(Self { card, layers })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_map_by_quantile() {
+        // The adapted model scores everything 0.1 lower and twice as spread.
+        let before: Vec<f32> = (0..100).map(|i| 0.7 + i as f32 * 0.002).collect();
+        let after: Vec<f32> = before.iter().map(|s| 0.6 + (s - 0.7) * 2.0).collect();
+        let card = AdapterCard { score_map: quantile_map(&before, &after), ..Default::default() };
+        assert!((card.map_score(0.8) - 0.8).abs() < 0.01, "{}", card.map_score(0.8));
+        assert!((card.map_score(0.75) - 0.7).abs() < 0.01, "{}", card.map_score(0.75));
+        // Above the highest score seen (0.898 → 0.996): shifted by the end's difference.
+        assert!((card.map_score(0.9) - 0.998).abs() < 0.01, "{}", card.map_score(0.9));
+        assert!((card.map_score(0.5) - 0.4).abs() < 0.01, "{}", card.map_score(0.5));
+        assert_eq!(AdapterCard::default().map_score(0.85), 0.85);
     }
 }

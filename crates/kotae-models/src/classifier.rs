@@ -210,6 +210,23 @@ impl Head {
         Self { card, w1, b1, w2, top: None, top_int8: None }
     }
 
+    /// A head trained on standardized inputs (`(x - mean) / std`, per feature) made to read
+    /// the raw inputs: the standardization folded into its first layer.
+    pub fn reading_raw_inputs(mut self, mean: &[f32], std: &[f32]) -> Result<Self> {
+        let dim = self.card.input_dim;
+        if mean.len() != dim || std.len() != dim {
+            return Err(Error::Generation(format!("standardization of {} features for a head of {dim}", mean.len())));
+        }
+        let inv: Vec<f32> = std.iter().map(|s| 1.0 / s.max(1e-6)).collect();
+        let inv = Tensor::from_vec(inv, (1, dim), &Device::Cpu)?;
+        let w1 = self.w1.broadcast_mul(&inv)?;
+        let mean = Tensor::from_vec(mean.to_vec(), (dim, 1), &Device::Cpu)?;
+        let b1 = (&self.b1 - w1.matmul(&mean)?.flatten_all()?)?;
+        self.w1 = w1;
+        self.b1 = b1;
+        Ok(self)
+    }
+
     /// A tuned head: its fine-tuned encoder layers and the layer below them it reads.
     pub fn with_top(mut self, top: EncoderTop) -> Self {
         self.card.tuned_layers = top.layers.len();
@@ -439,6 +456,47 @@ mod tests {
     }
 
     use candle_core::DType;
+
+    #[test]
+    fn a_head_trained_on_standardized_inputs_reads_raw_ones_alike() {
+        let dim = 6;
+        let card = |hidden| HeadCard {
+            task: "t".into(),
+            labels: vec!["a".into(), "b".into(), "c".into()],
+            embedder: "test".into(),
+            input_dim: dim,
+            hidden,
+            tuned_layers: 0,
+            split_layer: 0,
+            max_states: 0,
+            config: serde_json::Value::Null,
+            train_examples: 0,
+            class_counts: BTreeMap::new(),
+            validation: ClassMetrics::default(),
+            tests: BTreeMap::new(),
+        };
+        let mean = [1.0f32, -2.0, 30.0, 0.0, 5.0, -0.5];
+        let std = [0.5f32, 2.0, 10.0, 1.0, 0.1, 3.0];
+        let x = random((4, dim), 3, 40.0).to_vec2::<f32>().unwrap();
+        let z: Vec<Vec<f32>> =
+            x.iter().map(|v| v.iter().zip(&mean).zip(&std).map(|((a, m), s)| (a - m) / s).collect()).collect();
+        for hidden in [0, 5] {
+            let (w1, b1) = if hidden == 0 {
+                (random((3, dim), 4, 1.0), random((1, 3), 5, 1.0).squeeze(0).unwrap())
+            } else {
+                (random((hidden, dim), 4, 1.0), random((1, hidden), 5, 1.0).squeeze(0).unwrap())
+            };
+            let w2 = (hidden > 0).then(|| (random((3, hidden), 6, 1.0), random((1, 3), 7, 1.0).squeeze(0).unwrap()));
+            let on_z = Head::new(card(hidden), w1.clone(), b1.clone(), w2.clone()).probabilities(&z).unwrap();
+            let raw = Head::new(card(hidden), w1, b1, w2).reading_raw_inputs(&mean, &std).unwrap();
+            let on_x = raw.probabilities(&x).unwrap();
+            for (a, b) in on_z.iter().flatten().zip(on_x.iter().flatten()) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b} (hidden {hidden})");
+            }
+        }
+        let h = Head::new(card(0), random((3, dim), 4, 1.0), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(), None);
+        assert!(h.reading_raw_inputs(&mean[..3], &std).is_err());
+    }
 
     #[test]
     fn a_tuned_head_serves_on_int8_what_it_trained_in_f32_and_survives_save_and_load() {

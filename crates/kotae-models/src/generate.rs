@@ -320,6 +320,26 @@ impl CandleGenerator {
         Ok(self.prefill(ids)?.to_vec1()?)
     }
 
+    /// A reader of this model's residual stream at `layer` (the int8 engine only: `None`
+    /// otherwise), sharing its weights: what a probe such as the guard's reads.
+    pub fn lm_states(&self, layer: usize, pool: crate::states::StatePool) -> Option<crate::states::LmStates> {
+        match &self.weights {
+            Weights::Int8(m) if layer < m.layer_count() => {
+                Some(crate::states::LmStates::new(&self.name, m.share(layer + 1), self.format.clone(), layer, pool))
+            }
+            _ => None,
+        }
+    }
+
+    /// Per-layer residual states (last position, mean over positions) of a fresh sequence:
+    /// the int8 engine only.
+    pub fn layer_states(&mut self, ids: &[u32], layers: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        match &mut self.weights {
+            Weights::Int8(m) => m.layer_states(ids, layers),
+            _ => Err(Error::Generation("layer states need the int8 engine".into())),
+        }
+    }
+
     /// Run the prompt through the model, returning the logits of its last position.
     fn prefill(&mut self, ids: &[u32]) -> Result<Tensor> {
         self.weights.reset(&self.device)?;

@@ -268,6 +268,83 @@ impl Int8Lm {
         Ok(Tensor::from_vec(logits, self.head.rows(), &self.device)?)
     }
 
+    /// A model of this one's first `layers` layers sharing its weights (no copy), with
+    /// empty caches of its own: for reading states beside the generator.
+    pub fn share(&self, layers: usize) -> Int8Lm {
+        Int8Lm {
+            embed: self.embed.clone(),
+            layers: self
+                .layers
+                .iter()
+                .take(layers)
+                .map(|l| Layer {
+                    attn_norm: l.attn_norm.clone(),
+                    qkv: Linear { w: l.qkv.w.clone(), b: l.qkv.b.clone() },
+                    o: Linear { w: l.o.w.clone(), b: l.o.b.clone() },
+                    ffn_norm: l.ffn_norm.clone(),
+                    gate_up: Linear { w: l.gate_up.w.clone(), b: l.gate_up.b.clone() },
+                    down: Linear { w: l.down.w.clone(), b: l.down.b.clone() },
+                    k_cache: Vec::new(),
+                    v_cache: Vec::new(),
+                    capacity: 0,
+                })
+                .collect(),
+            norm: self.norm.clone(),
+            head: self.head.clone(),
+            n_head: self.n_head,
+            n_kv: self.n_kv,
+            head_dim: self.head_dim,
+            eps: self.eps,
+            inv_freq: self.inv_freq.clone(),
+            rope_interleaved: self.rope_interleaved,
+            context_length: self.context_length,
+            pos: 0,
+            device: self.device.clone(),
+        }
+    }
+
+    /// Number of layers.
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Residual-stream states of a fresh sequence `ids` (the cache is reset first): for each
+    /// layer, the state of the last position after that layer, and its mean over positions,
+    /// each `[hidden]`, for the first `layers` layers (the rest are not run). What a probe on
+    /// the model's representation of a text reads.
+    pub fn layer_states(&mut self, ids: &[u32], layers: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        rayon::scope(|_| {
+            if ids.is_empty() {
+                return Err(Error::Generation("layer_states: no tokens".into()));
+            }
+            self.pos = 0;
+            let t = ids.len();
+            let hidden = self.embed.cols();
+            let mut x = vec![0f32; t * hidden];
+            for (row, &id) in x.chunks_mut(hidden).zip(ids) {
+                if id as usize >= self.embed.rows() {
+                    return Err(Error::Generation(format!(
+                        "token id {id} is outside the vocabulary ({})",
+                        self.embed.rows()
+                    )));
+                }
+                self.embed.dequantize_row(id as usize, row);
+            }
+            let mut x = Tensor::from_vec(x, (t, hidden), &self.device)?;
+            let (cos, sin) = self.rope_tables(0, t)?;
+            let mask = if t > 1 { Some(causal_mask(t, 0, &self.device)?) } else { None };
+            let mut out = Vec::with_capacity(self.layers.len());
+            for layer in 0..self.layers.len().min(layers) {
+                x = self.layer(layer, &x, 0, &cos, &sin, mask.as_ref())?;
+                let last = x.narrow(0, t - 1, 1)?.flatten_all()?.to_vec1::<f32>()?;
+                let mean = x.mean(0)?.to_vec1::<f32>()?;
+                out.push((last, mean));
+            }
+            self.pos = 0;
+            Ok(out)
+        })
+    }
+
     /// cos/sin of positions `pos..pos+t`, `[t, head_dim / 2]`.
     fn rope_tables(&self, pos: usize, t: usize) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();

@@ -19,6 +19,7 @@ pub mod gguf_tokenizer;
 pub mod int8;
 pub mod int8_bert;
 pub mod registry;
+pub mod states;
 pub mod worker;
 
 pub use chat::{ChatMessage, PromptFormat, Role};

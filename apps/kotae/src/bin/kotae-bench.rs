@@ -126,6 +126,19 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A generator's per-layer states of texts asked as a user message (JSONL with "text"):
+    /// little-endian f32, per text and per layer in --layers, the last position's state then
+    /// the mean over positions. For probing what the model represents (safety experiments).
+    LlmFeatures {
+        input: PathBuf,
+        out: PathBuf,
+        #[arg(long, default_value = "qwen2.5-coder-0.5b-instruct")]
+        model: String,
+        #[arg(long, value_delimiter = ',', default_value = "6,9,12,15,18,21,23")]
+        layers: Vec<usize>,
+        #[arg(long, default_value_t = 160)]
+        max_tokens: usize,
+    },
     /// Search latency p50/p99 per mode on a synthetic corpus of N chunks
     Search {
         #[arg(long, default_value_t = 100_000)]
@@ -237,6 +250,45 @@ fn main() -> Result<()> {
                 pct(&mut output_ms, 0.5),
                 pct(&mut output_ms, 0.99)
             );
+        }
+        Cmd::LlmFeatures { input, out, model, layers, max_tokens } => {
+            use kotae_models::{ChatMessage, Generator, Role};
+            use std::io::Write;
+            let opts = kotae_models::GeneratorOptions {
+                name: model.clone(),
+                device: kotae_models::candle::Device::Cpu,
+                prefill_chunk: 512,
+                engine: kotae_models::GgufEngine::Int8,
+            };
+            let mut g = kotae_models::registry::load_generator(&cfg.models_dir(), &model, &opts)?;
+            let fmt = g.format();
+            let text = std::fs::read_to_string(&input)?;
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&out)?);
+            let t0 = Instant::now();
+            let mut tokens = 0usize;
+            for (i, line) in text.lines().enumerate() {
+                let v: serde_json::Value = serde_json::from_str(line)?;
+                let t = v["text"].as_str().unwrap_or_default();
+                let prompt = fmt.render(&[ChatMessage::new(Role::User, fmt.neutralize(t))])?;
+                let mut ids = fmt.encode(&prompt)?;
+                if ids.len() > max_tokens {
+                    let tail = ids[ids.len() - 24..].to_vec();
+                    ids.truncate(max_tokens - 24);
+                    ids.extend(tail);
+                }
+                tokens += ids.len();
+                let states = g.layer_states(&ids, layers.iter().max().map_or(0, |l| l + 1))?;
+                for &l in &layers {
+                    let (last, mean) = &states[l.min(states.len() - 1)];
+                    for x in last.iter().chain(mean) {
+                        w.write_all(&x.to_le_bytes())?;
+                    }
+                }
+                if i % 200 == 0 {
+                    eprintln!("{i} texts, {tokens} tokens, {:.0} tok/s", tokens as f64 / t0.elapsed().as_secs_f64());
+                }
+            }
+            w.flush()?;
         }
         Cmd::Generate { model, prompt_tokens, decode, repeats, prefill_chunk, out } => {
             use kotae_models::{ChatMessage, Generator, Role, SamplingParams};

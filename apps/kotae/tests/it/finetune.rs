@@ -14,6 +14,7 @@ fn routing_head_on_frozen_e5_beats_chance_and_loads_back() {
         out: out.clone(),
         config: kotae_adapt::head::HeadConfig::default(),
         safe_extra: vec![],
+        lm_probe: None,
     };
     kotae::finetune::run_head(&cfg, &job).unwrap();
     let head = kotae_adapt::head::Head::load(&out).unwrap();

@@ -16,6 +16,7 @@ fn guarded() -> &'static (tempfile::TempDir, Config) {
             out: dir.path().join("heads/safety"),
             config: Default::default(),
             safe_extra: Vec::new(),
+            lm_probe: None,
         };
         kotae::finetune::run_head(&cfg, &job).unwrap();
         (dir, cfg)
@@ -28,8 +29,11 @@ fn guard_eval_meets_its_thresholds_on_the_dev_split() {
     let classifiers = kotae::serve::load_classifiers(cfg).unwrap();
     assert!(classifiers.contains_key("safety"));
     let guard = kotae::serve::load_guard(cfg, &classifiers).unwrap().unwrap();
+    let lm = kotae::serve::lm_states_for(cfg, &classifiers, None).unwrap();
+    assert!(lm.is_none(), "the second classifier is trained on request only");
     let files = kotae::guard_eval::split_files(&workspace().join("evals/guard"), "dev").unwrap();
-    let mut r = kotae::guard_eval::run_guard_eval(cfg, &files, guard, Some(embedder() as &dyn Embedder)).unwrap();
+    let mut r = kotae::guard_eval::run_guard_eval(cfg, &files, guard, Some(embedder() as &dyn Embedder), lm.as_deref())
+        .unwrap();
     let mut t: toml::Table =
         toml::from_str(&std::fs::read_to_string(workspace().join("evals/guard/thresholds.toml")).unwrap()).unwrap();
     // Latency is the benchmark's business (`kotae-bench guard`, and the nightly eval): on a CI

@@ -779,6 +779,7 @@ async fn trained_heads_classify_through_the_api() {
         out: dir.path().join("heads/routing"),
         config: kotae_adapt::head::HeadConfig::default(),
         safe_extra: vec![],
+        lm_probe: None,
     };
     let c2 = cfg.clone();
     tokio::task::spawn_blocking(move || kotae::finetune::run_head(&c2, &job).unwrap()).await.unwrap();

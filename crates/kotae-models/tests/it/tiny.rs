@@ -362,3 +362,47 @@ fn a_panicking_generation_fails_its_job_and_the_worker_goes_on() {
     }
     assert_eq!(worker.load(), 0);
 }
+
+/// The state reader behind the guard's second classifier: the generator's first layers,
+/// sharing its weights, pooled per text; reading states leaves the generator's own cache and
+/// results alone, and special tokens written in the text stay text.
+#[test]
+fn lm_states_read_the_generators_layers_without_disturbing_it() {
+    use kotae_models::states::{LmStates, StatePool};
+    use kotae_models::GgufEngine;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen2.gguf");
+    tiny_gguf::write_gguf(
+        &path,
+        &Tiny { arch: "qwen2", layers: 2, kv_heads: 1, std: 0.3, norm_noise: 0.1, ..Tiny::llama() },
+    );
+    let opts = GeneratorOptions { name: "t".into(), device: Device::Cpu, prefill_chunk: 512, engine: GgufEngine::Int8 };
+    let mut g = CandleGenerator::load(&path, &opts).unwrap();
+    let ids: Vec<u32> = "hello kotae".bytes().map(u32::from).collect();
+    let before = g.forward_logits(&ids).unwrap();
+    let mean0 = g.lm_states(0, StatePool::Mean).unwrap();
+    let mean1 = g.lm_states(1, StatePool::Mean).unwrap();
+    let last1 = g.lm_states(1, StatePool::Last).unwrap();
+    assert!(g.lm_states(2, StatePool::Mean).is_none(), "the tiny model has two layers");
+    assert_eq!(mean1.id(), LmStates::id_of("t", 1, StatePool::Mean));
+    assert_eq!(mean1.id(), "t@L1/mean");
+    let a = mean1.features("how do I reset my password?").unwrap();
+    assert_eq!(a.len(), HIDDEN);
+    assert_eq!(a, mean1.features("how do I reset my password?").unwrap(), "deterministic");
+    assert_ne!(a, mean1.features("where is the meeting room?").unwrap());
+    assert_ne!(a, mean0.features("how do I reset my password?").unwrap());
+    assert_ne!(a, last1.features("how do I reset my password?").unwrap());
+    // The reader shares weights but not the cache: the generator computes what it did.
+    assert_eq!(g.forward_logits(&ids).unwrap(), before);
+    // Long texts keep their beginning and end; the prompt stays bounded.
+    let long = "word ".repeat(2000);
+    assert!(mean1.prompt_ids(&long).unwrap().len() <= kotae_models::states::MAX_TOKENS);
+    assert_eq!(mean1.features(&long).unwrap().len(), HIDDEN);
+    // From threads at once (one text at a time inside).
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3).map(|_| s.spawn(|| mean1.features("how do I reset my password?").unwrap())).collect();
+        for h in hs {
+            assert_eq!(h.join().unwrap(), a);
+        }
+    });
+}
