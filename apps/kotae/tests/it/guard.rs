@@ -71,4 +71,29 @@ fn the_safety_head_never_trains_on_the_eval_sets() {
             serde_json::from_str::<serde_json::Value>(line).unwrap()["query"].as_str().unwrap().trim().to_lowercase();
         assert!(!train.contains(&q), "golden question {q} is in the training data");
     }
+    // Nor on another domain's questions (evals/outside), which measure what it refuses
+    // outside this company's topics; nor does its general-domain data cover their domain.
+    let mut outside = 0;
+    for f in ["ja", "en", "ja2en", "en2ja"].iter().flat_map(|l| [format!("{l}.dev"), format!("{l}.heldout")]) {
+        let text = std::fs::read_to_string(workspace().join(format!("evals/outside/{f}.jsonl"))).unwrap();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let q = serde_json::from_str::<serde_json::Value>(line).unwrap()["query"]
+                .as_str()
+                .unwrap()
+                .trim()
+                .to_lowercase();
+            assert!(!train.contains(&q), "outside question {q} is in the training data");
+            outside += 1;
+        }
+    }
+    assert!(outside >= 500, "{outside}");
+    for l in kotae_guard::training_lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        if v["category"] == "general" {
+            let t = v["text"].as_str().unwrap().to_lowercase();
+            for kept_aside in ["gimp", "photoshop"] {
+                assert!(!t.contains(kept_aside), "general-domain training text about image editing: {t}");
+            }
+        }
+    }
 }
