@@ -358,6 +358,9 @@ pub fn run_suites(cfg: &Config, engine: &kotae_server::Engine, o: &SuiteOptions)
         for (lang, r) in &g.ordinary {
             run.push(format!("guard.{lang}.ordinary_blocked"), r.rate, Better::Lower, "rate");
         }
+        for (lang, r) in &g.outside {
+            run.push(format!("guard.{lang}.outside_blocked"), r.rate, Better::Lower, "rate");
+        }
         if let Some(h) = &g.harmbench {
             run.push("guard.harmbench_blocked", h.rate, Better::Higher, "rate");
         }

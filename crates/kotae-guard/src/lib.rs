@@ -56,6 +56,12 @@ pub const TRAIN_MORE_EN_JSONL: &str = include_str!("../data/train-more.en.jsonl"
 pub const GENERAL_JA_JSONL: &str = include_str!("../data/general.ja.jsonl");
 pub const GENERAL_EN_JSONL: &str = include_str!("../data/general.en.jsonl");
 
+/// A second round of the same, 700 per language: questions about products' manuals (what a
+/// setting, mode or command does; keyword searches; "I want it to look like …") of 41 other
+/// product types, image editing still left out.
+pub const GENERAL2_JA_JSONL: &str = include_str!("../data/general2.ja.jsonl");
+pub const GENERAL2_EN_JSONL: &str = include_str!("../data/general2.en.jsonl");
+
 /// Every line of the project's own safety training data (JSON Lines: `lang`, `label`,
 /// `category`, `text`).
 pub fn training_lines() -> impl Iterator<Item = &'static str> {
@@ -67,6 +73,8 @@ pub fn training_lines() -> impl Iterator<Item = &'static str> {
         TRAIN_MORE_EN_JSONL,
         GENERAL_JA_JSONL,
         GENERAL_EN_JSONL,
+        GENERAL2_JA_JSONL,
+        GENERAL2_EN_JSONL,
     ]
     .into_iter()
     .flat_map(str::lines)
