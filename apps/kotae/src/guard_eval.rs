@@ -289,14 +289,18 @@ pub fn run_guard_eval(
             report.ordinary_blocked.push((text, v.decisive().map(|f| f.rule.clone()).unwrap_or_default()));
         }
     }
-    let split = files
-        .first()
-        .and_then(|f| f.file_stem())
-        .and_then(|s| s.to_str())
-        .and_then(|s| s.split('.').nth(1))
-        .unwrap_or("dev")
-        .to_string();
-    for (lang, text) in outside_questions(evals_dir, &split)? {
+    // The same split(s) of another domain's questions as of the guard's (`ja.dev.jsonl` → dev).
+    let mut splits: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.file_stem().and_then(|s| s.to_str()).and_then(|s| s.split('.').nth(1)).map(String::from))
+        .collect();
+    splits.sort();
+    splits.dedup();
+    let mut outside = Vec::new();
+    for split in &splits {
+        outside.extend(outside_questions(evals_dir, split)?);
+    }
+    for (lang, text) in outside {
         let (vector, states, _, lm_state) = embed_one(&text)?;
         let ctx = GuardContext {
             lang: Some(&lang),

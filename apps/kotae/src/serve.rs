@@ -58,6 +58,9 @@ pub fn engine_from(
     if let Some(guard) = load_guard(cfg, &classifiers)? {
         answerer = answerer.with_guard(guard).with_lm_states(lm_states);
     }
+    // `/api/classify` serves the heads on the embedder; the guard's head on the generator's
+    // states is the guard's alone.
+    let classifiers = classifiers.into_iter().filter(|(_, h)| !h.card.embedder.contains("@L")).collect();
     let knowledge: Arc<dyn kotae_server::documents::Knowledge> =
         Arc::new(LiveKnowledge { cfg: cfg.clone(), index: index.clone(), embedder: embedder.clone() });
     Ok(Engine {
@@ -189,7 +192,13 @@ pub fn lm_states_for(
     let layer = h.card.split_layer;
     let r = match generator {
         Some(g) => g.lm_states(layer, pool),
-        None => Some(crate::finetune::load_lm_states(cfg, layer, pool)?),
+        None => match crate::finetune::load_lm_states(cfg, layer, pool) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!("the second safety classifier cannot run: {e:#}");
+                None
+            }
+        },
     };
     match r {
         Some(r) if r.id() == h.card.embedder => Ok(Some(Arc::new(r))),

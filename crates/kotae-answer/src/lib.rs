@@ -444,7 +444,12 @@ impl Answerer {
             if let (Some(id), Some(r)) = (guard.lm_probe(), &self.lm_states) {
                 if r.id() == id {
                     let t = Instant::now();
-                    lm_state = Some(r.features(&text)?);
+                    // Without it the first classifier and the rules still decide: a failed
+                    // model run is logged, not turned into a failed question.
+                    match r.features(&text) {
+                        Ok(f) => lm_state = Some(f),
+                        Err(e) => tracing::warn!(error = %e, "the guard's second classifier could not run"),
+                    }
                     timings.guard_probe_ms = ms(t);
                 }
             }

@@ -96,7 +96,8 @@ impl LmStates {
     /// The pooled state of `text`, `[hidden]`.
     pub fn features(&self, text: &str) -> Result<Vec<f32>> {
         let ids = self.prompt_ids(text)?;
-        let mut m = self.model.lock().map_err(|_| Error::Generation("the state reader was poisoned".into()))?;
+        // Every run starts from an empty cache: a run that panicked leaves nothing to distrust.
+        let mut m = self.model.lock().unwrap_or_else(|e| e.into_inner());
         let mut states = m.layer_states(&ids, self.layer + 1)?;
         let (last, mean) =
             states.pop().ok_or_else(|| Error::Generation(format!("the model has no layer {}", self.layer)))?;
