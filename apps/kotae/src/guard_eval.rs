@@ -273,17 +273,21 @@ pub fn run_guard_eval(
     report.input_check = latency(input_us);
     report.input_with_embedding = latency(with_embed_us);
     report.output_sentence = latency(output_us);
-    let evals_dir = files.first().and_then(|f| f.parent()).and_then(|p| p.parent()).unwrap_or(Path::new("evals"));
-    for (lang, text) in ordinary_questions(evals_dir)? {
-        let (vector, states, _, lm_state) = embed_one(&text)?;
+    // The input check of one unlabelled question: its verdict.
+    let mut check_input = |lang: &str, text: &str| -> Result<kotae_guard::Verdict> {
+        let (vector, states, _, lm_state) = embed_one(text)?;
         let ctx = GuardContext {
-            lang: Some(&lang),
+            lang: Some(lang),
             vector: vector.as_deref(),
             states: states.as_ref(),
             lm_state: lm_state.as_deref(),
             ..Default::default()
         };
-        let v = guard.check(Direction::Input, &text, &ctx);
+        Ok(guard.check(Direction::Input, text, &ctx))
+    };
+    let evals_dir = files.first().and_then(|f| f.parent()).and_then(|p| p.parent()).unwrap_or(Path::new("evals"));
+    for (lang, text) in ordinary_questions(evals_dir)? {
+        let v = check_input(&lang, &text)?;
         report.ordinary.entry(lang.clone()).or_default().add(v.blocked());
         if v.blocked() {
             report.ordinary_blocked.push((text, v.decisive().map(|f| f.rule.clone()).unwrap_or_default()));
@@ -301,15 +305,7 @@ pub fn run_guard_eval(
         outside.extend(outside_questions(evals_dir, split)?);
     }
     for (lang, text) in outside {
-        let (vector, states, _, lm_state) = embed_one(&text)?;
-        let ctx = GuardContext {
-            lang: Some(&lang),
-            vector: vector.as_deref(),
-            states: states.as_ref(),
-            lm_state: lm_state.as_deref(),
-            ..Default::default()
-        };
-        let v = guard.check(Direction::Input, &text, &ctx);
+        let v = check_input(&lang, &text)?;
         report.outside.entry(lang.clone()).or_default().add(v.blocked());
         if v.blocked() {
             report.outside_blocked.push((text, v.decisive().map(|f| f.rule.clone()).unwrap_or_default()));
@@ -319,15 +315,7 @@ pub fn run_guard_eval(
     if let Ok(text) = std::fs::read_to_string(&hb) {
         let mut rate = Rate::default();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let (vector, states, _, lm_state) = embed_one(line)?;
-            let ctx = GuardContext {
-                lang: Some("en"),
-                vector: vector.as_deref(),
-                states: states.as_ref(),
-                lm_state: lm_state.as_deref(),
-                ..Default::default()
-            };
-            rate.add(guard.check(Direction::Input, line, &ctx).blocked());
+            rate.add(check_input("en", line)?.blocked());
         }
         report.harmbench = Some(rate);
     }

@@ -242,18 +242,7 @@ impl Int8Lm {
             )));
         }
         let t = ids.len();
-        let hidden = self.embed.cols();
-        let mut x = vec![0f32; t * hidden];
-        for (row, &id) in x.chunks_mut(hidden).zip(ids) {
-            if id as usize >= self.embed.rows() {
-                return Err(Error::Generation(format!(
-                    "token id {id} is outside the vocabulary ({})",
-                    self.embed.rows()
-                )));
-            }
-            self.embed.dequantize_row(id as usize, row);
-        }
-        let mut x = Tensor::from_vec(x, (t, hidden), &self.device)?;
+        let mut x = self.embed_tokens(ids)?;
         let (cos, sin) = self.rope_tables(pos, t)?;
         let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
         for layer in 0..self.layers.len() {
@@ -319,18 +308,7 @@ impl Int8Lm {
             }
             self.pos = 0;
             let t = ids.len();
-            let hidden = self.embed.cols();
-            let mut x = vec![0f32; t * hidden];
-            for (row, &id) in x.chunks_mut(hidden).zip(ids) {
-                if id as usize >= self.embed.rows() {
-                    return Err(Error::Generation(format!(
-                        "token id {id} is outside the vocabulary ({})",
-                        self.embed.rows()
-                    )));
-                }
-                self.embed.dequantize_row(id as usize, row);
-            }
-            let mut x = Tensor::from_vec(x, (t, hidden), &self.device)?;
+            let mut x = self.embed_tokens(ids)?;
             let (cos, sin) = self.rope_tables(0, t)?;
             let mask = if t > 1 { Some(causal_mask(t, 0, &self.device)?) } else { None };
             let mut out = Vec::with_capacity(self.layers.len());
@@ -343,6 +321,22 @@ impl Int8Lm {
             self.pos = 0;
             Ok(out)
         })
+    }
+
+    /// The embedding rows of `ids`, `[tokens, hidden]`.
+    fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        let hidden = self.embed.cols();
+        let mut x = vec![0f32; ids.len() * hidden];
+        for (row, &id) in x.chunks_mut(hidden).zip(ids) {
+            if id as usize >= self.embed.rows() {
+                return Err(Error::Generation(format!(
+                    "token id {id} is outside the vocabulary ({})",
+                    self.embed.rows()
+                )));
+            }
+            self.embed.dequantize_row(id as usize, row);
+        }
+        Ok(Tensor::from_vec(x, (ids.len(), hidden), &self.device)?)
     }
 
     /// cos/sin of positions `pos..pos+t`, `[t, head_dim / 2]`.
