@@ -21,6 +21,31 @@ pub struct IngestOptions {
     pub groups: Vec<String>,
     pub prune: bool,
     pub quiet: bool,
+    /// Told how far the run is; returning `false` cancels it (see [`IngestSummary::cancelled`]).
+    pub watch: Option<Watch>,
+}
+
+/// How far a run is (an admin job's progress).
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct IngestProgress {
+    /// `scanning` (hashing files), `ingesting` (parsing, embedding, committing), `finishing`.
+    pub phase: &'static str,
+    pub files_seen: usize,
+    /// Files that are new or changed, how many of them were parsed, and how many committed.
+    pub files_total: usize,
+    pub files_processed: usize,
+    pub files_ingested: usize,
+    pub chunks_written: usize,
+}
+
+/// Receives the run's progress; `false` stops the run before its next commit.
+#[derive(Clone)]
+pub struct Watch(pub std::sync::Arc<dyn Fn(&IngestProgress) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watch")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -71,6 +96,9 @@ pub struct IngestSummary {
     /// Documents with a confidentiality marker line.
     pub marked: Vec<Marked>,
     pub skipped: Vec<Skipped>,
+    /// The run was cancelled: the files counted in `files_ingested` were committed before it
+    /// stopped; the others were not touched (their old version, if any, still serves).
+    pub cancelled: bool,
     pub seconds: f64,
     /// The process's peak resident memory so far (Linux), in bytes.
     pub peak_rss_bytes: Option<u64>,
@@ -214,12 +242,19 @@ pub fn run_ingest(
     let mut seen_by_root: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut changed: Vec<Changed> = Vec::new();
 
-    for path in &opts.paths {
+    let keep_going = |p: &IngestProgress| opts.watch.as_ref().is_none_or(|w| (w.0)(p));
+    'scan: for path in &opts.paths {
         let (root, files) = walk(path)?;
         let root_s = root.display().to_string();
         let seen = seen_by_root.entry(root_s.clone()).or_default();
         for (source, file) in files {
             sum.files_seen += 1;
+            if sum.files_seen % 64 == 0
+                && !keep_going(&IngestProgress { phase: "scanning", files_seen: sum.files_seen, ..Default::default() })
+            {
+                sum.cancelled = true;
+                break 'scan;
+            }
             seen.insert(source.clone());
             let existing = manifest.files.get(&source);
             if let Some(e) = existing.filter(|e| e.root != root_s) {
@@ -276,18 +311,33 @@ pub fn run_ingest(
     // Parse, clean, chunk, embed and commit the changed files, a batch of files at a time: memory
     // stays bounded by the batch, whatever the corpus (the files are read again here, not kept
     // from the hashing pass). The model is loaded only if something changed.
+    let mut progress = IngestProgress {
+        phase: "ingesting",
+        files_seen: sum.files_seen,
+        files_total: changed.len(),
+        ..Default::default()
+    };
+    sum.cancelled = sum.cancelled || !keep_going(&progress);
+    if sum.cancelled {
+        changed.clear();
+    }
     let embedder: Option<&dyn Embedder> = if changed.is_empty() { None } else { Some(embedder.get()?) };
     let count = |s: &str| embedder.map_or(s.len(), |e| e.count_tokens(s).unwrap_or(s.len()));
     let pb = bar(opts.quiet, changed.len() as u64, "ingest");
     let ingested_at = now_unix();
     let mut session = index.write()?;
     let mut changed = changed.into_iter().peekable();
-    while changed.peek().is_some() {
+    while changed.peek().is_some() && !sum.cancelled {
         let mut jobs = Vec::new();
         for Changed { source, root, hash, path: file, mut groups } in
             changed.by_ref().take(cfg.ingest.commit_every.max(1))
         {
             pb.inc(1);
+            progress.files_processed += 1;
+            if !keep_going(&progress) {
+                sum.cancelled = true;
+                break;
+            }
             let ftype = FileType::from_path(&file).expect("checked above");
             let bytes = match std::fs::read(&file) {
                 Ok(b) => b,
@@ -387,6 +437,10 @@ pub fn run_ingest(
             let todo: Vec<&IndexedChunk> =
                 batch.iter().flat_map(|j| j.chunks.iter()).filter(|c| !have.contains(&c.id)).collect();
             for group in todo.chunks(64) {
+                if sum.cancelled || !keep_going(&progress) {
+                    sum.cancelled = true;
+                    break;
+                }
                 let texts: Vec<String> = group.iter().map(|c| passage_text(c)).collect();
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                 let out = embedder.expect("loaded when files changed").embed(&refs, InputKind::Passage)?;
@@ -396,7 +450,8 @@ pub fn run_ingest(
                     group.iter().zip(out.vectors).map(|(c, v)| VectorPoint::of(c, v)).collect();
                 session.put_vectors(&points)?;
             }
-            for job in batch {
+            // A cancelled batch is not committed: its files keep the version they had.
+            for job in batch.iter().filter(|_| !sum.cancelled) {
                 let entry = FileEntry {
                     root: job.root.clone(),
                     hash: job.hash.clone(),
@@ -410,6 +465,11 @@ pub fn run_ingest(
             }
             session.commit()?;
         }
+        progress.files_ingested = sum.files_ingested;
+        progress.chunks_written = sum.chunks_written;
+        if !sum.cancelled {
+            sum.cancelled = !keep_going(&progress);
+        }
         let secs = start.elapsed().as_secs_f64().max(1e-3);
         pb.set_message(format!(
             "{} chunks, {:.1} files/s, {:.1} chunks/s",
@@ -420,7 +480,7 @@ pub fn run_ingest(
     }
     pb.finish_and_clear();
 
-    if opts.prune {
+    if opts.prune && !sum.cancelled {
         let gone: Vec<String> = session
             .manifest()
             .files
@@ -433,7 +493,12 @@ pub fn run_ingest(
             sum.files_removed += 1;
         }
     }
-    let changed_anything = sum.files_ingested + sum.files_removed > 0;
+    progress.phase = "finishing";
+    if let Some(w) = &opts.watch {
+        (w.0)(&progress);
+    }
+    // Vectors of a cancelled batch were stored but never committed: swept as orphans.
+    let changed_anything = sum.files_ingested + sum.files_removed + sum.chunks_embedded > 0;
     session.finish()?;
     if changed_anything {
         sum.orphan_vectors_removed = index.sweep_orphans()?;
@@ -470,6 +535,9 @@ impl<'a> EmbedderHandle<'a> {
 }
 
 pub fn print_summary(s: &IngestSummary) {
+    if s.cancelled {
+        println!("cancelled: the files below were committed before the stop; the rest keep their old version (run again to finish)");
+    }
     println!(
         "ingested {} file(s), {} unchanged, {} removed; {} chunks written ({} embedded), {} in the knowledge base; {:.1}s",
         s.files_ingested, s.files_unchanged, s.files_removed, s.chunks_written, s.chunks_embedded, s.chunks_total, s.seconds

@@ -541,7 +541,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(_) => kotae::open_index(&cfg, Some(embedder.get()?.dim()))?,
             };
-            let opts = ingest::IngestOptions { paths, groups, prune, quiet: json };
+            let opts = ingest::IngestOptions { paths, groups, prune, quiet: json, watch: None };
             let s = ingest::run_ingest(&cfg, &index, &embedder, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);

@@ -96,9 +96,22 @@ impl kotae_server::documents::Knowledge for LiveKnowledge {
         kotae_ingest::FileType::from_path(std::path::Path::new(name)).map(|_| ()).map_err(|e| e.to_string())
     }
 
-    fn ingest(&self, files: &[std::path::PathBuf], groups: &[String]) -> Result<serde_json::Value, String> {
-        let opts =
-            crate::ingest::IngestOptions { paths: files.to_vec(), groups: groups.to_vec(), prune: false, quiet: true };
+    fn ingest(
+        &self,
+        files: &[std::path::PathBuf],
+        groups: &[String],
+        progress: std::sync::Arc<kotae_server::documents::Progress>,
+    ) -> Result<serde_json::Value, String> {
+        let watch = crate::ingest::Watch(std::sync::Arc::new(move |p: &crate::ingest::IngestProgress| {
+            progress(serde_json::to_value(p).unwrap_or_default())
+        }));
+        let opts = crate::ingest::IngestOptions {
+            paths: files.to_vec(),
+            groups: groups.to_vec(),
+            prune: false,
+            quiet: true,
+            watch: Some(watch),
+        };
         let handle = crate::ingest::EmbedderHandle::with(&self.cfg, self.embedder.as_ref());
         let s = crate::ingest::run_ingest(&self.cfg, &self.index, &handle, &opts).map_err(|e| format!("{e:#}"))?;
         serde_json::to_value(&s).map_err(|e| e.to_string())

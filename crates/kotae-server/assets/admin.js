@@ -17,14 +17,16 @@
     direction: '方向', category: '分類', rule: 'ルール', action: '操作', client: '利用者', actor: '実行者', target: '対象', detail: '詳細',
     quarantineHelp: '学習データのガードが微調整から除外したテキストとその理由です。学習して安全なものだけを解除してください。',
     notAdmin: (w) => `${w} としてサインインしていますが、管理者ではありません。このコンソールは管理者専用です。`,
-    replace: '差し替え', remove: '削除', confirmRemove: (s) => `${s} を削除しますか？検索と回答から外れます。`, retry: '再実行',
+    replace: '差し替え', remove: '削除', confirmRemove: (s) => `${s} を削除しますか？検索と回答から外れます。`, retry: '再実行', cancel: '中止', cancelled: '中止済み', cancelling: '中止中…', phase: { scanning: '確認中', ingesting: '取り込み中', finishing: '仕上げ中' },
+    filesOf: (d, t) => `${d} / ${t} ファイル`,
     release: '解除', reject: '却下', queued: '待機中', running: '処理中', done: '完了', failed: '失敗', uploading: 'アップロード中',
     docs: (n, c) => `${n} 件の文書、${c} チャンク`, rulesTitle: 'アクセスルール（フォルダ・既定・機密表示）', defaultGroups: '既定のグループ', question: '質問', answer: '回答', comment: 'コメント', none: 'ありません',
     noReport: 'まだ評価レポートがありません（kotae eval all を毎晩実行）', passed: '合格', regressed: '後退あり', runEval: '今すぐ評価を実行', editGroups: 'グループ変更', askGroups: (s) => `${s} を閲覧できるグループ（カンマ区切り）`,
   } : {
     source: 'Source',
     notAdmin: (w) => `You are signed in as ${w}, who is not an admin. This console is for admins.`,
-    replace: 'Replace', remove: 'Delete', confirmRemove: (s) => `Delete ${s}? It leaves search and answers.`, retry: 'Retry',
+    replace: 'Replace', remove: 'Delete', confirmRemove: (s) => `Delete ${s}? It leaves search and answers.`, retry: 'Retry', cancel: 'Cancel', cancelled: 'cancelled', cancelling: 'cancelling…', phase: { scanning: 'scanning', ingesting: 'ingesting', finishing: 'finishing' },
+    filesOf: (d, t) => `${d} of ${t} files`,
     release: 'Release', reject: 'Reject', queued: 'queued', running: 'running', done: 'done', failed: 'failed', uploading: 'uploading',
     docs: (n, c) => `${n} documents, ${c} chunks`, rulesTitle: 'Access rules (folders, default, confidentiality markers)', defaultGroups: 'Default groups', question: 'Question', answer: 'Answer', comment: 'Comment', none: 'Nothing here',
     noReport: 'No evaluation report yet (run kotae eval all nightly)', passed: 'passed', regressed: 'regressions', runEval: 'Run the evaluation now', editGroups: 'Groups…', askGroups: (s) => `Who may read ${s}? Access groups, comma-separated`,
@@ -134,8 +136,13 @@
   };
   const td = (...k) => h('td', {}, ...k.map((x) => (typeof x === 'object' && x ? x : String(x ?? ''))));
   const statusText = (s) => h('span', { className: s === 'failed' ? 'bad' : s === 'done' ? 'ok' : '', textContent: L[s] || s });
+  const live = (j) => j.status === 'queued' || j.status === 'running';
   const summary = (j) => {
     const r = j.report;
+    if (live(j) && j.cancel_requested) return L.cancelling;
+    // A running ingest: its phase and how many of its files are in.
+    const p = j.progress;
+    if (j.status === 'running' && p) return `${L.phase[p.phase] || p.phase}: ${L.filesOf(p.files_ingested, p.files_total)}${p.files_processed > p.files_ingested ? ` (+${p.files_processed - p.files_ingested})` : ''}`;
     if (!r) return '';
     if (r.error) return h('span', { className: 'bad', textContent: r.error });
     if (j.kind === 'eval') return h('span', { className: r.passed ? 'ok' : 'bad', textContent: `${r.passed ? L.passed : L.regressed} — run ${r.run}` });
@@ -213,9 +220,10 @@
     for (;;) {
       let j;
       try { j = await call(`/admin/api/jobs/${id}`); } catch (e) { toast(e.message); return; }
-      const text = `${L[j.status] || j.status}${j.status === 'done' || j.status === 'failed' ? ` — ${(s => (typeof s === 'string' ? s : s.textContent))(summary(j))}` : ''}`;
+      const s = summary(j);
+      const text = `${L[j.status] || j.status}${s ? ` — ${typeof s === 'string' ? s : s.textContent}` : ''}`;
       if (st) { st.textContent = text; st.className = j.status === 'failed' ? 'bad' : j.status === 'done' ? 'ok' : ''; } else toast(text);
-      if (j.status === 'done' || j.status === 'failed') { loadDocs().catch(() => {}); return; }
+      if (!live(j)) { loadDocs().catch(() => {}); return; }
       await new Promise((r) => setTimeout(r, 500));
     }
   }
@@ -232,7 +240,8 @@
     async jobs() {
       const { jobs } = await call('/admin/api/jobs');
       fill('#jobs', jobs.map((j) => h('tr', {}, td(h('code', { textContent: j.id.slice(0, 8) })), td(j.kind), td(j.actor), td(statusText(j.status)), td(summary(j)), td(when(j.created_unix)),
-        td(j.status === 'failed' && j.kind === 'ingest' ? h('button', { textContent: L.retry, onclick: async () => { try { await call(`/admin/api/jobs/${j.id}/retry`, { method: 'POST' }); loaders.jobs(); } catch (e) { toast(e.message); } } }) : ''))));
+        td((j.status === 'failed' || j.status === 'cancelled') && j.kind === 'ingest' ? h('button', { textContent: L.retry, onclick: async () => { try { await call(`/admin/api/jobs/${j.id}/retry`, { method: 'POST' }); loaders.jobs(); } catch (e) { toast(e.message); } } })
+          : live(j) && j.kind !== 'eval' && !j.cancel_requested ? h('button', { className: 'cancel', textContent: L.cancel, onclick: async () => { try { await call(`/admin/api/jobs/${j.id}/cancel`, { method: 'POST' }); loaders.jobs(); } catch (e) { toast(e.message); } } }) : ''))));
     },
     async feedback() {
       const r = $('#rating').value;

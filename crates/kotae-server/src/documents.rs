@@ -6,6 +6,7 @@
 //! a job that a crash interrupted is reported failed at the next start and can be run again.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Multipart, Path as UrlPath, State};
@@ -26,8 +27,11 @@ pub trait Knowledge: Send + Sync {
     fn max_file_bytes(&self) -> u64;
     /// Why a file name cannot be ingested (unsupported type), if it cannot.
     fn check_name(&self, name: &str) -> Result<(), String>;
-    /// Ingest these files (all in `uploads_dir`) with these groups: the run's summary.
-    fn ingest(&self, files: &[PathBuf], groups: &[String]) -> Result<Value, String>;
+    /// Ingest these files (all in `uploads_dir`) with these groups: the run's summary (with
+    /// `"cancelled": true` when `progress` asked it to stop). `progress` gets how far the run
+    /// is, as often as the run likes, and returns `false` once the job is cancelled: the run
+    /// then stops before its next commit (what it committed before stays).
+    fn ingest(&self, files: &[PathBuf], groups: &[String], progress: Arc<Progress>) -> Result<Value, String>;
     /// Remove a document from the index; whether it was there.
     fn remove(&self, source: &str) -> Result<bool, String>;
     /// Every indexed document with its status.
@@ -213,6 +217,53 @@ pub async fn set_groups(
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
 }
 
+/// What a running job calls with how far it is; `false`: stop, the job is cancelled.
+pub type Progress = dyn Fn(Value) -> bool + Send + Sync;
+
+/// How often a running job's progress is written to the state database (where every replica
+/// reads it, and where a cancel asked on another replica is seen).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The cancel flags of the jobs this process runs or has queued.
+#[derive(Default)]
+pub(crate) struct Cancels(std::sync::Mutex<std::collections::HashMap<String, Arc<AtomicBool>>>);
+
+impl Cancels {
+    fn register(&self, id: &str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), flag.clone());
+        flag
+    }
+    fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+    fn cancel(&self, id: &str) {
+        if let Some(f) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            f.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A job's progress reporter: writes the latest progress to the store at most every
+/// `PROGRESS_EVERY`, and says stop once the job's cancel flag is set (here, or in the store
+/// by another replica).
+fn reporter(state: &Arc<AppState>, id: &str, cancel: Arc<AtomicBool>) -> Arc<Progress> {
+    let (state, id) = (state.clone(), id.to_string());
+    let last = std::sync::Mutex::new(None::<std::time::Instant>);
+    Arc::new(move |p: Value| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+            *last = Some(std::time::Instant::now());
+            match state.store.set_job_progress(&id, &p) {
+                Ok(true) => cancel.store(true, Ordering::SeqCst),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(job = %id, error = %e, "cannot record the job's progress"),
+            }
+        }
+        !cancel.load(Ordering::SeqCst)
+    })
+}
+
 enum Work {
     Ingest { files: Vec<PathBuf>, groups: Vec<String> },
     Remove { source: String },
@@ -240,13 +291,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Run a job on the blocking pool, one at a time, recording its end in the store.
+/// Run a job on the blocking pool, one at a time, recording its end in the store. A job
+/// cancelled while it waits never starts.
 fn spawn_job(state: Arc<AppState>, k: Arc<dyn Knowledge>, id: String, work: Work) {
+    let cancel = state.cancels.register(&id);
     tokio::spawn(async move {
         let _one_at_a_time = state.jobs.lock().await;
+        let asked = state.store.job(&id).ok().flatten().is_some_and(|j| !j["cancel_requested"].is_null());
+        if cancel.load(Ordering::SeqCst) || asked {
+            let _ = state.store.set_job(&id, "cancelled", Some(&json!({ "cancelled": true, "files_ingested": 0 })));
+            tracing::info!(job = %id, "admin job cancelled before it started");
+            state.cancels.forget(&id);
+            return;
+        }
         let uploads = k.uploads_dir();
+        let progress = reporter(&state, &id, cancel);
         run_recorded(&state, &id, move || match work {
-            Work::Ingest { files, groups } => k.ingest(&files, &groups),
+            Work::Ingest { files, groups } => k.ingest(&files, &groups, progress),
             Work::Remove { source } => {
                 let removed = k.remove(&source)?;
                 // Its uploaded file goes too, so a later re-ingest of the folder does not bring it back.
@@ -262,11 +323,13 @@ fn spawn_job(state: Arc<AppState>, k: Arc<dyn Knowledge>, id: String, work: Work
             }
         })
         .await;
+        state.cancels.forget(&id);
     });
 }
 
 /// Run `work` on the blocking pool as job `id`: marked running, its heartbeat kept while it
-/// runs, its end (`done` with the report, or `failed` with the error) recorded. The status.
+/// runs, its end (`done` with the report, `cancelled` when the report says so, or `failed`
+/// with the error) recorded. The status.
 async fn run_recorded(
     state: &Arc<AppState>,
     id: &str,
@@ -276,6 +339,7 @@ async fn run_recorded(
     let _alive = heartbeat(state, id);
     let result = tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(format!("the job failed: {e}")));
     let (status, report) = match result {
+        Ok(v) if v["cancelled"] == true => ("cancelled", v),
         Ok(v) => ("done", v),
         Err(e) => ("failed", json!({ "error": e })),
     };
@@ -360,8 +424,63 @@ pub async fn job(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String
     }
 }
 
-/// `POST /admin/api/jobs/{id}/retry`: run a failed ingest job again (its files are still in
-/// the upload folder).
+/// `POST /admin/api/jobs/{id}/cancel`: stop a queued or running ingest or remove job. A queued
+/// job never starts; a running ingest stops before its next commit: documents committed before
+/// stay ingested (the report says which), the rest is not, and nothing is left half-indexed.
+/// The job ends `cancelled` and can be run again (`retry`), which skips what is already in.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let Some(j) = state.store.job(&id)? else { return Err(ApiError::NotFound(format!("no job {id}"))) };
+    if j["kind"] == "eval" {
+        return Err(ApiError::Conflict(format!(
+            "job {id} is an evaluation run, which cannot be cancelled: it ends on its own"
+        )));
+    }
+    if !state.store.request_cancel(&id, &admin.id)? {
+        return Err(ApiError::Conflict(format!("job {id} has already ended ({}): nothing to cancel", j["status"])));
+    }
+    state.cancels.cancel(&id);
+    audit(&state, &admin, "jobs.cancel", &id, "accepted", format!("{} job", j["kind"].as_str().unwrap_or("")));
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": id, "status": "cancelling" }))).into_response())
+}
+
+/// `GET /admin/api/jobs/{id}/events`: the job as it moves on, as server-sent events: a
+/// `progress` event (the job: status and progress) whenever it changes, then one `end` event
+/// with the finished job (its report), and the stream closes.
+pub async fn events(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    if state.store.job(&id)?.is_none() {
+        return Err(ApiError::NotFound(format!("no job {id}")));
+    }
+    let stream =
+        futures_util::stream::unfold((state, id, None::<Value>, false), |(state, id, last, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let (st, jid) = (state.clone(), id.clone());
+                let job = tokio::task::spawn_blocking(move || st.store.job(&jid)).await.ok()?.ok().flatten()?;
+                let finished = matches!(job["status"].as_str(), Some("done" | "failed" | "cancelled"));
+                let seen = json!([job["status"], job["progress"], job["cancel_requested"]]);
+                if finished {
+                    let ev = Event::default().event("end").json_data(&job).ok()?;
+                    return Some((Ok::<_, std::convert::Infallible>(ev), (state, id, Some(seen), true)));
+                }
+                if last.as_ref() != Some(&seen) {
+                    let ev = Event::default().event("progress").json_data(&job).ok()?;
+                    return Some((Ok(ev), (state, id, Some(seen), false)));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// `POST /admin/api/jobs/{id}/retry`: run a failed or cancelled ingest job again (its files
+/// are still in the upload folder).
 pub async fn retry(
     State(state): State<Arc<AppState>>,
     Extension(admin): Extension<Client>,
@@ -369,9 +488,9 @@ pub async fn retry(
 ) -> Result<Response, ApiError> {
     let k = knowledge(&state)?;
     let Some(j) = state.store.job(&id)? else { return Err(ApiError::NotFound(format!("no job {id}"))) };
-    if j["status"] != "failed" || j["kind"] != "ingest" {
+    if !(j["status"] == "failed" || j["status"] == "cancelled") || j["kind"] != "ingest" {
         return Err(ApiError::BadRequest(format!(
-            "job {id} is {} {}: only failed ingest jobs run again",
+            "job {id} is {} {}: only failed or cancelled ingest jobs run again",
             j["status"], j["kind"]
         )));
     }

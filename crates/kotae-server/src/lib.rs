@@ -5,6 +5,9 @@
 //! [`kotae_models::GeneratorWorker`]; it never runs a model on an async thread (embedding and
 //! search go to the blocking pool, generation to the worker).
 
+// The OpenAPI document is one `json!` literal, deeper than the default limit.
+#![recursion_limit = "256"]
+
 mod admin;
 mod api;
 pub mod auth;
@@ -141,6 +144,8 @@ pub struct AppState {
     in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Admin jobs run one at a time.
     pub(crate) jobs: tokio::sync::Mutex<()>,
+    /// Cancel flags of the admin jobs this process runs or has queued.
+    pub(crate) cancels: documents::Cancels,
     /// Where the nightly evaluation writes its latest report (`report.json`).
     reports: OnceLock<std::path::PathBuf>,
     /// The Slack app, when `[slack]` is configured.
@@ -174,6 +179,7 @@ impl AppState {
             failures,
             in_flight: Default::default(),
             jobs: tokio::sync::Mutex::new(()),
+            cancels: Default::default(),
             cfg,
             engine: OnceLock::new(),
             load_error: OnceLock::new(),
@@ -269,6 +275,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/jobs", get(documents::jobs))
         .route("/admin/api/jobs/{id}", get(documents::job))
         .route("/admin/api/jobs/{id}/retry", post(documents::retry))
+        .route("/admin/api/jobs/{id}/cancel", post(documents::cancel))
+        .route("/admin/api/jobs/{id}/events", get(documents::events))
         .route("/admin/api/feedback", get(admin::feedback))
         .route("/admin/api/eval", get(web::eval_report))
         .route("/admin/api/eval/runs", post(documents::start_eval))

@@ -113,6 +113,27 @@ const MIGRATIONS: &[&str] = &[
     // 6: a running job's heartbeat, so that replicas sharing the state tell a job that another
     // replica is running from one whose replica died.
     "ALTER TABLE jobs ADD COLUMN heartbeat_unix INTEGER;",
+    // 7: jobs can be cancelled (a request any replica records, the running one honours), and
+    // say how far they are. SQLite cannot change a CHECK in place: the table is rebuilt.
+    "CREATE TABLE jobs_v7 (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+        detail_json TEXT NOT NULL,
+        report_json TEXT,
+        created_unix INTEGER NOT NULL,
+        finished_unix INTEGER,
+        heartbeat_unix INTEGER,
+        progress_json TEXT,
+        cancel_unix INTEGER,
+        cancel_actor TEXT
+    );
+    INSERT INTO jobs_v7 (id, kind, actor, status, detail_json, report_json, created_unix, finished_unix, heartbeat_unix)
+        SELECT id, kind, actor, status, detail_json, report_json, created_unix, finished_unix, heartbeat_unix FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v7 RENAME TO jobs;
+    CREATE INDEX jobs_created ON jobs(created_unix);",
 ];
 
 /// How often a running job says it is alive, and how long a silence means its process died.
@@ -627,9 +648,9 @@ impl Store {
         Ok(id)
     }
 
-    /// Move a job on; `done` and `failed` record its report and end time.
+    /// Move a job on; `done`, `failed` and `cancelled` record its report and end time.
     pub fn set_job(&self, id: &str, status: &str, report: Option<&serde_json::Value>) -> Result<(), ApiError> {
-        let end = matches!(status, "done" | "failed").then(now);
+        let end = matches!(status, "done" | "failed" | "cancelled").then(now);
         self.exec(
             "UPDATE jobs SET status = ?2, report_json = COALESCE(CAST(?3 AS TEXT), report_json),
                finished_unix = CAST(?4 AS BIGINT) WHERE id = ?1",
@@ -648,13 +669,35 @@ impl Store {
             "report": r.json(5),
             "created_unix": r.i(6),
             "finished_unix": r.oi(7),
+            "progress": r.json(8),
+            "cancel_requested": r.os(9).is_some().then(|| serde_json::json!({ "by": r.os(9), "unix": r.oi(10) })),
         })
+    }
+
+    /// Record how far a running job is (and that it is alive); whether a cancel was asked for.
+    pub fn set_job_progress(&self, id: &str, progress: &serde_json::Value) -> Result<bool, ApiError> {
+        self.exec(
+            "UPDATE jobs SET progress_json = ?2, heartbeat_unix = ?3 WHERE id = ?1 AND status = 'running'",
+            vals![id, progress.to_string(), now()],
+        )?;
+        Ok(self.query_one("SELECT cancel_unix FROM jobs WHERE id = ?1", vals![id])?.is_some_and(|r| r.oi(0).is_some()))
+    }
+
+    /// Ask a queued or running job to stop (whichever replica runs it stops at its next
+    /// check); whether the job was still queued or running.
+    pub fn request_cancel(&self, id: &str, actor: &str) -> Result<bool, ApiError> {
+        let n = self.exec(
+            "UPDATE jobs SET cancel_unix = COALESCE(cancel_unix, ?2), cancel_actor = COALESCE(cancel_actor, ?3)
+             WHERE id = ?1 AND status IN ('queued', 'running')",
+            vals![id, now(), actor],
+        )?;
+        Ok(n > 0)
     }
 
     pub fn job(&self, id: &str) -> Result<Option<serde_json::Value>, ApiError> {
         Ok(self
             .query_one(
-                "SELECT id, kind, actor, status, detail_json, report_json, created_unix, finished_unix FROM jobs WHERE id = ?1",
+                "SELECT id, kind, actor, status, detail_json, report_json, created_unix, finished_unix, progress_json, cancel_actor, cancel_unix FROM jobs WHERE id = ?1",
                 vals![id],
             )?
             .map(|r| Self::job_json(&r)))
@@ -688,7 +731,7 @@ impl Store {
     pub fn jobs(&self, limit: usize) -> Result<Vec<serde_json::Value>, ApiError> {
         Ok(self
             .query(
-                "SELECT id, kind, actor, status, detail_json, report_json, created_unix, finished_unix FROM jobs
+                "SELECT id, kind, actor, status, detail_json, report_json, created_unix, finished_unix, progress_json, cancel_actor, cancel_unix FROM jobs
                  ORDER BY created_unix DESC, id DESC LIMIT ?1",
                 vals![limit as i64],
             )?
@@ -1005,5 +1048,49 @@ mod tests {
         assert_eq!(s.feedback_counts().unwrap(), (1, 0));
         assert_eq!(s.conversation_owner(&conv).unwrap().as_deref(), Some("k1"));
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn jobs_report_progress_and_are_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("kotae.sqlite3")).unwrap();
+        let id = s.create_job("ingest", "key:ops", &serde_json::json!({ "files": ["a.md"] })).unwrap();
+        s.set_job(&id, "running", None).unwrap();
+        assert!(!s.set_job_progress(&id, &serde_json::json!({ "files_ingested": 1 })).unwrap());
+        let j = s.job(&id).unwrap().unwrap();
+        assert_eq!((j["progress"]["files_ingested"].as_i64(), j["cancel_requested"].is_null()), (Some(1), true));
+        assert!(s.request_cancel(&id, "key:ops").unwrap());
+        assert!(s.request_cancel(&id, "key:other").unwrap(), "asking twice is fine");
+        assert!(s.set_job_progress(&id, &serde_json::json!({ "files_ingested": 2 })).unwrap(), "the runner sees it");
+        assert_eq!(s.job(&id).unwrap().unwrap()["cancel_requested"]["by"], "key:ops", "the first asker is kept");
+        s.set_job(&id, "cancelled", Some(&serde_json::json!({ "cancelled": true }))).unwrap();
+        let j = s.job(&id).unwrap().unwrap();
+        assert_eq!(j["status"], "cancelled");
+        assert!(j["finished_unix"].is_i64());
+        assert!(!s.request_cancel(&id, "key:ops").unwrap(), "an ended job cannot be cancelled");
+        assert!(!s.request_cancel("no-such-job", "key:ops").unwrap());
+    }
+
+    #[test]
+    fn the_jobs_table_rebuild_keeps_earlier_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kotae.sqlite3");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            for (i, step) in MIGRATIONS.iter().enumerate().take(6) {
+                conn.execute_batch(step).unwrap();
+                conn.pragma_update(None, "user_version", (i + 1) as i64).unwrap();
+            }
+            conn.execute(
+                "INSERT INTO jobs (id, kind, actor, status, detail_json, created_unix, heartbeat_unix) VALUES ('j1', 'ingest', 'key:ops', 'done', '{}', 5, 6)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let j = s.job("j1").unwrap().unwrap();
+        assert_eq!((j["status"].as_str(), j["created_unix"].as_i64()), (Some("done"), Some(5)));
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+        assert_eq!(s.jobs(10).unwrap().len(), 1);
     }
 }

@@ -96,6 +96,7 @@ pub fn ingest(cfg: &Config, kb: &mut KnowledgeIndex, paths: &[&Path], groups: &[
         groups: groups.iter().map(|s| s.to_string()).collect(),
         prune,
         quiet: true,
+        watch: None,
     };
     run_ingest(cfg, kb, &kotae::ingest::EmbedderHandle::with(cfg, embedder()), &opts).unwrap()
 }

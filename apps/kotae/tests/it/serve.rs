@@ -1401,3 +1401,164 @@ async fn admins_upload_replace_and_delete_documents_while_serving() {
     );
     s.stop().await;
 }
+
+/// A short manual of its own (no two alike: none is dropped as a duplicate).
+fn room_note(i: usize) -> String {
+    format!(
+        "# Meeting room {i}\n\nMeeting room {i} is on floor {} of building {}. Book it through the facilities desk with the code R{i:04}; it seats {} people and has a {} screen.\n",
+        i % 9 + 1,
+        ["North", "South", "East", "West"][i % 4],
+        4 + i % 11,
+        ["large", "small", "wall-mounted", "portable"][i % 4]
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_follow_an_ingest_job_as_it_runs_and_cancel_it() {
+    let data = fresh_data_dir();
+    let cfg = config(data.path());
+    let corpus = tempfile::tempdir().unwrap();
+    std::fs::write(corpus.path().join("lockers.md"), "# Lockers\n\nLocker keys are issued by General Affairs.\n")
+        .unwrap();
+    let mut index = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
+    ingest(&cfg, &mut index, &[corpus.path()], &["public"], false);
+    let state = tempfile::tempdir().unwrap();
+    let (admin, user) = ("kotae_admin_0123456789", "kotae_staff_0123456789");
+    let keys = vec![
+        hashed_key("ops", admin, kotae_server::Role::Admin, &[]),
+        hashed_key("emp", user, kotae_server::Role::User, &["staff"]),
+    ];
+    let s = Server::start_with(state.path(), Arc::new(index), |c| {
+        c.server.api_keys = keys.clone();
+        c.server.rate_limit_burst = 100_000;
+        c.server.rate_limit_per_minute = 100_000;
+    })
+    .await;
+    let c = client();
+    let upload = |files: Vec<(String, String)>| {
+        let mut form = reqwest::multipart::Form::new().text("groups", "staff");
+        for (name, body) in files {
+            form = form.part("file", reqwest::multipart::Part::text(body).file_name(name));
+        }
+        let req = c.post(s.url("/admin/api/documents")).bearer_auth(admin).multipart(form);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string()
+        }
+    };
+    let cancel =
+        |k: &'static str, id: &str| c.post(s.url(&format!("/admin/api/jobs/{id}/cancel"))).bearer_auth(k).send();
+    let job = |id: String| {
+        let req = c.get(s.url(&format!("/admin/api/jobs/{id}"))).bearer_auth(admin);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let documents = || {
+        let req = c.get(s.url("/admin/api/documents")).bearer_auth(admin);
+        async move {
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            v["documents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["source"].as_str().unwrap().to_string())
+                .collect::<BTreeSet<_>>()
+        }
+    };
+
+    // A big upload, and a small one queued behind it (admin jobs run one at a time).
+    let n = 80;
+    let rooms: Vec<(String, String)> = (0..n).map(|i| (format!("room-{i:03}.md"), room_note(i))).collect();
+    let big = upload(rooms.clone()).await;
+    let small = upload(vec![("desk.md".into(), "# Desks\n\nHot desks are booked in the desk app.\n".into())]).await;
+
+    // The queued job is cancelled before it starts; only admins cancel; unknown jobs are 404.
+    assert_eq!(cancel(user, &small).await.unwrap().status(), 403);
+    assert_eq!(cancel(admin, "no-such-job").await.unwrap().status(), 404);
+    let r = cancel(admin, &small).await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelling");
+
+    // Follow the big one over SSE; once a batch is committed, cancel it.
+    let resp = c.get(s.url(&format!("/admin/api/jobs/{big}/events"))).bearer_auth(admin).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut stream = resp.bytes_stream();
+    let (mut buf, mut events) = (String::new(), Vec::<(String, Value)>::new());
+    let mut cancelled_at = None;
+    let t = Instant::now();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(300), stream.next()).await.expect("events stall") {
+        buf.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            events.extend(parse_sse(&block));
+        }
+        let committed = events
+            .iter()
+            .filter(|(e, _)| e == "progress")
+            .filter_map(|(_, j)| j["progress"]["files_ingested"].as_u64())
+            .max();
+        if cancelled_at.is_none() && committed.is_some_and(|f| f >= 4) {
+            assert_eq!(cancel(admin, &big).await.unwrap().status(), 202);
+            cancelled_at = committed;
+        }
+    }
+    eprintln!("{} events in {:.1} s; cancelled after {cancelled_at:?} files", events.len(), t.elapsed().as_secs_f64());
+    let progress: Vec<&Value> = events.iter().filter(|(e, _)| e == "progress").map(|(_, j)| j).collect();
+    assert!(progress.iter().any(|j| j["status"] == "running" && j["progress"]["phase"] == "ingesting"), "{events:?}");
+    let done: Vec<u64> = progress.iter().filter_map(|j| j["progress"]["files_ingested"].as_u64()).collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "progress only moves on: {done:?}");
+    let (last_event, end) = events.last().unwrap();
+    assert_eq!(last_event, "end", "the stream ends with the finished job");
+    assert_eq!(end["status"], "cancelled", "{end}");
+    assert_eq!(end["cancel_requested"]["by"], "key:ops");
+    let ingested = end["report"]["files_ingested"].as_u64().unwrap();
+    assert!(
+        cancelled_at.is_some() && (4..n as u64).contains(&ingested),
+        "{ingested} of {n} files were in when it stopped"
+    );
+    assert_eq!(ingested % 4, 0, "whole batches only (ingest.commit_every = 4)");
+
+    // What was committed serves; the rest, and the cancelled queued job, never went in.
+    let docs = documents().await;
+    let rooms_in = docs.iter().filter(|d| d.starts_with("room-")).count() as u64;
+    assert_eq!(rooms_in, ingested, "{docs:?}");
+    assert!(!docs.contains("desk.md"), "the queued job never ran");
+    let j = job(small.clone()).await;
+    assert_eq!((j["status"].as_str(), j["report"]["files_ingested"].as_u64()), (Some("cancelled"), Some(0)), "{j}");
+    assert_eq!(cancel(admin, &big).await.unwrap().status(), 409, "an ended job cannot be cancelled");
+    let hits: Value = c
+        .post(s.url("/api/search"))
+        .bearer_auth(user)
+        .json(&json!({ "query": "meeting room booking code", "top_k": 50 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sources: BTreeSet<&str> =
+        hits["hits"].as_array().unwrap().iter().filter_map(|h| h["source"].as_str()).collect();
+    assert!(sources.iter().all(|src| !src.starts_with("room-") || docs.contains(*src)), "{sources:?}");
+
+    // Run it again: what is in is skipped, the rest goes in.
+    let r = c.post(s.url(&format!("/admin/api/jobs/{big}/retry"))).bearer_auth(admin).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let again = r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string();
+    let j = loop {
+        let j = job(again.clone()).await;
+        if j["status"] != "queued" && j["status"] != "running" {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(j["status"], "done", "{j}");
+    assert_eq!(j["report"]["files_unchanged"].as_u64(), Some(ingested), "{j}");
+    assert_eq!(j["report"]["files_ingested"].as_u64(), Some(n as u64 - ingested), "{j}");
+    assert_eq!(documents().await.iter().filter(|d| d.starts_with("room-")).count(), n);
+
+    let audit: Value = c.get(s.url("/admin/api/audit")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    let cancels = audit["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "jobs.cancel").count();
+    assert_eq!(cancels, 2, "{audit}");
+    s.stop().await;
+}
