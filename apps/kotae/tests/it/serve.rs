@@ -1402,14 +1402,47 @@ async fn admins_upload_replace_and_delete_documents_while_serving() {
     s.stop().await;
 }
 
-/// A short manual of its own (no two alike: none is dropped as a duplicate).
+/// A short manual of its own (no two alike: none is dropped as a near-duplicate).
 fn room_note(i: usize) -> String {
+    const WORDS: [&str; 24] = [
+        "whiteboard",
+        "projector",
+        "speakerphone",
+        "plants",
+        "window",
+        "sofa",
+        "camera",
+        "blinds",
+        "heater",
+        "standing desk",
+        "coffee machine",
+        "bookshelf",
+        "piano",
+        "carpet",
+        "skylight",
+        "lockers",
+        "monitor",
+        "printer",
+        "fridge",
+        "lamp",
+        "map",
+        "clock",
+        "easel",
+        "fan",
+    ];
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut things = Vec::new();
+    for _ in 0..8 {
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        things.push(WORDS[(x >> 40) as usize % WORDS.len()]);
+    }
     format!(
-        "# Meeting room {i}\n\nMeeting room {i} is on floor {} of building {}. Book it through the facilities desk with the code R{i:04}; it seats {} people and has a {} screen.\n",
+        "# Meeting room {i}\n\nMeeting room {i} is on floor {} of building {}. Book it through the facilities desk with the code R{i:04}; it seats {} people. In the room: {}.\n",
         i % 9 + 1,
         ["North", "South", "East", "West"][i % 4],
         4 + i % 11,
-        ["large", "small", "wall-mounted", "portable"][i % 4]
+        things.join(", ")
     )
 }
 
