@@ -1500,7 +1500,7 @@ async fn admins_follow_an_ingest_job_as_it_runs_and_cancel_it() {
     };
 
     // A big upload, and a small one queued behind it (admin jobs run one at a time).
-    let n = 80;
+    let n = 120;
     let rooms: Vec<(String, String)> = (0..n).map(|i| (format!("room-{i:03}.md"), room_note(i))).collect();
     let big = upload(rooms.clone()).await;
     let small = upload(vec![("desk.md".into(), "# Desks\n\nHot desks are booked in the desk app.\n".into())]).await;
