@@ -241,6 +241,11 @@ mod postgres {
         admin.execute("UPDATE jobs SET created_unix = created_unix - 1000 WHERE id = $1", &[&queued_long_ago]).unwrap();
         assert_eq!(b.fail_interrupted_jobs().unwrap(), 1, "only the job nobody runs");
         assert_eq!(a.job(&running).unwrap().unwrap()["status"], "running");
+        // A cancel asked on B reaches the job A runs, with its progress.
+        assert!(!a.set_job_progress(&running, &serde_json::json!({ "files_ingested": 3 })).unwrap());
+        assert_eq!(b.job(&running).unwrap().unwrap()["progress"]["files_ingested"], 3);
+        assert!(b.request_cancel(&running, "key:ops").unwrap());
+        assert!(a.set_job_progress(&running, &serde_json::json!({ "files_ingested": 4 })).unwrap());
         assert_eq!(a.job(&queued_long_ago).unwrap().unwrap()["status"], "failed");
         admin.execute("UPDATE jobs SET heartbeat_unix = heartbeat_unix - 1000 WHERE id = $1", &[&running]).unwrap();
         assert_eq!(b.fail_interrupted_jobs().unwrap(), 1);
