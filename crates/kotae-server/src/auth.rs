@@ -236,6 +236,11 @@ impl Authenticator {
         Ok(Self { keys, jwt, sso: cfg.sso.clone(), trusted, admin_groups: cfg.admin_groups.clone() })
     }
 
+    /// The keys of `server.api_keys`: name, role and groups (never a digest).
+    pub fn configured_keys(&self) -> impl Iterator<Item = (&str, Role, &[String])> {
+        self.keys.iter().map(|k| (k.name.as_str(), k.role, k.groups.as_slice()))
+    }
+
     /// Whether any credential is configured (else an OpenAI client's dummy key is ignored).
     pub fn has_credentials(&self) -> bool {
         !self.keys.is_empty() || self.jwt.is_some() || self.sso.is_some()

@@ -278,6 +278,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/jobs/{id}/cancel", post(documents::cancel))
         .route("/admin/api/jobs/{id}/events", get(documents::events))
         .route("/admin/api/feedback", get(admin::feedback))
+        .route("/admin/api/keys", get(admin::keys).post(admin::create_key))
+        .route("/admin/api/keys/{name}", axum::routing::delete(admin::revoke_key))
         .route("/admin/api/eval", get(web::eval_report))
         .route("/admin/api/eval/runs", post(documents::start_eval))
         .route_layer(axum::middleware::from_fn(admin_only));
@@ -329,6 +331,19 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     resp
 }
 
+/// A key an admin made through `/admin/api/keys` (looked up by its SHA-256 in the state
+/// database at every request, so a revocation holds at once, on every replica). A database
+/// that cannot answer refuses the request rather than guess.
+fn managed_key(state: &AppState, token: &str, ip: std::net::IpAddr) -> Result<Option<Client>, ApiError> {
+    Ok(state.store.api_key(&auth::key_digest(token))?.map(|(name, role, groups)| Client {
+        id: format!("key:{name}"),
+        groups,
+        role: if role == "admin" { Role::Admin } else { Role::User },
+        via: "api_key",
+        ip,
+    }))
+}
+
 /// Identifies the client (API key, JWT, SSO proxy headers or anonymous), refuses what does
 /// not verify, applies the per-client rate limit.
 async fn access(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Result<Response, ApiError> {
@@ -378,11 +393,17 @@ async fn access(State(state): State<Arc<AppState>>, mut req: Request, next: Next
                 }
             }
         }
-        Some(token) => match state.auth.api_key(&token, ip) {
+        Some(token) => match state
+            .auth
+            .api_key(&token, ip)
+            .map_or_else(|| managed_key(&state, &token, ip), |c| Ok(Some(c)))?
+        {
             Some(c) => c,
             // OpenAI clients insist on sending some key; on a server with no credentials at
             // all and anonymous access on, such a key means nothing and is ignored.
-            None if state.cfg.allow_anonymous && !state.auth.has_credentials() => anonymous(ip),
+            None if state.cfg.allow_anonymous && !state.auth.has_credentials() && !state.store.has_api_keys()? => {
+                anonymous(ip)
+            }
             None => {
                 deny("api_key", "unknown API key".into());
                 return Err(ApiError::Unauthorized("unknown API key".into()));

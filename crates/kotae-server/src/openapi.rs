@@ -92,6 +92,16 @@ pub fn spec() -> Value {
                 "summary": "A cited passage for the source viewer (a citation's `chunk_id`): `{chunk_id, source, section, kind, lang, text}`; 404 when it does not exist or the client's groups may not read it",
                 "parameters": [{ "name": "chunk_id", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "200": { "description": "the passage" }, "400": err(), "404": err() } } },
+            "/admin/api/keys": {
+                "get": { "summary": "API keys (admin): `{keys: [{name, role, groups, source (config or admin), created_by, created_unix, revoked_by, revoked_unix}]}`; never a key or its digest",
+                    "responses": { "200": { "description": "keys" }, "401": err(), "403": err() } },
+                "post": { "summary": "Make an API key for a service (admin, audited), usable at once: body `{name, groups, role (user or admin)}`; 201 `{name, key, role, groups}`, the key shown this once (Kotae keeps its SHA-256); 409 when the name is taken, also by a revoked key",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["name"],
+                        "properties": { "name": { "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$" }, "groups": { "type": "array", "items": { "type": "string" } }, "role": { "type": "string", "enum": ["user", "admin"] } } } } } },
+                    "responses": { "201": { "description": "`{name, key, role, groups}`" }, "400": err(), "401": err(), "403": err(), "409": err() } } },
+            "/admin/api/keys/{name}": { "delete": { "summary": "Revoke a key made with POST /admin/api/keys (admin, audited): refused from the next request on, on every replica; 409 for a key of server.api_keys (remove it from the file) or one already revoked",
+                "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "`{name, revoked}`" }, "401": err(), "403": err(), "404": err(), "409": err() } } },
             "/admin/api/feedback": { "get": {
                 "summary": "The feedback review queue (admin), newest first: `{feedback: [{id, rating, comment, client, created_unix, message_id, question, answer, citations, kind}]}`",
                 "parameters": [{ "name": "rating", "in": "query", "schema": { "type": "string", "enum": ["up", "down"] } },

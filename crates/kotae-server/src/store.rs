@@ -134,6 +134,18 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE jobs;
     ALTER TABLE jobs_v7 RENAME TO jobs;
     CREATE INDEX jobs_created ON jobs(created_unix);",
+    // 8: API keys that admins make and revoke while Kotae serves (only their SHA-256). A
+    // revoked key's row stays, so that its name, which owns conversations, is never given again.
+    "CREATE TABLE api_keys (
+        name TEXT PRIMARY KEY,
+        key_sha256 TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+        groups_json TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_unix INTEGER NOT NULL,
+        revoked_by TEXT,
+        revoked_unix INTEGER
+    );",
 ];
 
 /// How often a running job says it is alive, and how long a silence means its process died.
@@ -740,6 +752,74 @@ impl Store {
             .collect())
     }
 
+    /// A new API key (its SHA-256); false when the name is taken (also by a revoked key).
+    pub fn add_api_key(
+        &self,
+        name: &str,
+        digest: &str,
+        role: &str,
+        groups: &[String],
+        by: &str,
+    ) -> Result<bool, ApiError> {
+        let n = self.exec(
+            "INSERT INTO api_keys (name, key_sha256, role, groups_json, created_by, created_unix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            vals![name, digest, role, serde_json::to_string(groups).unwrap_or_default(), by, now()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The live (unrevoked) key with this SHA-256: its name, role and groups.
+    pub fn api_key(&self, digest: &str) -> Result<Option<(String, String, Vec<String>)>, ApiError> {
+        Ok(self
+            .query_one(
+                "SELECT name, role, groups_json FROM api_keys WHERE key_sha256 = ?1 AND revoked_unix IS NULL",
+                vals![digest],
+            )?
+            .map(|r| (r.s(0), r.s(1), r.json(2).and_then(|g| serde_json::from_value(g).ok()).unwrap_or_default())))
+    }
+
+    /// Whether any live key exists.
+    pub fn has_api_keys(&self) -> Result<bool, ApiError> {
+        Ok(self.query_one("SELECT name FROM api_keys WHERE revoked_unix IS NULL LIMIT 1", &[])?.is_some())
+    }
+
+    /// Revoke a key at once: `None` when there is no such key, else whether it was live.
+    pub fn revoke_api_key(&self, name: &str, by: &str) -> Result<Option<bool>, ApiError> {
+        if self.query_one("SELECT name FROM api_keys WHERE name = ?1", vals![name])?.is_none() {
+            return Ok(None);
+        }
+        let n = self.exec(
+            "UPDATE api_keys SET revoked_unix = ?2, revoked_by = ?3 WHERE name = ?1 AND revoked_unix IS NULL",
+            vals![name, now(), by],
+        )?;
+        Ok(Some(n > 0))
+    }
+
+    /// Every key made through the admin API, newest first (never a secret).
+    pub fn api_keys(&self) -> Result<Vec<serde_json::Value>, ApiError> {
+        Ok(self
+            .query(
+                "SELECT name, role, groups_json, created_by, created_unix, revoked_by, revoked_unix FROM api_keys
+                 ORDER BY created_unix DESC, name",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.s(0),
+                    "role": r.s(1),
+                    "groups": r.json(2),
+                    "source": "admin",
+                    "created_by": r.s(3),
+                    "created_unix": r.i(4),
+                    "revoked_by": r.os(5),
+                    "revoked_unix": r.oi(6),
+                })
+            })
+            .collect())
+    }
+
     /// Append to the audit trail. A failure to write is logged, never shown to the client.
     pub fn audit(&self, e: &AuditEntry) {
         let r = self.exec(
@@ -1092,5 +1172,27 @@ mod tests {
         assert_eq!((j["status"].as_str(), j["created_unix"].as_i64()), (Some("done"), Some(5)));
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
         assert_eq!(s.jobs(10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn api_keys_are_made_found_and_revoked_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("kotae.sqlite3")).unwrap();
+        assert!(!s.has_api_keys().unwrap());
+        let groups = vec!["staff".to_string()];
+        assert!(s.add_api_key("bot", "d1", "user", &groups, "key:ops").unwrap());
+        assert!(!s.add_api_key("bot", "d2", "admin", &[], "key:ops").unwrap(), "names are unique");
+        assert!(s.has_api_keys().unwrap());
+        assert_eq!(s.api_key("d1").unwrap(), Some(("bot".into(), "user".into(), groups.clone())));
+        assert_eq!(s.api_key("d2").unwrap(), None);
+        assert_eq!(s.revoke_api_key("bot", "key:ops").unwrap(), Some(true));
+        assert_eq!(s.api_key("d1").unwrap(), None, "revoked at once");
+        assert_eq!(s.revoke_api_key("bot", "key:ops").unwrap(), Some(false));
+        assert_eq!(s.revoke_api_key("nobody", "key:ops").unwrap(), None);
+        assert!(!s.add_api_key("bot", "d3", "user", &[], "key:ops").unwrap(), "a revoked name is never given again");
+        assert!(!s.has_api_keys().unwrap());
+        let listed = s.api_keys().unwrap();
+        assert_eq!((listed.len(), listed[0]["revoked_by"].as_str()), (1, Some("key:ops")));
+        assert!(!listed[0].to_string().contains("d1"), "no digest in the list");
     }
 }

@@ -241,6 +241,12 @@ mod postgres {
         admin.execute("UPDATE jobs SET created_unix = created_unix - 1000 WHERE id = $1", &[&queued_long_ago]).unwrap();
         assert_eq!(b.fail_interrupted_jobs().unwrap(), 1, "only the job nobody runs");
         assert_eq!(a.job(&running).unwrap().unwrap()["status"], "running");
+        // A key made on A works on B; revoked on B, it is refused on A at once.
+        assert!(a.add_api_key("bot", "d1", "user", &["staff".to_string()], "key:ops").unwrap());
+        assert!(!b.add_api_key("bot", "d2", "user", &[], "key:ops").unwrap(), "names are unique across replicas");
+        assert_eq!(b.api_key("d1").unwrap().map(|k| k.0), Some("bot".to_string()));
+        assert_eq!(b.revoke_api_key("bot", "key:ops").unwrap(), Some(true));
+        assert_eq!(a.api_key("d1").unwrap(), None);
         // A cancel asked on B reaches the job A runs, with its progress.
         assert!(!a.set_job_progress(&running, &serde_json::json!({ "files_ingested": 3 })).unwrap());
         assert_eq!(b.job(&running).unwrap().unwrap()["progress"]["files_ingested"], 3);
