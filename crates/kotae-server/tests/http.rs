@@ -142,6 +142,7 @@ fn body_for(path: &str) -> Value {
         "/api/feedback" => json!({ "message_id": "m", "rating": "up" }),
         "/v1/chat/completions" => json!({ "messages": [{ "role": "user", "content": "hi" }] }),
         p if p.starts_with("/admin/api/quarantine/") => json!({ "status": "released" }),
+        "/admin/api/keys" => json!({ "name": "k1", "groups": ["staff"] }),
         _ => json!({}),
     }
 }
@@ -169,6 +170,11 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/api/jobs"),
     ("GET", "/admin/api/jobs/j1"),
     ("POST", "/admin/api/jobs/j1/retry"),
+    ("POST", "/admin/api/jobs/j1/cancel"),
+    ("GET", "/admin/api/jobs/j1/events"),
+    ("GET", "/admin/api/keys"),
+    ("POST", "/admin/api/keys"),
+    ("DELETE", "/admin/api/keys/k1"),
     ("GET", "/admin/api/feedback"),
     ("GET", "/admin/api/eval"),
 ];
@@ -243,6 +249,7 @@ async fn every_route_refuses_missing_wrong_and_malformed_credentials() {
             .replace("/quarantine/1", "/quarantine/{id}")
             .replace("/documents/a.md", "/documents/{source}")
             .replace("/jobs/j1", "/jobs/{id}")
+            .replace("/keys/k1", "/keys/{name}")
             .replace("/sources/0123456789abcdef", "/sources/{chunk_id}");
         assert!(spec["paths"][&templated][m.to_lowercase()].is_object(), "{m} {templated} missing from /openapi.json");
     }
@@ -250,7 +257,8 @@ async fn every_route_refuses_missing_wrong_and_malformed_credentials() {
 
 #[tokio::test]
 async fn roles_admin_routes_and_the_audit_trail() {
-    let s = Server::start(|_| {}).await;
+    // Every route once or twice: more than the default burst.
+    let s = Server::start(|c| c.rate_limit_burst = 100).await;
     // A user key passes the access layer (503: no models in this test) but no admin route.
     for (m, p) in USER_ROUTES {
         let (st, body) = s.call(m, p, Some(BOT_KEY), &[]).await;
@@ -291,6 +299,82 @@ async fn roles_admin_routes_and_the_audit_trail() {
     );
     let (st, _) = s.call("GET", "/admin/api/quarantine?status=bogus", Some(ADMIN_KEY), &[]).await;
     assert_eq!(st, 400);
+}
+
+#[tokio::test]
+async fn admins_make_and_revoke_api_keys_that_hold_at_once() {
+    let s = Server::start(|c| c.auth_failures_per_minute = 10_000).await;
+    let c = reqwest::Client::new();
+    let make = |by: &str, body: Value| c.post(s.url("/admin/api/keys")).bearer_auth(by).json(&body).send();
+    let revoke = |by: &str, name: &str| c.delete(s.url(&format!("/admin/api/keys/{name}"))).bearer_auth(by).send();
+
+    // Only admins make keys; names are checked and unique, also against the config's.
+    assert_eq!(make(BOT_KEY, json!({ "name": "report-bot" })).await.unwrap().status(), 403);
+    assert_eq!(c.post(s.url("/admin/api/keys")).json(&json!({ "name": "x" })).send().await.unwrap().status(), 401);
+    for bad in [
+        json!({ "name": "" }),
+        json!({ "name": "a b" }),
+        json!({ "name": "x", "role": "root" }),
+        json!({ "name": "x", "extra": 1 }),
+    ] {
+        let r = make(ADMIN_KEY, bad.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = make(ADMIN_KEY, json!({ "name": "bot" })).await.unwrap();
+    assert_eq!(r.status(), 409, "the config has a key named bot");
+
+    // A new key works at once, with its groups and role.
+    let r = make(ADMIN_KEY, json!({ "name": "report-bot", "groups": ["hr", "staff", "hr"] })).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let made: Value = r.json().await.unwrap();
+    let key = made["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("kotae_") && key.len() > 40, "{made}");
+    let (st, me) = s.call("GET", "/api/me", Some(&key), &[]).await;
+    assert_eq!(st, 200);
+    assert_eq!(me, json!({ "id": "key:report-bot", "role": "user", "groups": ["hr", "staff"], "via": "api_key" }));
+    assert_eq!(s.call("GET", "/admin/api/audit", Some(&key), &[]).await.0, 403, "a user key");
+    assert_eq!(make(ADMIN_KEY, json!({ "name": "report-bot" })).await.unwrap().status(), 409);
+    let r = make(ADMIN_KEY, json!({ "name": "second-admin", "role": "admin" })).await.unwrap();
+    let admin2 = r.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_string();
+    assert_eq!(s.call("GET", "/admin/api/audit", Some(&admin2), &[]).await.0, 200, "an admin key made here");
+
+    // The list shows both kinds of keys, never a key or its digest.
+    let (st, list) = s.call("GET", "/admin/api/keys", Some(ADMIN_KEY), &[]).await;
+    assert_eq!(st, 200);
+    let names: Vec<(&str, &str)> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["name"].as_str().unwrap(), k["source"].as_str().unwrap()))
+        .collect();
+    for want in [("ops", "config"), ("bot", "config"), ("report-bot", "admin"), ("second-admin", "admin")] {
+        assert!(names.contains(&want), "{want:?} in {names:?}");
+    }
+    let text = list.to_string();
+    assert!(!text.contains(&key) && !text.contains(&key_digest(&key)), "{text}");
+
+    // Revoked: refused from the next request on; the name is never given again.
+    assert_eq!(revoke(BOT_KEY, "report-bot").await.unwrap().status(), 403);
+    assert_eq!(revoke(&admin2, "report-bot").await.unwrap().status(), 200);
+    assert_eq!(s.call("GET", "/api/me", Some(&key), &[]).await.0, 401);
+    assert_eq!(s.call("POST", "/api/search", Some(&key), &[]).await.0, 401);
+    assert_eq!(revoke(ADMIN_KEY, "report-bot").await.unwrap().status(), 409, "already revoked");
+    assert_eq!(revoke(ADMIN_KEY, "nobody").await.unwrap().status(), 404);
+    assert_eq!(revoke(ADMIN_KEY, "bot").await.unwrap().status(), 409, "config keys live in the file");
+    assert_eq!(make(ADMIN_KEY, json!({ "name": "report-bot" })).await.unwrap().status(), 409);
+    // An admin may revoke the key they use; it stops at once too.
+    assert_eq!(revoke(&admin2, "second-admin").await.unwrap().status(), 200);
+    assert_eq!(s.call("GET", "/admin/api/audit", Some(&admin2), &[]).await.0, 401);
+
+    let (_, audit) = s.call("GET", "/admin/api/audit?limit=1000", Some(ADMIN_KEY), &[]).await;
+    let rows = audit["entries"].as_array().unwrap();
+    let did = |action: &str, target: &str, result: &str| {
+        rows.iter().any(|e| e["action"] == action && e["target"] == target && e["result"] == result)
+    };
+    assert!(did("keys.create", "key:report-bot", "ok") && did("keys.revoke", "key:report-bot", "ok"), "{audit}");
+    assert!(did("keys.create", "key:report-bot", "denied") && did("keys.revoke", "key:second-admin", "ok"));
+    assert!(rows.iter().any(|e| e["action"] == "authenticate" && e["result"] == "denied"), "the revoked key's tries");
+    assert!(!audit.to_string().contains(&key), "no key in the audit");
 }
 
 #[tokio::test]
