@@ -19,6 +19,9 @@
     notAdmin: (w) => `${w} としてサインインしていますが、管理者ではありません。このコンソールは管理者専用です。`,
     replace: '差し替え', remove: '削除', confirmRemove: (s) => `${s} を削除しますか？検索と回答から外れます。`, retry: '再実行', cancel: '中止', cancelled: '中止済み', cancelling: '中止中…', phase: { scanning: '確認中', ingesting: '取り込み中', finishing: '仕上げ中' },
     filesOf: (d, t) => `${d} / ${t} ファイル`,
+    keys: 'API キー', keysHelp: 'サービス（ボット・スクリプト）用のキーです。作成するとすぐに使え、無効化するとすぐに使えなくなります。kotae.toml のキーは一覧に出ますが、変更はファイルで行います。',
+    keyName: '名前', role: '役割', makeKey: 'キーを作成', made: '作成', fromConfig: 'kotae.toml', madeBy: (w) => `${w} が作成`, active: '有効', revoked: (w) => `無効化済み（${w}）`,
+    revoke: '無効化', confirmRevoke: (n) => `キー ${n} を無効化しますか？このキーを使うサービスはすぐに拒否されます。`, keyOnce: (n) => `キー ${n} です。今だけ表示されます（Kotae は SHA-256 しか保存しません）。`, copy: 'コピー',
     release: '解除', reject: '却下', queued: '待機中', running: '処理中', done: '完了', failed: '失敗', uploading: 'アップロード中',
     docs: (n, c) => `${n} 件の文書、${c} チャンク`, rulesTitle: 'アクセスルール（フォルダ・既定・機密表示）', defaultGroups: '既定のグループ', question: '質問', answer: '回答', comment: 'コメント', none: 'ありません',
     noReport: 'まだ評価レポートがありません（kotae eval all を毎晩実行）', passed: '合格', regressed: '後退あり', runEval: '今すぐ評価を実行', editGroups: 'グループ変更', askGroups: (s) => `${s} を閲覧できるグループ（カンマ区切り）`,
@@ -27,6 +30,8 @@
     notAdmin: (w) => `You are signed in as ${w}, who is not an admin. This console is for admins.`,
     replace: 'Replace', remove: 'Delete', confirmRemove: (s) => `Delete ${s}? It leaves search and answers.`, retry: 'Retry', cancel: 'Cancel', cancelled: 'cancelled', cancelling: 'cancelling…', phase: { scanning: 'scanning', ingesting: 'ingesting', finishing: 'finishing' },
     filesOf: (d, t) => `${d} of ${t} files`,
+    keys: 'API keys', keyName: 'Name', role: 'Role', makeKey: 'Make a key', made: 'Made', fromConfig: 'kotae.toml', madeBy: (w) => `made by ${w}`, active: 'active', revoked: (w) => `revoked (by ${w})`,
+    revoke: 'Revoke', confirmRevoke: (n) => `Revoke the key ${n}? Services using it are refused at once.`, keyOnce: (n) => `The key ${n}, shown this once (Kotae keeps only its SHA-256):`, copy: 'Copy',
     release: 'Release', reject: 'Reject', queued: 'queued', running: 'running', done: 'done', failed: 'failed', uploading: 'uploading',
     docs: (n, c) => `${n} documents, ${c} chunks`, rulesTitle: 'Access rules (folders, default, confidentiality markers)', defaultGroups: 'Default groups', question: 'Question', answer: 'Answer', comment: 'Comment', none: 'Nothing here',
     noReport: 'No evaluation report yet (run kotae eval all nightly)', passed: 'passed', regressed: 'regressions', runEval: 'Run the evaluation now', editGroups: 'Groups…', askGroups: (s) => `Who may read ${s}? Access groups, comma-separated`,
@@ -227,6 +232,18 @@
       await new Promise((r) => setTimeout(r, 500));
     }
   }
+  $('#key-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const body = { name: $('#key-name').value.trim(), groups: $('#key-groups').value.split(',').map((g) => g.trim()).filter(Boolean), role: $('#key-role').value };
+    try {
+      const made = await call('/admin/api/keys', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      $('#new-key').replaceChildren(h('p', { textContent: L.keyOnce(made.name) }), h('code', { id: 'new-key-value', textContent: made.key }), ' ',
+        h('button', { type: 'button', textContent: L.copy, onclick: () => navigator.clipboard && navigator.clipboard.writeText(made.key) }));
+      $('#new-key').hidden = false;
+      $('#key-name').value = '';
+      loaders.keys();
+    } catch (err) { toast(err.message); }
+  });
   const drop = $('#drop'), files = $('#files');
   drop.addEventListener('click', () => files.click());
   drop.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); files.click(); } });
@@ -263,6 +280,16 @@
     async guard() {
       const { events } = await call('/admin/api/guard-events');
       fill('#guard', events.map((g) => h('tr', {}, td(g.request_id.slice(0, 8)), td(g.direction), td(g.category), td(g.rule), td(g.action), td(g.client))));
+    },
+    async keys() {
+      const { keys } = await call('/admin/api/keys');
+      const revoke = (name) => async () => {
+        if (!confirm(L.confirmRevoke(name))) return;
+        try { await call(`/admin/api/keys/${encodeURIComponent(name)}`, { method: 'DELETE' }); loaders.keys(); } catch (e) { toast(e.message); }
+      };
+      fill('#keys', keys.map((k) => h('tr', {}, td(k.name), td(k.role), td((k.groups || []).join(', ')), td(k.source === 'config' ? L.fromConfig : L.madeBy(k.created_by)), td(k.created_unix ? when(k.created_unix) : ''),
+        td(h('span', k.revoked_unix ? { className: 'bad', textContent: L.revoked(k.revoked_by) } : { className: 'ok', textContent: L.active })),
+        td(k.source === 'admin' && !k.revoked_unix ? h('button', { className: 'danger', textContent: L.revoke, onclick: revoke(k.name) }) : ''))));
     },
     async audit() {
       const { entries } = await call('/admin/api/audit');

@@ -645,6 +645,48 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     assert!(card.as_str().unwrap().contains("日数が書かれていません"), "{card}");
     assert!(card.as_str().unwrap().contains(question), "{card}");
     b.screenshot("admin-feedback").await;
+
+    // A key for a service, made in the console: shown once, usable at once; revoked there,
+    // refused at once.
+    b.js("document.querySelector('[data-tab=keys]').click();", json!([])).await;
+    b.wait("the key list", "document.querySelectorAll('#keys tbody tr').length >= 2", 10).await;
+    b.js(
+        "document.querySelector('#key-name').value = 'wiki-bot'; document.querySelector('#key-groups').value = 'staff'; document.querySelector('#key-form').requestSubmit();",
+        json!([]),
+    )
+    .await;
+    let made = b
+        .wait(
+            "the new key",
+            "(() => { const k = document.querySelector('#new-key-value'); return k && k.textContent; })()",
+            10,
+        )
+        .await;
+    let made = made.as_str().unwrap().to_string();
+    let me: Value = c.get(s.url("/api/me")).bearer_auth(&made).send().await.unwrap().json().await.unwrap();
+    assert_eq!((me["id"].as_str(), me["groups"].clone()), (Some("key:wiki-bot"), json!(["staff"])), "{me}");
+    b.wait(
+        "the key in the list",
+        "[...document.querySelectorAll('#keys tbody tr')].some(r => r.cells[0].textContent === 'wiki-bot' && r.querySelector('button.danger'))",
+        10,
+    )
+    .await;
+    b.screenshot("admin-keys").await;
+    let v = b.accessibility_violations("document").await;
+    assert!(v.is_empty(), "accessibility violations in the keys tab:\n{}", v.join("\n"));
+    b.js(
+        "window.confirm = () => true; [...document.querySelectorAll('#keys tbody tr')].find(r => r.cells[0].textContent === 'wiki-bot').querySelector('button.danger').click();",
+        json!([]),
+    )
+    .await;
+    b.wait(
+        "the revoked key",
+        "[...document.querySelectorAll('#keys tbody tr')].some(r => r.cells[0].textContent === 'wiki-bot' && r.querySelector('.bad'))",
+        10,
+    )
+    .await;
+    assert_eq!(c.get(s.url("/api/me")).bearer_auth(&made).send().await.unwrap().status(), 401);
+
     // Every admin action is audited (the upload included).
     let audit: Value = c.get(s.url("/admin/api/audit")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
     assert!(
