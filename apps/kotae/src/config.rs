@@ -442,8 +442,8 @@ impl Config {
         if self.generator.prefill_chunk == 0 || self.answer.top_k == 0 || self.answer.context_tokens < 128 {
             bail!("generator.prefill_chunk and answer.top_k must be ≥ 1, answer.context_tokens ≥ 128");
         }
-        if self.server.queue_capacity == 0 {
-            bail!("server.queue_capacity must be at least 1");
+        if self.server.queue_capacity == 0 || self.server.parallel_answers == 0 {
+            bail!("server.queue_capacity and server.parallel_answers must be at least 1");
         }
         Ok(())
     }

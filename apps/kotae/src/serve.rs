@@ -44,7 +44,8 @@ pub fn engine_from(
         .with_context(|| format!("cannot load generator {}", cfg.generator.model))?;
     let classifiers = load_classifiers(cfg)?;
     let lm_states = lm_states_for(cfg, &classifiers, Some(&generator))?;
-    let worker = GeneratorWorker::spawn(Box::new(generator), cfg.server.queue_capacity)?;
+    let worker =
+        GeneratorWorker::spawn_parallel(Box::new(generator), cfg.server.queue_capacity, cfg.server.parallel_answers)?;
     let retrieval = RetrievalSettings { mode: cfg.search.mode, fusion: cfg.search.fusion };
     let mut answer_cfg = cfg.answer_config();
     if answer_cfg.generator_languages.is_empty() {

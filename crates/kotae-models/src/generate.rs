@@ -125,6 +125,11 @@ pub trait Generator: Send {
         params: &SamplingParams,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation>;
+    /// This generator as one whose generations advance a token at a time (and can be
+    /// interleaved), if it is one.
+    fn stepwise(&mut self) -> Option<&mut dyn Stepwise> {
+        None
+    }
 }
 
 /// Where generation runs and how the prompt is fed.
@@ -223,6 +228,11 @@ pub struct CandleGenerator {
     format: Arc<PromptFormat>,
     device: Device,
     prefill_chunk: usize,
+    /// Which generation's sequence is in the model's cache, and the caches of the others
+    /// (interleaved generations, int8 runtime only).
+    loaded: Option<u64>,
+    parked: std::collections::HashMap<u64, crate::int8::KvState>,
+    next_id: u64,
 }
 
 impl CandleGenerator {
@@ -233,6 +243,9 @@ impl CandleGenerator {
             format: Arc::new(format),
             device: opts.device.clone(),
             prefill_chunk: opts.prefill_chunk.max(1),
+            loaded: None,
+            parked: Default::default(),
+            next_id: 0,
         }
     }
 
@@ -453,6 +466,77 @@ impl Generator for CandleGenerator {
         params: &SamplingParams,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
+        let mut d = self.begin(prompt, params)?;
+        while !self.step(&mut d, on_text)? {}
+        Ok(self.end(d, on_text))
+    }
+
+    fn stepwise(&mut self) -> Option<&mut dyn Stepwise> {
+        // Interleaving swaps key/value caches between sequences: the int8 runtime's caches
+        // are Kotae's own; candle's models keep theirs inside.
+        matches!(self.weights, Weights::Int8(_)).then_some(self as &mut dyn Stepwise)
+    }
+}
+
+/// A generation in progress, advanced a token at a time by [`Stepwise::step`].
+pub struct Decoding {
+    id: u64,
+    prompt_tokens: usize,
+    max_new: usize,
+    params: SamplingParams,
+    sampler: LogitsProcessor,
+    stream: TextStream,
+    stops: StopMatcher,
+    text: String,
+    all: Vec<u32>,
+    written: String,
+    logits: Tensor,
+    produced: usize,
+    finish: Option<FinishReason>,
+    t0: Instant,
+    prompt_ms: f64,
+    first_token_ms: f64,
+    t_decode: Instant,
+}
+
+impl Decoding {
+    /// Tokens generated so far.
+    pub fn produced(&self) -> usize {
+        self.produced
+    }
+}
+
+/// Generations that advance a token at a time, so that a worker can interleave several: a
+/// long answer then delays a new question's first token by one step, not by its whole length.
+pub trait Stepwise {
+    /// Read the prompt (prefill) and stand ready for the first token.
+    fn begin(&mut self, prompt: &str, params: &SamplingParams) -> Result<Decoding>;
+    /// One token (its text, if any, to `on_text`); `true` once the generation has ended.
+    fn step(&mut self, d: &mut Decoding, on_text: &mut dyn FnMut(&str) -> bool) -> Result<bool>;
+    /// The finished generation (text held back for a stop string goes to `on_text`); frees
+    /// its cache. Also ends a generation early (its client left).
+    fn end(&mut self, d: Decoding, on_text: &mut dyn FnMut(&str) -> bool) -> Generation;
+}
+
+impl CandleGenerator {
+    /// Make `id`'s sequence the one in the model's cache, parking the one that was there.
+    fn load_sequence(&mut self, id: u64) {
+        if self.loaded == Some(id) {
+            return;
+        }
+        if let Weights::Int8(m) = &mut self.weights {
+            let incoming = self.parked.remove(&id).unwrap_or_default();
+            let out = m.swap_kv(incoming);
+            if let Some(prev) = self.loaded {
+                self.parked.insert(prev, out);
+            }
+        }
+        self.loaded = Some(id);
+    }
+}
+
+impl Stepwise for CandleGenerator {
+    fn begin(&mut self, prompt: &str, params: &SamplingParams) -> Result<Decoding> {
         let t0 = Instant::now();
         let format = self.format.clone();
         let ids = format.encode(prompt)?;
@@ -463,100 +547,129 @@ impl Generator for CandleGenerator {
         if ids.len() >= ctx {
             return Err(Error::PromptTooLong { tokens: ids.len(), limit: ctx });
         }
-        let max_new = params.max_tokens.min(ctx - ids.len());
-        let mut sampler = LogitsProcessor::from_sampling(params.seed, params.sampling());
-        let mut stream = TextStream::default();
-        let mut stops = StopMatcher::new(&params.stop);
-        let mut text = String::new();
-        let mut all: Vec<u32> = ids.clone();
-        let mut written = String::new();
-
-        let mut logits = self.prefill(&ids)?;
+        self.next_id += 1;
+        let id = self.next_id;
+        self.load_sequence(id);
+        let logits = self.prefill(&ids)?;
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let mut first_token_ms = 0.0;
-        let t_decode = Instant::now();
-        let mut produced = 0;
-        let mut finish = FinishReason::Length;
+        Ok(Decoding {
+            id,
+            prompt_tokens: ids.len(),
+            max_new: params.max_tokens.min(ctx - ids.len()),
+            params: params.clone(),
+            sampler: LogitsProcessor::from_sampling(params.seed, params.sampling()),
+            stream: TextStream::default(),
+            stops: StopMatcher::new(&params.stop),
+            text: String::new(),
+            all: ids,
+            written: String::new(),
+            logits,
+            produced: 0,
+            finish: (params.max_tokens == 0).then_some(FinishReason::Length),
+            t0,
+            prompt_ms,
+            first_token_ms: 0.0,
+            t_decode: Instant::now(),
+        })
+    }
+
+    fn step(&mut self, d: &mut Decoding, on_text: &mut dyn FnMut(&str) -> bool) -> Result<bool> {
+        if d.finish.is_some() || d.produced >= d.max_new {
+            d.finish.get_or_insert(FinishReason::Length);
+            return Ok(true);
+        }
+        self.load_sequence(d.id);
+        let format = self.format.clone();
+        let params = &d.params;
+        let mut logits = d.logits.clone();
+        if params.repeat_penalty != 1.0 {
+            let start = d.all.len().saturating_sub(params.repeat_last_n);
+            logits = candle_transformers::utils::apply_repeat_penalty(&logits, params.repeat_penalty, &d.all[start..])?;
+        }
         let banned: &[u32] = if params.japanese_kanji_only { format.non_japanese_han_ids() } else { &[] };
-        while produced < max_new {
-            if params.repeat_penalty != 1.0 {
-                let start = all.len().saturating_sub(params.repeat_last_n);
-                logits =
-                    candle_transformers::utils::apply_repeat_penalty(&logits, params.repeat_penalty, &all[start..])?;
+        if !banned.is_empty() {
+            let mut v = logits.to_vec1::<f32>()?;
+            for &id in banned {
+                if let Some(x) = v.get_mut(id as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
             }
-            if !banned.is_empty() {
-                let mut v = logits.to_vec1::<f32>()?;
-                for &id in banned {
-                    if let Some(x) = v.get_mut(id as usize) {
+            logits = Tensor::from_vec(v, logits.dims1()?, logits.device())?;
+        }
+        let mut next = d.sampler.sample(&logits)?;
+        // A token that would repeat a run of characters already written gives way to the
+        // next best (a few tries; then the text is what the model insists on).
+        for _ in 0..4 {
+            if params.no_repeat_chars == 0 {
+                break;
+            }
+            match d.stream.peek(&format, next)? {
+                Some(piece) if crate::chat::repeats_chars(&d.written, &piece, params.no_repeat_chars) => {
+                    let mut v = logits.to_vec1::<f32>()?;
+                    if let Some(x) = v.get_mut(next as usize) {
                         *x = f32::NEG_INFINITY;
                     }
+                    logits = Tensor::from_vec(v, logits.dims1()?, logits.device())?;
+                    next = d.sampler.sample(&logits)?;
                 }
-                logits = Tensor::from_vec(v, logits.dims1()?, logits.device())?;
+                _ => break,
             }
-            let mut next = sampler.sample(&logits)?;
-            // A token that would repeat a run of characters already written gives way to the
-            // next best (a few tries; then the text is what the model insists on).
-            for _ in 0..4 {
-                if params.no_repeat_chars == 0 {
-                    break;
-                }
-                match stream.peek(&format, next)? {
-                    Some(piece) if crate::chat::repeats_chars(&written, &piece, params.no_repeat_chars) => {
-                        let mut v = logits.to_vec1::<f32>()?;
-                        if let Some(x) = v.get_mut(next as usize) {
-                            *x = f32::NEG_INFINITY;
-                        }
-                        logits = Tensor::from_vec(v, logits.dims1()?, logits.device())?;
-                        next = sampler.sample(&logits)?;
-                    }
-                    _ => break,
-                }
-            }
-            if produced == 0 {
-                first_token_ms = t0.elapsed().as_secs_f64() * 1e3;
-            }
-            produced += 1;
-            all.push(next);
-            if format.is_stop(next) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            if let Some(piece) = stream.push(&format, next)? {
-                written.push_str(&piece);
-                let (out, hit) = stops.push(&piece);
-                text.push_str(&out);
-                if !out.is_empty() && !on_text(&out) {
-                    finish = FinishReason::Cancelled;
-                    break;
-                }
-                if hit {
-                    finish = FinishReason::Stop;
-                    break;
-                }
-            }
-            if produced == max_new {
-                break;
-            }
-            let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
-            logits = self.weights.forward(&input, all.len() - 1, &self.device)?;
         }
+        if d.produced == 0 {
+            d.first_token_ms = d.t0.elapsed().as_secs_f64() * 1e3;
+        }
+        d.produced += 1;
+        d.all.push(next);
+        if format.is_stop(next) {
+            d.finish = Some(FinishReason::Stop);
+            return Ok(true);
+        }
+        if let Some(piece) = d.stream.push(&format, next)? {
+            d.written.push_str(&piece);
+            let (out, hit) = d.stops.push(&piece);
+            d.text.push_str(&out);
+            if !out.is_empty() && !on_text(&out) {
+                d.finish = Some(FinishReason::Cancelled);
+                return Ok(true);
+            }
+            if hit {
+                d.finish = Some(FinishReason::Stop);
+                return Ok(true);
+            }
+        }
+        if d.produced == d.max_new {
+            d.finish = Some(FinishReason::Length);
+            return Ok(true);
+        }
+        let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
+        d.logits = self.weights.forward(&input, d.all.len() - 1, &self.device)?;
+        Ok(false)
+    }
+
+    fn end(&mut self, mut d: Decoding, on_text: &mut dyn FnMut(&str) -> bool) -> Generation {
+        let mut finish = d.finish.unwrap_or(FinishReason::Cancelled);
         if finish != FinishReason::Cancelled {
-            let rest = stops.finish();
+            let rest = d.stops.finish();
             if !rest.is_empty() {
-                text.push_str(&rest);
+                d.text.push_str(&rest);
                 if !on_text(&rest) {
                     finish = FinishReason::Cancelled;
                 }
             }
         }
-        Ok(Generation {
-            text,
+        // Its cache is free: parked, dropped; loaded, overwritten by the next sequence.
+        self.parked.remove(&d.id);
+        if self.loaded == Some(d.id) {
+            self.loaded = None;
+        }
+        Generation {
+            text: d.text,
             finish_reason: finish,
-            prompt_tokens: ids.len(),
-            completion_tokens: produced,
-            prompt_ms,
-            first_token_ms,
-            decode_ms: t_decode.elapsed().as_secs_f64() * 1e3,
-        })
+            prompt_tokens: d.prompt_tokens,
+            completion_tokens: d.produced,
+            prompt_ms: d.prompt_ms,
+            first_token_ms: d.first_token_ms,
+            decode_ms: d.t_decode.elapsed().as_secs_f64() * 1e3,
+        }
     }
 }

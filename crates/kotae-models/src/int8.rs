@@ -65,6 +65,15 @@ struct Layer {
     capacity: usize,
 }
 
+/// A sequence's key/value cache, out of the model (see [`Int8Lm::swap_kv`]); the default is
+/// an empty sequence.
+#[derive(Default)]
+pub struct KvState {
+    /// Per layer: keys, values, capacity.
+    layers: Vec<(Vec<f32>, Vec<f32>, usize)>,
+    pos: usize,
+}
+
 /// The model: load with [`Int8Lm::from_gguf`], then [`Int8Lm::forward`] chunks of tokens.
 pub struct Int8Lm {
     embed: Arc<QMatrix>,
@@ -216,6 +225,23 @@ impl Int8Lm {
             .sum();
         let head = if Arc::ptr_eq(&self.embed, &self.head) { 0 } else { self.head.size_bytes() };
         mats + self.embed.size_bytes() + head
+    }
+
+    /// Put `state` (a sequence's key/value cache, or an empty one) into the model and return
+    /// the sequence that was there: several sequences share one model, a token at a time.
+    pub fn swap_kv(&mut self, state: KvState) -> KvState {
+        let mut incoming = state.layers.into_iter();
+        let mut out = KvState { layers: Vec::with_capacity(self.layers.len()), pos: self.pos };
+        for l in &mut self.layers {
+            let (k, v, cap) = incoming.next().unwrap_or_default();
+            out.layers.push((
+                std::mem::replace(&mut l.k_cache, k),
+                std::mem::replace(&mut l.v_cache, v),
+                std::mem::replace(&mut l.capacity, cap),
+            ));
+        }
+        self.pos = state.pos;
+        out
     }
 
     /// Forget the cached sequence.

@@ -26,7 +26,8 @@ pub use chat::{ChatMessage, PromptFormat, Role};
 pub use classifier::Head;
 pub use embed::{BertEmbedder, EmbedOutput, Embedder, EncoderEngine, InputKind, Pooling};
 pub use generate::{
-    CandleGenerator, FinishReason, Generation, Generator, GeneratorOptions, GgufEngine, SamplingParams,
+    CandleGenerator, Decoding, FinishReason, Generation, Generator, GeneratorOptions, GgufEngine, SamplingParams,
+    Stepwise,
 };
 pub use registry::{InstalledModel, ModelKind, ModelSpec, CATALOG};
 pub use worker::{GenEvent, GeneratorWorker, SubmitError};

@@ -50,18 +50,48 @@ pub struct GeneratorWorker {
     tx: SyncSender<Job>,
     format: Arc<PromptFormat>,
     name: Arc<str>,
-    /// Jobs waiting plus the one running.
+    /// Jobs waiting plus those generating.
     load: Arc<AtomicUsize>,
     capacity: usize,
+    /// Generations that advance together (a token each in turn).
+    parallel: usize,
     /// Generations that panicked (each ended its job with an error).
     panics: Arc<AtomicUsize>,
     /// False once the worker thread has ended.
     alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// How a job's generation began: under way a token at a time, or generated whole.
+enum Begun {
+    Stepping(crate::generate::Decoding),
+    Whole(Result<Generation>),
+}
+
+/// A job whose generation is under way, a token at a time.
+struct Running {
+    job: Job,
+    decoding: crate::generate::Decoding,
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 impl GeneratorWorker {
     /// Start the worker thread; at most `capacity` jobs wait behind the running one.
-    pub fn spawn(mut generator: Box<dyn Generator>, capacity: usize) -> Result<Self> {
+    pub fn spawn(generator: Box<dyn Generator>, capacity: usize) -> Result<Self> {
+        Self::spawn_parallel(generator, capacity, 1)
+    }
+
+    /// Start the worker thread with up to `parallel` generations under way at once, a token
+    /// each in turn (when the generator can advance a token at a time: the int8 runtime; else
+    /// one at a time), so that a long answer delays a new question's first token by a token,
+    /// not by its whole length; at most `capacity` more jobs wait.
+    pub fn spawn_parallel(mut generator: Box<dyn Generator>, capacity: usize, parallel: usize) -> Result<Self> {
+        let parallel = if generator.stepwise().is_some() { parallel.max(1) } else { 1 };
         let (tx, rx) = sync_channel::<Job>(capacity);
         let format = generator.format();
         let name: Arc<str> = generator.name().into();
@@ -71,55 +101,109 @@ impl GeneratorWorker {
         let worker_panics = panics.clone();
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let worker_alive = alive.clone();
+        let left = load.clone();
+        // The end of a job: logged, its last event sent, the load counted down.
+        let finish = move |mut job: Job, result: Result<Generation>| {
+            match &result {
+                Ok(g) => tracing::info!(
+                    prompt_tokens = g.prompt_tokens,
+                    completion_tokens = g.completion_tokens,
+                    first_token_ms = g.first_token_ms,
+                    decode_tok_s = g.decode_tokens_per_s(),
+                    finish = ?g.finish_reason,
+                    "generated"
+                ),
+                Err(e) => tracing::warn!(error = %e, "generation failed"),
+            }
+            let sink = &mut job.sink;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(GenEvent::Done(result)))).is_err() {
+                worker_panics.fetch_add(1, Ordering::SeqCst);
+                tracing::error!("a job's sink panicked; the worker goes on with the next job");
+            }
+            worker_load.fetch_sub(1, Ordering::SeqCst);
+        };
+        let panicked = {
+            let p = panics.clone();
+            move |what: String| {
+                p.fetch_add(1, Ordering::SeqCst);
+                tracing::error!(panic = %what, "the generator panicked; the worker goes on with the next job");
+                Error::Generation(format!("the generator failed: {what}"))
+            }
+        };
         std::thread::Builder::new()
             .name(format!("generate-{name}"))
             .spawn(move || {
-                while let Ok(mut job) = rx.recv() {
-                    let queued_ms = job.submitted.elapsed().as_secs_f64() * 1e3;
-                    if (job.sink)(GenEvent::Started { queued_ms }) {
-                        let sink = &mut job.sink;
+                let mut running: std::collections::VecDeque<Running> = Default::default();
+                'serve: loop {
+                    // Take new jobs while there is room (waiting for one when idle).
+                    while running.len() < parallel {
+                        let mut job = if running.is_empty() {
+                            match rx.recv() {
+                                Ok(j) => j,
+                                Err(_) => break 'serve,
+                            }
+                        } else {
+                            match rx.try_recv() {
+                                Ok(j) => j,
+                                Err(_) => break,
+                            }
+                        };
+                        let queued_ms = job.submitted.elapsed().as_secs_f64() * 1e3;
+                        if !(job.sink)(GenEvent::Started { queued_ms }) {
+                            left.fetch_sub(1, Ordering::SeqCst);
+                            continue;
+                        }
                         let _span = tracing::info_span!("generate", queued_ms).entered();
                         // A panic in one generation (a model bug, a bad input) must not stop
                         // every later answer: it ends this job with an error and the worker
                         // goes on with the next one.
-                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            generator.generate(&job.prompt, &job.params, &mut |t: &str| {
-                                sink(GenEvent::Text(t.to_string()))
-                            })
-                        }))
-                        .unwrap_or_else(|p| {
-                            let what = p
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| p.downcast_ref::<String>().cloned())
-                                .unwrap_or_else(|| "unknown panic".into());
-                            worker_panics.fetch_add(1, Ordering::SeqCst);
-                            tracing::error!(panic = %what, "the generator panicked; the worker goes on with the next job");
-                            Err(Error::Generation(format!("the generator failed: {what}")))
-                        });
-                        match &result {
-                            Ok(g) => tracing::info!(
-                                prompt_tokens = g.prompt_tokens,
-                                completion_tokens = g.completion_tokens,
-                                first_token_ms = g.first_token_ms,
-                                decode_tok_s = g.decode_tokens_per_s(),
-                                finish = ?g.finish_reason,
-                                "generated"
-                            ),
-                            Err(e) => tracing::warn!(error = %e, "generation failed"),
-                        }
-                        let sink = &mut job.sink;
-                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(GenEvent::Done(result)))).is_err() {
-                            worker_panics.fetch_add(1, Ordering::SeqCst);
-                            tracing::error!("a job's sink panicked; the worker goes on with the next job");
+                        let begun =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match generator.stepwise() {
+                                Some(g) => g.begin(&job.prompt, &job.params).map(Begun::Stepping),
+                                None => {
+                                    let sink = &mut job.sink;
+                                    Ok(Begun::Whole(generator.generate(&job.prompt, &job.params, &mut |t: &str| {
+                                        sink(GenEvent::Text(t.to_string()))
+                                    })))
+                                }
+                            }))
+                            .unwrap_or_else(|p| Err(panicked(panic_text(p))));
+                        match begun {
+                            Ok(Begun::Stepping(decoding)) => running.push_back(Running { job, decoding }),
+                            Ok(Begun::Whole(result)) => finish(job, result),
+                            Err(e) => finish(job, Err(e)),
                         }
                     }
-                    worker_load.fetch_sub(1, Ordering::SeqCst);
+                    // One token of the generation whose turn it is; then it waits its next turn.
+                    let Some(mut r) = running.pop_front() else { continue };
+                    let Some(g) = generator.stepwise() else {
+                        unreachable!("only a stepwise generator has running jobs")
+                    };
+                    let sink = &mut r.job.sink;
+                    let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        g.step(&mut r.decoding, &mut |t: &str| sink(GenEvent::Text(t.to_string())))
+                    }));
+                    match stepped {
+                        Ok(Ok(false)) => running.push_back(r),
+                        Ok(Ok(true)) => {
+                            let sink = &mut r.job.sink;
+                            let done = g.end(r.decoding, &mut |t: &str| sink(GenEvent::Text(t.to_string())));
+                            finish(r.job, Ok(done));
+                        }
+                        Ok(Err(e)) => {
+                            g.end(r.decoding, &mut |_| false);
+                            finish(r.job, Err(e));
+                        }
+                        Err(p) => {
+                            g.end(r.decoding, &mut |_| false);
+                            finish(r.job, Err(panicked(panic_text(p))));
+                        }
+                    }
                 }
                 worker_alive.store(false, Ordering::SeqCst);
             })
             .map_err(|e| Error::Generation(format!("cannot start the worker thread: {e}")))?;
-        Ok(Self { tx, format, name, load, capacity, panics, alive })
+        Ok(Self { tx, format, name, load, capacity, parallel, panics, alive })
     }
 
     /// Queue a job; its events go to `sink` from the worker thread.
@@ -174,6 +258,17 @@ impl GeneratorWorker {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Generations under way at once.
+    pub fn parallel(&self) -> usize {
+        self.parallel
+    }
+
+    /// Whether a new job would find the queue full (every generation slot taken and
+    /// `capacity` jobs waiting).
+    pub fn is_full(&self) -> bool {
+        self.load() >= self.capacity + self.parallel
     }
 
     /// Generations that panicked since start.

@@ -102,7 +102,7 @@ pub(crate) async fn start_answer(
     // Fair use: the client's own limit first, then a full queue refuses before the costly
     // retrieval rather than after it.
     let slot = state.begin_answer(&asker.client)?;
-    if engine.worker.load() > engine.worker.capacity() {
+    if engine.worker.is_full() {
         return Err(ApiError::from(kotae_answer::Error::Busy(kotae_models::SubmitError::QueueFull {
             capacity: engine.worker.capacity(),
         })));
@@ -565,7 +565,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiE
         "generator": e.worker.name(),
         "embedder": e.embedder_name,
         "chunks": e.index.num_chunks(),
-        "queue": { "load": e.worker.load(), "capacity": e.worker.capacity() },
+        "queue": { "load": e.worker.load(), "capacity": e.worker.capacity(), "parallel": e.worker.parallel() },
     }))
     .into_response())
 }

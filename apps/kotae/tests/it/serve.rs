@@ -256,6 +256,7 @@ async fn bursts_get_429_and_a_full_queue_gets_503_both_with_retry_after() {
 
     let s = Server::start(dir.path(), |c| {
         c.server.queue_capacity = 1;
+        c.server.parallel_answers = 2;
         c.server.answers_in_flight_per_client = 2;
         c.server.api_keys = vec![kotae_server::ApiKey {
             name: "other".into(),
@@ -276,25 +277,31 @@ async fn bursts_get_429_and_a_full_queue_gets_503_both_with_retry_after() {
         seen.push_str(&String::from_utf8_lossy(&first_stream.next().await.unwrap().unwrap()));
     }
     let second = ask("How do I reserve a meeting room?").await.unwrap();
-    assert_eq!(second.status(), 200, "one job may wait");
+    assert_eq!(second.status(), 200, "a second answer generates beside the first");
+    let mut second_stream = second.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: token") {
+        seen.push_str(&String::from_utf8_lossy(&second_stream.next().await.unwrap().unwrap()));
+    }
     // This client has two answers in flight: its third waits for them, whatever the queue.
     let third = ask("How much is the per diem abroad?").await.unwrap();
     assert_eq!(third.status(), 429);
     assert!(third.headers().contains_key("retry-after"));
     assert_eq!(third.json::<Value>().await.unwrap()["error"]["code"], "in_flight_limit");
-    // Another client finds the queue full.
-    let third = c
-        .post(s.url("/api/chat"))
-        .bearer_auth("kotae_other_0123456789")
-        .json(&json!({ "message": "How much is the per diem abroad?" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(third.status(), 503);
-    assert!(third.headers().contains_key("retry-after"));
-    assert_eq!(third.json::<Value>().await.unwrap()["error"]["code"], "busy");
+    // Another client: both generation slots are taken, one job may wait, the next finds the
+    // queue full.
+    let other = |q: &'static str| {
+        c.post(s.url("/api/chat")).bearer_auth("kotae_other_0123456789").json(&json!({ "message": q })).send()
+    };
+    let waiting = other("How much is the per diem abroad?").await.unwrap();
+    assert_eq!(waiting.status(), 200, "one job may wait");
+    let full = other("Where do I hand in receipts?").await.unwrap();
+    assert_eq!(full.status(), 503);
+    assert!(full.headers().contains_key("retry-after"));
+    assert_eq!(full.json::<Value>().await.unwrap()["error"]["code"], "busy");
+    drop(waiting);
     drop(first_stream);
-    drop(second);
+    drop(second_stream);
     s.stop().await;
 }
 
@@ -1403,7 +1410,7 @@ async fn admins_upload_replace_and_delete_documents_while_serving() {
 }
 
 /// A short manual of its own (no two alike: none is dropped as a near-duplicate).
-fn room_note(i: usize) -> String {
+pub(crate) fn room_note(i: usize) -> String {
     const WORDS: [&str; 24] = [
         "whiteboard",
         "projector",

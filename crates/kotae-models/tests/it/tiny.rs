@@ -406,3 +406,77 @@ fn lm_states_read_the_generators_layers_without_disturbing_it() {
         }
     });
 }
+
+/// The worker's parallel answers: generations advanced a token each in turn give exactly what
+/// each gives alone (each keeps its own key/value cache, its own repetition history and
+/// sampler), and a short one that starts behind a long one ends first.
+#[test]
+fn interleaved_generations_match_their_runs_alone_and_a_short_one_is_not_held_back() {
+    use kotae_models::{GenEvent, GeneratorWorker, GgufEngine};
+    use std::sync::{mpsc, Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_gguf(&path, 257);
+    let int8 = || {
+        let opts =
+            GeneratorOptions { name: "t".into(), device: Device::Cpu, prefill_chunk: 4, engine: GgufEngine::Int8 };
+        CandleGenerator::load(&path, &opts).unwrap()
+    };
+    let mut alone = int8();
+    let jobs: Vec<(String, SamplingParams)> =
+        [("hello there", 48, 1.0), ("what is the weather in Kyoto?", 24, 1.1), ("x", 5, 1.3)]
+            .iter()
+            .map(|&(q, n, penalty)| {
+                let p = alone.format().render(&[ChatMessage::new(Role::User, q)]).unwrap();
+                (p, SamplingParams { max_tokens: n, repeat_penalty: penalty, temperature: 0.0, ..Default::default() })
+            })
+            .collect();
+    let expected: Vec<String> = jobs.iter().map(|(p, s)| alone.generate(p, s, &mut |_| true).unwrap().text).collect();
+    assert!(expected.iter().all(|t| !t.is_empty()), "{expected:?}");
+
+    let worker = GeneratorWorker::spawn_parallel(Box::new(int8()), 4, 3).unwrap();
+    assert_eq!(worker.parallel(), 3);
+    // The first job waits at its start until all three are queued: then all three run together.
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let order = Arc::new(Mutex::new(Vec::<(usize, bool)>::new()));
+    let (done_tx, done_rx) = mpsc::channel::<(usize, kotae_models::Result<kotae_models::Generation>)>();
+    let mut go_rx = Some(go_rx);
+    for (i, (prompt, params)) in jobs.iter().cloned().enumerate() {
+        let (order, done_tx) = (order.clone(), done_tx.clone());
+        let gate = if i == 0 { go_rx.take() } else { None };
+        let sink: Box<dyn FnMut(GenEvent) -> bool + Send> = Box::new(move |ev| {
+            match ev {
+                GenEvent::Started { .. } => {
+                    if let Some(g) = &gate {
+                        g.lock().unwrap().recv().unwrap();
+                    }
+                }
+                GenEvent::Text(_) => order.lock().unwrap().push((i, false)),
+                GenEvent::Done(r) => {
+                    order.lock().unwrap().push((i, true));
+                    done_tx.send((i, r)).unwrap();
+                }
+            }
+            true
+        });
+        worker.submit(prompt, params, sink).unwrap();
+    }
+    go_tx.send(()).unwrap();
+    let mut got = vec![String::new(); 3];
+    for _ in 0..3 {
+        let (i, r) = done_rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap();
+        got[i] = r.unwrap().text;
+    }
+    assert_eq!(got, expected, "interleaved generations differ from their runs alone");
+    let order = order.lock().unwrap().clone();
+    let text_of = |j: usize| order.iter().position(|&(i, _)| i == j).unwrap();
+    let done_of = |j: usize| order.iter().position(|&e| e == (j, true)).unwrap();
+    assert!(text_of(1) < done_of(0) && text_of(2) < done_of(0), "all three ran together: {order:?}");
+    assert!(done_of(2) < done_of(0), "the short one ended before the long one: {order:?}");
+    let t = std::time::Instant::now();
+    while worker.load() > 0 && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(worker.load(), 0);
+}
