@@ -139,6 +139,17 @@ enum Cmd {
         #[arg(long, default_value_t = 160)]
         max_tokens: usize,
     },
+    /// Fair use under load: a user's time to first token (p50/p95) on an idle server, then
+    /// while another client floods `/v1/chat/completions` with `max_tokens` 2048 (as many
+    /// answers in flight as it may have), for each `server.parallel_answers` setting. Needs a
+    /// knowledge base (`kotae ingest knowledge --groups public`) and the configured generator.
+    Flood {
+        /// Questions the user asks per setting and condition (from evals/answer/*.dev.jsonl)
+        #[arg(long, default_value_t = 8)]
+        questions: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        parallel: Vec<usize>,
+    },
     /// Search latency p50/p99 per mode on a synthetic corpus of N chunks
     Search {
         #[arg(long, default_value_t = 100_000)]
@@ -150,6 +161,137 @@ enum Cmd {
         #[arg(long)]
         qdrant_url: Option<String>,
     },
+}
+
+/// Time to the first token of a streamed `/api/chat` answer, ms.
+async fn first_token_ms(c: &reqwest::Client, url: &str, key: &str, question: &str) -> Result<f64> {
+    let t = Instant::now();
+    let resp = c.post(url).bearer_auth(key).json(&serde_json::json!({ "message": question })).send().await?;
+    anyhow::ensure!(resp.status() == 200, "HTTP {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+    let mut resp = resp;
+    let mut seen = String::new();
+    let mut first = None;
+    while let Some(chunk) = resp.chunk().await? {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if first.is_none() && (seen.contains("event: token") || seen.contains("event: done")) {
+            first = Some(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    first.context("the answer streamed no token")
+}
+
+fn bench_flood(cfg: &Config, questions: usize, parallel: &[usize]) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // The user's questions: answerable ones of the dev sets, Japanese and English in turn.
+    let mut asked = Vec::new();
+    for lang in ["ja", "en"] {
+        let text = std::fs::read_to_string(format!("evals/answer/{lang}.dev.jsonl"))
+            .context("run from the repository root")?;
+        let qs: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["answerable"] == true && v["history"].as_array().is_none_or(|h| h.is_empty()))
+            .filter_map(|v| v["question"].as_str().map(String::from))
+            .collect();
+        asked.push(qs);
+    }
+    let asked: Vec<String> = (0..questions).map(|i| asked[i % 2][i / 2 % asked[i % 2].len()].clone()).collect();
+    let embedder: Arc<dyn Embedder> = Arc::new(kotae::load_embedder(cfg)?);
+    let index = Arc::new(kotae::open_index(cfg, None)?);
+    index.preload()?;
+    let (user, flooder) = ("kotae_bench_user_0123456789", "kotae_bench_flood_0123456789");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!("setting            condition   TTFT p50 ms   p95 ms   (n={questions})   flood answers finished");
+    for &p in parallel {
+        let mut c = cfg.clone();
+        c.server.parallel_answers = p;
+        c.server.rate_limit_burst = 100_000;
+        c.server.rate_limit_per_minute = 100_000;
+        c.server.api_keys = [("user", user), ("flood", flooder)]
+            .iter()
+            .map(|(name, key)| kotae_server::ApiKey {
+                name: name.to_string(),
+                key: None,
+                key_sha256: Some(kotae_server::auth::key_digest(key)),
+                groups: vec!["public".into()],
+                role: kotae_server::Role::User,
+            })
+            .collect();
+        // Conversations of the run go to a state of its own, not the knowledge base's.
+        let state_dir = PathBuf::from(format!("target/bench/flood-state-{p}"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let store = kotae_server::store::Store::open(&state_dir.join("kotae.sqlite3")).map_err(anyhow::Error::msg)?;
+        let state = kotae_server::AppState::new(c.server.clone(), store).map_err(anyhow::Error::msg)?;
+        state.set_engine(kotae::serve::engine_from(&c, index.clone(), embedder.clone())?);
+        let in_flight = c.server.answers_in_flight_per_client;
+        let rows: Vec<(String, f64, f64, usize)> = rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let base = format!("http://{}", listener.local_addr()?);
+            let st = state.clone();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(async move {
+                let _ = kotae_server::serve(st, listener, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            });
+            let http = reqwest::Client::builder().no_proxy().build()?;
+            let chat = format!("{base}/api/chat");
+            first_token_ms(&http, &chat, user, &asked[0]).await?; // warm-up
+            let mut rows = Vec::new();
+            for flood in [false, true] {
+                let stop = Arc::new(AtomicBool::new(false));
+                let finished = Arc::new(AtomicUsize::new(0));
+                let mut floods = Vec::new();
+                if flood {
+                    for _ in 0..in_flight {
+                        let (http, url, stop, finished) =
+                            (http.clone(), format!("{base}/v1/chat/completions"), stop.clone(), finished.clone());
+                        floods.push(tokio::spawn(async move {
+                            while !stop.load(Ordering::SeqCst) {
+                                let body = serde_json::json!({
+                                    "model": "kotae", "stream": true, "max_tokens": 2048,
+                                    "messages": [{ "role": "user", "content": "Explain every step of the expense reimbursement process in full detail, with examples." }],
+                                });
+                                if let Ok(r) = http.post(&url).bearer_auth(flooder).json(&body).send().await {
+                                    let _ = r.bytes().await;
+                                    finished.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                        }));
+                    }
+                    // Let the flood fill the generator first.
+                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                }
+                let mut ttft = Vec::new();
+                for q in &asked {
+                    ttft.push(first_token_ms(&http, &chat, user, q).await?);
+                }
+                stop.store(true, Ordering::SeqCst);
+                for f in floods {
+                    f.abort();
+                }
+                let name = if flood { "flooded" } else { "idle" };
+                rows.push((
+                    name.to_string(),
+                    percentile(&mut ttft.clone(), 50.0),
+                    percentile(&mut ttft, 95.0),
+                    finished.load(Ordering::SeqCst),
+                ));
+                // The flood's answers end (their clients left) before the next condition.
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            let _ = stop_tx.send(());
+            let _ = server.await;
+            anyhow::Ok(rows)
+        })?;
+        for (name, p50, p95, done) in &rows {
+            println!("parallel_answers={p:<2}  {name:<10}  {p50:>10.0}  {p95:>8.0}              {done}");
+        }
+        println!("parallel_answers={p:<2}  flooded/idle p95: {:.2}x (goal ≤ 2x)", rows[1].2 / rows[0].2.max(1e-9));
+    }
+    Ok(())
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -425,6 +567,7 @@ fn main() -> Result<()> {
             bench_lora(&cfg, &base, steps, batch, max_len, r, targets, out, cli.threads, &device, &dtype)?
         }
         Cmd::Search { chunks, kb_dir, qdrant_url } => bench_search(&cfg, chunks, &kb_dir, qdrant_url)?,
+        Cmd::Flood { questions, parallel } => bench_flood(&cfg, questions, &parallel)?,
         Cmd::ShapeFolder { base, out } => {
             let path = kotae::finetune::base_path(&cfg, &base)?;
             let m = kotae_adapt::BaseModel::load(&path, &kotae_models::candle::Device::Cpu)?;
