@@ -23,6 +23,12 @@ pub struct IngestOptions {
     pub quiet: bool,
     /// Told how far the run is; returning `false` cancels it (see [`IngestSummary::cancelled`]).
     pub watch: Option<Watch>,
+    /// Re-index: only documents already in the knowledge base are read (new files in their
+    /// folders are left alone), and one whose file is gone is reported.
+    pub only_indexed: bool,
+    /// Ingest files again even when unchanged (after a chunking or cleaning change); vectors
+    /// of unchanged chunks are reused.
+    pub force: bool,
 }
 
 /// How far a run is (an admin job's progress).
@@ -127,6 +133,7 @@ struct FileJob {
     hash: String,
     groups: Vec<String>,
     chunks: Vec<IndexedChunk>,
+    flagged: usize,
 }
 
 /// A file to (re)ingest.
@@ -248,6 +255,9 @@ pub fn run_ingest(
         let root_s = root.display().to_string();
         let seen = seen_by_root.entry(root_s.clone()).or_default();
         for (source, file) in files {
+            if opts.only_indexed && manifest.files.get(&source).is_none_or(|e| e.root != root_s) {
+                continue;
+            }
             sum.files_seen += 1;
             if sum.files_seen % 64 == 0
                 && !keep_going(&IngestProgress { phase: "scanning", files_seen: sum.files_seen, ..Default::default() })
@@ -302,7 +312,7 @@ pub fn run_ingest(
             };
             let hash = sha256_hex(&bytes);
             match existing {
-                Some(e) if e.hash == hash && e.groups == groups => sum.files_unchanged += 1,
+                Some(e) if e.hash == hash && e.groups == groups && !opts.force => sum.files_unchanged += 1,
                 _ => changed.push(Changed { source, root: root_s.clone(), hash, path: file, groups }),
             }
         }
@@ -311,6 +321,17 @@ pub fn run_ingest(
     // Parse, clean, chunk, embed and commit the changed files, a batch of files at a time: memory
     // stays bounded by the batch, whatever the corpus (the files are read again here, not kept
     // from the hashing pass). The model is loaded only if something changed.
+    if opts.only_indexed {
+        for (source, e) in &manifest.files {
+            if !seen_by_root.get(&e.root).is_some_and(|seen| seen.contains(source)) {
+                let reason = format!(
+                    "the file is gone from {}: restore it, or delete the document (its indexed version still serves)",
+                    e.root
+                );
+                sum.skipped.push(Skipped { path: source.clone(), reason });
+            }
+        }
+    }
     let mut progress = IngestProgress {
         phase: "ingesting",
         files_seen: sum.files_seen,
@@ -378,6 +399,7 @@ pub fn run_ingest(
                     sum.personal_data_redacted += rep.redactions;
                     sum.boilerplate_lines_removed += rep.boilerplate_lines;
                     let mut kept = Vec::new();
+                    let mut flagged = 0;
                     for c in chunks {
                         if dedup.check_insert(&c.text).is_some() {
                             sum.duplicates_dropped += 1;
@@ -387,6 +409,7 @@ pub fn run_ingest(
                         let v = doc_guard.check(kotae_guard::Direction::Document, &c.text, &Default::default());
                         let mut flags = Vec::new();
                         if let Some(f) = v.decisive() {
+                            flagged += 1;
                             flags.push(f.category.as_str().to_string());
                             tracing::warn!(source = %source, section = %section, rule = %f.rule, "instructions in a document");
                             sum.instructions_flagged.push(Flagged {
@@ -423,7 +446,7 @@ pub fn run_ingest(
                         sum.skipped.push(Skipped { path: source, reason: "no text to index after cleaning".into() });
                         continue;
                     }
-                    jobs.push(FileJob { source, root, hash, groups, chunks: kept });
+                    jobs.push(FileJob { source, root, hash, groups, chunks: kept, flagged });
                 }
                 Err(e) => sum.skipped.push(Skipped { path: source, reason: e.to_string() }),
             }
@@ -458,6 +481,8 @@ pub fn run_ingest(
                     groups: job.groups.clone(),
                     chunks: job.chunks.len(),
                     ingested_unix: ingested_at,
+                    langs: job.chunks.iter().map(|c| c.lang.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
+                    flagged: job.flagged,
                 };
                 session.replace_source(&job.source, entry, &job.chunks)?;
                 sum.files_ingested += 1;

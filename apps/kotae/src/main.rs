@@ -541,7 +541,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(_) => kotae::open_index(&cfg, Some(embedder.get()?.dim()))?,
             };
-            let opts = ingest::IngestOptions { paths, groups, prune, quiet: json, watch: None };
+            let opts = ingest::IngestOptions {
+                paths,
+                groups,
+                prune,
+                quiet: json,
+                watch: None,
+                only_indexed: false,
+                force: false,
+            };
             let s = ingest::run_ingest(&cfg, &index, &embedder, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);

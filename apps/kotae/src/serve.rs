@@ -84,6 +84,23 @@ struct LiveKnowledge {
     embedder: Arc<dyn Embedder>,
 }
 
+impl LiveKnowledge {
+    /// An ingestion run on the served index, reporting to an admin job.
+    fn run(
+        &self,
+        mut opts: crate::ingest::IngestOptions,
+        progress: std::sync::Arc<kotae_server::documents::Progress>,
+    ) -> Result<serde_json::Value, String> {
+        opts.quiet = true;
+        opts.watch = Some(crate::ingest::Watch(std::sync::Arc::new(move |p: &crate::ingest::IngestProgress| {
+            progress(serde_json::to_value(p).unwrap_or_default())
+        })));
+        let handle = crate::ingest::EmbedderHandle::with(&self.cfg, self.embedder.as_ref());
+        let s = crate::ingest::run_ingest(&self.cfg, &self.index, &handle, &opts).map_err(|e| format!("{e:#}"))?;
+        serde_json::to_value(&s).map_err(|e| e.to_string())
+    }
+}
+
 impl kotae_server::documents::Knowledge for LiveKnowledge {
     fn uploads_dir(&self) -> std::path::PathBuf {
         self.cfg.data_dir.join("uploads").join(&self.cfg.kb)
@@ -103,19 +120,27 @@ impl kotae_server::documents::Knowledge for LiveKnowledge {
         groups: &[String],
         progress: std::sync::Arc<kotae_server::documents::Progress>,
     ) -> Result<serde_json::Value, String> {
-        let watch = crate::ingest::Watch(std::sync::Arc::new(move |p: &crate::ingest::IngestProgress| {
-            progress(serde_json::to_value(p).unwrap_or_default())
-        }));
+        let opts =
+            crate::ingest::IngestOptions { paths: files.to_vec(), groups: groups.to_vec(), ..Default::default() };
+        self.run(opts, progress)
+    }
+
+    fn reindex(
+        &self,
+        force: bool,
+        progress: std::sync::Arc<kotae_server::documents::Progress>,
+    ) -> Result<serde_json::Value, String> {
+        // Every folder a document came from that is still there (the documents of one that is
+        // gone are reported, and keep serving).
+        let roots: std::collections::BTreeSet<std::path::PathBuf> =
+            self.index.manifest().files.values().map(|e| std::path::PathBuf::from(&e.root)).collect();
         let opts = crate::ingest::IngestOptions {
-            paths: files.to_vec(),
-            groups: groups.to_vec(),
-            prune: false,
-            quiet: true,
-            watch: Some(watch),
+            paths: roots.into_iter().filter(|r| r.is_dir()).collect(),
+            only_indexed: true,
+            force,
+            ..Default::default()
         };
-        let handle = crate::ingest::EmbedderHandle::with(&self.cfg, self.embedder.as_ref());
-        let s = crate::ingest::run_ingest(&self.cfg, &self.index, &handle, &opts).map_err(|e| format!("{e:#}"))?;
-        serde_json::to_value(&s).map_err(|e| e.to_string())
+        self.run(opts, progress)
     }
 
     fn remove(&self, source: &str) -> Result<bool, String> {
@@ -143,6 +168,8 @@ impl kotae_server::documents::Knowledge for LiveKnowledge {
                     "uploaded": std::path::Path::new(&e.root) == uploads,
                     "groups": e.groups,
                     "chunks": e.chunks,
+                    "langs": e.langs,
+                    "flagged_chunks": e.flagged,
                     "version": e.hash.chars().take(12).collect::<String>(),
                     "ingested_unix": e.ingested_unix,
                 })

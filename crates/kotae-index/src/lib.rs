@@ -165,7 +165,7 @@ pub struct SearchRequest {
 }
 
 /// One ingested file as the manifest remembers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct FileEntry {
     /// Absolute path of the folder the file was ingested from.
     pub root: String,
@@ -173,6 +173,12 @@ pub struct FileEntry {
     pub groups: Vec<String>,
     pub chunks: usize,
     pub ingested_unix: i64,
+    /// Languages of its chunks (`ja`, `en`).
+    #[serde(default)]
+    pub langs: Vec<String>,
+    /// Chunks the document guard flagged (instructions addressed to an AI), kept or dropped.
+    #[serde(default)]
+    pub flagged: usize,
 }
 
 /// What has been ingested (format version 1). Stored as the lexical index's commit payload,

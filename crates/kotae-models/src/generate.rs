@@ -478,6 +478,10 @@ impl Generator for CandleGenerator {
     }
 }
 
+/// Prompt tokens fed per step at most: about a tenth of a second of a small model on two
+/// cores, so that another generation waits no longer than that for its turn.
+const STEP_PREFILL: usize = 128;
+
 /// A generation in progress, advanced a token at a time by [`Stepwise::step`].
 pub struct Decoding {
     id: u64,
@@ -490,7 +494,10 @@ pub struct Decoding {
     text: String,
     all: Vec<u32>,
     written: String,
-    logits: Tensor,
+    /// Prompt tokens fed so far (the prompt goes in a chunk per step), then the logits of the
+    /// last position.
+    fed: usize,
+    logits: Option<Tensor>,
     produced: usize,
     finish: Option<FinishReason>,
     t0: Instant,
@@ -511,7 +518,8 @@ impl Decoding {
 pub trait Stepwise {
     /// Read the prompt (prefill) and stand ready for the first token.
     fn begin(&mut self, prompt: &str, params: &SamplingParams) -> Result<Decoding>;
-    /// One token (its text, if any, to `on_text`); `true` once the generation has ended.
+    /// One chunk of the prompt, or one token (its text, if any, to `on_text`); `true` once the
+    /// generation has ended.
     fn step(&mut self, d: &mut Decoding, on_text: &mut dyn FnMut(&str) -> bool) -> Result<bool>;
     /// The finished generation (text held back for a stop string goes to `on_text`); frees
     /// its cache. Also ends a generation early (its client left).
@@ -550,8 +558,7 @@ impl Stepwise for CandleGenerator {
         self.next_id += 1;
         let id = self.next_id;
         self.load_sequence(id);
-        let logits = self.prefill(&ids)?;
-        let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.weights.reset(&self.device)?;
         Ok(Decoding {
             id,
             prompt_tokens: ids.len(),
@@ -563,11 +570,12 @@ impl Stepwise for CandleGenerator {
             text: String::new(),
             all: ids,
             written: String::new(),
-            logits,
+            fed: 0,
+            logits: None,
             produced: 0,
             finish: (params.max_tokens == 0).then_some(FinishReason::Length),
             t0,
-            prompt_ms,
+            prompt_ms: 0.0,
             first_token_ms: 0.0,
             t_decode: Instant::now(),
         })
@@ -579,9 +587,27 @@ impl Stepwise for CandleGenerator {
             return Ok(true);
         }
         self.load_sequence(d.id);
+        if d.fed < d.prompt_tokens {
+            // One chunk of the prompt per step: a long prompt does not hold other
+            // generations back for its whole length either.
+            let chunk =
+                if self.weights.chunked_prefill() { self.prefill_chunk.min(STEP_PREFILL) } else { d.prompt_tokens };
+            let part = &d.all[d.fed..(d.fed + chunk).min(d.prompt_tokens)];
+            let input = Tensor::new(part, &self.device)?.unsqueeze(0)?;
+            let logits = self.weights.forward(&input, d.fed, &self.device)?;
+            d.fed += part.len();
+            if d.fed == d.prompt_tokens {
+                d.logits = Some(logits);
+                d.prompt_ms = d.t0.elapsed().as_secs_f64() * 1e3;
+                d.t_decode = Instant::now();
+            }
+            return Ok(false);
+        }
         let format = self.format.clone();
         let params = &d.params;
-        let mut logits = d.logits.clone();
+        let Some(mut logits) = d.logits.clone() else {
+            return Err(Error::Generation("no logits after the prompt".into()));
+        };
         if params.repeat_penalty != 1.0 {
             let start = d.all.len().saturating_sub(params.repeat_last_n);
             logits = candle_transformers::utils::apply_repeat_penalty(&logits, params.repeat_penalty, &d.all[start..])?;
@@ -642,7 +668,7 @@ impl Stepwise for CandleGenerator {
             return Ok(true);
         }
         let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
-        d.logits = self.weights.forward(&input, d.all.len() - 1, &self.device)?;
+        d.logits = Some(self.weights.forward(&input, d.all.len() - 1, &self.device)?);
         Ok(false)
     }
 

@@ -33,6 +33,30 @@ struct Job {
     params: SamplingParams,
     sink: Sink,
     submitted: Instant,
+    /// Who asked (a client id; empty: nobody in particular).
+    client: Arc<str>,
+}
+
+/// How long a client's recent tokens count against it when generations compete, seconds.
+const SERVICE_MEMORY_S: f64 = 10.0;
+
+/// Generator time (seconds) each client had recently, decaying with `SERVICE_MEMORY_S`:
+/// time, not tokens, since reading a prompt costs as much as writing many tokens.
+#[derive(Default)]
+struct Service(std::collections::HashMap<Arc<str>, (f64, Instant)>);
+
+impl Service {
+    fn of(&self, client: &str, now: Instant) -> f64 {
+        self.0.get(client).map_or(0.0, |(v, t)| v * (-(now - *t).as_secs_f64() / SERVICE_MEMORY_S).exp())
+    }
+    fn add(&mut self, client: &Arc<str>, now: Instant, seconds: f64) {
+        let v = self.of(client, now) + seconds;
+        self.0.insert(client.clone(), (v, now));
+        // Forget clients whose service has decayed away.
+        if self.0.len() > 1024 {
+            self.0.retain(|_, (v, t)| *v * (-(now - *t).as_secs_f64() / SERVICE_MEMORY_S).exp() > 0.01);
+        }
+    }
 }
 
 /// Why a job was not accepted.
@@ -86,10 +110,11 @@ impl GeneratorWorker {
         Self::spawn_parallel(generator, capacity, 1)
     }
 
-    /// Start the worker thread with up to `parallel` generations under way at once, a token
-    /// each in turn (when the generator can advance a token at a time: the int8 runtime; else
-    /// one at a time), so that a long answer delays a new question's first token by a token,
-    /// not by its whole length; at most `capacity` more jobs wait.
+    /// Start the worker thread with up to `parallel` generations under way at once, advanced a
+    /// token at a time (when the generator can: the int8 runtime; else one at a time), the one
+    /// with the fewest tokens first (least attained service): a long answer delays a new
+    /// question's first sentence by a token, not by its whole length, and a client that keeps
+    /// long answers going gets the time others leave; at most `capacity` more jobs wait.
     pub fn spawn_parallel(mut generator: Box<dyn Generator>, capacity: usize, parallel: usize) -> Result<Self> {
         let parallel = if generator.stepwise().is_some() { parallel.max(1) } else { 1 };
         let (tx, rx) = sync_channel::<Job>(capacity);
@@ -134,6 +159,7 @@ impl GeneratorWorker {
             .name(format!("generate-{name}"))
             .spawn(move || {
                 let mut running: std::collections::VecDeque<Running> = Default::default();
+                let mut service = Service::default();
                 'serve: loop {
                     // Take new jobs while there is room (waiting for one when idle).
                     while running.len() < parallel {
@@ -174,8 +200,25 @@ impl GeneratorWorker {
                             Err(e) => finish(job, Err(e)),
                         }
                     }
-                    // One token of the generation whose turn it is; then it waits its next turn.
-                    let Some(mut r) = running.pop_front() else { continue };
+                    // One step (a chunk of prompt, or a token) of a generation of the client
+                    // that had the least generator time lately, then of the one with the fewest
+                    // tokens; equals take turns. A client that keeps answers going gets the
+                    // time others leave; a user who asks now and then is served at full speed.
+                    let now = Instant::now();
+                    let Some(next) = running
+                        .iter()
+                        .enumerate()
+                        .min_by(|(_, a), (_, b)| {
+                            service
+                                .of(&a.job.client, now)
+                                .total_cmp(&service.of(&b.job.client, now))
+                                .then(a.decoding.produced().cmp(&b.decoding.produced()))
+                        })
+                        .map(|(i, _)| i)
+                    else {
+                        continue;
+                    };
+                    let Some(mut r) = running.remove(next) else { continue };
                     let Some(g) = generator.stepwise() else {
                         unreachable!("only a stepwise generator has running jobs")
                     };
@@ -183,6 +226,7 @@ impl GeneratorWorker {
                     let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         g.step(&mut r.decoding, &mut |t: &str| sink(GenEvent::Text(t.to_string())))
                     }));
+                    service.add(&r.job.client, Instant::now(), now.elapsed().as_secs_f64());
                     match stepped {
                         Ok(Ok(false)) => running.push_back(r),
                         Ok(Ok(true)) => {
@@ -208,8 +252,20 @@ impl GeneratorWorker {
 
     /// Queue a job; its events go to `sink` from the worker thread.
     pub fn submit(&self, prompt: String, params: SamplingParams, sink: Sink) -> std::result::Result<(), SubmitError> {
+        self.submit_for("", prompt, params, sink)
+    }
+
+    /// Queue a job for `client`: among generations under way, those of clients served least
+    /// lately go first.
+    pub fn submit_for(
+        &self,
+        client: &str,
+        prompt: String,
+        params: SamplingParams,
+        sink: Sink,
+    ) -> std::result::Result<(), SubmitError> {
         self.load.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send(Job { prompt, params, sink, submitted: Instant::now() }) {
+        match self.tx.try_send(Job { prompt, params, sink, submitted: Instant::now(), client: client.into() }) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.load.fetch_sub(1, Ordering::SeqCst);

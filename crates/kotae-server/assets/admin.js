@@ -19,6 +19,8 @@
     notAdmin: (w) => `${w} としてサインインしていますが、管理者ではありません。このコンソールは管理者専用です。`,
     replace: '差し替え', remove: '削除', confirmRemove: (s) => `${s} を削除しますか？検索と回答から外れます。`, retry: '再実行', cancel: '中止', cancelled: '中止済み', cancelling: '中止中…', phase: { scanning: '確認中', ingesting: '取り込み中', finishing: '仕上げ中' },
     filesOf: (d, t) => `${d} / ${t} ファイル`,
+    reindex: '再インデックス', confirmReindex: 'すべての文書を元のフォルダから読み直します（変更されたファイルだけ取り込み直します）。よろしいですか？',
+    flagged: (n) => `⚠ AI への指示を含むチャンク ${n} 件（データとして引用されます。内容を確認してください）`, lastError: (r) => `最後のアップロードは取り込まれませんでした: ${r}（上の版のまま）`, notIn: (r) => `取り込まれていません: ${r}`,
     keys: 'API キー', keysHelp: 'サービス（ボット・スクリプト）用のキーです。作成するとすぐに使え、無効化するとすぐに使えなくなります。kotae.toml のキーは一覧に出ますが、変更はファイルで行います。',
     keyName: '名前', role: '役割', makeKey: 'キーを作成', made: '作成', fromConfig: 'kotae.toml', madeBy: (w) => `${w} が作成`, active: '有効', revoked: (w) => `無効化済み（${w}）`,
     revoke: '無効化', confirmRevoke: (n) => `キー ${n} を無効化しますか？このキーを使うサービスはすぐに拒否されます。`, keyOnce: (n) => `キー ${n} です。今だけ表示されます（Kotae は SHA-256 しか保存しません）。`, copy: 'コピー',
@@ -30,6 +32,8 @@
     notAdmin: (w) => `You are signed in as ${w}, who is not an admin. This console is for admins.`,
     replace: 'Replace', remove: 'Delete', confirmRemove: (s) => `Delete ${s}? It leaves search and answers.`, retry: 'Retry', cancel: 'Cancel', cancelled: 'cancelled', cancelling: 'cancelling…', phase: { scanning: 'scanning', ingesting: 'ingesting', finishing: 'finishing' },
     filesOf: (d, t) => `${d} of ${t} files`,
+    reindex: 'Re-index', confirmReindex: 'Read every document again from the folder it came from (changed files are ingested again)?',
+    flagged: (n) => `⚠ ${n} chunk(s) with instructions addressed to an AI (quoted as data; review them)`, lastError: (r) => `The last upload was left out: ${r} (the version listed still serves)`, notIn: (r) => `Not ingested: ${r}`,
     keys: 'API keys', keyName: 'Name', role: 'Role', makeKey: 'Make a key', made: 'Made', fromConfig: 'kotae.toml', madeBy: (w) => `made by ${w}`, active: 'active', revoked: (w) => `revoked (by ${w})`,
     revoke: 'Revoke', confirmRevoke: (n) => `Revoke the key ${n}? Services using it are refused at once.`, keyOnce: (n) => `The key ${n}, shown this once (Kotae keeps only its SHA-256):`, copy: 'Copy',
     release: 'Release', reject: 'Reject', queued: 'queued', running: 'running', done: 'done', failed: 'failed', uploading: 'uploading',
@@ -158,10 +162,11 @@
   };
 
   // Documents: list, filter, replace, delete, and uploads with per-file progress.
-  let docs = [];
+  let docs = [], failed = [];
   async function loadDocs() {
     const d = await call('/admin/api/documents');
     docs = d.documents || [];
+    failed = d.failed || [];
     $('#doc-count').textContent = L.docs(docs.length, d.chunks_total);
     // Who may read what: folder rules (longest path wins), the default, confidentiality markers.
     const rules = (d.access_rules || []).map((r) => `${r.path} → ${r.groups.join(', ')}`);
@@ -175,12 +180,22 @@
   function showDocs() {
     const q = $('#filter').value.trim().toLowerCase(), o = $('#origin').value;
     const rows = docs.filter((d) => (!q || d.source.toLowerCase().includes(q) || d.groups.join(',').includes(q)) && (!o || (o === 'uploaded') === d.uploaded))
-      .map((d) => h('tr', {}, td(d.source), td(d.groups.join(', ')), td(d.chunks), td(h('code', { textContent: d.version })), td(when(d.ingested_unix)),
+      .map((d) => h('tr', {}, td(h('div', {}, d.source,
+        (d.langs || []).length ? h('span', { className: 'muted', textContent: ` (${d.langs.join(', ')})` }) : null,
+        d.flagged_chunks ? h('div', { className: 'bad', textContent: L.flagged(d.flagged_chunks) }) : null,
+        d.error ? h('div', { className: 'bad', textContent: L.lastError(d.error.reason) }) : null)), td(d.groups.join(', ')), td(d.chunks), td(h('code', { textContent: d.version })), td(when(d.ingested_unix)),
         td(d.uploaded ? h('button', { textContent: L.replace, onclick: () => pick((f) => upload(f, d.source, d.groups.join(','))) }) : '', ' ',
           d.uploaded ? h('button', { textContent: L.editGroups, onclick: () => setGroups(d) }) : '', ' ',
           h('button', { className: 'danger', textContent: L.remove, onclick: () => remove(d.source) }))));
-    fill('#docs', rows);
+    // Uploads that never got in, with why.
+    const lost = o === 'ingested' ? [] : failed.filter((f) => !q || f.source.toLowerCase().includes(q))
+      .map((f) => h('tr', {}, td(h('div', {}, f.source, h('div', { className: 'bad', textContent: L.notIn(f.error.reason) }))), td(''), td(0), td(''), td(when(f.error.unix)), td('')));
+    fill('#docs', rows.concat(lost));
   }
+  $('#reindex').addEventListener('click', async () => {
+    if (!confirm(L.confirmReindex)) return;
+    try { const { job } = await call('/admin/api/reindex', { method: 'POST' }); follow(job, null); } catch (e) { toast(e.message); }
+  });
   $('#filter').addEventListener('input', showDocs);
   $('#origin').addEventListener('change', showDocs);
   const pick = (then) => { const i = h('input', { type: 'file' }); i.onchange = () => i.files[0] && then(i.files[0]); i.click(); };

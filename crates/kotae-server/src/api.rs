@@ -143,7 +143,10 @@ pub(crate) async fn start_answer(
         raw_tx.send(ev).is_ok()
             && (!text || (!client_tx.is_closed() && deadline.is_none_or(|d| std::time::Instant::now() < d)))
     });
-    engine.worker.submit(prompt, params, sink).map_err(|e| ApiError::from(kotae_answer::Error::Busy(e)))?;
+    engine
+        .worker
+        .submit_for(&asker.client, prompt, params, sink)
+        .map_err(|e| ApiError::from(kotae_answer::Error::Busy(e)))?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
         // The client's answer slot is held until the run ends.

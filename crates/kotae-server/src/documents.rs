@@ -32,6 +32,9 @@ pub trait Knowledge: Send + Sync {
     /// is, as often as the run likes, and returns `false` once the job is cancelled: the run
     /// then stops before its next commit (what it committed before stays).
     fn ingest(&self, files: &[PathBuf], groups: &[String], progress: Arc<Progress>) -> Result<Value, String>;
+    /// Read every indexed document again from where it came from (changed files re-ingested,
+    /// all of them with `force`; files that are gone reported): the run's summary.
+    fn reindex(&self, force: bool, progress: Arc<Progress>) -> Result<Value, String>;
     /// Remove a document from the index; whether it was there.
     fn remove(&self, source: &str) -> Result<bool, String>;
     /// Every indexed document with its status.
@@ -57,10 +60,53 @@ fn audit(state: &AppState, who: &Client, action: &str, target: &str, result: &st
     });
 }
 
-/// `GET /admin/api/documents`.
+/// `GET /admin/api/documents`: every document with its status (groups, chunks, languages,
+/// version, flagged chunks), the error of its latest upload job if that job left it out (it
+/// keeps the version listed), and `failed`: uploads that never got in, with why.
 pub async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let k = knowledge(&state)?;
-    Ok(Json(tokio::task::spawn_blocking(move || k.documents()).await.map_err(crate::api::join_error)?).into_response())
+    let mut docs = tokio::task::spawn_blocking(move || k.documents()).await.map_err(crate::api::join_error)?;
+    attach_errors(&mut docs, &state.store.jobs(200)?);
+    Ok(Json(docs).into_response())
+}
+
+/// What the latest upload jobs said about each file, oldest job first, so that a later
+/// success clears an earlier error: onto the listed documents, and the rest as `failed`.
+fn attach_errors(docs: &mut Value, jobs: &[Value]) {
+    let mut latest: std::collections::BTreeMap<String, Value> = Default::default();
+    for j in jobs.iter().rev().filter(|j| j["kind"] == "ingest") {
+        let files: Vec<&str> =
+            j["detail"]["files"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let error = |reason: &Value| json!({ "reason": reason, "job": j["id"], "unix": j["finished_unix"] });
+        match j["status"].as_str() {
+            Some("done") => {
+                let skipped: std::collections::BTreeMap<&str, &Value> = j["report"]["skipped"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|s| Some((s["path"].as_str()?, &s["reason"]))).collect())
+                    .unwrap_or_default();
+                for f in files {
+                    match skipped.get(f) {
+                        Some(reason) => latest.insert(f.to_string(), error(reason)),
+                        None => latest.remove(f),
+                    };
+                }
+            }
+            Some("failed") => {
+                for f in files {
+                    latest.insert(f.to_string(), error(&j["report"]["error"]));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(list) = docs["documents"].as_array_mut() {
+        for d in list {
+            if let Some(e) = d["source"].as_str().and_then(|s| latest.remove(s)) {
+                d["error"] = e;
+            }
+        }
+    }
+    docs["failed"] = latest.into_iter().map(|(source, e)| json!({ "source": source, "error": e })).collect();
 }
 
 /// A file name as the uploads folder may hold it: its last path component, no hidden names.
@@ -266,6 +312,7 @@ fn reporter(state: &Arc<AppState>, id: &str, cancel: Arc<AtomicBool>) -> Arc<Pro
 
 enum Work {
     Ingest { files: Vec<PathBuf>, groups: Vec<String> },
+    Reindex { force: bool },
     Remove { source: String },
 }
 
@@ -308,6 +355,7 @@ fn spawn_job(state: Arc<AppState>, k: Arc<dyn Knowledge>, id: String, work: Work
         let progress = reporter(&state, &id, cancel);
         run_recorded(&state, &id, move || match work {
             Work::Ingest { files, groups } => k.ingest(&files, &groups, progress),
+            Work::Reindex { force } => k.reindex(force, progress),
             Work::Remove { source } => {
                 let removed = k.remove(&source)?;
                 // Its uploaded file goes too, so a later re-ingest of the folder does not bring it back.
@@ -424,6 +472,33 @@ pub async fn job(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String
     }
 }
 
+/// `POST /admin/api/reindex` (body `{"force": true}` optional): a job that reads every
+/// indexed document again from the folder it came from: changed files are re-ingested (with
+/// `force`, all of them: after a chunking or cleaning change; vectors of unchanged chunks are
+/// reused), files that are gone are reported (their indexed version keeps serving), new files
+/// in those folders are left to `kotae ingest`.
+pub async fn reindex(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let k = knowledge(&state)?;
+    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?
+    };
+    let force = match opts.as_object().map(|o| o.iter().collect::<Vec<_>>()).as_deref() {
+        Some([]) => false,
+        Some([(k, v)]) if k.as_str() == "force" && v.is_boolean() => v.as_bool().unwrap_or(false),
+        _ => return Err(ApiError::BadRequest("the body is {} or {\"force\": true|false}".into())),
+    };
+    let id = state.store.create_job("reindex", &admin.id, &json!({ "force": force }))?;
+    audit(&state, &admin, "documents.reindex", "all", "accepted", format!("job {id}, force {force}"));
+    spawn_job(state.clone(), k, id.clone(), Work::Reindex { force });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
+}
+
 /// `POST /admin/api/jobs/{id}/cancel`: stop a queued or running ingest or remove job. A queued
 /// job never starts; a running ingest stops before its next commit: documents committed before
 /// stay ingested (the report says which), the rest is not, and nothing is left half-indexed.
@@ -511,4 +586,36 @@ pub async fn retry(
     audit(&state, &admin, "jobs.retry", &id, "accepted", format!("job {new}"));
     spawn_job(state.clone(), k, new.clone(), Work::Ingest { files, groups });
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": new }))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_upload_job_says_which_documents_failed() {
+        let job = |id: &str, status: &str, files: &[&str], report: Value| json!({ "id": id, "kind": "ingest", "status": status, "detail": { "files": files }, "report": report, "finished_unix": 1 });
+        // Newest first, as the store lists them.
+        let jobs = vec![
+            job("j4", "done", &["a.md"], json!({ "skipped": [] })),
+            job("j3", "failed", &["c.md"], json!({ "error": "the embedder failed" })),
+            job(
+                "j2",
+                "done",
+                &["b.md", "d.pdf"],
+                json!({ "skipped": [{ "path": "d.pdf", "reason": "no text" }, { "path": "b.md", "reason": "too large" }] }),
+            ),
+            job("j1", "done", &["a.md", "b.md"], json!({ "skipped": [{ "path": "a.md", "reason": "broken" }] })),
+        ];
+        let mut docs = json!({ "documents": [{ "source": "a.md" }, { "source": "b.md" }, { "source": "c.md" }] });
+        attach_errors(&mut docs, &jobs);
+        let d = &docs["documents"];
+        assert!(d[0]["error"].is_null(), "a later success clears it: {docs}");
+        assert_eq!(d[1]["error"]["reason"], "too large", "b.md keeps its earlier version");
+        assert_eq!(d[2]["error"]["reason"], "the embedder failed");
+        assert_eq!(
+            docs["failed"],
+            json!([{ "source": "d.pdf", "error": { "reason": "no text", "job": "j2", "unix": 1 } }])
+        );
+    }
 }

@@ -277,6 +277,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(documents::list).post(documents::upload).layer(axum::extract::DefaultBodyLimit::max(UPLOAD_LIMIT)),
         )
         .route("/admin/api/documents/{*source}", axum::routing::delete(documents::remove).patch(documents::set_groups))
+        .route("/admin/api/reindex", post(documents::reindex))
         .route("/admin/api/jobs", get(documents::jobs))
         .route("/admin/api/jobs/{id}", get(documents::job))
         .route("/admin/api/jobs/{id}/retry", post(documents::retry))

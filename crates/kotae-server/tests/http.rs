@@ -172,6 +172,7 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/api/jobs/j1/retry"),
     ("POST", "/admin/api/jobs/j1/cancel"),
     ("GET", "/admin/api/jobs/j1/events"),
+    ("POST", "/admin/api/reindex"),
     ("GET", "/admin/api/keys"),
     ("POST", "/admin/api/keys"),
     ("DELETE", "/admin/api/keys/k1"),

@@ -149,6 +149,10 @@ enum Cmd {
         questions: usize,
         #[arg(long, value_delimiter = ',', default_value = "1,4")]
         parallel: Vec<usize>,
+        /// Seconds the user reads each answer before the next question (0: back to back,
+        /// which makes the user a second heavy client)
+        #[arg(long, default_value_t = 10.0)]
+        think_s: f64,
     },
     /// Search latency p50/p99 per mode on a synthetic corpus of N chunks
     Search {
@@ -162,6 +166,9 @@ enum Cmd {
         qdrant_url: Option<String>,
     },
 }
+
+/// What the flooding client asks, again and again: answered from the manuals, at length.
+const FLOOD_QUESTION: &str = "What's the deadline for submitting expenses in ExpenseHub? Explain the whole expense process step by step, in as much detail as you can.";
 
 /// Time to the first token of a streamed `/api/chat` answer, ms.
 async fn first_token_ms(c: &reqwest::Client, url: &str, key: &str, question: &str) -> Result<f64> {
@@ -180,7 +187,7 @@ async fn first_token_ms(c: &reqwest::Client, url: &str, key: &str, question: &st
     first.context("the answer streamed no token")
 }
 
-fn bench_flood(cfg: &Config, questions: usize, parallel: &[usize]) -> Result<()> {
+fn bench_flood(cfg: &Config, questions: usize, parallel: &[usize], think_s: f64) -> Result<()> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     // The user's questions: answerable ones of the dev sets, Japanese and English in turn.
@@ -202,7 +209,7 @@ fn bench_flood(cfg: &Config, questions: usize, parallel: &[usize]) -> Result<()>
     index.preload()?;
     let (user, flooder) = ("kotae_bench_user_0123456789", "kotae_bench_flood_0123456789");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    println!("setting            condition   TTFT p50 ms   p95 ms   (n={questions})   flood answers finished");
+    println!("setting              condition   TTFT p50 ms   p95 ms   (n={questions}, {think_s} s between questions)   flood answers generated");
     for &p in parallel {
         let mut c = cfg.clone();
         c.server.parallel_answers = p;
@@ -252,11 +259,25 @@ fn bench_flood(cfg: &Config, questions: usize, parallel: &[usize]) -> Result<()>
                             while !stop.load(Ordering::SeqCst) {
                                 let body = serde_json::json!({
                                     "model": "kotae", "stream": true, "max_tokens": 2048,
-                                    "messages": [{ "role": "user", "content": "Explain every step of the expense reimbursement process in full detail, with examples." }],
+                                    "messages": [{ "role": "user", "content": FLOOD_QUESTION }],
                                 });
-                                if let Ok(r) = http.post(&url).bearer_auth(flooder).json(&body).send().await {
-                                    let _ = r.bytes().await;
-                                    finished.fetch_add(1, Ordering::SeqCst);
+                                match http.post(&url).bearer_auth(flooder).json(&body).send().await {
+                                    Ok(r) if r.status() == 200 => {
+                                        let text = r.text().await.unwrap_or_default();
+                                        if text.contains("\"kind\":\"generated\"") {
+                                            finished.fetch_add(1, Ordering::SeqCst);
+                                        } else if !stop.load(Ordering::SeqCst) {
+                                            eprintln!(
+                                                "a flood answer was not generated: {}",
+                                                &text[text.len().saturating_sub(400)..]
+                                            );
+                                        }
+                                    }
+                                    Ok(r) => {
+                                        eprintln!("flood refused: HTTP {}", r.status());
+                                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                                    }
+                                    Err(e) => eprintln!("flood failed: {e}"),
                                 }
                             }
                         }));
@@ -267,6 +288,7 @@ fn bench_flood(cfg: &Config, questions: usize, parallel: &[usize]) -> Result<()>
                 let mut ttft = Vec::new();
                 for q in &asked {
                     ttft.push(first_token_ms(&http, &chat, user, q).await?);
+                    tokio::time::sleep(std::time::Duration::from_secs_f64(think_s)).await;
                 }
                 stop.store(true, Ordering::SeqCst);
                 for f in floods {
@@ -275,8 +297,8 @@ fn bench_flood(cfg: &Config, questions: usize, parallel: &[usize]) -> Result<()>
                 let name = if flood { "flooded" } else { "idle" };
                 rows.push((
                     name.to_string(),
-                    percentile(&mut ttft.clone(), 50.0),
-                    percentile(&mut ttft, 95.0),
+                    percentile(&mut ttft.clone(), 0.5),
+                    percentile(&mut ttft, 0.95),
                     finished.load(Ordering::SeqCst),
                 ));
                 // The flood's answers end (their clients left) before the next condition.
@@ -567,7 +589,7 @@ fn main() -> Result<()> {
             bench_lora(&cfg, &base, steps, batch, max_len, r, targets, out, cli.threads, &device, &dtype)?
         }
         Cmd::Search { chunks, kb_dir, qdrant_url } => bench_search(&cfg, chunks, &kb_dir, qdrant_url)?,
-        Cmd::Flood { questions, parallel } => bench_flood(&cfg, questions, &parallel)?,
+        Cmd::Flood { questions, parallel, think_s } => bench_flood(&cfg, questions, &parallel, think_s)?,
         Cmd::ShapeFolder { base, out } => {
             let path = kotae::finetune::base_path(&cfg, &base)?;
             let m = kotae_adapt::BaseModel::load(&path, &kotae_models::candle::Device::Cpu)?;
@@ -705,6 +727,7 @@ fn bench_search(cfg: &Config, n: usize, kb_dir: &PathBuf, qdrant_url: Option<Str
                 groups: groups.clone(),
                 chunks: ds.len(),
                 ingested_unix: 0,
+                ..Default::default()
             };
             w.replace_source(&s, entry, &ds)?;
         }

@@ -97,6 +97,8 @@ pub fn ingest(cfg: &Config, kb: &mut KnowledgeIndex, paths: &[&Path], groups: &[
         prune,
         quiet: true,
         watch: None,
+        only_indexed: false,
+        force: false,
     };
     run_ingest(cfg, kb, &kotae::ingest::EmbedderHandle::with(cfg, embedder()), &opts).unwrap()
 }

@@ -75,8 +75,14 @@ fn write_source(kb: &mut KnowledgeIndex, source: &str, chunks: &[IndexedChunk]) 
         })
         .collect();
     w.put_vectors(&points).unwrap();
-    let entry =
-        FileEntry { root: "/r".into(), hash: "h".into(), groups: vec![], chunks: chunks.len(), ingested_unix: 0 };
+    let entry = FileEntry {
+        root: "/r".into(),
+        hash: "h".into(),
+        groups: vec![],
+        chunks: chunks.len(),
+        ingested_unix: 0,
+        ..Default::default()
+    };
     w.replace_source(source, entry, chunks).unwrap();
     w.finish().unwrap();
 }
@@ -295,8 +301,14 @@ fn a_search_during_a_replacement_never_mixes_two_versions() {
             })
             .collect();
         w.put_vectors(&points).unwrap();
-        let entry =
-            FileEntry { root: "/r".into(), hash: "h".into(), groups: vec![], chunks: chunks.len(), ingested_unix: 0 };
+        let entry = FileEntry {
+            root: "/r".into(),
+            hash: "h".into(),
+            groups: vec![],
+            chunks: chunks.len(),
+            ingested_unix: 0,
+            ..Default::default()
+        };
         w.replace_source("p.md", entry, chunks).unwrap();
         w.commit().unwrap();
     };
