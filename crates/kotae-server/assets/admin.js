@@ -156,7 +156,7 @@
     if (r.error) return h('span', { className: 'bad', textContent: r.error });
     if (j.kind === 'eval') return h('span', { className: r.passed ? 'ok' : 'bad', textContent: `${r.passed ? L.passed : L.regressed} — run ${r.run}` });
     // What changed (non-zero counts) and what went wrong (non-empty lists).
-    return Object.entries(r).filter(([k, v]) => (typeof v === 'number' && v !== 0 && k !== 'seconds') || (Array.isArray(v) && v.length))
+    return Object.entries(r).filter(([k, v]) => (typeof v === 'number' && v !== 0 && k !== 'seconds' && k !== 'peak_rss_bytes') || (Array.isArray(v) && v.length))
       .map(([k, v]) => `${k.replace(/_/g, ' ')}: ${Array.isArray(v) ? v.map((x) => (typeof x === 'object' ? Object.values(x).join(' — ') : x)).join('; ') : v}`)
       .concat(typeof r.seconds === 'number' ? [`${r.seconds.toFixed(1)} s`] : []).join(', ');
   };

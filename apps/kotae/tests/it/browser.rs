@@ -606,7 +606,7 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     assert!(done.as_str().unwrap().contains("完了") || done.as_str().unwrap().contains("done"), "upload: {done}");
     b.wait(
         "the new document in the list",
-        "[...document.querySelectorAll('#docs tbody td')].some(t => t.textContent === 'bicycle-parking.md')",
+        "[...document.querySelectorAll('#docs tbody td')].some(t => t.textContent === 'bicycle-parking.md (ja)')",
         10,
     )
     .await;

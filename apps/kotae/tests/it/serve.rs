@@ -1402,9 +1402,9 @@ async fn admins_upload_replace_and_delete_documents_while_serving() {
     .await
     .unwrap();
     assert_eq!(wait_job(r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string()).await["status"], "done");
-    let r = upload(admin, "blank.md", "# \n\n\n".into(), "staff").await.unwrap();
+    let r = upload(admin, "broken.pdf", "this is not a PDF".into(), "staff").await.unwrap();
     let j = wait_job(r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string()).await;
-    assert_eq!(j["report"]["skipped"][0]["path"], "blank.md", "{j}");
+    assert_eq!(j["report"]["skipped"][0]["path"], "broken.pdf", "{j}");
     let docs: Value =
         c.get(s.url("/admin/api/documents")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
     let doc = |name: &str| docs["documents"].as_array().unwrap().iter().find(|d| d["source"] == name).cloned();
@@ -1415,8 +1415,8 @@ async fn admins_upload_replace_and_delete_documents_while_serving() {
         "{p}"
     );
     assert!(doc("tricky.md").unwrap()["flagged_chunks"].as_u64().unwrap() >= 1, "{docs}");
-    assert!(doc("blank.md").is_none());
-    assert_eq!(docs["failed"][0]["source"], "blank.md", "{docs}");
+    assert!(doc("broken.pdf").is_none());
+    assert_eq!(docs["failed"][0]["source"], "broken.pdf", "{docs}");
     assert_eq!(docs["failed"][0]["error"]["reason"], j["report"]["skipped"][0]["reason"], "{docs}");
 
     // Delete: gone from search and from the upload folder.
