@@ -409,11 +409,7 @@ pub async fn start_eval(
     Extension(admin): Extension<Client>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?
-    };
+    let opts = options(&body)?;
     let Some(o) = opts.as_object() else {
         return Err(ApiError::BadRequest(
             "the body must be a JSON object: {\"split\", \"limit\", \"red_team\"}".into(),
@@ -472,6 +468,14 @@ pub async fn job(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String
     }
 }
 
+/// A job's options: the JSON body, or `{}` when there is none.
+fn options(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))
+}
+
 /// `POST /admin/api/reindex` (body `{"force": true}` optional): a job that reads every
 /// indexed document again from the folder it came from: changed files are re-ingested (with
 /// `force`, all of them: after a chunking or cleaning change; vectors of unchanged chunks are
@@ -483,11 +487,7 @@ pub async fn reindex(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let k = knowledge(&state)?;
-    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?
-    };
+    let opts = options(&body)?;
     let force = match opts.as_object().map(|o| o.iter().collect::<Vec<_>>()).as_deref() {
         Some([]) => false,
         Some([(k, v)]) if k.as_str() == "force" && v.is_boolean() => v.as_bool().unwrap_or(false),

@@ -208,13 +208,7 @@ async fn a_server_killed_during_an_upload_job_restarts_with_the_job_failed_and_r
     let r = c.post(format!("{base}/admin/api/jobs/{job}/retry")).bearer_auth(admin).send().await.unwrap();
     assert_eq!(r.status(), 202);
     let again = r.json::<serde_json::Value>().await.unwrap()["job"].as_str().unwrap().to_string();
-    let j = loop {
-        let j = get(format!("/admin/api/jobs/{again}")).await;
-        if j["status"] != "queued" && j["status"] != "running" {
-            break j;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let j = super::serve::ended_job(&c, &format!("{base}/admin/api/jobs/{again}"), admin).await;
     assert_eq!(j["status"], "done", "{j}");
     assert_eq!(j["report"]["files_unchanged"].as_u64(), Some(committed as u64), "{j}");
     assert_eq!(j["report"]["files_ingested"].as_u64(), Some((n - committed) as u64), "{j}");

@@ -1240,26 +1240,57 @@ fn parking_manual(version: &str) -> String {
     )
 }
 
+const ADMIN_KEY: &str = "kotae_admin_0123456789";
+const STAFF_KEY: &str = "kotae_staff_0123456789";
+
+/// A knowledge base of its own (lockers.md, from a folder) served to an admin key (`ops`) and
+/// a staff key (`emp`), without rate limits; the folders live as long as it does.
+struct AdminKb {
+    _data: tempfile::TempDir,
+    _corpus: tempfile::TempDir,
+    cfg: Config,
+    state: tempfile::TempDir,
+}
+
+impl AdminKb {
+    async fn start() -> (AdminKb, Server) {
+        let data = fresh_data_dir();
+        let cfg = config(data.path());
+        let corpus = tempfile::tempdir().unwrap();
+        std::fs::write(corpus.path().join("lockers.md"), "# Lockers\n\nLocker keys are issued by General Affairs.\n")
+            .unwrap();
+        let mut index = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
+        ingest(&cfg, &mut index, &[corpus.path()], &["public"], false);
+        let state = tempfile::tempdir().unwrap();
+        let keys = vec![
+            hashed_key("ops", ADMIN_KEY, kotae_server::Role::Admin, &[]),
+            hashed_key("emp", STAFF_KEY, kotae_server::Role::User, &["staff"]),
+        ];
+        let s = Server::start_with(state.path(), Arc::new(index), |c| {
+            c.server.api_keys = keys;
+            c.server.rate_limit_burst = 100_000;
+            c.server.rate_limit_per_minute = 100_000;
+        })
+        .await;
+        (AdminKb { _data: data, _corpus: corpus, cfg, state }, s)
+    }
+}
+
+/// An admin job at its end (polled at `url`, e.g. `…/admin/api/jobs/{id}`).
+pub(crate) async fn ended_job(c: &reqwest::Client, url: &str, admin: &str) -> Value {
+    loop {
+        let j: Value = c.get(url).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+        if j["status"] != "queued" && j["status"] != "running" {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_upload_replace_and_delete_documents_while_serving() {
-    let data = fresh_data_dir();
-    let cfg = config(data.path());
-    let corpus = tempfile::tempdir().unwrap();
-    std::fs::write(corpus.path().join("lockers.md"), "# Lockers\n\nLocker keys are issued by General Affairs.\n")
-        .unwrap();
-    let mut index = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
-    ingest(&cfg, &mut index, &[corpus.path()], &["public"], false);
-    let state = tempfile::tempdir().unwrap();
-    let (admin, user) = ("kotae_admin_0123456789", "kotae_staff_0123456789");
-    let key = hashed_key;
-    let keys =
-        vec![key("ops", admin, kotae_server::Role::Admin, &[]), key("emp", user, kotae_server::Role::User, &["staff"])];
-    let s = Server::start_with(state.path(), Arc::new(index), |c| {
-        c.server.api_keys = keys.clone();
-        c.server.rate_limit_burst = 100_000;
-        c.server.rate_limit_per_minute = 100_000;
-    })
-    .await;
+    let (kb, s) = AdminKb::start().await;
+    let (cfg, state, admin, user) = (&kb.cfg, &kb.state, ADMIN_KEY, STAFF_KEY);
     let c = client();
     let upload = |k: &str, name: &str, body: String, groups: &str| {
         let form = reqwest::multipart::Form::new()
@@ -1286,17 +1317,8 @@ async fn admins_upload_replace_and_delete_documents_while_serving() {
         }
     };
     let wait_job = |id: String| {
-        let c = c.clone();
-        let url = s.url(&format!("/admin/api/jobs/{id}"));
-        async move {
-            loop {
-                let j: Value = c.get(&url).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
-                if j["status"] == "done" || j["status"] == "failed" {
-                    return j;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let (c, url) = (c.clone(), s.url(&format!("/admin/api/jobs/{id}")));
+        async move { ended_job(&c, &url, admin).await }
     };
 
     // Only admins upload; a file Kotae cannot read changes nothing.
@@ -1483,25 +1505,8 @@ pub(crate) fn room_note(i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_follow_an_ingest_job_as_it_runs_and_cancel_it() {
-    let data = fresh_data_dir();
-    let cfg = config(data.path());
-    let corpus = tempfile::tempdir().unwrap();
-    std::fs::write(corpus.path().join("lockers.md"), "# Lockers\n\nLocker keys are issued by General Affairs.\n")
-        .unwrap();
-    let mut index = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
-    ingest(&cfg, &mut index, &[corpus.path()], &["public"], false);
-    let state = tempfile::tempdir().unwrap();
-    let (admin, user) = ("kotae_admin_0123456789", "kotae_staff_0123456789");
-    let keys = vec![
-        hashed_key("ops", admin, kotae_server::Role::Admin, &[]),
-        hashed_key("emp", user, kotae_server::Role::User, &["staff"]),
-    ];
-    let s = Server::start_with(state.path(), Arc::new(index), |c| {
-        c.server.api_keys = keys.clone();
-        c.server.rate_limit_burst = 100_000;
-        c.server.rate_limit_per_minute = 100_000;
-    })
-    .await;
+    let (kb, s) = AdminKb::start().await;
+    let (cfg, state, admin, user) = (&kb.cfg, &kb.state, ADMIN_KEY, STAFF_KEY);
     let c = client();
     let upload = |files: Vec<(String, String)>| {
         let mut form = reqwest::multipart::Form::new().text("groups", "staff");
@@ -1613,13 +1618,11 @@ async fn admins_follow_an_ingest_job_as_it_runs_and_cancel_it() {
     let r = c.post(s.url(&format!("/admin/api/jobs/{big}/retry"))).bearer_auth(admin).send().await.unwrap();
     assert_eq!(r.status(), 202);
     let again = r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string();
-    let j = loop {
-        let j = job(again.clone()).await;
-        if j["status"] != "queued" && j["status"] != "running" {
-            break j;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let finished = |id: String| {
+        let (c, url) = (c.clone(), s.url(&format!("/admin/api/jobs/{id}")));
+        async move { ended_job(&c, &url, admin).await }
     };
+    let j = finished(again).await;
     assert_eq!(j["status"], "done", "{j}");
     assert_eq!(j["report"]["files_unchanged"].as_u64(), Some(ingested), "{j}");
     assert_eq!(j["report"]["files_ingested"].as_u64(), Some(n as u64 - ingested), "{j}");
@@ -1636,15 +1639,6 @@ async fn admins_follow_an_ingest_job_as_it_runs_and_cancel_it() {
             let r = req.send().await.unwrap();
             assert_eq!(r.status(), 202);
             r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string()
-        }
-    };
-    let finished = |id: String| async move {
-        loop {
-            let j = job(id.clone()).await;
-            if j["status"] != "queued" && j["status"] != "running" {
-                break j;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     let j = finished(reindex(json!({})).await).await;
