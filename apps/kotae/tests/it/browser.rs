@@ -72,6 +72,31 @@ impl Browser {
         v["value"].clone()
     }
 
+    /// Answer the page's `prompt()` as a person would: wait for the dialog, type `text`,
+    /// press OK. Returns the dialog's question.
+    async fn answer_prompt(&self, text: &str) -> String {
+        let t = Instant::now();
+        let asked = loop {
+            let v: Value = self
+                .http
+                .get(format!("{}/alert/text", self.session))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["value"].get("error").is_none() {
+                break v["value"].as_str().unwrap_or_default().to_string();
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "no dialog opened: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        self.cmd(reqwest::Method::POST, "/alert/text", json!({ "text": text })).await;
+        self.cmd(reqwest::Method::POST, "/alert/accept", json!({})).await;
+        asked
+    }
+
     async fn goto(&self, url: &str) {
         self.cmd(reqwest::Method::POST, "/url", json!({ "url": url })).await;
     }
@@ -638,6 +663,30 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     let cited: Vec<&str> =
         done["answer"]["citations"].as_array().unwrap().iter().map(|c| c["source"].as_str().unwrap()).collect();
     assert!(cited.contains(&"bicycle-parking.md"), "{done}");
+
+    // Who may read it, changed in the console: the row's "Groups…" button asks (a real
+    // `prompt()`, answered through WebDriver), a job re-indexes the manual for `hr` only, the
+    // list shows the new groups, and the employee (staff) no longer finds it.
+    let row = "[...document.querySelectorAll('#docs tbody tr')].find(r => r.cells[0].textContent.startsWith('bicycle-parking.md'))";
+    b.js(&format!("const r = {row}; setTimeout(() => r.querySelectorAll('button')[1].click(), 0);"), json!([])).await;
+    let asked = b.answer_prompt("hr").await;
+    assert!(asked.contains("bicycle-parking.md"), "{asked}");
+    b.wait("the new groups in the list", &format!("{row}.cells[1].textContent === 'hr'"), 60).await;
+    let hits: Value = c
+        .post(s.url("/api/search"))
+        .bearer_auth(user)
+        .json(&json!({ "query": "自転車の登録シールはどこに貼りますか", "top_k": 5 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(hits["hits"].as_array().unwrap().iter().all(|h| h["source"] != "bicycle-parking.md"), "{hits}");
+    let listed: Value =
+        c.get(s.url("/admin/api/documents")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    let doc = listed["documents"].as_array().unwrap().iter().find(|d| d["source"] == "bicycle-parking.md");
+    assert_eq!(doc.map(|d| d["groups"].clone()), Some(json!(["hr"])), "{listed}");
 
     // The review queue shows the thumbs-down with its question and comment.
     b.js("document.querySelector('[data-tab=feedback]').click();", json!([])).await;
