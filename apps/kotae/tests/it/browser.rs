@@ -77,15 +77,8 @@ impl Browser {
     async fn answer_prompt(&self, text: &str) -> String {
         let t = Instant::now();
         let asked = loop {
-            let v: Value = self
-                .http
-                .get(format!("{}/alert/text", self.session))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value =
+                self.http.get(format!("{}/alert/text", self.session)).send().await.unwrap().json().await.unwrap();
             if v["value"].get("error").is_none() {
                 break v["value"].as_str().unwrap_or_default().to_string();
             }
