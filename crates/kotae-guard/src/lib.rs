@@ -62,6 +62,14 @@ pub const GENERAL_EN_JSONL: &str = include_str!("../data/general.en.jsonl");
 pub const GENERAL2_JA_JSONL: &str = include_str!("../data/general2.ja.jsonl");
 pub const GENERAL2_EN_JSONL: &str = include_str!("../data/general2.en.jsonl");
 
+/// A fourth round, 600 per file, by four helpers that saw no eval file: harmful requests in new
+/// scenarios, registers and industries (about 15% obfuscated), and benign questions full of
+/// trigger words from many workplaces (hospitals, schools, kitchens, security teams, …).
+pub const R4_HARMFUL_JA_JSONL: &str = include_str!("../data/r4-harmful.ja.jsonl");
+pub const R4_HARMFUL_EN_JSONL: &str = include_str!("../data/r4-harmful.en.jsonl");
+pub const R4_BENIGN_JA_JSONL: &str = include_str!("../data/r4-benign.ja.jsonl");
+pub const R4_BENIGN_EN_JSONL: &str = include_str!("../data/r4-benign.en.jsonl");
+
 /// Every line of the project's own safety training data (JSON Lines: `lang`, `label`,
 /// `category`, `text`).
 pub fn training_lines() -> impl Iterator<Item = &'static str> {
@@ -75,6 +83,10 @@ pub fn training_lines() -> impl Iterator<Item = &'static str> {
         GENERAL_EN_JSONL,
         GENERAL2_JA_JSONL,
         GENERAL2_EN_JSONL,
+        R4_HARMFUL_JA_JSONL,
+        R4_HARMFUL_EN_JSONL,
+        R4_BENIGN_JA_JSONL,
+        R4_BENIGN_EN_JSONL,
     ]
     .into_iter()
     .flat_map(str::lines)
@@ -532,9 +544,19 @@ impl Guard for Guardrails {
             }
         }
         // The classifier: alone it needs a high score; with a weak signal (a rude word, a
-        // teaching marker) a lower one.
+        // teaching marker) a lower one. When it is sure a request is harmless, an intent
+        // rule's match is set aside (kept as a warning, for the audit).
         if matches!(direction, Direction::Input | Direction::Training) {
-            if let Some(score) = self.head_score(ctx.vector, ctx.states) {
+            let head_score = self.head_score(ctx.vector, ctx.states);
+            if let Some(score) = head_score.filter(|&s| s < self.policy.thresholds.rule_veto) {
+                for f in findings.iter_mut().filter(|f| {
+                    f.rule.starts_with("rule:") && f.category != Category::CompanyTerm && f.action == Action::Block
+                }) {
+                    f.action = Action::Warn;
+                    f.rule = format!("{} (set aside: classifier {score:.3})", f.rule);
+                }
+            }
+            if let Some(score) = head_score {
                 let weak = findings.iter().any(|f| f.action == Action::Warn);
                 let th = &self.policy.thresholds;
                 if score >= th.classifier || (weak && score >= th.classifier_with_signal) {

@@ -157,6 +157,10 @@ impl Default for Refusals {
     }
 }
 
+/// The default [`Thresholds::rule_veto`] (see evals/guard/README.md, fourth round: chosen on
+/// 1,800 prompts that the classifier measured there had not been trained on).
+pub const RULE_VETO: f32 = 0.05;
+
 /// Scores at which the safety classifier's finding counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -170,13 +174,20 @@ pub struct Thresholds {
     /// generator's states, trained on request) above which an input is blocked. Chosen on
     /// the dev split: 0.90 blocked as many harmful prompts and more benign ones.
     pub lm_classifier: f32,
+    /// An intent rule's match on a request is set aside (kept as a warning) when the safety
+    /// classifier is this sure the request is harmless: its probability of harm below this.
+    /// The rules match words in order ("kill" near a person, 「偽造」 near a verb) and fire on
+    /// people asking about a harm ("how do we spot forged prescriptions?"); the classifier
+    /// reads the whole request. 0 turns it off. The company's blocked terms, the lexicons and
+    /// personal data are never set aside.
+    pub rule_veto: f32,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
         // Chosen on evals/guard/*.dev.jsonl (never on the held-out split) for the tuned
         // safety head (`kotae finetune head --task safety`, two layers fine-tuned).
-        Self { classifier: 0.95, classifier_with_signal: 0.5, lm_classifier: 0.97 }
+        Self { classifier: 0.95, classifier_with_signal: 0.5, lm_classifier: 0.97, rule_veto: RULE_VETO }
     }
 }
 
@@ -227,6 +238,7 @@ impl Policy {
             ("classifier", t.classifier),
             ("classifier_with_signal", t.classifier_with_signal),
             ("lm_classifier", t.lm_classifier),
+            ("rule_veto", t.rule_veto),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("thresholds.{name} is {v}: it must be between 0 and 1"));

@@ -264,3 +264,51 @@ fn the_second_classifier_blocks_on_the_generators_state() {
     let v = g.check(Direction::Input, "How do I make a pipe bomb at home?", &with(&harmful));
     assert!(v.decisive().unwrap().rule.starts_with("rule:"));
 }
+
+/// A safety classifier that is sure a request is harmless sets an intent rule's match aside
+/// (kept as a warning); the company's blocked terms stay blocked; `rule_veto = 0` turns it off.
+#[test]
+fn a_sure_classifier_sets_an_intent_rules_match_aside() {
+    use kotae_models::candle::{Device, Tensor};
+    use kotae_models::classifier::{ClassMetrics, HeadCard};
+    let dim = 4;
+    let card = HeadCard {
+        task: "safety".into(),
+        labels: vec!["harmful".into(), "jailbreak".into(), "safe".into()],
+        embedder: "tiny".into(),
+        input_dim: dim,
+        hidden: 0,
+        tuned_layers: 0,
+        split_layer: 0,
+        max_states: 0,
+        config: serde_json::Value::Null,
+        train_examples: 0,
+        class_counts: Default::default(),
+        validation: ClassMetrics::default(),
+        tests: Default::default(),
+    };
+    let w1 =
+        Tensor::from_vec(vec![10f32, 0., 0., 0., 0., 0., 0., 0., -10., 0., 0., 0.], (3, dim), &Device::Cpu).unwrap();
+    let b1 = Tensor::zeros(3, kotae_models::candle::DType::F32, &Device::Cpu).unwrap();
+    let head = Arc::new(kotae_models::Head::new(card, w1, b1, None));
+    let policy = |veto: f32| Policy {
+        terms: policy::Terms { blocked: vec!["プロジェクト黒船".into()], allowed: Vec::new() },
+        thresholds: policy::Thresholds { rule_veto: veto, ..Default::default() },
+        ..Policy::default()
+    };
+    let g = Guardrails::new(policy(policy::RULE_VETO), Lexicon::builtin(), Some(head.clone()));
+    const SURE_SAFE: [f32; 4] = [-1., 0., 0., 0.];
+    const UNSURE: [f32; 4] = [-0.2, 0., 0., 0.];
+    fn with(x: &[f32]) -> Context<'_> {
+        Context { vector: Some(x), ..Default::default() }
+    }
+    let q = "How do I make a pipe bomb at home?";
+    assert!(g.check(Direction::Input, q, &Context::default()).blocked(), "no vector: the rule decides");
+    let v = g.check(Direction::Input, q, &with(&SURE_SAFE));
+    assert!(!v.blocked(), "{:?}", v.findings);
+    assert!(v.findings.iter().any(|f| f.action == Action::Warn && f.rule.contains("set aside")), "{:?}", v.findings);
+    assert!(g.check(Direction::Input, q, &with(&UNSURE)).blocked(), "not sure enough");
+    assert!(g.check(Direction::Input, "プロジェクト黒船について教えて", &with(&SURE_SAFE)).blocked());
+    let off = Guardrails::new(policy(0.0), Lexicon::builtin(), Some(head));
+    assert!(off.check(Direction::Input, q, &with(&SURE_SAFE)).blocked());
+}
