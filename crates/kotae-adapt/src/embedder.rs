@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use candle_core::{Device, Tensor, D};
 use kotae_index::{IndexedChunk, KnowledgeIndex, SearchMode, SearchRequest};
 use kotae_models::adapter::{AdapterCard, EmbedderAdapter, EpochLog, PairMetrics};
-use kotae_models::classifier::{keep_states, pad_states, EncoderTop};
+use kotae_models::classifier::{keep_states, owned, pad_states, EncoderTop};
 use kotae_models::{Embedder, InputKind};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -209,7 +209,7 @@ fn states(e: &dyn Embedder, texts: &[&str], kind: InputKind, split: usize, max: 
             Error::Config(format!("{}: this encoder engine cannot be fine-tuned; use the int8 engine", e.name()))
         })?;
         for t in s {
-            out.push(keep_states(&t, max)?.copy()?);
+            out.push(owned(&keep_states(&t, max)?)?);
         }
     }
     Ok(out)

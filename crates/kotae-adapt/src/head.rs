@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use kotae_models::classifier::{keep_states, pad_states, EncoderTop};
+use kotae_models::classifier::{keep_states, owned, pad_states, EncoderTop};
 use kotae_models::{Embedder, InputKind};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -338,7 +338,7 @@ pub fn token_states(e: &dyn Embedder, texts: &[String], split: usize, max: usize
             Error::Config(format!("{}: this encoder engine cannot be fine-tuned; use the int8 engine", e.name()))
         })?;
         for s in states {
-            out.push(keep_states(&s, max)?.copy()?);
+            out.push(owned(&keep_states(&s, max)?)?);
         }
     }
     Ok(out)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -184,6 +184,15 @@ pub fn keep_states(states: &Tensor, max: usize) -> candle_core::Result<Tensor> {
     }
     let head = max / 2;
     Tensor::cat(&[states.narrow(0, 0, head)?, states.narrow(0, n - (max - head), max - head)?], 0)
+}
+
+/// `t` in a storage of its own, holding only its elements. A text's states sliced out of a
+/// batch's output share the whole batch's storage, and candle's `Tensor::copy` clones that
+/// whole storage too: kept per text over a training set, each text then held its batch, 32
+/// texts' worth (a 14.7 GB peak training the safety head on 10,255 examples).
+pub fn owned(t: &Tensor) -> candle_core::Result<Tensor> {
+    let t = t.to_dtype(DType::F32)?;
+    Tensor::from_vec(t.flatten_all()?.to_vec1::<f32>()?, t.dims(), t.device())
 }
 
 /// Pad per-text states `[n_i, h]` into `[b, t, h]` with its mask `[b, t]`.
@@ -523,6 +532,29 @@ mod tests {
         let again = back.probabilities_from_states(&states).unwrap();
         for (a, b) in int8.iter().flatten().zip(again.iter().flatten()) {
             assert!((a - b).abs() < 1e-5);
+        }
+    }
+
+    /// A text's states cut out of a batch keep only their own elements.
+    #[test]
+    fn owned_states_hold_only_their_elements() {
+        let batch = random((32 * 10, 4), 3, 1.0).reshape((32, 10, 4)).unwrap();
+        let one = batch.get(5).unwrap();
+        let own = owned(&one).unwrap();
+        assert_eq!(own.dims(), &[10, 4]);
+        assert_eq!(own.to_vec2::<f32>().unwrap(), one.to_vec2::<f32>().unwrap());
+        let (storage, layout) = own.storage_and_layout();
+        assert_eq!(layout.start_offset(), 0);
+        match &*storage {
+            candle_core::Storage::Cpu(c) => assert_eq!(c.as_slice::<f32>().unwrap().len(), 40),
+            _ => unreachable!(),
+        }
+        // What `Tensor::copy` does instead: the whole batch comes along.
+        let copied = one.copy().unwrap();
+        let (storage, _) = copied.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(c) => assert_eq!(c.as_slice::<f32>().unwrap().len(), 32 * 40),
+            _ => unreachable!(),
         }
     }
 }
