@@ -497,7 +497,7 @@ pub fn run_head(cfg: &Config, job: &HeadJob) -> Result<()> {
     let y: Vec<usize> = items.iter().map(|l| labels.binary_search(&l.label).unwrap_or(0)).collect();
     let embedder = crate::load_embedder(cfg)?;
     let texts: Vec<String> = items.iter().map(|l| l.text.clone()).collect();
-    let tune = job.config.tune_layers.unwrap_or(if job.task == "safety" { 2 } else { 0 });
+    let tune = job.config.tune_layers.unwrap_or(if job.task == "safety" { 3 } else { 0 });
     if tune > 0 {
         let t0 = std::time::Instant::now();
         eprintln!(

@@ -152,7 +152,7 @@ enum FinetuneCmd {
         safe_extra: Vec<PathBuf>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// Fine-tune the embedder's top N layers with the head [default: safety 2, routing 0]
+        /// Fine-tune the embedder's top N layers with the head [default: safety 3, routing 0]
         #[arg(long)]
         tune_layers: Option<usize>,
         /// Epochs when layers are tuned

@@ -49,7 +49,7 @@ pub struct HeadConfig {
     pub balance_classes: bool,
     pub seed: u64,
     /// Fine-tune the embedder's top layers with the head (0: transfer learning on the frozen
-    /// sentence vector). `None`: the task's default (safety 2, routing 0).
+    /// sentence vector). `None`: the task's default (safety 3, routing 0).
     pub tune_layers: Option<usize>,
     /// Epochs and learning rate when layers are tuned (the head keeps `learning_rate`).
     pub tune_epochs: usize,
