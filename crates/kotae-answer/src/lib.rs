@@ -480,7 +480,20 @@ impl Answerer {
                         }
                         h
                     } else {
-                        guard.check(Direction::Input, &m.content, &Context::default())
+                        let mut h = guard.check(Direction::Input, &m.content, &Context::default());
+                        // A rule that gave way to a sure classifier when this turn was asked
+                        // gives way now too: the turn is read by the classifier again (only
+                        // when a rule blocks it, so an ordinary conversation costs nothing).
+                        if h.blocked() && guard.wants_vector() {
+                            if let Some(e) = &self.embedder {
+                                let (mut hv, hs) =
+                                    kotae_guard::encode(guard.as_ref(), e.as_ref(), &[m.content.as_str()])?;
+                                let (hv, hs) = (hv.pop(), hs.and_then(|mut s| s.pop()));
+                                let ctx = Context { vector: hv.as_deref(), states: hs.as_ref(), ..Default::default() };
+                                h = guard.check(Direction::Input, &m.content, &ctx);
+                            }
+                        }
+                        h
                     };
                     if h.blocked() {
                         h.redacted = v.redacted.clone();

@@ -433,6 +433,19 @@ impl Guardrails {
     }
 
     /// The safety head's probability that the text is harmful (harmful + jailbreak labels).
+    /// Whether the safety head read every token of `text`: a tuned head reads at most
+    /// `max_states` token states (the first and last halves of a longer text), and the
+    /// encoder itself stops at 512 tokens. A head on the sentence vector (a mean over every
+    /// token, in which a short harmful tail fades) counts only for short texts.
+    fn head_read_all(&self, text: &str, states: Option<&Tensor>) -> bool {
+        let Some(head) = self.head.as_ref() else { return false };
+        if head.split_layer().is_none() {
+            return text.chars().count() <= 300;
+        }
+        let Some(Ok(n)) = states.map(|s| s.dim(0)) else { return false };
+        n < 512 && (head.card.max_states == 0 || n <= head.card.max_states)
+    }
+
     fn head_score(&self, vector: Option<&[f32]>, states: Option<&Tensor>) -> Option<f32> {
         let head = self.head.as_ref()?;
         let p = if head.split_layer().is_some() {
@@ -544,13 +557,28 @@ impl Guard for Guardrails {
             }
         }
         // The classifier: alone it needs a high score; with a weak signal (a rude word, a
-        // teaching marker) a lower one. When it is sure a request is harmless, an intent
-        // rule's match is set aside (kept as a warning, for the audit).
+        // teaching marker) a lower one. When it is sure a question is harmless, an intent
+        // rule's match is set aside (kept as a warning, for the audit): only on questions
+        // (training data stays strict), only when the classifier read the whole text (a
+        // harmless preamble must not hide a harmful tail), only for a match in the text as
+        // written (not one that de-obfuscation revealed), and never for distress (the
+        // helpline answer), someone's personal data, special tokens or the company's terms.
         if matches!(direction, Direction::Input | Direction::Training) {
             let head_score = self.head_score(ctx.vector, ctx.states);
-            if let Some(score) = head_score.filter(|&s| s < self.policy.thresholds.rule_veto) {
+            let veto = head_score
+                .filter(|&s| direction == Direction::Input && s < self.policy.thresholds.rule_veto)
+                .filter(|_| self.head_read_all(text, ctx.states));
+            if let Some(score) = veto {
+                let as_written = rules::kana_folded(&norm.plain);
                 for f in findings.iter_mut().filter(|f| {
-                    f.rule.starts_with("rule:") && f.category != Category::CompanyTerm && f.action == Action::Block
+                    f.action == Action::Block
+                        && !matches!(
+                            f.category,
+                            Category::CompanyTerm | Category::SelfHarm | Category::Privacy | Category::PersonalData
+                        )
+                        && f.rule
+                            .strip_prefix("rule:")
+                            .is_some_and(|r| !r.contains("special_token") && self.rules.matches_rule(r, &as_written))
                 }) {
                     f.action = Action::Warn;
                     f.rule = format!("{} (set aside: classifier {score:.3})", f.rule);

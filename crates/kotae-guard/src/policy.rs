@@ -158,7 +158,7 @@ impl Default for Refusals {
 }
 
 /// The default [`Thresholds::rule_veto`] (see evals/guard/README.md, fourth round: chosen on
-/// 1,800 prompts that the classifier measured there had not been trained on).
+/// 2,400 prompts that the classifier measured there had not been trained on).
 pub const RULE_VETO: f32 = 0.05;
 
 /// Scores at which the safety classifier's finding counts.
@@ -174,19 +174,21 @@ pub struct Thresholds {
     /// generator's states, trained on request) above which an input is blocked. Chosen on
     /// the dev split: 0.90 blocked as many harmful prompts and more benign ones.
     pub lm_classifier: f32,
-    /// An intent rule's match on a request is set aside (kept as a warning) when the safety
-    /// classifier is this sure the request is harmless: its probability of harm below this.
+    /// An intent rule's match on a question is set aside (kept as a warning) when the safety
+    /// classifier is this sure the question is harmless: its probability of harm below this.
     /// The rules match words in order ("kill" near a person, 「偽造」 near a verb) and fire on
     /// people asking about a harm ("how do we spot forged prescriptions?"); the classifier
-    /// reads the whole request. 0 turns it off. The company's blocked terms, the lexicons and
-    /// personal data are never set aside.
+    /// reads the whole question. 0 turns it off. Only when the classifier read every token,
+    /// only for a match in the text as written (not one that undoing obfuscation revealed),
+    /// never in training data, and never for the company's blocked terms, the word lists,
+    /// personal data (in the text or asked for), distress (self-harm) or special tokens.
     pub rule_veto: f32,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
         // Chosen on evals/guard/*.dev.jsonl (never on the held-out split) for the tuned
-        // safety head (`kotae finetune head --task safety`, two layers fine-tuned).
+        // safety head (`kotae finetune head --task safety`; 0.95 kept for three tuned layers).
         Self { classifier: 0.95, classifier_with_signal: 0.5, lm_classifier: 0.97, rule_veto: RULE_VETO }
     }
 }
@@ -243,6 +245,13 @@ impl Policy {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("thresholds.{name} is {v}: it must be between 0 and 1"));
             }
+        }
+        if t.rule_veto > t.classifier_with_signal {
+            return Err(format!(
+                "thresholds.rule_veto ({}) must not exceed thresholds.classifier_with_signal ({}): a rule set aside \
+                 counts as a weak signal, and the classifier would then block what the rule's veto let through",
+                t.rule_veto, t.classifier_with_signal
+            ));
         }
         if self.output.max_hold_chars < 16 {
             return Err("output.max_hold_chars must be at least 16".into());

