@@ -269,28 +269,7 @@ fn the_second_classifier_blocks_on_the_generators_state() {
 /// (kept as a warning); the company's blocked terms stay blocked; `rule_veto = 0` turns it off.
 #[test]
 fn a_sure_classifier_sets_an_intent_rules_match_aside() {
-    use kotae_models::candle::{Device, Tensor};
-    use kotae_models::classifier::{ClassMetrics, HeadCard};
-    let dim = 4;
-    let card = HeadCard {
-        task: "safety".into(),
-        labels: vec!["harmful".into(), "jailbreak".into(), "safe".into()],
-        embedder: "tiny".into(),
-        input_dim: dim,
-        hidden: 0,
-        tuned_layers: 0,
-        split_layer: 0,
-        max_states: 0,
-        config: serde_json::Value::Null,
-        train_examples: 0,
-        class_counts: Default::default(),
-        validation: ClassMetrics::default(),
-        tests: Default::default(),
-    };
-    let w1 =
-        Tensor::from_vec(vec![10f32, 0., 0., 0., 0., 0., 0., 0., -10., 0., 0., 0.], (3, dim), &Device::Cpu).unwrap();
-    let b1 = Tensor::zeros(3, kotae_models::candle::DType::F32, &Device::Cpu).unwrap();
-    let head = Arc::new(kotae_models::Head::new(card, w1, b1, None));
+    let head = linear_head("safety", "tiny");
     let policy = |veto: f32| Policy {
         terms: policy::Terms { blocked: vec!["プロジェクト黒船".into()], allowed: Vec::new() },
         thresholds: policy::Thresholds { rule_veto: veto, ..Default::default() },
@@ -326,4 +305,30 @@ fn a_sure_classifier_sets_an_intent_rules_match_aside() {
     assert_eq!(g.check(Direction::Input, distress, &with(&SURE_SAFE)).category(), Some(Category::SelfHarm));
     // A veto above the weak-signal bar would contradict itself: the policy refuses it.
     assert!(Policy::parse("[thresholds]\nrule_veto = 0.6\n").unwrap_err().contains("rule_veto"));
+}
+
+/// A linear safety head on 4 features: harmful when the first is large, safe when negative.
+fn linear_head(task: &str, embedder: &str) -> Arc<kotae_models::Head> {
+    use kotae_models::candle::{Device, Tensor};
+    use kotae_models::classifier::{ClassMetrics, HeadCard};
+    let dim = 4;
+    let card = HeadCard {
+        task: task.into(),
+        labels: vec!["harmful".into(), "jailbreak".into(), "safe".into()],
+        embedder: embedder.into(),
+        input_dim: dim,
+        hidden: 0,
+        tuned_layers: 0,
+        split_layer: 0,
+        max_states: 0,
+        config: serde_json::Value::Null,
+        train_examples: 0,
+        class_counts: Default::default(),
+        validation: ClassMetrics::default(),
+        tests: Default::default(),
+    };
+    let w1 =
+        Tensor::from_vec(vec![10f32, 0., 0., 0., 0., 0., 0., 0., -10., 0., 0., 0.], (3, dim), &Device::Cpu).unwrap();
+    let b1 = Tensor::zeros(3, kotae_models::candle::DType::F32, &Device::Cpu).unwrap();
+    Arc::new(kotae_models::Head::new(card, w1, b1, None))
 }
