@@ -175,6 +175,9 @@ pub struct IngestConfig {
     pub default_groups: Vec<String>,
     /// Folder (or file) → groups rules; the longest matching path wins, over `--groups`.
     pub access: Vec<AccessRule>,
+    /// Source-path prefix → the documents' address on the intranet, for citations' links
+    /// (`[[ingest.links]]`; applied when answering, a document's own `url` wins).
+    pub links: Vec<kotae_index::LinkRule>,
     /// Confidentiality markers (a line such as `社外秘`, `Confidential`, `Internal use only`)
     /// → the groups a marked document gets instead of `public`. Keys are lowercase.
     pub markers: std::collections::BTreeMap<String, Vec<String>>,
@@ -255,6 +258,7 @@ impl Default for IngestConfig {
             commit_every: 32,
             near_duplicate_threshold: 0.85,
             default_groups: Vec::new(),
+            links: Vec::new(),
             access: Vec::new(),
             markers: Default::default(),
             pdf_timeout_s: 60,
@@ -420,6 +424,9 @@ impl Config {
         }
         if self.ingest.commit_every == 0 || self.embedder.batch_tokens < 512 {
             bail!("ingest.commit_every must be ≥ 1 and embedder.batch_tokens ≥ 512");
+        }
+        for r in &self.ingest.links {
+            r.check().map_err(|e| anyhow::anyhow!(e))?;
         }
         if self.search.top_k == 0 || self.search.top_k > 1000 {
             bail!("search.top_k must be between 1 and 1000");

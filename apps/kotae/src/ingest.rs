@@ -134,6 +134,7 @@ struct FileJob {
     groups: Vec<String>,
     chunks: Vec<IndexedChunk>,
     flagged: usize,
+    url: Option<String>,
 }
 
 /// A file to (re)ingest.
@@ -446,7 +447,7 @@ pub fn run_ingest(
                         sum.skipped.push(Skipped { path: source, reason: "no text to index after cleaning".into() });
                         continue;
                     }
-                    jobs.push(FileJob { source, root, hash, groups, chunks: kept, flagged });
+                    jobs.push(FileJob { source, root, hash, groups, chunks: kept, flagged, url: rep.url });
                 }
                 Err(e) => sum.skipped.push(Skipped { path: source, reason: e.to_string() }),
             }
@@ -483,6 +484,7 @@ pub fn run_ingest(
                     ingested_unix: ingested_at,
                     langs: job.chunks.iter().map(|c| c.lang.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
                     flagged: job.flagged,
+                    url: job.url.clone(),
                 };
                 session.replace_source(&job.source, entry, &job.chunks)?;
                 sum.files_ingested += 1;

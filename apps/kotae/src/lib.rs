@@ -68,6 +68,7 @@ fn open_index_as(cfg: &Config, dim: Option<usize>, embedder: String) -> Result<K
         ja_dictionary: Some(dict),
         lexicon: Some(kotae_index::store::lexicon_path(&cfg.models_dir())),
         cross_lingual_weight: cfg.search.cross_lingual_weight,
+        links: cfg.ingest.links.clone(),
         hnsw: kotae_index::vector::HnswSettings {
             m: cfg.search.hnsw_m,
             ef_construct: cfg.search.hnsw_ef_construct,

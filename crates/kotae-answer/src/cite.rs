@@ -17,6 +17,7 @@ pub fn citation(n: usize, h: &Hit, marked: bool) -> Citation {
         chunk_id: h.chunk_id.clone(),
         kind: h.kind.clone(),
         marked,
+        url: h.url.clone(),
     }
 }
 
@@ -102,6 +103,7 @@ mod tests {
             span: (0, 1),
             dense_score: Some(0.9),
             flags: vec![],
+            url: None,
         }
     }
 

@@ -177,6 +177,10 @@ pub struct Citation {
     /// `true` when the answer cites it with `[n]`; `false` when inferred from overlap
     /// (the model answered from it without writing the marker).
     pub marked: bool,
+    /// The document's own address on the intranet (its front matter or canonical link, or an
+    /// `[[ingest.links]]` rule), when known: an absolute http(s) URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Where the time went, in milliseconds.

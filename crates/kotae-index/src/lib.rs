@@ -128,6 +128,9 @@ pub struct Hit {
     /// The chunk's ingest flags (see [`IndexedChunk::flags`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// The document's own address on the intranet, when known (see [`document_link`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -179,6 +182,70 @@ pub struct FileEntry {
     /// Chunks the document guard flagged (instructions addressed to an AI), kept or dropped.
     #[serde(default)]
     pub flagged: usize,
+    /// The document's own address, as the document names it (Markdown front matter, an HTML
+    /// page's canonical link); checked to be an absolute http(s) URL at ingest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// `[[ingest.links]]`: where the documents under a source-path prefix live on the intranet,
+/// so that citations link to the original page (a wiki, SharePoint) rather than only to
+/// Kotae's source viewer. Applied when answering, so a changed rule needs no re-ingest; a
+/// document that names its own address keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRule {
+    /// A source path (as citations show it, `/`-separated, relative to the ingested folder)
+    /// or a folder of them: `manuals/it/`, `manuals/it/vpn.md`; empty matches every document.
+    pub prefix: String,
+    /// The address: `{path}` is replaced by the source path below the prefix, `{stem}` by the
+    /// same without its extension; with neither, the path is appended.
+    /// `https://wiki.example.com/it/{stem}`.
+    pub url: String,
+}
+
+impl LinkRule {
+    /// The rule's address for `source`, when the prefix matches it.
+    pub fn link(&self, source: &str) -> Option<String> {
+        let prefix = self.prefix.trim_start_matches("./");
+        let rest = source.strip_prefix(prefix)?;
+        if !(prefix.is_empty() || prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        let rest = rest.trim_start_matches('/');
+        // Characters that would end a URL's path are escaped; the URL parser escapes the rest
+        // (spaces, non-ASCII) when the address is checked.
+        let enc = |s: &str| s.replace('%', "%25").replace('#', "%23").replace('?', "%3F").replace(' ', "%20");
+        let stem = match rest.rsplit_once('.') {
+            Some((s, ext)) if !ext.contains('/') && !s.is_empty() && !s.ends_with('/') => s,
+            _ => rest,
+        };
+        let url = if self.url.contains("{path}") || self.url.contains("{stem}") {
+            self.url.replace("{path}", &enc(rest)).replace("{stem}", &enc(stem))
+        } else if rest.is_empty() {
+            self.url.clone()
+        } else {
+            format!("{}/{}", self.url.trim_end_matches('/'), enc(rest))
+        };
+        kotae_ingest::parse::document_url(&url)
+    }
+
+    /// A rule whose address is not an absolute http(s) URL is a configuration error.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let sample = self.url.replace("{path}", "a/b.md").replace("{stem}", "a/b");
+        kotae_ingest::parse::document_url(&sample).map(|_| ()).ok_or_else(|| {
+            format!("ingest.links: '{}' (prefix '{}') is not an absolute http(s) URL", self.url, self.prefix)
+        })
+    }
+}
+
+/// The address citations link to for `source`: the one the document names, else the longest
+/// matching rule's.
+pub fn document_link(rules: &[LinkRule], source: &str, own: Option<&str>) -> Option<String> {
+    if let Some(u) = own.and_then(kotae_ingest::parse::document_url) {
+        return Some(u);
+    }
+    rules.iter().filter(|r| r.link(source).is_some()).max_by_key(|r| r.prefix.len()).and_then(|r| r.link(source))
 }
 
 /// What has been ingested (format version 1). Stored as the lexical index's commit payload,

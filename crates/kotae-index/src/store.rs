@@ -36,6 +36,8 @@ pub struct IndexConfig {
     pub lexicon: Option<PathBuf>,
     /// Weight of a translated word relative to one of the query's own (0 turns it off).
     pub cross_lingual_weight: f32,
+    /// Where documents live on the intranet (`[[ingest.links]]`): hits carry the address.
+    pub links: Vec<crate::LinkRule>,
 }
 
 /// What `KnowledgeIndex::candidates` found.
@@ -53,6 +55,7 @@ pub struct KnowledgeIndex {
     vectors: Box<dyn VectorStore>,
     /// The committed manifest; a write session replaces it at each commit, while readers go on.
     manifest: std::sync::RwLock<Manifest>,
+    links: Vec<crate::LinkRule>,
     /// Held while open: one process at a time uses a knowledge base directory.
     _lock: std::fs::File,
 }
@@ -200,12 +203,19 @@ impl KnowledgeIndex {
             Some(server) => Box::new(ServerStore::connect(server, dim, cfg.hnsw)?),
             None => Box::new(EdgeStore::open(&cfg.dir.join("vectors"), dim, cfg.hnsw)?),
         };
-        Ok(Self { lexical, vectors, manifest: std::sync::RwLock::new(manifest), _lock: lock })
+        Ok(Self { lexical, vectors, manifest: std::sync::RwLock::new(manifest), links: cfg.links.clone(), _lock: lock })
     }
 
     /// The committed manifest (hold the guard briefly: a commit waits for it).
     pub fn manifest(&self) -> std::sync::RwLockReadGuard<'_, Manifest> {
         self.manifest.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The address on the intranet citations of `source` link to, when known: the one the
+    /// document names, else the longest matching `[[ingest.links]]` rule's.
+    pub fn document_link(&self, source: &str) -> Option<String> {
+        let own = self.manifest().files.get(source).and_then(|e| e.url.clone());
+        crate::document_link(&self.links, source, own.as_deref())
     }
 
     pub fn vectors(&self) -> &dyn VectorStore {
@@ -304,6 +314,7 @@ impl KnowledgeIndex {
         };
         let mut seen = HashSet::new();
         let mut hits = Vec::with_capacity(req.top_k);
+        let manifest = self.manifest();
         for (id, score) in ranked {
             let Some(c) = chunks.remove(&id) else {
                 continue;
@@ -311,9 +322,11 @@ impl KnowledgeIndex {
             if !seen.insert(c.text_hash.clone()) {
                 continue;
             }
+            let own = manifest.files.get(&c.source).and_then(|e| e.url.as_deref());
             hits.push(Hit {
                 rank: hits.len() + 1,
                 score,
+                url: crate::document_link(&self.links, &c.source, own),
                 source: c.source,
                 section: c.section.join(" > "),
                 chunk_id: c.id.to_string(),

@@ -113,6 +113,8 @@ pub struct FileReport {
     pub boilerplate_lines: usize,
     /// Confidentiality markers in the document (lowercase).
     pub markers: Vec<String>,
+    /// The document's own address, when it names a safe one (see [`parse::document_url`]).
+    pub url: Option<String>,
 }
 
 /// Parse, clean and chunk one file's bytes.
@@ -130,6 +132,7 @@ pub fn process_file(
     let mut report = FileReport {
         boilerplate_lines: doc.boilerplate_lines,
         markers: doc.markers.iter().cloned().collect(),
+        url: doc.url.clone(),
         ..Default::default()
     };
     let chunks = chunk_document(source, SourceKind::Manual, &doc, cfg, count_tokens);

@@ -19,6 +19,9 @@ pub struct ParsedDoc {
     /// Confidentiality markers found (`社外秘`, `confidential`…), lowercase: reported, and
     /// mapped to access groups by the caller, even when their line went as boilerplate.
     pub markers: std::collections::BTreeSet<String>,
+    /// The document's own address, when it names one (Markdown front matter `url:`, an HTML
+    /// page's canonical link): citations link there. Only absolute http(s) URLs are kept.
+    pub url: Option<String>,
 }
 
 /// A structural unit: a paragraph, list, heading, code block or table.
@@ -76,7 +79,69 @@ pub fn parse_manual(source: &str, bytes: &[u8], ftype: FileType) -> Result<Parse
     Ok(doc)
 }
 
+/// YAML front matter at the very start of a Markdown file (`---` … `---` or `...`, the
+/// convention of static-site generators and wiki exports): its top-level `key: value` pairs
+/// (lowercase keys, quotes removed) and the rest of the file. `None` when the file does not
+/// start with one: a leading `---` followed by prose is a thematic break, not front matter.
+pub fn front_matter(raw: &str) -> Option<(Vec<(String, String)>, &str)> {
+    let raw = raw.strip_prefix('\u{feff}').unwrap_or(raw);
+    let mut lines = raw.split_inclusive('\n');
+    if lines.next()?.trim_end() != "---" {
+        return None;
+    }
+    let mut consumed = raw.find('\n')? + 1;
+    let mut pairs = Vec::new();
+    for (i, line) in lines.enumerate() {
+        consumed += line.len();
+        let l = line.trim_end();
+        if l == "---" || l == "..." {
+            return (!pairs.is_empty()).then(|| (pairs, &raw[consumed..]));
+        }
+        if i >= 200 || (i == 0 && l.is_empty()) {
+            return None;
+        }
+        if l.is_empty() || l.starts_with('#') || l.starts_with([' ', '\t', '-']) {
+            continue;
+        }
+        let (k, v) = l.split_once(':')?;
+        let k = k.trim();
+        if k.is_empty() || !k.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-')) {
+            return None;
+        }
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(v);
+        pairs.push((k.to_lowercase(), v.to_string()));
+    }
+    None
+}
+
+/// `s` as a document address citations may link to: an absolute `http`/`https` URL with a
+/// host and no credentials, at most 2,048 bytes. Anything else (`javascript:`, relative
+/// paths, `file:`) is `None`: an address taken from a document must not become a script in
+/// the widget or a link to a local file in Slack.
+pub fn document_url(s: &str) -> Option<String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 2048 {
+        return None;
+    }
+    let u = url::Url::parse(s).ok()?;
+    let ok = matches!(u.scheme(), "http" | "https")
+        && u.host_str().is_some_and(|h| !h.is_empty())
+        && u.username().is_empty()
+        && u.password().is_none();
+    ok.then(|| u.to_string())
+}
+
 pub fn parse_markdown(raw: &str) -> ParsedDoc {
+    let (meta, body) = front_matter(raw).unwrap_or_default();
+    let raw = if meta.is_empty() { raw } else { body };
+    let meta_of = |keys: &[&str]| meta.iter().find(|(k, _)| keys.contains(&k.as_str())).map(|(_, v)| v.clone());
+    let url = meta_of(&["url", "source_url", "canonical_url"]).and_then(|u| document_url(&u));
+    let meta_title = meta_of(&["title"]).map(|t| collapse_ws(&normalize(&t))).filter(|t| !t.is_empty());
     let (text, boilerplate_lines, markers) = strip_boilerplate(&normalize(raw));
     let mut blocks = Vec::new();
     let mut headings: Vec<(usize, String)> = Vec::new();
@@ -124,7 +189,7 @@ pub fn parse_markdown(raw: &str) -> ParsedDoc {
             _ => {}
         }
     }
-    ParsedDoc { title, text, blocks, boilerplate_lines, markers }
+    ParsedDoc { title: meta_title.or(title), text, blocks, boilerplate_lines, markers, url }
 }
 
 fn push_block(blocks: &mut Vec<Block>, text: &str, span: Range<usize>, headings: &[(usize, String)], atomic: bool) {
@@ -290,7 +355,12 @@ pub fn parse_html(raw: &str) -> ParsedDoc {
         keep
     });
     let title = title.or_else(|| tb.blocks.first().and_then(|b| b.section.first().cloned()));
-    ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines, markers }
+    let url = html
+        .select(&sel("link[rel~=canonical][href]"))
+        .filter_map(|l| l.value().attr("href"))
+        .chain(html.select(&sel("meta[property='og:url'][content]")).filter_map(|m| m.value().attr("content")))
+        .find_map(document_url);
+    ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines, markers, url }
 }
 
 /// A one-line paragraph that reads like a heading: short, no closing punctuation.
@@ -334,7 +404,7 @@ pub fn parse_plain(raw: &str) -> ParsedDoc {
     let mut tb = TextBuilder::default();
     push_plain(&mut tb, &text);
     let title = tb.blocks.first().and_then(|b| b.section.first().cloned());
-    ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines, markers }
+    ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines, markers, url: None }
 }
 
 /// Text of each page of a PDF, in this process. pdf-extract panics on some malformed files;
@@ -402,7 +472,7 @@ pub fn parse_pdf(bytes: &[u8]) -> Result<ParsedDoc> {
         return Err(Error::PdfNoText);
     }
     let title = tb.blocks.first().and_then(|b| b.section.first().cloned());
-    Ok(ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines, markers })
+    Ok(ParsedDoc { title, text: tb.text, blocks: tb.blocks, boilerplate_lines, markers, url: None })
 }
 
 #[cfg(test)]
@@ -424,6 +494,44 @@ mod tests {
         let last = d.blocks.last().unwrap();
         assert_eq!(&d.text[last.span.clone()], "Restart.");
         assert_eq!(last.section, vec!["VPN Guide", "Trouble"]);
+    }
+
+    #[test]
+    fn front_matter_gives_the_title_and_url_and_never_becomes_text() {
+        let md = "---\ntitle: \"経費精算ガイド\"\nurl: https://wiki.example.com/経費/精算?v=2\ntags:\n  - hr\n---\n\n# 旧タイトル\n\n申請は月末まで。\n";
+        let d = parse_markdown(md);
+        assert_eq!(d.title.as_deref(), Some("経費精算ガイド"));
+        assert_eq!(d.url.as_deref(), Some("https://wiki.example.com/%E7%B5%8C%E8%B2%BB/%E7%B2%BE%E7%AE%97?v=2"));
+        assert!(!d.text.contains("url:") && !d.text.contains("tags"), "{}", d.text);
+        assert_eq!(d.blocks[0].section, vec!["旧タイトル"]);
+        // A leading thematic break followed by prose is not front matter.
+        let d = parse_markdown("---\n\nIntro paragraph.\n\n---\n\nMore.\n");
+        assert!(d.url.is_none() && d.text.contains("Intro paragraph."));
+        let d = parse_markdown("---\nJust a sentence without a key\n---\n");
+        assert!(d.text.contains("Just a sentence"));
+        // Unsafe addresses are dropped, the document kept.
+        for bad in [
+            "javascript:alert(1)",
+            "/relative/page",
+            "file:///etc/passwd",
+            "https://user:pw@host/x",
+            "data:text/html,x",
+        ] {
+            let d = parse_markdown(&format!("---\nurl: {bad}\n---\n# T\n\nBody.\n"));
+            assert!(d.url.is_none(), "{bad}");
+            assert!(d.text.contains("Body."));
+        }
+    }
+
+    #[test]
+    fn an_html_pages_canonical_link_is_its_url() {
+        let page = r#"<html><head><title>VPN</title><link rel="canonical" href="https://intranet.example.com/it/vpn">
+            <meta property="og:url" content="https://other.example.com/"></head><body><p>Connect.</p></body></html>"#;
+        assert_eq!(parse_html(page).url.as_deref(), Some("https://intranet.example.com/it/vpn"));
+        let og = r#"<html><head><meta property="og:url" content="https://intranet.example.com/a"></head><body><p>x</p></body></html>"#;
+        assert_eq!(parse_html(og).url.as_deref(), Some("https://intranet.example.com/a"));
+        let js = r#"<html><head><link rel="canonical" href="javascript:alert(1)"></head><body><p>x</p></body></html>"#;
+        assert_eq!(parse_html(js).url, None);
     }
 
     #[test]

@@ -33,7 +33,7 @@
       offline: '接続できませんでした。しばらくしてからもう一度お試しください。',
       busy: (s) => `ただいま混み合っています。${s}秒ほどしてからもう一度お試しください。`,
       signin: 'サインインが必要です。ページを再読み込みしてください。', you: 'あなた', bot: 'Kotae',
-      nopassage: 'この出典は表示できません。', cite: (n, s) => `出典 ${n}: ${s}`,
+      nopassage: 'この出典は表示できません。', cite: (n, s) => `出典 ${n}: ${s}`, original: '元の文書を開く',
     },
     en: {
       title: 'Kotae help desk', open: 'Ask Kotae', close: 'Close', newChat: 'New conversation',
@@ -46,7 +46,7 @@
       offline: 'Could not connect. Please try again in a moment.',
       busy: (s) => `Kotae is busy. Please try again in about ${s} seconds.`,
       signin: 'Sign-in required. Please reload the page.', you: 'You', bot: 'Kotae',
-      nopassage: 'This source cannot be shown.', cite: (n, s) => `Source ${n}: ${s}`,
+      nopassage: 'This source cannot be shown.', cite: (n, s) => `Source ${n}: ${s}`, original: 'Open the original',
     },
   }[lang];
 
@@ -94,6 +94,8 @@ textarea{flex:1;resize:none;border:1px solid #9aa3af;border-radius:8px;padding:8
 .viewer[hidden]{display:none}
 .viewer h3{margin:0;font-size:15px}
 .viewer .where{font-size:13px;color:#4a4f57}
+.viewer .orig{font-size:13px;color:#0b57d0}
+.viewer .orig[hidden]{display:none}
 .viewer .body{flex:1;overflow-y:auto;padding:12px;white-space:pre-wrap;overflow-wrap:anywhere;line-break:strict}
 .viewer .top{padding:10px 12px;border-bottom:1px solid #e1e4e8;display:flex;flex-direction:column;gap:4px;align-items:flex-start}
 mark{background:#ffe58a;color:#1a1a1a;padding:0 1px}
@@ -158,10 +160,13 @@ mark{background:#ffe58a;color:#1a1a1a;padding:0 1px}
   const vTitle = el('h3', { tabindex: '-1' });
   const vWhere = el('div', { class: 'where' });
   const vBody = el('div', { class: 'body', tabindex: '0' });
+  // The document's own page (a wiki, SharePoint), when it has one; http(s) only.
+  const vOrig = el('a', { class: 'orig', target: '_blank', rel: 'noopener noreferrer', hidden: true, text: `${T.original} ↗` });
+  const setOrig = (u) => { const ok = typeof u === 'string' && /^https?:\/\//i.test(u); vOrig.hidden = !ok; if (ok) vOrig.href = u; else vOrig.removeAttribute('href'); };
   let vReturn = null;
   const closeViewer = () => { viewer.hidden = true; if (vReturn) vReturn.focus(); };
   const viewer = el('div', { class: 'viewer', hidden: true, role: 'region', 'aria-label': T.source },
-    el('div', { class: 'top' }, el('button', { type: 'button', text: `← ${T.back}`, on: { click: closeViewer } }), vTitle, vWhere), vBody);
+    el('div', { class: 'top' }, el('button', { type: 'button', text: `← ${T.back}`, on: { click: closeViewer } }), vTitle, vWhere, vOrig), vBody);
   const newB = el('button', { type: 'button', text: T.newChat, on: { click: () => reset() } });
   const closeB = target ? null : el('button', { type: 'button', 'aria-label': T.close, text: '×', on: { click: () => show(false) } });
   const panel = el('section', { class: `panel ${target ? 'inline' : 'pop'}`, role: target ? 'region' : 'dialog', 'aria-label': T.title, lang, id: 'kotae-panel', popover: pop ? 'manual' : false, hidden: !target && !pop },
@@ -249,11 +254,13 @@ mark{background:#ffe58a;color:#1a1a1a;padding:0 1px}
     vTitle.textContent = c.source;
     vWhere.textContent = c.section || '';
     vBody.textContent = '…';
+    setOrig(c.url);
     viewer.hidden = false;
     vTitle.focus();
     const r = await call(`/api/sources/${encodeURIComponent(c.chunk_id)}`).catch(() => null);
     if (!r || !r.ok) { vBody.textContent = T.nopassage; return; }
     const p = await r.json();
+    setOrig(p.url || c.url);
     vTitle.textContent = p.source;
     vWhere.textContent = p.section || c.section || '';
     vBody.textContent = '';

@@ -33,7 +33,8 @@ pub fn spec() -> Value {
                 "Citation": { "type": "object", "properties": {
                     "n": { "type": "integer" }, "source": { "type": "string" }, "section": { "type": "string" },
                     "span": { "type": "array", "items": { "type": "integer" } }, "snippet": { "type": "string" },
-                    "chunk_id": { "type": "string" }, "kind": { "type": "string" }, "marked": { "type": "boolean" } } },
+                    "chunk_id": { "type": "string" }, "kind": { "type": "string" }, "marked": { "type": "boolean" },
+                    "url": { "type": "string", "format": "uri", "description": "the document's own address on the intranet (its front matter or canonical link, or an [[ingest.links]] rule), when known" } } },
                 "Answer": { "type": "object", "properties": {
                     "text": { "type": "string" }, "lang": { "type": "string" },
                     "kind": { "type": "string", "enum": ["generated", "direct", "declined", "blocked"] },
@@ -89,7 +90,7 @@ pub fn spec() -> Value {
                 "summary": "Who the server takes the client for: `{id, role, groups, via}` (via: api_key, jwt, sso, anonymous)",
                 "responses": { "200": { "description": "the client" }, "401": err(), "429": err() } } },
             "/api/sources/{chunk_id}": { "get": {
-                "summary": "A cited passage for the source viewer (a citation's `chunk_id`): `{chunk_id, source, section, kind, lang, text}`; 404 when it does not exist or the client's groups may not read it",
+                "summary": "A cited passage for the source viewer (a citation's `chunk_id`): `{chunk_id, source, section, kind, lang, text, url}` (`url`: the document's own address, or null); 404 when it does not exist or the client's groups may not read it",
                 "parameters": [{ "name": "chunk_id", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "200": { "description": "the passage" }, "400": err(), "404": err() } } },
             "/admin/api/keys": {

@@ -694,14 +694,19 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// The answer as Block Kit: text with `[n]` linked to the source viewer, the sources, and
+/// The answer as Block Kit: text with `[n]` linked to the document's own address when it has
+/// one (else to the source viewer), the sources, and
 /// the feedback buttons; a guard block as one calm line.
 fn answer_blocks(slack: &Slack, a: &Answer, message_id: Option<&str>) -> Vec<SlackBlock> {
     let mut text = escape(&a.text);
     let links: Vec<(usize, Option<String>, String)> = a
         .citations
         .iter()
-        .map(|c| (c.n, slack.source_link(&c.chunk_id), format!("{} — {}", c.source, c.section)))
+        .map(|c| {
+            // In `<url|label>` a `|` would end the address, and mrkdwn needs `&<>` escaped.
+            let link = c.url.clone().or_else(|| slack.source_link(&c.chunk_id)).map(|l| escape(&l).replace('|', "%7C"));
+            (c.n, link, format!("{} — {}", c.source, c.section))
+        })
         .collect();
     for (n, link, _) in &links {
         if let Some(l) = link {

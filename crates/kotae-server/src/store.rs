@@ -1156,7 +1156,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kotae.sqlite3");
         {
-            let mut conn = Connection::open(&path).unwrap();
+            let conn = Connection::open(&path).unwrap();
             for (i, step) in MIGRATIONS.iter().enumerate().take(6) {
                 conn.execute_batch(step).unwrap();
                 conn.pragma_update(None, "user_version", (i + 1) as i64).unwrap();

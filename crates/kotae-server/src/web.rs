@@ -181,12 +181,17 @@ pub(crate) async fn source(
     };
     let engine = state.engine()?;
     let groups = client.groups.clone();
-    let found = tokio::task::spawn_blocking(move || engine.index.get_many(&[chunk], &groups))
-        .await
-        .map_err(join_error)?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (found, url) = tokio::task::spawn_blocking(move || {
+        let found = engine.index.get_many(&[chunk], &groups)?;
+        let url = found.first().and_then(|c| engine.index.document_link(&c.source));
+        Ok::<_, kotae_index::Error>((found, url))
+    })
+    .await
+    .map_err(join_error)?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     let c = found.into_iter().next().ok_or_else(missing)?;
     Ok(Json(json!({
+        "url": url,
         "chunk_id": c.id.to_string(),
         "source": c.source,
         "section": c.section.join(" > "),

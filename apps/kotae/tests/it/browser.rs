@@ -287,7 +287,12 @@ const W: &str = "document.querySelector('kotae-chat').shadowRoot";
 async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     // A knowledge base of the test's own (the console uploads into it).
     let data = fresh_data_dir();
-    let cfg = config(data.path());
+    let mut cfg = config(data.path());
+    // The manuals' pages on the intranet: the source viewer links to the original.
+    cfg.ingest.links = vec![kotae_index::LinkRule {
+        prefix: String::new(),
+        url: "https://intranet.example.com/manuals/{stem}".into(),
+    }];
     let corpus = tempfile::tempdir().unwrap();
     for f in ["manuals/ga/meeting-rooms.en.md", "manuals/hr/leave.ja.html", "manuals/it/password-reset.ja.md"] {
         let to = corpus.path().join(Path::new(f).file_name().unwrap());
@@ -497,6 +502,25 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     assert!(
         ["leave.ja.html", "password-reset.ja.md", "meeting-rooms.en.md"].contains(&cited.as_str()),
         "viewer title {cited}"
+    );
+    // …with a link to the original page, opened in a new tab without access to this one.
+    let orig = b
+        .js(
+            &format!("const a = {W}.querySelector('.viewer .orig'); return [a.hidden, a.href, a.target, a.rel, a.textContent];"),
+            json!([]),
+        )
+        .await;
+    let stem = cited.rsplit_once('.').unwrap().0;
+    assert_eq!(
+        orig,
+        json!([
+            false,
+            format!("https://intranet.example.com/manuals/{stem}"),
+            "_blank",
+            "noopener noreferrer",
+            "元の文書を開く ↗"
+        ]),
+        "{orig}"
     );
     b.screenshot("widget-ja-source-viewer").await;
     b.press("Escape", "Escape", 27, None, 0).await;

@@ -47,6 +47,7 @@ fn bilingual_kb(dir: &std::path::Path, weight: f32) -> KnowledgeIndex {
         server: None,
         lexicon: Some(lexicon()),
         cross_lingual_weight: weight,
+        links: Vec::new(),
     })
     .unwrap();
     if kb.num_chunks() == 0 {

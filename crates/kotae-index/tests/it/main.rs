@@ -35,6 +35,7 @@ fn index_config(dir: &Path, embedder: &str) -> IndexConfig {
         server: None,
         lexicon: None,
         cross_lingual_weight: 0.0,
+        links: Vec::new(),
     }
 }
 
@@ -63,6 +64,10 @@ fn chunk(source: &str, i: u32, text: &str, groups: &[&str]) -> IndexedChunk {
 }
 
 fn write_source(kb: &mut KnowledgeIndex, source: &str, chunks: &[IndexedChunk]) {
+    write_source_at(kb, source, chunks, None)
+}
+
+fn write_source_at(kb: &mut KnowledgeIndex, source: &str, chunks: &[IndexedChunk], url: Option<&str>) {
     let mut w = kb.write().unwrap();
     let points: Vec<VectorPoint> = chunks
         .iter()
@@ -81,6 +86,7 @@ fn write_source(kb: &mut KnowledgeIndex, source: &str, chunks: &[IndexedChunk]) 
         groups: vec![],
         chunks: chunks.len(),
         ingested_unix: 0,
+        url: url.map(String::from),
         ..Default::default()
     };
     w.replace_source(source, entry, chunks).unwrap();
@@ -122,6 +128,43 @@ fn acl_fixture() -> (tempfile::TempDir, KnowledgeIndex, Vec<IndexedChunk>) {
         all.extend(chunks);
     }
     (dir, kb, all)
+}
+
+#[test]
+fn hits_link_to_the_documents_own_address_else_the_longest_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = index_config(dir.path(), "test");
+    cfg.links = vec![
+        kotae_index::LinkRule { prefix: "".into(), url: "https://intranet.example.com/docs".into() },
+        kotae_index::LinkRule { prefix: "it/".into(), url: "https://wiki.example.com/it/{stem}".into() },
+        kotae_index::LinkRule { prefix: "it".into(), url: "https://never.example.com/{path}".into() },
+    ];
+    let mut kb = KnowledgeIndex::open(&cfg).unwrap();
+    let doc = |kb: &mut KnowledgeIndex, source: &str, text: &str, url: Option<&str>| {
+        write_source_at(kb, source, &[chunk(source, 0, text, &["public"])], url)
+    };
+    doc(&mut kb, "it/vpn guide#2.md", "vpn connect router", None);
+    doc(&mut kb, "hr/休暇.md", "vacation days leave", None);
+    doc(&mut kb, "itsm.md", "ticket queue priority", None);
+    doc(&mut kb, "it/own.md", "printer toner jam", Some("https://sharepoint.example.com/sites/it/printers.aspx"));
+    let url = |q: &str| {
+        let hits = kb.search(&req(q, None, SearchMode::Bm25, 1, &[])).unwrap();
+        hits[0].url.clone()
+    };
+    assert_eq!(url("vpn").as_deref(), Some("https://wiki.example.com/it/vpn%20guide%232"));
+    assert_eq!(url("vacation").as_deref(), Some("https://intranet.example.com/docs/hr/%E4%BC%91%E6%9A%87.md"));
+    // `it` is a folder prefix, not a string prefix: itsm.md falls to the catch-all rule.
+    assert_eq!(url("ticket").as_deref(), Some("https://intranet.example.com/docs/itsm.md"));
+    assert_eq!(url("printer").as_deref(), Some("https://sharepoint.example.com/sites/it/printers.aspx"));
+    drop(kb);
+    // Without rules, only the document's own address.
+    let kb = open(dir.path());
+    let first = |q: &str| kb.search(&req(q, None, SearchMode::Bm25, 1, &[])).unwrap().remove(0);
+    assert_eq!(first("vpn").url, None);
+    assert!(first("printer").url.is_some());
+    // A rule whose address is not http(s) is refused.
+    let bad = kotae_index::LinkRule { prefix: "".into(), url: "javascript:alert('{path}')".into() };
+    assert!(bad.check().unwrap_err().contains("not an absolute http(s) URL"));
 }
 
 #[test]
