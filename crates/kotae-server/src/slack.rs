@@ -177,15 +177,38 @@ impl Slack {
     /// Call a Web API method (JSON body); waits out `429 Retry-After` up to three times.
     async fn call(&self, method: &str, body: &impl Serialize) -> Result<Value, String> {
         let url = format!("{}/{method}", self.cfg.api_url.trim_end_matches('/'));
+        self.send(&url, method, body, true).await
+    }
+
+    /// A `response_url` Kotae may post to: Slack's hooks host, or the host of the configured
+    /// Web API base (a company's proxy, a test's stand-in). Anything else is ignored, so a
+    /// command cannot make the server post to an address of its choosing.
+    fn trusted_hook(&self, url: &str) -> bool {
+        let Ok(u) = url::Url::parse(url) else { return false };
+        let api = url::Url::parse(&self.cfg.api_url).ok();
+        (u.scheme() == "https" && u.host_str() == Some("hooks.slack.com"))
+            || api.is_some_and(|a| a.origin() == u.origin() && matches!(u.scheme(), "http" | "https"))
+    }
+
+    /// Replace a slash command's ephemeral reply through its `response_url`.
+    async fn respond(&self, hook: &str, text: &str, blocks: Option<Vec<SlackBlock>>) -> Result<(), String> {
+        let mut body = json!({ "response_type": "ephemeral", "replace_original": true,
+            "text": text.chars().take(3000).collect::<String>() });
+        if let Some(b) = blocks {
+            body["blocks"] = serde_json::to_value(b).map_err(|e| e.to_string())?;
+        }
+        self.send(hook, "response_url", &body, false).await.map(|_| ())
+    }
+
+    /// POST `body` as JSON, waiting out `429 Retry-After` (at most four tries); the Web API
+    /// (`auth`) answers `{"ok": …}`, a `response_url` plain `ok`.
+    async fn send(&self, url: &str, method: &str, body: &impl Serialize, auth: bool) -> Result<Value, String> {
         for _ in 0..4 {
-            let r = self
-                .http
-                .post(&url)
-                .bearer_auth(&self.token)
-                .json(body)
-                .send()
-                .await
-                .map_err(|e| format!("{method}: {e}"))?;
+            let mut req = self.http.post(url).json(body);
+            if auth {
+                req = req.bearer_auth(&self.token);
+            }
+            let r = req.send().await.map_err(|e| format!("{method}: {e}"))?;
             if r.status() == StatusCode::TOO_MANY_REQUESTS {
                 let wait = r
                     .headers()
@@ -197,6 +220,15 @@ impl Slack {
                 tracing::warn!(method, retry_after_s = wait, "Slack rate limit; waiting");
                 tokio::time::sleep(Duration::from_secs(wait)).await;
                 continue;
+            }
+            if !auth {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                if !status.is_success() {
+                    tracing::error!(method, status = status.as_u16(), error = %text, "Slack response_url call failed");
+                    return Err(format!("{method}: {status} {text}"));
+                }
+                return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
             }
             let v: Value = r.json().await.map_err(|e| format!("{method}: not JSON: {e}"))?;
             if v["ok"] != true {
@@ -331,6 +363,9 @@ struct Job {
     thread_ts: Option<String>,
     dm: bool,
     ephemeral: bool,
+    /// A slash command's `response_url`, when it is Slack's (or the configured API's host):
+    /// the only way to update an ephemeral reply as the answer is written.
+    response_url: Option<String>,
 }
 
 impl Job {
@@ -408,7 +443,7 @@ fn job_of(slack: &Slack, cb: &SlackPushEventCallback) -> Option<Job> {
     }
     let thread_ts = Some(origin.thread_ts.as_ref().unwrap_or(&origin.ts).to_string());
     let ephemeral = !dm && slack.channel(&channel).is_some_and(|c| c.ephemeral);
-    Some(Job { team, channel, user, text, thread_ts, dm, ephemeral })
+    Some(Job { team, channel, user, text, thread_ts, dm, ephemeral, response_url: None })
 }
 
 fn slack_of(state: &AppState) -> Result<Arc<Slack>, ApiError> {
@@ -589,7 +624,9 @@ fn on_command(state: &Arc<AppState>, slack: &Arc<Slack>, f: &HashMap<String, Str
     let channel = get("channel_id");
     let dm = channel.starts_with('D');
     let ephemeral = !dm && slack.channel(&channel).is_some_and(|c| c.ephemeral);
-    let job = Job { team: get("team_id"), channel, user: get("user_id"), text, thread_ts: None, dm, ephemeral };
+    let response_url = Some(get("response_url")).filter(|u| slack.trusted_hook(u));
+    let job =
+        Job { team: get("team_id"), channel, user: get("user_id"), text, thread_ts: None, dm, ephemeral, response_url };
     tokio::spawn(answer(state.clone(), slack.clone(), job));
     let ack = if ja { "確認しています…" } else { "Looking into it…" };
     json!({ "response_type": "ephemeral", "text": ack })
@@ -774,7 +811,10 @@ async fn answer(state: Arc<AppState>, slack: Arc<Slack>, job: Job) {
     if let Err(e) = try_answer(&state, &slack, &job).await {
         tracing::error!(error = %e, channel = %job.channel, "Slack answer failed");
         let text = format!("Kotae could not answer: {e}");
-        let _ = post(&slack, &job, &text, None).await;
+        let _ = match job.response_url.as_deref().filter(|_| job.ephemeral) {
+            Some(hook) => slack.respond(hook, &text, None).await,
+            None => post(&slack, &job, &text, None).await.map(|_| ()),
+        };
     }
 }
 
@@ -836,7 +876,33 @@ async fn try_answer(state: &Arc<AppState>, slack: &Arc<Slack>, job: &Job) -> Res
     state.store.add_message(&conversation, "user", &question, None).map_err(|e| e.to_string())?;
 
     let streaming = slack.cfg.stream && !job.ephemeral;
-    let (a, posted) = if streaming {
+    let hook = job.response_url.as_deref().filter(|_| slack.cfg.stream && job.ephemeral);
+    let (a, posted) = if let Some(hook) = hook {
+        // An ephemeral reply cannot be edited with chat.update; a slash command's response_url
+        // can replace it, five times at most: up to three drafts (at least a second apart),
+        // then the answer, one use kept for an error.
+        let every = Duration::from_millis(slack.cfg.update_interval_ms.max(1000));
+        let (mut shown, mut last, mut drafts) = (String::new(), Instant::now(), 0);
+        let a = loop {
+            match rx.recv().await {
+                Some(RunEvent::Text(t)) => {
+                    shown.push_str(&t);
+                    if drafts < 3 && last.elapsed() >= every && !shown.trim().is_empty() {
+                        slack.respond(hook, &format!("{shown} …"), None).await?;
+                        drafts += 1;
+                        last = Instant::now();
+                    }
+                }
+                Some(RunEvent::Guard(_)) => {}
+                Some(RunEvent::Failed(e)) => return Err(e.to_string()),
+                Some(RunEvent::Done(a)) => break a,
+                None => return Err("the answer ended without a result".into()),
+            }
+        };
+        let id = store_answer(state, &conversation, &a)?;
+        slack.respond(hook, &a.text, Some(answer_blocks(slack, &a, id.as_deref()))).await?;
+        (a, None)
+    } else if streaming {
         let ts = post(slack, job, "…", None).await?.ok_or("chat.postMessage returned no ts")?;
         let every = Duration::from_millis(slack.cfg.update_interval_ms.max(200));
         let (mut shown, mut last) = (String::new(), Instant::now());

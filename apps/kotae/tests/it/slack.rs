@@ -180,6 +180,11 @@ impl Slack<'_> {
     }
 }
 
+/// `s` as a form value (`application/x-www-form-urlencoded`).
+fn urlencoding(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
 fn sources(msg: &Value) -> String {
     msg["blocks"].to_string()
 }
@@ -223,11 +228,19 @@ async fn slack_answers_in_threads_with_citations_feedback_and_access_rules() {
         c.slack.update_interval_ms = 200;
         c.slack.users.insert("U_HR".into(), vec!["hr".into()]);
         c.slack.users.insert("hanako@example.com".into(), vec!["hr".into()]);
-        c.slack.channels = vec![kotae_server::slack::SlackChannel {
-            id: "C_GENERAL".into(),
-            groups: vec!["public".into()],
-            ..Default::default()
-        }];
+        c.slack.channels = vec![
+            kotae_server::slack::SlackChannel {
+                id: "C_GENERAL".into(),
+                groups: vec!["public".into()],
+                ..Default::default()
+            },
+            kotae_server::slack::SlackChannel {
+                id: "C_QUIET".into(),
+                groups: vec!["public".into()],
+                ephemeral: true,
+                ..Default::default()
+            },
+        ];
     })
     .await;
     let sl = Slack { s: &s, c: client(), calls: calls.clone() };
@@ -468,6 +481,36 @@ async fn slack_answers_in_threads_with_citations_feedback_and_access_rules() {
         ("chat.postMessage", Some("C_GENERAL"), true)
     );
     assert!(sources(&done).contains("meeting-rooms.en.md"));
+
+    // `/kotae` in a channel that answers privately: the ephemeral reply is replaced through the
+    // command's response_url as the answer is written (Slack cannot chat.update an ephemeral
+    // message), five uses at most; a response_url on another host is never called.
+    let hook = format!("{}/response.hook1", api.trim_end_matches('/'));
+    let quiet = |response_url: &str| {
+        format!(
+            "token=x&team_id=T1&channel_id=C_QUIET&user_id=U_STAFF&command=%2Fkotae&text=How+do+I+book+a+meeting+room%3F\
+             &response_url={}&trigger_id=t4",
+            urlencoding(response_url)
+        )
+    };
+    let from = sl.count();
+    let (st, body, ms) = sl.send("/slack/commands", &quiet(&hook), None, None, &[]).await;
+    acks.push(ms);
+    assert_eq!((st, serde_json::from_str::<Value>(&body).unwrap()["response_type"].as_str()), (200, Some("ephemeral")));
+    let (got, done) = sl.answer_after(from).await;
+    let drafts: Vec<&Value> = got.iter().filter(|c| c.1 == "response.hook1").map(|c| &c.2).collect();
+    assert!(got.iter().all(|c| c.1 == "response.hook1"), "only the response_url is used: {got:?}");
+    assert!((2..=4).contains(&drafts.len()), "drafts then the answer, within Slack's five uses: {drafts:?}");
+    assert!(drafts.iter().all(|d| d["response_type"] == "ephemeral" && d["replace_original"] == true), "{drafts:?}");
+    assert!(drafts[0]["text"].as_str().unwrap().ends_with(" …") && drafts[0]["blocks"].is_null(), "{drafts:?}");
+    assert!(sources(&done).contains("meeting-rooms.en.md"), "{done}");
+    println!("slack: ephemeral answer in {} response_url posts", drafts.len());
+    let from = sl.count();
+    let (st, _, _) = sl.send("/slack/commands", &quiet("https://attacker.example/collect"), None, None, &[]).await;
+    assert_eq!(st, 200);
+    let (got, _) = sl.answer_after(from).await;
+    assert_eq!(got.last().unwrap().1, "chat.postEphemeral", "{got:?}");
+    assert!(got.iter().all(|c| !c.1.starts_with("response")), "{got:?}");
 
     acks.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| acks[((acks.len() - 1) as f64 * q).round() as usize];
