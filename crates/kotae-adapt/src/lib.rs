@@ -22,7 +22,7 @@ pub mod ops;
 pub mod train;
 
 pub use lm::{BaseModel, LmConfig, LoraConfig, TrainableLm};
-pub use train::{RunOptions, RunSummary, TrainConfig};
+pub use train::{AdamW, RunOptions, RunSummary, TrainConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -117,6 +117,15 @@ enum Cmd {
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
+    /// One AdamW step on --params f32 weights (default: the three encoder layers a tuned
+    /// safety head trains), the fused CPU step against the same step as candle tensor ops,
+    /// alternating; medians and the ratio
+    Optimizer {
+        #[arg(long, default_value_t = 5_322_240)]
+        params: usize,
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+    },
     /// Writes a Hugging Face folder with a base model's config and tokenizer but no weights.
     /// `scripts/gpu/random_weights.py` fills it with random weights of the same shapes, for
     /// training throughput on a machine the real weights cannot be copied to.
@@ -511,6 +520,7 @@ fn main() -> Result<()> {
                 percentile(&mut ttft, 0.5)
             );
         }
+        Cmd::Optimizer { params, steps } => bench_optimizer(params, steps)?,
         Cmd::Parse { file } => {
             let bytes = std::fs::read(&file).with_context(|| file.display().to_string())?;
             let ft = kotae_ingest::FileType::from_path(&file)?;
@@ -889,4 +899,54 @@ fn tempfile_dir() -> Result<PathBuf> {
     let d = std::env::temp_dir().join(format!("kotae-bench-lora-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+/// `kotae-bench optimizer`: the fused AdamW step against the tensor-op one, alternating.
+fn bench_optimizer(params: usize, steps: usize) -> Result<()> {
+    use kotae_models::candle::{Device, Tensor, Var};
+    let dev = Device::Cpu;
+    // Weights shaped like e5-small's layers: 384×384 and 384×1536 matrices and their biases.
+    let mut shapes: Vec<Vec<usize>> = Vec::new();
+    let mut n = 0;
+    while n < params {
+        for s in [vec![384, 384], vec![384], vec![1536, 384], vec![1536], vec![384, 1536]] {
+            n += s.iter().product::<usize>();
+            shapes.push(s);
+        }
+    }
+    let vars = || -> Result<Vec<(String, Var)>> {
+        shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Ok((format!("w{i}"), Var::from_tensor(&Tensor::randn(0f32, 0.02, s.as_slice(), &dev)?)?)))
+            .collect()
+    };
+    let (a, b) = (vars()?, vars()?);
+    let grads: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| Tensor::randn(0f32, 1e-3, s.as_slice(), &dev))
+        .collect::<kotae_models::candle::Result<_>>()?;
+    let (mut fused, mut ops) = (kotae_adapt::AdamW::new(&a)?, kotae_adapt::AdamW::new(&b)?);
+    let cfg = kotae_adapt::TrainConfig::default();
+    let (mut tf, mut to) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let t = Instant::now();
+        ops.step_tensor_ops(&cfg, 1e-4, &b, &grads)?;
+        to.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        fused.step(&cfg, 1e-4, &a, &grads)?;
+        tf.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    let (mo, mf) = (med(&mut to), med(&mut tf));
+    println!(
+        "AdamW step on {n} f32 weights, {steps} steps each, alternating ({} threads):",
+        kotae_models::candle::utils::get_num_threads()
+    );
+    println!("  tensor ops (baseline)  median {mo:.1} ms");
+    println!("  fused                  median {mf:.1} ms   {:.2}x", mo / mf);
+    Ok(())
 }
