@@ -156,7 +156,7 @@ enum FinetuneCmd {
         #[arg(long)]
         tune_layers: Option<usize>,
         /// Epochs when layers are tuned
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 3)]
         tune_epochs: usize,
         /// Learning rate of the tuned layers
         #[arg(long, default_value_t = 5e-5)]

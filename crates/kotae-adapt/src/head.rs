@@ -71,7 +71,7 @@ impl Default for HeadConfig {
             balance_classes: true,
             seed: 42,
             tune_layers: None,
-            tune_epochs: 4,
+            tune_epochs: 3,
             tune_learning_rate: 5e-5,
             max_states: 96,
         }
