@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod models;
 pub mod nightly;
 pub mod pdf;
+pub mod remote;
 pub mod report;
 pub mod search;
 pub mod serve;

@@ -63,6 +63,13 @@ enum Cmd {
         /// Print the summary as JSON
         #[arg(long)]
         json: bool,
+        /// Upload to a running `kotae serve` (which holds the knowledge base) instead, through
+        /// its admin API, and follow the ingest job: http://host:port
+        #[arg(long)]
+        server: Option<String>,
+        /// API key for --server (else KOTAE_API_KEY); ingesting needs an admin key
+        #[arg(long)]
+        api_key: Option<String>,
     },
     /// Search the knowledge base
     Search {
@@ -79,6 +86,12 @@ enum Cmd {
         lang: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Ask a running `kotae serve` instead (its /api/search, with the key's access groups)
+        #[arg(long)]
+        server: Option<String>,
+        /// API key for --server (else KOTAE_API_KEY)
+        #[arg(long)]
+        api_key: Option<String>,
     },
     /// Answer a question from the knowledge base (streams the answer, then its sources)
     Ask {
@@ -530,7 +543,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{key}");
             eprintln!("\nAdd to kotae.toml:\n\n{toml}");
         }
-        Cmd::Ingest { paths, groups, prune, json } => {
+        Cmd::Ingest { paths, groups, prune, json, server: Some(server), api_key } => {
+            if prune {
+                anyhow::bail!("--prune works on the server's machine only; remove documents with DELETE /admin/api/documents/{{source}} or the admin console");
+            }
+            let remote = kotae::remote::Remote::connect(&server, api_key)?;
+            let job = remote.ingest(&paths, &groups, !json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                kotae::remote::print_job(&job);
+            }
+            if job["status"] != "done" {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Ingest { paths, groups, prune, json, server: None, .. } => {
             let embedder = ingest::EmbedderHandle::lazy(&cfg);
             // An existing knowledge base knows its dimension: the model loads only if needed.
             let index = match kotae::open_index(&cfg, None) {
@@ -561,7 +589,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         }
-        Cmd::Search { query, top_k, mode, groups, lang, json } => {
+        Cmd::Search { query, top_k, mode, groups, lang, json, server: Some(server), api_key } => {
+            if !groups.is_empty() || lang.is_some() {
+                anyhow::bail!("with --server, the server decides what you may read (your key's groups); leave out --groups and --lang");
+            }
+            let remote = kotae::remote::Remote::connect(&server, api_key)?;
+            let out = remote.search(&query, top_k, mode)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                kotae::remote::print_hits(&query, &out);
+            }
+        }
+        Cmd::Search { query, top_k, mode, groups, lang, json, server: None, .. } => {
             let mode_used = mode.unwrap_or(cfg.search.mode);
             let embedder = match mode_used {
                 SearchMode::Bm25 => None,

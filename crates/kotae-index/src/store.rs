@@ -88,7 +88,8 @@ fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
             let _ = f.read_to_string(&mut holder);
             Err(Error::InUse(format!(
                 "the knowledge base in {} is open in another Kotae process ({}): \
-                 stop it first (a running `kotae serve` holds it until it exits), or use another --kb",
+                 stop it first (a running `kotae serve` holds it until it exits), go through it \
+                 (`kotae ingest --server URL`, `kotae search --server URL`), or use another --kb",
                 dir.display(),
                 if holder.trim().is_empty() { "unknown" } else { holder.trim() }
             )))

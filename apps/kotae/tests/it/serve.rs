@@ -1276,6 +1276,100 @@ impl AdminKb {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_ingests_and_searches_through_a_running_server() {
+    let (kb, s) = AdminKb::start().await;
+    let base = s.url("");
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(
+        files.path().join("bicycles.md"),
+        "# Bicycles\n\nBicycle parking is in basement B2; register your bicycle with General Affairs.\n",
+    )
+    .unwrap();
+    std::fs::create_dir(files.path().join(".private")).unwrap();
+    std::fs::write(files.path().join(".private/salaries.md"), "# Salaries\n\nBicycle allowance: secret.\n").unwrap();
+    std::fs::write(files.path().join("notes.docx"), "not read").unwrap();
+    let data = kb.cfg.data_dir.to_str().unwrap().to_string();
+    let kotae = move |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kotae"))
+            .args(["--data-dir", data.as_str()])
+            .args(args)
+            .env_remove("KOTAE_API_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let run = |args: Vec<String>| {
+        let kotae = kotae.clone();
+        tokio::task::spawn_blocking(move || kotae(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let dir = files.path().to_str().unwrap().to_string();
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    // The server holds the knowledge base: the CLI on the same folder says what to do instead.
+    let (code, _, err) = run(v(&["search", "--mode", "bm25", "lockers"])).await.unwrap();
+    assert_ne!(code, Some(0));
+    assert!(err.contains("open in another Kotae process") && err.contains("--server"), "{err}");
+
+    // Through the server: a user key may not ingest; an admin key uploads, the job is followed.
+    let (code, _, err) =
+        run(v(&["ingest", "--server", &base, "--api-key", STAFF_KEY, "--groups", "staff", &dir])).await.unwrap();
+    assert_ne!(code, Some(0));
+    assert!(err.contains("403") && err.contains("admin key"), "{err}");
+    let (code, _, err) = run(v(&["ingest", "--server", &base, "--groups", "staff", &dir])).await.unwrap();
+    assert!(code != Some(0) && err.contains("API key"), "{err}");
+    let (code, out, err) =
+        run(v(&["ingest", "--server", &base, "--api-key", ADMIN_KEY, "--groups", "staff", "--json", &dir]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let job: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((job["status"].as_str(), job["report"]["files_ingested"].as_u64()), (Some("done"), Some(1)), "{job}");
+
+    // Searched through the server, with the key's groups: staff see it, hidden files never went.
+    let (code, out, err) =
+        run(v(&["search", "--server", &base, "--api-key", STAFF_KEY, "--json", "bicycle parking basement"]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let hits: Value = serde_json::from_str(&out).unwrap();
+    let sources: Vec<&str> = hits["hits"].as_array().unwrap().iter().filter_map(|h| h["source"].as_str()).collect();
+    assert_eq!(sources.first(), Some(&"bicycles.md"), "{hits}");
+    assert!(!out.contains("secret"), "{out}");
+    let (code, out, _) =
+        run(v(&["search", "--server", &base, "--api-key", ADMIN_KEY, "bicycle parking basement"])).await.unwrap();
+    assert_eq!(code, Some(0));
+    assert!(!out.contains("bicycles.md"), "the admin key has no staff group: {out}");
+    let (code, _, err) =
+        run(v(&["search", "--server", &base, "--api-key", STAFF_KEY, "--groups", "hr", "x"])).await.unwrap();
+    assert!(code != Some(0) && err.contains("leave out --groups"), "{err}");
+
+    // Two files of one name are refused before anything is sent.
+    let twice = tempfile::tempdir().unwrap();
+    for sub in ["a", "b"] {
+        std::fs::create_dir(twice.path().join(sub)).unwrap();
+        std::fs::write(twice.path().join(sub).join("same.md"), "# Same\n\nText.\n").unwrap();
+    }
+    let (code, _, err) = run(v(&[
+        "ingest",
+        "--server",
+        &base,
+        "--api-key",
+        ADMIN_KEY,
+        "--groups",
+        "staff",
+        twice.path().to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    assert!(code != Some(0) && err.contains("have the same name"), "{err}");
+    s.stop().await;
+}
+
 /// An admin job at its end (polled at `url`, e.g. `…/admin/api/jobs/{id}`).
 pub(crate) async fn ended_job(c: &reqwest::Client, url: &str, admin: &str) -> Value {
     loop {
