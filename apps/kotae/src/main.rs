@@ -598,7 +598,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                kotae::remote::print_hits(&query, &out);
+                let hits: Vec<kotae_index::Hit> = serde_json::from_value(out["hits"].clone())
+                    .map_err(|e| anyhow::anyhow!("search: the server's hits are not Kotae hits: {e}"))?;
+                search::print_hit_list(&query, &hits);
             }
         }
         Cmd::Search { query, top_k, mode, groups, lang, json, server: None, .. } => {

@@ -151,28 +151,6 @@ fn upload_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Search hits as `kotae search` prints them.
-pub fn print_hits(query: &str, v: &Value) {
-    let hits = v["hits"].as_array().cloned().unwrap_or_default();
-    if hits.is_empty() {
-        println!("no results for \"{query}\"");
-        return;
-    }
-    for h in hits {
-        let text = h["text"].as_str().or_else(|| h["snippet"].as_str()).unwrap_or_default();
-        let snippet: String = text.chars().take(160).collect::<String>().replace('\n', " ");
-        println!(
-            "{}. [{:.3}] {} — {} ({})\n   {}",
-            h["rank"],
-            h["score"].as_f64().unwrap_or_default(),
-            h["source"].as_str().unwrap_or_default(),
-            h["section"].as_str().unwrap_or_default(),
-            h["lang"].as_str().unwrap_or_default(),
-            snippet
-        );
-    }
-}
-
 /// A finished ingest job as `kotae ingest` prints its summary.
 pub fn print_job(job: &Value) {
     let r = &job["report"];

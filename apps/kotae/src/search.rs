@@ -53,11 +53,16 @@ pub fn run_search(
 }
 
 pub fn print_hits(out: &SearchOutput) {
-    if out.hits.is_empty() {
-        println!("no results for \"{}\"", out.query);
+    print_hit_list(&out.query, &out.hits);
+}
+
+/// Hits as `kotae search` prints them (also those a server returns for `--server`).
+pub fn print_hit_list(query: &str, hits: &[Hit]) {
+    if hits.is_empty() {
+        println!("no results for \"{query}\"");
         return;
     }
-    for h in &out.hits {
+    for h in hits {
         let snippet: String = h.text.chars().take(160).collect::<String>().replace('\n', " ");
         let flags = if h.flags.is_empty() { String::new() } else { format!(" flagged: {}", h.flags.join(", ")) };
         println!("{}. [{:.3}] {} — {} ({}){flags}\n   {}", h.rank, h.score, h.source, h.section, h.lang, snippet);

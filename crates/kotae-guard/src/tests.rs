@@ -219,29 +219,7 @@ fn policy_actions_apply() {
 /// never runs on answers.
 #[test]
 fn the_second_classifier_blocks_on_the_generators_state() {
-    use kotae_models::candle::{Device, Tensor};
-    use kotae_models::classifier::{ClassMetrics, HeadCard};
-    let dim = 4;
-    let card = HeadCard {
-        task: "safety-lm".into(),
-        labels: vec!["harmful".into(), "jailbreak".into(), "safe".into()],
-        embedder: "tiny@L1/mean".into(),
-        input_dim: dim,
-        hidden: 0,
-        tuned_layers: 0,
-        split_layer: 1,
-        max_states: 0,
-        config: serde_json::Value::Null,
-        train_examples: 0,
-        class_counts: Default::default(),
-        validation: ClassMetrics::default(),
-        tests: Default::default(),
-    };
-    // Harmful when the first feature is large, safe when it is negative.
-    let w1 =
-        Tensor::from_vec(vec![10f32, 0., 0., 0., 0., 0., 0., 0., -10., 0., 0., 0.], (3, dim), &Device::Cpu).unwrap();
-    let b1 = Tensor::zeros(3, kotae_models::candle::DType::F32, &Device::Cpu).unwrap();
-    let head = Arc::new(kotae_models::Head::new(card, w1, b1, None));
+    let head = linear_head("safety-lm", "tiny@L1/mean", 1);
     let g = Guardrails::new(Policy::default(), Lexicon::builtin(), None).with_lm_probe(Some(head));
     assert_eq!(g.lm_probe(), Some("tiny@L1/mean"));
     let q = "Where do I find the travel expense form?";
@@ -269,7 +247,7 @@ fn the_second_classifier_blocks_on_the_generators_state() {
 /// (kept as a warning); the company's blocked terms stay blocked; `rule_veto = 0` turns it off.
 #[test]
 fn a_sure_classifier_sets_an_intent_rules_match_aside() {
-    let head = linear_head("safety", "tiny");
+    let head = linear_head("safety", "tiny", 0);
     let policy = |veto: f32| Policy {
         terms: policy::Terms { blocked: vec!["プロジェクト黒船".into()], allowed: Vec::new() },
         thresholds: policy::Thresholds { rule_veto: veto, ..Default::default() },
@@ -308,7 +286,7 @@ fn a_sure_classifier_sets_an_intent_rules_match_aside() {
 }
 
 /// A linear safety head on 4 features: harmful when the first is large, safe when negative.
-fn linear_head(task: &str, embedder: &str) -> Arc<kotae_models::Head> {
+fn linear_head(task: &str, embedder: &str, split_layer: usize) -> Arc<kotae_models::Head> {
     use kotae_models::candle::{Device, Tensor};
     use kotae_models::classifier::{ClassMetrics, HeadCard};
     let dim = 4;
@@ -319,7 +297,7 @@ fn linear_head(task: &str, embedder: &str) -> Arc<kotae_models::Head> {
         input_dim: dim,
         hidden: 0,
         tuned_layers: 0,
-        split_layer: 0,
+        split_layer,
         max_states: 0,
         config: serde_json::Value::Null,
         train_examples: 0,

@@ -110,7 +110,8 @@ pub struct IndexedChunk {
 }
 
 /// One search result.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Hit {
     pub rank: usize,
     pub score: f32,
@@ -245,7 +246,7 @@ pub fn document_link(rules: &[LinkRule], source: &str, own: Option<&str>) -> Opt
     if let Some(u) = own.and_then(kotae_ingest::parse::document_url) {
         return Some(u);
     }
-    rules.iter().filter(|r| r.link(source).is_some()).max_by_key(|r| r.prefix.len()).and_then(|r| r.link(source))
+    rules.iter().filter_map(|r| Some((r.prefix.len(), r.link(source)?))).max_by_key(|(n, _)| *n).map(|(_, u)| u)
 }
 
 /// What has been ingested (format version 1). Stored as the lexical index's commit payload,

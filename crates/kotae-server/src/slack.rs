@@ -877,20 +877,32 @@ async fn try_answer(state: &Arc<AppState>, slack: &Arc<Slack>, job: &Job) -> Res
 
     let streaming = slack.cfg.stream && !job.ephemeral;
     let hook = job.response_url.as_deref().filter(|_| slack.cfg.stream && job.ephemeral);
-    let (a, posted) = if let Some(hook) = hook {
-        // An ephemeral reply cannot be edited with chat.update; a slash command's response_url
-        // can replace it, five times at most: up to three drafts (at least a second apart),
-        // then the answer, one use kept for an error.
-        let every = Duration::from_millis(slack.cfg.update_interval_ms.max(1000));
-        let (mut shown, mut last, mut drafts) = (String::new(), Instant::now(), 0);
+    // Where the answer is written as it comes: a message updated with chat.update, or an
+    // ephemeral reply replaced through a slash command's response_url (chat.update cannot edit
+    // an ephemeral message; a response_url allows five uses: up to three drafts at least a
+    // second apart, then the answer, one use kept for an error).
+    let target = match hook {
+        Some(hook) => Some((Draft::Hook(hook), 1000, 3)),
+        None if streaming => {
+            let ts = post(slack, job, "…", None).await?.ok_or("chat.postMessage returned no ts")?;
+            Some((Draft::Message(ts), 200, usize::MAX))
+        }
+        None => None,
+    };
+    let (a, posted) = if let Some((target, min_ms, max_drafts)) = target {
+        let every = Duration::from_millis(slack.cfg.update_interval_ms.max(min_ms));
+        let (mut shown, mut last, mut sent_len, mut drafts) = (String::new(), Instant::now(), 0, 0);
         let a = loop {
             match rx.recv().await {
                 Some(RunEvent::Text(t)) => {
                     shown.push_str(&t);
-                    if drafts < 3 && last.elapsed() >= every && !shown.trim().is_empty() {
-                        slack.respond(hook, &format!("{shown} …"), None).await?;
-                        drafts += 1;
-                        last = Instant::now();
+                    if drafts < max_drafts
+                        && last.elapsed() >= every
+                        && shown.len() > sent_len
+                        && !shown.trim().is_empty()
+                    {
+                        target.write(slack, job, &format!("{shown} …"), None).await?;
+                        (sent_len, drafts, last) = (shown.len(), drafts + 1, Instant::now());
                     }
                 }
                 Some(RunEvent::Guard(_)) => {}
@@ -900,32 +912,12 @@ async fn try_answer(state: &Arc<AppState>, slack: &Arc<Slack>, job: &Job) -> Res
             }
         };
         let id = store_answer(state, &conversation, &a)?;
-        slack.respond(hook, &a.text, Some(answer_blocks(slack, &a, id.as_deref()))).await?;
-        (a, None)
-    } else if streaming {
-        let ts = post(slack, job, "…", None).await?.ok_or("chat.postMessage returned no ts")?;
-        let every = Duration::from_millis(slack.cfg.update_interval_ms.max(200));
-        let (mut shown, mut last) = (String::new(), Instant::now());
-        let mut sent_len = 0;
-        let a = loop {
-            match rx.recv().await {
-                Some(RunEvent::Text(t)) => {
-                    shown.push_str(&t);
-                    if last.elapsed() >= every && shown.len() > sent_len {
-                        update(slack, job, &ts, &format!("{shown} …"), None).await?;
-                        sent_len = shown.len();
-                        last = Instant::now();
-                    }
-                }
-                Some(RunEvent::Guard(_)) => {}
-                Some(RunEvent::Failed(e)) => return Err(e.to_string()),
-                Some(RunEvent::Done(a)) => break a,
-                None => return Err("the answer ended without a result".into()),
-            }
+        target.write(slack, job, &a.text, Some(answer_blocks(slack, &a, id.as_deref()))).await?;
+        let posted = match target {
+            Draft::Message(ts) => Some(ts),
+            Draft::Hook(_) => None,
         };
-        let id = store_answer(state, &conversation, &a)?;
-        update(slack, job, &ts, &a.text, Some(answer_blocks(slack, &a, id.as_deref()))).await?;
-        (a, Some(ts))
+        (a, posted)
     } else {
         let a = finished(&mut rx).await.map_err(|e| e.to_string())?;
         let id = store_answer(state, &conversation, &a)?;
@@ -938,6 +930,21 @@ async fn try_answer(state: &Arc<AppState>, slack: &Arc<Slack>, job: &Job) -> Res
     }
     observe_answer(state, &a);
     Ok(())
+}
+
+/// Where a streamed answer is written: a posted message (its `ts`) or a `response_url`.
+enum Draft<'a> {
+    Message(String),
+    Hook(&'a str),
+}
+
+impl Draft<'_> {
+    async fn write(&self, slack: &Slack, job: &Job, text: &str, blocks: Option<Vec<SlackBlock>>) -> Result<(), String> {
+        match self {
+            Draft::Message(ts) => update(slack, job, ts, text, blocks).await,
+            Draft::Hook(hook) => slack.respond(hook, text, blocks).await,
+        }
+    }
 }
 
 /// Keep the answer in the conversation; its id is what the feedback buttons carry.
