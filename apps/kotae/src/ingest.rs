@@ -153,6 +153,19 @@ fn clean_groups<'a>(groups: impl IntoIterator<Item = &'a String>) -> Vec<String>
     g
 }
 
+/// `cfg` with the folder rules admins set through the admin API (kept in the state
+/// database) joined to kotae.toml's: an admin rule replaces a kotae.toml rule for the same
+/// folder. Both `kotae serve` and `kotae ingest` apply them, so neither undoes the other.
+pub fn with_admin_rules(cfg: &Config, admin: &[kotae_server::store::AccessRuleRow]) -> Config {
+    let mut out = cfg.clone();
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    out.ingest.access.retain(|r| !admin.iter().any(|a| canonical(&r.path) == Path::new(&a.path)));
+    out.ingest.access.extend(
+        admin.iter().map(|a| crate::config::AccessRule { path: PathBuf::from(&a.path), groups: a.groups.clone() }),
+    );
+    out
+}
+
 /// Why a document nobody labelled is refused.
 pub const UNLABELLED: &str =
     "no access groups: say who may read it with --groups (e.g. --groups public, --groups staff), \
@@ -620,5 +633,38 @@ pub fn print_summary(s: &IngestSummary) {
             names.join(", "),
             if unlabelled.len() > names.len() { ", …" } else { "" }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_rule_replaces_the_config_rule_for_its_folder_and_keeps_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hr, it) = (dir.path().join("hr"), dir.path().join("it"));
+        std::fs::create_dir_all(&hr).unwrap();
+        std::fs::create_dir_all(&it).unwrap();
+        let mut cfg = Config::default();
+        // kotae.toml names the folder another way (a trailing `.`): still the same folder.
+        cfg.ingest.access = vec![
+            crate::config::AccessRule { path: hr.join("."), groups: vec!["public".into()] },
+            crate::config::AccessRule { path: it.clone(), groups: vec!["it".into()] },
+        ];
+        let admin = [kotae_server::store::AccessRuleRow {
+            path: std::fs::canonicalize(&hr).unwrap().display().to_string(),
+            groups: vec!["hr".into()],
+            updated_by: "key:ops".into(),
+            updated_unix: 0,
+        }];
+        let merged = with_admin_rules(&cfg, &admin);
+        let rules: Vec<(PathBuf, Vec<String>)> =
+            merged.ingest.access.iter().map(|r| (r.path.clone(), r.groups.clone())).collect();
+        assert_eq!(
+            rules,
+            [(it, vec!["it".to_string()]), (std::fs::canonicalize(&hr).unwrap(), vec!["hr".to_string()])]
+        );
+        assert_eq!(with_admin_rules(&cfg, &[]).ingest.access.len(), 2);
     }
 }

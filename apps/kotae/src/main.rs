@@ -578,7 +578,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 only_indexed: false,
                 force: false,
             };
-            let s = ingest::run_ingest(&cfg, &index, &embedder, &opts)?;
+            // The folder rules admins set while serving count here too.
+            let rules =
+                kotae::guard_cli::open_store(&cfg)?.access_rules(&cfg.kb).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let s = ingest::run_ingest(&ingest::with_admin_rules(&cfg, &rules), &index, &embedder, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {

@@ -62,8 +62,12 @@ pub fn engine_from(
     // `/api/classify` serves the heads on the embedder; the guard's head on the generator's
     // states is the guard's alone.
     let classifiers = classifiers.into_iter().filter(|(_, h)| !h.card.embedder.contains("@L")).collect();
-    let knowledge: Arc<dyn kotae_server::documents::Knowledge> =
-        Arc::new(LiveKnowledge { cfg: cfg.clone(), index: index.clone(), embedder: embedder.clone() });
+    let knowledge: Arc<dyn kotae_server::documents::Knowledge> = Arc::new(LiveKnowledge {
+        cfg: cfg.clone(),
+        index: index.clone(),
+        embedder: embedder.clone(),
+        admin_rules: Default::default(),
+    });
     Ok(Engine {
         answerer,
         worker,
@@ -82,9 +86,17 @@ struct LiveKnowledge {
     cfg: Config,
     index: Arc<kotae_index::KnowledgeIndex>,
     embedder: Arc<dyn Embedder>,
+    /// The folder rules set through the admin API (the server loads them from the state
+    /// database before each job and listing).
+    admin_rules: std::sync::RwLock<Vec<kotae_server::store::AccessRuleRow>>,
 }
 
 impl LiveKnowledge {
+    /// The configuration a run uses: kotae.toml's with the admins' folder rules.
+    fn cfg(&self) -> Config {
+        crate::ingest::with_admin_rules(&self.cfg, &self.admin_rules.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// An ingestion run on the served index, reporting to an admin job.
     fn run(
         &self,
@@ -96,7 +108,7 @@ impl LiveKnowledge {
             progress(serde_json::to_value(p).unwrap_or_default())
         })));
         let handle = crate::ingest::EmbedderHandle::with(&self.cfg, self.embedder.as_ref());
-        let s = crate::ingest::run_ingest(&self.cfg, &self.index, &handle, &opts).map_err(|e| format!("{e:#}"))?;
+        let s = crate::ingest::run_ingest(&self.cfg(), &self.index, &handle, &opts).map_err(|e| format!("{e:#}"))?;
         serde_json::to_value(&s).map_err(|e| e.to_string())
     }
 }
@@ -154,6 +166,44 @@ impl kotae_server::documents::Knowledge for LiveKnowledge {
         Ok(true)
     }
 
+    fn kb(&self) -> String {
+        self.cfg.kb.clone()
+    }
+
+    fn rule_path(&self, path: &str) -> Result<String, String> {
+        let p = std::path::Path::new(path);
+        let c = std::fs::canonicalize(p).map_err(|e| {
+            let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+            format!("no folder or file {path} on the server ({e}); a rule names a path as the server sees it: absolute, or relative to its working directory {cwd}")
+        })?;
+        Ok(c.display().to_string())
+    }
+
+    fn set_admin_rules(&self, rules: Vec<kotae_server::store::AccessRuleRow>) {
+        *self.admin_rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+    }
+
+    fn access_rules(&self) -> serde_json::Value {
+        let admin = self.admin_rules.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut rules: Vec<serde_json::Value> = self
+            .cfg()
+            .ingest
+            .access
+            .iter()
+            .map(|r| {
+                let path = std::fs::canonicalize(&r.path).unwrap_or_else(|_| r.path.clone()).display().to_string();
+                match admin.iter().find(|a| a.path == path) {
+                    Some(a) => serde_json::json!({ "path": path, "groups": r.groups, "origin": "admin",
+                        "updated_by": a.updated_by, "updated_unix": a.updated_unix }),
+                    None => serde_json::json!({ "path": path, "groups": r.groups, "origin": "config" }),
+                }
+            })
+            .collect();
+        // The longest folder holding a file decides, so the list reads in that order.
+        rules.sort_by_key(|r| std::cmp::Reverse(r["path"].as_str().map_or(0, str::len)));
+        serde_json::Value::Array(rules)
+    }
+
     fn documents(&self) -> serde_json::Value {
         // The manifest keeps canonical roots: canonicalize the upload folder once, not per document.
         let uploads = std::fs::canonicalize(self.uploads_dir()).unwrap_or_else(|_| self.uploads_dir());
@@ -176,17 +226,10 @@ impl kotae_server::documents::Knowledge for LiveKnowledge {
             })
             .collect();
         // Who may read what is decided at ingest: the folder rules, the default, the markers.
-        let rules: Vec<serde_json::Value> = self
-            .cfg
-            .ingest
-            .access
-            .iter()
-            .map(|r| serde_json::json!({ "path": r.path.display().to_string(), "groups": r.groups }))
-            .collect();
         serde_json::json!({
             "documents": docs,
             "chunks_total": self.index.num_chunks(),
-            "access_rules": rules,
+            "access_rules": self.access_rules(),
             "default_groups": self.cfg.ingest.default_groups,
             "markers": self.cfg.ingest.markers,
         })

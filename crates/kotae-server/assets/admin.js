@@ -27,6 +27,7 @@
     release: '解除', reject: '却下', queued: '待機中', running: '処理中', done: '完了', failed: '失敗', uploading: 'アップロード中',
     docs: (n, c) => `${n} 件の文書、${c} チャンク`, rulesTitle: 'アクセスルール（フォルダ・既定・機密表示）', defaultGroups: '既定のグループ', question: '質問', answer: '回答', comment: 'コメント', none: 'ありません',
     noReport: 'まだ評価レポートがありません（kotae eval all を毎晩実行）', passed: '合格', regressed: '後退あり', runEval: '今すぐ評価を実行', editGroups: 'グループ変更', askGroups: (s) => `${s} を閲覧できるグループ（カンマ区切り）`,
+    rulePath: 'サーバー上のフォルダ', setRule: 'ルールを設定', ruleBy: (w) => `${w} が設定`, confirmRemoveRule: (p) => `${p} のルールを削除しますか？文書は別のルールが当てはまるまで今のグループのままです。`,
   } : {
     source: 'Source',
     notAdmin: (w) => `You are signed in as ${w}, who is not an admin. This console is for admins.`,
@@ -39,6 +40,7 @@
     release: 'Release', reject: 'Reject', queued: 'queued', running: 'running', done: 'done', failed: 'failed', uploading: 'uploading',
     docs: (n, c) => `${n} documents, ${c} chunks`, rulesTitle: 'Access rules (folders, default, confidentiality markers)', defaultGroups: 'Default groups', question: 'Question', answer: 'Answer', comment: 'Comment', none: 'Nothing here',
     noReport: 'No evaluation report yet (run kotae eval all nightly)', passed: 'passed', regressed: 'regressions', runEval: 'Run the evaluation now', editGroups: 'Groups…', askGroups: (s) => `Who may read ${s}? Access groups, comma-separated`,
+    rulePath: 'Folder on the server', setRule: 'Set rule', ruleBy: (w) => `set by ${w}`, confirmRemoveRule: (p) => `Remove the rule for ${p}? Its documents keep their groups until another rule applies.`,
   };
   const $ = (s) => document.querySelector(s);
   const h = (tag, props = {}, ...kids) => {
@@ -169,10 +171,13 @@
     failed = d.failed || [];
     $('#doc-count').textContent = L.docs(docs.length, d.chunks_total);
     // Who may read what: folder rules (longest path wins), the default, confidentiality markers.
-    const rules = (d.access_rules || []).map((r) => `${r.path} → ${r.groups.join(', ')}`);
+    // Rules set here can be removed here; kotae.toml's are changed in the file.
+    const rules = (d.access_rules || []).map((r) => h('div', { className: 'rule' }, `${r.path} → ${r.groups.join(', ')} `,
+      h('span', { textContent: r.origin === 'admin' ? `(${L.ruleBy(r.updated_by)}, ${when(r.updated_unix)}) ` : `(${L.fromConfig}) ` }),
+      r.origin === 'admin' ? h('button', { type: 'button', className: 'danger', textContent: L.remove, onclick: () => removeRule(r.path) }) : null));
     const markers = Object.entries(d.markers || {}).map(([m, g]) => `「${m}」 → ${g.join(', ')}`);
     $('#rules-body').replaceChildren(
-      ...rules.map((t) => h('div', { textContent: t })),
+      ...rules,
       h('div', { textContent: `${L.defaultGroups}: ${(d.default_groups || []).join(', ') || '—'}` }),
       ...markers.map((t) => h('div', { textContent: t })));
     showDocs();
@@ -208,6 +213,20 @@
       const r = await call(`/admin/api/documents/${d.source.split('/').map(encodeURIComponent).join('/')}`, { method: 'PATCH', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ groups }) });
       await follow(r.job, null);
     } catch (e) { toast(e.message); }
+  }
+  // Folder rules: set (or replace) one, remove one; a re-index job applies the change.
+  $('#rule-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const body = { path: $('#rule-path').value.trim(), groups: $('#rule-groups').value.split(',').map((g) => g.trim()).filter(Boolean) };
+    try {
+      const r = await call('/admin/api/access-rules', { method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      $('#rule-path').value = '';
+      await follow(r.job, null);
+    } catch (err) { toast(err.message); }
+  });
+  async function removeRule(path) {
+    if (!confirm(L.confirmRemoveRule(path))) return;
+    try { const r = await call(`/admin/api/access-rules?path=${encodeURIComponent(path)}`, { method: 'DELETE' }); await follow(r.job, null); } catch (e) { toast(e.message); }
   }
   async function remove(source) {
     if (!confirm(L.confirmRemove(source))) return;

@@ -16,7 +16,7 @@ use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::store::AuditEntry;
+use crate::store::{AccessRuleRow, AuditEntry};
 use crate::{AppState, Client};
 
 /// What the admin API needs from the program that owns ingestion (the `kotae` app).
@@ -37,8 +37,27 @@ pub trait Knowledge: Send + Sync {
     fn reindex(&self, force: bool, progress: Arc<Progress>) -> Result<Value, String>;
     /// Remove a document from the index; whether it was there.
     fn remove(&self, source: &str) -> Result<bool, String>;
-    /// Every indexed document with its status.
+    /// Every indexed document with its status, and who may read what (`access_rules()`, the
+    /// default groups, the confidentiality markers).
     fn documents(&self) -> Value;
+    /// The knowledge base's name (rules set through the admin API are kept per knowledge base).
+    fn kb(&self) -> String;
+    /// The canonical path of a folder or file on this server that a rule names, or why it
+    /// cannot be one.
+    fn rule_path(&self, path: &str) -> Result<String, String>;
+    /// The folder rules admins set, as the state database holds them now: every run from now
+    /// on applies them (with kotae.toml's; an admin rule wins for the same folder).
+    fn set_admin_rules(&self, rules: Vec<AccessRuleRow>);
+    /// The folder rules in force, longest path first: `{path, groups, origin}` (`origin`
+    /// `config` or `admin`, with who set it and when).
+    fn access_rules(&self) -> Value;
+}
+
+/// Load the admin rules of `k`'s knowledge base from the store into it. A run that cannot
+/// read them does not run (it could give documents groups the rules forbid).
+fn refresh_rules(state: &AppState, k: &dyn Knowledge) -> Result<(), ApiError> {
+    k.set_admin_rules(state.store.access_rules(&k.kb())?);
+    Ok(())
 }
 
 fn knowledge(state: &AppState) -> Result<Arc<dyn Knowledge>, ApiError> {
@@ -65,6 +84,7 @@ fn audit(state: &AppState, who: &Client, action: &str, target: &str, result: &st
 /// keeps the version listed), and `failed`: uploads that never got in, with why.
 pub async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let k = knowledge(&state)?;
+    refresh_rules(&state, k.as_ref())?;
     let mut docs = tokio::task::spawn_blocking(move || k.documents()).await.map_err(crate::api::join_error)?;
     attach_errors(&mut docs, &state.store.jobs(200)?);
     Ok(Json(docs).into_response())
@@ -242,15 +262,7 @@ pub async fn set_groups(
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
     let k = knowledge(&state)?;
-    let groups: Vec<String> = body["groups"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|g| g.as_str()).map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect())
-        .unwrap_or_default();
-    if groups.is_empty() {
-        return Err(ApiError::BadRequest(
-            "give `groups`, a non-empty list of access groups (e.g. [\"public\"] or [\"hr\", \"managers\"])".into(),
-        ));
-    }
+    let groups = groups_of(&body)?;
     let file = k.uploads_dir().join(&source);
     if Path::new(&source).components().count() != 1 || !file.is_file() {
         return Err(ApiError::BadRequest(format!(
@@ -261,6 +273,96 @@ pub async fn set_groups(
     audit(&state, &admin, "documents.groups", &source, "accepted", format!("job {id}, groups {}", groups.join(",")));
     spawn_job(state.clone(), k, id.clone(), Work::Ingest { files: vec![file], groups });
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
+}
+
+/// The body's `groups`: a non-empty list of access group names.
+fn groups_of(body: &Value) -> Result<Vec<String>, ApiError> {
+    let mut groups: Vec<String> = body["groups"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|g| g.as_str()).map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect())
+        .unwrap_or_default();
+    groups.sort();
+    groups.dedup();
+    if groups.is_empty() {
+        return Err(ApiError::BadRequest(
+            "give `groups`, a non-empty list of access groups (e.g. [\"public\"] or [\"hr\", \"managers\"])".into(),
+        ));
+    }
+    Ok(groups)
+}
+
+/// `GET /admin/api/access-rules`: the folder → groups rules in force (kotae.toml's and those
+/// set here, longest path first: the longest that holds a file decides who may read it), the
+/// default groups of unlabelled documents and the confidentiality markers.
+pub async fn access_rules(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let k = knowledge(&state)?;
+    refresh_rules(&state, k.as_ref())?;
+    let docs = tokio::task::spawn_blocking(move || k.documents()).await.map_err(crate::api::join_error)?;
+    Ok(Json(json!({
+        "rules": docs["access_rules"],
+        "default_groups": docs["default_groups"],
+        "markers": docs["markers"],
+    }))
+    .into_response())
+}
+
+/// `PUT /admin/api/access-rules` with `{"path": "/srv/manuals/hr", "groups": ["hr"]}`: who may
+/// read the documents under a folder (or one file) on this server, set while Kotae serves. It
+/// replaces a rule for the same folder (kotae.toml's too). A re-index job applies it to the
+/// documents already indexed (their vectors are reused); until the job ends, the old groups
+/// apply. Revocation works the same way: give the folder the narrower groups.
+pub async fn set_access_rule(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    Json(body): Json<Value>,
+) -> Result<Response, ApiError> {
+    let k = knowledge(&state)?;
+    let raw = body["path"].as_str().map(str::trim).unwrap_or_default();
+    if raw.is_empty() {
+        return Err(ApiError::BadRequest(
+            "give `path`, a folder or file on the server (absolute, or relative to the server's working directory)"
+                .into(),
+        ));
+    }
+    let groups = groups_of(&body)?;
+    let path = k.rule_path(raw).map_err(ApiError::BadRequest)?;
+    state.store.set_access_rule(&k.kb(), &path, &groups, &admin.id)?;
+    refresh_rules(&state, k.as_ref())?;
+    let id = state.store.create_job("reindex", &admin.id, &json!({ "force": false, "rule": path }))?;
+    audit(&state, &admin, "access_rules.set", &path, "ok", format!("groups {}, job {id}", groups.join(",")));
+    spawn_job(state.clone(), k, id.clone(), Work::Reindex { force: false });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": id, "rule": { "path": path, "groups": groups } }))).into_response())
+}
+
+/// `DELETE /admin/api/access-rules?path=…`: remove a rule set here. Documents under it keep
+/// the groups they have unless another rule (a shorter folder's, or kotae.toml's for the same
+/// folder) now applies: a re-index job applies what is left. Rules in kotae.toml are changed
+/// there.
+pub async fn remove_access_rule(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let k = knowledge(&state)?;
+    let raw = q.get("path").map(|p| p.trim()).unwrap_or_default();
+    if raw.is_empty() {
+        return Err(ApiError::BadRequest("give the rule's folder as `?path=`".into()));
+    }
+    // A folder that is gone can still lose its rule: then the path is the rule's own.
+    let path = k.rule_path(raw).unwrap_or_else(|_| raw.to_string());
+    if !state.store.remove_access_rule(&k.kb(), &path)? {
+        let in_config = k.access_rules().as_array().is_some_and(|a| a.iter().any(|r| r["path"] == path.as_str()));
+        return Err(if in_config {
+            ApiError::Conflict(format!("the rule for {path} is in kotae.toml ([[ingest.access]]): change it there"))
+        } else {
+            ApiError::NotFound(format!("no rule for {path} was set through the admin API"))
+        });
+    }
+    refresh_rules(&state, k.as_ref())?;
+    let id = state.store.create_job("reindex", &admin.id, &json!({ "force": false, "rule": path }))?;
+    audit(&state, &admin, "access_rules.remove", &path, "ok", format!("job {id}"));
+    spawn_job(state.clone(), k, id.clone(), Work::Reindex { force: false });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": id, "removed": path }))).into_response())
 }
 
 /// What a running job calls with how far it is; `false`: stop, the job is cancelled.
@@ -351,9 +453,12 @@ fn spawn_job(state: Arc<AppState>, k: Arc<dyn Knowledge>, id: String, work: Work
             state.cancels.forget(&id);
             return;
         }
+        // The rules as they are when the job starts (another replica may have changed them).
+        let rules = refresh_rules(&state, k.as_ref()).map_err(|e| e.to_string());
         let uploads = k.uploads_dir();
         let progress = reporter(&state, &id, cancel);
         run_recorded(&state, &id, move || match work {
+            _ if rules.is_err() => Err(format!("cannot read the access rules: {}", rules.err().unwrap_or_default())),
             Work::Ingest { files, groups } => k.ingest(&files, &groups, progress),
             Work::Reindex { force } => k.reindex(force, progress),
             Work::Remove { source } => {

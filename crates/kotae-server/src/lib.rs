@@ -277,6 +277,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(documents::list).post(documents::upload).layer(axum::extract::DefaultBodyLimit::max(UPLOAD_LIMIT)),
         )
         .route("/admin/api/documents/{*source}", axum::routing::delete(documents::remove).patch(documents::set_groups))
+        .route(
+            "/admin/api/access-rules",
+            get(documents::access_rules).put(documents::set_access_rule).delete(documents::remove_access_rule),
+        )
         .route("/admin/api/reindex", post(documents::reindex))
         .route("/admin/api/jobs", get(documents::jobs))
         .route("/admin/api/jobs/{id}", get(documents::job))

@@ -157,6 +157,16 @@ pub fn spec() -> Value {
             "/admin/api/jobs/{id}/retry": { "post": { "summary": "Run a failed or cancelled ingest job again (admin), e.g. one a restart interrupted (documents already in are skipped): 202 `{job}`",
                 "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "202": { "description": "`{job}`" }, "400": err(), "401": err(), "403": err(), "404": err() } } },
+            "/admin/api/access-rules": {
+                "get": { "summary": "Who may read what (admin): `{rules: [{path, groups, origin: config|admin, updated_by, updated_unix}], default_groups, markers}`; rules longest path first (the longest holding a file decides)",
+                    "responses": { "200": { "description": "the rules" }, "401": err(), "403": err() } },
+                "put": { "summary": "Set a folder (or file) → groups rule while serving (admin, audited): `{path, groups}`; the path is a folder on the server (absolute, or relative to its working directory) and must exist; it replaces a rule for the same folder, kotae.toml's too. A re-index job applies it to the indexed documents: 202 `{job, rule}`",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["path", "groups"], "properties": {
+                        "path": { "type": "string" }, "groups": { "type": "array", "items": { "type": "string" } } } } } } },
+                    "responses": { "202": { "description": "`{job, rule}`" }, "400": err(), "401": err(), "403": err() } },
+                "delete": { "summary": "Remove a rule set through the admin API (admin, audited); documents keep their groups unless another rule now applies (a re-index job applies it): 202 `{job, removed}`; 404 no such rule; 409 the rule is kotae.toml's",
+                    "parameters": [{ "name": "path", "in": "query", "required": true, "schema": { "type": "string" } }],
+                    "responses": { "202": { "description": "`{job, removed}`" }, "400": err(), "401": err(), "403": err(), "404": err(), "409": err() } } },
             "/admin/api/reindex": { "post": { "summary": "Re-index (admin, audited): a job that reads every indexed document again from the folder it came from; changed files are re-ingested (all of them with body `{\"force\": true}`, e.g. after a chunking change; vectors of unchanged chunks are reused), files that are gone are reported in `skipped` (their indexed version keeps serving); new files in those folders are left to `kotae ingest`: 202 `{job}`",
                 "requestBody": { "required": false, "content": { "application/json": { "schema": { "type": "object", "properties": { "force": { "type": "boolean" } } } } } },
                 "responses": { "202": { "description": "`{job}`" }, "400": err(), "401": err(), "403": err(), "503": err() } } },

@@ -146,6 +146,17 @@ const MIGRATIONS: &[&str] = &[
         revoked_by TEXT,
         revoked_unix INTEGER
     );",
+    // 9: folder → groups rules that admins set while Kotae serves, per knowledge base (the
+    // folder's canonical path). They join kotae.toml's `[[ingest.access]]` and win over a rule
+    // there for the same folder.
+    "CREATE TABLE access_rules (
+        kb TEXT NOT NULL,
+        path TEXT NOT NULL,
+        groups_json TEXT NOT NULL,
+        updated_by TEXT NOT NULL,
+        updated_unix INTEGER NOT NULL,
+        PRIMARY KEY (kb, path)
+    );",
 ];
 
 /// How often a running job says it is alive, and how long a silence means its process died.
@@ -187,6 +198,16 @@ pub struct GuardEvent {
     pub score: f64,
     pub action: String,
     pub took_us: i64,
+}
+
+/// A folder → groups rule an admin set (`/admin/api/access-rules`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessRuleRow {
+    /// The folder's (or file's) canonical path on the server.
+    pub path: String,
+    pub groups: Vec<String>,
+    pub updated_by: String,
+    pub updated_unix: i64,
 }
 
 /// A text held back from training data.
@@ -818,6 +839,39 @@ impl Store {
                 })
             })
             .collect())
+    }
+
+    /// The folder → groups rules admins set for knowledge base `kb`, by path.
+    pub fn access_rules(&self, kb: &str) -> Result<Vec<AccessRuleRow>, ApiError> {
+        Ok(self
+            .query(
+                "SELECT path, groups_json, updated_by, updated_unix FROM access_rules WHERE kb = ?1 ORDER BY path",
+                vals![kb],
+            )?
+            .iter()
+            .map(|r| AccessRuleRow {
+                path: r.s(0),
+                groups: r.json(1).and_then(|g| serde_json::from_value(g).ok()).unwrap_or_default(),
+                updated_by: r.s(2),
+                updated_unix: r.i(3),
+            })
+            .collect())
+    }
+
+    /// Set (or replace) the rule for `path` in `kb`.
+    pub fn set_access_rule(&self, kb: &str, path: &str, groups: &[String], by: &str) -> Result<(), ApiError> {
+        self.exec(
+            "INSERT INTO access_rules (kb, path, groups_json, updated_by, updated_unix) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (kb, path) DO UPDATE SET groups_json = excluded.groups_json,
+                 updated_by = excluded.updated_by, updated_unix = excluded.updated_unix",
+            vals![kb, path, serde_json::to_string(groups).unwrap_or_default(), by, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Remove the rule for `path` in `kb`; whether there was one.
+    pub fn remove_access_rule(&self, kb: &str, path: &str) -> Result<bool, ApiError> {
+        Ok(self.exec("DELETE FROM access_rules WHERE kb = ?1 AND path = ?2", vals![kb, path])? > 0)
     }
 
     /// Append to the audit trail. A failure to write is logged, never shown to the client.

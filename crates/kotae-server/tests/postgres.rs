@@ -121,6 +121,18 @@ fn exercise(s: &Store) {
     let c2 = s.create_conversation("slack:U1").unwrap();
     s.set_slack_thread("T:C:1", &c2).unwrap();
     assert_eq!(s.slack_thread("T:C:1").unwrap().as_deref(), Some(c2.as_str()));
+
+    // Folder rules: per knowledge base, one per path (set again = replaced), removed once.
+    s.set_access_rule("default", "/srv/manuals/hr", &["hr".into()], "key:ops").unwrap();
+    s.set_access_rule("default", "/srv/manuals/hr", &["hr".into(), "managers".into()], "user:u2").unwrap();
+    s.set_access_rule("other", "/srv/manuals/hr", &["public".into()], "key:ops").unwrap();
+    let r = s.access_rules("default").unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].groups.clone(), r[0].updated_by.as_str()), (vec!["hr".to_string(), "managers".into()], "user:u2"));
+    assert!(s.remove_access_rule("default", "/srv/manuals/hr").unwrap());
+    assert!(!s.remove_access_rule("default", "/srv/manuals/hr").unwrap());
+    assert!(s.access_rules("default").unwrap().is_empty());
+    assert_eq!(s.access_rules("other").unwrap()[0].groups, ["public"]);
 }
 
 #[test]

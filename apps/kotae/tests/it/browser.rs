@@ -705,6 +705,47 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     let doc = listed["documents"].as_array().unwrap().iter().find(|d| d["source"] == "bicycle-parking.md");
     assert_eq!(doc.map(|d| d["groups"].clone()), Some(json!(["hr"])), "{listed}");
 
+    // A folder rule, set in the console: the corpus folder's manuals become readable by `it`
+    // only (a re-index job applies it); the list shows the rule as this admin's, and the
+    // employee (staff) no longer finds the folder's manuals. The uploaded manual is not in the
+    // folder's documents and keeps `hr`.
+    let folder = serde_json::to_string(&std::fs::canonicalize(corpus.path()).unwrap().display().to_string()).unwrap();
+    b.js(
+        "document.querySelector('#rules').open = true; document.querySelector('#rule-path').value = arguments[0]; document.querySelector('#rule-groups').value = 'it'; document.querySelector('#rule-form').requestSubmit();",
+        json!([serde_json::from_str::<String>(&folder).unwrap()]),
+    )
+    .await;
+    b.wait(
+        "the folder's manuals readable by it",
+        "[...document.querySelectorAll('#docs tbody tr')].filter(r => r.cells[1].textContent === 'it').length === 3",
+        60,
+    )
+    .await;
+    let rule = b
+        .wait(
+            "the rule in the list",
+            &format!("(() => {{ const r = [...document.querySelectorAll('#rules-body .rule')].find(r => r.textContent.startsWith({folder})); return r && r.querySelector('button.danger') && r.textContent; }})()"),
+            10,
+        )
+        .await;
+    assert!(rule.as_str().unwrap().contains("yuki"), "{rule}");
+    assert_eq!(b.js(&format!("return {row}.cells[1].textContent;"), json!([])).await, json!("hr"));
+    b.js("document.querySelector('#rules').scrollIntoView();", json!([])).await;
+    b.screenshot("admin-rules").await;
+    let v = b.accessibility_violations("document").await;
+    assert!(v.is_empty(), "accessibility violations with the rules open:\n{}", v.join("\n"));
+    let hits: Value = c
+        .post(s.url("/api/search"))
+        .bearer_auth(user)
+        .json(&json!({ "query": "パスワードを忘れたときの再設定", "top_k": 10 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hits["hits"], json!([]), "{hits}");
+
     // The review queue shows the thumbs-down with its question and comment.
     b.js("document.querySelector('[data-tab=feedback]').click();", json!([])).await;
     let card = b.wait("the feedback card", "document.querySelector('#feedback-list .card') && document.querySelector('#feedback-list .card').textContent", 10).await;

@@ -1553,6 +1553,96 @@ async fn admins_upload_replace_and_delete_documents_while_serving() {
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_set_and_remove_folder_rules_while_serving() {
+    // lockers.md came from a folder as public; a rule set over HTTP makes it staff-only at
+    // once (revocation), a second process's ingest would apply the same rule, and removing
+    // the rule leaves the documents as they are (never public by accident).
+    let (kb, s) = AdminKb::start().await;
+    let (admin, user) = (ADMIN_KEY, STAFF_KEY);
+    let c = client();
+    let folder = std::fs::canonicalize(kb._corpus.path()).unwrap().display().to_string();
+    let rules_url = s.url("/admin/api/access-rules");
+    let put = |k: &str, body: Value| c.put(&rules_url).bearer_auth(k).json(&body).send();
+    let finds = |k: Option<&'static str>| {
+        let mut r = c.post(s.url("/api/search")).json(&json!({ "query": "locker keys", "top_k": 5, "mode": "hybrid" }));
+        if let Some(k) = k {
+            r = r.bearer_auth(k);
+        }
+        async move {
+            let v: Value = r.send().await.unwrap().json().await.unwrap();
+            v["hits"].as_array().unwrap().iter().any(|h| h["source"] == "lockers.md")
+        }
+    };
+    let ended = |r: Value| {
+        let (c, url) = (c.clone(), s.url(&format!("/admin/api/jobs/{}", r["job"].as_str().unwrap())));
+        async move { ended_job(&c, &url, admin).await }
+    };
+    assert!(finds(None).await, "public before any rule");
+
+    // Only admins; a rule names an existing folder and at least one group.
+    assert_eq!(c.get(&rules_url).bearer_auth(user).send().await.unwrap().status(), 403);
+    assert_eq!(put(user, json!({ "path": folder, "groups": ["staff"] })).await.unwrap().status(), 403);
+    assert_eq!(
+        c.put(&rules_url).json(&json!({ "path": folder, "groups": ["staff"] })).send().await.unwrap().status(),
+        401
+    );
+    for (body, says) in [
+        (json!({ "groups": ["staff"] }), "give `path`"),
+        (json!({ "path": folder, "groups": [] }), "give `groups`"),
+        (json!({ "path": format!("{folder}/no-such-folder"), "groups": ["staff"] }), "no folder or file"),
+    ] {
+        let r = put(admin, body.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains(says), "{body}: {v}");
+    }
+    let v: Value = c.get(&rules_url).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["rules"], json!([]), "{v}");
+
+    // Set: a re-index job moves the folder's documents to the rule's groups.
+    let r = put(admin, json!({ "path": format!("{folder}/"), "groups": ["staff", " staff"] })).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let r: Value = r.json().await.unwrap();
+    assert_eq!(r["rule"], json!({ "path": folder, "groups": ["staff"] }), "{r}");
+    let j = ended(r).await;
+    assert_eq!(j["status"], "done", "{j}");
+    assert_eq!(j["report"]["groups_changed"][0]["path"], "lockers.md", "{j}");
+    assert_eq!(j["report"]["groups_changed"][0]["to"], json!(["staff"]), "{j}");
+    assert!(!finds(None).await, "revoked from anonymous readers");
+    assert!(finds(Some(user)).await, "staff still read it");
+    let v: Value = c.get(&rules_url).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["rules"][0]["path"], folder.as_str(), "{v}");
+    assert_eq!(
+        (v["rules"][0]["origin"].as_str(), v["rules"][0]["updated_by"].as_str()),
+        (Some("admin"), Some("key:ops"))
+    );
+    let docs: Value =
+        c.get(s.url("/admin/api/documents")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(docs["access_rules"], v["rules"]);
+    assert_eq!(docs["documents"][0]["groups"], json!(["staff"]), "{docs}");
+
+    // The rule lives in the state database, where `kotae ingest` on this data reads it too.
+    let cfg = kotae::ingest::with_admin_rules(&kb.cfg, &s.state.store.access_rules(&kb.cfg.kb).unwrap());
+    let rule = cfg.ingest.access.iter().find(|r| r.path == std::path::Path::new(&folder)).expect("the admin rule");
+    assert_eq!(rule.groups, ["staff"]);
+
+    // Remove: the documents keep their groups (no rule makes them public again).
+    let gone = c.delete(&rules_url).query(&[("path", &folder)]).bearer_auth(user).send().await.unwrap();
+    assert_eq!(gone.status(), 403);
+    let gone = c.delete(&rules_url).query(&[("path", &folder)]).bearer_auth(admin).send().await.unwrap();
+    assert_eq!(gone.status(), 202);
+    let j = ended(gone.json().await.unwrap()).await;
+    assert_eq!(j["status"], "done", "{j}");
+    assert!(!finds(None).await && finds(Some(user)).await, "removing the rule changed nobody's access");
+    let again = c.delete(&rules_url).query(&[("path", &folder)]).bearer_auth(admin).send().await.unwrap();
+    assert_eq!(again.status(), 404);
+    let audit: Value = c.get(s.url("/admin/api/audit")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"access_rules.set") && actions.contains(&"access_rules.remove"), "{actions:?}");
+    s.stop().await;
+}
+
 /// A short manual of its own (no two alike: none is dropped as a near-duplicate).
 pub(crate) fn room_note(i: usize) -> String {
     const WORDS: [&str; 24] = [
