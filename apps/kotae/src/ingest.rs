@@ -87,6 +87,9 @@ pub struct IngestSummary {
     pub files_removed: usize,
     pub chunks_written: usize,
     pub chunks_embedded: usize,
+    /// Chunks whose vector was moved, not embedded again: same text, only the groups changed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub vectors_reused: usize,
     pub chunks_total: u64,
     pub truncated_for_embedding: usize,
     pub duplicates_dropped: usize,
@@ -164,6 +167,10 @@ pub fn with_admin_rules(cfg: &Config, admin: &[kotae_server::store::AccessRuleRo
         admin.iter().map(|a| crate::config::AccessRule { path: PathBuf::from(&a.path), groups: a.groups.clone() }),
     );
     out
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Why a document nobody labelled is refused.
@@ -470,7 +477,27 @@ pub fn run_ingest(
         {
             let batch = &jobs[..];
             let ids: Vec<ChunkId> = batch.iter().flat_map(|j| j.chunks.iter().map(|c| c.id)).collect();
-            let have = session.existing_vectors(&ids)?;
+            let mut have = session.existing_vectors(&ids)?;
+            // A document whose groups alone changed keeps its vectors: each chunk's text is
+            // stored under the id it had with the old groups (only the filter payload changes).
+            let moved: Vec<(&IndexedChunk, ChunkId)> = batch
+                .iter()
+                .filter_map(|j| manifest.files.get(&j.source).filter(|e| e.groups != j.groups).map(|e| (j, &e.groups)))
+                .flat_map(|(j, old)| {
+                    j.chunks
+                        .iter()
+                        .filter(|c| !have.contains(&c.id))
+                        .map(move |c| (c, ChunkId::of(&c.source, &c.section.join(" > "), &c.text, old)))
+                })
+                .collect();
+            if !moved.is_empty() {
+                let mut old = session.stored_vectors(&moved.iter().map(|(_, id)| *id).collect::<Vec<_>>())?;
+                let points: Vec<VectorPoint> =
+                    moved.iter().filter_map(|(c, id)| Some(VectorPoint::of(c, old.remove(id)?))).collect();
+                session.put_vectors(&points)?;
+                sum.vectors_reused += points.len();
+                have.extend(points.iter().map(|p| p.id));
+            }
             let todo: Vec<&IndexedChunk> =
                 batch.iter().flat_map(|j| j.chunks.iter()).filter(|c| !have.contains(&c.id)).collect();
             for group in todo.chunks(64) {
@@ -578,8 +605,9 @@ pub fn print_summary(s: &IngestSummary) {
     if s.cancelled {
         println!("cancelled: the files below were committed before the stop; the rest keep their old version (run again to finish)");
     }
+    let reused = if s.vectors_reused > 0 { format!(", {} vectors reused", s.vectors_reused) } else { String::new() };
     println!(
-        "ingested {} file(s), {} unchanged, {} removed; {} chunks written ({} embedded), {} in the knowledge base; {:.1}s",
+        "ingested {} file(s), {} unchanged, {} removed; {} chunks written ({} embedded{reused}), {} in the knowledge base; {:.1}s",
         s.files_ingested, s.files_unchanged, s.files_removed, s.chunks_written, s.chunks_embedded, s.chunks_total, s.seconds
     );
     let secs = s.seconds.max(1e-3);

@@ -427,6 +427,11 @@ impl WriteSession<'_> {
         self.index.vectors.existing(ids)
     }
 
+    /// The stored vectors of those of `ids` that are stored.
+    pub fn stored_vectors(&self, ids: &[ChunkId]) -> Result<std::collections::HashMap<ChunkId, Vec<f32>>> {
+        self.index.vectors.vectors(ids)
+    }
+
     /// Store new vectors now (idempotent; invisible until their chunks are committed).
     pub fn put_vectors(&self, points: &[VectorPoint]) -> Result<()> {
         self.index.vectors.upsert(points)

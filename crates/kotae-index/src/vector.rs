@@ -1,7 +1,7 @@
 //! Dense vectors: the [`VectorStore`] trait and its embedded default, the in-process Qdrant
 //! engine (`qdrant-edge`), persisted in the data directory.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use qdrant_edge::{
@@ -64,6 +64,9 @@ pub trait VectorStore: Send + Sync {
     fn delete(&self, ids: &[ChunkId]) -> Result<()>;
     /// Which of `ids` are stored.
     fn existing(&self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>>;
+    /// The stored vectors of those of `ids` that are stored (to move a vector to a new id
+    /// without embedding its text again).
+    fn vectors(&self, ids: &[ChunkId]) -> Result<HashMap<ChunkId, Vec<f32>>>;
     /// All stored ids.
     fn all_ids(&self) -> Result<Vec<ChunkId>>;
     /// Top `k` by cosine similarity among points passing `filter`, best first.
@@ -218,6 +221,32 @@ impl VectorStore for EdgeStore {
             .filter_map(|r| match r.id {
                 PointId::NumId(n) => Some(ChunkId(n)),
                 _ => None,
+            })
+            .collect())
+    }
+    fn vectors(&self, ids: &[ChunkId]) -> Result<HashMap<ChunkId, Vec<f32>>> {
+        use qdrant_edge::VectorStructInternal;
+        let pids: Vec<PointId> = ids.iter().map(|i| PointId::NumId(i.0)).collect();
+        let recs = self
+            .shard
+            .retrieve(&pids, Some(WithPayloadInterface::Bool(false)), Some(WithVector::Bool(true)))
+            .map_err(verr)?;
+        Ok(recs
+            .into_iter()
+            .filter_map(|r| {
+                let id = match r.id {
+                    PointId::NumId(n) => ChunkId(n),
+                    _ => return None,
+                };
+                let v = match r.vector? {
+                    VectorStructInternal::Single(v) => v,
+                    VectorStructInternal::Named(mut m) => match m.remove(VECTOR_NAME)? {
+                        VectorInternal::Dense(v) => v,
+                        _ => return None,
+                    },
+                    VectorStructInternal::MultiDense(_) => return None,
+                };
+                Some((id, v))
             })
             .collect())
     }

@@ -1,7 +1,7 @@
 //! A Qdrant server or cluster as the vector store (`qdrant-client`, gRPC): the same data model
 //! and filters as the embedded engine, for companies that outgrow one machine.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use qdrant_client::qdrant::{
     point_id::PointIdOptions, Condition, CountPointsBuilder, CreateCollectionBuilder,
@@ -236,6 +236,24 @@ impl VectorStore for ServerStore {
             .with_vectors(false);
         let res = self.run(self.client.get_points(req)).map_err(serr)?;
         Ok(res.result.into_iter().filter_map(|p| chunk_id(p.id)).collect())
+    }
+    fn vectors(&self, ids: &[ChunkId]) -> Result<HashMap<ChunkId, Vec<f32>>> {
+        use qdrant_client::qdrant::vector_output::Vector as Out;
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let req = GetPointsBuilder::new(&self.collection, ids.iter().map(|i| pid(*i)).collect::<Vec<_>>())
+            .with_payload(false)
+            .with_vectors(true);
+        let res = self.run(self.client.get_points(req)).map_err(serr)?;
+        Ok(res
+            .result
+            .into_iter()
+            .filter_map(|p| match p.vectors?.get_vector_by_name(VECTOR_NAME)? {
+                Out::Dense(d) => Some((chunk_id(p.id)?, d.data)),
+                _ => None,
+            })
+            .collect())
     }
     fn all_ids(&self) -> Result<Vec<ChunkId>> {
         let mut out = Vec::new();

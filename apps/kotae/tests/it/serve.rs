@@ -1565,7 +1565,7 @@ async fn admins_set_and_remove_folder_rules_while_serving() {
     let rules_url = s.url("/admin/api/access-rules");
     let put = |k: &str, body: Value| c.put(&rules_url).bearer_auth(k).json(&body).send();
     let finds = |k: Option<&'static str>| {
-        let mut r = c.post(s.url("/api/search")).json(&json!({ "query": "locker keys", "top_k": 5, "mode": "hybrid" }));
+        let mut r = c.post(s.url("/api/search")).json(&json!({ "query": "locker keys", "top_k": 5, "mode": "dense" }));
         if let Some(k) = k {
             r = r.bearer_auth(k);
         }
@@ -1609,6 +1609,12 @@ async fn admins_set_and_remove_folder_rules_while_serving() {
     assert_eq!(j["status"], "done", "{j}");
     assert_eq!(j["report"]["groups_changed"][0]["path"], "lockers.md", "{j}");
     assert_eq!(j["report"]["groups_changed"][0]["to"], json!(["staff"]), "{j}");
+    // Only who may read it changed: its vector moves, its text is not embedded again.
+    assert_eq!(
+        (j["report"]["chunks_embedded"].as_u64(), j["report"]["vectors_reused"].as_u64()),
+        (Some(0), Some(1)),
+        "{j}"
+    );
     assert!(!finds(None).await, "revoked from anonymous readers");
     assert!(finds(Some(user)).await, "staff still read it");
     let v: Value = c.get(&rules_url).bearer_auth(admin).send().await.unwrap().json().await.unwrap();

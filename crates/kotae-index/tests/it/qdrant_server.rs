@@ -59,6 +59,13 @@ fn server_store_matches_the_embedded_contract() {
     store.delete(&[ChunkId(1), ChunkId(2)]).unwrap();
     let have = store.existing(&[ChunkId(1), ChunkId(3)]).unwrap();
     assert!(have.contains(&ChunkId(3)) && !have.contains(&ChunkId(1)));
+    // Stored vectors read back (the same direction: cosine stores them normalized).
+    let got = store.vectors(&[ChunkId(1), ChunkId(3)]).unwrap();
+    assert_eq!(got.len(), 1);
+    let (a, b) = (&got[&ChunkId(3)], vec_for(2));
+    let cos = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
+        / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt());
+    assert!(cos > 0.9999, "{cos}");
     assert_eq!(store.all_ids().unwrap().len(), 18);
     // Reconnecting (a restart, another replica) finds the same points.
     let again = ServerStore::connect(&server_config("contract"), DIM, HnswSettings::default()).unwrap();
