@@ -420,6 +420,22 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let typed = b.js(&format!("return {W}.querySelector('textarea').value;"), json!([])).await;
     assert_eq!(typed, json!(question), "the composition was committed");
+    // Safari's order: its keydown for the Enter that commits a composition comes just after
+    // compositionend, as a plain Enter (keyCode 13, not composing). It must not send either.
+    let sent = b
+        .js(
+            &format!(
+                "const ta = {W}.querySelector('textarea');
+                 ta.dispatchEvent(new CompositionEvent('compositionstart', {{ data: '' }}));
+                 ta.dispatchEvent(new CompositionEvent('compositionend', {{ data: arguments[0] }}));
+                 ta.dispatchEvent(new KeyboardEvent('keydown', {{ key: 'Enter', code: 'Enter', keyCode: 13, bubbles: true, cancelable: true }}));
+                 return {W}.querySelectorAll('.msg.user').length;"
+            ),
+            json!([question]),
+        )
+        .await;
+    assert_eq!(sent, json!(0), "Safari's Enter right after compositionend sent the question");
+    tokio::time::sleep(Duration::from_millis(150)).await;
     b.enter().await;
     let asked = b
         .wait(

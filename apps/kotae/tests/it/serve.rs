@@ -1329,6 +1329,14 @@ async fn the_cli_ingests_and_searches_through_a_running_server() {
     assert_eq!(code, Some(0), "{out}{err}");
     let job: Value = serde_json::from_str(&out).unwrap();
     assert_eq!((job["status"].as_str(), job["report"]["files_ingested"].as_u64()), (Some("done"), Some(1)), "{job}");
+    // Without --json: a short summary a person reads (the unchanged file, and why one was left out).
+    std::fs::write(files.path().join("empty.md"), "   \n").unwrap();
+    let (code, out, err) =
+        run(v(&["ingest", "--server", &base, "--api-key", ADMIN_KEY, "--groups", "staff", &dir])).await.unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("job ") && out.contains(" done: 0 file(s) ingested, 0 chunk(s) written"), "{out}");
+    assert!(out.contains("\nskipped empty.md: "), "{out}");
+    std::fs::remove_file(files.path().join("empty.md")).unwrap();
 
     // Searched through the server, with the key's groups: staff see it, hidden files never went.
     let (code, out, err) =
