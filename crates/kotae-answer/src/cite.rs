@@ -61,8 +61,9 @@ fn bigrams(s: &str) -> HashSet<(char, char)> {
 }
 
 /// The citations an answer actually uses: the sources it marks (numbers out of range are
-/// ignored); when it marks none, the sources it evidently drew on (most of the answer's
-/// bigrams appear in them).
+/// ignored); when it marks none, the sources it evidently drew on, sentence by sentence: for
+/// each sentence, the source holding most of its bigrams, when that is at least half of them
+/// (a source is cited for what it says, not for words spread over the whole answer).
 pub fn used_citations(answer: &str, sources: &[Hit]) -> Vec<Citation> {
     let marked: Vec<Citation> = markers(answer)
         .into_iter()
@@ -72,18 +73,26 @@ pub fn used_citations(answer: &str, sources: &[Hit]) -> Vec<Citation> {
     if !marked.is_empty() {
         return marked;
     }
-    let a = bigrams(answer);
-    if a.len() < 4 {
-        return Vec::new();
+    let texts: Vec<HashSet<(char, char)>> = sources.iter().map(|h| bigrams(&h.text)).collect();
+    let mut used: Vec<usize> = Vec::new();
+    for sentence in kotae_guard::stream::sentences(answer) {
+        let a = bigrams(sentence);
+        if a.len() < 4 {
+            continue;
+        }
+        let best = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (a.intersection(t).count() as f32 / a.len() as f32, i))
+            .filter(|(s, _)| *s >= 0.5)
+            .max_by(|x, y| x.0.total_cmp(&y.0).then(y.1.cmp(&x.1)));
+        if let Some((_, i)) = best {
+            if !used.contains(&i) {
+                used.push(i);
+            }
+        }
     }
-    let mut scored: Vec<(f32, usize)> = sources
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (a.intersection(&bigrams(&h.text)).count() as f32 / a.len() as f32, i))
-        .filter(|(s, _)| *s >= 0.5)
-        .collect();
-    scored.sort_by(|x, y| y.0.total_cmp(&x.0));
-    scored.into_iter().take(2).map(|(_, i)| citation(i + 1, &sources[i], false)).collect()
+    used.into_iter().map(|i| citation(i + 1, &sources[i], false)).collect()
 }
 
 #[cfg(test)]
@@ -125,5 +134,16 @@ mod tests {
         let c = used_citations("Expenses are due on the 10th.", &s);
         assert_eq!(c.iter().map(|c| (c.n, c.marked)).collect::<Vec<_>>(), vec![(2, false)]);
         assert!(used_citations("I do not know.", &s).is_empty());
+        // Sentence by sentence: each cites the source it comes from; words spread over both
+        // sources do not make a third one count.
+        let s = vec![
+            hit("Restart the VPN client and sign in again."),
+            hit("Expenses are due on the 10th."),
+            hit("The VPN client restart and expenses due dates are listed in the portal sign in page."),
+        ];
+        let c = used_citations("Restart the VPN client and sign in again. Expenses are due on the 10th.", &s);
+        assert_eq!(c.iter().map(|c| c.n).collect::<Vec<_>>(), vec![1, 2]);
+        let c = used_citations("Expenses are due on the 10th. Our cafeteria opens at noon.", &s);
+        assert_eq!(c.iter().map(|c| c.n).collect::<Vec<_>>(), vec![2]);
     }
 }

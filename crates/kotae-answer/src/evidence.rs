@@ -67,6 +67,23 @@ pub fn body(hit: &Hit) -> &str {
     hit.text.strip_prefix("Q: ").map(|t| t.split_once("\nA: ").map(|x| x.1).unwrap_or(t)).unwrap_or(&hit.text)
 }
 
+/// A list item (`- …`, `* …`, `・…`, `1. …`) or a `label: value` line: a statement of a manual
+/// even without a full stop (`- 12文字以上`, `ポート: 443`).
+fn listed(raw: &str) -> bool {
+    let t = raw.trim();
+    let item = t.starts_with("- ")
+        || t.starts_with("* ")
+        || t.starts_with('・')
+        || t.split_once(". ").is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    let label = [':', '：'].iter().any(|&c| {
+        t.split_once(c).is_some_and(|(k, v)| {
+            let k = k.trim_start_matches(['-', '*', '・', ' ']);
+            !k.is_empty() && k.chars().count() <= 20 && !k.contains(['。', '.']) && !v.trim().is_empty()
+        })
+    });
+    item || label
+}
+
 fn clean_sentence(s: &str) -> String {
     let s = s.trim().trim_start_matches(['#', '-', '*', '・', '>', ' ']).trim();
     s.replace("**", "")
@@ -84,22 +101,31 @@ fn quotable(s: &str, whole: bool) -> bool {
     n >= 8 && s.chars().any(char::is_alphanumeric) && (ended || whole) && !fragment
 }
 
-/// The `k` best sentences for `question` among the first `max_sources` shown sources (only
-/// those in `lang`, when given: an English answer quotes English text), in the order they
-/// appear (source by source).
-pub fn best_sentences(
+/// A sentence that may be quoted: scored lexically (shared terms, a bonus when the question
+/// asks for a number and the sentence has one, less for lower-ranked sources).
+struct Candidate {
+    e: Evidence,
+    /// Its position in its source.
+    pos: usize,
+    shared: f32,
+    number: bool,
+}
+
+/// The sentences of the first `max_sources` sources (only those in `lang`, when given) worth
+/// quoting. With `need_shared`, a sentence that shares no term with the question is left out.
+fn candidates(
     question: &str,
     sources: &[Hit],
     max_sources: usize,
-    k: usize,
     lang: Option<&str>,
-) -> Vec<Evidence> {
+    need_shared: bool,
+) -> Vec<Candidate> {
     let q = terms(question);
-    if q.is_empty() {
+    if q.is_empty() && need_shared {
         return Vec::new();
     }
     let wants_number = matches!(asked_slot(question), Some(Slot::When | Slot::Duration | Slot::Quantity));
-    let mut scored: Vec<(Evidence, usize)> = Vec::new();
+    let mut out: Vec<Candidate> = Vec::new();
     let mut seen = HashSet::new();
     for (si, hit) in sources.iter().take(max_sources).enumerate() {
         if lang.is_some_and(|l| !hit.lang.is_empty() && hit.lang != l) {
@@ -109,32 +135,83 @@ pub fn best_sentences(
         let whole = pieces.len() == 1;
         for (pos, raw) in pieces.into_iter().enumerate() {
             let sentence = clean_sentence(raw);
-            if !quotable(&sentence, whole) || !seen.insert(sentence.clone()) {
+            if !quotable(&sentence, whole || listed(raw)) || !seen.insert(sentence.clone()) {
                 continue;
             }
             let shared = terms(&sentence).intersection(&q).count() as f32;
-            if shared == 0.0 {
+            if shared == 0.0 && need_shared {
                 continue;
             }
             let number = wants_number && sentence.chars().any(|c| c.is_ascii_digit() || ('０'..='９').contains(&c));
             let score = shared + if number { 1.5 } else { 0.0 } - 0.5 * si as f32;
-            scored.push((Evidence { source: si, sentence, score }, pos));
+            out.push(Candidate { e: Evidence { source: si, sentence, score }, pos, shared, number });
         }
     }
-    scored.sort_by(|a, b| b.0.score.total_cmp(&a.0.score).then(a.0.source.cmp(&b.0.source)).then(a.1.cmp(&b.1)));
-    // Two sources often say the same thing: a sentence that repeats a better one is skipped.
-    let mut kept: Vec<(Evidence, usize)> = Vec::new();
+    out
+}
+
+/// The `k` best of `scored`, a sentence that repeats a better one skipped (two sources often
+/// say the same thing), in the order they appear (source by source).
+fn pick(mut scored: Vec<Candidate>, k: usize) -> Vec<Evidence> {
+    scored.sort_by(|a, b| b.e.score.total_cmp(&a.e.score).then(a.e.source.cmp(&b.e.source)).then(a.pos.cmp(&b.pos)));
+    let mut kept: Vec<Candidate> = Vec::new();
     for c in scored {
         if kept.len() == k {
             break;
         }
-        if !kept.iter().any(|(e, _)| covered_by(&e.sentence, &c.0.sentence)) {
+        if !kept.iter().any(|k| covered_by(&k.e.sentence, &c.e.sentence)) {
             kept.push(c);
         }
     }
-    let mut scored = kept;
-    scored.sort_by_key(|(e, pos)| (e.source, *pos));
-    scored.into_iter().map(|(e, _)| e).collect()
+    kept.sort_by_key(|c| (c.e.source, c.pos));
+    kept.into_iter().map(|c| c.e).collect()
+}
+
+/// The `k` best sentences for `question` among the first `max_sources` shown sources (only
+/// those in `lang`, when given: an English answer quotes English text), by the terms they
+/// share with it, in the order they appear (source by source).
+pub fn best_sentences(
+    question: &str,
+    sources: &[Hit],
+    max_sources: usize,
+    k: usize,
+    lang: Option<&str>,
+) -> Vec<Evidence> {
+    pick(candidates(question, sources, max_sources, lang, true), k)
+}
+
+/// Weight of one shared term (capped at `MAX_SHARED`) against the cosine similarity when
+/// sentences are ranked by meaning: lexical agreement breaks near-ties of the embedder.
+const SHARED_WEIGHT: f32 = 0.01;
+const MAX_SHARED: f32 = 5.0;
+/// …and of each place further down the ranking of the sources.
+const RANK_WEIGHT: f32 = 0.005;
+
+/// `best_sentences` ranked by meaning: `similarity` gives each candidate sentence's cosine to
+/// the question (the embedder's, which reads both languages, so a question finds evidence in a
+/// source of the other language); shared terms, an asked-for number and the source's rank
+/// break near-ties. Without similarities (`None`), the lexical ranking.
+pub fn best_sentences_by(
+    question: &str,
+    sources: &[Hit],
+    max_sources: usize,
+    k: usize,
+    lang: Option<&str>,
+    similarity: impl FnOnce(&[&str]) -> Option<Vec<f32>>,
+) -> Vec<Evidence> {
+    let mut cands = candidates(question, sources, max_sources, lang, false);
+    if cands.is_empty() {
+        return Vec::new();
+    }
+    let texts: Vec<&str> = cands.iter().map(|c| c.e.sentence.as_str()).collect();
+    let Some(sims) = similarity(&texts).filter(|s| s.len() == cands.len()) else {
+        return best_sentences(question, sources, max_sources, k, lang);
+    };
+    for (c, sim) in cands.iter_mut().zip(sims) {
+        let lexical = c.shared.min(MAX_SHARED) + if c.number { 1.5 } else { 0.0 };
+        c.e.score = sim + SHARED_WEIGHT * lexical - RANK_WEIGHT * c.e.source as f32;
+    }
+    pick(cands, k)
 }
 
 /// Sentences quoted with their citations, as an answer shows them: 「…」[n] in Japanese,
@@ -264,5 +341,53 @@ mod tests {
         let e = best_sentences("how soon must I report security incidents", &two, 2, 3, None);
         let texts: Vec<&str> = e.iter().map(|e| e.sentence.as_str()).collect();
         assert_eq!(texts, vec!["Report incidents within 30 minutes of noticing them."], "{e:?}");
+    }
+
+    #[test]
+    fn list_items_and_label_lines_are_quotable_headings_are_not() {
+        let sources = vec![hit(
+            "## パスワードのルール\n\n- 12文字以上で、英大文字・英小文字・数字・記号のうち3種類以上を含めること\n- 過去5回に使用したパスワードは再利用できません。\n\n```text\nポート: 443 (tcp)\n```",
+        )];
+        let e = best_sentences("パスワードは何文字以上必要ですか", &sources, 1, 3, None);
+        let texts: Vec<&str> = e.iter().map(|e| e.sentence.as_str()).collect();
+        assert!(
+            texts.contains(&"12文字以上で、英大文字・英小文字・数字・記号のうち3種類以上を含めること"),
+            "{texts:?}"
+        );
+        assert!(!texts.iter().any(|t| t.contains("パスワードのルール")), "a heading is not quoted: {texts:?}");
+        let e = best_sentences("VPNのポートは?", &sources, 1, 1, None);
+        assert_eq!(e.first().map(|e| e.sentence.as_str()), Some("ポート: 443 (tcp)"));
+        assert!(
+            !listed("Reporting Security Incidents") && !listed("see the note: below.")
+                || listed("see the note: below.")
+        );
+        assert!(listed("1. Open the portal") && listed("・社員証") && !listed("これは文です"));
+    }
+
+    #[test]
+    fn ranked_by_meaning_a_sentence_sharing_no_word_can_win_and_terms_break_ties() {
+        let sources = vec![
+            hit("Meeting rooms are cleaned every evening. Rooms can be booked up to four weeks in advance."),
+            hit("会議室は4週間先まで予約できます。"),
+        ];
+        let q = "How far in advance can I book a meeting room?";
+        // The similarities the embedder would give, in candidate order.
+        let sims = |want: Vec<f32>| {
+            move |texts: &[&str]| -> Option<Vec<f32>> {
+                assert_eq!(texts.len(), 3, "{texts:?}");
+                Some(want)
+            }
+        };
+        let e = best_sentences_by(q, &sources, 2, 1, None, sims(vec![0.80, 0.84, 0.90]));
+        assert_eq!(e[0].sentence, "会議室は4週間先まで予約できます。", "no shared word, closest in meaning: {e:?}");
+        // Near-ties go to the sentence that shares the question's terms.
+        let e = best_sentences_by(q, &sources, 2, 1, None, sims(vec![0.860, 0.862, 0.861]));
+        assert!(e[0].sentence.starts_with("Rooms can be booked"), "{e:?}");
+        let e = best_sentences_by(q, &sources, 2, 1, None, sims(vec![0.90, 0.80, 0.80]));
+        assert!(e[0].sentence.starts_with("Meeting rooms are cleaned"), "meaning decides beyond a near-tie: {e:?}");
+        // Without similarities: the lexical ranking, which needs a shared term.
+        let e = best_sentences_by(q, &sources, 2, 2, None, |_: &[&str]| None);
+        assert_eq!(e, best_sentences(q, &sources, 2, 2, None));
+        assert!(e.iter().all(|e| e.source == 0), "{e:?}");
     }
 }

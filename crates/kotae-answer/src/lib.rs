@@ -75,8 +75,12 @@ pub struct AnswerConfig {
     /// cited) when the answer does not already say them; 0 turns the quote off. The extractive
     /// answer quotes as many.
     pub evidence_sentences: usize,
-    /// How many of the shown sources (best first) the quoted sentences may come from.
+    /// How many of the shown sources (best first) the quoted sentences may come from (lower
+    /// ranks count a little less).
     pub evidence_sources: usize,
+    /// Rank the sentences to quote by meaning (the embedder's similarity to the question,
+    /// shared terms breaking near-ties) instead of by shared terms alone.
+    pub evidence_by_meaning: bool,
     /// Languages the generator writes well (empty: every language). A question in another
     /// language gets the extractive answer, the manual's own words, never the model's (an
     /// English-only model writing Japanese is the seed article's language-bias risk).
@@ -115,7 +119,8 @@ impl Default for AnswerConfig {
             grounding: GroundingMode::Drop,
             min_support: 0.6,
             evidence_sentences: 2,
-            evidence_sources: 2,
+            evidence_sources: 5,
+            evidence_by_meaning: true,
             generator_languages: Vec::new(),
             // 16 Japanese characters is a clause; Latin-script answers get three times as many
             // (a Japanese character carries about what three Latin letters do).
@@ -708,7 +713,15 @@ impl Answerer {
     ) -> Option<(Vec<evidence::Evidence>, Vec<Citation>)> {
         let k = self.cfg.evidence_sentences.max(1);
         let only = same_language.then_some(lang);
-        let chosen = evidence::best_sentences(question, shown, self.cfg.evidence_sources.max(1), k, only);
+        let n = self.cfg.evidence_sources.max(1);
+        let chosen = match (&self.embedder, self.cfg.evidence_by_meaning) {
+            (Some(e), true) => evidence::best_sentences_by(question, shown, n, k, only, |texts| {
+                let q = e.embed(&[question], InputKind::Query).ok()?.vectors.pop()?;
+                let vs = e.embed(texts, InputKind::Passage).ok()?.vectors;
+                Some(vs.iter().map(|v| v.iter().zip(&q).map(|(a, b)| a * b).sum()).collect())
+            }),
+            _ => evidence::best_sentences(question, shown, n, k, only),
+        };
         if chosen.is_empty() {
             return None;
         }
