@@ -4,7 +4,7 @@
 //! The collection is the test's own; no other test reads the variable.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kotae_models::Embedder;
 use serde_json::{json, Value};
@@ -80,14 +80,7 @@ async fn a_knowledge_base_on_a_qdrant_server_meets_the_retrieval_thresholds_and_
         async move {
             assert_eq!(r.status(), 202);
             let id = r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string();
-            loop {
-                let j: Value =
-                    c.get(format!("{base}{id}")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
-                if j["status"] == "done" || j["status"] == "failed" {
-                    return j;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            super::serve::ended_job(&c, &format!("{base}{id}"), admin).await
         }
     };
     let before = index.vectors().count().unwrap();
