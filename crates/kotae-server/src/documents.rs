@@ -327,10 +327,7 @@ pub async fn set_access_rule(
     let groups = groups_of(&body)?;
     let path = k.rule_path(raw).map_err(ApiError::BadRequest)?;
     state.store.set_access_rule(&k.kb(), &path, &groups, &admin.id)?;
-    refresh_rules(&state, k.as_ref())?;
-    let id = state.store.create_job("reindex", &admin.id, &json!({ "force": false, "rule": path }))?;
-    audit(&state, &admin, "access_rules.set", &path, "ok", format!("groups {}, job {id}", groups.join(",")));
-    spawn_job(state.clone(), k, id.clone(), Work::Reindex { force: false });
+    let id = apply_rules(&state, k, &admin, "access_rules.set", &path, &format!("groups {}", groups.join(",")))?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id, "rule": { "path": path, "groups": groups } }))).into_response())
 }
 
@@ -358,11 +355,25 @@ pub async fn remove_access_rule(
             ApiError::NotFound(format!("no rule for {path} was set through the admin API"))
         });
     }
-    refresh_rules(&state, k.as_ref())?;
-    let id = state.store.create_job("reindex", &admin.id, &json!({ "force": false, "rule": path }))?;
-    audit(&state, &admin, "access_rules.remove", &path, "ok", format!("job {id}"));
-    spawn_job(state.clone(), k, id.clone(), Work::Reindex { force: false });
+    let id = apply_rules(&state, k, &admin, "access_rules.remove", &path, "removed")?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id, "removed": path }))).into_response())
+}
+
+/// After a rule for `path` changed: the rules reloaded, the change audited, and a re-index job
+/// started that applies it to the indexed documents. The job's id.
+fn apply_rules(
+    state: &Arc<AppState>,
+    k: Arc<dyn Knowledge>,
+    admin: &Client,
+    action: &str,
+    path: &str,
+    what: &str,
+) -> Result<String, ApiError> {
+    refresh_rules(state, k.as_ref())?;
+    let id = state.store.create_job("reindex", &admin.id, &json!({ "force": false, "rule": path }))?;
+    audit(state, admin, action, path, "ok", format!("{what}, job {id}"));
+    spawn_job(state.clone(), k, id.clone(), Work::Reindex { force: false });
+    Ok(id)
 }
 
 /// What a running job calls with how far it is; `false`: stop, the job is cancelled.

@@ -334,6 +334,11 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
 
     // CORS: the host's origin may call the API, another site may not.
     let c = client();
+    // What the staff employee finds.
+    let search = |q: &'static str, top_k: usize| {
+        let r = c.post(s.url("/api/search")).bearer_auth(user).json(&json!({ "query": q, "top_k": top_k }));
+        async move { r.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
     for (o, allowed) in [(host.as_str(), true), ("http://evil.example", false)] {
         let r = c
             .request(reqwest::Method::OPTIONS, s.url("/api/chat"))
@@ -671,16 +676,7 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     b.screenshot("admin-documents").await;
     let v = b.accessibility_violations("document").await;
     assert!(v.is_empty(), "accessibility violations in the admin console:\n{}", v.join("\n"));
-    let hits: Value = c
-        .post(s.url("/api/search"))
-        .bearer_auth(user)
-        .json(&json!({ "query": "自転車の登録シールはどこに貼りますか", "top_k": 3 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hits = search("自転車の登録シールはどこに貼りますか", 3).await;
     assert_eq!(hits["hits"][0]["source"], "bicycle-parking.md", "{hits}");
     // …and answerable, with the new manual as the source.
     let done: Value = c
@@ -705,16 +701,7 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     let asked = b.answer_prompt("hr").await;
     assert!(asked.contains("bicycle-parking.md"), "{asked}");
     b.wait("the new groups in the list", &format!("{row}.cells[1].textContent === 'hr'"), 60).await;
-    let hits: Value = c
-        .post(s.url("/api/search"))
-        .bearer_auth(user)
-        .json(&json!({ "query": "自転車の登録シールはどこに貼りますか", "top_k": 5 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hits = search("自転車の登録シールはどこに貼りますか", 5).await;
     assert!(hits["hits"].as_array().unwrap().iter().all(|h| h["source"] != "bicycle-parking.md"), "{hits}");
     let listed: Value =
         c.get(s.url("/admin/api/documents")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
@@ -750,16 +737,7 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     b.screenshot("admin-rules").await;
     let v = b.accessibility_violations("document").await;
     assert!(v.is_empty(), "accessibility violations with the rules open:\n{}", v.join("\n"));
-    let hits: Value = c
-        .post(s.url("/api/search"))
-        .bearer_auth(user)
-        .json(&json!({ "query": "パスワードを忘れたときの再設定", "top_k": 10 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hits = search("パスワードを忘れたときの再設定", 10).await;
     assert_eq!(hits["hits"], json!([]), "{hits}");
 
     // The review queue shows the thumbs-down with its question and comment.
