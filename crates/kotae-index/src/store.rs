@@ -56,9 +56,26 @@ pub struct KnowledgeIndex {
     /// The committed manifest; a write session replaces it at each commit, while readers go on.
     manifest: std::sync::RwLock<Manifest>,
     links: Vec<crate::LinkRule>,
-    /// Held while open: one process at a time uses a knowledge base directory.
-    _lock: std::fs::File,
+    /// Held while open: one process at a time writes a knowledge base directory. `None` for a
+    /// follower ([`KnowledgeIndex::follow`]), which never writes.
+    _lock: Option<std::fs::File>,
+    /// Set on a follower: the commit it last loaded, by `meta.json`'s modification time and size.
+    follow: Option<Follow>,
 }
+
+/// What a follower knows of the writer's commits: `meta.json`'s identity when it last loaded
+/// a commit, and when. tantivy replaces `meta.json` by renaming a new file over it, so each
+/// commit changes its inode, times or size; as a file system may reuse an inode within its
+/// timestamp granularity, the commit is also re-read at least every `FOLLOW_RECHECK`.
+struct Follow {
+    meta: PathBuf,
+    seen: std::sync::Mutex<Option<(MetaStamp, std::time::Instant, u64)>>,
+}
+
+type MetaStamp = (u64, Option<std::time::SystemTime>, i64, i64, u64);
+
+/// The longest a follower trusts an unchanged `meta.json` without reading it.
+const FOLLOW_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Take the knowledge base's lock (`<dir>/kotae.lock`, an OS file lock, released when the
 /// process ends however it ends). A second process gets a clear error naming the holder,
@@ -99,7 +116,36 @@ fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
 }
 
 impl KnowledgeIndex {
+    /// Open (or create) the knowledge base in `cfg.dir` for reading and writing; one process
+    /// at a time (`kotae.lock`).
     pub fn open(cfg: &IndexConfig) -> Result<Self> {
+        Self::open_as(cfg, false)
+    }
+
+    /// Open a knowledge base that another process writes (the writer of a deployment whose
+    /// replicas share the folder, e.g. a ReadWriteMany volume, and a Qdrant server): no lock is
+    /// taken, nothing is written, and every read first catches up with the writer's latest
+    /// commit (a `stat` of `meta.json`; on a change the lexical reader and the manifest are
+    /// reloaded together). Until then it serves the commit it has, whole. The vectors must be
+    /// on a Qdrant server (`cfg.server`): the embedded engine's files are one process's.
+    pub fn follow(cfg: &IndexConfig) -> Result<Self> {
+        if cfg.server.is_none() {
+            return Err(Error::Incompatible(
+                "a replica that follows another process's knowledge base needs its vectors on a Qdrant server \
+                 (vector_store.url): the embedded engine's files belong to one process"
+                    .into(),
+            ));
+        }
+        if !cfg.dir.join("lexical").join("meta.json").exists() {
+            return Err(Error::Incompatible(format!(
+                "no knowledge base in {} yet: the writer creates it when it starts",
+                cfg.dir.display()
+            )));
+        }
+        Self::open_as(cfg, true)
+    }
+
+    fn open_as(cfg: &IndexConfig, follower: bool) -> Result<Self> {
         let lex_dir = cfg.dir.join("lexical");
         let existing = lex_dir.join("meta.json").exists();
         if !existing && cfg.dim.is_none() {
@@ -108,7 +154,7 @@ impl KnowledgeIndex {
                 cfg.dir.display()
             )));
         }
-        let lock = lock_dir(&cfg.dir)?;
+        let lock = if follower { None } else { Some(lock_dir(&cfg.dir)?) };
         let dict = cfg.ja_dictionary.as_deref().filter(|p| p.exists());
         // Peek at the stored manifest to learn which Japanese analyzer the index was built with.
         let stored: Option<Manifest> = if existing {
@@ -204,11 +250,83 @@ impl KnowledgeIndex {
             Some(server) => Box::new(ServerStore::connect(server, dim, cfg.hnsw)?),
             None => Box::new(EdgeStore::open(&cfg.dir.join("vectors"), dim, cfg.hnsw)?),
         };
-        Ok(Self { lexical, vectors, manifest: std::sync::RwLock::new(manifest), links: cfg.links.clone(), _lock: lock })
+        let follow = follower.then(|| Follow { meta: lex_dir.join("meta.json"), seen: Default::default() });
+        let index = Self {
+            lexical,
+            vectors,
+            manifest: std::sync::RwLock::new(manifest),
+            links: cfg.links.clone(),
+            _lock: lock,
+            follow,
+        };
+        index.catch_up();
+        Ok(index)
+    }
+
+    /// Whether this is a follower ([`KnowledgeIndex::follow`]).
+    pub fn is_follower(&self) -> bool {
+        self.follow.is_some()
+    }
+
+    /// On a follower: load the writer's latest commit if `meta.json` changed since the last
+    /// look (or was last read `FOLLOW_RECHECK` ago). The lexical reader and the manifest move
+    /// together (the manifest is read from the same commit the reader loaded); a failed reload
+    /// (a segment the writer merged away between the two reads) keeps the commit it has and is
+    /// tried again at the next read. Skipped while this thread or another holds the manifest
+    /// (tried again next time).
+    pub fn catch_up(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let Some(f) = &self.follow else { return };
+        let Ok(meta) = std::fs::metadata(&f.meta) else { return };
+        let stamp = (meta.ino(), meta.modified().ok(), meta.ctime(), meta.ctime_nsec(), meta.len());
+        let mut seen = f.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.as_ref().is_some_and(|(s, at, _)| *s == stamp && at.elapsed() < FOLLOW_RECHECK) {
+            return;
+        }
+        let Ok(mut manifest) = self.manifest.try_write() else { return };
+        match self.load_latest(seen.as_ref().map(|s| s.2)) {
+            Ok((opstamp, m)) => {
+                if let Some(m) = m {
+                    if !manifest.embedder.is_empty() && m.embedder != manifest.embedder {
+                        tracing::error!(
+                            was = %manifest.embedder, now = %m.embedder,
+                            "the writer re-embedded the knowledge base with another embedder: restart this replica"
+                        );
+                    }
+                    *manifest = m;
+                }
+                *seen = Some((stamp, std::time::Instant::now(), opstamp));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot load the writer's latest commit yet; serving the one before"),
+        }
+    }
+
+    /// Reload the lexical reader unless the commit is still `loaded` (an opstamp): the commit's
+    /// opstamp and its manifest (`None`: unchanged, or no manifest committed yet).
+    fn load_latest(&self, loaded: Option<u64>) -> Result<(u64, Option<Manifest>)> {
+        for _ in 0..5 {
+            let before = self.lexical.index.load_metas()?;
+            if Some(before.opstamp) == loaded {
+                return Ok((before.opstamp, None));
+            }
+            self.lexical.reader.reload()?;
+            let after = self.lexical.index.load_metas()?;
+            // meta.json only moves forward: the same opstamp on both sides means the reader
+            // loaded this very commit.
+            if before.opstamp == after.opstamp {
+                let m = match after.payload {
+                    Some(p) => Some(serde_json::from_str(&p).map_err(|e| Error::Manifest(e.to_string()))?),
+                    None => None,
+                };
+                return Ok((after.opstamp, m));
+            }
+        }
+        Err(Error::Incompatible("the writer committed five times while this replica reloaded".into()))
     }
 
     /// The committed manifest (hold the guard briefly: a commit waits for it).
     pub fn manifest(&self) -> std::sync::RwLockReadGuard<'_, Manifest> {
+        self.catch_up();
         self.manifest.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -233,6 +351,7 @@ impl KnowledgeIndex {
     }
 
     pub fn num_chunks(&self) -> u64 {
+        self.catch_up();
         self.lexical.num_docs()
     }
 
@@ -244,6 +363,13 @@ impl KnowledgeIndex {
     /// Searches go on meanwhile and see each commit as soon as it is made: a document's old
     /// chunks or its new ones, never a mix.
     pub fn write(&self) -> Result<WriteSession<'_>> {
+        if self.follow.is_some() {
+            return Err(Error::InUse(
+                "this server follows a knowledge base another process writes (server.role = \"replica\"): \
+                 changes go to the writer as jobs"
+                    .into(),
+            ));
+        }
         let writer: IndexWriter<TantivyDocument> =
             self.lexical.index.writer_with_num_threads(1, 64 << 20).map_err(|e| {
                 if matches!(e, tantivy::TantivyError::LockFailure(..)) {
@@ -260,6 +386,7 @@ impl KnowledgeIndex {
 
     /// Chunks of the committed index in `ids`, visible to `groups`.
     pub fn get_many(&self, ids: &[ChunkId], groups: &[String]) -> Result<Vec<IndexedChunk>> {
+        self.catch_up();
         self.lexical.get_many(ids, &visible_groups(groups))
     }
 
@@ -267,6 +394,7 @@ impl KnowledgeIndex {
     /// dense mode) and dense (empty in bm25 mode), each best first, with the chunks they name.
     /// For diagnosing rankings (`kotae eval retrieval --dump`); `search` is built on it.
     pub fn candidates(&self, req: &SearchRequest) -> Result<Candidates> {
+        self.catch_up();
         let groups = visible_groups(&req.groups);
         let depth = (req.top_k * 4).max(40);
         // One snapshot for the BM25 hits and the chunks of the dense hits: a commit between
@@ -348,6 +476,7 @@ impl KnowledgeIndex {
     /// Every committed chunk, whatever its access groups: for re-embedding the knowledge base
     /// and adapting the embedder to it, never for answers.
     pub fn all_chunks(&self) -> Result<Vec<IndexedChunk>> {
+        self.catch_up();
         let mut out = Vec::new();
         let searcher = self.lexical.reader.searcher();
         for seg in searcher.segment_readers() {
@@ -363,6 +492,7 @@ impl KnowledgeIndex {
     /// operator runs over the whole knowledge base (the nightly vocabulary check), never for
     /// answers.
     pub fn chunk_texts(&self, limit: usize) -> Result<Vec<String>> {
+        self.catch_up();
         let mut out = Vec::new();
         let searcher = self.lexical.reader.searcher();
         for seg in searcher.segment_readers() {
@@ -400,6 +530,9 @@ impl KnowledgeIndex {
     /// Delete vectors whose chunk is not in the committed lexical index (left by an interrupted
     /// ingest). Returns how many went.
     pub fn sweep_orphans(&self) -> Result<usize> {
+        if self.follow.is_some() {
+            return Ok(0); // the writer sweeps: a follower's view may be a commit behind
+        }
         let live = self.all_lexical_ids()?;
         let orphans: Vec<ChunkId> = self.vectors.all_ids()?.into_iter().filter(|id| !live.contains(id)).collect();
         self.vectors.delete(&orphans)?;

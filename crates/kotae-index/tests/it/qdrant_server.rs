@@ -175,3 +175,68 @@ fn a_knowledge_base_on_the_server_filters_by_group_and_survives_reopening() {
     let hits = kb.search(&req("", Some(vec_for(public[0].id.0)), SearchMode::Dense, 1, &[])).unwrap();
     assert_eq!(hits[0].source, "pub.md");
 }
+
+#[test]
+#[ignore = "needs a Qdrant server: scripts/test.sh starts one and sets KOTAE_TEST_QDRANT_URL"]
+fn a_follower_sees_each_commit_of_the_writer_whole_and_never_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = index_config(dir.path(), "test");
+    assert!(
+        KnowledgeIndex::follow(&cfg).err().unwrap().to_string().contains("Qdrant server"),
+        "the embedded engine is one process's"
+    );
+    cfg.server = Some(server_config("follow"));
+    assert!(KnowledgeIndex::follow(&cfg).err().unwrap().to_string().contains("no knowledge base"));
+    let mut writer = KnowledgeIndex::open(&cfg).unwrap();
+    let a = vec![chunk("a.md", 0, "locker keys from general affairs", &["public"])];
+    write_source(&mut writer, "a.md", &a);
+    // Opened while the writer holds the knowledge base: no lock, the commit it finds.
+    let follower = KnowledgeIndex::follow(&cfg).unwrap();
+    assert!(follower.is_follower());
+    assert_eq!((follower.num_chunks(), follower.manifest().files.len()), (1, 1));
+    let e = follower.write().err().unwrap().to_string();
+    assert!(e.contains("replica"), "{e}");
+    assert_eq!(follower.sweep_orphans().unwrap(), 0);
+
+    // Vectors the writer has put but not committed: the follower does not see them.
+    let b = vec![chunk("b.md", 0, "bicycle parking in the basement", &["staff"])];
+    let mut w = writer.write().unwrap();
+    w.put_vectors(&[VectorPoint {
+        id: b[0].id,
+        vector: vec_for(b[0].id.0),
+        groups: b[0].groups.clone(),
+        lang: "en".into(),
+        source: "b.md".into(),
+    }])
+    .unwrap();
+    let dense = |kb: &KnowledgeIndex| {
+        kb.search(&req("bicycle parking", Some(vec_for(b[0].id.0)), SearchMode::Hybrid, 5, &["staff"]))
+            .unwrap()
+            .into_iter()
+            .map(|h| h.source)
+            .collect::<Vec<_>>()
+    };
+    assert!(!dense(&follower).contains(&"b.md".to_string()), "uncommitted");
+    w.replace_source(
+        "b.md",
+        kotae_index::FileEntry { root: "/r".into(), hash: "h".into(), chunks: 1, ..Default::default() },
+        &b,
+    )
+    .unwrap();
+    w.finish().unwrap();
+    // Committed: the next read sees the chunk and its manifest entry together.
+    assert_eq!(dense(&follower)[0], "b.md");
+    assert!(follower.manifest().files.contains_key("b.md"));
+    assert_eq!(follower.num_chunks(), 2);
+    // A removal, then a second follower opened later agrees with the first.
+    let mut w = writer.write().unwrap();
+    w.remove_source("a.md").unwrap();
+    w.finish().unwrap();
+    writer.sweep_orphans().unwrap();
+    let hits = follower.search(&req("locker keys", Some(vec_for(a[0].id.0)), SearchMode::Hybrid, 5, &[])).unwrap();
+    assert!(hits.iter().all(|h| h.source != "a.md"), "{hits:?}");
+    assert!(!follower.manifest().files.contains_key("a.md"));
+    let later = KnowledgeIndex::follow(&cfg).unwrap();
+    assert_eq!(later.manifest().files.keys().collect::<Vec<_>>(), vec!["b.md"]);
+    assert_eq!(later.num_chunks(), follower.num_chunks());
+}
