@@ -372,6 +372,13 @@ impl Config {
         if let Some(v) = env("KOTAE_ADDR") {
             cfg.server.addr = v;
         }
+        if let Some(v) = env("KOTAE_ROLE") {
+            cfg.server.role = match v.as_str() {
+                "all" => kotae_server::ServerRole::All,
+                "replica" => kotae_server::ServerRole::Replica,
+                _ => bail!("KOTAE_ROLE must be \"all\" or \"replica\", not {v:?}"),
+            };
+        }
         if let Some(v) = env("KOTAE_SLACK_SIGNING_SECRET") {
             cfg.slack.signing_secret = Some(v);
         }
@@ -451,6 +458,13 @@ impl Config {
         }
         if self.server.queue_capacity == 0 || self.server.parallel_answers == 0 {
             bail!("server.queue_capacity and server.parallel_answers must be at least 1");
+        }
+        if self.server.role == kotae_server::ServerRole::Replica && (u.is_empty() || self.vector_store.url.is_empty()) {
+            bail!(
+                "server.role = \"replica\" serves a knowledge base another process writes: it needs the state \
+                 database the replicas share (state.url, a postgres:// URL) and the vectors on a Qdrant server \
+                 (vector_store.url); one process on its own keeps the default role \"all\""
+            );
         }
         Ok(())
     }

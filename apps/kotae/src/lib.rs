@@ -60,9 +60,21 @@ pub fn open_index_any_embedder(cfg: &Config) -> Result<KnowledgeIndex> {
     open_index_as(cfg, None, String::new())
 }
 
+/// Open, without writing or locking, the knowledge base another process writes in the shared
+/// data folder (`server.role = "replica"`): every read catches up with its latest commit.
+pub fn follow_index(cfg: &Config, dim: usize) -> Result<KnowledgeIndex> {
+    let ic = index_config(cfg, Some(dim), cfg.embedder_id());
+    KnowledgeIndex::follow(&ic).with_context(|| format!("cannot follow knowledge base {}", cfg.kb_dir().display()))
+}
+
 fn open_index_as(cfg: &Config, dim: Option<usize>, embedder: String) -> Result<KnowledgeIndex> {
+    let ic = index_config(cfg, dim, embedder);
+    KnowledgeIndex::open(&ic).with_context(|| format!("cannot open knowledge base {}", cfg.kb_dir().display()))
+}
+
+fn index_config(cfg: &Config, dim: Option<usize>, embedder: String) -> IndexConfig {
     let dict = kotae_index::store::ipadic_path(&cfg.models_dir());
-    let ic = IndexConfig {
+    IndexConfig {
         dir: cfg.kb_dir(),
         embedder,
         dim,
@@ -86,6 +98,5 @@ fn open_index_as(cfg: &Config, dim: Option<usize>, embedder: String) -> Result<K
             shards: Some(cfg.vector_store.shards).filter(|n| *n > 0),
             replicas: Some(cfg.vector_store.replicas).filter(|n| *n > 0),
         }),
-    };
-    KnowledgeIndex::open(&ic).with_context(|| format!("cannot open knowledge base {}", cfg.kb_dir().display()))
+    }
 }

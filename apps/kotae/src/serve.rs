@@ -23,9 +23,33 @@ pub fn generator_device(cfg: &Config) -> Result<kotae_models::candle::Device> {
 /// Load embedder, index and generator and wire them together.
 pub fn build_engine(cfg: &Config) -> Result<Engine> {
     let embedder: Arc<dyn Embedder> = Arc::new(crate::load_embedder(cfg)?);
-    let index = crate::open_index(cfg, None)?;
+    let index = if cfg.server.role == kotae_server::ServerRole::Replica {
+        follow_index(cfg, embedder.dim())?
+    } else {
+        crate::open_index(cfg, None)?
+    };
     index.preload().context("cannot load what search needs")?;
     engine_from(cfg, Arc::new(index), embedder)
+}
+
+/// A replica's view of the knowledge base the writer keeps in the shared data folder. A replica
+/// started before the writer waits for it to create the knowledge base (up to 10 minutes).
+fn follow_index(cfg: &Config, dim: usize) -> Result<kotae_index::KnowledgeIndex> {
+    let meta = cfg.kb_dir().join("lexical").join("meta.json");
+    let t = std::time::Instant::now();
+    while !meta.exists() {
+        if t.elapsed() > std::time::Duration::from_secs(600) {
+            anyhow::bail!(
+                "no knowledge base in {} after 10 minutes: start the writer (server.role = \"all\") on the same data folder",
+                cfg.kb_dir().display()
+            );
+        }
+        if t.elapsed().as_secs() % 15 == 0 {
+            tracing::info!(path = %meta.display(), "waiting for the writer to create the knowledge base");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    crate::follow_index(cfg, dim)
 }
 
 /// An engine over an index and embedder that are already open (tests share them).

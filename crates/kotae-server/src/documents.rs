@@ -233,7 +233,7 @@ pub async fn upload(
         "accepted",
         format!("job {id}, groups {}", groups.join(",")),
     );
-    spawn_job(state.clone(), k, id.clone(), Work::Ingest { files, groups });
+    queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id, "files": names }))).into_response())
 }
 
@@ -244,10 +244,10 @@ pub async fn remove(
     Extension(admin): Extension<Client>,
     UrlPath(source): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let k = knowledge(&state)?;
+    knowledge(&state)?;
     let id = state.store.create_job("remove", &admin.id, &json!({ "source": source }))?;
     audit(&state, &admin, "documents.remove", &source, "accepted", format!("job {id}"));
-    spawn_job(state.clone(), k, id.clone(), Work::Remove { source });
+    queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
 }
 
@@ -271,7 +271,7 @@ pub async fn set_groups(
     }
     let id = state.store.create_job("ingest", &admin.id, &json!({ "files": [source], "groups": groups }))?;
     audit(&state, &admin, "documents.groups", &source, "accepted", format!("job {id}, groups {}", groups.join(",")));
-    spawn_job(state.clone(), k, id.clone(), Work::Ingest { files: vec![file], groups });
+    queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
 }
 
@@ -372,7 +372,7 @@ fn apply_rules(
     refresh_rules(state, k.as_ref())?;
     let id = state.store.create_job("reindex", &admin.id, &json!({ "force": false, "rule": path }))?;
     audit(state, admin, action, path, "ok", format!("{what}, job {id}"));
-    spawn_job(state.clone(), k, id.clone(), Work::Reindex { force: false });
+    queue_job(state);
     Ok(id)
 }
 
@@ -383,7 +383,7 @@ pub type Progress = dyn Fn(Value) -> bool + Send + Sync;
 /// reads it, and where a cancel asked on another replica is seen).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The cancel flags of the jobs this process runs or has queued.
+/// The cancel flags of the jobs this process runs.
 #[derive(Default)]
 pub(crate) struct Cancels(std::sync::Mutex<std::collections::HashMap<String, Arc<AtomicBool>>>);
 
@@ -451,44 +451,135 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Run a job on the blocking pool, one at a time, recording its end in the store. A job
-/// cancelled while it waits never starts.
-fn spawn_job(state: Arc<AppState>, k: Arc<dyn Knowledge>, id: String, work: Work) {
+/// How often the job runner looks for jobs that other replicas queued (its own wake it at once).
+const JOB_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A job was queued: wake this process's runner (started on first use). On a replica nothing
+/// runs here: the writer's runner takes the job from the shared state database.
+fn queue_job(state: &Arc<AppState>) {
+    if state.cfg.role == crate::ServerRole::Replica {
+        return;
+    }
+    start_job_runner(state);
+    state.job_wake.notify_one();
+}
+
+/// Start the process's job runner unless it runs or this is a replica: it claims queued
+/// ingest, re-index and remove jobs (this process's, another replica's, or left queued by a
+/// stop) oldest first and runs them one at a time. A claim is one conditional update, so a
+/// job never runs twice, whichever replicas look.
+pub fn start_job_runner(state: &Arc<AppState>) {
+    if state.cfg.role == crate::ServerRole::Replica {
+        return;
+    }
+    state.job_runner.get_or_init(|| {
+        // A weak handle: the runner must not keep the state (and the index) alive.
+        tokio::spawn(run_jobs(Arc::downgrade(state), state.job_wake.clone()));
+    });
+}
+
+async fn run_jobs(state: std::sync::Weak<AppState>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let ran = match state.upgrade() {
+            None => return,
+            // Until the engine is loaded there is no knowledge base to change.
+            Some(state) => match knowledge(&state) {
+                Err(_) => false,
+                Ok(k) => {
+                    let st = state.clone();
+                    match tokio::task::spawn_blocking(move || st.store.claim_job()).await {
+                        Ok(Ok(Some(job))) => {
+                            run_claimed(&state, k, job).await;
+                            true
+                        }
+                        Ok(Ok(None)) => false,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cannot read the job queue");
+                            false
+                        }
+                        Err(_) => false,
+                    }
+                }
+            },
+        };
+        if !ran {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(JOB_POLL) => {}
+            }
+        }
+    }
+}
+
+impl Work {
+    /// The work a queued job records (`detail`): uploaded files are named relative to the
+    /// upload folder, which the replicas share.
+    fn of(job: &Value, uploads: &Path) -> Result<Work, String> {
+        let d = &job["detail"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+        };
+        match job["kind"].as_str() {
+            Some("ingest") => {
+                let files: Vec<PathBuf> = strings(&d["files"]).iter().map(|f| uploads.join(f)).collect();
+                if files.is_empty() {
+                    return Err("the job names no files".into());
+                }
+                Ok(Work::Ingest { files, groups: strings(&d["groups"]) })
+            }
+            Some("reindex") => Ok(Work::Reindex { force: d["force"].as_bool().unwrap_or(false) }),
+            Some("remove") => d["source"]
+                .as_str()
+                .map(|s| Work::Remove { source: s.to_string() })
+                .ok_or_else(|| "the job names no source".to_string()),
+            other => Err(format!("a {other:?} job does not run from the queue")),
+        }
+    }
+}
+
+/// Run a claimed job on the blocking pool, recording its end in the store. A job whose cancel
+/// was asked for before it started never starts.
+async fn run_claimed(state: &Arc<AppState>, k: Arc<dyn Knowledge>, job: Value) {
+    let id = job["id"].as_str().unwrap_or_default().to_string();
     let cancel = state.cancels.register(&id);
-    tokio::spawn(async move {
-        let _one_at_a_time = state.jobs.lock().await;
-        let asked = state.store.job(&id).ok().flatten().is_some_and(|j| !j["cancel_requested"].is_null());
-        if cancel.load(Ordering::SeqCst) || asked {
-            let _ = state.store.set_job(&id, "cancelled", Some(&json!({ "cancelled": true, "files_ingested": 0 })));
-            tracing::info!(job = %id, "admin job cancelled before it started");
+    if !job["cancel_requested"].is_null() {
+        let _ = state.store.set_job(&id, "cancelled", Some(&json!({ "cancelled": true, "files_ingested": 0 })));
+        tracing::info!(job = %id, "admin job cancelled before it started");
+        state.cancels.forget(&id);
+        return;
+    }
+    let uploads = k.uploads_dir();
+    let work = match Work::of(&job, &uploads) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = state.store.set_job(&id, "failed", Some(&json!({ "error": e })));
             state.cancels.forget(&id);
             return;
         }
-        // The rules as they are when the job starts (another replica may have changed them).
-        let rules = refresh_rules(&state, k.as_ref()).map_err(|e| e.to_string());
-        let uploads = k.uploads_dir();
-        let progress = reporter(&state, &id, cancel);
-        run_recorded(&state, &id, move || match work {
-            _ if rules.is_err() => Err(format!("cannot read the access rules: {}", rules.err().unwrap_or_default())),
-            Work::Ingest { files, groups } => k.ingest(&files, &groups, progress),
-            Work::Reindex { force } => k.reindex(force, progress),
-            Work::Remove { source } => {
-                let removed = k.remove(&source)?;
-                // Its uploaded file goes too, so a later re-ingest of the folder does not bring it back.
-                let file = uploads.join(&source);
-                if Path::new(&source).components().count() == 1 && file.exists() {
-                    std::fs::remove_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-                }
-                if removed {
-                    Ok(json!({ "removed": source }))
-                } else {
-                    Err(format!("no document {source} in the knowledge base"))
-                }
+    };
+    // The rules as they are when the job starts (another replica may have changed them).
+    let rules = refresh_rules(state, k.as_ref()).map_err(|e| e.to_string());
+    let progress = reporter(state, &id, cancel);
+    run_recorded(state, &id, move || match work {
+        _ if rules.is_err() => Err(format!("cannot read the access rules: {}", rules.err().unwrap_or_default())),
+        Work::Ingest { files, groups } => k.ingest(&files, &groups, progress),
+        Work::Reindex { force } => k.reindex(force, progress),
+        Work::Remove { source } => {
+            let removed = k.remove(&source)?;
+            // Its uploaded file goes too, so a later re-ingest of the folder does not bring it back.
+            let file = uploads.join(&source);
+            if Path::new(&source).components().count() == 1 && file.exists() {
+                std::fs::remove_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             }
-        })
-        .await;
-        state.cancels.forget(&id);
-    });
+            if removed {
+                Ok(json!({ "removed": source }))
+            } else {
+                Err(format!("no document {source} in the knowledge base"))
+            }
+        }
+    })
+    .await;
+    state.cancels.forget(&id);
 }
 
 /// Run `work` on the blocking pool as job `id`: marked running, its heartbeat kept while it
@@ -602,7 +693,7 @@ pub async fn reindex(
     Extension(admin): Extension<Client>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let k = knowledge(&state)?;
+    knowledge(&state)?;
     let opts = options(&body)?;
     let force = match opts.as_object().map(|o| o.iter().collect::<Vec<_>>()).as_deref() {
         Some([]) => false,
@@ -611,7 +702,7 @@ pub async fn reindex(
     };
     let id = state.store.create_job("reindex", &admin.id, &json!({ "force": force }))?;
     audit(&state, &admin, "documents.reindex", "all", "accepted", format!("job {id}, force {force}"));
-    spawn_job(state.clone(), k, id.clone(), Work::Reindex { force });
+    queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
 }
 
@@ -686,9 +777,9 @@ pub async fn retry(
         )));
     }
     let dir = k.uploads_dir();
-    let files: Vec<PathBuf> = j["detail"]["files"]
+    let files: Vec<&str> = j["detail"]["files"]
         .as_array()
-        .map(|a| a.iter().filter_map(|f| f.as_str()).map(|f| dir.join(f)).filter(|p| p.exists()).collect())
+        .map(|a| a.iter().filter_map(|f| f.as_str()).filter(|f| dir.join(f).exists()).collect())
         .unwrap_or_default();
     let groups: Vec<String> = j["detail"]["groups"]
         .as_array()
@@ -697,10 +788,10 @@ pub async fn retry(
     if files.is_empty() {
         return Err(ApiError::BadRequest(format!("the files of job {id} are gone: upload them again")));
     }
-    let detail = json!({ "files": j["detail"]["files"], "groups": groups, "retry_of": id });
+    let detail = json!({ "files": files, "groups": groups, "retry_of": id });
     let new = state.store.create_job("ingest", &admin.id, &detail)?;
     audit(&state, &admin, "jobs.retry", &id, "accepted", format!("job {new}"));
-    spawn_job(state.clone(), k, new.clone(), Work::Ingest { files, groups });
+    queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": new }))).into_response())
 }
 

@@ -51,6 +51,12 @@ pub const UPLOAD_LIMIT: usize = 256 << 20;
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub addr: String,
+    /// `all` (the default): this process serves and also runs the admin jobs that change the
+    /// knowledge base, its own and those replicas queue in the shared state database.
+    /// `replica`: it serves a knowledge base that another (`all`) process writes, following
+    /// its commits, and queues its admin jobs for that process; needs the state in PostgreSQL
+    /// (`state.url`) and the vectors on a Qdrant server (`vector_store.url`).
+    pub role: ServerRole,
     /// Jobs that may wait for the generator behind the running ones; more get 503.
     pub queue_capacity: usize,
     /// Answers generated together, a token each in turn (int8 runtime): a long answer then
@@ -95,6 +101,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8080".into(),
+            role: ServerRole::All,
             queue_capacity: 8,
             parallel_answers: 4,
             rate_limit_per_minute: 120,
@@ -114,6 +121,17 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
         }
     }
+}
+
+/// What a server process does besides answering (`server.role`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// Serves, and runs the jobs that write the knowledge base.
+    #[default]
+    All,
+    /// Serves a knowledge base another process writes; its jobs run there.
+    Replica,
 }
 
 /// Everything that answers: built by the app once models are loaded.
@@ -147,9 +165,11 @@ pub struct AppState {
     auth: auth::Authenticator,
     failures: auth::FailureLimiter,
     in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-    /// Admin jobs run one at a time.
-    pub(crate) jobs: tokio::sync::Mutex<()>,
-    /// Cancel flags of the admin jobs this process runs or has queued.
+    /// Wakes the job runner (one per process, started on first use; admin jobs run one at a
+    /// time, oldest first, whichever replica queued them).
+    pub(crate) job_wake: Arc<tokio::sync::Notify>,
+    pub(crate) job_runner: OnceLock<()>,
+    /// Cancel flags of the admin jobs this process runs.
     pub(crate) cancels: documents::Cancels,
     /// Where the nightly evaluation writes its latest report (`report.json`).
     reports: OnceLock<std::path::PathBuf>,
@@ -183,7 +203,8 @@ impl AppState {
             auth,
             failures,
             in_flight: Default::default(),
-            jobs: tokio::sync::Mutex::new(()),
+            job_wake: Default::default(),
+            job_runner: OnceLock::new(),
             cancels: Default::default(),
             cfg,
             engine: OnceLock::new(),
@@ -486,6 +507,8 @@ pub async fn serve(
     // with every address ever seen.
     // A weak handle: an aborted pruner must not keep the state (and the index) alive.
     let st = Arc::downgrade(&state);
+    // Jobs queued before a restart or by replicas run here (a replica leaves them to the writer).
+    documents::start_job_runner(&state);
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {

@@ -162,6 +162,8 @@ const MIGRATIONS: &[&str] = &[
 /// How often a running job says it is alive, and how long a silence means its process died.
 pub const JOB_HEARTBEAT_S: u64 = 15;
 pub const JOB_STALE_S: i64 = 90;
+/// The kinds of job any writer runs from the queue (`claim_job`), as an SQL list.
+const QUEUED_KINDS: &str = "('ingest', 'reindex', 'remove')";
 
 /// One line of the audit trail: who did what to what, and how it ended. Never a secret.
 #[derive(Debug, Clone, Serialize)]
@@ -716,9 +718,19 @@ impl Store {
         Ok(self.query_one("SELECT cancel_unix FROM jobs WHERE id = ?1", vals![id])?.is_some_and(|r| r.oi(0).is_some()))
     }
 
-    /// Ask a queued or running job to stop (whichever replica runs it stops at its next
-    /// check); whether the job was still queued or running.
+    /// Ask a queued or running job to stop: a queued one is cancelled at once (it never
+    /// starts), a running one stops at its next check, whichever replica runs it. Whether the
+    /// job was still queued or running.
     pub fn request_cancel(&self, id: &str, actor: &str) -> Result<bool, ApiError> {
+        let report = serde_json::json!({ "cancelled": true, "files_ingested": 0 });
+        let n = self.exec(
+            "UPDATE jobs SET status = 'cancelled', report_json = ?2, finished_unix = ?3, cancel_unix = ?3,
+               cancel_actor = ?4 WHERE id = ?1 AND status = 'queued'",
+            vals![id, report.to_string(), now(), actor],
+        )?;
+        if n > 0 {
+            return Ok(true);
+        }
         let n = self.exec(
             "UPDATE jobs SET cancel_unix = COALESCE(cancel_unix, ?2), cancel_actor = COALESCE(cancel_actor, ?3)
              WHERE id = ?1 AND status IN ('queued', 'running')",
@@ -736,6 +748,31 @@ impl Store {
             .map(|r| Self::job_json(&r)))
     }
 
+    /// Take the oldest queued ingest, re-index or remove job for this process to run, marked
+    /// running: the update only succeeds while the job is still queued, so of replicas
+    /// claiming at once exactly one gets it.
+    pub fn claim_job(&self) -> Result<Option<serde_json::Value>, ApiError> {
+        loop {
+            let Some(r) = self.query_one(
+                &format!(
+                    "SELECT id FROM jobs WHERE status = 'queued' AND kind IN {QUEUED_KINDS} ORDER BY created_unix, id LIMIT 1"
+                ),
+                &[],
+            )?
+            else {
+                return Ok(None);
+            };
+            let id = r.s(0);
+            let n = self.exec(
+                "UPDATE jobs SET status = 'running', heartbeat_unix = ?2 WHERE id = ?1 AND status = 'queued'",
+                vals![&id, now()],
+            )?;
+            if n == 1 {
+                return self.job(&id);
+            }
+        }
+    }
+
     /// A running job is alive (see `JOB_HEARTBEAT_S`).
     pub fn touch_job(&self, id: &str) -> Result<(), ApiError> {
         self.exec("UPDATE jobs SET heartbeat_unix = ?2 WHERE id = ?1 AND status = 'running'", vals![id, now()])?;
@@ -743,9 +780,11 @@ impl Store {
     }
 
     /// Jobs cut short by a crash or a kill are marked failed. On SQLite (one process owns the
-    /// file) that is every job still queued or running when the server starts; on PostgreSQL,
-    /// which replicas share, only those whose heartbeat stopped `JOB_STALE_S` ago, so that a
-    /// replica starting (or sweeping, every minute) never fails another live replica's job.
+    /// file) that is every job still running when the server starts; on PostgreSQL, which
+    /// replicas share, only those whose heartbeat stopped `JOB_STALE_S` ago, so that a replica
+    /// starting (or sweeping, every minute) never fails another live replica's job. Queued
+    /// ingest, re-index and remove jobs are not failed: they wait for a runner (`claim_job`);
+    /// a queued job of another kind (an evaluation) was its process's own, and is.
     pub fn fail_interrupted_jobs(&self) -> Result<usize, ApiError> {
         let report = serde_json::json!({ "error": "interrupted: the server stopped during the job; run it again" });
         let stale_before = match self.db {
@@ -753,8 +792,11 @@ impl Store {
             Db::Postgres(_) => now() - JOB_STALE_S,
         };
         let n = self.exec(
-            "UPDATE jobs SET status = 'failed', report_json = ?1, finished_unix = ?2
-             WHERE status IN ('queued', 'running') AND COALESCE(heartbeat_unix, created_unix) < ?3",
+            &format!(
+                "UPDATE jobs SET status = 'failed', report_json = ?1, finished_unix = ?2
+                 WHERE (status = 'running' OR (status = 'queued' AND kind NOT IN {QUEUED_KINDS}))
+                   AND COALESCE(heartbeat_unix, created_unix) < ?3"
+            ),
             vals![report.to_string(), now(), stale_before],
         )?;
         Ok(n as usize)
