@@ -42,9 +42,13 @@ need production "kind: CronJob"
 need production 'args: \["eval", "all", "--server", "http://kotae:8080"\]'
 need production "nvidia.com/gpu: 1"
 need production "kind: Ingress"
+need production "name: kotae-replica"
+need production "value: replica"
+need production "kind: HorizontalPodAutoscaler"
+need production "kind: PodDisruptionBudget"
 
-# What the chart must refuse, with its reason: replicas that would not share state, a nightly
-# evaluation without a key.
+# What the chart must refuse, with its reason: a second writer, read replicas without what they
+# share (a ReadWriteMany volume, a Qdrant server, PostgreSQL), a nightly evaluation without a key.
 refuse() {
   local want="$1"; shift
   if helm template kotae "$CHART" "$@" >"$OUT/refused.txt" 2>&1; then
@@ -52,11 +56,13 @@ refuse() {
   fi
   grep -q "$want" "$OUT/refused.txt" || { cat "$OUT/refused.txt" >&2; echo "refused without saying: $want" >&2; exit 1; }
 }
-refuse "do not share their lexical index" --set replicaCount=3
-refuse "do not share their lexical index" --set autoscaling.enabled=true
-refuse "do not share their lexical index" --set podDisruptionBudget.enabled=true
+refuse "the writer is one pod" --set replicaCount=3
+refuse "set persistence.accessMode to ReadWriteMany" --set readReplicas.count=2
+refuse "need the vectors in a Qdrant server" --set autoscaling.enabled=true --set persistence.accessMode=ReadWriteMany
+refuse "need the state (conversations, jobs, audit) in PostgreSQL" --set podDisruptionBudget.enabled=true \
+  --set persistence.accessMode=ReadWriteMany --set qdrant.enabled=true
 refuse "nightlyEval needs an admin API key" --set nightlyEval.enabled=true
-echo "helm chart refuses unshared replicas and a keyless nightly evaluation"
+echo "helm chart refuses a second writer, replicas without shared storage, Qdrant or PostgreSQL, and a keyless nightly evaluation"
 
 for f in deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda; do
   "$TOOLS/bin/hadolint" --config deploy/docker/.hadolint.yaml "$f"

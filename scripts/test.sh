@@ -35,54 +35,21 @@ fi
 # server-backed vector store, on loopback ports of its own with a fresh storage folder, stopped
 # when this script exits. KOTAE_TEST_QDRANT_URL points them at another server instead. Only they
 # read it: no other test moves to the server.
-QDRANT_BIN="${KOTAE_QDRANT_BIN:-$PWD/../shared/bin/qdrant}"
-QDRANT_PID=""; PG_DIR=""; AS=()
-stop_servers() {
-  if [ -n "$QDRANT_PID" ]; then kill "$QDRANT_PID" 2>/dev/null; wait "$QDRANT_PID" 2>/dev/null; rm -rf "$QDRANT_DIR"; fi
-  if [ -n "$PG_DIR" ]; then "${AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1; rm -rf "$PG_DIR"; fi
-  return 0
-}
-trap stop_servers EXIT
-if [ -z "${KOTAE_TEST_QDRANT_URL:-}" ] && [ -x "$QDRANT_BIN" ]; then
-  QDRANT_DIR="$(mktemp -d)"
-  read -r QDRANT_HTTP QDRANT_GRPC < <(python3 -c 'import socket
-s=[socket.socket() for _ in range(2)]
-[x.bind(("127.0.0.1", 0)) for x in s]
-print(*[x.getsockname()[1] for x in s])')
-  (cd "$QDRANT_DIR" && exec env QDRANT__SERVICE__HOST=127.0.0.1 QDRANT__SERVICE__HTTP_PORT="$QDRANT_HTTP" \
-    QDRANT__SERVICE__GRPC_PORT="$QDRANT_GRPC" QDRANT__STORAGE__STORAGE_PATH="$QDRANT_DIR/storage" \
-    QDRANT__STORAGE__SNAPSHOTS_PATH="$QDRANT_DIR/snapshots" QDRANT__TELEMETRY_DISABLED=true \
-    "$QDRANT_BIN" >"$QDRANT_DIR/log" 2>&1) &
-  QDRANT_PID=$!
-  for _ in $(seq 1 150); do
-    curl -fsS "http://127.0.0.1:$QDRANT_HTTP/readyz" >/dev/null 2>&1 && break
-    kill -0 "$QDRANT_PID" 2>/dev/null || { cat "$QDRANT_DIR/log" >&2; echo "the Qdrant server did not start" >&2; exit 1; }
-    sleep 0.2
-  done
-  curl -fsS "http://127.0.0.1:$QDRANT_HTTP/readyz" >/dev/null || { echo "the Qdrant server is not ready after 30 s" >&2; exit 1; }
-  export KOTAE_TEST_QDRANT_URL="http://127.0.0.1:$QDRANT_GRPC"
-fi
 # A real PostgreSQL (Debian's package, installed here when missing) for the tests of the shared
-# state store: a throw-away cluster in a temporary folder on a free loopback port, owned by the
-# `postgres` system user when this runs as root (initdb refuses root), stopped on exit.
-# KOTAE_TEST_POSTGRES_URL points the tests at another database instead.
+# state store: a throw-away cluster in a temporary folder on a free loopback port, stopped on
+# exit. KOTAE_TEST_POSTGRES_URL points the tests at another database instead.
+. scripts/lib/servers.sh
+trap stop_servers EXIT
+QDRANT_BIN="${KOTAE_QDRANT_BIN:-$PWD/../shared/bin/qdrant}"
+if [ -z "${KOTAE_TEST_QDRANT_URL:-}" ] && start_qdrant "$(mktemp -d)"; then
+  export KOTAE_TEST_QDRANT_URL="$QDRANT_URL"
+fi
 if [ -z "${KOTAE_TEST_POSTGRES_URL:-}" ]; then
-  PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-  if [ -z "$PG_BIN" ]; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null \
-      || { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } \
-      || echo "cannot install PostgreSQL: its tests will be reported as ignored" >&2
-    PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-  fi
-  if [ -n "$PG_BIN" ]; then
-    PG_DIR="$(mktemp -d)"; chmod 755 "$PG_DIR"
-    PG_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    AS=(); [ "$(id -u)" = 0 ] && { chown postgres "$PG_DIR"; AS=(runuser -u postgres --); }
-    "${AS[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U kotae --auth=trust --no-sync -E UTF8 >"$PG_DIR/initdb.log" 2>&1
-    "${AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c fsync=off" start >/dev/null
-    export KOTAE_TEST_POSTGRES_URL="postgres://kotae@127.0.0.1:$PG_PORT/postgres"
+  D="$(mktemp -d)"
+  if start_postgres "$D"; then
+    export KOTAE_TEST_POSTGRES_URL="$PG_URL"
+  else
+    rm -rf "$D"; echo "no PostgreSQL: its tests will be reported as not run" >&2
   fi
 fi
 # The tests that need these servers are #[ignore]d (reported as not run by a plain `cargo test`);

@@ -9,18 +9,11 @@ cd "$(dirname "$0")/../.."
 ROUNDS="${1:-2}"; CHUNKS="${2:-100000}"; THREADS="${3:-2}"
 BENCH="${KOTAE_BENCH:-./target/debug/kotae-bench}"
 [ -x "$BENCH" ] || cargo build -p kotae --bin kotae-bench
-QDRANT_BIN="${KOTAE_QDRANT_BIN:-$PWD/../shared/bin/qdrant}"
+. scripts/lib/servers.sh
 DIR="$(mktemp -d)"
-read -r HTTP GRPC < <(python3 -c 'import socket
-s=[socket.socket() for _ in range(2)]
-[x.bind(("127.0.0.1", 0)) for x in s]
-print(*[x.getsockname()[1] for x in s])')
-(cd "$DIR" && exec env QDRANT__SERVICE__HOST=127.0.0.1 QDRANT__SERVICE__HTTP_PORT="$HTTP" \
-  QDRANT__SERVICE__GRPC_PORT="$GRPC" QDRANT__STORAGE__STORAGE_PATH="$DIR/storage" \
-  QDRANT__STORAGE__SNAPSHOTS_PATH="$DIR/snapshots" QDRANT__TELEMETRY_DISABLED=true "$QDRANT_BIN" >"$DIR/log" 2>&1) &
-PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DIR"' EXIT
-until curl -fsS "http://127.0.0.1:$HTTP/readyz" >/dev/null 2>&1; do sleep 0.2; done
+trap 'stop_servers; rm -rf "$DIR"' EXIT
+start_qdrant "$DIR/qdrant" || { echo "no Qdrant server at ${KOTAE_QDRANT_BIN:-../shared/bin/qdrant}" >&2; exit 1; }
+GRPC="$QDRANT_GRPC"
 for r in $(seq 1 "$ROUNDS"); do
   "$BENCH" --threads "$THREADS" search --chunks "$CHUNKS" --kb-dir "$DIR/kb-embedded" 2>/dev/null >"$DIR/embedded.$r"
   "$BENCH" --threads "$THREADS" search --chunks "$CHUNKS" --kb-dir "$DIR/kb-server" --qdrant-url "http://127.0.0.1:$GRPC" 2>/dev/null >"$DIR/server.$r"
