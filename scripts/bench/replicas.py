@@ -10,7 +10,7 @@ It measures, and exits 1 when one of these fails:
   2. a document uploaded through the proxy becomes searchable on every replica (time to each);
   3. a replica killed (SIGKILL) while it streams an answer: the client's stream ends without a
      `done` event, the other replicas go on serving, no stored conversation is lost;
-  4. the writer killed during a 60-document upload: the replicas go on serving, what it
+  4. the writer killed during a 120-document upload: the replicas go on serving, what it
      committed stays searchable, the job is reported failed once its heartbeat is stale, and
      a retry after the writer's restart ingests the rest.
 """
@@ -194,13 +194,21 @@ try:
     victim.start()
     print(f"  {victim.name} restarted, ready in {victim.ready():.1f} s")
 
-    print("\n4. The writer killed during a 60-document upload")
-    rooms = [(f"room-{i:03}.md", f"# Room {i}\n\nRoom {i} on floor {i % 9 + 1} seats {4 + i % 7} people and has a {['projector', 'whiteboard', 'screen'][i % 3]}.\n") for i in range(60)]
+    print("\n4. The writer killed during a 120-document upload")
+    kinds = ["projector", "whiteboard", "screen", "speakerphone", "camera", "sofa"]
+    rooms = [(f"room-{i:03}.md", f"# Room {i}\n\n" + "\n\n".join(
+        f"## {k.title()}\n\nRoom {i} on floor {i % 9 + 1} has a {k} (asset {i * 31 + j}); book it in the room app, "
+        f"report a broken {k} to General Affairs, and leave the {k} as you found it for the next group of {4 + (i + j) % 7}."
+        for j, k in enumerate(kinds)) + "\n") for i in range(120)]
     body, ctype = multipart(rooms, "public")
     s, r = request(replicas[-1].port, "POST", "/admin/api/documents", body, key=a.admin_key, ctype=ctype)
     jid = r["job"]
-    while (job(replicas[-1].port, jid).get("progress") or {}).get("files_ingested", 0) < 8:
-        time.sleep(0.05)
+    while True:
+        j = job(replicas[-1].port, jid)
+        if (j.get("progress") or {}).get("files_ingested", 0) >= 32 or j["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.02)
+    check(j["status"] == "running", f"the job is {j['status']} when the writer is killed")
     writer.kill()
     t_kill = time.monotonic()
     committed = (job(replicas[-1].port, jid).get("progress") or {}).get("files_ingested", 0)
@@ -220,7 +228,7 @@ try:
     check(j["status"] == "done", f"the retry: {j['status']} in {time.monotonic() - t:.1f} s, {j['report'].get('files_ingested')} ingested, {j['report'].get('files_unchanged', '?')} unchanged (≥{committed} committed before the kill)")
     s, docs = request(replicas[0].port, "GET", "/admin/api/documents", key=a.admin_key)
     n = sum(d["source"].startswith("room-") for d in docs["documents"])
-    check(n == 60, f"{n}/60 rooms listed on {replicas[0].name}")
+    check(n == 120, f"{n}/120 rooms listed on {replicas[0].name}")
 finally:
     proxy.terminate()
     for p in procs:

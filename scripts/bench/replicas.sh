@@ -16,24 +16,19 @@ else
   [ -x "$K" ] || cargo build -p kotae
 fi
 . scripts/lib/servers.sh
-WORK="$(mktemp -d)"
+WORK="$(mktemp -d)"; chmod 755 "$WORK"  # the postgres user reaches its cluster inside
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 start_qdrant "$WORK/qdrant" || { echo "no Qdrant server at ${KOTAE_QDRANT_BIN:-../shared/bin/qdrant}" >&2; exit 1; }
 start_postgres "$WORK/pg" || { echo "no PostgreSQL" >&2; exit 1; }
 # The shared volume, the shared servers, and an admin key every process accepts.
 export KOTAE_DATA_DIR="$WORK/data" KOTAE_QDRANT_URL="$QDRANT_URL" KOTAE_STATE_URL="$PG_URL"
+OUT="$($K new-key --name ops 2>&1)"
 export KOTAE_QDRANT_COLLECTION="kotae_replicas" KOTAE_CONFIG="$WORK/kotae.toml"
-read -r KEY HASH < <($K new-key | awk '/^key/ {k=$NF} /^hash/ {h=$NF} END {print k, h}')
-cat >"$KOTAE_CONFIG" <<TOML
-[server]
-rate_limit_per_minute = 100000
-rate_limit_burst = 100000
-
-[[server.api_keys]]
-name = "ops"
-hash = "$HASH"
-role = "admin"
-TOML
+KEY="$(grep -m1 '^kotae_' <<<"$OUT")"
+{
+  printf '[server]\nrate_limit_per_minute = 100000\nrate_limit_burst = 100000\n\n'
+  sed -n '/^\[\[server.api_keys\]\]/,$p' <<<"$OUT" | sed 's/^role = .*/role = "admin"/'
+} >"$KOTAE_CONFIG"
 mkdir -p "$WORK/logs"
 $K ingest knowledge --groups public >"$WORK/logs/ingest.log" 2>&1
 python3 scripts/bench/replicas.py --kotae "$K" --replicas "$REPLICAS" --admin-key "$KEY" --logs "$WORK/logs" \

@@ -224,7 +224,7 @@ pub async fn upload(
     let names: Vec<String> =
         files.iter().filter_map(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
     let detail = json!({ "files": names, "groups": groups });
-    let id = state.store.create_job("ingest", &admin.id, &detail)?;
+    let id = state.store.create_job_for(&k.kb(), "ingest", &admin.id, &detail)?;
     audit(
         &state,
         &admin,
@@ -244,8 +244,8 @@ pub async fn remove(
     Extension(admin): Extension<Client>,
     UrlPath(source): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    knowledge(&state)?;
-    let id = state.store.create_job("remove", &admin.id, &json!({ "source": source }))?;
+    let k = knowledge(&state)?;
+    let id = state.store.create_job_for(&k.kb(), "remove", &admin.id, &json!({ "source": source }))?;
     audit(&state, &admin, "documents.remove", &source, "accepted", format!("job {id}"));
     queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
@@ -269,7 +269,8 @@ pub async fn set_groups(
             "{source} was not uploaded here: its groups come from the folder rules it was ingested with (ingest.access, --groups)"
         )));
     }
-    let id = state.store.create_job("ingest", &admin.id, &json!({ "files": [source], "groups": groups }))?;
+    let id =
+        state.store.create_job_for(&k.kb(), "ingest", &admin.id, &json!({ "files": [source], "groups": groups }))?;
     audit(&state, &admin, "documents.groups", &source, "accepted", format!("job {id}, groups {}", groups.join(",")));
     queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
@@ -370,7 +371,7 @@ fn apply_rules(
     what: &str,
 ) -> Result<String, ApiError> {
     refresh_rules(state, k.as_ref())?;
-    let id = state.store.create_job("reindex", &admin.id, &json!({ "force": false, "rule": path }))?;
+    let id = state.store.create_job_for(&k.kb(), "reindex", &admin.id, &json!({ "force": false, "rule": path }))?;
     audit(state, admin, action, path, "ok", format!("{what}, job {id}"));
     queue_job(state);
     Ok(id)
@@ -479,6 +480,7 @@ pub fn start_job_runner(state: &Arc<AppState>) {
 }
 
 async fn run_jobs(state: std::sync::Weak<AppState>, wake: Arc<tokio::sync::Notify>) {
+    let mut started = false;
     loop {
         let ran = match state.upgrade() {
             None => return,
@@ -486,8 +488,21 @@ async fn run_jobs(state: std::sync::Weak<AppState>, wake: Arc<tokio::sync::Notif
             Some(state) => match knowledge(&state) {
                 Err(_) => false,
                 Ok(k) => {
-                    let st = state.clone();
-                    match tokio::task::spawn_blocking(move || st.store.claim_job()).await {
+                    let (st, kb) = (state.clone(), k.kb());
+                    if !started {
+                        // This process holds the knowledge base now: what its writer was
+                        // running when it stopped is over.
+                        started = true;
+                        let (st, kb) = (st.clone(), kb.clone());
+                        match tokio::task::spawn_blocking(move || st.store.fail_jobs_of_stopped_writer(&kb)).await {
+                            Ok(Ok(n)) if n > 0 => {
+                                tracing::warn!(jobs = n, "jobs the writer's last stop cut short are marked failed")
+                            }
+                            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the job queue"),
+                            _ => {}
+                        }
+                    }
+                    match tokio::task::spawn_blocking(move || st.store.claim_job(&kb)).await {
                         Ok(Ok(Some(job))) => {
                             run_claimed(&state, k, job).await;
                             true
@@ -693,14 +708,14 @@ pub async fn reindex(
     Extension(admin): Extension<Client>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    knowledge(&state)?;
+    let k = knowledge(&state)?;
     let opts = options(&body)?;
     let force = match opts.as_object().map(|o| o.iter().collect::<Vec<_>>()).as_deref() {
         Some([]) => false,
         Some([(k, v)]) if k.as_str() == "force" && v.is_boolean() => v.as_bool().unwrap_or(false),
         _ => return Err(ApiError::BadRequest("the body is {} or {\"force\": true|false}".into())),
     };
-    let id = state.store.create_job("reindex", &admin.id, &json!({ "force": force }))?;
+    let id = state.store.create_job_for(&k.kb(), "reindex", &admin.id, &json!({ "force": force }))?;
     audit(&state, &admin, "documents.reindex", "all", "accepted", format!("job {id}, force {force}"));
     queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
@@ -789,7 +804,7 @@ pub async fn retry(
         return Err(ApiError::BadRequest(format!("the files of job {id} are gone: upload them again")));
     }
     let detail = json!({ "files": files, "groups": groups, "retry_of": id });
-    let new = state.store.create_job("ingest", &admin.id, &detail)?;
+    let new = state.store.create_job_for(&k.kb(), "ingest", &admin.id, &detail)?;
     audit(&state, &admin, "jobs.retry", &id, "accepted", format!("job {new}"));
     queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": new }))).into_response())

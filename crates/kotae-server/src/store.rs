@@ -157,6 +157,10 @@ const MIGRATIONS: &[&str] = &[
         updated_unix INTEGER NOT NULL,
         PRIMARY KEY (kb, path)
     );",
+    // 10: the knowledge base a queued job changes: its writer claims it (one state database
+    // may serve several knowledge bases, each with its own writer).
+    "ALTER TABLE jobs ADD COLUMN kb TEXT NOT NULL DEFAULT '';
+    CREATE INDEX jobs_queue ON jobs(status, kb, created_unix);",
 ];
 
 /// How often a running job says it is alive, and how long a silence means its process died.
@@ -675,10 +679,21 @@ impl Store {
 impl Store {
     /// A new admin job, queued; its id (time-ordered, so the newest sorts last).
     pub fn create_job(&self, kind: &str, actor: &str, detail: &serde_json::Value) -> Result<String, ApiError> {
+        self.create_job_for("", kind, actor, detail)
+    }
+
+    /// A new admin job that changes knowledge base `kb`, queued for its writer (`claim_job`).
+    pub fn create_job_for(
+        &self,
+        kb: &str,
+        kind: &str,
+        actor: &str,
+        detail: &serde_json::Value,
+    ) -> Result<String, ApiError> {
         let id = uuid::Uuid::now_v7().to_string();
         self.exec(
-            "INSERT INTO jobs (id, kind, actor, status, detail_json, created_unix) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
-            vals![&id, kind, actor, detail.to_string(), now()],
+            "INSERT INTO jobs (id, kind, actor, status, detail_json, created_unix, kb) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+            vals![&id, kind, actor, detail.to_string(), now(), kb],
         )?;
         Ok(id)
     }
@@ -748,16 +763,17 @@ impl Store {
             .map(|r| Self::job_json(&r)))
     }
 
-    /// Take the oldest queued ingest, re-index or remove job for this process to run, marked
-    /// running: the update only succeeds while the job is still queued, so of replicas
-    /// claiming at once exactly one gets it.
-    pub fn claim_job(&self) -> Result<Option<serde_json::Value>, ApiError> {
+    /// Take the oldest queued ingest, re-index or remove job of knowledge base `kb` for this
+    /// process to run, marked running: the update only succeeds while the job is still queued,
+    /// so of replicas claiming at once exactly one gets it.
+    pub fn claim_job(&self, kb: &str) -> Result<Option<serde_json::Value>, ApiError> {
         loop {
             let Some(r) = self.query_one(
                 &format!(
-                    "SELECT id FROM jobs WHERE status = 'queued' AND kind IN {QUEUED_KINDS} ORDER BY created_unix, id LIMIT 1"
+                    "SELECT id FROM jobs WHERE status = 'queued' AND kb = ?1 AND kind IN {QUEUED_KINDS}
+                     ORDER BY created_unix, id LIMIT 1"
                 ),
-                &[],
+                vals![kb],
             )?
             else {
                 return Ok(None);
@@ -771,6 +787,22 @@ impl Store {
                 return self.job(&id);
             }
         }
+    }
+
+    /// The writer of `kb` starts: it holds the knowledge base, so no other process runs that
+    /// base's queued kinds of job, and those still marked running were cut short by its last
+    /// stop. They are marked failed at once, without waiting for their heartbeat to go stale
+    /// (not run again by themselves: a job that crashed its writer would crash it again).
+    pub fn fail_jobs_of_stopped_writer(&self, kb: &str) -> Result<usize, ApiError> {
+        let report = serde_json::json!({ "error": "interrupted: the writer stopped during the job; run it again" });
+        let n = self.exec(
+            &format!(
+                "UPDATE jobs SET status = 'failed', report_json = ?1, finished_unix = ?2
+                 WHERE status = 'running' AND kb = ?3 AND kind IN {QUEUED_KINDS}"
+            ),
+            vals![report.to_string(), now(), kb],
+        )?;
+        Ok(n as usize)
     }
 
     /// A running job is alive (see `JOB_HEARTBEAT_S`).

@@ -58,16 +58,17 @@ fn exercise(s: &Store) {
     // The queue: oldest first, each job claimed once, marked running; a queued evaluation is
     // not the queue's; a queued job cancelled never runs.
     let j3 = s.create_job("eval", "key:ops", &json!({})).unwrap();
-    let j4 = s.create_job("reindex", "key:ops", &json!({"force": false})).unwrap();
-    let j5 = s.create_job("ingest", "key:ops", &json!({"files": ["c.md"]})).unwrap();
+    let j4 = s.create_job_for("hr", "reindex", "key:ops", &json!({"force": false})).unwrap();
+    let j5 = s.create_job_for("hr", "ingest", "key:ops", &json!({"files": ["c.md"]})).unwrap();
     assert!(s.request_cancel(&j5, "key:ops").unwrap());
     let j = s.job(&j5).unwrap().unwrap();
     assert_eq!((j["status"].as_str(), j["cancel_requested"]["by"].as_str()), (Some("cancelled"), Some("key:ops")));
-    let claimed = s.claim_job().unwrap().unwrap();
+    let claimed = s.claim_job("").unwrap().unwrap();
     assert_eq!((claimed["id"].as_str(), claimed["status"].as_str()), (Some(j2.as_str()), Some("running")));
     assert_eq!(claimed["detail"]["source"], "b.md", "the job carries its work");
-    assert_eq!(s.claim_job().unwrap().unwrap()["id"].as_str(), Some(j4.as_str()));
-    assert_eq!(s.claim_job().unwrap(), None);
+    assert_eq!(s.claim_job("").unwrap(), None, "knowledge base hr's job is its writer's");
+    assert_eq!(s.claim_job("hr").unwrap().unwrap()["id"].as_str(), Some(j4.as_str()));
+    assert_eq!(s.claim_job("hr").unwrap(), None);
     if s.backend() == "sqlite" {
         // One process owns the file: at its start, what was running was interrupted, and so
         // was its queued evaluation.
@@ -79,6 +80,10 @@ fn exercise(s: &Store) {
         // Shared by replicas: those jobs run on a live replica (see the replica test).
         assert_eq!(s.fail_interrupted_jobs().unwrap(), 0);
         assert_eq!(s.job(&j2).unwrap().unwrap()["status"], "running");
+        // Its writer restarting knows better: it holds the knowledge base, so nobody runs them.
+        assert_eq!(s.fail_jobs_of_stopped_writer("hr").unwrap(), 1);
+        assert_eq!(s.job(&j4).unwrap().unwrap()["status"], "failed");
+        assert_eq!(s.job(&j2).unwrap().unwrap()["status"], "running", "another knowledge base's job");
     }
 
     // The audit trail pages back by id.
@@ -234,8 +239,12 @@ mod postgres {
         let url = fresh_database("claims");
         let a = Store::connect(&url).unwrap();
         let queued: std::collections::BTreeSet<String> = (0..30)
-            .map(|i| a.create_job("ingest", "key:ops", &serde_json::json!({ "files": [format!("{i}.md")] })).unwrap())
+            .map(|i| {
+                a.create_job_for("main", "ingest", "key:ops", &serde_json::json!({ "files": [format!("{i}.md")] }))
+                    .unwrap()
+            })
             .collect();
+        let other = a.create_job_for("hr", "ingest", "key:ops", &serde_json::json!({ "files": ["x.md"] })).unwrap();
         let barrier = Arc::new(Barrier::new(4));
         let claimers: Vec<_> = (0..4)
             .map(|_| {
@@ -244,7 +253,7 @@ mod postgres {
                     let s = Store::connect(&url).unwrap();
                     barrier.wait();
                     let mut got = Vec::new();
-                    while let Some(j) = s.claim_job().unwrap() {
+                    while let Some(j) = s.claim_job("main").unwrap() {
                         got.push(j["id"].as_str().unwrap().to_string());
                     }
                     got
@@ -254,6 +263,7 @@ mod postgres {
         let got: Vec<String> = claimers.into_iter().flat_map(|h| h.join().unwrap()).collect();
         assert_eq!(got.len(), queued.len(), "no job was claimed twice: {got:?}");
         assert_eq!(got.into_iter().collect::<std::collections::BTreeSet<_>>(), queued);
+        assert_eq!(a.job(&other).unwrap().unwrap()["status"], "queued", "another knowledge base's writer runs it");
     }
 
     /// Two replicas append to one conversation at the same moment: every message is kept, each
