@@ -220,7 +220,7 @@
     const body = { path: $('#rule-path').value.trim(), groups: $('#rule-groups').value.split(',').map((g) => g.trim()).filter(Boolean) };
     try {
       const r = await call('/admin/api/access-rules', { method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
-      $('#rule-path').value = '';
+      e.target.reset();
       await follow(r.job, null);
     } catch (err) { toast(err.message); }
   });

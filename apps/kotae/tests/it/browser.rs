@@ -732,6 +732,13 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
         )
         .await;
     assert!(rule.as_str().unwrap().contains("yuki"), "{rule}");
+    let form = b
+        .js(
+            "return [document.querySelector('#rule-path').value, document.querySelector('#rule-groups').value];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(form, json!(["", ""]), "the form is cleared for the next rule");
     assert_eq!(b.js(&format!("return {row}.cells[1].textContent;"), json!([])).await, json!("hr"));
     b.js("document.querySelector('#rules').scrollIntoView();", json!([])).await;
     b.screenshot("admin-rules").await;
