@@ -217,6 +217,10 @@ pub struct CaseResult {
     pub answered_as: String,
     pub declined: bool,
     pub facts: Vec<bool>,
+    /// The answer gate's signal: the best retrieved chunk's cosine to the question.
+    pub relevance: Option<f32>,
+    /// The best shown sentence's score (`Answerer::evidence_score`), to calibrate the gate.
+    pub evidence_score: Option<f32>,
     pub cited: Vec<String>,
     pub gold_sources: Vec<String>,
     pub shown: Vec<String>,
@@ -340,6 +344,12 @@ pub fn run_answer_eval(engine: &kotae_server::Engine, cases: &[AnswerCase], prog
             answered_as: format!("{:?}", a.kind).to_lowercase(),
             declined,
             facts: facts_present(&a.text, &c.facts),
+            relevance: plan.relevance,
+            // Over the sources a generated answer would be shown (also when the gate declined).
+            evidence_score: engine.answerer.evidence_score(
+                &c.question,
+                &plan.sources[..plan.sources.len().min(engine.answerer.config().evidence_sources)],
+            ),
             cited,
             gold_sources: c.sources.clone(),
             shown: plan.shown_sources().iter().map(|h| h.source.clone()).collect(),

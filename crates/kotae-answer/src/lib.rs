@@ -742,6 +742,21 @@ impl Answerer {
         Some((chosen, citations))
     }
 
+    /// How closely the best sentence of the shown sources (either language) answers the
+    /// question: its cosine to the question by the embedder, with the small lexical and rank
+    /// terms of the evidence ranking. A finer relevance signal than the best chunk's cosine
+    /// (`kotae eval answer` reports both, to calibrate the answer gate). `None` without an
+    /// embedder or a candidate sentence.
+    pub fn evidence_score(&self, question: &str, shown: &[Hit]) -> Option<f32> {
+        let e = self.embedder.as_ref()?;
+        let best = evidence::best_sentences_by(question, shown, shown.len().max(1), 1, None, |texts| {
+            let q = e.embed(&[question], InputKind::Query).ok()?.vectors.pop()?;
+            let vs = e.embed(texts, InputKind::Passage).ok()?.vectors;
+            Some(vs.iter().map(|v| v.iter().zip(&q).map(|(a, b)| a * b).sum()).collect())
+        });
+        best.first().map(|b| b.score)
+    }
+
     /// The extractive answer, when nothing generated was supported by the sources: Kotae says
     /// it found no direct answer (it cannot tell whether the documents hold one) and quotes the
     /// closest sentences of the shown sources, cited.
