@@ -33,11 +33,12 @@ pub fn build_engine(cfg: &Config) -> Result<Engine> {
 }
 
 /// A replica's view of the knowledge base the writer keeps in the shared data folder. A replica
-/// started before the writer waits for it to create the knowledge base (up to 10 minutes).
+/// started before there is one waits for it (up to 10 minutes): `kotae ingest` makes it, and
+/// the writer then gives it its `kb.id`.
 fn follow_index(cfg: &Config, dim: usize) -> Result<kotae_index::KnowledgeIndex> {
     let meta = cfg.kb_dir().join("lexical").join("meta.json");
     let t = std::time::Instant::now();
-    while !meta.exists() {
+    while !meta.exists() || !cfg.kb_dir().join("kb.id").exists() {
         if t.elapsed() > std::time::Duration::from_secs(600) {
             anyhow::bail!(
                 "no knowledge base in {} after 10 minutes: start the writer (server.role = \"all\") on the same data folder",
@@ -192,6 +193,10 @@ impl kotae_server::documents::Knowledge for LiveKnowledge {
 
     fn kb(&self) -> String {
         self.cfg.kb.clone()
+    }
+
+    fn queue(&self) -> String {
+        self.index.id().to_string()
     }
 
     fn rule_path(&self, path: &str) -> Result<String, String> {

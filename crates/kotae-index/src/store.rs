@@ -61,6 +61,30 @@ pub struct KnowledgeIndex {
     _lock: Option<std::fs::File>,
     /// Set on a follower: the commit it last loaded, by `meta.json`'s modification time and size.
     follow: Option<Follow>,
+    /// This knowledge base's identity (`kb.id`, made by its first writer): what the jobs that
+    /// change it are queued under, the same for its writer and its followers wherever they
+    /// mount the folder, and different for another folder of the same name.
+    id: String,
+}
+
+/// The knowledge base's identity: read `<dir>/kb.id`, or (`create`, by the writer holding the
+/// lock) make it.
+fn kb_id(dir: &Path, create: bool) -> Result<String> {
+    let path = dir.join("kb.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+        _ if create => {
+            let id = uuid::Uuid::new_v4().to_string();
+            let tmp = dir.join("kb.id.tmp");
+            std::fs::write(&tmp, &id).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| Error::io(&path, e))?;
+            Ok(id)
+        }
+        _ => Err(Error::Incompatible(format!(
+            "{} has no kb.id yet: start its writer (server.role = \"all\") with this version first",
+            dir.display()
+        ))),
+    }
 }
 
 /// What a follower knows of the writer's commits: `meta.json`'s identity when it last loaded
@@ -69,10 +93,22 @@ pub struct KnowledgeIndex {
 /// timestamp granularity, the commit is also re-read at least every `FOLLOW_RECHECK`.
 struct Follow {
     meta: PathBuf,
-    seen: std::sync::Mutex<Option<(MetaStamp, std::time::Instant, u64)>>,
+    seen: std::sync::Mutex<Option<(MetaStamp, std::time::Instant, Generation)>>,
 }
 
 type MetaStamp = (u64, Option<std::time::SystemTime>, i64, i64, u64);
+
+/// What a commit's reader reads: its segments and their deletes. A merge rewrites `meta.json`
+/// with the same opstamp but other segments (and the writer then deletes the merged ones), so
+/// the opstamp alone would leave a follower on files that are gone.
+type Generation = (u64, Vec<(String, Option<u64>)>);
+
+fn generation(m: &tantivy::IndexMeta) -> Generation {
+    let mut segs: Vec<(String, Option<u64>)> =
+        m.segments.iter().map(|s| (s.id().uuid_string(), s.delete_opstamp())).collect();
+    segs.sort();
+    (m.opstamp, segs)
+}
 
 /// The longest a follower trusts an unchanged `meta.json` without reading it.
 const FOLLOW_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
@@ -251,6 +287,7 @@ impl KnowledgeIndex {
             None => Box::new(EdgeStore::open(&cfg.dir.join("vectors"), dim, cfg.hnsw)?),
         };
         let follow = follower.then(|| Follow { meta: lex_dir.join("meta.json"), seen: Default::default() });
+        let id = kb_id(&cfg.dir, !follower)?;
         let index = Self {
             lexical,
             vectors,
@@ -258,9 +295,15 @@ impl KnowledgeIndex {
             links: cfg.links.clone(),
             _lock: lock,
             follow,
+            id,
         };
         index.catch_up();
         Ok(index)
+    }
+
+    /// The knowledge base's identity (see `kb.id`).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Whether this is a follower ([`KnowledgeIndex::follow`]).
@@ -279,13 +322,19 @@ impl KnowledgeIndex {
         let Some(f) = &self.follow else { return };
         let Ok(meta) = std::fs::metadata(&f.meta) else { return };
         let stamp = (meta.ino(), meta.modified().ok(), meta.ctime(), meta.ctime_nsec(), meta.len());
-        let mut seen = f.seen.lock().unwrap_or_else(|e| e.into_inner());
+        // One thread looks at a time; the others read the commit they have meanwhile (a
+        // reload on a slow shared volume must not hold every search).
+        let mut seen = match f.seen.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         if seen.as_ref().is_some_and(|(s, at, _)| *s == stamp && at.elapsed() < FOLLOW_RECHECK) {
             return;
         }
         let Ok(mut manifest) = self.manifest.try_write() else { return };
-        match self.load_latest(seen.as_ref().map(|s| s.2)) {
-            Ok((opstamp, m)) => {
+        match self.load_latest(seen.as_ref().map(|s| &s.2)) {
+            Ok((generation, m)) => {
                 if let Some(m) = m {
                     if !manifest.embedder.is_empty() && m.embedder != manifest.embedder {
                         tracing::error!(
@@ -295,30 +344,32 @@ impl KnowledgeIndex {
                     }
                     *manifest = m;
                 }
-                *seen = Some((stamp, std::time::Instant::now(), opstamp));
+                *seen = Some((stamp, std::time::Instant::now(), generation));
             }
             Err(e) => tracing::warn!(error = %e, "cannot load the writer's latest commit yet; serving the one before"),
         }
     }
 
-    /// Reload the lexical reader unless the commit is still `loaded` (an opstamp): the commit's
-    /// opstamp and its manifest (`None`: unchanged, or no manifest committed yet).
-    fn load_latest(&self, loaded: Option<u64>) -> Result<(u64, Option<Manifest>)> {
+    /// Reload the lexical reader unless the commit is still the `loaded` one: the commit's
+    /// generation and its manifest (`None`: unchanged, or no manifest committed yet). The
+    /// manifest is parsed before the reader moves, so a manifest this build cannot read leaves
+    /// reader and manifest on the commit before, together.
+    fn load_latest(&self, loaded: Option<&Generation>) -> Result<(Generation, Option<Manifest>)> {
         for _ in 0..5 {
             let before = self.lexical.index.load_metas()?;
-            if Some(before.opstamp) == loaded {
-                return Ok((before.opstamp, None));
+            let generation = generation(&before);
+            if Some(&generation) == loaded {
+                return Ok((generation, None));
             }
+            let m = match &before.payload {
+                Some(p) => Some(serde_json::from_str(p).map_err(|e| Error::Manifest(e.to_string()))?),
+                None => None,
+            };
             self.lexical.reader.reload()?;
-            let after = self.lexical.index.load_metas()?;
-            // meta.json only moves forward: the same opstamp on both sides means the reader
+            // meta.json only moves forward: the same generation on both sides means the reader
             // loaded this very commit.
-            if before.opstamp == after.opstamp {
-                let m = match after.payload {
-                    Some(p) => Some(serde_json::from_str(&p).map_err(|e| Error::Manifest(e.to_string()))?),
-                    None => None,
-                };
-                return Ok((after.opstamp, m));
+            if self::generation(&self.lexical.index.load_metas()?) == generation {
+                return Ok((generation, m));
             }
         }
         Err(Error::Incompatible("the writer committed five times while this replica reloaded".into()))

@@ -42,6 +42,11 @@ pub trait Knowledge: Send + Sync {
     fn documents(&self) -> Value;
     /// The knowledge base's name (rules set through the admin API are kept per knowledge base).
     fn kb(&self) -> String;
+    /// What the jobs that change this knowledge base are queued under in the state database:
+    /// its identity, shared by its writer and its replicas (the knowledge base's `kb.id`).
+    fn queue(&self) -> String {
+        self.kb()
+    }
     /// The canonical path of a folder or file on this server that a rule names, or why it
     /// cannot be one.
     fn rule_path(&self, path: &str) -> Result<String, String>;
@@ -224,7 +229,7 @@ pub async fn upload(
     let names: Vec<String> =
         files.iter().filter_map(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
     let detail = json!({ "files": names, "groups": groups });
-    let id = state.store.create_job_for(&k.kb(), "ingest", &admin.id, &detail)?;
+    let id = state.store.create_job_for(&k.queue(), "ingest", &admin.id, &detail)?;
     audit(
         &state,
         &admin,
@@ -245,7 +250,7 @@ pub async fn remove(
     UrlPath(source): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let k = knowledge(&state)?;
-    let id = state.store.create_job_for(&k.kb(), "remove", &admin.id, &json!({ "source": source }))?;
+    let id = state.store.create_job_for(&k.queue(), "remove", &admin.id, &json!({ "source": source }))?;
     audit(&state, &admin, "documents.remove", &source, "accepted", format!("job {id}"));
     queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
@@ -270,7 +275,7 @@ pub async fn set_groups(
         )));
     }
     let id =
-        state.store.create_job_for(&k.kb(), "ingest", &admin.id, &json!({ "files": [source], "groups": groups }))?;
+        state.store.create_job_for(&k.queue(), "ingest", &admin.id, &json!({ "files": [source], "groups": groups }))?;
     audit(&state, &admin, "documents.groups", &source, "accepted", format!("job {id}, groups {}", groups.join(",")));
     queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
@@ -371,7 +376,7 @@ fn apply_rules(
     what: &str,
 ) -> Result<String, ApiError> {
     refresh_rules(state, k.as_ref())?;
-    let id = state.store.create_job_for(&k.kb(), "reindex", &admin.id, &json!({ "force": false, "rule": path }))?;
+    let id = state.store.create_job_for(&k.queue(), "reindex", &admin.id, &json!({ "force": false, "rule": path }))?;
     audit(state, admin, action, path, "ok", format!("{what}, job {id}"));
     queue_job(state);
     Ok(id)
@@ -475,7 +480,7 @@ pub fn start_job_runner(state: &Arc<AppState>) {
     }
     state.job_runner.get_or_init(|| {
         // A weak handle: the runner must not keep the state (and the index) alive.
-        tokio::spawn(run_jobs(Arc::downgrade(state), state.job_wake.clone()));
+        tokio::spawn(run_jobs(Arc::downgrade(state), state.job_wake.clone())).abort_handle()
     });
 }
 
@@ -485,37 +490,47 @@ async fn run_jobs(state: std::sync::Weak<AppState>, wake: Arc<tokio::sync::Notif
         let ran = match state.upgrade() {
             None => return,
             // Until the engine is loaded there is no knowledge base to change.
-            Some(state) => match knowledge(&state) {
-                Err(_) => false,
-                Ok(k) => {
-                    let (st, kb) = (state.clone(), k.kb());
-                    if !started {
-                        // This process holds the knowledge base now: what its writer was
-                        // running when it stopped is over.
-                        started = true;
-                        let (st, kb) = (st.clone(), kb.clone());
-                        match tokio::task::spawn_blocking(move || st.store.fail_jobs_of_stopped_writer(&kb)).await {
-                            Ok(Ok(n)) if n > 0 => {
-                                tracing::warn!(jobs = n, "jobs the writer's last stop cut short are marked failed")
-                            }
+            Some(state) => {
+                match knowledge(&state) {
+                    Err(_) => false,
+                    Ok(k) => {
+                        let (st, kb) = (state.clone(), k.queue());
+                        if !started {
+                            // This process holds the knowledge base now: what its writer was
+                            // running when it stopped is over, and jobs queued before jobs named
+                            // their knowledge base are this one's.
+                            started = true;
+                            let (st, kb) = (st.clone(), kb.clone());
+                            let r = tokio::task::spawn_blocking(move || {
+                                Ok::<_, ApiError>((
+                                    st.store.fail_jobs_of_stopped_writer(&kb)?,
+                                    st.store.adopt_unnamed_jobs(&kb)?,
+                                ))
+                            })
+                            .await;
+                            match r {
+                            Ok(Ok((failed, adopted))) if failed + adopted > 0 => tracing::warn!(
+                                failed, adopted, "jobs the writer's last stop cut short are marked failed; older queued jobs adopted"
+                            ),
                             Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the job queue"),
                             _ => {}
                         }
-                    }
-                    match tokio::task::spawn_blocking(move || st.store.claim_job(&kb)).await {
-                        Ok(Ok(Some(job))) => {
-                            run_claimed(&state, k, job).await;
-                            true
                         }
-                        Ok(Ok(None)) => false,
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "cannot read the job queue");
-                            false
+                        match tokio::task::spawn_blocking(move || st.store.claim_job(&kb)).await {
+                            Ok(Ok(Some(job))) => {
+                                run_claimed(&state, k, job).await;
+                                true
+                            }
+                            Ok(Ok(None)) => false,
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "cannot read the job queue");
+                                false
+                            }
+                            Err(_) => false,
                         }
-                        Err(_) => false,
                     }
                 }
-            },
+            }
         };
         if !ran {
             tokio::select! {
@@ -557,6 +572,9 @@ impl Work {
 async fn run_claimed(state: &Arc<AppState>, k: Arc<dyn Knowledge>, job: Value) {
     let id = job["id"].as_str().unwrap_or_default().to_string();
     let cancel = state.cancels.register(&id);
+    // Read again now that a cancel asked here would find the flag: one asked between the
+    // claim and the registration is in the store.
+    let job = state.store.job(&id).ok().flatten().unwrap_or(job);
     if !job["cancel_requested"].is_null() {
         let _ = state.store.set_job(&id, "cancelled", Some(&json!({ "cancelled": true, "files_ingested": 0 })));
         tracing::info!(job = %id, "admin job cancelled before it started");
@@ -715,7 +733,7 @@ pub async fn reindex(
         Some([(k, v)]) if k.as_str() == "force" && v.is_boolean() => v.as_bool().unwrap_or(false),
         _ => return Err(ApiError::BadRequest("the body is {} or {\"force\": true|false}".into())),
     };
-    let id = state.store.create_job_for(&k.kb(), "reindex", &admin.id, &json!({ "force": force }))?;
+    let id = state.store.create_job_for(&k.queue(), "reindex", &admin.id, &json!({ "force": force }))?;
     audit(&state, &admin, "documents.reindex", "all", "accepted", format!("job {id}, force {force}"));
     queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
@@ -804,7 +822,7 @@ pub async fn retry(
         return Err(ApiError::BadRequest(format!("the files of job {id} are gone: upload them again")));
     }
     let detail = json!({ "files": files, "groups": groups, "retry_of": id });
-    let new = state.store.create_job_for(&k.kb(), "ingest", &admin.id, &detail)?;
+    let new = state.store.create_job_for(&k.queue(), "ingest", &admin.id, &detail)?;
     audit(&state, &admin, "jobs.retry", &id, "accepted", format!("job {new}"));
     queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": new }))).into_response())

@@ -168,7 +168,7 @@ pub struct AppState {
     /// Wakes the job runner (one per process, started on first use; admin jobs run one at a
     /// time, oldest first, whichever replica queued them).
     pub(crate) job_wake: Arc<tokio::sync::Notify>,
-    pub(crate) job_runner: OnceLock<()>,
+    pub(crate) job_runner: OnceLock<tokio::task::AbortHandle>,
     /// Cancel flags of the admin jobs this process runs.
     pub(crate) cancels: documents::Cancels,
     /// Where the nightly evaluation writes its latest report (`report.json`).
@@ -535,6 +535,14 @@ pub async fn serve(
         .get()
         .filter(|s| s.socket_mode())
         .map(|s| tokio::spawn(slack::run_socket_mode(Arc::downgrade(&state), s.clone())));
+    // Once shutting down, no new job starts here (one queued now waits for the next start).
+    let runner = Arc::downgrade(&state);
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(h) = runner.upgrade().and_then(|s| s.job_runner.get().cloned()) {
+            h.abort();
+        }
+    };
     let app = router(state);
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)

@@ -157,8 +157,8 @@ const MIGRATIONS: &[&str] = &[
         updated_unix INTEGER NOT NULL,
         PRIMARY KEY (kb, path)
     );",
-    // 10: the knowledge base a queued job changes: its writer claims it (one state database
-    // may serve several knowledge bases, each with its own writer).
+    // 10: the knowledge base a queued job changes (its `kb.id`): its writer claims it (one
+    // state database may serve several knowledge bases, each with its own writer).
     "ALTER TABLE jobs ADD COLUMN kb TEXT NOT NULL DEFAULT '';
     CREATE INDEX jobs_queue ON jobs(status, kb, created_unix);",
 ];
@@ -801,6 +801,16 @@ impl Store {
                  WHERE status = 'running' AND kb = ?3 AND kind IN {QUEUED_KINDS}"
             ),
             vals![report.to_string(), now(), kb],
+        )?;
+        Ok(n as usize)
+    }
+
+    /// Queued jobs from before jobs named their knowledge base (migration 10) are taken by
+    /// the first writer that starts: how many.
+    pub fn adopt_unnamed_jobs(&self, kb: &str) -> Result<usize, ApiError> {
+        let n = self.exec(
+            &format!("UPDATE jobs SET kb = ?1 WHERE kb = '' AND status = 'queued' AND kind IN {QUEUED_KINDS}"),
+            vals![kb],
         )?;
         Ok(n as usize)
     }

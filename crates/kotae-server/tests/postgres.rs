@@ -85,6 +85,11 @@ fn exercise(s: &Store) {
         assert_eq!(s.job(&j4).unwrap().unwrap()["status"], "failed");
         assert_eq!(s.job(&j2).unwrap().unwrap()["status"], "running", "another knowledge base's job");
     }
+    // A job queued before jobs named their knowledge base goes to the first writer that starts.
+    let j6 = s.create_job("remove", "key:ops", &json!({"source": "d.md"})).unwrap();
+    assert_eq!(s.adopt_unnamed_jobs("main").unwrap(), 1);
+    assert_eq!(s.claim_job("").unwrap(), None);
+    assert_eq!(s.claim_job("main").unwrap().unwrap()["id"].as_str(), Some(j6.as_str()));
 
     // The audit trail pages back by id.
     for i in 0..5 {
