@@ -57,7 +57,8 @@ refuse() {
   grep -q "$want" "$OUT/refused.txt" || { cat "$OUT/refused.txt" >&2; echo "refused without saying: $want" >&2; exit 1; }
 }
 refuse "the writer is one pod" --set replicaCount=3
-refuse "set persistence.accessMode to ReadWriteMany" --set readReplicas.count=2
+refuse "persistence.accessMode ReadWriteMany" --set readReplicas.count=2
+refuse "persistence.accessMode ReadWriteMany" --set readReplicas.count=2 --set persistence.enabled=false --set persistence.accessMode=ReadWriteMany --set qdrant.enabled=true
 refuse "need the vectors in a Qdrant server" --set autoscaling.enabled=true --set persistence.accessMode=ReadWriteMany
 refuse "need the state (conversations, jobs, audit) in PostgreSQL" --set podDisruptionBudget.enabled=true \
   --set persistence.accessMode=ReadWriteMany --set qdrant.enabled=true

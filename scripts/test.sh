@@ -41,8 +41,9 @@ fi
 . scripts/lib/servers.sh
 trap stop_servers EXIT
 QDRANT_BIN="${KOTAE_QDRANT_BIN:-$PWD/../shared/bin/qdrant}"
-if [ -z "${KOTAE_TEST_QDRANT_URL:-}" ] && start_qdrant "$(mktemp -d)"; then
-  export KOTAE_TEST_QDRANT_URL="$QDRANT_URL"
+if [ -z "${KOTAE_TEST_QDRANT_URL:-}" ]; then
+  D="$(mktemp -d)"
+  if start_qdrant "$D"; then export KOTAE_TEST_QDRANT_URL="$QDRANT_URL"; else rm -rf "$D"; fi
 fi
 if [ -z "${KOTAE_TEST_POSTGRES_URL:-}" ]; then
   D="$(mktemp -d)"

@@ -24,7 +24,7 @@ start_postgres "$WORK/pg" || { echo "no PostgreSQL" >&2; exit 1; }
 export KOTAE_DATA_DIR="$WORK/data" KOTAE_QDRANT_URL="$QDRANT_URL" KOTAE_STATE_URL="$PG_URL"
 OUT="$($K new-key --name ops 2>&1)"
 export KOTAE_QDRANT_COLLECTION="kotae_replicas" KOTAE_CONFIG="$WORK/kotae.toml"
-KEY="$(grep -m1 '^kotae_' <<<"$OUT")"
+KEY="$(grep -m1 '^kotae_' <<<"$OUT")" || { echo "$OUT" >&2; echo "kotae new-key printed no key" >&2; exit 1; }
 {
   printf '[server]\nrate_limit_per_minute = 100000\nrate_limit_burst = 100000\n\n'
   sed -n '/^\[\[server.api_keys\]\]/,$p' <<<"$OUT" | sed 's/^role = .*/role = "admin"/'

@@ -89,7 +89,7 @@ envFrom:
 {{- if gt (int .Values.replicaCount) 1 }}{{ fail (printf "replicaCount %d: the writer is one pod (it holds the knowledge base and runs the jobs that change it); scale the serving pods with readReplicas.count or autoscaling instead" (int .Values.replicaCount)) }}{{ end }}
 {{- if or (gt (int .Values.readReplicas.count) 0) .Values.autoscaling.enabled .Values.podDisruptionBudget.enabled }}
 {{- $what := ternary "autoscaling.enabled" (ternary "podDisruptionBudget.enabled" "readReplicas.count" .Values.podDisruptionBudget.enabled) .Values.autoscaling.enabled }}
-{{- if ne .Values.persistence.accessMode "ReadWriteMany" }}{{ fail (printf "%s: read replicas share the writer's data volume (the lexical index, which they follow, and the uploads): set persistence.accessMode to ReadWriteMany on a storage class that offers it" $what) }}{{ end }}
+{{- if or (not .Values.persistence.enabled) (ne .Values.persistence.accessMode "ReadWriteMany") }}{{ fail (printf "%s: read replicas share the writer's data volume (the lexical index, which they follow, and the uploads): set persistence.enabled and persistence.accessMode ReadWriteMany, on a storage class that offers it" $what) }}{{ end }}
 {{- if not (include "kotae.qdrantUrl" .) }}{{ fail (printf "%s: read replicas need the vectors in a Qdrant server (qdrant.enabled or externalQdrant.url): the embedded engine's files belong to one process" $what) }}{{ end }}
 {{- if not (or (hasKey .Values.secretEnv "KOTAE_STATE_URL") .Values.existingSecret) }}{{ fail (printf "%s: read replicas need the state (conversations, jobs, audit) in PostgreSQL: set KOTAE_STATE_URL in secretEnv or in existingSecret" $what) }}{{ end }}
 {{- end }}
