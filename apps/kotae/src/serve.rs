@@ -24,7 +24,7 @@ pub fn generator_device(cfg: &Config) -> Result<kotae_models::candle::Device> {
 pub fn build_engine(cfg: &Config) -> Result<Engine> {
     let embedder: Arc<dyn Embedder> = Arc::new(crate::load_embedder(cfg)?);
     let index = if cfg.server.role == kotae_server::ServerRole::Replica {
-        follow_index(cfg, embedder.dim())?
+        wait_and_follow(cfg, embedder.dim())?
     } else {
         crate::open_index(cfg, None)?
     };
@@ -35,7 +35,7 @@ pub fn build_engine(cfg: &Config) -> Result<Engine> {
 /// A replica's view of the knowledge base the writer keeps in the shared data folder. A replica
 /// started before there is one waits for it (up to 10 minutes): `kotae ingest` makes it, and
 /// the writer then gives it its `kb.id`.
-fn follow_index(cfg: &Config, dim: usize) -> Result<kotae_index::KnowledgeIndex> {
+fn wait_and_follow(cfg: &Config, dim: usize) -> Result<kotae_index::KnowledgeIndex> {
     let meta = cfg.kb_dir().join("lexical").join("meta.json");
     let t = std::time::Instant::now();
     while !meta.exists() || !cfg.kb_dir().join("kb.id").exists() {

@@ -457,7 +457,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// How often the job runner looks for jobs that other replicas queued (its own wake it at once).
+/// How often the job runner looks for jobs that other replicas queued in a shared state
+/// database (its own wake it at once).
 const JOB_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A job was queued: wake this process's runner (started on first use). On a replica nothing
@@ -485,6 +486,7 @@ pub fn start_job_runner(state: &Arc<AppState>) {
 }
 
 async fn run_jobs(state: std::sync::Weak<AppState>, wake: Arc<tokio::sync::Notify>) {
+    let Some(shared) = state.upgrade().map(|s| s.store.backend() == "postgres") else { return };
     let mut started = false;
     loop {
         let ran = match state.upgrade() {
@@ -532,7 +534,14 @@ async fn run_jobs(state: std::sync::Weak<AppState>, wake: Arc<tokio::sync::Notif
                 }
             }
         };
-        if !ran {
+        if ran {
+            continue;
+        }
+        // Only replicas sharing the state database queue jobs this process is not told of
+        // (and until the engine loads, it looks again); else its own wake-ups are enough.
+        if started && !shared {
+            wake.notified().await;
+        } else {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(JOB_POLL) => {}

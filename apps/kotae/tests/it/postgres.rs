@@ -138,8 +138,8 @@ mod qdrant_server {
         let w = Server::start_with(shared, writer.clone(), tweak(kotae_server::ServerRole::All)).await;
         let r = Server::start_with(shared, follower.clone(), tweak(kotae_server::ServerRole::Replica)).await;
         let c = client();
-        let search = |k: Option<&'static str>, q: &'static str| {
-            let mut req = c.post(r.url("/api/search")).json(&json!({ "query": q, "top_k": 5, "mode": "hybrid" }));
+        let search_with = |k: Option<&'static str>, body: Value| {
+            let mut req = c.post(r.url("/api/search")).json(&body);
             if let Some(k) = k {
                 req = req.bearer_auth(k);
             }
@@ -152,6 +152,13 @@ mod qdrant_server {
                     .map(|h| h["source"].as_str().unwrap().to_string())
                     .collect::<Vec<_>>()
             }
+        };
+        let search = |k: Option<&'static str>, q: &'static str| {
+            search_with(k, json!({ "query": q, "top_k": 5, "mode": "hybrid" }))
+        };
+        let admin_get = |path: String| {
+            let req = c.get(r.url(&path)).bearer_auth(admin);
+            async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
         };
         assert!(search(None, "Who issues locker keys?").await.contains(&"lockers.md".to_string()));
 
@@ -180,19 +187,9 @@ mod qdrant_server {
         assert!(search(Some(user), "bicycle parking basement").await.contains(&"bicycles.md".to_string()));
         eprintln!("upload on the replica → searchable there: {:.2} s", t.elapsed().as_secs_f64());
         assert!(!search(None, "bicycle parking basement").await.contains(&"bicycles.md".to_string()));
-        let dense: Value = c
-            .post(r.url("/api/search"))
-            .bearer_auth(user)
-            .json(&json!({ "query": "where do I park my bike", "mode": "dense" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(dense["hits"].as_array().unwrap().iter().any(|h| h["source"] == "bicycles.md"), "{dense}");
-        let docs: Value =
-            c.get(r.url("/admin/api/documents")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+        let dense = search_with(Some(user), json!({ "query": "where do I park my bike", "mode": "dense" })).await;
+        assert!(dense.contains(&"bicycles.md".to_string()), "{dense:?}");
+        let docs = admin_get("/admin/api/documents".into()).await;
         assert!(docs["documents"].as_array().unwrap().iter().any(|d| d["source"] == "bicycles.md"), "{docs}");
         assert_eq!(writer.num_chunks(), follower.num_chunks());
 
@@ -201,15 +198,7 @@ mod qdrant_server {
         let id =
             job_of(c.delete(r.url("/admin/api/documents/bicycles.md")).bearer_auth(admin).send().await.unwrap()).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let j: Value = c
-            .get(r.url(&format!("/admin/api/jobs/{id}")))
-            .bearer_auth(admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let j = admin_get(format!("/admin/api/jobs/{id}")).await;
         assert_eq!(j["status"], "queued", "nobody runs it yet: {j}");
         assert!(search(Some(user), "bicycle parking basement").await.contains(&"bicycles.md".to_string()));
         let w = Server::start_with(shared, writer.clone(), tweak(kotae_server::ServerRole::All)).await;
