@@ -2,12 +2,14 @@
 # The GPU check, one short run on a machine with an NVIDIA GPU:
 # 1. the GPU tests (kotae-adapt: CUDA logits equal the CPU's; a bf16 run trains);
 # 2. LoRA training throughput and GPU memory, kotae vs Hugging Face PEFT + PyTorch on the same
-#    GPU, the same weights, batches and settings, for Qwen2.5 0.5B and SmolLM2-135M, f32 and bf16.
+#    GPU, the same weights, batches and settings, for Qwen2.5 0.5B and SmolLM2-135M, f32 and bf16:
+#    ROUNDS (default 2) alternating rounds, medians and ratios in a table at the end, and kotae
+#    with candle's composed ops (its training before graph_ops) once each.
 # It runs the programs that scripts/gpu/build.sh left in target/gpu.tar.xz, built where no GPU
 # is; the weights there are random, of the real shapes (random_weights.py), since the real ones
 # cannot be copied to such a machine. Without them it builds here with cargo and nvcc and uses
 # the installed models.
-#   scripts/gpu/check.sh [steps]
+#   ROUNDS=2 scripts/gpu/check.sh [steps]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 STEPS="${1:-12}"
@@ -40,14 +42,47 @@ peak() {
   echo "  peak GPU memory (nvidia-smi): $(sort -n "$LOG/mem.txt" | tail -1) MiB"
   return $rc
 }
+# Each (model, dtype): ROUNDS alternating rounds of kotae and PEFT on the same batches, then one
+# run of kotae with candle's composed ops (--graph-ops false: how kotae trained before). Every
+# line goes to $LOG/results.txt; the summary prints medians and ratios.
+ROUNDS="${ROUNDS:-2}"
+: > "$LOG/results.txt"
+record() { # tool model dtype -- command...
+  local tool=$1 model=$2 dt=$3; shift 4
+  local out; out=$(peak "$@" 2>&1 | grep -v "^\s*$" | tail -3)
+  echo "$out"
+  local rate mem
+  rate=$(echo "$out" | grep -oE "median_tokens_per_s=[0-9.]+" | cut -d= -f2)
+  mem=$(echo "$out" | grep -oE "peak GPU memory \(nvidia-smi\): [0-9]+" | grep -oE "[0-9]+$")
+  echo "$tool $model $dt ${rate:-nan} ${mem:-nan}" >> "$LOG/results.txt"
+}
 for m in "${MODELS[@]}"; do
+  name=$(basename "$m")
+  dir=$m; [ -d "$m" ] || dir="${KOTAE_DATA_DIR:-kotae-data}/models/$m"
+  gguf=""; [ -d "$m" ] || gguf=$(basename "$(ls "$dir"/*.gguf | head -1)")
   for dt in f32 bf16; do
-    name=$(basename "$m")
-    peak "$BIN/kotae-bench" --threads 4 lora --base "$m" --device cuda --dtype "$dt" --steps "$STEPS" \
-      --batch 8 --max-len 256 --out "$LOG/batches-$name.json" 2>&1 | grep -v "^\s*$" | tail -3
-    dir=$m; [ -d "$m" ] || dir="${KOTAE_DATA_DIR:-kotae-data}/models/$m"
-    gguf=""; [ -d "$m" ] || gguf=$(basename "$(ls "$dir"/*.gguf | head -1)")
-    peak python3 scripts/bench/peft_baseline.py "$dir" "$gguf" "$LOG/batches-$name.json" --device cuda \
-      --dtype "$dt" --threads 4 2>&1 | tail -2
+    for round in $(seq "$ROUNDS"); do
+      echo "== $name $dt round $round"
+      record kotae "$name" "$dt" -- "$BIN/kotae-bench" --threads 4 lora --base "$m" --device cuda --dtype "$dt" \
+        --steps "$STEPS" --batch 8 --max-len 256 --out "$LOG/batches-$name.json"
+      record peft "$name" "$dt" -- python3 scripts/bench/peft_baseline.py "$dir" "$gguf" "$LOG/batches-$name.json" \
+        --device cuda --dtype "$dt" --threads 4
+    done
+    echo "== $name $dt candle's composed ops"
+    record kotae-composed "$name" "$dt" -- "$BIN/kotae-bench" --threads 4 lora --base "$m" --device cuda --dtype "$dt" \
+      --steps "$STEPS" --batch 8 --max-len 256 --graph-ops false
   done
 done
+python3 - "$LOG/results.txt" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+def med(tool, m, dt, i):
+    v = [float(r[i]) for r in rows if r[:3] == [tool, m, dt] and r[i] != "nan"]
+    return statistics.median(v) if v else float("nan")
+print("| model | dtype | kotae tok/s | PEFT tok/s | ratio | kotae peak MiB | PEFT peak MiB | ratio | composed ops: tok/s, MiB |")
+print("|---|---|---|---|---|---|---|---|---|")
+for m, dt in dict.fromkeys((r[1], r[2]) for r in rows):
+    k, p, c = (med(t, m, dt, 3) for t in ("kotae", "peft", "kotae-composed"))
+    km, pm, cm = (med(t, m, dt, 4) for t in ("kotae", "peft", "kotae-composed"))
+    print(f"| {m} | {dt} | {k:.0f} | {p:.0f} | {k / p:.2f}x | {km:.0f} | {pm:.0f} | {km / pm:.2f}x | {c:.0f}, {cm:.0f} |")
+PY

@@ -16,6 +16,7 @@
 pub mod data;
 pub mod embedder;
 pub mod export;
+pub mod graph_ops;
 pub mod head;
 pub mod lm;
 pub mod ops;

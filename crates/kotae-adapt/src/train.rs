@@ -338,6 +338,15 @@ fn save_checkpoint(
 }
 
 fn grad_norm(grads: &[Tensor]) -> Result<f64> {
+    if grads.iter().any(|g| !g.device().is_cpu()) {
+        // One read back from the device, not one per tensor (each is a synchronisation).
+        let parts =
+            grads.iter().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()).collect::<candle_core::Result<Vec<_>>>()?;
+        if parts.is_empty() {
+            return Ok(0.0);
+        }
+        return Ok(Tensor::stack(&parts, 0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt());
+    }
     let mut s = 0.0;
     for g in grads {
         s += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;

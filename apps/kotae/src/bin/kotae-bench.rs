@@ -116,6 +116,10 @@ enum Cmd {
         /// f32, or bf16 / f16 on CUDA
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// Train with the graph ops (kotae_adapt::graph_ops) or candle's composed ops;
+        /// default: the model's default for the device (graph ops off the CPU)
+        #[arg(long)]
+        graph_ops: Option<bool>,
     },
     /// One AdamW step on --params f32 weights (default: the three encoder layers a tuned
     /// safety head trains), the fused CPU step against the same step as candle tensor ops,
@@ -595,8 +599,9 @@ fn main() -> Result<()> {
             );
         }
         Cmd::ExportE5 { dir } => export_e5(&cfg, &dir)?,
-        Cmd::Lora { base, steps, batch, max_len, r, targets, out, device, dtype } => {
-            bench_lora(&cfg, &base, steps, batch, max_len, r, targets, out, cli.threads, &device, &dtype)?
+        Cmd::Lora { base, steps, batch, max_len, r, targets, out, device, dtype, graph_ops } => {
+            let dev = (device.as_str(), dtype.as_str(), graph_ops);
+            bench_lora(&cfg, &base, steps, batch, max_len, r, targets, out, cli.threads, dev)?
         }
         Cmd::Search { chunks, kb_dir, qdrant_url } => bench_search(&cfg, chunks, &kb_dir, qdrant_url)?,
         Cmd::Flood { questions, parallel, think_s } => bench_flood(&cfg, questions, &parallel, think_s)?,
@@ -834,8 +839,7 @@ fn bench_lora(
     targets: Vec<String>,
     out: Option<PathBuf>,
     threads: usize,
-    device: &str,
-    dtype: &str,
+    (device, dtype, graph_ops): (&str, &str, Option<bool>),
 ) -> Result<()> {
     use kotae_adapt::train::{micro_batch, RunOptions, TrainConfig};
     let path = kotae::finetune::base_path(cfg, base)?;
@@ -853,7 +857,10 @@ fn bench_lora(
         "f16" => DType::F16,
         _ => DType::F32,
     };
-    let model = kotae_adapt::TrainableLm::new(kotae_adapt::BaseModel::load(&path, &dev)?, lora, dt, 42)?;
+    let mut model = kotae_adapt::TrainableLm::new(kotae_adapt::BaseModel::load(&path, &dev)?, lora, dt, 42)?;
+    if let Some(g) = graph_ops {
+        model.graph_ops = g;
+    }
     let data = kotae_adapt::data::DataOptions { grounded: false, val_fraction: 0.0, ..Default::default() };
     let ds = kotae_adapt::data::prepare(std::path::Path::new("knowledge"), &data, &model.base.format, max_len)?;
     let tc = TrainConfig {
@@ -884,7 +891,8 @@ fn bench_lora(
     let med = percentile(&mut rates, 0.5);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "kotae lora base={base} device={device} dtype={dtype} threads={threads} steps={steps} batch={batch} max_len={max_len} r={r} targets={} trainable={} median_tokens_per_s={med:.1} peak_rss_mib={:.0}",
+        "kotae lora base={base} device={device} dtype={dtype} graph_ops={} threads={threads} steps={steps} batch={batch} max_len={max_len} r={r} targets={} trainable={} median_tokens_per_s={med:.1} peak_rss_mib={:.0}",
+        model.graph_ops,
         targets.join(","),
         s.trainable_parameters,
         s.peak_rss_mib.unwrap_or(0.0)

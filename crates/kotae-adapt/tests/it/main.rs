@@ -303,6 +303,43 @@ fn cuda_matches_cpu_and_trains_in_bf16() {
         .to_vec1::<f32>()
         .unwrap();
     assert!(max_abs_diff(&a, &b) < 1e-3);
+    // The GPU's training ops (graph_ops: no frozen-weight gradients, attention recomputed in
+    // the backward pass, fused loss) give the CPU's loss and adapter gradients.
+    assert!(cuda.graph_ops && !cpu.graph_ops);
+    for m in [&cpu, &cuda] {
+        for p in m.lora.values() {
+            let b = Tensor::ones(p.b.as_tensor().shape(), DType::F32, m.device()).unwrap();
+            p.b.set(&(b * 0.05).unwrap()).unwrap();
+        }
+    }
+    let mut data = memo_set(&cpu);
+    data[1].ids.extend_from_slice(&[104, 105, 106]);
+    data[1].train.extend_from_slice(&[true, true, true]);
+    let refs: Vec<&Tokenized> = data.iter().collect();
+    let batch = Batch::new(&refs);
+    let run = |m: &TrainableLm| {
+        let (loss, _) = m.loss(&batch, None).unwrap();
+        let g = loss.backward().unwrap();
+        let grads: Vec<f32> = m
+            .trainable()
+            .iter()
+            .flat_map(|(_, v)| {
+                g.get(v.as_tensor())
+                    .unwrap()
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        (loss.to_device(&Device::Cpu).unwrap().to_scalar::<f32>().unwrap(), grads)
+    };
+    let ((l1, g1), (l2, g2)) = (run(&cpu), run(&cuda));
+    assert!((l1 - l2).abs() < 1e-3, "{l1} vs {l2}");
+    let scale = g1.iter().fold(0f32, |a, &b| a.max(b.abs()));
+    assert!(scale > 0.0 && max_abs_diff(&g1, &g2) < 1e-3 * scale.max(1.0), "{}", max_abs_diff(&g1, &g2));
     let m = TrainableLm::new(BaseModel::load(&path, &gpu).unwrap(), lora(8, 0.0), DType::BF16, 2).unwrap();
     let data = memo_set(&m);
     let cfg = TrainConfig {
@@ -367,4 +404,12 @@ fn batched_attention_matches_the_packed_one() {
     let scale = g1.iter().fold(0f32, |a, &b| a.max(b.abs()));
     assert!(scale > 0.0);
     assert!(max_abs_diff(&g1, &g2) < 1e-4 * scale.max(1.0), "{}", max_abs_diff(&g1, &g2));
+    // And so do the GPU's training ops (graph_ops), run here on the CPU, in both layouts.
+    m.graph_ops = true;
+    for batched in [true, false] {
+        m.batched_attention = batched;
+        let (l3, g3) = run(&m);
+        assert!((l1 - l3).abs() < 1e-5, "{l1} vs {l3}");
+        assert!(max_abs_diff(&g1, &g3) < 1e-4 * scale.max(1.0), "{}", max_abs_diff(&g1, &g3));
+    }
 }
