@@ -206,7 +206,10 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> CResult<Tensor> {
 /// Inverted dropout with a mask drawn on `x`'s device; the graph keeps the mask as bytes.
 pub fn dropout(x: &Tensor, p: f32) -> CResult<Tensor> {
     let keep = 1.0 - p as f64;
-    let mask = x.rand_like(0.0, 1.0)?.lt(keep)?; // u8
+    // The threshold as a device tensor: a scalar operand would be copied from the host, and
+    // such a copy waits for the work queued before it.
+    let threshold = Tensor::full(keep as f32, (), x.device())?.to_dtype(x.dtype())?.broadcast_as(x.shape())?;
+    let mask = x.rand_like(0.0, 1.0)?.lt(&threshold)?; // u8
     let scale = move |m: &Tensor, dt: DType| -> CResult<Tensor> { m.to_dtype(dt)? / keep };
     let y = (x.detach() * scale(&mask, x.dtype())?)?;
     if !x.track_op() {
@@ -217,9 +220,16 @@ pub fn dropout(x: &Tensor, p: f32) -> CResult<Tensor> {
 
 /// Causal attention of `q: [b, heads, t, hd]` and `k`, `v: [b, kv_heads, t, hd]`, given before
 /// the rotary embedding (`cos`/`sin: [t, hd/2]`) → `[b, heads, t, hd]`. Keys and values are
-/// shared by `heads / kv_heads` query heads. The graph keeps `q`, `k`, `v` and the output; the
-/// backward pass recomputes the scores and the softmax.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor, scale: f64) -> CResult<Tensor> {
+/// shared by `heads / kv_heads` query heads; `mask` is [`causal_mask`] of `t`. The graph keeps
+/// `q`, `k`, `v` and the output; the backward pass recomputes the scores and the softmax.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    mask: &Tensor,
+    scale: f64,
+) -> CResult<Tensor> {
     let (_, nh, t, _) = q.dims4()?;
     let nkv = k.dim(1)?;
     if nh % nkv != 0 {
@@ -228,7 +238,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor,
     let cos = cos.narrow(0, 0, t)?.contiguous()?;
     let sin = sin.narrow(0, 0, t)?.contiguous()?;
     let neg_sin = sin.neg()?;
-    let mask = causal_mask(t, q.dtype(), q.device())?;
+    let mask = mask.clone();
     // Everything the forward and backward passes share, from detached inputs.
     let prep = {
         let (cos, sin, mask) = (cos.clone(), sin.clone(), mask.clone());
@@ -265,8 +275,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor,
     q.apply_op3(k, v, op)
 }
 
-/// `[t, t]`: 0 where query `i` may see key `j` (`j ≤ i`), −∞ elsewhere.
-fn causal_mask(t: usize, dtype: DType, device: &candle_core::Device) -> CResult<Tensor> {
+/// `[t, t]`: 0 where query `i` may see key `j` (`j ≤ i`), −∞ elsewhere. Made from host data
+/// (candle's `arange`): a copy to a GPU waits for the work queued before it, so make it once
+/// per length, not once per layer.
+pub fn causal_mask(t: usize, dtype: DType, device: &candle_core::Device) -> CResult<Tensor> {
     let idx = Tensor::arange(0u32, t as u32, device)?;
     let future = idx.unsqueeze(0)?.broadcast_gt(&idx.unsqueeze(1)?)?;
     let neg = Tensor::full(f32::NEG_INFINITY, (t, t), device)?.to_dtype(dtype)?;
@@ -369,7 +381,8 @@ mod tests {
             let s = (qr.matmul(&kr.t().unwrap()).unwrap() * 0.3).unwrap().broadcast_add(&mask).unwrap();
             candle_nn::ops::softmax(&s, D::Minus1).unwrap().matmul(&vr).unwrap()
         };
-        let fast = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &cos, &sin, 0.3).unwrap();
+        let mask = causal_mask(t, DType::F32, &dev).unwrap();
+        let fast = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), (&cos, &sin), &mask, 0.3).unwrap();
         close(&composed, &fast, 1e-5);
         let g1 = (composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (fast * &up).unwrap().sum_all().unwrap().backward().unwrap();

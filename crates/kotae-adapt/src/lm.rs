@@ -395,6 +395,8 @@ pub struct TrainableLm {
     /// The default off the CPU, where candle's composed ops kept 1.4–1.7× PEFT's GPU memory;
     /// the CPU has its own fused kernels (`crate::ops`).
     pub graph_ops: bool,
+    /// Causal masks of [`crate::graph_ops::attention`] by length and dtype, made once.
+    masks: std::sync::Mutex<HashMap<(usize, DType), Tensor>>,
     device: Device,
     cos: Tensor,
     sin: Tensor,
@@ -489,7 +491,8 @@ impl TrainableLm {
         let sin = freqs.sin()?.to_dtype(dtype)?;
         let batched_attention = !device.is_cpu();
         let graph_ops = !device.is_cpu();
-        Ok(Self { base, lora_cfg, lora, full, dtype, batched_attention, graph_ops, device, cos, sin })
+        let masks = Default::default();
+        Ok(Self { base, lora_cfg, lora, full, dtype, batched_attention, graph_ops, masks, device, cos, sin })
     }
 
     pub fn config(&self) -> &LmConfig {
@@ -638,7 +641,8 @@ impl TrainableLm {
     fn attend(&self, q: Tensor, k: Tensor, v: Tensor, scale: f64) -> Result<Tensor> {
         let (b, nh, t, hd) = q.dims4()?;
         if self.graph_ops {
-            let o = crate::graph_ops::attention(&q, &k, &v, &self.cos, &self.sin, scale)?;
+            let mask = self.causal_mask(t)?;
+            let o = crate::graph_ops::attention(&q, &k, &v, (&self.cos, &self.sin), &mask, scale)?;
             return Ok(o.transpose(1, 2)?.reshape((b * t, nh * hd))?);
         }
         let nkv = k.dim(1)?;
@@ -657,6 +661,19 @@ impl TrainableLm {
         };
         let att = crate::ops::causal_softmax(&qs.matmul(&ks.t()?)?, scale)?;
         Ok(att.matmul(&vs)?.transpose(1, 2)?.reshape((b * t, nh * hd))?)
+    }
+
+    fn causal_mask(&self, t: usize) -> Result<Tensor> {
+        let mut masks = self.masks.lock().map_err(|_| Error::Config("mask cache poisoned".into()))?;
+        if let Some(m) = masks.get(&(t, self.dtype)) {
+            return Ok(m.clone());
+        }
+        if masks.len() >= 64 {
+            masks.clear();
+        }
+        let m = crate::graph_ops::causal_mask(t, self.dtype, &self.device)?;
+        masks.insert((t, self.dtype), m.clone());
+        Ok(m)
     }
 
     /// Causal attention of packed rows `q [n, heads·hd]`, `k`, `v [n, kv_heads·hd]`: the
@@ -686,16 +703,18 @@ impl TrainableLm {
     /// Mean cross-entropy of the labelled positions of a batch, and how many there were.
     /// `labels[b][t]` is the token expected after position `t`, or `None`.
     pub fn loss(&self, batch: &Batch, dropout: Option<Dropout>) -> Result<(Tensor, usize)> {
-        let h = self.hidden_packed(&batch.ids, &batch.lens, dropout)?;
         let (pos, tgt): (Vec<u32>, Vec<u32>) =
             batch.labels.iter().enumerate().filter_map(|(i, l)| l.map(|l| (i as u32, l))).unzip();
         if pos.is_empty() {
             return Err(Error::Config("a batch without answer tokens".into()));
         }
         let n = pos.len();
-        let rows = h.index_select(&Tensor::from_vec(pos, n, &self.device)?, 0)?;
-        let logits = self.logits(&rows)?;
+        // Copied before the forward pass is queued: a copy from the host to a GPU waits for it.
+        let pos = Tensor::from_vec(pos, n, &self.device)?;
         let tgt = Tensor::from_vec(tgt, n, &self.device)?;
+        let h = self.hidden_packed(&batch.ids, &batch.lens, dropout)?;
+        let rows = h.index_select(&pos, 0)?;
+        let logits = self.logits(&rows)?;
         if self.graph_ops {
             return Ok((crate::graph_ops::cross_entropy(&logits, &tgt)?, n));
         }
