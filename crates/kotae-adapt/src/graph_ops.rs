@@ -171,6 +171,7 @@ fn attach2(
 /// `x · Wᵀ` for a frozen `W` (`x: [n, in]`, `W: [out, in]`): the backward pass gives only
 /// `∂x = ∂y · W`, never a gradient for `W`.
 pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
+    debug_assert!(!w.track_op(), "frozen_matmul_t of a trained weight");
     if !x.track_op() {
         return x.matmul(&w.t()?);
     }
@@ -186,31 +187,43 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> CResult<Tensor> {
     if !x.track_op() && !w.track_op() {
         return Ok(y);
     }
+    // Only what is trained gets a gradient (with LoRA, no norm weight is).
+    let (want_dx, want_dw) = (x.track_op(), w.track_op());
     attach2("rms-norm", x, w, y, move |x, w, _, g| {
         // In f32 whatever the model's dtype: the sums run over the hidden size.
         let dt = x.dtype();
         let (xf, wf, gf) = (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?, g.to_dtype(DType::F32)?);
         let d = xf.dim(D::Minus1)? as f64;
         let r = ((xf.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?.sqrt()?).recip()?; // [.., 1]
-        let gw = gf.broadcast_mul(&wf)?;
-        let dot = (&gw * &xf)?.sum_keepdim(D::Minus1)?;
-        let c = ((r.sqr()? * &r)? * dot)?.affine(1.0 / d, 0.0)?;
-        let dx = (gw.broadcast_mul(&r)? - xf.broadcast_mul(&c)?)?.to_dtype(dt)?;
-        let rows = xf.elem_count() / xf.dim(D::Minus1)?;
-        let dims = xf.dim(D::Minus1)?;
-        let dw = (gf * xf.broadcast_mul(&r)?)?.reshape((rows, dims))?.sum(0)?.to_dtype(w.dtype())?;
-        Ok((Some(dx), Some(dw)))
+        let dx = if want_dx {
+            let gw = gf.broadcast_mul(&wf)?;
+            let dot = (&gw * &xf)?.sum_keepdim(D::Minus1)?;
+            let c = ((r.sqr()? * &r)? * dot)?.affine(1.0 / d, 0.0)?;
+            Some((gw.broadcast_mul(&r)? - xf.broadcast_mul(&c)?)?.to_dtype(dt)?)
+        } else {
+            None
+        };
+        let dw = if want_dw {
+            let dims = xf.dim(D::Minus1)?;
+            let rows = xf.elem_count() / dims;
+            Some((gf * xf.broadcast_mul(&r)?)?.reshape((rows, dims))?.sum(0)?.to_dtype(w.dtype())?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
     })
 }
 
-/// Inverted dropout with a mask drawn on `x`'s device; the graph keeps the mask as bytes.
+/// Inverted dropout with a mask drawn by `x`'s device's generator (on a GPU not from the
+/// training seed, so a resumed run draws other masks); the graph keeps the mask as bytes.
 pub fn dropout(x: &Tensor, p: f32) -> CResult<Tensor> {
     let keep = 1.0 - p as f64;
-    // The threshold as a device tensor: a scalar operand would be copied from the host, and
-    // such a copy waits for the work queued before it.
-    let threshold = Tensor::full(keep as f32, (), x.device())?.to_dtype(x.dtype())?.broadcast_as(x.shape())?;
-    let mask = x.rand_like(0.0, 1.0)?.lt(&threshold)?; // u8
-    let scale = move |m: &Tensor, dt: DType| -> CResult<Tensor> { m.to_dtype(dt)? / keep };
+    // Drawn and compared in f32 (in bf16 both would round, and keep a biased share). The
+    // threshold is a device tensor: a scalar operand would be copied from the host, and such
+    // a copy waits for the work queued before it.
+    let threshold = Tensor::full(keep as f32, (), x.device())?.broadcast_as(x.shape())?;
+    let mask = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.lt(&threshold)?; // u8
+    let scale = move |m: &Tensor, dt: DType| -> CResult<Tensor> { (m.to_dtype(DType::F32)? / keep)?.to_dtype(dt) };
     let y = (x.detach() * scale(&mask, x.dtype())?)?;
     if !x.track_op() {
         return Ok(y);
@@ -303,11 +316,12 @@ fn sum_kv(g: &Tensor, kv: usize) -> CResult<Tensor> {
     g.reshape((b, kv, h / kv, t, d))?.sum(2)
 }
 
-/// Mean cross-entropy of `logits: [n, vocab]` (f32) against `targets: [n]` (u32). The graph
-/// keeps the logits only; the backward pass is `(softmax − one-hot) / n`.
+/// Mean cross-entropy (f32) of `logits: [n, vocab]` in any float dtype, computed in f32,
+/// against `targets: [n]` (u32). The graph keeps the logits only (not an f32 copy); the
+/// backward pass is `(softmax − one-hot) / n`, in the logits' dtype.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
     let n = logits.dim(0)?;
-    let l = logits.detach();
+    let l = logits.detach().to_dtype(DType::F32)?;
     let idx = targets.unsqueeze(1)?; // [n, 1]
     let m = l.max_keepdim(1)?;
     let lse = (l.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()? + &m)?;
@@ -317,10 +331,10 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
         return Ok(loss);
     }
     attach1("cross-entropy", logits, loss, move |l, _, g| {
-        let p = candle_nn::ops::softmax_last_dim(&l.contiguous()?)?;
-        let minus_one = Tensor::full(-1f32, (n, 1), l.device())?.to_dtype(p.dtype())?;
+        let p = candle_nn::ops::softmax_last_dim(&l.to_dtype(DType::F32)?.contiguous()?)?;
+        let minus_one = Tensor::full(-1f32, (n, 1), l.device())?;
         let d = p.scatter_add(&idx, &minus_one, 1)?;
-        Ok(Some(d.broadcast_mul(&(g / n as f64)?)?))
+        Ok(Some(d.broadcast_mul(&(g.to_dtype(DType::F32)? / n as f64)?)?.to_dtype(l.dtype())?))
     })
 }
 

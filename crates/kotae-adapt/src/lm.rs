@@ -392,11 +392,13 @@ pub struct TrainableLm {
     pub batched_attention: bool,
     /// Train with [`crate::graph_ops`]: frozen matmuls without weight gradients, attention
     /// recomputed in the backward pass, fused RMSNorm and cross-entropy, byte dropout masks.
-    /// The default off the CPU, where candle's composed ops kept 1.4–1.7× PEFT's GPU memory;
-    /// the CPU has its own fused kernels (`crate::ops`).
+    /// The default on CUDA, where candle's composed ops kept 1.4–1.7× PEFT's GPU memory; the
+    /// CPU has its own fused kernels (`crate::ops`). Dropout masks then come from the device's
+    /// generator, not from the training seed.
     pub graph_ops: bool,
-    /// Causal masks of [`crate::graph_ops::attention`] by length and dtype, made once.
-    masks: std::sync::Mutex<HashMap<(usize, DType), Tensor>>,
+    /// The causal mask of [`crate::graph_ops::attention`] for the longest sequence so far
+    /// (shorter ones take its top-left corner), made once rather than in every layer.
+    mask: std::sync::Mutex<Option<Tensor>>,
     device: Device,
     cos: Tensor,
     sin: Tensor,
@@ -490,9 +492,9 @@ impl TrainableLm {
         let cos = freqs.cos()?.to_dtype(dtype)?;
         let sin = freqs.sin()?.to_dtype(dtype)?;
         let batched_attention = !device.is_cpu();
-        let graph_ops = !device.is_cpu();
-        let masks = Default::default();
-        Ok(Self { base, lora_cfg, lora, full, dtype, batched_attention, graph_ops, masks, device, cos, sin })
+        let graph_ops = device.is_cuda();
+        let mask = Default::default();
+        Ok(Self { base, lora_cfg, lora, full, dtype, batched_attention, graph_ops, mask, device, cos, sin })
     }
 
     pub fn config(&self) -> &LmConfig {
@@ -664,16 +666,16 @@ impl TrainableLm {
     }
 
     fn causal_mask(&self, t: usize) -> Result<Tensor> {
-        let mut masks = self.masks.lock().map_err(|_| Error::Config("mask cache poisoned".into()))?;
-        if let Some(m) = masks.get(&(t, self.dtype)) {
-            return Ok(m.clone());
-        }
-        if masks.len() >= 64 {
-            masks.clear();
-        }
-        let m = crate::graph_ops::causal_mask(t, self.dtype, &self.device)?;
-        masks.insert((t, self.dtype), m.clone());
-        Ok(m)
+        let mut mask = self.mask.lock().map_err(|_| Error::Config("mask cache poisoned".into()))?;
+        let m = match mask.as_ref() {
+            Some(m) if m.dim(0)? >= t => m.clone(),
+            _ => {
+                let m = crate::graph_ops::causal_mask(t, self.dtype, &self.device)?;
+                *mask = Some(m.clone());
+                m
+            }
+        };
+        Ok(m.narrow(0, 0, t)?.narrow(1, 0, t)?)
     }
 
     /// Causal attention of packed rows `q [n, heads·hd]`, `k`, `v [n, kv_heads·hd]`: the
@@ -693,11 +695,15 @@ impl TrainableLm {
 
     /// Logits of chosen rows of flattened hidden states `[n, hidden]` → `[n, vocab]` (f32).
     pub fn logits(&self, hidden_rows: &Tensor) -> Result<Tensor> {
-        let head = match self.opt_weight("lm_head.weight")? {
-            Some(w) if !self.base.config.tie_word_embeddings => w,
-            _ => self.weight("model.embed_tokens.weight")?,
-        };
-        Ok(self.matmul_t(hidden_rows, &head, true)?.to_dtype(DType::F32)?)
+        Ok(self.matmul_t(hidden_rows, &self.head()?, true)?.to_dtype(DType::F32)?)
+    }
+
+    /// The output projection (the embedding table when they are tied).
+    fn head(&self) -> Result<Tensor> {
+        match self.opt_weight("lm_head.weight")? {
+            Some(w) if !self.base.config.tie_word_embeddings => Ok(w),
+            _ => self.weight("model.embed_tokens.weight"),
+        }
     }
 
     /// Mean cross-entropy of the labelled positions of a batch, and how many there were.
@@ -714,10 +720,12 @@ impl TrainableLm {
         let tgt = Tensor::from_vec(tgt, n, &self.device)?;
         let h = self.hidden_packed(&batch.ids, &batch.lens, dropout)?;
         let rows = h.index_select(&pos, 0)?;
-        let logits = self.logits(&rows)?;
         if self.graph_ops {
+            // The loss upcasts inside: no f32 copy of bf16 logits kept for the backward pass.
+            let logits = self.matmul_t(&rows, &self.head()?, true)?;
             return Ok((crate::graph_ops::cross_entropy(&logits, &tgt)?, n));
         }
+        let logits = self.logits(&rows)?;
         Ok((candle_nn::loss::cross_entropy(&logits, &tgt)?, n))
     }
 

@@ -446,9 +446,10 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
             let k = (st.step * cfg.grad_accum + j) as u64;
             let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(k.wrapping_mul(1_000_003)));
             let (loss, _) = model.loss(batch, Some(Dropout { rng: &mut rng }))?;
-            let store = (&loss * (n as f64 / n_total as f64))?.backward()?;
+            let value = loss.detach();
+            let store = (loss * (n as f64 / n_total as f64))?.backward()?;
             // Read after the backward pass is queued: on a GPU the read waits for the work.
-            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64;
+            loss_sum += value.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64;
             for (i, (_, v)) in vars.iter().enumerate() {
                 if let Some(g) = store.get(v.as_tensor()) {
                     grads[i] = Some(match grads[i].take() {

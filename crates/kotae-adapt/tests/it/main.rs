@@ -412,4 +412,19 @@ fn batched_attention_matches_the_packed_one() {
         assert!((l1 - l3).abs() < 1e-5, "{l1} vs {l3}");
         assert!(max_abs_diff(&g1, &g3) < 1e-4 * scale.max(1.0), "{}", max_abs_diff(&g1, &g3));
     }
+    // With a layer unfrozen too: its matrices, biases and norm weights get the same gradients.
+    let mut cfg = lora(4, 0.0);
+    cfg.unfreeze_layers = vec![0];
+    let mut m = TrainableLm::new(BaseModel::load(&path, &Device::Cpu).unwrap(), cfg, DType::F32, 3).unwrap();
+    for p in m.lora.values() {
+        p.b.set(&Tensor::randn(0f32, 0.2, p.b.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
+    }
+    assert!(m.trainable().iter().any(|(n, _)| n.ends_with("input_layernorm.weight")));
+    let (l1, g1) = run(&m);
+    m.graph_ops = true;
+    m.batched_attention = true;
+    let (l2, g2) = run(&m);
+    assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
+    let scale = g1.iter().fold(0f32, |a, &b| a.max(b.abs()));
+    assert!(max_abs_diff(&g1, &g2) < 1e-4 * scale.max(1.0), "{}", max_abs_diff(&g1, &g2));
 }
