@@ -266,7 +266,10 @@ pub fn run_ingest(
     // ingested from.
     let indexed_at: BTreeMap<PathBuf, &str> =
         manifest.files.iter().map(|(src, e)| (Path::new(&e.root).join(src), src.as_str())).collect();
-    let mut dedup = Deduper::new(cfg.ingest.near_duplicate_threshold);
+    // Near-duplicates are dropped among chunks that the same groups read (a copy in a
+    // restricted manual must not hide the public one), against what is indexed already as well
+    // as within the run: otherwise what a run dropped came back in the next one.
+    let mut dedup: BTreeMap<Vec<String>, Deduper> = BTreeMap::new();
     let mut seen_by_root: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut changed: Vec<Changed> = Vec::new();
 
@@ -363,6 +366,16 @@ pub fn run_ingest(
     if sum.cancelled {
         changed.clear();
     }
+    if !changed.is_empty() {
+        // Seeded with the indexed chunks of the documents this run does not replace.
+        let replaced: BTreeSet<&str> = changed.iter().map(|c| c.source.as_str()).collect();
+        for c in index.all_chunks()? {
+            if !replaced.contains(c.source.as_str()) {
+                let d = dedup.entry(c.groups).or_insert_with(|| Deduper::new(cfg.ingest.near_duplicate_threshold));
+                d.check_insert(&c.text);
+            }
+        }
+    }
     let embedder: Option<&dyn Embedder> = if changed.is_empty() { None } else { Some(embedder.get()?) };
     let count = |s: &str| embedder.map_or(s.len(), |e| e.count_tokens(s).unwrap_or(s.len()));
     let pb = bar(opts.quiet, changed.len() as u64, "ingest");
@@ -421,6 +434,9 @@ pub fn run_ingest(
                     sum.boilerplate_lines_removed += rep.boilerplate_lines;
                     let mut kept = Vec::new();
                     let mut flagged = 0;
+                    let dedup = dedup
+                        .entry(groups.clone())
+                        .or_insert_with(|| Deduper::new(cfg.ingest.near_duplicate_threshold));
                     for c in chunks {
                         if dedup.check_insert(&c.text).is_some() {
                             sum.duplicates_dropped += 1;
