@@ -313,6 +313,32 @@ fn changed_files_replace_their_chunks_and_prune_removes_deleted_ones() {
     assert_eq!(kb.vectors().count().unwrap() as u64, kb.num_chunks());
 }
 
+/// A near-duplicate of an indexed chunk is dropped in a later run too (the same answer whatever
+/// the order of runs), but only for readers of the same groups.
+#[test]
+fn a_copy_of_an_indexed_chunk_is_dropped_in_later_runs_but_not_for_other_groups() {
+    let data = fresh_data_dir();
+    let cfg = config(data.path());
+    let text = "# Parking\n\nThe bicycle parking is behind building B, next to the loading dock; \
+                bicycles left in front of the main entrance are removed on Fridays.\n";
+    let (first, copy) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(first.path().join("parking.md"), text).unwrap();
+    std::fs::write(copy.path().join("parking-copy.md"), text).unwrap();
+    let mut kb = kotae::open_index(&cfg, Some(embedder().dim())).unwrap();
+    let s = ingest(&cfg, &mut kb, &[first.path()], &["public"], false);
+    assert_eq!((s.files_ingested, s.chunks_written), (1, 1), "{s:?}");
+    for _ in 0..2 {
+        let s = ingest(&cfg, &mut kb, &[copy.path()], &["public"], false);
+        assert_eq!((s.files_ingested, s.chunks_written), (0, 0), "{s:?}");
+        assert!(s.skipped.iter().any(|k| k.path == "parking-copy.md"), "{s:?}");
+        assert_eq!(kb.num_chunks(), 1);
+    }
+    // For another group's readers it is no copy: it is indexed for them.
+    let s = ingest(&cfg, &mut kb, &[copy.path()], &["hr"], false);
+    assert_eq!((s.files_ingested, s.chunks_written), (1, 1), "{s:?}");
+    assert_eq!(kb.num_chunks(), 2);
+}
+
 #[test]
 fn access_groups_hide_content_from_other_users() {
     let data = fresh_data_dir();
