@@ -23,6 +23,7 @@ ap.add_argument("--r", type=int, default=8)
 ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
 ap.add_argument("--device", default="cpu")
 ap.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
+ap.add_argument("--profile", type=int, default=0, help="then profile this many more steps (torch.profiler): the kernels' time")
 a = ap.parse_args()
 dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.dtype]
 cuda = a.device.startswith("cuda")
@@ -43,7 +44,7 @@ model.train()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.0)
 pad = data["pad"]
 rates = []
-for batch in data["batches"]:
+def step(batch):
     seqs = [data["seqs"][i] for i in batch]
     n = max(len(s["ids"]) for s in seqs)
     ids = torch.tensor([s["ids"] + [pad] * (n - len(s["ids"])) for s in seqs], device=a.device)
@@ -57,7 +58,21 @@ for batch in data["batches"]:
     opt.step()
     opt.zero_grad()
     sync()
-    rates.append(real / (time.perf_counter() - t))
+    return real / (time.perf_counter() - t)
+for batch in data["batches"]:
+    rates.append(step(batch))
+if a.profile:
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for batch in data["batches"][: a.profile]:
+            step(batch)
+    ka = prof.key_averages()
+    key = "self_cpu_time_total"
+    if cuda:
+        key = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
+    print(f"torch.profiler, {a.profile} steps, sorted by {key}:")
+    print(ka.table(sort_by=key, row_limit=30, max_name_column_width=70))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 gpu = f" gpu_peak_mib={torch.cuda.max_memory_allocated() / 2**20:.0f}" if cuda else ""

@@ -9,7 +9,10 @@
 # is; the weights there are random, of the real shapes (random_weights.py), since the real ones
 # cannot be copied to such a machine. Without them it builds here with cargo and nvcc and uses
 # the installed models.
-#   ROUNDS=2 scripts/gpu/check.sh [steps]
+# PROFILE=1 first shows where a step's time goes on Qwen, f32 and bf16: kotae's spans
+# (kotae-bench lora --profile), PEFT's kernels (torch.profiler) and, where nsys is installed,
+# kotae's kernels. ROUNDS=0 skips the table.
+#   ROUNDS=2 [PROFILE=1] scripts/gpu/check.sh [steps]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 STEPS="${1:-12}"
@@ -46,6 +49,27 @@ peak() {
 # run of kotae with candle's composed ops (--graph-ops false: how kotae trained before). Every
 # line goes to $LOG/results.txt; the summary prints medians and ratios.
 ROUNDS="${ROUNDS:-2}"
+if [ "${PROFILE:-0}" = 1 ]; then
+  m=${MODELS[0]}; name=$(basename "$m")
+  dir=$m; [ -d "$m" ] || dir="${KOTAE_DATA_DIR:-kotae-data}/models/$m"
+  gguf=""; [ -d "$m" ] || gguf=$(basename "$(ls "$dir"/*.gguf | head -1)")
+  for dt in f32 bf16; do
+    echo "== profile $name $dt: kotae"
+    "$BIN/kotae-bench" --threads 4 lora --base "$m" --device cuda --dtype "$dt" --steps 6 --batch 8 --max-len 256 \
+      --profile --out "$LOG/batches-$name.json" 2>&1 | grep -v "^\s*$" | tail -24
+    echo "== profile $name $dt: PEFT"
+    python3 scripts/bench/peft_baseline.py "$dir" "$gguf" "$LOG/batches-$name.json" --device cuda --dtype "$dt" \
+      --threads 4 --profile 3 2>&1 | grep -v "^\s*$" | tail -40
+    if command -v nsys > /dev/null; then
+      echo "== nsys $name $dt: kotae's kernels"
+      nsys profile -o "$LOG/kotae-$dt" --force-overwrite true "$BIN/kotae-bench" --threads 4 lora --base "$m" \
+        --device cuda --dtype "$dt" --steps 4 --batch 8 --max-len 256 > /dev/null 2>&1
+      nsys stats -r cuda_gpu_kern_sum "$LOG/kotae-$dt.nsys-rep" 2>/dev/null | cut -c1-200 | head -30
+      rm -f "$LOG"/kotae-"$dt".*
+    fi
+  done
+fi
+[ "$ROUNDS" = 0 ] && exit 0
 : > "$LOG/results.txt"
 record() { # tool model dtype -- command...
   local tool=$1 model=$2 dt=$3; shift 4

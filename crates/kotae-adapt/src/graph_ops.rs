@@ -177,7 +177,10 @@ pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
     }
     let y = x.detach().matmul(&w.t()?)?;
     let w = w.detach();
-    attach1("frozen-matmul", x, y, move |_, _, g| Ok(Some(g.matmul(&w)?)))
+    attach1("frozen-matmul", x, y, move |_, _, g| {
+        let _p = crate::profile::span(g.device(), "bwd:frozen-matmul");
+        Ok(Some(g.matmul(&w)?))
+    })
 }
 
 /// `x / rms(x) · w` over the last dimension (candle's fused kernel), with the gradients of
@@ -190,6 +193,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> CResult<Tensor> {
     // Only what is trained gets a gradient (with LoRA, no norm weight is).
     let (want_dx, want_dw) = (x.track_op(), w.track_op());
     attach2("rms-norm", x, w, y, move |x, w, _, g| {
+        let _p = crate::profile::span(g.device(), "bwd:rms-norm");
         // In f32 whatever the model's dtype: the sums run over the hidden size.
         let dt = x.dtype();
         let (xf, wf, gf) = (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?, g.to_dtype(DType::F32)?);
@@ -214,21 +218,88 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> CResult<Tensor> {
     })
 }
 
-/// Inverted dropout with a mask drawn by `x`'s device's generator (on a GPU not from the
-/// training seed, so a resumed run draws other masks); the graph keeps the mask as bytes.
-pub fn dropout(x: &Tensor, p: f32) -> CResult<Tensor> {
+/// A dropout mask for `x` keeping `1 − p` (bytes, 1 = kept), drawn by `x`'s device's
+/// generator (on a GPU not from the training seed, so a resumed run draws other masks).
+fn dropout_mask(x: &Tensor, p: f32) -> CResult<Tensor> {
     let keep = 1.0 - p as f64;
     // Drawn and compared in f32 (in bf16 both would round, and keep a biased share). The
     // threshold is a device tensor: a scalar operand would be copied from the host, and such
     // a copy waits for the work queued before it.
     let threshold = Tensor::full(keep as f32, (), x.device())?.broadcast_as(x.shape())?;
-    let mask = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.lt(&threshold)?; // u8
-    let scale = move |m: &Tensor, dt: DType| -> CResult<Tensor> { (m.to_dtype(DType::F32)? / keep)?.to_dtype(dt) };
+    Tensor::rand(0f32, 1f32, x.shape(), x.device())?.lt(&threshold) // u8
+}
+
+/// The mask as the factor of inverted dropout: `mask / (1 − p)` in `dt`.
+fn dropout_scale(mask: &Tensor, p: f32, dt: DType) -> CResult<Tensor> {
+    mask.to_dtype(DType::F32)?.affine(1.0 / (1.0 - p as f64), 0.0)?.to_dtype(dt)
+}
+
+/// Inverted dropout; the graph keeps the mask as bytes.
+pub fn dropout(x: &Tensor, p: f32) -> CResult<Tensor> {
+    let mask = dropout_mask(x, p)?;
+    let scale = move |m: &Tensor, dt: DType| dropout_scale(m, p, dt);
     let y = (x.detach() * scale(&mask, x.dtype())?)?;
     if !x.track_op() {
         return Ok(y);
     }
-    attach1("dropout", x, y, move |_, _, g| Ok(Some((g * scale(&mask, g.dtype())?)?)))
+    attach1("dropout", x, y, move |_, _, g| {
+        let _p = crate::profile::span(g.device(), "bwd:dropout");
+        Ok(Some((g * scale(&mask, g.dtype())?)?))
+    })
+}
+
+/// A frozen linear layer with its LoRA adapter, one node of the graph:
+/// `x·Wᵀ (+ bias) + s·(dropout(x)·Aᵀ)·Bᵀ` for `x: [n, in]`, `W: [out, in]`, `A: [r, in]`,
+/// `B: [out, r]` (`A`, `B` trained, in any dtype: cast to `x`'s, their gradients in theirs).
+/// Composed, the adapter is six nodes whose backward passes each allocate, zero and add their
+/// gradients; one node does its backward in about ten operations. The graph keeps `x`, the
+/// dropout mask (bytes) and `s·dropout(x)·Aᵀ` (`[n, r]`).
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    (a, b, scale): (&Tensor, &Tensor, f64),
+    dropout: Option<f32>,
+) -> CResult<Tensor> {
+    let dt = x.dtype();
+    let xd0 = x.detach();
+    let mask = match dropout {
+        Some(p) if p > 0.0 => Some((dropout_mask(&xd0, p)?, p)),
+        _ => None,
+    };
+    let dropped = {
+        let mask = mask.clone();
+        move |x: &Tensor| -> CResult<Tensor> {
+            match &mask {
+                Some((m, p)) => x * dropout_scale(m, *p, x.dtype())?,
+                None => Ok(x.clone()),
+            }
+        }
+    };
+    let (ad, bd) = (a.detach().to_dtype(dt)?, b.detach().to_dtype(dt)?);
+    let hs = (dropped(&xd0)?.matmul(&ad.t()?)? * scale)?; // [n, r]
+    let mut y = xd0.matmul(&w.t()?)?;
+    if let Some(bias) = bias {
+        y = y.broadcast_add(bias)?;
+    }
+    let y = (y + hs.matmul(&bd.t()?)?)?;
+    if !x.track_op() && !a.track_op() && !b.track_op() {
+        return Ok(y);
+    }
+    let want_dx = x.track_op();
+    let w = w.detach();
+    let bwd: Bwd3 = Box::new(move |x: &Tensor, a: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor| {
+        let _p = crate::profile::span(g.device(), "bwd:lora-linear");
+        let dt = g.dtype();
+        let (ad, bd) = (a.to_dtype(dt)?, b.to_dtype(dt)?);
+        let gbs = (g.matmul(&bd)? * scale)?; // [n, r]
+        let dx = if want_dx { Some((g.matmul(&w)? + dropped(&gbs.matmul(&ad)?)?)?) } else { None };
+        let da = gbs.t()?.matmul(&dropped(x)?)?.to_dtype(a.dtype())?;
+        let db = g.t()?.matmul(&hs)?.to_dtype(b.dtype())?;
+        Ok((dx, Some(da), Some(db)))
+    });
+    let op = Attached::new("lora-linear", y, bwd)?;
+    x.apply_op3(a, b, op)
 }
 
 /// Causal attention of `q: [b, heads, t, hd]` and `k`, `v: [b, kv_heads, t, hd]`, given before
@@ -272,6 +343,7 @@ pub fn attention(
         return Ok(o);
     }
     let bwd: Bwd3 = Box::new(move |q: &Tensor, k: &Tensor, v: &Tensor, _o: &Tensor, g: &Tensor| {
+        let _p = crate::profile::span(g.device(), "bwd:attention");
         let g = g.contiguous()?;
         let (qr, kr, vr, p) = prep(q, k, v)?;
         let dvr = p.t()?.matmul(&g)?; // [b, nh, t, hd]
@@ -331,6 +403,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
         return Ok(loss);
     }
     attach1("cross-entropy", logits, loss, move |l, _, g| {
+        let _p = crate::profile::span(g.device(), "bwd:cross-entropy");
         let p = candle_nn::ops::softmax_last_dim(&l.to_dtype(DType::F32)?.contiguous()?)?;
         let minus_one = Tensor::full(-1f32, (n, 1), l.device())?;
         let d = p.scatter_add(&idx, &minus_one, 1)?;
@@ -413,6 +486,44 @@ mod tests {
         let g1 = (slow * 1.7).unwrap().backward().unwrap();
         let g2 = (fast * 1.7).unwrap().backward().unwrap();
         close(g1.get(logits.as_tensor()).unwrap(), g2.get(logits.as_tensor()).unwrap(), 1e-5);
+
+        // LoRA linear (no dropout): values and the gradients of x, A and B, with a bias.
+        let (x, a, bb) = (var(&[5, 6], 0.0), var(&[3, 6], 0.0), var(&[4, 3], 0.0));
+        let w = Tensor::randn(0f32, 1.0, (4, 6), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
+        let (xt, at, bt) = (x.as_tensor(), a.as_tensor(), bb.as_tensor());
+        let delta = (xt.matmul(&at.t().unwrap()).unwrap().matmul(&bt.t().unwrap()).unwrap() * 0.7).unwrap();
+        let slow = (xt.matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap() + delta).unwrap();
+        let fast = lora_linear(xt, &w, Some(&bias), (at, bt, 0.7), None).unwrap();
+        close(&slow, &fast, 1e-5);
+        let g1 = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (fast * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [xt, at, bt] {
+            close(g1.get(t).unwrap(), g2.get(t).unwrap(), 1e-4);
+        }
+        // With dropout: in expectation, the output and the adapter's gradients are those
+        // without (inverted dropout), and the mask differs between rows.
+        let n = 4000;
+        let x1 = Var::from_tensor(&Tensor::ones((n, 6), DType::F32, &dev).unwrap()).unwrap();
+        let grads = |p: Option<f32>| {
+            let y = lora_linear(x1.as_tensor(), &w, None, (at, bt, 1.0), p).unwrap();
+            let g = y.sum_all().unwrap().backward().unwrap();
+            (y, g.get(at).unwrap().clone(), g.get(bt).unwrap().clone())
+        };
+        let ((y0, da0, db0), (y1, da1, db1)) = (grads(None), grads(Some(0.5)));
+        let rel = |a: &Tensor, b: &Tensor| {
+            let d = (a - b).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            d / b.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        let (m0, m1) = (y0.mean(0).unwrap(), y1.mean(0).unwrap());
+        assert!(rel(&m1, &m0) < 0.05, "mean output {m1} vs {m0}");
+        assert!(rel(&da1, &da0) < 0.05 && rel(&db1, &db0) < 0.05, "dropout changes the expected gradients");
+        let spread = y1.max(0).unwrap() - y1.min(0).unwrap();
+        assert!(
+            spread.unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1,
+            "no dropout drawn"
+        );
 
         // Dropout: the gradient is the forward pass's own mask.
         let x = Var::from_tensor(&Tensor::ones((64, 300), DType::F32, &dev).unwrap()).unwrap();

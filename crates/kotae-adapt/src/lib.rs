@@ -20,6 +20,7 @@ pub mod graph_ops;
 pub mod head;
 pub mod lm;
 pub mod ops;
+pub mod profile;
 pub mod train;
 
 pub use lm::{BaseModel, LmConfig, LoraConfig, TrainableLm};

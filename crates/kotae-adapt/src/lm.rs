@@ -552,11 +552,24 @@ impl TrainableLm {
     fn linear(&self, path: &str, x: &Tensor, dropout: &mut Option<Dropout>) -> Result<Tensor> {
         let wname = format!("{path}.weight");
         let w = self.weight(&wname)?;
-        let mut y = self.matmul_t(x, &w, !self.full.contains_key(&wname))?;
+        let frozen = !self.full.contains_key(&wname);
+        if let (Some(p), true, true) = (self.lora.get(path), frozen, self.graph_ops) {
+            let _p = crate::profile::span(&self.device, "fwd:lora-linear");
+            let bias = self.opt_weight(&format!("{path}.bias"))?;
+            let p_drop = self.lora_cfg.dropout as f32;
+            let drop = dropout.as_ref().map(|_| p_drop);
+            let adapter = (p.a.as_tensor(), p.b.as_tensor(), self.lora_cfg.scale());
+            return Ok(crate::graph_ops::lora_linear(x, &w, bias.as_ref(), adapter, drop)?);
+        }
+        let mm = crate::profile::span(&self.device, "fwd:matmul");
+        let mut y = self.matmul_t(x, &w, frozen)?;
+        drop(mm);
         if let Some(b) = self.opt_weight(&format!("{path}.bias"))? {
+            let _p = crate::profile::span(&self.device, "fwd:bias");
             y = y.broadcast_add(&b)?;
         }
         if let Some(p) = self.lora.get(path) {
+            let _p = crate::profile::span(&self.device, "fwd:lora");
             let p_drop = self.lora_cfg.dropout;
             let xd = match dropout {
                 Some(_) if p_drop > 0.0 && self.graph_ops => crate::graph_ops::dropout(x, p_drop as f32)?,
@@ -574,6 +587,7 @@ impl TrainableLm {
     fn rms_norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
         let w = self.weight(name)?;
         let eps = self.base.config.rms_norm_eps as f32;
+        let _p = crate::profile::span(&self.device, "fwd:rms-norm");
         if self.graph_ops {
             return Ok(crate::graph_ops::rms_norm(x, &w, eps)?);
         }
@@ -609,6 +623,7 @@ impl TrainableLm {
             let q = self.linear(&format!("{p}.self_attn.q_proj"), &x, &mut dropout)?;
             let k = self.linear(&format!("{p}.self_attn.k_proj"), &x, &mut dropout)?;
             let v = self.linear(&format!("{p}.self_attn.v_proj"), &x, &mut dropout)?;
+            let att = crate::profile::span(&self.device, "fwd:attention");
             let o = if self.batched_attention {
                 self.attention_padded(&q, &k, &v, pads.as_ref().expect("padding indices"), scale)?
             } else {
@@ -627,12 +642,19 @@ impl TrainableLm {
                     Tensor::cat(&outs, 0)?
                 }
             };
+            drop(att);
             let o = self.linear(&format!("{p}.self_attn.o_proj"), &o, &mut dropout)?;
+            let res = crate::profile::span(&self.device, "fwd:residual");
             h = (h + o)?;
+            drop(res);
             let x = self.rms_norm(&h, &format!("{p}.post_attention_layernorm.weight"))?;
             let gate = self.linear(&format!("{p}.mlp.gate_proj"), &x, &mut dropout)?;
             let up = self.linear(&format!("{p}.mlp.up_proj"), &x, &mut dropout)?;
-            let m = self.linear(&format!("{p}.mlp.down_proj"), &(gate.silu()? * up)?, &mut dropout)?;
+            let act = crate::profile::span(&self.device, "fwd:silu*up");
+            let gu = (gate.silu()? * up)?;
+            drop(act);
+            let m = self.linear(&format!("{p}.mlp.down_proj"), &gu, &mut dropout)?;
+            let _res = crate::profile::span(&self.device, "fwd:residual");
             h = (h + m)?;
         }
         self.rms_norm(&h, "model.norm.weight")
@@ -719,6 +741,7 @@ impl TrainableLm {
         let pos = Tensor::from_vec(pos, n, &self.device)?;
         let tgt = Tensor::from_vec(tgt, n, &self.device)?;
         let h = self.hidden_packed(&batch.ids, &batch.lens, dropout)?;
+        let _p = crate::profile::span(&self.device, "fwd:head+loss");
         let rows = h.index_select(&pos, 0)?;
         if self.graph_ops {
             // The loss upcasts inside: no f32 copy of bf16 logits kept for the backward pass.

@@ -113,6 +113,9 @@ pub struct AdamW {
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     t: usize,
+    /// The moments as two flat buffers, which `m` and `v` are views of, after a
+    /// [`AdamW::step_flat`]; `None` when `m`/`v` were set one by one (a resumed checkpoint).
+    flat: Option<(Tensor, Tensor)>,
 }
 
 impl AdamW {
@@ -122,7 +125,59 @@ impl AdamW {
             m: vars.iter().map(|(_, v)| z(v)).collect::<candle_core::Result<_>>()?,
             v: vars.iter().map(|(_, v)| z(v)).collect::<candle_core::Result<_>>()?,
             t: 0,
+            flat: None,
         })
+    }
+
+    /// The step on a GPU: clipping (to `cfg.max_grad_norm`) and the update on all weights at
+    /// once, as a dozen operations on one flat buffer instead of a dozen per weight, with
+    /// nothing read back (a read waits for the queued work). Kernel launches, not arithmetic,
+    /// bound a LoRA step there: this takes the optimizer from ~2,900 launches a step (Qwen2.5
+    /// 0.5B, 4 adapted projections: 192 weights) to ~400. Returns the gradient norm before
+    /// clipping, as a device scalar (f32), to read once the step is queued.
+    pub fn step_flat(
+        &mut self,
+        cfg: &TrainConfig,
+        lr: f64,
+        vars: &[(String, Var)],
+        grads: &[Tensor],
+    ) -> Result<Tensor> {
+        self.t += 1;
+        let (b1, b2) = (cfg.beta1, cfg.beta2);
+        let c1 = 1.0 / (1.0 - b1.powi(self.t as i32));
+        let c2 = 1.0 / (1.0 - b2.powi(self.t as i32));
+        let flat = |ts: &mut dyn Iterator<Item = &Tensor>| -> candle_core::Result<Tensor> {
+            let parts = ts.map(|t| t.to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)
+        };
+        let mut g = flat(&mut grads.iter())?;
+        let norm = g.sqr()?.sum_all()?.sqrt()?;
+        if cfg.max_grad_norm > 0.0 {
+            // min(1, max / (norm + 1e-6)) without a scalar from the host: 1 − relu(1 − x).
+            let x = ((&norm + 1e-6)?.recip()? * cfg.max_grad_norm)?;
+            let factor = x.affine(-1.0, 1.0)?.relu()?.affine(-1.0, 1.0)?;
+            g = g.broadcast_mul(&factor)?;
+        }
+        let (m0, v0) = match self.flat.take() {
+            Some(mv) => mv,
+            None => (flat(&mut self.m.iter())?, flat(&mut self.v.iter())?),
+        };
+        let m = (m0.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
+        let v = (v0.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
+        let upd = (m.affine(c1 * lr, 0.0)? / (v.affine(c2, 0.0)?.sqrt()? + cfg.eps)?)?;
+        let theta = flat(&mut vars.iter().map(|(_, v)| v.as_tensor()))?;
+        let theta = (theta.affine(1.0 - lr * cfg.weight_decay, 0.0)? - upd)?;
+        let mut off = 0;
+        for (i, (_, var)) in vars.iter().enumerate() {
+            let n = var.elem_count();
+            let shape = var.shape().clone();
+            var.set(&theta.narrow(0, off, n)?.reshape(shape.clone())?)?;
+            self.m[i] = m.narrow(0, off, n)?.reshape(shape.clone())?;
+            self.v[i] = v.narrow(0, off, n)?.reshape(shape)?;
+            off += n;
+        }
+        self.flat = Some((m, v));
+        Ok(norm)
     }
 
     pub fn step(&mut self, cfg: &TrainConfig, lr: f64, vars: &[(String, Var)], grads: &[Tensor]) -> Result<()> {
@@ -337,16 +392,8 @@ fn save_checkpoint(
     Ok(())
 }
 
+/// The gradients' global norm, on the CPU (a GPU's is taken inside [`AdamW::step_flat`]).
 fn grad_norm(grads: &[Tensor]) -> Result<f64> {
-    if grads.iter().any(|g| !g.device().is_cpu()) {
-        // One read back from the device, not one per tensor (each is a synchronisation).
-        let parts =
-            grads.iter().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()).collect::<candle_core::Result<Vec<_>>>()?;
-        if parts.is_empty() {
-            return Ok(0.0);
-        }
-        return Ok(Tensor::stack(&parts, 0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt());
-    }
     let mut s = 0.0;
     for g in grads {
         s += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -397,6 +444,7 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
             best = Some(bests);
         }
         opt.t = st.adam_t;
+        opt.flat = None;
         resumed_from = Some(st.step);
         if let Ok(text) = std::fs::read_to_string(&metrics_path) {
             history = text
@@ -428,7 +476,9 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
             break;
         }
         let step_t0 = Instant::now();
+        let dev = model.device();
         let lr = cfg.lr_at(st.step, total);
+        let prep = crate::profile::span(dev, "step:batches");
         let batches: Vec<Batch> = (0..cfg.grad_accum)
             .map(|j| {
                 let idx = micro_batch(st.step * cfg.grad_accum + j, train.len(), cfg.batch_size, cfg.seed);
@@ -436,8 +486,9 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
             })
             .collect();
         let n_total: usize = batches.iter().map(|b| b.target_tokens()).sum();
+        drop(prep);
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-        let mut loss_sum = 0.0;
+        let mut losses = Vec::with_capacity(batches.len());
         for (j, batch) in batches.iter().enumerate() {
             let n = batch.target_tokens();
             if n == 0 {
@@ -445,11 +496,15 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
             }
             let k = (st.step * cfg.grad_accum + j) as u64;
             let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(k.wrapping_mul(1_000_003)));
+            let fwd = crate::profile::span(dev, "step:forward");
             let (loss, _) = model.loss(batch, Some(Dropout { rng: &mut rng }))?;
+            drop(fwd);
             let value = loss.detach();
+            let bwd = crate::profile::span(dev, "step:backward");
             let store = (loss * (n as f64 / n_total as f64))?.backward()?;
-            // Read after the backward pass is queued: on a GPU the read waits for the work.
-            loss_sum += value.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64;
+            drop(bwd);
+            let _acc = crate::profile::span(dev, "step:accumulate");
+            losses.push((value, n));
             for (i, (_, v)) in vars.iter().enumerate() {
                 if let Some(g) = store.get(v.as_tensor()) {
                     grads[i] = Some(match grads[i].take() {
@@ -465,12 +520,30 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
             .zip(&vars)
             .map(|(g, (_, v))| g.map(Ok).unwrap_or_else(|| v.as_tensor().zeros_like()))
             .collect::<candle_core::Result<_>>()?;
-        let norm = grad_norm(&grads)?;
-        if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
-            let s = cfg.max_grad_norm / (norm + 1e-6);
-            grads = grads.into_iter().map(|g| g * s).collect::<candle_core::Result<_>>()?;
+        let norm = if dev.is_cpu() {
+            let clip = crate::profile::span(dev, "step:grad-norm+clip");
+            let norm = grad_norm(&grads)?;
+            if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
+                let s = cfg.max_grad_norm / (norm + 1e-6);
+                grads = grads.into_iter().map(|g| g * s).collect::<candle_core::Result<_>>()?;
+            }
+            drop(clip);
+            let _adam = crate::profile::span(dev, "step:optimizer");
+            opt.step(cfg, lr, &vars, &grads)?;
+            norm
+        } else {
+            // Clipped on the device, read once everything is queued (each read waits for the
+            // queue).
+            let adam = crate::profile::span(dev, "step:optimizer");
+            let norm = opt.step_flat(cfg, lr, &vars, &grads)?;
+            drop(adam);
+            let _read = crate::profile::span(dev, "step:read-back");
+            norm.to_dtype(DType::F64)?.to_scalar::<f64>()?
+        };
+        let mut loss_sum = 0.0;
+        for (value, n) in losses {
+            loss_sum += value.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64;
         }
-        opt.step(cfg, lr, &vars, &grads)?;
         st.step += 1;
         st.adam_t = opt.t;
         st.tokens_seen += real_tokens;
@@ -595,6 +668,42 @@ pub fn write_loss_svg(path: &Path, history: &[StepMetrics]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The GPU's step (flat buffers, clipping on the device) against clipping on the host and
+    /// the step per weight, here on the CPU: clipping active, weight decay, five steps.
+    #[test]
+    fn the_flat_adamw_step_matches_clipping_then_the_step_per_weight() {
+        let dev = candle_core::Device::Cpu;
+        let mk = || -> Vec<(String, Var)> {
+            let w: Vec<f32> = (0..600).map(|i| ((i as f32 * 0.37).sin()) * 0.5).collect();
+            let b: Vec<f32> = (0..30).map(|i| (i as f32 * 0.11).cos()).collect();
+            vec![
+                ("w".into(), Var::from_tensor(&Tensor::from_vec(w, (20, 30), &dev).unwrap()).unwrap()),
+                ("b".into(), Var::from_tensor(&Tensor::from_vec(b, 30, &dev).unwrap()).unwrap()),
+            ]
+        };
+        let (a, b) = (mk(), mk());
+        let (mut oa, mut ob) = (AdamW::new(&a).unwrap(), AdamW::new(&b).unwrap());
+        let cfg = TrainConfig { weight_decay: 0.01, max_grad_norm: 1.0, ..Default::default() };
+        for step in 0..5 {
+            // Large gradients early (clipped), small ones later (not).
+            let k = if step < 3 { 3.0 } else { 0.01 };
+            let g: Vec<Tensor> = a.iter().map(|(_, v)| (v.as_tensor().cos().unwrap() * k).unwrap()).collect();
+            let norm = oa.step_flat(&cfg, 1e-2, &a, &g).unwrap().to_scalar::<f32>().unwrap() as f64;
+            let host = grad_norm(&g).unwrap();
+            assert!((norm - host).abs() < 1e-4 * host, "norm {norm} vs {host}");
+            let s = if host > cfg.max_grad_norm { cfg.max_grad_norm / (host + 1e-6) } else { 1.0 };
+            let g: Vec<Tensor> = g.iter().map(|g| (g * s).unwrap()).collect();
+            ob.step_tensor_ops(&cfg, 1e-2, &b, &g).unwrap();
+            for (((_, x), (_, y)), (mx, my)) in a.iter().zip(&b).zip(oa.m.iter().zip(&ob.m)) {
+                let d = (x.as_tensor() - y.as_tensor()).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(d.to_scalar::<f32>().unwrap() < 1e-6, "step {step}: weights differ");
+                let d = (mx - my).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(d < 1e-6, "step {step}: moments differ by {d}");
+                assert_eq!(mx.dims(), my.dims());
+            }
+        }
+    }
 
     #[test]
     fn the_fused_adamw_step_matches_the_tensor_ops() {

@@ -120,6 +120,10 @@ enum Cmd {
         /// default: the model's default for the device (graph ops off the CPU)
         #[arg(long)]
         graph_ops: Option<bool>,
+        /// Also print where a step's time goes (kotae_adapt::profile: each span waits for the
+        /// device, so the run is slower; after one step of warm-up)
+        #[arg(long)]
+        profile: bool,
     },
     /// One AdamW step on --params f32 weights (default: the three encoder layers a tuned
     /// safety head trains), the fused CPU step against the same step as candle tensor ops,
@@ -599,8 +603,8 @@ fn main() -> Result<()> {
             );
         }
         Cmd::ExportE5 { dir } => export_e5(&cfg, &dir)?,
-        Cmd::Lora { base, steps, batch, max_len, r, targets, out, device, dtype, graph_ops } => {
-            let dev = (device.as_str(), dtype.as_str(), graph_ops);
+        Cmd::Lora { base, steps, batch, max_len, r, targets, out, device, dtype, graph_ops, profile } => {
+            let dev = (device.as_str(), dtype.as_str(), graph_ops, profile);
             bench_lora(&cfg, &base, steps, batch, max_len, r, targets, out, cli.threads, dev)?
         }
         Cmd::Search { chunks, kb_dir, qdrant_url } => bench_search(&cfg, chunks, &kb_dir, qdrant_url)?,
@@ -839,7 +843,7 @@ fn bench_lora(
     targets: Vec<String>,
     out: Option<PathBuf>,
     threads: usize,
-    (device, dtype, graph_ops): (&str, &str, Option<bool>),
+    (device, dtype, graph_ops, profile): (&str, &str, Option<bool>, bool),
 ) -> Result<()> {
     use kotae_adapt::train::{micro_batch, RunOptions, TrainConfig};
     let path = kotae::finetune::base_path(cfg, base)?;
@@ -884,8 +888,20 @@ fn bench_lora(
         std::fs::write(o, serde_json::to_string(&serde_json::json!({"pad": pad, "seqs": seqs, "batches": batches}))?)?;
     }
     let dir = tempfile_dir()?;
+    if profile {
+        // One step first, unrecorded: the first one loads kernels and sizes the memory pool.
+        let one = TrainConfig { max_steps: 1, ..tc.clone() };
+        let opts = RunOptions { dir: dir.clone(), config: one, resume: false, stop_after: None, progress: false };
+        kotae_adapt::train::train(&model, &ds.train, &[], &opts)?;
+        kotae_adapt::profile::enable(true);
+    }
     let opts = RunOptions { dir: dir.clone(), config: tc, resume: false, stop_after: None, progress: false };
     let s = kotae_adapt::train::train(&model, &ds.train, &[], &opts)?;
+    if profile {
+        kotae_adapt::profile::enable(false);
+        println!("where a step's time goes ({steps} steps, every span synchronised):");
+        print!("{}", kotae_adapt::profile::report(steps));
+    }
     let m = kotae_adapt::train::read_metrics(&dir)?;
     let mut rates: Vec<f64> = m.iter().skip(usize::from(m.len() > 1)).map(|x| x.tokens_per_s).collect();
     let med = percentile(&mut rates, 0.5);
