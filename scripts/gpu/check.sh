@@ -11,7 +11,7 @@
 # the installed models.
 # PROFILE=1 first shows where a step's time goes on Qwen, f32 and bf16: kotae's spans
 # (kotae-bench lora --profile), PEFT's kernels (torch.profiler) and, where nsys is installed,
-# kotae's kernels. ROUNDS=0 skips the table.
+# kotae's kernels (PROFILE_PEFT=0: kotae's spans only). ROUNDS=0 skips the table.
 #   ROUNDS=2 [PROFILE=1] scripts/gpu/check.sh [steps]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -57,6 +57,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
     echo "== profile $name $dt: kotae"
     "$BIN/kotae-bench" --threads 4 lora --base "$m" --device cuda --dtype "$dt" --steps 6 --batch 8 --max-len 256 \
       --profile --out "$LOG/batches-$name.json" 2>&1 | grep -v "^\s*$" | tail -24
+    [ "${PROFILE_PEFT:-1}" = 1 ] || continue
     echo "== profile $name $dt: PEFT"
     python3 scripts/bench/peft_baseline.py "$dir" "$gguf" "$LOG/batches-$name.json" --device cuda --dtype "$dt" \
       --threads 4 --profile 3 2>&1 | grep -v "^\s*$" | tail -40
