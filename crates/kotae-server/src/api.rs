@@ -465,18 +465,19 @@ pub async fn classify(
     let Json(req) = body?;
     check_question(&state, &req.text)?;
     let engine = state.engine()?;
+    let loaded = engine.classifiers.get();
     let heads: Vec<(String, Arc<kotae_models::Head>)> = match &req.task {
-        Some(t) => match engine.classifiers.get(t) {
+        Some(t) => match loaded.get(t) {
             Some(h) => vec![(t.clone(), h.clone())],
             None => {
-                let have: Vec<&str> = engine.classifiers.keys().map(String::as_str).collect();
+                let have: Vec<&str> = loaded.keys().map(String::as_str).collect();
                 return Err(ApiError::NotFound(format!(
                     "no classifier for task '{t}' (loaded: {}); train one with `kotae finetune head --task {t}`",
                     if have.is_empty() { "none".to_string() } else { have.join(", ") }
                 )));
             }
         },
-        None => engine.classifiers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        None => loaded.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
     if heads.is_empty() {
         return Err(ApiError::NotFound("no classifiers are loaded; train one with `kotae finetune head`".into()));

@@ -433,6 +433,7 @@ enum Work {
     Ingest { files: Vec<PathBuf>, groups: Vec<String> },
     Reindex { force: bool },
     Remove { source: String },
+    Finetune { options: Value },
 }
 
 /// While the returned guard lives, the job's heartbeat is written every `JOB_HEARTBEAT_S`
@@ -571,6 +572,7 @@ impl Work {
                 .as_str()
                 .map(|s| Work::Remove { source: s.to_string() })
                 .ok_or_else(|| "the job names no source".to_string()),
+            Some("finetune") => Ok(Work::Finetune { options: d.clone() }),
             other => Err(format!("a {other:?} job does not run from the queue")),
         }
     }
@@ -602,7 +604,13 @@ async fn run_claimed(state: &Arc<AppState>, k: Arc<dyn Knowledge>, job: Value) {
     // The rules as they are when the job starts (another replica may have changed them).
     let rules = refresh_rules(state, k.as_ref()).map_err(|e| e.to_string());
     let progress = reporter(state, &id, cancel);
+    let (trainer, engine) = (state.trainer.get().cloned(), state.engine());
     run_recorded(state, &id, move || match work {
+        Work::Finetune { options } => match (trainer, engine) {
+            (Some(train), Ok(engine)) => train(&engine, &options, progress),
+            (None, _) => Err("this server cannot run fine-tuning jobs".into()),
+            (_, Err(e)) => Err(e.to_string()),
+        },
         _ if rules.is_err() => Err(format!("cannot read the access rules: {}", rules.err().unwrap_or_default())),
         Work::Ingest { files, groups } => k.ingest(&files, &groups, progress),
         Work::Reindex { force } => k.reindex(force, progress),
@@ -701,6 +709,50 @@ pub async fn start_eval(
         run_recorded(&st, &job, move || evaluate(&engine, &opts)).await;
         *st.eval_job.lock().unwrap_or_else(|p| p.into_inner()) = None;
     });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
+}
+
+/// `POST /admin/api/finetune`: train a classification head on the frozen embedder (the seed
+/// article's transfer learning) from this knowledge base, as a job (`kind` "finetune"):
+/// `{"task": "routing"}` (inquiry → the help desk's category, from the inquiry logs) or
+/// `{"task": "safety"}` (safe / harmful / jailbreak; the company's questions as safe examples),
+/// optionally `epochs` (1–1000), `hidden` (0–4096; 0: a linear head) and `tune_layers` (0–6:
+/// the embedder's top layers fine-tuned with the head). Any replica accepts it; the writer
+/// runs it; every process serving the data folder classifies with the new head once it is
+/// saved, without a restart. A queued job can be cancelled; a running one stops before it
+/// saves.
+pub async fn start_finetune(
+    State(state): State<Arc<AppState>>,
+    Extension(admin): Extension<Client>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    const FIELDS: &str = "task (routing or safety), epochs (1–1000), hidden (0–4096), tune_layers (0–6)";
+    let opts = options(&body)?;
+    let Some(o) = opts.as_object() else {
+        return Err(ApiError::BadRequest(format!("the body must be a JSON object: {FIELDS}")));
+    };
+    for (k, v) in o {
+        let ok = match k.as_str() {
+            "task" => matches!(v.as_str(), Some("routing" | "safety")),
+            "epochs" => v.as_u64().is_some_and(|n| (1..=1000).contains(&n)),
+            "hidden" => v.as_u64().is_some_and(|n| n <= 4096),
+            "tune_layers" => v.as_u64().is_some_and(|n| n <= 6),
+            _ => return Err(ApiError::BadRequest(format!("unknown field `{k}`: the fields are {FIELDS}"))),
+        };
+        if !ok {
+            return Err(ApiError::BadRequest(format!("bad `{k}`: {v} ({FIELDS})")));
+        }
+    }
+    if o.get("task").is_none() {
+        return Err(ApiError::BadRequest(format!("`task` is missing: {FIELDS}")));
+    }
+    if state.trainer.get().is_none() {
+        return Err(ApiError::NotReady("this server cannot run fine-tuning jobs".into()));
+    }
+    let k = knowledge(&state)?;
+    let id = state.store.create_job_for(&k.queue(), "finetune", &admin.id, &opts)?;
+    audit(&state, &admin, "finetune.head", o["task"].as_str().unwrap_or_default(), "accepted", format!("job {id}"));
+    queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
 }
 

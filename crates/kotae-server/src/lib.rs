@@ -13,6 +13,7 @@ mod api;
 pub mod auth;
 pub mod documents;
 pub mod error;
+pub mod heads;
 pub mod metrics;
 mod openai;
 mod openapi;
@@ -142,8 +143,9 @@ pub struct Engine {
     pub embedder: Option<Arc<dyn Embedder>>,
     pub retrieval: RetrievalSettings,
     pub embedder_name: String,
-    /// Trained classification heads on the embedder's vectors, by task.
-    pub classifiers: std::collections::BTreeMap<String, Arc<kotae_models::Head>>,
+    /// Trained classification heads on the embedder's vectors, by task (reloaded when a
+    /// fine-tuning job writes new ones).
+    pub classifiers: heads::Classifiers,
     /// Changes the knowledge base (the admin API's uploads and deletions).
     pub knowledge: Option<Arc<dyn documents::Knowledge>>,
 }
@@ -153,6 +155,14 @@ pub struct Engine {
 /// (`passed`, `summary`, `threshold_failures`, `regressions`, `report`). Set by the app, which
 /// owns the suites.
 pub type Evaluator = Arc<dyn Fn(&Engine, &serde_json::Value) -> Result<serde_json::Value, String> + Send + Sync>;
+
+/// Runs a fine-tuning job (`POST /admin/api/finetune`, `kind` "finetune") on the engine's
+/// knowledge base with the job's options; writes the result where every process serving the
+/// data folder finds it, and returns the job's report (`{"cancelled": true}` when `progress`
+/// said stop). Set by the app, which owns the training code.
+pub type Trainer = Arc<
+    dyn Fn(&Engine, &serde_json::Value, Arc<documents::Progress>) -> Result<serde_json::Value, String> + Send + Sync,
+>;
 
 /// Shared state of all handlers.
 pub struct AppState {
@@ -178,6 +188,8 @@ pub struct AppState {
     /// The nightly evaluation, run in this process (`POST /admin/api/eval/runs`), and the
     /// job of the run in progress (one at a time).
     pub(crate) evaluator: OnceLock<Evaluator>,
+    /// Fine-tuning jobs, run by the writer's job runner.
+    pub(crate) trainer: OnceLock<Trainer>,
     pub(crate) eval_job: std::sync::Mutex<Option<String>>,
     started: Instant,
 }
@@ -215,6 +227,7 @@ impl AppState {
             reports: OnceLock::new(),
             slack: OnceLock::new(),
             evaluator: OnceLock::new(),
+            trainer: OnceLock::new(),
             eval_job: std::sync::Mutex::new(None),
             started: Instant::now(),
         }))
@@ -235,6 +248,12 @@ impl AppState {
         let _ = self.evaluator.set(f);
     }
 
+    /// Let admins fine-tune from the admin API (`POST /admin/api/finetune`): the jobs run on
+    /// the writer.
+    pub fn set_trainer(&self, f: Trainer) {
+        let _ = self.trainer.set(f);
+    }
+
     /// Answer in Slack (`/slack/…`).
     pub fn set_slack(&self, slack: Arc<slack::Slack>) {
         let _ = self.slack.set(slack);
@@ -247,7 +266,11 @@ impl AppState {
 
     pub fn engine(&self) -> Result<Arc<Engine>, ApiError> {
         match (self.engine.get(), self.load_error.get()) {
-            (Some(e), _) => Ok(e.clone()),
+            (Some(e), _) => {
+                // New heads a fine-tuning job wrote (here or on the writer) are taken up here.
+                e.classifiers.refresh();
+                Ok(e.clone())
+            }
             (None, Some(err)) => Err(ApiError::NotReady(format!("the models failed to load: {err}"))),
             (None, None) => Err(ApiError::NotReady("models are still loading; retry in a few seconds".into())),
         }
@@ -313,6 +336,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/keys/{name}", axum::routing::delete(admin::revoke_key))
         .route("/admin/api/eval", get(web::eval_report))
         .route("/admin/api/eval/runs", post(documents::start_eval))
+        .route("/admin/api/finetune", post(documents::start_finetune))
         .route_layer(axum::middleware::from_fn(admin_only));
     let limited = Router::new()
         .route("/api/chat", post(api::chat))

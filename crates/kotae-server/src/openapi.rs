@@ -149,6 +149,9 @@ pub fn spec() -> Value {
             "/admin/api/eval/runs": { "post": {
                 "summary": "Run the nightly evaluation suites on this server now (admin), as a job: 202 `{job}`; 409 while one runs. Body (optional): `{split: dev|heldout|all, limit, red_team}`. The job's report: `{passed, run, summary, threshold_failures, regressions, report}`.",
                 "responses": { "202": { "description": "`{job}`" }, "400": err(), "401": err(), "403": err(), "409": err() } } },
+            "/admin/api/finetune": { "post": {
+                "summary": "Train a classification head on the frozen embedder from this knowledge base (admin, audited), as a job (`kind` finetune) that the writer runs: body `{task: routing|safety, epochs?, hidden?, tune_layers?}`; 202 `{job}`. routing: inquiry → the help desk's category (the inquiry logs); safety: safe / harmful / jailbreak. The head is saved to `<data-dir>/heads/<task>/` by a rename; every process serving the data folder classifies with it (`/api/classify`, the guard) at its next request, without a restart. The job's report: `{task, labels, examples, validation: {accuracy, macro_f1, examples}, tuned_layers, seconds}`.",
+                "responses": { "202": { "description": "`{job}`" }, "400": err(), "401": err(), "403": err(), "503": err() } } },
             "/admin/api/jobs": { "get": { "summary": "Admin jobs, newest first (admin): `{jobs: [{id, kind, actor, status (queued, running, done, failed, cancelled), detail, report, progress, cancel_requested, created_unix, finished_unix}]}`; `progress` of a running ingest: `{phase, files_total, files_done, chunks_written}`",
                 "responses": { "200": { "description": "jobs" }, "401": err(), "403": err() } } },
             "/admin/api/jobs/{id}": { "get": { "summary": "One job (admin); `report` holds the ingest summary (files ingested, skipped with reasons, flagged instructions, markers, group changes) or `{error}`",

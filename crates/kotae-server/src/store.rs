@@ -167,7 +167,7 @@ const MIGRATIONS: &[&str] = &[
 pub const JOB_HEARTBEAT_S: u64 = 15;
 pub const JOB_STALE_S: i64 = 90;
 /// The kinds of job any writer runs from the queue (`claim_job`), as an SQL list.
-const QUEUED_KINDS: &str = "('ingest', 'reindex', 'remove')";
+const QUEUED_KINDS: &str = "('ingest', 'reindex', 'remove', 'finetune')";
 
 /// One line of the audit trail: who did what to what, and how it ended. Never a secret.
 #[derive(Debug, Clone, Serialize)]

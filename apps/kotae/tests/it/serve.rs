@@ -826,6 +826,83 @@ async fn trained_heads_classify_through_the_api() {
     assert!(err.contains("retrain it"), "{err}");
 }
 
+/// Fine-tuning as a job: an admin asks one process for a routing head over HTTP; the job
+/// runner trains it on the knowledge base the server holds (its inquiry logs' categories) and
+/// swaps it into `<data-dir>/heads/`; that process and a second one serving the same data
+/// folder classify with it without a restart. Bad requests say what to fix; users cannot ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_train_a_head_as_a_job_and_every_process_classifies_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = || {
+        vec![
+            hashed_key("ops", ADMIN_KEY, kotae_server::Role::Admin, &[]),
+            hashed_key("emp", STAFF_KEY, kotae_server::Role::User, &["staff"]),
+        ]
+    };
+    let tweak = |c: &mut Config| {
+        c.server.api_keys = keys();
+        c.server.rate_limit_burst = 100_000;
+        c.server.rate_limit_per_minute = 100_000;
+    };
+    let a = Server::start(dir.path(), tweak).await;
+    let b = Server::start(dir.path(), tweak).await;
+    let c = client();
+    let printer = json!({"text": "プリンターで印刷できません。紙詰まりの表示が消えません", "task": "routing"});
+    let classify = |s: &Server| c.post(s.url("/api/classify")).bearer_auth(STAFF_KEY).json(&printer).send();
+    assert_eq!(classify(&b).await.unwrap().status(), 404, "no head yet");
+    let finetune =
+        |k: &'static str, body: Value| c.post(a.url("/admin/api/finetune")).bearer_auth(k).json(&body).send();
+    assert_eq!(finetune(STAFF_KEY, json!({"task": "routing"})).await.unwrap().status(), 403);
+    for (body, says) in [
+        (json!({"task": "summaries"}), "routing or safety"),
+        (json!({"task": "routing", "epochs": 0}), "epochs"),
+        (json!({"task": "routing", "learning_rate": 1}), "unknown field `learning_rate`"),
+        (json!({"epochs": 5}), "`task` is missing"),
+    ] {
+        let r = finetune(ADMIN_KEY, body.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let msg = r.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(says), "{body}: {msg}");
+    }
+    let r = finetune(ADMIN_KEY, json!({"task": "routing", "epochs": 60})).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string();
+    let job = tokio::time::timeout(
+        Duration::from_secs(900),
+        ended_job(&c, &a.url(&format!("/admin/api/jobs/{id}")), ADMIN_KEY),
+    )
+    .await
+    .expect("the fine-tuning job did not end in 15 minutes");
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(job["kind"], "finetune");
+    let report = &job["report"];
+    assert_eq!(report["task"], "routing");
+    assert!(report["labels"].as_array().unwrap().len() >= 3, "{report}");
+    // 13 categories of the help desks (the most frequent holds under a fifth of the rows).
+    assert!(report["validation"]["accuracy"].as_f64().unwrap() > 0.35, "{report}");
+    assert!(dir.path().join("heads/routing/head.json").exists());
+    assert!(!dir.path().join("heads/.routing.new").exists() && !dir.path().join("heads/.routing.old").exists());
+    // Both processes take the new head up at a request (each looks at most once a second).
+    for s in [&a, &b] {
+        let t = Instant::now();
+        let r: Value = loop {
+            let resp = classify(s).await.unwrap();
+            if resp.status() == 200 {
+                break resp.json().await.unwrap();
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "the new head was not taken up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(r["results"][0]["label"], "プリンタ", "{r}");
+    }
+    // The job is in the audit log with who asked.
+    let audit: Value =
+        c.get(a.url("/admin/api/audit")).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
+    assert!(audit.to_string().contains("finetune.head"), "{audit}");
+    a.stop().await;
+    b.stop().await;
+}
+
 /// The SSE events of one `/api/chat` request.
 pub(crate) async fn chat_events(c: &reqwest::Client, s: &Server, body: Value) -> Vec<(String, Value)> {
     let resp = c.post(s.url("/api/chat")).json(&body).send().await.unwrap();
