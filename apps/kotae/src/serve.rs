@@ -67,6 +67,7 @@ pub fn engine_from(
     };
     let generator = kotae_models::registry::load_generator(&cfg.models_dir(), &cfg.generator.model, &opts)
         .with_context(|| format!("cannot load generator {}", cfg.generator.model))?;
+    let heads_seen = kotae_server::heads::Classifiers::stamp(&cfg.data_dir.join("heads"));
     let classifiers = load_classifiers(cfg)?;
     let lm_states = lm_states_for(cfg, &classifiers, Some(&generator))?;
     let worker =
@@ -91,10 +92,12 @@ pub fn engine_from(
         m.into_iter().filter(|(_, h)| !h.card.embedder.contains("@L")).collect()
     };
     let c = cfg.clone();
-    let classifiers =
-        kotae_server::heads::Classifiers::watching(&cfg.data_dir.join("heads"), on_embedder(classifiers), move || {
-            load_classifiers(&c).map(on_embedder).map_err(|e| format!("{e:#}"))
-        });
+    let classifiers = kotae_server::heads::Classifiers::watching(
+        &cfg.data_dir.join("heads"),
+        heads_seen,
+        on_embedder(classifiers),
+        move || load_classifiers(&c).map(on_embedder).map_err(|e| format!("{e:#}")),
+    );
     if let Some(guard) = answerer.guard().cloned() {
         classifiers.on_change(move |heads| guard.set_classifier(heads.get("safety").cloned()));
     }
@@ -343,8 +346,22 @@ pub fn load_classifiers(cfg: &Config) -> Result<BTreeMap<String, Arc<kotae_model
     let dir = cfg.data_dir.join("heads");
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(out) };
     for e in entries.flatten() {
-        // `.task.new` / `.task.old`: a fine-tuning job's folders while it swaps a head in.
-        if !e.path().join("head.json").exists() || e.file_name().to_string_lossy().starts_with('.') {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // `.<task>.new` / `.<task>.old`: a fine-tuning job's folders while it swaps a head in.
+        if let Some(task) = name.strip_prefix('.').and_then(|n| n.rsplit_once('.')).map(|(t, _)| t) {
+            // Left by a crash long ago: ignored (the next job of that task cleans it up).
+            let young = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < std::time::Duration::from_secs(300));
+            if young && !dir.join(task).join("head.json").exists() {
+                anyhow::bail!("the {task} head is being replaced (only {name} is there)");
+            }
+            continue;
+        }
+        if !e.path().join("head.json").exists() {
             continue;
         }
         let head = kotae_models::Head::load(&e.path()).with_context(|| format!("loading {}", e.path().display()))?;

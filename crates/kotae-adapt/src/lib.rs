@@ -31,6 +31,9 @@ pub enum Error {
     /// A setting or input that the user must change.
     #[error("{0}")]
     Config(String),
+    /// The caller asked to stop (a cancelled job).
+    #[error("stopped on request")]
+    Stopped,
     #[error("invalid model file {path}: {reason}")]
     InvalidModel { path: String, reason: String },
     #[error(transparent)]

@@ -472,7 +472,7 @@ pub async fn classify(
             None => {
                 let have: Vec<&str> = loaded.keys().map(String::as_str).collect();
                 return Err(ApiError::NotFound(format!(
-                    "no classifier for task '{t}' (loaded: {}); train one with `kotae finetune head --task {t}`",
+                    "no classifier for task '{t}' (loaded: {}); train one with `kotae finetune head --task {t}` or POST /admin/api/finetune",
                     if have.is_empty() { "none".to_string() } else { have.join(", ") }
                 )));
             }
@@ -480,7 +480,9 @@ pub async fn classify(
         None => loaded.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
     if heads.is_empty() {
-        return Err(ApiError::NotFound("no classifiers are loaded; train one with `kotae finetune head`".into()));
+        return Err(ApiError::NotFound(
+            "no classifiers are loaded; train one with `kotae finetune head` or POST /admin/api/finetune".into(),
+        ));
     }
     let Some(embedder) = engine.embedder.clone() else {
         return Err(ApiError::NotReady("the embedder is not loaded".into()));

@@ -719,8 +719,8 @@ pub async fn start_eval(
 /// optionally `epochs` (1–1000), `hidden` (0–4096; 0: a linear head) and `tune_layers` (0–6:
 /// the embedder's top layers fine-tuned with the head). Any replica accepts it; the writer
 /// runs it; every process serving the data folder classifies with the new head once it is
-/// saved, without a restart. A queued job can be cancelled; a running one stops before it
-/// saves.
+/// saved, without a restart. One fine-tuning job at a time (409 while one is queued or
+/// running); a cancelled one stops at its next epoch and saves nothing.
 pub async fn start_finetune(
     State(state): State<Arc<AppState>>,
     Extension(admin): Extension<Client>,
@@ -748,6 +748,20 @@ pub async fn start_finetune(
     }
     if state.trainer.get().is_none() {
         return Err(ApiError::NotReady("this server cannot run fine-tuning jobs".into()));
+    }
+    // One at a time: a fine-tuning job holds the writer's queue while it trains.
+    let pending = state
+        .store
+        .jobs(200)?
+        .into_iter()
+        .find(|j| j["kind"] == "finetune" && (j["status"] == "queued" || j["status"] == "running"));
+    if let Some(j) = pending {
+        return Err(ApiError::Conflict(format!(
+            "fine-tuning job {} is {}: wait for it, or cancel it (POST /admin/api/jobs/{}/cancel)",
+            j["id"].as_str().unwrap_or_default(),
+            j["status"].as_str().unwrap_or_default(),
+            j["id"].as_str().unwrap_or_default()
+        )));
     }
     let k = knowledge(&state)?;
     let id = state.store.create_job_for(&k.queue(), "finetune", &admin.id, &opts)?;

@@ -266,11 +266,7 @@ impl AppState {
 
     pub fn engine(&self) -> Result<Arc<Engine>, ApiError> {
         match (self.engine.get(), self.load_error.get()) {
-            (Some(e), _) => {
-                // New heads a fine-tuning job wrote (here or on the writer) are taken up here.
-                e.classifiers.refresh();
-                Ok(e.clone())
-            }
+            (Some(e), _) => Ok(e.clone()),
             (None, Some(err)) => Err(ApiError::NotReady(format!("the models failed to load: {err}"))),
             (None, None) => Err(ApiError::NotReady("models are still loading; retry in a few seconds".into())),
         }

@@ -867,6 +867,10 @@ async fn admins_train_a_head_as_a_job_and_every_process_classifies_with_it() {
     let r = finetune(ADMIN_KEY, json!({"task": "routing", "epochs": 60})).await.unwrap();
     assert_eq!(r.status(), 202);
     let id = r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string();
+    // One at a time.
+    let r = finetune(ADMIN_KEY, json!({"task": "safety"})).await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().contains(&id));
     let job = tokio::time::timeout(
         Duration::from_secs(900),
         ended_job(&c, &a.url(&format!("/admin/api/jobs/{id}")), ADMIN_KEY),
