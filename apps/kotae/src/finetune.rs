@@ -491,7 +491,8 @@ pub fn run_head(cfg: &Config, job: &HeadJob) -> Result<()> {
     for n in &notes {
         eprintln!("note: {n}");
     }
-    let fit = fit_head(cfg, &job.task, &items, &job.config, &|_| true)?.context("stopped")?;
+    let embedder = crate::load_embedder(cfg)?;
+    let fit = fit_head(cfg, &embedder, &job.task, &items, &job.config, &|_| true)?.context("stopped")?;
     fit.head.save(&job.out)?;
     print_head(&fit.head);
     println!("saved {}", job.out.display());
@@ -513,6 +514,7 @@ struct Fit {
 /// asks for it); HarmBench is its test for the safety task. `None`: `go` said stop.
 fn fit_head(
     cfg: &Config,
+    embedder: &dyn Embedder,
     task: &str,
     items: &[Labeled],
     config: &HeadConfig,
@@ -522,7 +524,6 @@ fn fit_head(
     labels.sort();
     labels.dedup();
     let y: Vec<usize> = items.iter().map(|l| labels.binary_search(&l.label).unwrap_or(0)).collect();
-    let embedder = crate::load_embedder(cfg)?;
     let texts: Vec<String> = items.iter().map(|l| l.text.clone()).collect();
     let tune = config.tune_layers.unwrap_or(if task == "safety" { 3 } else { 0 });
     if !go(
@@ -539,14 +540,14 @@ fn fit_head(
             items.len(),
             labels.len()
         );
-        let mut h = match head::train_tuned_head_until(task, &embedder, &labels, &texts, &y, tune, config, &stop) {
+        let mut h = match head::train_tuned_head_until(task, embedder, &labels, &texts, &y, tune, config, &stop) {
             Err(kotae_adapt::Error::Stopped) => return Ok(None),
             r => r?,
         };
         eprintln!("trained in {:.1} s", t0.elapsed().as_secs_f64());
         if task == "safety" {
             if let Some(prompts) = harmbench(cfg) {
-                let states = head::token_states(&embedder, &prompts, h.card.split_layer, h.card.max_states)?;
+                let states = head::token_states(embedder, &prompts, h.card.split_layer, h.card.max_states)?;
                 let harmful = labels.iter().position(|l| l == "harmful").unwrap_or(0);
                 let m = h.evaluate_states(&states, &vec![harmful; states.len()])?;
                 h.card.tests.insert("harmbench (all harmful; never trained on)".into(), m);
@@ -556,7 +557,7 @@ fn fit_head(
     } else {
         let cache = EmbeddingCache::new(&cfg.data_dir.join("cache").join("embeddings"));
         let t0 = std::time::Instant::now();
-        let (x, computed) = cache.embed(&embedder, &texts)?;
+        let (x, computed) = cache.embed(embedder, &texts)?;
         eprintln!(
             "{} examples, {} labels; embedded {computed} new texts in {:.1} s ({} from the cache)",
             items.len(),
@@ -570,7 +571,7 @@ fn fit_head(
         };
         if task == "safety" {
             if let Some(prompts) = harmbench(cfg) {
-                let (xv, _) = cache.embed(&embedder, &prompts)?;
+                let (xv, _) = cache.embed(embedder, &prompts)?;
                 let harmful = labels.iter().position(|l| l == "harmful").unwrap_or(0);
                 let m = h.evaluate(&xv, &vec![harmful; xv.len()])?;
                 h.card.tests.insert("harmbench (all harmful; never trained on)".into(), m);
@@ -586,10 +587,12 @@ fn fit_head(
 /// its questions and headings as the safe examples of safety), saved to
 /// `<data-dir>/heads/<task>/` by a rename (a process reloading never reads a half-written
 /// head). `options`: `task`, and `epochs`, `hidden`, `tune_layers` over the defaults.
-/// `progress` is told each stage; when it says stop, nothing is saved.
+/// `embedder`: the one the server runs (the head reads its vectors; no second copy is
+/// loaded). `progress` is told each stage and epoch; when it says stop, nothing is saved.
 pub fn head_job(
     cfg: &Config,
     index: &kotae_index::KnowledgeIndex,
+    embedder: &dyn Embedder,
     options: &serde_json::Value,
     progress: &dyn Fn(serde_json::Value) -> bool,
 ) -> Result<serde_json::Value> {
@@ -633,7 +636,7 @@ pub fn head_job(
         config.tune_layers = Some(n as usize);
     }
     let cancelled = || serde_json::json!({ "cancelled": true, "task": task });
-    let Some(fit) = fit_head(cfg, &task, &items, &config, progress)? else { return Ok(cancelled()) };
+    let Some(fit) = fit_head(cfg, embedder, &task, &items, &config, progress)? else { return Ok(cancelled()) };
     if !progress(serde_json::json!({ "stage": "saving" })) {
         return Ok(cancelled());
     }

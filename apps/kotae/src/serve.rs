@@ -430,7 +430,8 @@ pub fn server_state(cfg: &Config) -> Result<Arc<AppState>> {
     // Fine-tuning jobs (`POST /admin/api/finetune`), run by the writer.
     let c = cfg.clone();
     state.set_trainer(Arc::new(move |engine, opts, progress| {
-        crate::finetune::head_job(&c, &engine.index, opts, progress.as_ref()).map_err(|e| format!("{e:#}"))
+        let embedder = engine.embedder.as_deref().ok_or("the embedder is not loaded")?;
+        crate::finetune::head_job(&c, &engine.index, embedder, opts, progress.as_ref()).map_err(|e| format!("{e:#}"))
     }));
     if let Some(slack) = kotae_server::slack::Slack::new(&cfg.slack).map_err(anyhow::Error::msg)? {
         state.set_slack(slack);
