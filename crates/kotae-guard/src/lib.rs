@@ -366,7 +366,8 @@ pub trait Guard: Send + Sync {
         None
     }
     /// Replace the safety head (a fine-tuning job trained a new one; `None`: it was removed).
-    /// Checks already running finish with the head they started with.
+    /// A check takes the head once and keeps it to its end; a text encoded for the previous
+    /// head (another states layer) gets no classifier score from the new one, only the rules.
     fn set_classifier(&self, _head: Option<Arc<kotae_models::Head>>) {}
 }
 
@@ -445,8 +446,8 @@ impl Guardrails {
     /// `max_states` token states (the first and last halves of a longer text), and the
     /// encoder itself stops at 512 tokens. A head on the sentence vector (a mean over every
     /// token, in which a short harmful tail fades) counts only for short texts.
-    fn head_read_all(&self, text: &str, states: Option<&Tensor>) -> bool {
-        let Some(head) = self.head() else { return false };
+    fn head_read_all(head: Option<&kotae_models::Head>, text: &str, states: Option<&Tensor>) -> bool {
+        let Some(head) = head else { return false };
         if head.split_layer().is_none() {
             return text.chars().count() <= 300;
         }
@@ -454,8 +455,8 @@ impl Guardrails {
         n < 512 && (head.card.max_states == 0 || n <= head.card.max_states)
     }
 
-    fn head_score(&self, vector: Option<&[f32]>, states: Option<&Tensor>) -> Option<f32> {
-        let head = self.head()?;
+    fn head_score(head: Option<&kotae_models::Head>, vector: Option<&[f32]>, states: Option<&Tensor>) -> Option<f32> {
+        let head = head?;
         let p = if head.split_layer().is_some() {
             head.probabilities_from_states(&[states?.clone()]).ok()?.pop()?
         } else {
@@ -503,7 +504,7 @@ impl Guard for Guardrails {
     }
 
     fn classifier_score(&self, vector: &[f32], states: Option<&Tensor>) -> Option<f32> {
-        self.head_score(Some(vector), states)
+        Self::head_score(self.head().as_deref(), Some(vector), states)
     }
 
     fn lm_probe(&self) -> Option<&str> {
@@ -576,10 +577,11 @@ impl Guard for Guardrails {
         // written (not one that de-obfuscation revealed), and never for distress (the
         // helpline answer), someone's personal data, special tokens or the company's terms.
         if matches!(direction, Direction::Input | Direction::Training) {
-            let head_score = self.head_score(ctx.vector, ctx.states);
+            let head = self.head();
+            let head_score = Self::head_score(head.as_deref(), ctx.vector, ctx.states);
             let veto = head_score
                 .filter(|&s| direction == Direction::Input && s < self.policy.thresholds.rule_veto)
-                .filter(|_| self.head_read_all(text, ctx.states));
+                .filter(|_| Self::head_read_all(head.as_deref(), text, ctx.states));
             if let Some(score) = veto {
                 let as_written = rules::kana_folded(&norm.plain);
                 for f in findings.iter_mut().filter(|f| {
