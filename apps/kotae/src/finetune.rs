@@ -443,7 +443,7 @@ fn train_lm_probe(
     let z: Vec<Vec<f32>> =
         x.iter().map(|v| v.iter().zip(&mean).zip(&std).map(|((a, m), s)| (a - m) / s).collect()).collect();
     let config = HeadConfig { hidden: 0, weight_decay: 0.1, tune_layers: Some(0), ..job.config.clone() };
-    let mut h = head::train_head("safety-lm", r.id(), labels, &z, y, &config)?;
+    let mut h = head::train_head("safety-lm", r.id(), labels, &z, y, &config, &|_| false)?;
     h = h.reading_raw_inputs(&mean, &std)?;
     h.card.split_layer = probe.layer;
     h.card.config["pool"] = serde_json::json!(probe.pool.as_str());
@@ -540,7 +540,7 @@ fn fit_head(
             items.len(),
             labels.len()
         );
-        let mut h = match head::train_tuned_head_until(task, embedder, &labels, &texts, &y, tune, config, &stop) {
+        let mut h = match head::train_tuned_head(task, embedder, &labels, &texts, &y, tune, config, &stop) {
             Err(kotae_adapt::Error::Stopped) => return Ok(None),
             r => r?,
         };
@@ -565,7 +565,7 @@ fn fit_head(
             t0.elapsed().as_secs_f64(),
             texts.len() - computed
         );
-        let mut h = match head::train_head_until(task, embedder.name(), &labels, &x, &y, config, &stop) {
+        let mut h = match head::train_head(task, embedder.name(), &labels, &x, &y, config, &stop) {
             Err(kotae_adapt::Error::Stopped) => return Ok(None),
             r => r?,
         };

@@ -232,19 +232,9 @@ fn class_weights(train: &[usize], y: &[usize], k: usize, balance: bool) -> Resul
 }
 
 /// Train a head on vectors `x` with label indices `y`; validate on the held-out part.
+/// `stop(epoch)` is asked before each epoch ([`Error::Stopped`] when it says so; `&|_| false`
+/// never stops).
 pub fn train_head(
-    task: &str,
-    embedder: &str,
-    labels: &[String],
-    x: &[Vec<f32>],
-    y: &[usize],
-    cfg: &HeadConfig,
-) -> Result<Head> {
-    train_head_until(task, embedder, labels, x, y, cfg, &|_| false)
-}
-
-/// [`train_head`], asking `stop(epoch)` before each epoch ([`Error::Stopped`] when it says so).
-pub fn train_head_until(
     task: &str,
     embedder: &str,
     labels: &[String],
@@ -399,22 +389,10 @@ pub(crate) fn frozen_layers(top: &EncoderTop) -> candle_core::Result<Vec<HashMap
 /// Fine-tuning: the embedder's top `layers` layers are copied and trained together with a
 /// head on the token states of the frozen layers below them (computed once). Serving then
 /// runs the frozen layers once per question for both retrieval and the head.
-pub fn train_tuned_head(
-    task: &str,
-    e: &dyn Embedder,
-    labels: &[String],
-    texts: &[String],
-    y: &[usize],
-    layers: usize,
-    cfg: &HeadConfig,
-) -> Result<Head> {
-    train_tuned_head_until(task, e, labels, texts, y, layers, cfg, &|_| false)
-}
-
-/// [`train_tuned_head`], asking `stop(epoch)` before each epoch and every 20 batches
-/// ([`Error::Stopped`] when it says so).
+/// `stop(epoch)` is asked before each epoch and every 20 batches ([`Error::Stopped`] when it
+/// says so).
 #[allow(clippy::too_many_arguments)]
-pub fn train_tuned_head_until(
+pub fn train_tuned_head(
     task: &str,
     e: &dyn Embedder,
     labels: &[String],

@@ -27,25 +27,13 @@ pub struct Classifiers {
 struct Inner {
     current: RwLock<Arc<HeadMap>>,
     dir: PathBuf,
-    load: Option<Loader>,
+    load: Loader,
     on_change: Mutex<Vec<OnChange>>,
     /// The files' stamp the current heads were loaded at.
     seen: Mutex<u64>,
 }
 
 impl Classifiers {
-    /// Heads that never change.
-    pub fn fixed(heads: HeadMap) -> Self {
-        let inner = Inner {
-            current: RwLock::new(Arc::new(heads)),
-            dir: PathBuf::new(),
-            load: None,
-            on_change: Mutex::new(Vec::new()),
-            seen: Mutex::new(0),
-        };
-        Self { inner: Arc::new(inner) }
-    }
-
     /// The stamp of the heads' files under `dir`: take it before loading them, and hand it to
     /// [`Classifiers::watching`] with what was loaded (a change in between is then seen).
     pub fn stamp(dir: &Path) -> u64 {
@@ -64,7 +52,7 @@ impl Classifiers {
         let inner = Arc::new(Inner {
             current: RwLock::new(Arc::new(heads)),
             dir: dir.to_path_buf(),
-            load: Some(Box::new(load)),
+            load: Box::new(load),
             on_change: Mutex::new(Vec::new()),
             seen: Mutex::new(seen),
         });
@@ -99,14 +87,13 @@ impl Classifiers {
 
 impl Inner {
     fn refresh(&self) -> bool {
-        let Some(load) = &self.load else { return false };
         let heads = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             let s = stamp(&self.dir);
             if s == *seen {
                 return false;
             }
-            match load() {
+            match (self.load)() {
                 Ok(heads) => {
                     *seen = s;
                     heads

@@ -25,7 +25,7 @@ fn head_beats_chance_on_a_separable_set_and_round_trips() {
     let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
     for hidden in [0, 32] {
         let cfg = HeadConfig { hidden, epochs: 40, ..Default::default() };
-        let head = train_head("toy", "none", &labels, &x, &y, &cfg).unwrap();
+        let head = train_head("toy", "none", &labels, &x, &y, &cfg, &|_| false).unwrap();
         let v = &head.card.validation;
         assert!(v.accuracy > 0.9 && v.macro_f1 > 0.85, "hidden {hidden}: {v:?}");
         assert!(v.per_class[2].support >= 1, "the rare class is in the held-out set");
