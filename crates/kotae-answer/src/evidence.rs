@@ -186,11 +186,14 @@ const SHARED_WEIGHT: f32 = 0.01;
 const MAX_SHARED: f32 = 5.0;
 /// …and of each place further down the ranking of the sources.
 const RANK_WEIGHT: f32 = 0.005;
+/// Share of a sentence's similarity taken from its chunk's (the retrieval's dense score).
+const CHUNK_WEIGHT: f32 = 0.5;
 
 /// `best_sentences` ranked by meaning: `similarity` gives each candidate sentence's cosine to
 /// the question (the embedder's, which reads both languages, so a question finds evidence in a
-/// source of the other language); shared terms, an asked-for number and the source's rank
-/// break near-ties. Without similarities (`None`), the lexical ranking.
+/// source of the other language), averaged with its chunk's similarity from retrieval (when the
+/// hit has one); shared terms, an asked-for number and the source's rank break near-ties.
+/// Without similarities (`None`), the lexical ranking.
 pub fn best_sentences_by(
     question: &str,
     sources: &[Hit],
@@ -209,7 +212,11 @@ pub fn best_sentences_by(
     };
     for (c, sim) in cands.iter_mut().zip(sims) {
         let lexical = c.shared.min(MAX_SHARED) + if c.number { 1.5 } else { 0.0 };
-        c.e.score = sim + SHARED_WEIGHT * lexical - RANK_WEIGHT * c.e.source as f32;
+        // A sentence is read in its chunk: an inquiry's answer is relevant because of the
+        // question it answers, which the sentence alone does not repeat.
+        let chunk = sources[c.e.source].dense_score.unwrap_or(sim);
+        let meaning = (1.0 - CHUNK_WEIGHT) * sim + CHUNK_WEIGHT * chunk;
+        c.e.score = meaning + SHARED_WEIGHT * lexical - RANK_WEIGHT * c.e.source as f32;
     }
     pick(cands, k)
 }

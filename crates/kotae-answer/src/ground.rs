@@ -129,6 +129,56 @@ pub fn numbers(s: &str) -> Vec<String> {
     out
 }
 
+/// Single-digit counts with their unit ("5営", "3 day"): a claim (5営業日, 3 days) where a bare
+/// digit is a list number or a citation marker. The unit is the counter right after the digit
+/// (Japanese) or the first letters of the next word (Latin script). `s` is folded, citation
+/// markers removed.
+fn counted(s: &str) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = Vec::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let alone = |j: Option<usize>| j.and_then(|j| chars.get(j)).is_none_or(|c| !c.is_ascii_digit() && *c != ',');
+        if !c.is_ascii_digit() || !alone(i.checked_sub(1)) || !alone(Some(i + 1)) {
+            continue;
+        }
+        match chars.get(i + 1) {
+            Some(&u) if u.is_alphabetic() && !u.is_ascii() => out.push(format!("{c}{u}")),
+            Some(' ') => {
+                let word: String = chars[i + 2..].iter().take_while(|c| c.is_ascii_alphabetic()).take(3).collect();
+                if word.len() == 3 {
+                    out.push(format!("{c} {word}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The text without citation markers (`[1]`, `[2][3]`, full-width too).
+fn without_markers(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(['[', '［']) {
+        out.push_str(&rest[..i]);
+        let open = rest[i..].chars().next().map_or(1, char::len_utf8);
+        let after = &rest[i + open..];
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        match after[digits..].chars().next() {
+            Some(close @ (']' | '］')) if digits > 0 => {
+                out.push(' ');
+                rest = &after[digits + close.len_utf8()..];
+            }
+            _ => {
+                out.push_str(&rest[i..i + open]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn fold(t: &str) -> String {
     kotae_ingest::clean::normalize(t).to_lowercase()
 }
@@ -173,6 +223,7 @@ impl Support {
 #[derive(Debug, Clone)]
 pub struct Grounds {
     text: String,
+    question: String,
     numbers: HashSet<String>,
     words: HashSet<String>,
 }
@@ -183,22 +234,31 @@ impl Grounds {
     /// your dog" restates the question and claims what no source says.
     pub fn new<S: AsRef<str>>(sources: &[S], question: &str) -> Self {
         let text: String = sources.iter().map(|s| fold(s.as_ref())).collect::<Vec<_>>().join("\n");
-        let numbers = numbers(&text).into_iter().chain(numbers(&fold(question))).collect();
+        let question = fold(question);
+        let numbers = numbers(&text).into_iter().chain(numbers(&question)).collect();
         let words =
             text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| stem(w).to_string()).collect();
-        Self { text, numbers, words }
+        Self { text, question, numbers, words }
     }
 
     /// How `sentence` (in `lang`) stands against these sources.
     pub fn support(&self, sentence: &str, lang: &str) -> Support {
-        let s = fold(&sentence.replace(['[', ']', '［', '］'], " "));
+        let s = fold(&without_markers(sentence).replace(['[', ']'], " "));
+        // A bare single digit is a list number more often than a claim; with its unit it is
+        // a claim (5営業日). Longer numbers are claims even in a fragment ("50円").
+        let missing_numbers: Vec<String> = numbers(&s)
+            .into_iter()
+            .filter(|n| n.len() > 1 && !self.numbers.contains(n))
+            .chain(
+                counted(&s)
+                    .into_iter()
+                    .filter(|c| !self.text.contains(c.as_str()) && !self.question.contains(c.as_str())),
+            )
+            .collect();
         let content: String = s.chars().filter(|c| c.is_alphanumeric()).collect();
         if content.chars().count() < 6 {
-            return Support { missing_numbers: Vec::new(), coverage: 1.0 };
+            return Support { missing_numbers, coverage: 1.0 };
         }
-        // Single digits are list numbers and citation markers more often than claims.
-        let missing_numbers: Vec<String> =
-            numbers(&s).into_iter().filter(|n| n.len() > 1 && !self.numbers.contains(n)).collect();
         let japanese = lang == "ja" || s.chars().any(is_kanji_or_katakana);
         let (hit, total) = if japanese {
             let mut framed = s.clone();
@@ -248,6 +308,18 @@ mod tests {
         assert!(!s.supported(0.6));
         // Full-width digits are the same number.
         assert!(g.support("定員は６０名です。", "ja").supported(0.6));
+        // A single digit with its unit is a claim; a list number or a marker is not.
+        let g =
+            Grounds::new(&["アクセス権は所属長が申請し、1営業日で使えるようになります。"], "どのくらいで使えますか");
+        assert!(g.support("所属長が申請し、1営業日で使えるようになります[1]。", "ja").supported(0.6));
+        let s = g.support("所属長が申請し、5営業日で使えるようになります。", "ja");
+        assert_eq!(s.missing_numbers, vec!["5営"]);
+        assert!(g.support("1. 所属長が申請します。", "ja").supported(0.6));
+        let g = Grounds::new(&["You may work remotely up to 3 days a week."], "Can I work from home 2 days?");
+        assert!(g.support("Yes, up to 3 days a week [2].", "en").supported(0.6));
+        assert!(g.support("Yes, 2 days a week is within the limit of 3 days.", "en").missing_numbers.is_empty());
+        assert_eq!(g.support("Yes, up to 4 days a week.", "en").missing_numbers, vec!["4 day"]);
+        assert_eq!(without_markers("a [1][2] b［3］ [x] c"), "a    b  [x] c");
     }
 
     #[test]
@@ -263,8 +335,10 @@ mod tests {
         assert!(!g
             .support("Managers approve overtime through the attendance portal every Friday.", "en")
             .supported(0.6));
-        // A marker or a greeting claims nothing.
+        // A marker or a greeting claims nothing; a short fragment's number still must be found.
         assert!(g.support(" [1]", "en").supported(0.6));
+        assert!(g.support("The 25th.", "en").supported(0.6));
+        assert!(!g.support("$1,000.", "en").supported(0.6));
         assert_eq!(numbers("2,000 yen on 2026-04-01"), vec!["2000", "2026", "04", "01"]);
     }
 

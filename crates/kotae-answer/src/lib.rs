@@ -242,9 +242,10 @@ fn is_zero(n: &usize) -> bool {
 
 impl Answer {
     /// What the answer adds to the text a stream already showed (`released`): the quoted
-    /// evidence under a generated answer, or the whole extractive answer that replaced it.
+    /// evidence under a generated answer, or the whole extractive answer (or decline) that
+    /// replaced it.
     pub fn unsent(&self, released: &str) -> Option<String> {
-        if self.kind == AnswerKind::Extractive {
+        if matches!(self.kind, AnswerKind::Extractive | AnswerKind::Declined) {
             return Some(self.text.clone());
         }
         self.text.strip_prefix(released.trim_start()).filter(|t| !t.is_empty()).map(str::to_string)
@@ -627,6 +628,9 @@ impl Answerer {
             let prompt = self.format.render(&messages)?;
             let mut params = SamplingParams {
                 japanese_kanji_only: lang == "ja" || self.cfg.sampling.japanese_kanji_only,
+                // Sources are shown as `[n] path — section`; an answer that opens by copying
+                // one would end on that header at once, leaving nothing.
+                no_leading_bracket: true,
                 no_repeat_chars: if lang == "ja" {
                     self.cfg.sampling.no_repeat_chars
                 } else {
@@ -715,10 +719,22 @@ impl Answerer {
         let only = same_language.then_some(lang);
         let n = self.cfg.evidence_sources.max(1);
         let chosen = match (&self.embedder, self.cfg.evidence_by_meaning) {
-            (Some(e), true) => evidence::best_sentences_by(question, shown, n, k, only, |texts| {
+            // By meaning, every language is read: a sentence in the answer's language is
+            // ahead by a margin, not the only candidate (an English question answered only by
+            // a Japanese inquiry log gets that log quoted, not an unrelated English line).
+            (Some(e), true) => evidence::best_sentences_by(question, shown, n, k, None, |texts| {
                 let q = e.embed(&[question], InputKind::Query).ok()?.vectors.pop()?;
                 let vs = e.embed(texts, InputKind::Passage).ok()?.vectors;
-                Some(vs.iter().map(|v| v.iter().zip(&q).map(|(a, b)| a * b).sum()).collect())
+                Some(
+                    vs.iter()
+                        .zip(texts)
+                        .map(|(v, t)| {
+                            let cos: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
+                            let own = kotae_ingest::clean::detect_lang(t) == lang;
+                            cos + if same_language && own { SAME_LANGUAGE_MARGIN } else { 0.0 }
+                        })
+                        .collect(),
+                )
             }),
             _ => evidence::best_sentences(question, shown, n, k, only),
         };
@@ -727,7 +743,9 @@ impl Answerer {
         }
         if let Some(g) = &self.guard {
             let texts: Vec<String> = chosen.iter().map(|e| shown[e.source].text.clone()).collect();
-            let ctx = Context { lang: Some(lang), sources: &texts, ..Default::default() };
+            // The manual's own words, not the model's: no language check (an English answer
+            // may quote a Japanese manual), the other checks as for any output.
+            let ctx = Context { lang: None, sources: &texts, ..Default::default() };
             let joined: String = chosen.iter().map(|e| e.sentence.as_str()).collect::<Vec<_>>().join(" ");
             if g.check(Direction::Output, &joined, &ctx).blocked() {
                 return None;
@@ -873,8 +891,14 @@ impl Answerer {
                 let mut citations = cite::used_citations(&text, shown);
                 let mut kind = AnswerKind::Generated;
                 if !has_words(&text) {
-                    if let Some((quote, cited)) = self.extractive(&plan.lang, &plan.question, shown) {
-                        (text, citations, kind) = (quote, cited, AnswerKind::Extractive);
+                    // Nothing released with words: the quote, or else a decline (never an
+                    // empty answer).
+                    match self.extractive(&plan.lang, &plan.question, shown) {
+                        Some((quote, cited)) => (text, citations, kind) = (quote, cited, AnswerKind::Extractive),
+                        None => {
+                            let d = self.declined(&plan.lang, &plan.search_query, plan.relevance);
+                            (text, citations, kind) = (d.text, d.citations, AnswerKind::Declined);
+                        }
                     }
                 } else {
                     let before = text.len();
@@ -915,6 +939,7 @@ impl Answerer {
     /// gate released (unsupported sentences left out under grounding `drop`, listed under
     /// `flag`), and the extractive quote when nothing with words is left.
     pub fn complete_gated(&self, plan: Plan, mut g: Generation, queued_ms: f64, gate: &Gate) -> Answer {
+        tracing::debug!(generated = %g.text, released = %gate.released(), "output gate");
         g.text = gate.released().to_string();
         let mut a = self.complete(plan, Some((g, queued_ms)));
         a.dropped_sentences = gate.dropped;
@@ -985,6 +1010,11 @@ impl Answerer {
         }
     }
 }
+
+/// How much closer to the question (cosine) a sentence in another language must be than one in
+/// the answer's language to be quoted instead: the embedder's similarities across languages
+/// run a little lower than within one.
+const SAME_LANGUAGE_MARGIN: f32 = 0.02;
 
 /// Role helper for callers building histories.
 pub fn message(role: Role, text: &str) -> ChatMessage {

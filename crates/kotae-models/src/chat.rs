@@ -314,6 +314,11 @@ impl StopMatcher {
 /// holds: character n-gram blocking, which works for Japanese (no spaces, tokens of one to
 /// four characters) where token n-grams do not. Runs without a letter, digit or ideograph
 /// (rules, dots, table borders) may repeat.
+/// Whether `piece` would open the text (nothing but space written before it) with a bracket.
+pub fn opens_with_bracket(text: &str, piece: &str) -> bool {
+    text.trim().is_empty() && matches!(piece.trim_start().chars().next(), Some('[' | '［'))
+}
+
 pub fn repeats_chars(text: &str, piece: &str, n: usize) -> bool {
     if n == 0 || piece.is_empty() {
         return false;
@@ -346,6 +351,15 @@ mod tests {
         // Runs without letters (rules, dots) may repeat; 0 turns the check off.
         assert!(!repeats_chars("--------\n", "--------", 8));
         assert!(!repeats_chars(text, text, 0));
+    }
+
+    #[test]
+    fn only_the_opening_bracket_is_caught() {
+        assert!(opens_with_bracket("", "[1"));
+        assert!(opens_with_bracket(" \n", " ［"));
+        assert!(!opens_with_bracket("", "有給"));
+        assert!(!opens_with_bracket("有給休暇は10日です", "[1]"));
+        assert!(!opens_with_bracket("", ""));
     }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {

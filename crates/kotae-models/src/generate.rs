@@ -37,6 +37,10 @@ pub struct SamplingParams {
     /// Never repeat a run of this many characters of the generated text (0: off); a token
     /// that would is replaced by the next best one.
     pub no_repeat_chars: usize,
+    /// The answer may not open with `[`: a model that starts by copying a source's header
+    /// (`[1] manual.md — section`) would end at once on that header's stop string, and a bare
+    /// citation marker opens nothing (the next best token is taken instead).
+    pub no_leading_bracket: bool,
 }
 
 impl Default for SamplingParams {
@@ -52,6 +56,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             japanese_kanji_only: false,
             no_repeat_chars: 0,
+            no_leading_bracket: false,
         }
     }
 }
@@ -623,23 +628,25 @@ impl Stepwise for CandleGenerator {
             logits = Tensor::from_vec(v, logits.dims1()?, logits.device())?;
         }
         let mut next = d.sampler.sample(&logits)?;
-        // A token that would repeat a run of characters already written gives way to the
-        // next best (a few tries; then the text is what the model insists on).
+        // A token that would repeat a run of characters already written (or open the answer
+        // with a bracket) gives way to the next best (a few tries; then the text is what the
+        // model insists on).
         for _ in 0..4 {
-            if params.no_repeat_chars == 0 {
+            if params.no_repeat_chars == 0 && !params.no_leading_bracket {
                 break;
             }
-            match d.stream.peek(&format, next)? {
-                Some(piece) if crate::chat::repeats_chars(&d.written, &piece, params.no_repeat_chars) => {
-                    let mut v = logits.to_vec1::<f32>()?;
-                    if let Some(x) = v.get_mut(next as usize) {
-                        *x = f32::NEG_INFINITY;
-                    }
-                    logits = Tensor::from_vec(v, logits.dims1()?, logits.device())?;
-                    next = d.sampler.sample(&logits)?;
-                }
-                _ => break,
+            let Some(piece) = d.stream.peek(&format, next)? else { break };
+            let repeats = crate::chat::repeats_chars(&d.written, &piece, params.no_repeat_chars);
+            let leading = params.no_leading_bracket && crate::chat::opens_with_bracket(&d.written, &piece);
+            if !repeats && !leading {
+                break;
             }
+            let mut v = logits.to_vec1::<f32>()?;
+            if let Some(x) = v.get_mut(next as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+            logits = Tensor::from_vec(v, logits.dims1()?, logits.device())?;
+            next = d.sampler.sample(&logits)?;
         }
         if d.produced == 0 {
             d.first_token_ms = d.t0.elapsed().as_secs_f64() * 1e3;

@@ -107,6 +107,18 @@ fn sampling_is_reproducible_with_a_seed() {
 }
 
 #[test]
+fn an_answer_can_be_kept_from_opening_with_a_bracket() {
+    let mut g = generator("smollm2-135m-instruct");
+    // A numbered list to continue: the next line opens with a bracket.
+    let prompt = "[1] manual.md — The office opens at 9.\n[2] manual.md — The office closes at 6.\n[3] manual.md — Lunch is at 12.\n";
+    let params = SamplingParams { max_tokens: 24, ..Default::default() };
+    let free = g.generate(prompt, &params, &mut |_| true).unwrap().text;
+    assert!(free.trim_start().starts_with('['), "the model does open with the header here: {free:?}");
+    let kept = g.generate(prompt, &SamplingParams { no_leading_bracket: true, ..params }, &mut |_| true).unwrap().text;
+    assert!(!kept.trim_start().starts_with('[') && kept.chars().any(char::is_alphanumeric), "{kept:?}");
+}
+
+#[test]
 fn qwen_answers_in_japanese() {
     let mut g = generator("qwen2.5-coder-0.5b-instruct");
     let prompt =
