@@ -59,8 +59,33 @@ pub fn engine_from(
     index: Arc<kotae_index::KnowledgeIndex>,
     embedder: Arc<dyn Embedder>,
 ) -> Result<Engine> {
+    // The generator an admin chose for this data folder wins over the configuration's (a
+    // restart keeps it); one that no longer loads gives way to the configuration's.
+    if let Some(model) = Generators::read_published(cfg) {
+        if model != cfg.generator.model {
+            match engine_with(cfg, &model, index.clone(), embedder.clone()) {
+                Ok(e) => return Ok(e),
+                Err(e) => tracing::error!(generator = %model, error = %format!("{e:#}"),
+                    "the data folder's generator (generator.json) does not load: serving the configured one"),
+            }
+        }
+    }
+    engine_with(cfg, &cfg.generator.model.clone(), index, embedder)
+}
+
+/// The engine with `model` (a catalog name, a path, or a path relative to the data folder) as
+/// its generator, served under that name.
+fn engine_with(
+    cfg: &Config,
+    model: &str,
+    index: Arc<kotae_index::KnowledgeIndex>,
+    embedder: Arc<dyn Embedder>,
+) -> Result<Engine> {
+    let mut cfg = cfg.clone();
+    cfg.generator.model = Generators::resolve(&cfg, model);
+    let cfg = &cfg;
     let opts = GeneratorOptions {
-        name: String::new(),
+        name: model.to_string(),
         device: generator_device(cfg)?,
         prefill_chunk: cfg.generator.prefill_chunk,
         engine: cfg.generator.gguf_engine()?,
@@ -117,6 +142,82 @@ pub fn engine_from(
         classifiers,
         knowledge: Some(knowledge),
     })
+}
+
+/// The generators an admin may serve (`/admin/api/generator`): the installed catalog
+/// generators, the configured one, and fine-tuned models in the data folder
+/// (`runs/<run>/merged-q8_0.gguf`, as `kotae finetune lora` writes them). The choice is
+/// published in `<data-dir>/generator.json`.
+pub struct Generators {
+    cfg: Config,
+}
+
+impl Generators {
+    const FILE: &'static str = "generator.json";
+
+    pub fn new(cfg: &Config) -> Self {
+        Self { cfg: cfg.clone() }
+    }
+
+    /// `model` as the generator loader takes it: a path relative to the data folder made
+    /// absolute; catalog names and absolute paths as they are.
+    fn resolve(cfg: &Config, model: &str) -> String {
+        let p = std::path::Path::new(model);
+        if p.is_relative() && kotae_models::registry::spec(model).is_err() {
+            cfg.data_dir.join(p).display().to_string()
+        } else {
+            model.to_string()
+        }
+    }
+
+    fn read_published(cfg: &Config) -> Option<String> {
+        let text = std::fs::read_to_string(cfg.data_dir.join(Self::FILE)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["model"].as_str().map(str::to_string)
+    }
+}
+
+impl kotae_server::generators::GeneratorSwitch for Generators {
+    fn choices(&self) -> Vec<String> {
+        let models = self.cfg.models_dir();
+        let mut out: Vec<String> = kotae_models::registry::CATALOG
+            .iter()
+            .filter(|m| m.kind == kotae_models::registry::ModelKind::Generator)
+            .filter(|m| kotae_models::registry::gguf_path(&models, m.name).is_ok())
+            .map(|m| m.name.to_string())
+            .collect();
+        if !out.contains(&self.cfg.generator.model) {
+            out.push(self.cfg.generator.model.clone());
+        }
+        let mut runs: Vec<String> = std::fs::read_dir(self.cfg.data_dir.join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("merged-q8_0.gguf").is_file())
+            .filter_map(|e| e.file_name().to_str().map(|n| format!("runs/{n}/merged-q8_0.gguf")))
+            .collect();
+        runs.sort();
+        out.extend(runs);
+        out
+    }
+
+    fn load(&self, current: &Engine, model: &str) -> Result<Engine, String> {
+        let embedder = current.embedder.clone().ok_or("the embedder is not loaded")?;
+        engine_with(&self.cfg, model, current.index.clone(), embedder).map_err(|e| format!("{e:#}"))
+    }
+
+    fn publish(&self, model: &str) -> Result<(), String> {
+        let path = self.cfg.data_dir.join(Self::FILE);
+        let tmp = self.cfg.data_dir.join(format!(".{}.new", Self::FILE));
+        let body = serde_json::json!({ "model": model });
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&body).map_err(|e| e.to_string())?)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    fn published(&self) -> Option<String> {
+        Self::read_published(&self.cfg)
+    }
 }
 
 /// The admin API's way to change the served knowledge base: the same ingestion as
@@ -427,6 +528,9 @@ pub fn server_state(cfg: &Config) -> Result<Arc<AppState>> {
     state.set_evaluator(Arc::new(move |engine, opts| {
         crate::nightly::evaluate_served(&c, engine, opts).map_err(|e| format!("{e:#}"))
     }));
+    // Changing the generator while serving (`/admin/api/generator`); every process of the
+    // data folder follows the choice.
+    state.set_generator_switch(Arc::new(Generators::new(cfg)));
     // Fine-tuning jobs (`POST /admin/api/finetune`), run by the writer.
     let c = cfg.clone();
     state.set_trainer(Arc::new(move |engine, opts, progress| {

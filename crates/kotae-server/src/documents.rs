@@ -73,7 +73,7 @@ fn knowledge(state: &AppState) -> Result<Arc<dyn Knowledge>, ApiError> {
         .ok_or_else(|| ApiError::NotReady("this server cannot change its knowledge base".into()))
 }
 
-fn audit(state: &AppState, who: &Client, action: &str, target: &str, result: &str, detail: String) {
+pub(crate) fn audit(state: &AppState, who: &Client, action: &str, target: &str, result: &str, detail: String) {
     state.store.audit(&AuditEntry {
         actor: who.id.clone(),
         action: action.into(),

@@ -13,6 +13,7 @@ mod api;
 pub mod auth;
 pub mod documents;
 pub mod error;
+pub mod generators;
 pub mod heads;
 pub mod metrics;
 mod openai;
@@ -167,7 +168,9 @@ pub type Trainer = Arc<
 /// Shared state of all handlers.
 pub struct AppState {
     pub cfg: ServerConfig,
-    engine: OnceLock<Arc<Engine>>,
+    /// The engine answering now: replaced whole when the generator changes (answers in flight
+    /// keep the one they started on).
+    engine: std::sync::RwLock<Option<Arc<Engine>>>,
     load_error: OnceLock<String>,
     pub store: store::Store,
     pub metrics: metrics::Metrics,
@@ -190,6 +193,8 @@ pub struct AppState {
     pub(crate) evaluator: OnceLock<Evaluator>,
     /// Fine-tuning jobs, run by the writer's job runner.
     pub(crate) trainer: OnceLock<Trainer>,
+    /// Changing the generator while serving (`/admin/api/generator`).
+    pub(crate) generators: OnceLock<Arc<generators::Switching>>,
     pub(crate) eval_job: std::sync::Mutex<Option<String>>,
     started: Instant,
 }
@@ -219,7 +224,7 @@ impl AppState {
             job_runner: OnceLock::new(),
             cancels: Default::default(),
             cfg,
-            engine: OnceLock::new(),
+            engine: Default::default(),
             load_error: OnceLock::new(),
             store,
             metrics: metrics::Metrics::default(),
@@ -228,14 +233,16 @@ impl AppState {
             slack: OnceLock::new(),
             evaluator: OnceLock::new(),
             trainer: OnceLock::new(),
+            generators: OnceLock::new(),
             eval_job: std::sync::Mutex::new(None),
             started: Instant::now(),
         }))
     }
 
-    /// Install the engine: the server becomes ready.
+    /// Install the engine: the server becomes ready. A later call replaces it (a new
+    /// generator): requests that hold the old one finish on it.
     pub fn set_engine(&self, engine: Engine) {
-        let _ = self.engine.set(Arc::new(engine));
+        *self.engine.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(engine));
     }
 
     /// The folder of the latest nightly evaluation report (shown in the admin console).
@@ -265,8 +272,9 @@ impl AppState {
     }
 
     pub fn engine(&self) -> Result<Arc<Engine>, ApiError> {
-        match (self.engine.get(), self.load_error.get()) {
-            (Some(e), _) => Ok(e.clone()),
+        let engine = self.engine.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match (engine, self.load_error.get()) {
+            (Some(e), _) => Ok(e),
             (None, Some(err)) => Err(ApiError::NotReady(format!("the models failed to load: {err}"))),
             (None, None) => Err(ApiError::NotReady("models are still loading; retry in a few seconds".into())),
         }
@@ -333,6 +341,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/api/eval", get(web::eval_report))
         .route("/admin/api/eval/runs", post(documents::start_eval))
         .route("/admin/api/finetune", post(documents::start_finetune))
+        .route("/admin/api/generator", get(generators::get_generator).put(generators::set_generator))
         .route_layer(axum::middleware::from_fn(admin_only));
     let limited = Router::new()
         .route("/api/chat", post(api::chat))

@@ -907,6 +907,106 @@ async fn admins_train_a_head_as_a_job_and_every_process_classifies_with_it() {
     b.stop().await;
 }
 
+/// Admins change the served generator while serving (`/admin/api/generator`): the process
+/// swaps its engine, every other process of the data folder follows, a restart keeps the
+/// choice, and a choice that does not load changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_switch_the_generator_and_every_process_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let tweak = |c: &mut Config| {
+        c.server.api_keys = vec![
+            hashed_key("ops", ADMIN_KEY, kotae_server::Role::Admin, &[]),
+            hashed_key("emp", STAFF_KEY, kotae_server::Role::User, &["staff"]),
+        ];
+        c.server.rate_limit_burst = 100_000;
+        c.server.rate_limit_per_minute = 100_000;
+        // Generation is what is tested: no answer straight from the logs.
+        c.answer.direct_answer_similarity = 2.0;
+        c.answer.sampling.max_tokens = 24;
+    };
+    let a = Server::start(dir.path(), tweak).await;
+    let b = Server::start(dir.path(), tweak).await;
+    let c = client();
+    let get = |s: &Server| c.get(s.url("/admin/api/generator")).bearer_auth(ADMIN_KEY).send();
+    let put = |k: &'static str, body: Value| c.put(a.url("/admin/api/generator")).bearer_auth(k).json(&body).send();
+    let ask = |s: &Server| {
+        c.post(s.url("/api/chat"))
+            .bearer_auth(STAFF_KEY)
+            .json(&json!({"message": "VPNにつながらないときはどうすればいいですか？", "stream": false}))
+            .send()
+    };
+    let status: Value = get(&b).await.unwrap().json().await.unwrap();
+    assert_eq!(status["served"], "smollm2-135m-instruct", "{status}");
+    assert!(status["published"].is_null());
+    let choices: Vec<&str> = status["choices"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(choices.contains(&"qwen2.5-coder-0.5b-instruct"), "{status}");
+    // SmolLM2 writes English only: a Japanese question gets the manual's words, nothing generated.
+    let before: Value = ask(&b).await.unwrap().json().await.unwrap();
+    assert_eq!(before["answer"]["completion_tokens"], 0, "{before}");
+
+    assert_eq!(c.get(a.url("/admin/api/generator")).bearer_auth(STAFF_KEY).send().await.unwrap().status(), 403);
+    assert_eq!(put(STAFF_KEY, json!({"model": "qwen2.5-coder-0.5b-instruct"})).await.unwrap().status(), 403);
+    for (body, says) in [
+        (json!({"model": "gpt-4"}), "not an installed generator"),
+        (json!({"model": "../../etc/passwd"}), "qwen2.5-coder-0.5b-instruct"),
+        (json!({"model": "qwen2.5-coder-0.5b-instruct", "device": "cuda"}), "unknown field `device`"),
+        (json!({}), "give `model`"),
+    ] {
+        let r = put(ADMIN_KEY, body.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let msg = r.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(says), "{body}: {msg}");
+    }
+
+    let r = put(ADMIN_KEY, json!({"model": "qwen2.5-coder-0.5b-instruct"})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["served"], "qwen2.5-coder-0.5b-instruct");
+    // The other process follows within seconds, without a restart.
+    let t = Instant::now();
+    loop {
+        let s: Value = get(&b).await.unwrap().json().await.unwrap();
+        if s["served"] == "qwen2.5-coder-0.5b-instruct" {
+            assert_eq!(s["published"], "qwen2.5-coder-0.5b-instruct");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the other process did not follow: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Qwen writes Japanese: the same question is now generated.
+    let after: Value = ask(&b).await.unwrap().json().await.unwrap();
+    assert!(after["answer"]["completion_tokens"].as_u64().unwrap() > 0, "{after}");
+
+    // A fine-tuned model that does not load is refused, and nothing changes anywhere.
+    std::fs::create_dir_all(dir.path().join("runs/broken")).unwrap();
+    std::fs::write(dir.path().join("runs/broken/merged-q8_0.gguf"), b"not a gguf").unwrap();
+    let status: Value = get(&a).await.unwrap().json().await.unwrap();
+    assert!(status["choices"].to_string().contains("runs/broken/merged-q8_0.gguf"), "{status}");
+    let r = put(ADMIN_KEY, json!({"model": "runs/broken/merged-q8_0.gguf"})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let msg = r.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("nothing changed"), "{msg}");
+    for s in [&a, &b] {
+        let st: Value = get(s).await.unwrap().json().await.unwrap();
+        assert_eq!(
+            (st["served"].as_str(), st["published"].as_str()),
+            (Some("qwen2.5-coder-0.5b-instruct"), Some("qwen2.5-coder-0.5b-instruct")),
+            "{st}"
+        );
+    }
+    // Audited, with who asked.
+    let audit: Value =
+        c.get(a.url("/admin/api/audit")).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
+    assert!(audit.to_string().contains("generator.set"), "{audit}");
+    a.stop().await;
+    b.stop().await;
+    // A restart keeps the choice.
+    let again = Server::start(dir.path(), tweak).await;
+    let st: Value =
+        c.get(again.url("/admin/api/generator")).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
+    assert_eq!(st["served"], "qwen2.5-coder-0.5b-instruct", "{st}");
+    again.stop().await;
+}
+
 /// The SSE events of one `/api/chat` request.
 pub(crate) async fn chat_events(c: &reqwest::Client, s: &Server, body: Value) -> Vec<(String, Value)> {
     let resp = c.post(s.url("/api/chat")).json(&body).send().await.unwrap();
