@@ -8,6 +8,9 @@
   const L = ja ? {
     title: 'Kotae 管理', signin: 'サインイン', sso: 'シングルサインオンでサインイン', signout: 'サインアウト', key: '管理者キーまたはトークン',
     signinHelp: 'シングルサインオンでサインインするか、管理者の API キーまたはトークンを貼り付けてください。このタブの中だけに保存されます。',
+    models: 'モデル', modelsHelp: '回答を書く生成モデルです。ここで切り替えると、このデータフォルダのすべてのサーバーが再起動なしで数秒以内に切り替わり、再起動後も保たれます。微調整したモデル（kotae finetune lora --run-dir <データフォルダ>/runs/<名前>）も一覧に出ます。',
+    generator: '生成モデル', serveModel: 'このモデルで回答', served: (m) => `回答中: ${m}`, publishedAs: (m) => `データフォルダの選択: ${m}`, configured: '設定ファイルのまま', loadFailed: (m, e) => `${m} を読み込めませんでした: ${e}`, switching: '読み込み中…', switched: (m) => `${m} で回答しています`,
+    headsHelp: 'このナレッジベースから学習する埋め込みモデル上の分類器です（ジョブとして実行）。routing は問い合わせを担当窓口に振り分け、safety はガードの分類器です。', trainRouting: '振り分け分類器を学習', trainSafety: '安全性分類器を学習',
     documents: '文書', jobs: 'ジョブ', feedback: 'フィードバック', quarantine: '隔離', guard: 'ガードレール', audit: '監査', eval: '評価',
     drop: 'マニュアルをここにドロップ、またはファイルを選択', dropHelp: 'Markdown・HTML・PDF・テキスト。同じ名前の文書は新しい版に置き換わります。',
     groups: '閲覧できるグループ', groupsHelp: 'カンマ区切り（例: public、hr,managers）', file: 'ファイル', progress: '進捗', status: '状態',
@@ -31,6 +34,7 @@
   } : {
     source: 'Source',
     notAdmin: (w) => `You are signed in as ${w}, who is not an admin. This console is for admins.`,
+    served: (m) => `Serving: ${m}`, publishedAs: (m) => `This data folder's choice: ${m}`, configured: 'as configured', loadFailed: (m, e) => `${m} did not load: ${e}`, switching: 'loading…', switched: (m) => `Answering with ${m}`,
     replace: 'Replace', remove: 'Delete', confirmRemove: (s) => `Delete ${s}? It leaves search and answers.`, retry: 'Retry', cancel: 'Cancel', cancelled: 'cancelled', cancelling: 'cancelling…', phase: { scanning: 'scanning', ingesting: 'ingesting', finishing: 'finishing' },
     filesOf: (d, t) => `${d} of ${t} files`,
     reindex: 'Re-index', confirmReindex: 'Read every document again from the folder it came from (changed files are ingested again)?',
@@ -325,6 +329,12 @@
         td(h('span', k.revoked_unix ? { className: 'bad', textContent: L.revoked(k.revoked_by) } : { className: 'ok', textContent: L.active })),
         td(k.source === 'admin' && !k.revoked_unix ? h('button', { className: 'danger', textContent: L.revoke, onclick: revoke(k.name) }) : ''))));
     },
+    async models() {
+      const g = await call('/admin/api/generator');
+      $('#gen-model').replaceChildren(...g.choices.map((c) => h('option', { value: c, textContent: c, selected: c === g.served })));
+      $('#gen-info').replaceChildren(...[h('span', { textContent: L.served(g.served || '-') }), ' · ', h('span', { textContent: L.publishedAs(g.published || L.configured) }),
+        g.error ? h('div', { className: 'bad', textContent: L.loadFailed(g.error.model, g.error.message) }) : null].filter(Boolean));
+    },
     async audit() {
       const { entries } = await call('/admin/api/audit');
       fill('#audit', entries.map((a) => h('tr', {}, td(when(a.created_unix)), td(a.actor), td(a.action), td(a.target), td(a.result), td(a.detail))));
@@ -352,6 +362,25 @@
           h('tbody', {}, ...(r.metrics || []).map((m) => h('tr', {}, td(m.name), td(`${Math.round(m.value * 1000) / 1000} ${m.unit === 'rate' ? '' : m.unit}`))))));
     },
   };
+  $('#gen-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const st = $('#gen-status'), model = $('#gen-model').value;
+    st.textContent = L.switching; st.className = '';
+    try {
+      await call('/admin/api/generator', { method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model }) });
+      st.textContent = L.switched(model); st.className = 'ok';
+      await loaders.models();
+    } catch (err) { st.textContent = err.message; st.className = 'bad'; }
+  });
+  for (const task of ['routing', 'safety']) {
+    $(`#train-${task}`).addEventListener('click', async () => {
+      const st = $('#train-status');
+      try {
+        const { job } = await call('/admin/api/finetune', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ task }) });
+        await follow(job, st);
+      } catch (err) { st.textContent = err.message; st.className = 'bad'; }
+    });
+  }
   $('#rating').addEventListener('change', () => loaders.feedback().catch((e) => toast(e.message)));
   start();
 })();

@@ -795,6 +795,24 @@ async fn the_widget_and_the_admin_console_work_in_a_real_browser() {
     .await;
     assert_eq!(c.get(s.url("/api/me")).bearer_auth(&made).send().await.unwrap().status(), 401);
 
+    // The models tab: the served generator selected among the installed ones.
+    b.js("document.querySelector('[data-tab=models]').click();", json!([])).await;
+    let served = b
+        .wait(
+            "the generator list",
+            "(() => { const s = document.querySelector('#gen-model'); return s && s.options.length >= 2 && document.querySelector('#gen-info').textContent && s.value; })()",
+            10,
+        )
+        .await;
+    let status: Value =
+        c.get(s.url("/admin/api/generator")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(served, status["served"], "{status}");
+    let info = b.js("return document.querySelector('#gen-info').textContent;", json!([])).await;
+    assert!(!info.as_str().unwrap().contains("null"), "{info}");
+    b.screenshot("admin-models").await;
+    let v = b.accessibility_violations("document").await;
+    assert!(v.is_empty(), "accessibility violations in the models tab:\n{}", v.join("\n"));
+
     // Every admin action is audited (the upload included).
     let audit: Value = c.get(s.url("/admin/api/audit")).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
     assert!(
