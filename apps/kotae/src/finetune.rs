@@ -29,6 +29,10 @@ pub struct LoraJob {
     /// Held-out questions answered before and after, for the card.
     pub compare_answers: usize,
     pub gguf: bool,
+    /// Train on these chunks (the served index) instead of reading `knowledge`.
+    pub chunks: Option<Vec<kotae_adapt::data::KbChunk>>,
+    /// Set to stop training before its next step (a cancelled job): nothing is exported.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub fn device(name: &str) -> Result<Device> {
@@ -131,7 +135,10 @@ pub fn run_lora(cfg: &Config, job: &LoraJob) -> Result<()> {
     let base = BaseModel::load(&path, &dev)?;
     let model = TrainableLm::new(base, job.lora.clone(), dtype, job.train.seed)?;
     std::fs::create_dir_all(&job.run_dir)?;
-    let ds = data::prepare(&job.knowledge, &job.data, &model.base.format, job.train.max_len)?;
+    let ds = match &job.chunks {
+        Some(chunks) => data::prepare_chunks(chunks, &job.data, &model.base.format, job.train.max_len)?,
+        None => data::prepare(&job.knowledge, &job.data, &model.base.format, job.train.max_len)?,
+    };
     std::fs::write(job.run_dir.join("data_report.json"), serde_json::to_string_pretty(&ds.report)?)?;
     // What the training guard kept out waits in the quarantine for an admin's review.
     if !ds.report.guarded.is_empty() {
@@ -189,9 +196,13 @@ pub fn run_lora(cfg: &Config, job: &LoraJob) -> Result<()> {
         config: job.train.clone(),
         resume: job.resume,
         stop_after: None,
-        progress: true,
+        progress: job.cancel.is_none(),
+        cancel: job.cancel.clone(),
     };
     let summary = train::train(&model, &ds.train, &ds.val, &opts)?;
+    if summary.interrupted && job.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(kotae_adapt::Error::Stopped.into());
+    }
     // A finished run ends on its best weights, whose validation loss training measured on
     // this same set: no second pass over it.
     let dom_after = match summary.best_val_loss {
@@ -653,6 +664,111 @@ pub fn head_job(
         "validation": { "accuracy": v.accuracy, "macro_f1": v.macro_f1, "examples": v.examples },
         "tuned_layers": fit.head.card.tuned_layers,
         "seconds": t0.elapsed().as_secs_f64(),
+    }))
+}
+
+/// A LoRA fine-tuning job of the server (`POST /admin/api/finetune` with `task` "lora"): the
+/// generator adapted to the knowledge base the server holds (its inquiry logs and manual
+/// sections, from the index), written to `<data-dir>/runs/lora-<base>-<time>/` with its
+/// merged GGUF, which `/admin/api/generator` then offers. Options: `base` (a catalog
+/// generator; default the configured one), `epochs`, `max_steps`, `r`. A cancel stops training
+/// before its next step and exports nothing.
+pub fn lora_job(
+    cfg: &Config,
+    index: &kotae_index::KnowledgeIndex,
+    options: &serde_json::Value,
+    progress: &(dyn Fn(serde_json::Value) -> bool + Send + Sync),
+) -> Result<serde_json::Value> {
+    let t0 = std::time::Instant::now();
+    let base = options["base"].as_str().unwrap_or(&cfg.generator.model).to_string();
+    if !kotae_models::registry::spec(&base).is_ok_and(|s| s.kind == kotae_models::registry::ModelKind::Generator) {
+        bail!("`base` must be a catalog generator (e.g. qwen2.5-coder-0.5b-instruct), not {base}");
+    }
+    let mut all = index.all_chunks()?;
+    all.sort_by(|a, b| a.source.cmp(&b.source).then(a.ordinal.cmp(&b.ordinal)));
+    let chunks: Vec<kotae_adapt::data::KbChunk> = all
+        .into_iter()
+        .map(|c| kotae_adapt::data::KbChunk {
+            source: c.source,
+            ordinal: c.ordinal,
+            inquiry: c.kind == "inquiry",
+            section: c.section,
+            text: c.text,
+            lang: c.lang,
+            span: c.span,
+        })
+        .collect();
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let run_dir = cfg.data_dir.join("runs").join(format!("lora-{base}-{stamp}"));
+    let mut train = kotae_adapt::TrainConfig::default();
+    if let Some(n) = options["epochs"].as_u64() {
+        train.epochs = n as usize;
+    }
+    if let Some(n) = options["max_steps"].as_u64() {
+        train.max_steps = n as usize;
+    }
+    let mut lora = kotae_adapt::LoraConfig::default();
+    if let Some(n) = options["r"].as_u64() {
+        lora.r = n as usize;
+    }
+    let general: Vec<PathBuf> = ["general.en.txt", "general.ja.txt"]
+        .iter()
+        .map(|f| cfg.eval.dir.join("general").join(f))
+        .filter(|p| p.exists())
+        .collect();
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let job = LoraJob {
+        base: base.clone(),
+        knowledge: PathBuf::new(),
+        run_dir: run_dir.clone(),
+        lora,
+        train,
+        data: kotae_adapt::data::DataOptions::default(),
+        device: cfg.generator.device.clone(),
+        dtype: "f32".into(),
+        resume: false,
+        general_text: general,
+        compare_answers: 0,
+        gguf: true,
+        chunks: Some(chunks),
+        cancel: Some(cancel.clone()),
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // The job's progress is written (and a cancel read back) while training runs.
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if !progress(serde_json::json!({ "stage": "training", "base": base })) {
+                    cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        });
+        let r = run_lora(cfg, &job);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    if let Err(e) = result {
+        if matches!(e.downcast_ref::<kotae_adapt::Error>(), Some(kotae_adapt::Error::Stopped)) {
+            let _ = std::fs::remove_dir_all(&run_dir);
+            return Ok(serde_json::json!({ "cancelled": true, "task": "lora" }));
+        }
+        return Err(e);
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json"))?)?;
+    let model = format!("runs/{}/merged-q8_0.gguf", run_dir.file_name().unwrap_or_default().to_string_lossy());
+    if !cfg.data_dir.join(&model).exists() {
+        bail!("training ended but the merged GGUF was not written (see {})", run_dir.join("report.json").display());
+    }
+    Ok(serde_json::json!({
+        "task": "lora",
+        "base": base,
+        "model": model,
+        "steps": report["summary"]["steps"],
+        "perplexity": report["perplexity"],
+        "data": { "train_examples": report["data"]["train_examples"], "val_examples": report["data"]["val_examples"] },
+        "seconds": t0.elapsed().as_secs_f64(),
+        "serve": "PUT /admin/api/generator with this model",
     }))
 }
 

@@ -753,6 +753,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 general_text,
                 compare_answers,
                 gguf: true,
+                chunks: None,
+                cancel: None,
             };
             finetune::run_lora(&cfg, &job)?;
         }

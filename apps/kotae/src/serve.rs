@@ -534,6 +534,9 @@ pub fn server_state(cfg: &Config) -> Result<Arc<AppState>> {
     // Fine-tuning jobs (`POST /admin/api/finetune`), run by the writer.
     let c = cfg.clone();
     state.set_trainer(Arc::new(move |engine, opts, progress| {
+        if opts["task"] == "lora" {
+            return crate::finetune::lora_job(&c, &engine.index, opts, progress.as_ref()).map_err(|e| format!("{e:#}"));
+        }
         let embedder = engine.embedder.as_deref().ok_or("the embedder is not loaded")?;
         crate::finetune::head_job(&c, &engine.index, embedder, opts, progress.as_ref()).map_err(|e| format!("{e:#}"))
     }));

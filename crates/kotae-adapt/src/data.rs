@@ -179,8 +179,7 @@ pub fn build_examples(
     if files.is_empty() {
         return Err(Error::Config(format!("no manuals or inquiry logs under {}", root.display())));
     }
-    let answer_cfg = kotae_answer::AnswerConfig::default();
-    let mut out = Vec::new();
+    let mut kb = Vec::new();
     for path in files {
         let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
         let ftype = FileType::from_path(&path).map_err(|e| Error::Config(e.to_string()))?;
@@ -198,77 +197,115 @@ pub fn build_examples(
         *report.dropped.entry("unresolved inquiry".into()).or_default() += fr.unresolved_skipped;
         *report.dropped.entry("duplicate inquiry (merged at ingestion)".into()).or_default() += fr.duplicates_merged;
         for c in chunks {
-            match c.kind {
-                SourceKind::Inquiry if opts.inquiries => {
-                    let body = c.text.strip_prefix("Q: ").unwrap_or(&c.text);
-                    let Some((q, a)) = body.split_once("\nA: ") else {
-                        report.drop("inquiry without an answer");
-                        continue;
-                    };
-                    out.push(Example {
-                        kind: ExampleKind::Inquiry,
-                        messages: vec![
-                            ChatMessage::new(Role::User, q.trim()),
-                            ChatMessage::new(Role::Assistant, a.trim()),
-                        ],
-                        text: String::new(),
-                        lang: c.lang.clone(),
-                        group: format!("{rel}#{}", c.ordinal),
-                        source: rel.clone(),
-                    });
-                }
-                SourceKind::Manual => {
-                    if opts.grounded {
-                        let heading = c.section.last().cloned().unwrap_or_default();
-                        if heading.trim().is_empty() || c.text.chars().count() < 40 {
-                            report.drop("manual section without a heading or too short to answer from");
-                        } else {
-                            let hit = kotae_index::Hit {
-                                rank: 1,
-                                score: 1.0,
-                                source: rel.clone(),
-                                section: c.section.join(" > "),
-                                chunk_id: String::new(),
-                                lang: c.lang.clone(),
-                                text: c.text.clone(),
-                                kind: "manual".into(),
-                                span: (c.span.start as u64, c.span.end as u64),
-                                ..Default::default()
-                            };
-                            let question = heading_question(&heading, &c.lang);
-                            let (mut messages, _) = kotae_answer::prompt::messages(
-                                format,
-                                &answer_cfg,
-                                &c.lang,
-                                &question,
-                                &[],
-                                std::slice::from_ref(&hit),
-                            )?;
-                            let answer = format!("{} [1]", c.text.trim());
-                            messages.push(ChatMessage::new(Role::Assistant, answer));
-                            out.push(Example {
-                                kind: ExampleKind::Grounded,
-                                messages,
-                                text: String::new(),
-                                lang: c.lang.clone(),
-                                source: rel.clone(),
-                                group: rel.clone(),
-                            });
-                        }
-                    }
-                    if opts.text {
-                        out.push(Example {
-                            kind: ExampleKind::Text,
-                            messages: Vec::new(),
+            kb.push(KbChunk {
+                source: rel.clone(),
+                ordinal: c.ordinal as u32,
+                inquiry: c.kind == SourceKind::Inquiry,
+                section: c.section.clone(),
+                text: c.text.clone(),
+                lang: c.lang.clone(),
+                span: (c.span.start as u64, c.span.end as u64),
+            });
+        }
+    }
+    examples_from_chunks(&kb, opts, format, report)
+}
+
+/// One chunk of the knowledge base as training reads it: from a folder as ingestion cuts it,
+/// or from the served index (`kotae serve`'s fine-tuning jobs).
+#[derive(Debug, Clone)]
+pub struct KbChunk {
+    /// Source file relative to the knowledge folder.
+    pub source: String,
+    pub ordinal: u32,
+    /// A row of an inquiry log (`Q: … A: …`); else a manual's section.
+    pub inquiry: bool,
+    pub section: Vec<String>,
+    pub text: String,
+    pub lang: String,
+    pub span: (u64, u64),
+}
+
+/// The examples of chunks (not yet split): inquiries as chats, manual sections as grounded
+/// examples (and plain text with `opts.text`), then duplicates and what the training guard
+/// refuses dropped.
+pub fn examples_from_chunks(
+    chunks: &[KbChunk],
+    opts: &DataOptions,
+    format: &PromptFormat,
+    report: &mut DataReport,
+) -> Result<Vec<Example>> {
+    let answer_cfg = kotae_answer::AnswerConfig::default();
+    let mut out = Vec::new();
+    for c in chunks {
+        let rel = c.source.clone();
+        match c.inquiry {
+            true if opts.inquiries => {
+                let body = c.text.strip_prefix("Q: ").unwrap_or(&c.text);
+                let Some((q, a)) = body.split_once("\nA: ") else {
+                    report.drop("inquiry without an answer");
+                    continue;
+                };
+                out.push(Example {
+                    kind: ExampleKind::Inquiry,
+                    messages: vec![ChatMessage::new(Role::User, q.trim()), ChatMessage::new(Role::Assistant, a.trim())],
+                    text: String::new(),
+                    lang: c.lang.clone(),
+                    group: format!("{rel}#{}", c.ordinal),
+                    source: rel.clone(),
+                });
+            }
+            false => {
+                if opts.grounded {
+                    let heading = c.section.last().cloned().unwrap_or_default();
+                    if heading.trim().is_empty() || c.text.chars().count() < 40 {
+                        report.drop("manual section without a heading or too short to answer from");
+                    } else {
+                        let hit = kotae_index::Hit {
+                            rank: 1,
+                            score: 1.0,
+                            source: rel.clone(),
+                            section: c.section.join(" > "),
+                            chunk_id: String::new(),
+                            lang: c.lang.clone(),
                             text: c.text.clone(),
+                            kind: "manual".into(),
+                            span: c.span,
+                            ..Default::default()
+                        };
+                        let question = heading_question(&heading, &c.lang);
+                        let (mut messages, _) = kotae_answer::prompt::messages(
+                            format,
+                            &answer_cfg,
+                            &c.lang,
+                            &question,
+                            &[],
+                            std::slice::from_ref(&hit),
+                        )?;
+                        let answer = format!("{} [1]", c.text.trim());
+                        messages.push(ChatMessage::new(Role::Assistant, answer));
+                        out.push(Example {
+                            kind: ExampleKind::Grounded,
+                            messages,
+                            text: String::new(),
                             lang: c.lang.clone(),
                             source: rel.clone(),
                             group: rel.clone(),
                         });
                     }
                 }
-                _ => {}
+                if opts.text {
+                    out.push(Example {
+                        kind: ExampleKind::Text,
+                        messages: Vec::new(),
+                        text: c.text.clone(),
+                        lang: c.lang.clone(),
+                        source: rel.clone(),
+                        group: rel.clone(),
+                    });
+                }
             }
+            _ => {}
         }
     }
     // Duplicates across the whole corpus (the same answer in two logs, a manual paragraph
@@ -376,6 +413,29 @@ pub struct Dataset {
 pub fn prepare(root: &Path, opts: &DataOptions, format: &PromptFormat, max_len: usize) -> Result<Dataset> {
     let mut report = DataReport::default();
     let examples = build_examples(root, opts, format, &mut report)?;
+    split(examples, report, opts, format, max_len, &root.display().to_string())
+}
+
+/// [`prepare`] on chunks of a knowledge base (the served index) instead of a folder.
+pub fn prepare_chunks(
+    chunks: &[KbChunk],
+    opts: &DataOptions,
+    format: &PromptFormat,
+    max_len: usize,
+) -> Result<Dataset> {
+    let mut report = DataReport::default();
+    let examples = examples_from_chunks(chunks, opts, format, &mut report)?;
+    split(examples, report, opts, format, max_len, "the knowledge base")
+}
+
+fn split(
+    examples: Vec<Example>,
+    mut report: DataReport,
+    opts: &DataOptions,
+    format: &PromptFormat,
+    max_len: usize,
+    from: &str,
+) -> Result<Dataset> {
     let (mut train, mut val, mut val_examples) = (Vec::new(), Vec::new(), Vec::new());
     let mut lens = Vec::new();
     for ex in examples {
@@ -399,7 +459,7 @@ pub fn prepare(root: &Path, opts: &DataOptions, format: &PromptFormat, max_len: 
     report.max_tokens = lens.iter().copied().max().unwrap_or(0);
     report.mean_tokens = lens.iter().sum::<usize>() as f64 / lens.len().max(1) as f64;
     if train.is_empty() {
-        return Err(Error::Config(format!("no training examples could be built from {}", root.display())));
+        return Err(Error::Config(format!("no training examples could be built from {from}")));
     }
     Ok(Dataset { train, val, val_examples, report })
 }

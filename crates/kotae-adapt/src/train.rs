@@ -272,6 +272,9 @@ pub struct RunOptions {
     /// Stop (with a checkpoint) after this many optimizer steps in total: an interruption.
     pub stop_after: Option<usize>,
     pub progress: bool,
+    /// Set from elsewhere (a cancelled job): the run stops before its next step, with a
+    /// checkpoint, as interrupted.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// How a run ended.
@@ -471,7 +474,8 @@ pub fn train(model: &TrainableLm, train: &[Tokenized], val: &[Tokenized], opts: 
     let mut tokens_this_run = 0usize;
     let mut summary = RunSummary { total_steps: total, resumed_from, ..Default::default() };
     while st.step < total {
-        if opts.stop_after.is_some_and(|s| st.step >= s) {
+        let cancelled = opts.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+        if cancelled || opts.stop_after.is_some_and(|s| st.step >= s) {
             summary.interrupted = true;
             break;
         }

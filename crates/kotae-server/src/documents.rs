@@ -713,7 +713,10 @@ pub async fn start_eval(
 }
 
 /// `POST /admin/api/finetune`: train a classification head on the frozen embedder (the seed
-/// article's transfer learning) from this knowledge base, as a job (`kind` "finetune"):
+/// article's transfer learning), or LoRA adapters on the generator (`{"task": "lora"}`, the
+/// seed's fine-tuning; optional `base`, `epochs`, `max_steps`, `r`: the merged model lands
+/// under `<data-dir>/runs/` and `/admin/api/generator` offers it), from this knowledge base,
+/// as a job (`kind` "finetune"):
 /// `{"task": "routing"}` (inquiry → the help desk's category, from the inquiry logs) or
 /// `{"task": "safety"}` (safe / harmful / jailbreak; the company's questions as safe examples),
 /// optionally `epochs` (1–1000), `hidden` (0–4096; 0: a linear head) and `tune_layers` (0–6:
@@ -726,17 +729,20 @@ pub async fn start_finetune(
     Extension(admin): Extension<Client>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    const FIELDS: &str = "task (routing or safety), epochs (1–1000), hidden (0–4096), tune_layers (0–6)";
+    const FIELDS: &str = "task (routing, safety or lora), epochs (1–1000), hidden (0–4096), tune_layers (0–6); for lora: base (a catalog generator), max_steps (1–100000), r (1–256)";
     let opts = options(&body)?;
     let Some(o) = opts.as_object() else {
         return Err(ApiError::BadRequest(format!("the body must be a JSON object: {FIELDS}")));
     };
     for (k, v) in o {
         let ok = match k.as_str() {
-            "task" => matches!(v.as_str(), Some("routing" | "safety")),
+            "task" => matches!(v.as_str(), Some("routing" | "safety" | "lora")),
             "epochs" => v.as_u64().is_some_and(|n| (1..=1000).contains(&n)),
             "hidden" => v.as_u64().is_some_and(|n| n <= 4096),
             "tune_layers" => v.as_u64().is_some_and(|n| n <= 6),
+            "base" => v.as_str().is_some_and(|b| !b.trim().is_empty() && b.len() <= 200),
+            "max_steps" => v.as_u64().is_some_and(|n| (1..=100_000).contains(&n)),
+            "r" => v.as_u64().is_some_and(|n| (1..=256).contains(&n)),
             _ => return Err(ApiError::BadRequest(format!("unknown field `{k}`: the fields are {FIELDS}"))),
         };
         if !ok {
@@ -745,6 +751,13 @@ pub async fn start_finetune(
     }
     if o.get("task").is_none() {
         return Err(ApiError::BadRequest(format!("`task` is missing: {FIELDS}")));
+    }
+    let lora = o["task"] == "lora";
+    if let Some(k) = ["base", "max_steps", "r"].iter().find(|k| !lora && o.contains_key(**k)) {
+        return Err(ApiError::BadRequest(format!("`{k}` is for task lora only: {FIELDS}")));
+    }
+    if let Some(k) = ["hidden", "tune_layers"].iter().find(|k| lora && o.contains_key(**k)) {
+        return Err(ApiError::BadRequest(format!("`{k}` is for the heads (routing, safety), not lora: {FIELDS}")));
     }
     if state.trainer.get().is_none() {
         return Err(ApiError::NotReady("this server cannot run fine-tuning jobs".into()));
@@ -765,7 +778,8 @@ pub async fn start_finetune(
     }
     let k = knowledge(&state)?;
     let id = state.store.create_job_for(&k.queue(), "finetune", &admin.id, &opts)?;
-    audit(&state, &admin, "finetune.head", o["task"].as_str().unwrap_or_default(), "accepted", format!("job {id}"));
+    let action = if lora { "finetune.lora" } else { "finetune.head" };
+    audit(&state, &admin, action, o["task"].as_str().unwrap_or_default(), "accepted", format!("job {id}"));
     queue_job(&state);
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": id }))).into_response())
 }

@@ -891,11 +891,19 @@ fn bench_lora(
     if profile {
         // One step first, unrecorded: the first one loads kernels and sizes the memory pool.
         let one = TrainConfig { max_steps: 1, ..tc.clone() };
-        let opts = RunOptions { dir: dir.clone(), config: one, resume: false, stop_after: None, progress: false };
+        let opts = RunOptions {
+            dir: dir.clone(),
+            config: one,
+            resume: false,
+            stop_after: None,
+            progress: false,
+            cancel: None,
+        };
         kotae_adapt::train::train(&model, &ds.train, &[], &opts)?;
         kotae_adapt::profile::enable(true);
     }
-    let opts = RunOptions { dir: dir.clone(), config: tc, resume: false, stop_after: None, progress: false };
+    let opts =
+        RunOptions { dir: dir.clone(), config: tc, resume: false, stop_after: None, progress: false, cancel: None };
     let s = kotae_adapt::train::train(&model, &ds.train, &[], &opts)?;
     if profile {
         kotae_adapt::profile::enable(false);

@@ -731,6 +731,8 @@ async fn a_lora_fine_tuned_smollm2_lowers_domain_perplexity_and_its_merged_model
         general_text: vec![workspace().join("evals/general/general.en.txt")],
         compare_answers: 1,
         gguf: false,
+        chunks: None,
+        cancel: None,
     };
     let cfg = k.cfg.clone();
     tokio::task::spawn_blocking(move || kotae::finetune::run_lora(&cfg, &job).unwrap()).await.unwrap();
@@ -854,7 +856,7 @@ async fn admins_train_a_head_as_a_job_and_every_process_classifies_with_it() {
         |k: &'static str, body: Value| c.post(a.url("/admin/api/finetune")).bearer_auth(k).json(&body).send();
     assert_eq!(finetune(STAFF_KEY, json!({"task": "routing"})).await.unwrap().status(), 403);
     for (body, says) in [
-        (json!({"task": "summaries"}), "routing or safety"),
+        (json!({"task": "summaries"}), "routing, safety or lora"),
         (json!({"task": "routing", "epochs": 0}), "epochs"),
         (json!({"task": "routing", "learning_rate": 1}), "unknown field `learning_rate`"),
         (json!({"epochs": 5}), "`task` is missing"),
@@ -976,6 +978,41 @@ async fn admins_switch_the_generator_and_every_process_follows() {
     let after: Value = ask(&b).await.unwrap().json().await.unwrap();
     assert!(after["answer"]["completion_tokens"].as_u64().unwrap() > 0, "{after}");
 
+    // LoRA fine-tuning on the knowledge base, as a job, makes a model to serve.
+    let finetune = |body: Value| c.post(a.url("/admin/api/finetune")).bearer_auth(ADMIN_KEY).json(&body).send();
+    let r = finetune(json!({"task": "routing", "max_steps": 1})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = finetune(json!({"task": "lora", "base": "smollm2-135m-instruct", "max_steps": 1})).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string();
+    let job = tokio::time::timeout(
+        Duration::from_secs(900),
+        ended_job(&c, &a.url(&format!("/admin/api/jobs/{id}")), ADMIN_KEY),
+    )
+    .await
+    .expect("the LoRA job did not end in 15 minutes");
+    assert_eq!(job["status"], "done", "{job}");
+    let tuned = job["report"]["model"].as_str().unwrap().to_string();
+    assert!(tuned.starts_with("runs/lora-smollm2-135m-instruct-") && tuned.ends_with("/merged-q8_0.gguf"), "{job}");
+    assert_eq!(job["report"]["steps"], 1, "{job}");
+    let status: Value = get(&b).await.unwrap().json().await.unwrap();
+    assert!(status["choices"].as_array().unwrap().iter().any(|c| *c == tuned.as_str()), "{status}");
+    let r = put(ADMIN_KEY, json!({"model": tuned})).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let t = Instant::now();
+    while get(&b).await.unwrap().json::<Value>().await.unwrap()["served"] != tuned.as_str() {
+        assert!(t.elapsed() < Duration::from_secs(30), "the other process did not follow to the fine-tuned model");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let english = c
+        .post(b.url("/api/chat"))
+        .bearer_auth(STAFF_KEY)
+        .json(&json!({"message": "How do I book a meeting room?", "stream": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(english.status(), 200);
+
     // A fine-tuned model that does not load is refused, and nothing changes anywhere.
     std::fs::create_dir_all(dir.path().join("runs/broken")).unwrap();
     std::fs::write(dir.path().join("runs/broken/merged-q8_0.gguf"), b"not a gguf").unwrap();
@@ -989,7 +1026,7 @@ async fn admins_switch_the_generator_and_every_process_follows() {
         let st: Value = get(s).await.unwrap().json().await.unwrap();
         assert_eq!(
             (st["served"].as_str(), st["published"].as_str()),
-            (Some("qwen2.5-coder-0.5b-instruct"), Some("qwen2.5-coder-0.5b-instruct")),
+            (Some(tuned.as_str()), Some(tuned.as_str())),
             "{st}"
         );
     }
@@ -1003,7 +1040,7 @@ async fn admins_switch_the_generator_and_every_process_follows() {
     let again = Server::start(dir.path(), tweak).await;
     let st: Value =
         c.get(again.url("/admin/api/generator")).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
-    assert_eq!(st["served"], "qwen2.5-coder-0.5b-instruct", "{st}");
+    assert_eq!(st["served"], tuned.as_str(), "{st}");
     again.stop().await;
 }
 

@@ -132,7 +132,8 @@ fn loss_falls_on_a_memorisable_set_and_the_merged_model_matches() {
         ..Default::default()
     };
     let run = dir.path().join("run");
-    let opts = RunOptions { dir: run.clone(), config: cfg, resume: false, stop_after: None, progress: false };
+    let opts =
+        RunOptions { dir: run.clone(), config: cfg, resume: false, stop_after: None, progress: false, cancel: None };
     let s = kotae_adapt::train::train(&m, &data, &data, &opts).unwrap();
     let metrics = read_metrics(&run).unwrap();
     let first = metrics.first().unwrap().loss;
@@ -223,8 +224,14 @@ fn an_interrupted_and_resumed_run_repeats_the_uninterrupted_losses() {
     let run_once = |name: &str, stop: Option<usize>, resume: bool| {
         let m = setup("llama", dir.path(), cfg.clone(), 5);
         let data = memo_set(&m);
-        let opts =
-            RunOptions { dir: dir.path().join(name), config: cfg_t.clone(), resume, stop_after: stop, progress: false };
+        let opts = RunOptions {
+            dir: dir.path().join(name),
+            config: cfg_t.clone(),
+            resume,
+            stop_after: stop,
+            progress: false,
+            cancel: None,
+        };
         kotae_adapt::train::train(&m, &data, &data[..2], &opts).unwrap()
     };
     run_once("straight", None, false);
@@ -360,7 +367,7 @@ fn cuda_matches_cpu_and_trains_in_bf16() {
         &m,
         &data,
         &data,
-        &RunOptions { dir: run.clone(), config: cfg, resume: false, stop_after: None, progress: false },
+        &RunOptions { dir: run.clone(), config: cfg, resume: false, stop_after: None, progress: false, cancel: None },
     )
     .unwrap();
     let metrics = read_metrics(&run).unwrap();
