@@ -10,7 +10,7 @@
     signinHelp: 'シングルサインオンでサインインするか、管理者の API キーまたはトークンを貼り付けてください。このタブの中だけに保存されます。',
     models: 'モデル', modelsHelp: '回答を書く生成モデルです。ここで切り替えると、このデータフォルダのすべてのサーバーが再起動なしで数秒以内に切り替わり、再起動後も保たれます。微調整したモデル（kotae finetune lora --run-dir <データフォルダ>/runs/<名前>）も一覧に出ます。',
     generator: '生成モデル', serveModel: 'このモデルで回答', served: (m) => `回答中: ${m}`, publishedAs: (m) => `データフォルダの選択: ${m}`, configured: '設定ファイルのまま', loadFailed: (m, e) => `${m} を読み込めませんでした: ${e}`, switching: '読み込み中…', switched: (m) => `${m} で回答しています`,
-    headsHelp: 'このナレッジベースから学習する埋め込みモデル上の分類器です（ジョブとして実行）。routing は問い合わせを担当窓口に振り分け、safety はガードの分類器です。', trainRouting: '振り分け分類器を学習', trainSafety: '安全性分類器を学習',
+    headsHelp: 'このナレッジベースから学習します（ジョブとして実行）。routing は問い合わせを担当窓口に振り分け、safety はガードの分類器、LoRA は回答中の生成モデルをマニュアルと問い合わせ履歴に合わせます（CPU では時間がかかります）。結果は上の一覧に加わります。', trainRouting: '振り分け分類器を学習', trainSafety: '安全性分類器を学習', trainLora: '生成モデルを微調整（LoRA）',
     documents: '文書', jobs: 'ジョブ', feedback: 'フィードバック', quarantine: '隔離', guard: 'ガードレール', audit: '監査', eval: '評価',
     drop: 'マニュアルをここにドロップ、またはファイルを選択', dropHelp: 'Markdown・HTML・PDF・テキスト。同じ名前の文書は新しい版に置き換わります。',
     groups: '閲覧できるグループ', groupsHelp: 'カンマ区切り（例: public、hr,managers）', file: 'ファイル', progress: '進捗', status: '状態',
@@ -372,12 +372,13 @@
       await loaders.models();
     } catch (err) { st.textContent = err.message; st.className = 'bad'; }
   });
-  for (const task of ['routing', 'safety']) {
+  for (const task of ['routing', 'safety', 'lora']) {
     $(`#train-${task}`).addEventListener('click', async () => {
       const st = $('#train-status');
       try {
         const { job } = await call('/admin/api/finetune', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ task }) });
         await follow(job, st);
+        await loaders.models();
       } catch (err) { st.textContent = err.message; st.className = 'bad'; }
     });
   }
