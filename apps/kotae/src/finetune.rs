@@ -613,6 +613,19 @@ pub fn head_job(
     // The index's order changes with its segments: sorted, the same knowledge base gives the
     // same split and the same head.
     all.sort_by(|a, b| a.source.cmp(&b.source).then(a.ordinal.cmp(&b.ordinal)));
+    // Who may read the inquiries behind each routing label (a category of a restricted log
+    // is shown only to those who may read it).
+    let mut label_groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    if task == "routing" {
+        for c in all.iter().filter(|c| c.kind == "inquiry") {
+            if let Some(label) = c.section.first() {
+                let g = label_groups.entry(label.clone()).or_default();
+                g.extend(c.groups.iter().cloned());
+                g.sort();
+                g.dedup();
+            }
+        }
+    }
     let chunks: Vec<head::SourceChunk> = all
         .into_iter()
         .map(|c| head::SourceChunk {
@@ -647,7 +660,9 @@ pub fn head_job(
         config.tune_layers = Some(n as usize);
     }
     let cancelled = || serde_json::json!({ "cancelled": true, "task": task });
-    let Some(fit) = fit_head(cfg, embedder, &task, &items, &config, progress)? else { return Ok(cancelled()) };
+    let Some(mut fit) = fit_head(cfg, embedder, &task, &items, &config, progress)? else { return Ok(cancelled()) };
+    label_groups.retain(|l, _| fit.head.card.labels.contains(l));
+    fit.head.card.label_groups = label_groups;
     if !progress(serde_json::json!({ "stage": "saving" })) {
         return Ok(cancelled());
     }

@@ -304,6 +304,7 @@ fn linear_head(task: &str, embedder: &str, split_layer: usize) -> Arc<kotae_mode
         class_counts: Default::default(),
         validation: ClassMetrics::default(),
         tests: Default::default(),
+        label_groups: Default::default(),
     };
     let w1 =
         Tensor::from_vec(vec![10f32, 0., 0., 0., 0., 0., 0., 0., -10., 0., 0., 0.], (3, dim), &Device::Cpu).unwrap();

@@ -100,6 +100,21 @@ pub struct HeadCard {
     /// Extra held-out evaluations (e.g. HarmBench for the safety head), never trained on.
     #[serde(default)]
     pub tests: BTreeMap<String, ClassMetrics>,
+    /// The access groups of the documents each label was learned from (a routing label is an
+    /// inquiry log's category): a caller who may read none of them never sees the label.
+    /// Empty, or a label missing: every caller may see it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_groups: BTreeMap<String, Vec<String>>,
+}
+
+impl HeadCard {
+    /// Whether a caller in `groups` may see `label` (`public` documents are everyone's).
+    pub fn label_visible(&self, label: &str, groups: &[String]) -> bool {
+        match self.label_groups.get(label) {
+            None => true,
+            Some(g) => g.is_empty() || g.iter().any(|x| x == "public" || groups.contains(x)),
+        }
+    }
 }
 
 /// A trained classification head.
@@ -410,6 +425,22 @@ impl Head {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn restricted_labels_are_seen_only_by_their_groups() {
+        let card: HeadCard = serde_json::from_value(serde_json::json!({
+            "task": "routing", "labels": ["給与", "プリンタ", "IT"], "embedder": "e", "input_dim": 2, "hidden": 0,
+            "config": {}, "train_examples": 1, "class_counts": {},
+            "validation": {"accuracy": 1.0, "macro_f1": 1.0, "examples": 1, "per_class": [], "confusion": []},
+            "label_groups": {"給与": ["hr"], "プリンタ": ["public"], "IT": []}
+        }))
+        .unwrap();
+        let staff = vec!["staff".to_string()];
+        assert!(!card.label_visible("給与", &staff));
+        assert!(card.label_visible("給与", &["hr".to_string()]));
+        assert!(card.label_visible("プリンタ", &staff) && card.label_visible("IT", &staff));
+        assert!(card.label_visible("unknown", &[]));
+    }
+
     use super::*;
 
     fn random(shape: (usize, usize), seed: u64, scale: f32) -> Tensor {
@@ -459,6 +490,7 @@ mod tests {
             class_counts: BTreeMap::new(),
             validation: ClassMetrics::default(),
             tests: BTreeMap::new(),
+            label_groups: Default::default(),
         };
         Head::new(card, random((2, h), 7, 0.5), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(), None)
             .with_top(EncoderTop { layers, heads: 4, eps: 1e-12 })
@@ -483,6 +515,7 @@ mod tests {
             class_counts: BTreeMap::new(),
             validation: ClassMetrics::default(),
             tests: BTreeMap::new(),
+            label_groups: Default::default(),
         };
         let mean = [1.0f32, -2.0, 30.0, 0.0, 5.0, -0.5];
         let std = [0.5f32, 2.0, 10.0, 1.0, 0.1, 3.0];

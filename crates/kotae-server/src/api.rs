@@ -460,6 +460,7 @@ pub struct ClassifyBody {
 /// `POST /api/classify`: the trained heads (`kotae finetune head`) on the text's vector.
 pub async fn classify(
     State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
     body: Result<Json<ClassifyBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
@@ -495,9 +496,15 @@ pub async fn classify(
                 .probabilities_of_texts(embedder.as_ref(), &[req.text.trim()])
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             let p = &p[0];
-            let best = (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b });
+            // Labels learned from documents the caller may not read are never shown (their
+            // names alone can say what a restricted log is about).
+            let visible: Vec<usize> =
+                (0..p.len()).filter(|&i| head.card.label_visible(&head.card.labels[i], &client.groups)).collect();
+            let Some(best) = visible.iter().copied().reduce(|b, i| if p[i] > p[b] { i } else { b }) else {
+                continue;
+            };
             let scores: serde_json::Map<String, serde_json::Value> =
-                head.card.labels.iter().zip(p).map(|(l, s)| (l.clone(), json!(s))).collect();
+                visible.iter().map(|&i| (head.card.labels[i].clone(), json!(p[i]))).collect();
             results.push(json!({ "task": task, "label": head.card.labels[best], "score": p[best], "scores": scores }));
         }
         Ok(json!({ "results": results, "took_ms": t.elapsed().as_secs_f64() * 1e3 }))

@@ -158,6 +158,7 @@ mod tests {
             class_counts: BTreeMap::new(),
             validation: Default::default(),
             tests: BTreeMap::new(),
+            label_groups: Default::default(),
         };
         let z = |s: &[usize]| Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap();
         kotae_models::Head::new(card, z(&[2, 1]), z(&[2]), None)

@@ -834,11 +834,27 @@ async fn trained_heads_classify_through_the_api() {
 /// folder classify with it without a restart. Bad requests say what to fix; users cannot ask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_train_a_head_as_a_job_and_every_process_classifies_with_it() {
+    const HR_KEY: &str = "kotae_hrdesk_0123456789";
     let dir = tempfile::tempdir().unwrap();
+    // The inquiry logs, the HR desk's readable by `hr` only.
+    let kb_dir = fresh_data_dir();
+    let kb_cfg = config(kb_dir.path());
+    let mut index = kotae::open_index(&kb_cfg, Some(embedder().dim())).unwrap();
+    let logs = workspace().join("knowledge/logs");
+    ingest(
+        &kb_cfg,
+        &mut index,
+        &[&logs.join("it-helpdesk.ja.csv"), &logs.join("support-and-office.en.csv")],
+        &[],
+        false,
+    );
+    ingest(&kb_cfg, &mut index, &[&logs.join("hr-ga.ja.jsonl")], &["hr"], false);
+    let index = Arc::new(index);
     let keys = || {
         vec![
             hashed_key("ops", ADMIN_KEY, kotae_server::Role::Admin, &[]),
             hashed_key("emp", STAFF_KEY, kotae_server::Role::User, &["staff"]),
+            hashed_key("hrdesk", HR_KEY, kotae_server::Role::User, &["hr"]),
         ]
     };
     let tweak = |c: &mut Config| {
@@ -846,8 +862,8 @@ async fn admins_train_a_head_as_a_job_and_every_process_classifies_with_it() {
         c.server.rate_limit_burst = 100_000;
         c.server.rate_limit_per_minute = 100_000;
     };
-    let a = Server::start(dir.path(), tweak).await;
-    let b = Server::start(dir.path(), tweak).await;
+    let a = Server::start_with(dir.path(), index.clone(), tweak).await;
+    let b = Server::start_with(dir.path(), index.clone(), tweak).await;
     let c = client();
     let printer = json!({"text": "プリンターで印刷できません。紙詰まりの表示が消えません", "task": "routing"});
     let classify = |s: &Server| c.post(s.url("/api/classify")).bearer_auth(STAFF_KEY).json(&printer).send();
@@ -901,6 +917,21 @@ async fn admins_train_a_head_as_a_job_and_every_process_classifies_with_it() {
         };
         assert_eq!(r["results"][0]["label"], "プリンタ", "{r}");
     }
+    // The HR log's categories are labels only for those who may read it.
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("heads/routing/head.json")).unwrap()).unwrap();
+    assert_eq!(card["label_groups"]["休暇"], json!(["hr"]), "{}", card["label_groups"]);
+    assert_eq!(card["label_groups"]["プリンタ"], json!(["public"]), "{}", card["label_groups"]);
+    let leave = json!({"text": "有給休暇は何日ありますか", "task": "routing"});
+    let labels =
+        |v: &Value| -> Vec<String> { v["results"][0]["scores"].as_object().unwrap().keys().cloned().collect() };
+    let staff: Value =
+        c.post(b.url("/api/classify")).bearer_auth(STAFF_KEY).json(&leave).send().await.unwrap().json().await.unwrap();
+    assert!(!labels(&staff).iter().any(|l| ["休暇", "健康", "経費", "総務"].contains(&l.as_str())), "{staff}");
+    assert!(labels(&staff).contains(&"プリンタ".to_string()), "{staff}");
+    let hr: Value =
+        c.post(b.url("/api/classify")).bearer_auth(HR_KEY).json(&leave).send().await.unwrap().json().await.unwrap();
+    assert!(labels(&hr).contains(&"休暇".to_string()) && labels(&hr).contains(&"プリンタ".to_string()), "{hr}");
     // The job is in the audit log with who asked.
     let audit: Value =
         c.get(a.url("/admin/api/audit")).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
