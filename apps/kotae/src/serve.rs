@@ -159,11 +159,12 @@ impl Generators {
         Self { cfg: cfg.clone() }
     }
 
-    /// `model` as the generator loader takes it: a path relative to the data folder made
-    /// absolute; catalog names and absolute paths as they are.
+    /// `model` as the generator loader takes it: a relative path that names a file or folder
+    /// in the data folder (a fine-tuned model) made absolute; catalog names, absolute paths
+    /// and paths relative to the working folder (`generator.model`) as they are.
     fn resolve(cfg: &Config, model: &str) -> String {
         let p = std::path::Path::new(model);
-        if p.is_relative() && kotae_models::registry::spec(model).is_err() {
+        if p.is_relative() && kotae_models::registry::spec(model).is_err() && cfg.data_dir.join(p).exists() {
             cfg.data_dir.join(p).display().to_string()
         } else {
             model.to_string()
