@@ -241,7 +241,10 @@ pub fn run_lora(cfg: &Config, job: &LoraJob) -> Result<()> {
         .flat_map(|i| by_lang.values().filter_map(move |v| v.get(i).copied()))
         .take(job.compare_answers)
         .collect();
-    let questions: Vec<String> = held.iter().map(|e| e.messages[0].content.clone()).collect();
+    let questions: Vec<String> = held
+        .iter()
+        .map(|e| e.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.clone()).unwrap_or_default())
+        .collect();
     let mut answers = Vec::new();
     if !questions.is_empty() {
         drop(model);
@@ -715,7 +718,8 @@ pub fn lora_job(
         .collect();
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let run_dir = cfg.data_dir.join("runs").join(format!("lora-{base}-{stamp}"));
-    let mut train = kotae_adapt::TrainConfig::default();
+    // The examples carry the serving prompt with its sources: longer than chats.
+    let mut train = kotae_adapt::TrainConfig { max_len: 768, ..Default::default() };
     if let Some(n) = options["epochs"].as_u64() {
         train.epochs = n as usize;
     }

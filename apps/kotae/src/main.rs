@@ -265,7 +265,7 @@ enum FinetuneCmd {
         batch_size: usize,
         #[arg(long, default_value_t = 2)]
         grad_accum: usize,
-        #[arg(long, default_value_t = 384)]
+        #[arg(long, default_value_t = 768)]
         max_len: usize,
         #[arg(long, default_value_t = 20)]
         eval_every: usize,

@@ -1,7 +1,11 @@
 //! Training data from the company's own sources, cleaned as the seed article asks.
 //!
-//! - Inquiry logs: each resolved question → answer pair becomes a chat (ingestion already
-//!   skipped unresolved tickets, redacted personal data and merged duplicates).
+//! - Inquiry logs: each resolved question → answer pair becomes a grounded example in the
+//!   prompt the server uses: the inquiry among two sources of other files, answered from it
+//!   with its citation; every third question is also shown only the other sources and answered
+//!   with the decline (ingestion already skipped unresolved tickets, redacted personal data and
+//!   merged duplicates). Closed-book chats (question → answer) taught a model to answer from
+//!   memory: `kotae eval answer` showed it declining half as often and inventing more.
 //! - Manuals: each section becomes a grounded example in exactly the prompt the server uses
 //!   (rules + numbered document in the system message, a question about the section as the
 //!   user turn) answered by the section's text with its citation, so the model learns to
@@ -34,6 +38,8 @@ pub enum ExampleKind {
     Grounded,
     /// Plain text (continued pre-training).
     Text,
+    /// A question shown only sources that do not answer it → the decline.
+    Decline,
 }
 
 /// One training example before tokenization.
@@ -66,6 +72,10 @@ impl Example {
 #[serde(default, deny_unknown_fields)]
 pub struct DataOptions {
     pub inquiries: bool,
+    /// Inquiries in the prompt the server uses: among other sources, answered from theirs with
+    /// its citation, and every third also shown only the others and declined. Off: closed-book
+    /// chats (question → answer), which teach answering from memory.
+    pub inquiries_with_sources: bool,
     pub grounded: bool,
     pub text: bool,
     /// Fraction of split groups held out for validation.
@@ -78,7 +88,15 @@ pub struct DataOptions {
 
 impl Default for DataOptions {
     fn default() -> Self {
-        Self { inquiries: true, grounded: true, text: false, val_fraction: 0.15, split_seed: 0, blocklist: Vec::new() }
+        Self {
+            inquiries: true,
+            inquiries_with_sources: true,
+            grounded: true,
+            text: false,
+            val_fraction: 0.15,
+            split_seed: 0,
+            blocklist: Vec::new(),
+        }
     }
 }
 
@@ -236,8 +254,35 @@ pub fn examples_from_chunks(
     report: &mut DataReport,
 ) -> Result<Vec<Example>> {
     let answer_cfg = kotae_answer::AnswerConfig::default();
+    let hit_of = |c: &KbChunk| kotae_index::Hit {
+        rank: 1,
+        score: 1.0,
+        source: c.source.clone(),
+        section: c.section.join(" > "),
+        chunk_id: String::new(),
+        lang: c.lang.clone(),
+        text: c.text.clone(),
+        kind: if c.inquiry { "inquiry" } else { "manual" }.into(),
+        span: c.span,
+        ..Default::default()
+    };
+    // Sources that do not answer a chunk's question: chunks of other files, picked by fixed
+    // strides so the same knowledge base gives the same examples.
+    let others = |i: usize, n: usize| -> Vec<&KbChunk> {
+        let mut v: Vec<&KbChunk> = Vec::new();
+        for step in [7usize, 13, 29, 53] {
+            let o = &chunks[(i * step + step / 2 + 1) % chunks.len()];
+            if o.source != chunks[i].source && !v.iter().any(|x| std::ptr::eq(*x, o)) {
+                v.push(o);
+            }
+            if v.len() == n {
+                break;
+            }
+        }
+        v
+    };
     let mut out = Vec::new();
-    for c in chunks {
+    for (i, c) in chunks.iter().enumerate() {
         let rel = c.source.clone();
         match c.inquiry {
             true if opts.inquiries => {
@@ -246,14 +291,66 @@ pub fn examples_from_chunks(
                     report.drop("inquiry without an answer");
                     continue;
                 };
-                out.push(Example {
-                    kind: ExampleKind::Inquiry,
-                    messages: vec![ChatMessage::new(Role::User, q.trim()), ChatMessage::new(Role::Assistant, a.trim())],
-                    text: String::new(),
-                    lang: c.lang.clone(),
-                    group: format!("{rel}#{}", c.ordinal),
-                    source: rel.clone(),
-                });
+                let group = format!("{rel}#{}", c.ordinal);
+                if !opts.inquiries_with_sources {
+                    out.push(Example {
+                        kind: ExampleKind::Inquiry,
+                        messages: vec![
+                            ChatMessage::new(Role::User, q.trim()),
+                            ChatMessage::new(Role::Assistant, a.trim()),
+                        ],
+                        text: String::new(),
+                        lang: c.lang.clone(),
+                        group,
+                        source: rel.clone(),
+                    });
+                    continue;
+                }
+                // In the prompt the server uses: the inquiry among sources that do not answer
+                // it, answered from it with its citation (not from memory).
+                let distractors = others(i, 2);
+                let at = i % (distractors.len() + 1);
+                let mut hits: Vec<kotae_index::Hit> = distractors.iter().map(|o| hit_of(o)).collect();
+                hits.insert(at, hit_of(c));
+                let (mut messages, shown) =
+                    kotae_answer::prompt::messages(format, &answer_cfg, &c.lang, q.trim(), &[], &hits)?;
+                if shown > at {
+                    messages.push(ChatMessage::new(Role::Assistant, format!("{} [{}]", a.trim(), at + 1)));
+                    out.push(Example {
+                        kind: ExampleKind::Inquiry,
+                        messages,
+                        text: String::new(),
+                        lang: c.lang.clone(),
+                        group: group.clone(),
+                        source: rel.clone(),
+                    });
+                }
+                // Every third question also with only the other sources: the decline.
+                if i % 3 == 0 && !distractors.is_empty() {
+                    let hits: Vec<kotae_index::Hit> = distractors.iter().map(|o| hit_of(o)).collect();
+                    let (mut messages, _) =
+                        kotae_answer::prompt::messages(format, &answer_cfg, &c.lang, q.trim(), &[], &hits)?;
+                    let decline = if c.lang == "ja" {
+                        format!(
+                            "申し訳ありません。社内の資料には、このご質問に答えられる情報が見つかりませんでした。{}にお問い合わせください。",
+                            answer_cfg.helpdesk_ja
+                        )
+                    } else {
+                        format!(
+                            "Sorry, I could not find anything in the company's documents that answers this. Please contact {}.",
+                            answer_cfg.helpdesk_en
+                        )
+                    };
+                    messages.push(ChatMessage::new(Role::Assistant, decline));
+                    out.push(Example {
+                        kind: ExampleKind::Decline,
+                        messages,
+                        text: String::new(),
+                        lang: c.lang.clone(),
+                        group,
+                        source: rel.clone(),
+                    });
+                }
             }
             false => {
                 if opts.grounded {
@@ -261,18 +358,7 @@ pub fn examples_from_chunks(
                     if heading.trim().is_empty() || c.text.chars().count() < 40 {
                         report.drop("manual section without a heading or too short to answer from");
                     } else {
-                        let hit = kotae_index::Hit {
-                            rank: 1,
-                            score: 1.0,
-                            source: rel.clone(),
-                            section: c.section.join(" > "),
-                            chunk_id: String::new(),
-                            lang: c.lang.clone(),
-                            text: c.text.clone(),
-                            kind: "manual".into(),
-                            span: c.span,
-                            ..Default::default()
-                        };
+                        let hit = hit_of(c);
                         let question = heading_question(&heading, &c.lang);
                         let (mut messages, _) = kotae_answer::prompt::messages(
                             format,

@@ -865,7 +865,13 @@ fn bench_lora(
     if let Some(g) = graph_ops {
         model.graph_ops = g;
     }
-    let data = kotae_adapt::data::DataOptions { grounded: false, val_fraction: 0.0, ..Default::default() };
+    // Closed-book chats, as the PEFT baseline reads the same pairs.
+    let data = kotae_adapt::data::DataOptions {
+        grounded: false,
+        inquiries_with_sources: false,
+        val_fraction: 0.0,
+        ..Default::default()
+    };
     let ds = kotae_adapt::data::prepare(std::path::Path::new("knowledge"), &data, &model.base.format, max_len)?;
     let tc = TrainConfig {
         learning_rate: 2e-4,

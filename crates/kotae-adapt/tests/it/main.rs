@@ -435,3 +435,59 @@ fn batched_attention_matches_the_packed_one() {
     let scale = g1.iter().fold(0f32, |a, &b| a.max(b.abs()));
     assert!(max_abs_diff(&g1, &g2) < 1e-4 * scale.max(1.0), "{}", max_abs_diff(&g1, &g2));
 }
+
+/// Inquiries become examples in the serving prompt: the inquiry among sources of other files,
+/// answered with its citation; every third one also shown only the others and declined; with
+/// `inquiries_with_sources` off, closed-book chats.
+#[test]
+fn inquiries_are_taught_with_their_sources_and_without_them_the_decline() {
+    use kotae_adapt::data::{examples_from_chunks, DataOptions, DataReport, ExampleKind, KbChunk};
+    let dir = tempfile::tempdir().unwrap();
+    let m = setup("qwen2", dir.path(), lora(4, 0.0), 1);
+    let chunk = |source: &str, ordinal: u32, inquiry: bool, text: &str, lang: &str| KbChunk {
+        source: source.into(),
+        ordinal,
+        inquiry,
+        section: vec!["S".into()],
+        text: text.into(),
+        lang: lang.into(),
+        span: (0, text.len() as u64),
+    };
+    let chunks = vec![
+        chunk("logs/it.csv", 0, true, "Q: How do I reset my password?\nA: Use the self-service portal.", "en"),
+        chunk("logs/it.csv", 1, true, "Q: VPNにつながりません\nA: SecureLinkを再起動してください。", "ja"),
+        chunk("manuals/a.md", 0, false, "Meeting rooms are booked in the portal under Facilities.", "en"),
+        chunk("manuals/b.md", 0, false, "Expenses are reimbursed on the 25th of each month.", "en"),
+        chunk("logs/hr.jsonl", 0, true, "Q: How many days of leave do I get?\nA: Ten days in the first year.", "en"),
+    ];
+    let mut report = DataReport::default();
+    let ex = examples_from_chunks(&chunks, &DataOptions::default(), &m.base.format, &mut report).unwrap();
+    let inquiries: Vec<_> = ex.iter().filter(|e| e.kind == ExampleKind::Inquiry).collect();
+    assert_eq!(inquiries.len(), 3, "{report:?}");
+    for e in &inquiries {
+        let system = &e.messages[0].content;
+        let answer = &e.messages.last().unwrap().content;
+        // The cited source is the inquiry itself, among others from other files.
+        let n: usize = answer.rsplit('[').next().unwrap().trim_end_matches(']').parse().unwrap();
+        let block = system.split(&format!("[{n}] ")).nth(1).unwrap();
+        assert!(block.starts_with(&e.source), "{answer} cites [{n}]: {system}");
+        assert!(system.matches("manuals/").count() + system.matches("logs/").count() >= 2, "{system}");
+        assert_eq!(e.messages[e.messages.len() - 2].role, Role::User);
+    }
+    let declines: Vec<_> = ex.iter().filter(|e| e.kind == ExampleKind::Decline).collect();
+    assert!(!declines.is_empty());
+    for d in &declines {
+        let question = &d.messages[d.messages.len() - 2].content;
+        let q_text = chunks.iter().find(|c| c.source == d.source).unwrap().text.clone();
+        assert!(q_text.contains(question.as_str()), "{question}");
+        // Its own inquiry is not among the sources it is shown.
+        let answer_line = q_text.split("\nA: ").nth(1).unwrap();
+        assert!(!d.messages[0].content.contains(answer_line), "{}", d.messages[0].content);
+        assert!(d.messages.last().unwrap().content.contains("could not find"), "{:?}", d.messages.last());
+    }
+    // Closed-book chats when asked.
+    let opts = DataOptions { inquiries_with_sources: false, ..Default::default() };
+    let ex = examples_from_chunks(&chunks, &opts, &m.base.format, &mut DataReport::default()).unwrap();
+    assert!(ex.iter().filter(|e| e.kind == ExampleKind::Inquiry).all(|e| e.messages.len() == 2));
+    assert!(ex.iter().all(|e| e.kind != ExampleKind::Decline));
+}
