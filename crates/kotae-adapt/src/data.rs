@@ -330,17 +330,7 @@ pub fn examples_from_chunks(
                     let hits: Vec<kotae_index::Hit> = distractors.iter().map(|o| hit_of(o)).collect();
                     let (mut messages, _) =
                         kotae_answer::prompt::messages(format, &answer_cfg, &c.lang, q.trim(), &[], &hits)?;
-                    let decline = if c.lang == "ja" {
-                        format!(
-                            "申し訳ありません。社内の資料には、このご質問に答えられる情報が見つかりませんでした。{}にお問い合わせください。",
-                            answer_cfg.helpdesk_ja
-                        )
-                    } else {
-                        format!(
-                            "Sorry, I could not find anything in the company's documents that answers this. Please contact {}.",
-                            answer_cfg.helpdesk_en
-                        )
-                    };
+                    let decline = kotae_answer::decline_message(&answer_cfg, &c.lang);
                     messages.push(ChatMessage::new(Role::Assistant, decline));
                     out.push(Example {
                         kind: ExampleKind::Decline,

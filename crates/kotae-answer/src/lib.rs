@@ -691,17 +691,7 @@ impl Answerer {
     }
 
     fn declined(&self, lang: &str, search_query: &str, relevance: Option<f32>) -> Answer {
-        let text = if lang == "ja" {
-            format!(
-                "申し訳ありません。社内の資料には、このご質問に答えられる情報が見つかりませんでした。{}にお問い合わせください。",
-                self.cfg.helpdesk_ja
-            )
-        } else {
-            format!(
-                "Sorry, I could not find anything in the company's documents that answers this. Please contact {}.",
-                self.cfg.helpdesk_en
-            )
-        };
+        let text = decline_message(&self.cfg, lang);
         Answer::without_generation(text, lang, AnswerKind::Declined, Vec::new(), search_query, relevance)
     }
 
@@ -1015,6 +1005,22 @@ impl Answerer {
 /// the answer's language to be quoted instead: the embedder's similarities across languages
 /// run a little lower than within one.
 const SAME_LANGUAGE_MARGIN: f32 = 0.02;
+
+/// What Kotae says when the documents do not answer a question (also what fine-tuning teaches
+/// a model to say then).
+pub fn decline_message(cfg: &AnswerConfig, lang: &str) -> String {
+    if lang == "ja" {
+        format!(
+            "申し訳ありません。社内の資料には、このご質問に答えられる情報が見つかりませんでした。{}にお問い合わせください。",
+            cfg.helpdesk_ja
+        )
+    } else {
+        format!(
+            "Sorry, I could not find anything in the company's documents that answers this. Please contact {}.",
+            cfg.helpdesk_en
+        )
+    }
+}
 
 /// Role helper for callers building histories.
 pub fn message(role: Role, text: &str) -> ChatMessage {
