@@ -16,7 +16,7 @@ use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::store::{AccessRuleRow, AuditEntry};
+use crate::store::{AccessRuleRow, AuditEntry, Lane};
 use crate::{AppState, Client};
 
 /// What the admin API needs from the program that owns ingestion (the `kotae` app).
@@ -462,85 +462,106 @@ impl Drop for AbortOnDrop {
 /// database (its own wake it at once).
 const JOB_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A job was queued: wake this process's runner (started on first use). On a replica nothing
-/// runs here: the writer's runner takes the job from the shared state database.
+/// A job was queued: wake this process's runners (started on first use). On a replica
+/// nothing runs here: the writer's runners take the job from the shared state database.
 fn queue_job(state: &Arc<AppState>) {
     if state.cfg.role == crate::ServerRole::Replica {
         return;
     }
     start_job_runner(state);
-    state.job_wake.notify_one();
+    for w in &state.job_wake {
+        w.notify_one();
+    }
 }
 
-/// Start the process's job runner unless it runs or this is a replica: it claims queued
-/// ingest, re-index and remove jobs (this process's, another replica's, or left queued by a
-/// stop) oldest first and runs them one at a time. A claim is one conditional update, so a
-/// job never runs twice, whichever replicas look.
+/// Start the process's job runner unless it runs or this is a replica: once the knowledge
+/// base is loaded it claims queued jobs (this process's, another replica's, or left queued by
+/// a stop) in two lanes (`store::Lane`): ingest, re-index and remove jobs one at a time oldest
+/// first, and beside them fine-tuning jobs one at a time. A claim is one conditional update,
+/// so a job never runs twice, whichever replicas look.
 pub fn start_job_runner(state: &Arc<AppState>) {
     if state.cfg.role == crate::ServerRole::Replica {
         return;
     }
     state.job_runner.get_or_init(|| {
         // A weak handle: the runner must not keep the state (and the index) alive.
-        tokio::spawn(run_jobs(Arc::downgrade(state), state.job_wake.clone())).abort_handle()
+        tokio::spawn(run_jobs(Arc::downgrade(state))).abort_handle()
     });
 }
 
-async fn run_jobs(state: std::sync::Weak<AppState>, wake: Arc<tokio::sync::Notify>) {
-    let Some(shared) = state.upgrade().map(|s| s.store.backend() == "postgres") else { return };
-    let mut started = false;
-    loop {
-        let ran = match state.upgrade() {
+async fn run_jobs(state: std::sync::Weak<AppState>) {
+    let Some((shared, wakes)) = state.upgrade().map(|s| (s.store.backend() == "postgres", s.job_wake.clone())) else {
+        return;
+    };
+    // Until the engine is loaded there is no knowledge base to change.
+    let kb = loop {
+        match state.upgrade() {
             None => return,
-            // Until the engine is loaded there is no knowledge base to change.
-            Some(state) => {
-                match knowledge(&state) {
-                    Err(_) => false,
-                    Ok(k) => {
-                        let (st, kb) = (state.clone(), k.queue());
-                        if !started {
-                            // This process holds the knowledge base now: what its writer was
-                            // running when it stopped is over, and jobs queued before jobs named
-                            // their knowledge base are this one's.
-                            started = true;
-                            let (st, kb) = (st.clone(), kb.clone());
-                            let r = tokio::task::spawn_blocking(move || {
-                                Ok::<_, ApiError>((
-                                    st.store.fail_jobs_of_stopped_writer(&kb)?,
-                                    st.store.adopt_unnamed_jobs(&kb)?,
-                                ))
-                            })
-                            .await;
-                            match r {
-                            Ok(Ok((failed, adopted))) if failed + adopted > 0 => tracing::warn!(
-                                failed, adopted, "jobs the writer's last stop cut short are marked failed; older queued jobs adopted"
-                            ),
-                            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the job queue"),
-                            _ => {}
-                        }
-                        }
-                        match tokio::task::spawn_blocking(move || st.store.claim_job(&kb)).await {
-                            Ok(Ok(Some(job))) => {
-                                run_claimed(&state, k, job).await;
-                                true
-                            }
-                            Ok(Ok(None)) => false,
-                            Ok(Err(e)) => {
-                                tracing::warn!(error = %e, "cannot read the job queue");
-                                false
-                            }
-                            Err(_) => false,
-                        }
-                    }
+            Some(st) => {
+                if let Ok(k) = knowledge(&st) {
+                    break k.queue();
                 }
             }
+        }
+        tokio::time::sleep(JOB_POLL).await;
+    };
+    // This process holds the knowledge base now: what its writer was running when it stopped
+    // is over, and jobs queued before jobs named their knowledge base are this one's. Done
+    // once, before either lane claims (a lane's fresh claim must not be failed as a leftover).
+    if let Some(st) = state.upgrade() {
+        let kb = kb.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            Ok::<_, ApiError>((st.store.fail_jobs_of_stopped_writer(&kb)?, st.store.adopt_unnamed_jobs(&kb)?))
+        })
+        .await;
+        match r {
+            Ok(Ok((failed, adopted))) if failed + adopted > 0 => tracing::warn!(
+                failed,
+                adopted,
+                "jobs the writer's last stop cut short are marked failed; older queued jobs adopted"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the job queue"),
+            _ => {}
+        }
+    }
+    let [index, train] = Lane::ALL;
+    tokio::join!(
+        run_lane(state.clone(), index, wakes[0].clone(), shared),
+        run_lane(state.clone(), train, wakes[1].clone(), shared)
+    );
+}
+
+/// One lane of the job runner: claim the lane's oldest queued job, run it, look again.
+async fn run_lane(state: std::sync::Weak<AppState>, lane: Lane, wake: Arc<tokio::sync::Notify>, shared: bool) {
+    loop {
+        let (ran, loaded) = match state.upgrade() {
+            None => return,
+            Some(state) => match knowledge(&state) {
+                // The engine is being replaced: look again soon.
+                Err(_) => (false, false),
+                Ok(k) => {
+                    let (st, kb) = (state.clone(), k.queue());
+                    match tokio::task::spawn_blocking(move || st.store.claim_job(&kb, lane)).await {
+                        Ok(Ok(Some(job))) => {
+                            run_claimed(&state, k, job).await;
+                            (true, true)
+                        }
+                        Ok(Ok(None)) => (false, true),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, lane = lane.name(), "cannot read the job queue");
+                            (false, true)
+                        }
+                        Err(_) => (false, true),
+                    }
+                }
+            },
         };
         if ran {
             continue;
         }
-        // Only replicas sharing the state database queue jobs this process is not told of
-        // (and until the engine loads, it looks again); else its own wake-ups are enough.
-        if started && !shared {
+        // Only replicas sharing the state database queue jobs this process is not told of;
+        // else its own wake-ups are enough.
+        if loaded && !shared {
             wake.notified().await;
         } else {
             tokio::select! {
@@ -572,7 +593,9 @@ impl Work {
                 .as_str()
                 .map(|s| Work::Remove { source: s.to_string() })
                 .ok_or_else(|| "the job names no source".to_string()),
-            Some("finetune") => Ok(Work::Finetune { options: d.clone() }),
+            // LoRA is its own kind (see `store::Lane`); an earlier version queued it as a task
+            // of `finetune`, which runs the same.
+            Some("finetune" | "lora") => Ok(Work::Finetune { options: d.clone() }),
             other => Err(format!("a {other:?} job does not run from the queue")),
         }
     }
@@ -716,7 +739,8 @@ pub async fn start_eval(
 /// article's transfer learning), or LoRA adapters on the generator (`{"task": "lora"}`, the
 /// seed's fine-tuning; optional `base`, `epochs`, `max_steps`, `r`: the merged model lands
 /// under `<data-dir>/runs/` and `/admin/api/generator` offers it), from this knowledge base,
-/// as a job (`kind` "finetune"):
+/// as a job (`kind` "finetune" for a head, "lora" for the generator; run in the writer's
+/// training lane, beside uploads):
 /// `{"task": "routing"}` (inquiry → the help desk's category, from the inquiry logs) or
 /// `{"task": "safety"}` (safe / harmful / jailbreak; the company's questions as safe examples),
 /// optionally `epochs` (1–1000), `hidden` (0–4096; 0: a linear head) and `tune_layers` (0–6:
@@ -762,12 +786,11 @@ pub async fn start_finetune(
     if state.trainer.get().is_none() {
         return Err(ApiError::NotReady("this server cannot run fine-tuning jobs".into()));
     }
-    // One at a time: a fine-tuning job holds the writer's queue while it trains.
-    let pending = state
-        .store
-        .jobs(200)?
-        .into_iter()
-        .find(|j| j["kind"] == "finetune" && (j["status"] == "queued" || j["status"] == "running"));
+    // One at a time: fine-tuning jobs share the writer's training lane (uploads go on in
+    // the other lane while one trains).
+    let pending = state.store.jobs(200)?.into_iter().find(|j| {
+        (j["kind"] == "finetune" || j["kind"] == "lora") && (j["status"] == "queued" || j["status"] == "running")
+    });
     if let Some(j) = pending {
         return Err(ApiError::Conflict(format!(
             "fine-tuning job {} is {}: wait for it, or cancel it (POST /admin/api/jobs/{}/cancel)",
@@ -777,7 +800,7 @@ pub async fn start_finetune(
         )));
     }
     let k = knowledge(&state)?;
-    let id = state.store.create_job_for(&k.queue(), "finetune", &admin.id, &opts)?;
+    let id = state.store.create_job_for(&k.queue(), if lora { "lora" } else { "finetune" }, &admin.id, &opts)?;
     let action = if lora { "finetune.lora" } else { "finetune.head" };
     audit(&state, &admin, action, o["task"].as_str().unwrap_or_default(), "accepted", format!("job {id}"));
     queue_job(&state);

@@ -157,7 +157,7 @@ pub struct Engine {
 /// owns the suites.
 pub type Evaluator = Arc<dyn Fn(&Engine, &serde_json::Value) -> Result<serde_json::Value, String> + Send + Sync>;
 
-/// Runs a fine-tuning job (`POST /admin/api/finetune`, `kind` "finetune") on the engine's
+/// Runs a fine-tuning job (`POST /admin/api/finetune`, `kind` "finetune" or "lora") on the engine's
 /// knowledge base with the job's options; writes the result where every process serving the
 /// data folder finds it, and returns the job's report (`{"cancelled": true}` when `progress`
 /// said stop). Set by the app, which owns the training code.
@@ -178,9 +178,10 @@ pub struct AppState {
     auth: auth::Authenticator,
     failures: auth::FailureLimiter,
     in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-    /// Wakes the job runner (one per process, started on first use; admin jobs run one at a
-    /// time, oldest first, whichever replica queued them).
-    pub(crate) job_wake: Arc<tokio::sync::Notify>,
+    /// Wake the job runner's lanes (`store::Lane::ALL`; one runner per process, started on
+    /// first use; each lane runs its jobs one at a time, oldest first, whichever replica
+    /// queued them).
+    pub(crate) job_wake: [Arc<tokio::sync::Notify>; 2],
     pub(crate) job_runner: OnceLock<tokio::task::AbortHandle>,
     /// Cancel flags of the admin jobs this process runs.
     pub(crate) cancels: documents::Cancels,

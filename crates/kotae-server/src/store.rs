@@ -167,7 +167,45 @@ const MIGRATIONS: &[&str] = &[
 pub const JOB_HEARTBEAT_S: u64 = 15;
 pub const JOB_STALE_S: i64 = 90;
 /// The kinds of job any writer runs from the queue (`claim_job`), as an SQL list.
-const QUEUED_KINDS: &str = "('ingest', 'reindex', 'remove', 'finetune')";
+const QUEUED_KINDS: &str = "('ingest', 'reindex', 'remove', 'finetune', 'lora')";
+/// The kinds of job a process queues for itself (an evaluation runs where it was asked for).
+const LOCAL_KINDS: &str = "('eval')";
+
+/// A writer runs its queue in two lanes, each one job at a time, oldest first: changes to
+/// the knowledge base, and training. A fine-tuning job that trains for an hour on a CPU does
+/// not hold back an upload.
+///
+/// A runner claims only the kinds it names, and a new kind of work gets a new kind: during a
+/// rolling upgrade a writer of an older version leaves a job it does not know queued (until
+/// the new writer claims it) instead of claiming and failing it. So LoRA runs as `lora`, not
+/// as a `finetune` task; `finetune` with task `lora`, which an earlier version queued, still
+/// runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// `ingest`, `reindex`, `remove`.
+    Index,
+    /// `finetune` (the heads), `lora` (the generator).
+    Train,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Index, Lane::Train];
+
+    /// The lane's kinds, as an SQL list.
+    fn kinds(self) -> &'static str {
+        match self {
+            Lane::Index => "('ingest', 'reindex', 'remove')",
+            Lane::Train => "('finetune', 'lora')",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Index => "index",
+            Lane::Train => "train",
+        }
+    }
+}
 
 /// One line of the audit trail: who did what to what, and how it ended. Never a secret.
 #[derive(Debug, Clone, Serialize)]
@@ -763,15 +801,16 @@ impl Store {
             .map(|r| Self::job_json(&r)))
     }
 
-    /// Take the oldest queued ingest, re-index or remove job of knowledge base `kb` for this
-    /// process to run, marked running: the update only succeeds while the job is still queued,
-    /// so of replicas claiming at once exactly one gets it.
-    pub fn claim_job(&self, kb: &str) -> Result<Option<serde_json::Value>, ApiError> {
+    /// Take the oldest queued job of `lane` for knowledge base `kb` for this process to run,
+    /// marked running: the update only succeeds while the job is still queued, so of replicas
+    /// claiming at once exactly one gets it.
+    pub fn claim_job(&self, kb: &str, lane: Lane) -> Result<Option<serde_json::Value>, ApiError> {
         loop {
             let Some(r) = self.query_one(
                 &format!(
-                    "SELECT id FROM jobs WHERE status = 'queued' AND kb = ?1 AND kind IN {QUEUED_KINDS}
-                     ORDER BY created_unix, id LIMIT 1"
+                    "SELECT id FROM jobs WHERE status = 'queued' AND kb = ?1 AND kind IN {}
+                     ORDER BY created_unix, id LIMIT 1",
+                    lane.kinds()
                 ),
                 vals![kb],
             )?
@@ -825,8 +864,9 @@ impl Store {
     /// file) that is every job still running when the server starts; on PostgreSQL, which
     /// replicas share, only those whose heartbeat stopped `JOB_STALE_S` ago, so that a replica
     /// starting (or sweeping, every minute) never fails another live replica's job. Queued
-    /// ingest, re-index and remove jobs are not failed: they wait for a runner (`claim_job`);
-    /// a queued job of another kind (an evaluation) was its process's own, and is.
+    /// jobs of the queue's kinds are not failed: they wait for a runner (`claim_job`); a queued
+    /// evaluation was its process's own, and is. A queued job of a kind this version does not
+    /// know is a newer replica's, for a newer writer: it is left alone.
     pub fn fail_interrupted_jobs(&self) -> Result<usize, ApiError> {
         let report = serde_json::json!({ "error": "interrupted: the server stopped during the job; run it again" });
         let stale_before = match self.db {
@@ -836,7 +876,7 @@ impl Store {
         let n = self.exec(
             &format!(
                 "UPDATE jobs SET status = 'failed', report_json = ?1, finished_unix = ?2
-                 WHERE (status = 'running' OR (status = 'queued' AND kind NOT IN {QUEUED_KINDS}))
+                 WHERE (status = 'running' OR (status = 'queued' AND kind IN {LOCAL_KINDS}))
                    AND COALESCE(heartbeat_unix, created_unix) < ?3"
             ),
             vals![report.to_string(), now(), stale_before],

@@ -3,7 +3,7 @@
 //! are `#[ignore]`d where none is configured (reported as not run); `scripts/test.sh` starts a
 //! throw-away cluster and sets `KOTAE_TEST_POSTGRES_URL`. Each test gets a database of its own.
 
-use kotae_server::store::{AuditEntry, GuardEvent, Store};
+use kotae_server::store::{AuditEntry, GuardEvent, Lane, Store};
 use serde_json::json;
 
 /// Every method of the store, with the answers both databases must give.
@@ -63,12 +63,12 @@ fn exercise(s: &Store) {
     assert!(s.request_cancel(&j5, "key:ops").unwrap());
     let j = s.job(&j5).unwrap().unwrap();
     assert_eq!((j["status"].as_str(), j["cancel_requested"]["by"].as_str()), (Some("cancelled"), Some("key:ops")));
-    let claimed = s.claim_job("").unwrap().unwrap();
+    let claimed = s.claim_job("", Lane::Index).unwrap().unwrap();
     assert_eq!((claimed["id"].as_str(), claimed["status"].as_str()), (Some(j2.as_str()), Some("running")));
     assert_eq!(claimed["detail"]["source"], "b.md", "the job carries its work");
-    assert_eq!(s.claim_job("").unwrap(), None, "knowledge base hr's job is its writer's");
-    assert_eq!(s.claim_job("hr").unwrap().unwrap()["id"].as_str(), Some(j4.as_str()));
-    assert_eq!(s.claim_job("hr").unwrap(), None);
+    assert_eq!(s.claim_job("", Lane::Index).unwrap(), None, "knowledge base hr's job is its writer's");
+    assert_eq!(s.claim_job("hr", Lane::Index).unwrap().unwrap()["id"].as_str(), Some(j4.as_str()));
+    assert_eq!(s.claim_job("hr", Lane::Index).unwrap(), None);
     if s.backend() == "sqlite" {
         // One process owns the file: at its start, what was running was interrupted, and so
         // was its queued evaluation.
@@ -88,8 +88,20 @@ fn exercise(s: &Store) {
     // A job queued before jobs named their knowledge base goes to the first writer that starts.
     let j6 = s.create_job("remove", "key:ops", &json!({"source": "d.md"})).unwrap();
     assert_eq!(s.adopt_unnamed_jobs("main").unwrap(), 1);
-    assert_eq!(s.claim_job("").unwrap(), None);
-    assert_eq!(s.claim_job("main").unwrap().unwrap()["id"].as_str(), Some(j6.as_str()));
+    assert_eq!(s.claim_job("", Lane::Index).unwrap(), None);
+    assert_eq!(s.claim_job("main", Lane::Index).unwrap().unwrap()["id"].as_str(), Some(j6.as_str()));
+    // Two lanes: training waits behind no upload and an upload behind no training; a kind this
+    // version does not know (a newer replica's, during a rolling upgrade) is neither lane's and
+    // is not failed as interrupted either.
+    let t1 = s.create_job_for("main", "lora", "key:ops", &json!({"task": "lora"})).unwrap();
+    let i1 = s.create_job_for("main", "ingest", "key:ops", &json!({"files": ["e.md"]})).unwrap();
+    let future = s.create_job_for("main", "distill", "key:ops", &json!({})).unwrap();
+    assert_eq!(s.claim_job("main", Lane::Train).unwrap().unwrap()["id"].as_str(), Some(t1.as_str()));
+    assert_eq!(s.claim_job("main", Lane::Train).unwrap(), None);
+    assert_eq!(s.claim_job("main", Lane::Index).unwrap().unwrap()["id"].as_str(), Some(i1.as_str()));
+    assert_eq!(s.claim_job("main", Lane::Index).unwrap(), None);
+    s.fail_interrupted_jobs().unwrap();
+    assert_eq!(s.job(&future).unwrap().unwrap()["status"], "queued");
 
     // The audit trail pages back by id.
     for i in 0..5 {
@@ -182,7 +194,7 @@ fn a_wrong_postgres_url_is_refused_clearly_without_its_password() {
 mod postgres {
     use std::sync::{Arc, Barrier};
 
-    use kotae_server::store::Store;
+    use kotae_server::store::{Lane, Store};
 
     /// A new, empty database on the test server; its URL.
     fn fresh_database(test: &str) -> String {
@@ -258,7 +270,7 @@ mod postgres {
                     let s = Store::connect(&url).unwrap();
                     barrier.wait();
                     let mut got = Vec::new();
-                    while let Some(j) = s.claim_job("main").unwrap() {
+                    while let Some(j) = s.claim_job("main", Lane::Index).unwrap() {
                         got.push(j["id"].as_str().unwrap().to_string());
                     }
                     got

@@ -1022,6 +1022,46 @@ async fn admins_switch_the_generator_and_every_process_follows() {
     let r = finetune(json!({"task": "lora", "base": "smollm2-135m-instruct", "max_steps": 1})).await.unwrap();
     assert_eq!(r.status(), 202);
     let id = r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string();
+    // Training has a lane of its own: an upload sent while the LoRA job trains is ingested and
+    // searchable before the job ends (it used to wait behind it).
+    let form = reqwest::multipart::Form::new().text("groups", "staff").part(
+        "file",
+        reqwest::multipart::Part::text(
+            "# 駐輪場\n\n駐輪場の利用登録は総務で受け付けます。ステッカーを後輪に貼ってください。",
+        )
+        .file_name("bicycle.md"),
+    );
+    let r = c.post(a.url("/admin/api/documents")).bearer_auth(ADMIN_KEY).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let up = r.json::<Value>().await.unwrap()["job"].as_str().unwrap().to_string();
+    let uploaded = tokio::time::timeout(
+        Duration::from_secs(300),
+        ended_job(&c, &a.url(&format!("/admin/api/jobs/{up}")), ADMIN_KEY),
+    )
+    .await
+    .expect("the upload did not end in 5 minutes");
+    assert_eq!(uploaded["status"], "done", "{uploaded}");
+    let training: Value = c
+        .get(a.url(&format!("/admin/api/jobs/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((training["kind"].as_str(), training["status"].as_str()), (Some("lora"), Some("running")), "{training}");
+    let found: Value = c
+        .post(b.url("/api/search"))
+        .bearer_auth(STAFF_KEY)
+        .json(&json!({"query": "駐輪場のステッカー"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(found.to_string().contains("bicycle.md"), "{found}");
     let job = tokio::time::timeout(
         Duration::from_secs(900),
         ended_job(&c, &a.url(&format!("/admin/api/jobs/{id}")), ADMIN_KEY),
