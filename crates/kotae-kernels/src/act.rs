@@ -78,6 +78,45 @@ pub fn softmax_rows(xs: &mut [f32], cols: usize) {
     }
 }
 
+/// `y ← LayerNorm(y + x)` for each row of `cols` values (`x` the residual, or none), with
+/// weight `w` and bias `b`, in place. Sums kept in eight lanes so that it vectorizes; rows in
+/// parallel for large inputs.
+pub fn add_layer_norm(y: &mut [f32], x: Option<&[f32]>, w: &[f32], b: &[f32], eps: f32) {
+    let cols = w.len();
+    assert!(cols > 0 && b.len() == cols && y.len().is_multiple_of(cols), "layer norm: shapes do not match");
+    if let Some(x) = x {
+        assert_eq!(x.len(), y.len(), "layer norm: the residual is not the input's shape");
+    }
+    let f = |(r, row): (usize, &mut [f32])| {
+        if let Some(x) = x {
+            for (v, &a) in row.iter_mut().zip(&x[r * cols..(r + 1) * cols]) {
+                *v += a;
+            }
+        }
+        let sum8 = |row: &[f32], f: &dyn Fn(f32) -> f32| -> f32 {
+            let mut s8 = [0f32; 8];
+            let mut chunks = row.chunks_exact(8);
+            for c in &mut chunks {
+                for i in 0..8 {
+                    s8[i] += f(c[i]);
+                }
+            }
+            s8.iter().sum::<f32>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
+        };
+        let mean = sum8(row, &|v| v) / cols as f32;
+        let var = sum8(row, &|v| (v - mean) * (v - mean)) / cols as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, &w), &b) in row.iter_mut().zip(w).zip(b) {
+            *v = (*v - mean) * inv * w + b;
+        }
+    };
+    if y.len() >= 1 << 15 {
+        y.par_chunks_mut(cols).enumerate().for_each(f);
+    } else {
+        y.chunks_mut(cols).enumerate().for_each(f);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +143,31 @@ mod tests {
             let d = (erf(x) as f64 - erf64(x as f64)).abs();
             assert!(d < 5e-7, "erf({x}): off by {d}");
         }
+    }
+
+    #[test]
+    fn add_layer_norm_matches_the_definition() {
+        let cols = 45;
+        let y0: Vec<f32> = (0..3 * cols).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3).collect();
+        let x: Vec<f32> = (0..3 * cols).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.5).collect();
+        let w: Vec<f32> = (0..cols).map(|i| 0.5 + i as f32 * 0.01).collect();
+        let b: Vec<f32> = (0..cols).map(|i| i as f32 * -0.02).collect();
+        let mut y = y0.clone();
+        add_layer_norm(&mut y, Some(&x), &w, &b, 1e-12);
+        for r in 0..3 {
+            let s: Vec<f64> = (0..cols).map(|c| (y0[r * cols + c] + x[r * cols + c]) as f64).collect();
+            let mean = s.iter().sum::<f64>() / cols as f64;
+            let var = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
+            for c in 0..cols {
+                let want = (s[c] - mean) / (var + 1e-12).sqrt() * w[c] as f64 + b[c] as f64;
+                assert!((y[r * cols + c] as f64 - want).abs() < 1e-5, "row {r} col {c}");
+            }
+        }
+        let mut z = y0.clone();
+        add_layer_norm(&mut z, None, &w, &b, 1e-12);
+        let mut zz = y0.clone();
+        add_layer_norm(&mut zz, Some(&vec![0.0; 3 * cols]), &w, &b, 1e-12);
+        assert_eq!(z, zz);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Attention of one new token against a key/value cache: the decoding step. A general matrix
 //! product would pack (copy) the whole cache into its own layout at every step; here each
-//! head reads the cache in place.
+//! head reads the cache in place. And the encoder's attention over a whole sequence
+//! ([`encoder_attention`]), its heads read in place from the stacked query/key/value rows.
 
 use rayon::prelude::*;
 
@@ -53,6 +54,90 @@ pub fn attend_one(q: &[f32], k: &[f32], v: &[f32], shape: KvShape, scale: f32, o
     }
 }
 
+/// Self-attention of one sequence of `n` tokens, no mask (an encoder's): `qkv` holds each
+/// token's query, key and value side by side (`[n, 3h]`, `heads` heads of `h / heads` values
+/// each), `out` receives `[n, h]`: per head, `softmax(scale · Q Kᵀ) V`. The heads are read in
+/// place through strides (no transposed or contiguous copies) and written in place; `scores`
+/// is scratch (`n × n`), kept by the caller between calls.
+#[allow(unsafe_code)]
+pub fn encoder_attention(
+    qkv: &[f32],
+    n: usize,
+    h: usize,
+    heads: usize,
+    scale: f32,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    assert!(heads > 0 && h.is_multiple_of(heads), "{h} values do not split into {heads} heads");
+    assert_eq!(qkv.len(), n * 3 * h, "qkv is not [n, 3h]");
+    assert_eq!(out.len(), n * h, "out is not [n, h]");
+    if n == 0 {
+        return;
+    }
+    let hd = h / heads;
+    scores.clear();
+    scores.resize(n * n, 0.0);
+    let (row, n_) = ((3 * h) as isize, n as isize);
+    for i in 0..heads {
+        let (q, k, v) = (i * hd, h + i * hd, 2 * h + i * hd);
+        // SAFETY: every index the products touch is in bounds: scores `[n, n]` (row stride n);
+        // Q, K and V rows `j < n` at `j·3h + offset + (0..hd)` with offset + hd ≤ 3h, inside
+        // `qkv` (`n·3h` values, asserted); out rows `j < n` at `j·h + i·hd + (0..hd)`, inside
+        // `out` (`n·h`, asserted). Destinations do not overlap the sources.
+        unsafe {
+            // scores = scale · Q Kᵀ: lhs Q (n × hd), rhs Kᵀ (hd × n: element (c, j) is K[j][c]).
+            gemm::gemm(
+                n,
+                n,
+                hd,
+                scores.as_mut_ptr(),
+                1,
+                n_,
+                false,
+                qkv.as_ptr().add(q),
+                1,
+                row,
+                qkv.as_ptr().add(k),
+                row,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        crate::act::softmax_rows(scores, n);
+        // SAFETY: as above.
+        unsafe {
+            // out[:, head i] = scores V: lhs scores (n × n), rhs V (n × hd).
+            gemm::gemm(
+                n,
+                hd,
+                n,
+                out.as_mut_ptr().add(i * hd),
+                1,
+                h as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                n_,
+                qkv.as_ptr().add(v),
+                1,
+                row,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
 /// Dot product with 8 independent sums (vectorizes; a single running sum would not).
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -84,6 +169,31 @@ mod tests {
         // run the KV heads in parallel.
         for shape in [(4, 2, 12, 9, 7), (14, 2, 64, 50, 41), (3, 3, 8, 4, 1)] {
             check(shape);
+        }
+    }
+
+    #[test]
+    fn encoder_attention_matches_a_direct_softmax() {
+        let f = |i: usize| ((i * 7919 % 101) as f32 / 50.0) - 1.0;
+        let mut scores = Vec::new();
+        for (n, h, heads) in [(1, 8, 2), (7, 24, 3), (33, 64, 4), (0, 8, 2)] {
+            let qkv: Vec<f32> = (0..n * 3 * h).map(f).collect();
+            let mut out = vec![f32::NAN; n * h];
+            encoder_attention(&qkv, n, h, heads, 0.3, &mut out, &mut scores);
+            let hd = h / heads;
+            let at = |j: usize, part: usize, i: usize, d: usize| qkv[j * 3 * h + part * h + i * hd + d] as f64;
+            for i in 0..heads {
+                for r in 0..n {
+                    let s: Vec<f64> =
+                        (0..n).map(|j| 0.3 * (0..hd).map(|d| at(r, 0, i, d) * at(j, 1, i, d)).sum::<f64>()).collect();
+                    let z: f64 = s.iter().map(|x| x.exp()).sum();
+                    for d in 0..hd {
+                        let want: f64 = (0..n).map(|j| s[j].exp() / z * at(j, 2, i, d)).sum();
+                        let got = out[r * h + i * hd + d] as f64;
+                        assert!((got - want).abs() < 1e-5, "n {n} head {i} row {r} dim {d}: {got} vs {want}");
+                    }
+                }
+            }
         }
     }
 

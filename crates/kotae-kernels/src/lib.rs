@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 pub mod act;
 mod attention;
-pub use attention::{attend_one, KvShape};
+pub use attention::{attend_one, encoder_attention, KvShape};
 
 /// Values per quantization block.
 pub const QK: usize = 32;
@@ -35,13 +35,40 @@ pub const NR: usize = 8;
 /// Values of one tile-block: 8 rows × 32.
 const TILE_BLOCK: usize = NR * QK;
 
-/// ggml's Q8_0 rounding of one block: scale = max|x| / 127 (stored as f16), q = round(x / scale).
+/// ggml's Q8_0 rounding of one block: scale = max|x| / 127 (stored as f16), q = x / scale
+/// rounded to nearest, ties to even (as ggml's SIMD code rounds).
+///
+/// Written so that it vectorizes: eight running maxima compared with `>` (`f32::max`'s NaN
+/// rule keeps LLVM from vectorizing it; NaNs are skipped either way) and `round_ties_even`
+/// (one instruction; `round`'s ties away from zero is not). Done for every activation row of
+/// every product, it was 16% of an embedding batch's time in its scalar form.
+#[inline]
 fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let x: &[f32; QK] = x.try_into().expect("a block of 32 values");
+    let q: &mut [i8; QK] = q.try_into().expect("a block of 32 values");
+    let mut m8 = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for i in 0..8 {
+            let a = c[i].abs();
+            m8[i] = if a > m8[i] { a } else { m8[i] };
+        }
+    }
+    let amax = m8.iter().fold(0f32, |m, &v| if v > m { v } else { m });
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    for (q, &v) in q.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+    if x.iter().fold(true, |ok, v| ok & v.is_finite()) && amax.is_finite() {
+        // |v · id| ≤ 127: adding 1.5 · 2²³ rounds it to an integer (ties to even) in the low
+        // bits of the float, read back with a bit cast; `as i8` on a float saturates, one
+        // element at a time, and cost as much as the rest.
+        const MAGIC: f32 = 12_582_912.0;
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = ((v * id + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8;
+        }
+    } else {
+        // Infinities or NaNs (a broken model): saturate, NaN as 0.
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = (v * id).round_ties_even() as i8;
+        }
     }
     half::f16::from_f32(d).to_f32()
 }
@@ -1017,6 +1044,26 @@ mod tests {
                 let w = affine(rows, cols, bits, 99 + rows as u64);
                 check(&w, &x, m, &format!("{bits}-bit {rows}x{cols}"));
             }
+        }
+    }
+
+    #[test]
+    fn blocks_round_to_nearest_even() {
+        let mut q = [0i8; QK];
+        let plain = |x: &[f32]| -> (Vec<i8>, f32) {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            (x.iter().map(|v| (v * id).round_ties_even() as i8).collect(), half::f16::from_f32(d).to_f32())
+        };
+        let mut blocks: Vec<Vec<f32>> = (0..300).map(|s| data(QK, s)).collect();
+        // Exact halves (127 · k / 254 against a maximum of 127), zeros, and a broken block.
+        blocks.push((0..QK).map(|i| if i == 0 { 127.0 } else { i as f32 + 0.5 }).collect());
+        blocks.push(vec![0.0; QK]);
+        blocks.push((0..QK).map(|i| if i == 3 { f32::INFINITY } else { 1.0 }).collect());
+        for x in &blocks {
+            let d = quantize_block(x, &mut q);
+            assert_eq!((q.to_vec(), d), plain(x), "{x:?}");
         }
     }
 

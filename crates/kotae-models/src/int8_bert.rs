@@ -1,7 +1,9 @@
 //! A BERT encoder (multilingual-e5-small, all-MiniLM-L6-v2) on Kotae's int8 kernels: the
 //! products of every layer run on `kotae_kernels::QMatrix` (weights in ggml's Q8_0 numbers,
-//! activations rounded to 8 bits per block of 32), the rest (embeddings, LayerNorm, GELU,
-//! attention) in candle.
+//! activations rounded to 8 bits per block of 32), attention on `gemm`'s f32 products reading
+//! the heads in place (`kotae_kernels::encoder_attention`), LayerNorm and GELU on the kernels'
+//! vectorized loops; candle only looks the embeddings up. A layer works on plain buffers: no
+//! tensor copies, transposes or concatenations between its steps.
 //!
 //! The sequences of a batch are packed end to end with no padding: every product runs on real
 //! tokens only, and attention runs per sequence, so it needs no mask.
@@ -21,25 +23,19 @@ struct Linear {
 }
 
 impl Linear {
-    /// `x·Wᵀ + b`, with `f` applied to the result in place (an activation, or nothing).
-    fn forward_with(&self, x: &Tensor, f: impl Fn(&mut [f32])) -> Result<Tensor> {
-        let (m, k) = x.dims2()?;
-        debug_assert_eq!(k, self.w.cols());
-        let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    /// `x·Wᵀ + b` for `m` rows, with `f` applied to the result in place (an activation).
+    fn apply(&self, x: &[f32], m: usize, f: impl Fn(&mut [f32])) -> Vec<f32> {
+        debug_assert_eq!(x.len(), m * self.w.cols());
         let n = self.w.rows();
         let mut out = vec![0f32; m * n];
-        self.w.matmul(&xs, m, &mut out);
+        self.w.matmul(x, m, &mut out);
         for row in out.chunks_mut(n) {
             for (y, b) in row.iter_mut().zip(&self.b) {
                 *y += b;
             }
         }
         f(&mut out);
-        Ok(Tensor::from_vec(out, (m, n), x.device())?)
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with(x, |_| {})
+        out
     }
 
     /// The products of several dense layers stacked (query, key, value) and quantized.
@@ -52,8 +48,14 @@ impl Linear {
 }
 
 struct LayerNorm {
-    w: Tensor,
-    b: Tensor,
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl LayerNorm {
+    fn new(w: &Tensor, b: &Tensor) -> Result<Self> {
+        Ok(LayerNorm { w: w.to_vec1::<f32>()?, b: b.to_vec1::<f32>()? })
+    }
 }
 
 struct Layer {
@@ -89,7 +91,7 @@ impl Int8Bert {
                 .ok_or_else(|| Error::Generation(format!("BERT checkpoint lacks {name}")))
         };
         let norm = |p: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm { w: get(&format!("{p}.weight"))?, b: get(&format!("{p}.bias"))? })
+            LayerNorm::new(&get(&format!("{p}.weight"))?, &get(&format!("{p}.bias"))?)
         };
         let linear = |parts: &[&str]| -> Result<Linear> {
             let ws = parts.iter().map(|p| get(&format!("{p}.weight"))).collect::<Result<Vec<_>>>()?;
@@ -169,8 +171,8 @@ impl Int8Bert {
             out.insert(format!("{name}.bias"), b);
         }
         for (name, n) in [("ln1", &l.attn_norm), ("ln2", &l.out_norm)] {
-            out.insert(format!("{name}.weight"), n.w.to_device(device)?);
-            out.insert(format!("{name}.bias"), n.b.to_device(device)?);
+            out.insert(format!("{name}.weight"), Tensor::new(n.w.as_slice(), device)?);
+            out.insert(format!("{name}.bias"), Tensor::new(n.b.as_slice(), device)?);
         }
         Ok(out)
     }
@@ -206,71 +208,64 @@ impl Int8Bert {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let positions: Vec<u32> = seqs.iter().flat_map(|s| 0..s.len() as u32).collect();
-        let ids = Tensor::new(ids.as_slice(), device)?;
-        let positions = Tensor::new(positions.as_slice(), device)?;
+        let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?;
+        let positions = Tensor::new(positions.as_slice(), &Device::Cpu)?;
         let x = self.word.index_select(&ids, 0)?.add(&self.position.index_select(&positions, 0)?)?;
         let x = x.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
-        let mut x = self.norm(&x, &self.emb_norm)?;
+        let mut x = x.flatten_all()?.to_vec1::<f32>()?;
+        kotae_kernels::act::add_layer_norm(&mut x, None, &self.emb_norm.w, &self.emb_norm.b, self.eps);
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let tokens = lens.iter().sum::<usize>();
         let mut states = None;
         for (li, l) in self.layers.iter().enumerate() {
             if split == Some(li) {
-                states = Some(x.clone());
+                states = Some(Tensor::from_slice(&x, (tokens, self.hidden), device)?);
             }
             x = layer_forward(l, &x, &lens, self.heads, self.eps, self.act)?;
         }
-        Ok((x, states))
-    }
-
-    fn norm(&self, x: &Tensor, n: &LayerNorm) -> Result<Tensor> {
-        norm(x, n, self.eps)
+        Ok((Tensor::from_vec(x, (tokens, self.hidden), device)?, states))
     }
 }
 
-fn norm(x: &Tensor, n: &LayerNorm, eps: f32) -> Result<Tensor> {
-    Ok(candle_nn::ops::layer_norm(x, &n.w, &n.b, eps)?)
-}
-
-/// One post-LayerNorm BERT layer on sequences packed end to end (`lens` tokens each).
-fn layer_forward(l: &Layer, x: &Tensor, lens: &[usize], nh: usize, eps: f32, act: HiddenAct) -> Result<Tensor> {
-    let device = x.device();
-    let h = x.dim(1)?;
-    let hd = h / nh;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let qkv = l.qkv.forward(x)?;
+/// One post-LayerNorm BERT layer on sequences packed end to end (`lens` tokens each), `x`
+/// `[Σ lens, hidden]` row-major.
+fn layer_forward(l: &Layer, x: &[f32], lens: &[usize], nh: usize, eps: f32, act: HiddenAct) -> Result<Vec<f32>> {
+    let h = l.attn_out.w.rows();
+    let t = lens.iter().sum::<usize>();
+    if x.len() != t * h {
+        return Err(Error::Generation(format!("encoder layer: {} values are not {t} tokens × {h}", x.len())));
+    }
+    let scale = 1.0 / ((h / nh) as f32).sqrt();
+    let qkv = l.qkv.apply(x, t, |_| {});
     // Attention per sequence, the sequences in parallel (each one's products are too small to
-    // keep the pool busy alone).
-    let starts: Vec<usize> = lens
-        .iter()
-        .scan(0, |at, &n| {
-            let start = *at;
-            *at += n;
-            Some(start)
-        })
-        .collect();
-    let outs = starts
-        .par_iter()
-        .zip(lens.par_iter())
-        .map(|(&at, &n)| -> Result<Tensor> {
-            let part = qkv.narrow(0, at, n)?;
-            let heads = |i: usize| -> Result<Tensor> {
-                Ok(part.narrow(1, i * h, h)?.reshape((n, nh, hd))?.transpose(0, 1)?.contiguous()?)
-            };
-            let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-            let mut att = (q * scale)?.matmul(&k.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-            kotae_kernels::act::softmax_rows(&mut att, n);
-            let att = Tensor::from_vec(att, (nh, n, n), device)?;
-            Ok(att.matmul(&v)?.transpose(0, 1)?.contiguous()?.reshape((n, h))?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let att = Tensor::cat(&outs, 0)?;
-    let x = norm(&(l.attn_out.forward(&att)? + x)?, &l.attn_norm, eps)?;
+    // keep the pool busy alone); each worker keeps its scores buffer.
+    let mut att = vec![0f32; t * h];
+    let mut parts = Vec::with_capacity(lens.len());
+    let (mut rest, mut at) = (att.as_mut_slice(), 0);
+    for &n in lens {
+        let (part, tail) = rest.split_at_mut(n * h);
+        parts.push((&qkv[at * 3 * h..(at + n) * 3 * h], part, n));
+        (rest, at) = (tail, at + n);
+    }
+    parts.into_par_iter().for_each_init(Vec::new, |scores, (qkv, out, n)| {
+        kotae_kernels::encoder_attention(qkv, n, h, nh, scale, out, scores)
+    });
+    drop(qkv);
+    let mut y = l.attn_out.apply(&att, t, |_| {});
+    drop(att);
+    kotae_kernels::act::add_layer_norm(&mut y, Some(x), &l.attn_norm.w, &l.attn_norm.b, eps);
     let up = match act {
-        HiddenAct::Gelu => l.up.forward_with(&x, kotae_kernels::act::gelu_erf)?,
-        HiddenAct::GeluApproximate => l.up.forward(&x)?.gelu()?,
-        HiddenAct::Relu => l.up.forward(&x)?.relu()?,
+        HiddenAct::Gelu => l.up.apply(&y, t, kotae_kernels::act::gelu_erf),
+        HiddenAct::GeluApproximate => {
+            let up = Tensor::from_vec(l.up.apply(&y, t, |_| {}), (t, l.up.w.rows()), &Device::Cpu)?;
+            up.gelu()?.flatten_all()?.to_vec1::<f32>()?
+        }
+        HiddenAct::Relu => l.up.apply(&y, t, |v| v.iter_mut().for_each(|x| *x = x.max(0.0))),
     };
-    norm(&(l.down.forward(&up)? + &x)?, &l.out_norm, eps)
+    let mut z = l.down.apply(&up, t, |_| {});
+    drop(up);
+    kotae_kernels::act::add_layer_norm(&mut z, Some(&y), &l.out_norm.w, &l.out_norm.b, eps);
+    Ok(z)
 }
 
 /// Encoder layers alone on the int8 kernels: a tuned classifier's top layers, from tensors
@@ -295,7 +290,7 @@ impl Int8Layers {
                     Linear::stacked(&ws, &bs)
                 };
                 let ln = |n: &str| -> Result<LayerNorm> {
-                    Ok(LayerNorm { w: get(&format!("{n}.weight"))?, b: get(&format!("{n}.bias"))? })
+                    LayerNorm::new(&get(&format!("{n}.weight"))?, &get(&format!("{n}.bias"))?)
                 };
                 Ok(Layer {
                     qkv: linear(&["q", "k", "v"])?,
@@ -312,12 +307,15 @@ impl Int8Layers {
 
     /// Sequences packed end to end (`[Σ lens, hidden]`) through every layer.
     pub fn forward(&self, x: &Tensor, lens: &[usize]) -> Result<Tensor> {
-        rayon::scope(|_| {
-            let mut x = x.clone();
+        let (tokens, hidden) = x.dims2()?;
+        let x = x.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let out = rayon::scope(|_| {
+            let mut x = x;
             for l in &self.layers {
                 x = layer_forward(l, &x, lens, self.heads, self.eps, HiddenAct::Gelu)?;
             }
-            Ok(x)
-        })
+            Ok::<_, Error>(x)
+        })?;
+        Ok(Tensor::from_vec(out, (tokens, hidden), &Device::Cpu)?)
     }
 }
