@@ -138,6 +138,96 @@ pub fn encoder_attention(
     }
 }
 
+/// Causal attention of `t` new tokens (positions `len - t .. len`) against a cache holding
+/// `len` keys and values, grouped-query as in [`attend_one`]: `q` is `[heads, t, head_dim]`
+/// (rotary applied), the cache `[kv_heads, capacity, head_dim]`, `out` receives
+/// `[heads, t, head_dim]`. Token `i` sees keys `..= len - t + i`.
+///
+/// The prompt's step: heads in parallel, queries in blocks of 64 so that the scores stay a
+/// small reused buffer (a whole `[heads, t, len]` score tensor, with its mask and softmax
+/// copies, was allocated, page-faulted and freed at every layer), products on `gemm` reading
+/// the cache in place, softmax on the vectorized `act::exp`, and no work for masked keys.
+#[allow(unsafe_code)]
+pub fn causal_attention(q: &[f32], t: usize, k: &[f32], v: &[f32], shape: KvShape, scale: f32, out: &mut [f32]) {
+    let KvShape { heads, kv_heads, head_dim: hd, capacity, len } = shape;
+    assert!(kv_heads > 0 && heads % kv_heads == 0 && len <= capacity && t <= len);
+    assert_eq!(q.len(), heads * t * hd, "q is not [heads, t, head_dim]");
+    assert_eq!(out.len(), heads * t * hd, "out is not [heads, t, head_dim]");
+    assert!(k.len() >= kv_heads * capacity * hd && v.len() >= kv_heads * capacity * hd);
+    if t == 0 {
+        return;
+    }
+    const BLOCK: usize = 64;
+    let (group, past) = (heads / kv_heads, len - t);
+    out.par_chunks_mut(t * hd).enumerate().for_each_init(Vec::new, |scores, (h, o)| {
+        let kv = h / group;
+        let (qh, keys, values) = (&q[h * t * hd..(h + 1) * t * hd], &k[kv * capacity * hd..], &v[kv * capacity * hd..]);
+        for i0 in (0..t).step_by(BLOCK) {
+            let b = BLOCK.min(t - i0);
+            // Keys the block's last query sees.
+            let s = past + i0 + b;
+            scores.clear();
+            scores.resize(b * s, 0.0);
+            // SAFETY: scores is b × s (row stride s); query rows i0..i0+b of qh (t × hd);
+            // keys and values rows j < s ≤ len ≤ capacity of this KV head, inside k and v
+            // (asserted above); out rows i0..i0+b of o (t × hd). No operand overlaps dst.
+            unsafe {
+                // scores = scale · Q Kᵀ: rhs Kᵀ (hd × s), element (c, j) = keys[j·hd + c].
+                gemm::gemm(
+                    b,
+                    s,
+                    hd,
+                    scores.as_mut_ptr(),
+                    1,
+                    s as isize,
+                    false,
+                    qh.as_ptr().add(i0 * hd),
+                    1,
+                    hd as isize,
+                    keys.as_ptr(),
+                    hd as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for (r, row) in scores.chunks_exact_mut(s).enumerate() {
+                let seen = past + i0 + r + 1;
+                crate::act::softmax_rows(&mut row[..seen], seen);
+                row[seen..].fill(0.0);
+            }
+            // SAFETY: as above.
+            unsafe {
+                gemm::gemm(
+                    b,
+                    hd,
+                    s,
+                    o.as_mut_ptr().add(i0 * hd),
+                    1,
+                    hd as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    s as isize,
+                    values.as_ptr(),
+                    1,
+                    hd as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    });
+}
+
 /// Dot product with 8 independent sums (vectorizes; a single running sum would not).
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -169,6 +259,44 @@ mod tests {
         // run the KV heads in parallel.
         for shape in [(4, 2, 12, 9, 7), (14, 2, 64, 50, 41), (3, 3, 8, 4, 1)] {
             check(shape);
+        }
+    }
+
+    #[test]
+    fn causal_attention_matches_a_direct_softmax() {
+        let f = |i: usize| ((i * 7919 % 101) as f32 / 50.0) - 1.0;
+        // (heads, kv_heads, hd, capacity, len, t): a prompt, a prompt after a cached past, a
+        // block boundary crossed, one token.
+        for (heads, kv_heads, hd, capacity, len, t) in
+            [(4, 2, 8, 16, 9, 9), (14, 2, 16, 200, 150, 70), (3, 3, 8, 8, 5, 1), (2, 1, 4, 140, 130, 130)]
+        {
+            let group = heads / kv_heads;
+            let q: Vec<f32> = (0..heads * t * hd).map(f).collect();
+            let k: Vec<f32> = (0..kv_heads * capacity * hd).map(|i| f(i + 3)).collect();
+            let v: Vec<f32> = (0..kv_heads * capacity * hd).map(|i| f(i + 5)).collect();
+            let mut out = vec![f32::NAN; heads * t * hd];
+            let shape = KvShape { heads, kv_heads, head_dim: hd, capacity, len };
+            causal_attention(&q, t, &k, &v, shape, 0.3, &mut out);
+            for h in 0..heads {
+                let kv = h / group;
+                for i in 0..t {
+                    let seen = len - t + i + 1;
+                    let s: Vec<f64> = (0..seen)
+                        .map(|j| {
+                            0.3 * (0..hd)
+                                .map(|d| q[(h * t + i) * hd + d] as f64 * k[(kv * capacity + j) * hd + d] as f64)
+                                .sum::<f64>()
+                        })
+                        .collect();
+                    let z: f64 = s.iter().map(|x| x.exp()).sum();
+                    for d in 0..hd {
+                        let want: f64 =
+                            (0..seen).map(|j| s[j].exp() / z * v[(kv * capacity + j) * hd + d] as f64).sum();
+                        let got = out[(h * t + i) * hd + d] as f64;
+                        assert!((got - want).abs() < 1e-5, "head {h} token {i} dim {d}: {got} vs {want}");
+                    }
+                }
+            }
         }
     }
 

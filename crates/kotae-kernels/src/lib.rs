@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 pub mod act;
 mod attention;
-pub use attention::{attend_one, encoder_attention, KvShape};
+pub use attention::{attend_one, causal_attention, encoder_attention, KvShape};
 
 /// Values per quantization block.
 pub const QK: usize = 32;

@@ -1,7 +1,8 @@
 //! Kotae's own CPU forward pass for GGUF Llama (SmolLM2) and Qwen2 (Qwen2.5) models: every
 //! weight matrix repacked once at load into a `kotae_kernels::QMatrix` (tiles for int8
-//! dot-product instructions); norms, rotary embedding and prompt attention in candle, and the
-//! attention of a decoded token in `kotae_kernels::attend_one`.
+//! dot-product instructions); norms and rotary embedding in candle; the prompt's causal
+//! attention in `kotae_kernels::causal_attention` and a decoded token's in
+//! `kotae_kernels::attend_one`, both reading the key/value cache in place.
 //!
 //! Compared with candle-transformers' quantized models, which it replaces on the CPU:
 //! - prompt chunks are multiplied against tiles of 8 weight rows at once (candle re-reads each
@@ -37,16 +38,22 @@ struct Linear {
 impl Linear {
     /// `x`: `[tokens, in]` → `[tokens, out]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let m = x.dim(0)?;
+        let y = Tensor::from_vec(self.product(x)?, (m, self.w.rows()), x.device())?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// `x·Wᵀ` row-major, without the bias.
+    fn product(&self, x: &Tensor) -> Result<Vec<f32>> {
         let (m, k) = x.dims2()?;
         debug_assert_eq!(k, self.w.cols());
         let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; m * self.w.rows()];
         self.w.matmul(&xs, m, &mut out);
-        let y = Tensor::from_vec(out, (m, self.w.rows()), x.device())?;
-        Ok(match &self.b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        Ok(out)
     }
 }
 
@@ -270,9 +277,8 @@ impl Int8Lm {
         let t = ids.len();
         let mut x = self.embed_tokens(ids)?;
         let (cos, sin) = self.rope_tables(pos, t)?;
-        let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
         for layer in 0..self.layers.len() {
-            x = self.layer(layer, &x, pos, &cos, &sin, mask.as_ref())?;
+            x = self.layer(layer, &x, pos, &cos, &sin)?;
         }
         self.pos = pos + t;
         let last = x.narrow(0, t - 1, 1)?;
@@ -336,10 +342,9 @@ impl Int8Lm {
             let t = ids.len();
             let mut x = self.embed_tokens(ids)?;
             let (cos, sin) = self.rope_tables(0, t)?;
-            let mask = if t > 1 { Some(causal_mask(t, 0, &self.device)?) } else { None };
             let mut out = Vec::with_capacity(self.layers.len());
             for layer in 0..self.layers.len().min(layers) {
-                x = self.layer(layer, &x, 0, &cos, &sin, mask.as_ref())?;
+                x = self.layer(layer, &x, 0, &cos, &sin)?;
                 let last = x.narrow(0, t - 1, 1)?.flatten_all()?.to_vec1::<f32>()?;
                 let mean = x.mean(0)?.to_vec1::<f32>()?;
                 out.push((last, mean));
@@ -381,15 +386,7 @@ impl Int8Lm {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn layer(
-        &mut self,
-        i: usize,
-        x: &Tensor,
-        pos: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    fn layer(&mut self, i: usize, x: &Tensor, pos: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (t, hidden) = x.dims2()?;
         let (nh, nkv, hd) = (self.n_head, self.n_kv, self.head_dim);
         let interleaved = self.rope_interleaved;
@@ -426,28 +423,30 @@ impl Int8Lm {
             );
             Tensor::from_vec(out, (1, nh * hd), x.device())?
         } else {
-            let cache = |c: &[f32]| -> Result<Tensor> {
-                Ok(Tensor::from_slice(&c[..nkv * l.capacity * hd], (nkv, l.capacity, hd), x.device())?
-                    .narrow(1, 0, s)?)
-            };
-            let (k_all, v_all) = (cache(&l.k_cache)?, cache(&l.v_cache)?);
-            // Queries of the heads sharing one key/value head, side by side: [kv, group·t, hd].
-            let g = nh / nkv;
-            let q = (q.squeeze(0)?.reshape((nkv, g * t, hd))? * scale)?;
-            let att = q.matmul(&k_all.t()?)?;
-            let att = match mask {
-                Some(m) => att.reshape((nkv, g, t, s))?.broadcast_add(m)?.reshape((nkv, g * t, s))?,
-                None => att,
-            };
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att.matmul(&v_all)?; // [kv, group·t, hd] = [heads, t, hd]
-            y.reshape((nh, t, hd))?.transpose(0, 1)?.contiguous()?.reshape((t, nh * hd))?
+            // The prompt: every new token against the cache and the new tokens before it.
+            let shape = kotae_kernels::KvShape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: l.capacity, len: s };
+            let mut out = vec![0f32; nh * t * hd];
+            kotae_kernels::causal_attention(
+                &q.flatten_all()?.to_vec1()?,
+                t,
+                &l.k_cache,
+                &l.v_cache,
+                shape,
+                scale as f32,
+                &mut out,
+            );
+            Tensor::from_vec(out, (nh, t, hd), x.device())?.transpose(0, 1)?.contiguous()?.reshape((t, nh * hd))?
         };
         let x = (x + l.o.forward(&y)?)?;
         let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, self.eps)?;
-        let gu = l.gate_up.forward(&h)?;
-        let ffn = gu.dim(1)? / 2;
-        let act = (candle_nn::ops::silu(&gu.narrow(1, 0, ffn)?)? * gu.narrow(1, ffn, ffn)?)?;
+        let ffn = l.gate_up.w.rows() / 2;
+        let act = match &l.gate_up.b {
+            None => Tensor::from_vec(kotae_kernels::act::silu_mul(&l.gate_up.product(&h)?, ffn), (t, ffn), x.device())?,
+            Some(_) => {
+                let gu = l.gate_up.forward(&h)?;
+                (candle_nn::ops::silu(&gu.narrow(1, 0, ffn)?)? * gu.narrow(1, ffn, ffn)?)?
+            }
+        };
         let out = (&x + l.down.forward(&act)?)?;
         debug_assert_eq!(out.dims2()?, (t, hidden));
         Ok(out)
@@ -603,14 +602,6 @@ impl Affine {
     }
 }
 
-/// Additive mask `[t, pos + t]`: new token `i` sees the cache and new tokens `..=i`.
-fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Tensor> {
-    let s = pos + t;
-    let m: Vec<f32> =
-        (0..t).flat_map(|i| (0..s).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Ok(Tensor::from_vec(m, (t, s), device)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,13 +646,5 @@ mod tests {
                 assert!((got - w).abs() <= packed_tol * (1.0 + w.abs()), "{dt:?} row 3: {got} vs {w}");
             }
         }
-    }
-
-    #[test]
-    fn mask_lets_each_token_see_its_past() {
-        let m = causal_mask(2, 3, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(m[0][..4], [0.0; 4]);
-        assert!(m[0][4].is_infinite());
-        assert_eq!(m[1], vec![0.0; 5]);
     }
 }
