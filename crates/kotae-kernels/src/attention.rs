@@ -87,52 +87,24 @@ pub fn encoder_attention(
         // `out` (`n·h`, asserted). Destinations do not overlap the sources.
         unsafe {
             // scores = scale · Q Kᵀ: lhs Q (n × hd), rhs Kᵀ (hd × n: element (c, j) is K[j][c]).
-            gemm::gemm(
-                n,
-                n,
-                hd,
-                scores.as_mut_ptr(),
-                1,
-                n_,
-                false,
-                qkv.as_ptr().add(q),
-                1,
-                row,
-                qkv.as_ptr().add(k),
-                row,
-                1,
-                0.0,
+            product(
+                (n, n, hd),
+                (scores.as_mut_ptr(), n_),
+                (qkv.as_ptr().add(q), row),
+                (qkv.as_ptr().add(k), row, 1),
                 scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
         crate::act::softmax_rows(scores, n);
         // SAFETY: as above.
         unsafe {
             // out[:, head i] = scores V: lhs scores (n × n), rhs V (n × hd).
-            gemm::gemm(
-                n,
-                hd,
-                n,
-                out.as_mut_ptr().add(i * hd),
-                1,
-                h as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                n_,
-                qkv.as_ptr().add(v),
-                1,
-                row,
-                0.0,
+            product(
+                (n, hd, n),
+                (out.as_mut_ptr().add(i * hd), h as isize),
+                (scores.as_ptr(), n_),
+                (qkv.as_ptr().add(v), 1, row),
                 1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
     }
@@ -173,26 +145,12 @@ pub fn causal_attention(q: &[f32], t: usize, k: &[f32], v: &[f32], shape: KvShap
             // (asserted above); out rows i0..i0+b of o (t × hd). No operand overlaps dst.
             unsafe {
                 // scores = scale · Q Kᵀ: rhs Kᵀ (hd × s), element (c, j) = keys[j·hd + c].
-                gemm::gemm(
-                    b,
-                    s,
-                    hd,
-                    scores.as_mut_ptr(),
-                    1,
-                    s as isize,
-                    false,
-                    qh.as_ptr().add(i0 * hd),
-                    1,
-                    hd as isize,
-                    keys.as_ptr(),
-                    hd as isize,
-                    1,
-                    0.0,
+                product(
+                    (b, s, hd),
+                    (scores.as_mut_ptr(), s as isize),
+                    (qh.as_ptr().add(i0 * hd), hd as isize),
+                    (keys.as_ptr(), hd as isize, 1),
                     scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
             }
             for (r, row) in scores.chunks_exact_mut(s).enumerate() {
@@ -202,30 +160,57 @@ pub fn causal_attention(q: &[f32], t: usize, k: &[f32], v: &[f32], shape: KvShap
             }
             // SAFETY: as above.
             unsafe {
-                gemm::gemm(
-                    b,
-                    hd,
-                    s,
-                    o.as_mut_ptr().add(i0 * hd),
-                    1,
-                    hd as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    s as isize,
-                    values.as_ptr(),
-                    1,
-                    hd as isize,
-                    0.0,
+                product(
+                    (b, hd, s),
+                    (o.as_mut_ptr().add(i0 * hd), hd as isize),
+                    (scores.as_ptr(), s as isize),
+                    (values.as_ptr(), 1, hd as isize),
                     1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
             }
         }
     });
+}
+
+/// `dst = beta · lhs · rhs` for row-major `dst` (`m × n`, row stride `dst.1`) and `lhs`
+/// (`m × k`, row stride `lhs.1`), and `rhs` (`k × n`) with any column and row strides
+/// (`rhs.1`, `rhs.2`): `gemm`'s f32 product on this thread, without reading `dst`.
+///
+/// # Safety
+/// Every element the strides address must be inside its allocation, and `dst` must not
+/// overlap `lhs` or `rhs`.
+#[allow(unsafe_code, clippy::type_complexity)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, isize),
+    lhs: (*const f32, isize),
+    rhs: (*const f32, isize, isize),
+    beta: f32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            1,
+            dst.1,
+            false,
+            lhs.0,
+            1,
+            lhs.1,
+            rhs.0,
+            rhs.1,
+            rhs.2,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// Dot product with 8 independent sums (vectorizes; a single running sum would not).

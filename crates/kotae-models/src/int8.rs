@@ -410,31 +410,15 @@ impl Int8Lm {
         l.append_kv(&k.flatten_all()?.to_vec1()?, &v.flatten_all()?.to_vec1()?, nkv, hd, pos, t);
         let s = pos + t;
         let scale = 1.0 / (hd as f64).sqrt();
+        let shape = kotae_kernels::KvShape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: l.capacity, len: s };
+        let q = q.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; nh * t * hd];
         let y = if t == 1 {
-            let shape = kotae_kernels::KvShape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: l.capacity, len: s };
-            let mut out = vec![0f32; nh * hd];
-            kotae_kernels::attend_one(
-                &q.flatten_all()?.to_vec1()?,
-                &l.k_cache,
-                &l.v_cache,
-                shape,
-                scale as f32,
-                &mut out,
-            );
+            kotae_kernels::attend_one(&q, &l.k_cache, &l.v_cache, shape, scale as f32, &mut out);
             Tensor::from_vec(out, (1, nh * hd), x.device())?
         } else {
             // The prompt: every new token against the cache and the new tokens before it.
-            let shape = kotae_kernels::KvShape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: l.capacity, len: s };
-            let mut out = vec![0f32; nh * t * hd];
-            kotae_kernels::causal_attention(
-                &q.flatten_all()?.to_vec1()?,
-                t,
-                &l.k_cache,
-                &l.v_cache,
-                shape,
-                scale as f32,
-                &mut out,
-            );
+            kotae_kernels::causal_attention(&q, t, &l.k_cache, &l.v_cache, shape, scale as f32, &mut out);
             Tensor::from_vec(out, (nh, t, hd), x.device())?.transpose(0, 1)?.contiguous()?.reshape((t, nh * hd))?
         };
         let x = (x + l.o.forward(&y)?)?;
