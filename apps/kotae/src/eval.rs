@@ -271,14 +271,18 @@ pub struct ScopeQuery {
     pub kind: String,
 }
 
-/// How well the relevance threshold separates answerable from unanswerable questions.
+/// How well the answer gate separates answerable from unanswerable questions.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScopeRow {
     pub lang: String,
+    /// The cosine threshold of a row of the cosine alone (NaN, null in JSON, for the gate).
     pub threshold: f32,
-    /// Share of golden (answerable) questions that would be answered.
+    /// Share of answerable questions that would get a generated answer.
     pub answered: f64,
-    /// Share of out-of-scope questions that would be declined.
+    /// Share of answerable questions that would get a generated answer or a quote.
+    pub kept: f64,
+    /// Share of unanswerable questions that would not get a generated answer (declined or
+    /// quoted with "no direct answer found").
     pub declined: f64,
 }
 
@@ -293,84 +297,135 @@ pub struct ScopeReport {
     pub failures: Vec<String>,
 }
 
-/// The relevance signal `Answerer::plan` uses: the best cosine similarity among the top-k
-/// hybrid hits.
-fn relevance(cfg: &Config, index: &KnowledgeIndex, text: &str, v: Vec<f32>) -> Result<f32> {
-    let req = SearchRequest {
-        text: text.to_string(),
-        vector: Some(v),
-        mode: cfg.search.mode,
-        top_k: cfg.answer.top_k,
-        groups: vec![],
-        lang: None,
-        fusion: cfg.search.fusion,
-    };
-    Ok(index.search(&req)?.iter().filter_map(|h| h.dense_score).fold(0.0, f32::max))
+/// One question of the scope evaluation: what the gate read, and what it decided.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScopeItem {
+    pub id: String,
+    pub lang: String,
+    pub query: String,
+    /// The documents answer it (golden and answerable answer cases) or not.
+    pub answerable: bool,
+    /// The best chunk's cosine.
+    pub relevance: f32,
+    pub signals: kotae_answer::gate::GateSignals,
+    /// The configured gate's decision (`AnswerConfig::decide`) and its probability.
+    pub decision: kotae_answer::gate::Decision,
+    pub probability: Option<f32>,
+    /// A generated answer (not a quote or a decline).
+    pub answered: bool,
+}
+
+/// Retrieves for every question as `Answerer::plan` does (a follow-up's search text carries
+/// the previous question) and records the gate's signals and decision.
+fn scope_items(
+    cfg: &Config,
+    index: &KnowledgeIndex,
+    embedder: &dyn Embedder,
+    qs: Vec<(String, String, String, bool)>,
+) -> Result<Vec<ScopeItem>> {
+    let answer = cfg.answer_config();
+    let texts: Vec<String> = qs.iter().map(|q| kotae_ingest::clean::normalize(&q.2)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let vectors = if refs.is_empty() { Vec::new() } else { embedder.embed(&refs, InputKind::Query)?.vectors };
+    qs.into_iter()
+        .zip(texts.into_iter().zip(vectors))
+        .map(|((id, lang, _, answerable), (text, v))| {
+            let req = SearchRequest {
+                text: text.clone(),
+                vector: Some(v),
+                mode: cfg.search.mode,
+                top_k: answer.top_k,
+                groups: vec![],
+                lang: None,
+                fusion: cfg.search.fusion,
+            };
+            let hits = index.search(&req)?;
+            let relevance = hits.iter().filter_map(|h| h.dense_score).fold(0.0, f32::max);
+            let signals = kotae_answer::gate::signals(&text, &hits, answer.min_relevance(&lang));
+            let (decision, probability) = answer.decide(&lang, &text, &hits);
+            let answered = decision == kotae_answer::gate::Decision::Answer;
+            Ok(ScopeItem { id, lang, query: text, answerable, relevance, signals, decision, probability, answered })
+        })
+        .collect()
+}
+
+/// The scope evaluation's questions: the golden set (all answerable), the out-of-scope set
+/// (none) and answer cases (each says), a follow-up's search text as `Answerer::plan` makes it.
+pub fn scope_questions(
+    golden: &[GoldQuery],
+    out_of_scope: &[ScopeQuery],
+    cases: &[crate::answer_eval::AnswerCase],
+) -> Vec<(String, String, String, bool)> {
+    let mut qs: Vec<(String, String, String, bool)> = Vec::new();
+    qs.extend(golden.iter().map(|g| (g.id.clone(), g.lang.clone(), g.query.clone(), true)));
+    qs.extend(out_of_scope.iter().map(|g| (g.id.clone(), g.lang.clone(), g.query.clone(), false)));
+    qs.extend(cases.iter().map(|c| {
+        let text = kotae_ingest::clean::normalize(c.question.trim());
+        (c.id.clone(), c.lang.clone(), kotae_answer::prompt::search_query(&text, &c.history), c.answerable)
+    }));
+    qs
 }
 
 pub fn run_scope_eval(
     cfg: &Config,
     index: &KnowledgeIndex,
     embedder: &dyn Embedder,
-    golden: &[GoldQuery],
-    out_of_scope: &[ScopeQuery],
+    questions: Vec<(String, String, String, bool)>,
     thresholds: Option<&toml::Table>,
-) -> Result<ScopeReport> {
-    let score_all = |qs: Vec<(&str, &str, &str)>| -> Result<Vec<(String, String, String, f32)>> {
-        let texts: Vec<String> = qs.iter().map(|q| kotae_ingest::clean::normalize(q.2)).collect();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let vectors = embedder.embed(&refs, InputKind::Query)?.vectors;
-        qs.iter()
-            .zip(texts.iter().zip(vectors))
-            .map(|(q, (t, v))| Ok((q.0.to_string(), q.1.to_string(), q.2.to_string(), relevance(cfg, index, t, v)?)))
-            .collect()
-    };
-    let ins = score_all(golden.iter().map(|g| (g.id.as_str(), g.lang.as_str(), g.query.as_str())).collect())?;
-    let outs = score_all(out_of_scope.iter().map(|g| (g.id.as_str(), g.lang.as_str(), g.query.as_str())).collect())?;
-    let row = |lang: &str, t: f32| {
-        let pick = |v: &[(String, String, String, f32)]| -> Vec<f32> {
-            v.iter().filter(|x| lang == "all" || x.1 == lang).map(|x| x.3).collect()
+) -> Result<(ScopeReport, Vec<ScopeItem>)> {
+    let items = scope_items(cfg, index, embedder, questions)?;
+    use kotae_answer::gate::Decision;
+    let row = |lang: &str, decide: &dyn Fn(&ScopeItem) -> Decision, t: f32| {
+        let of = |a: bool| -> Vec<&ScopeItem> {
+            items.iter().filter(|x| (lang == "all" || x.lang == lang) && x.answerable == a).collect()
         };
-        let (i, o) = (pick(&ins), pick(&outs));
+        let (i, o) = (of(true), of(false));
+        let share = |v: &[&ScopeItem], f: &dyn Fn(Decision) -> bool| {
+            v.iter().filter(|x| f(decide(x))).count() as f64 / v.len().max(1) as f64
+        };
         ScopeRow {
             lang: lang.into(),
             threshold: t,
-            answered: i.iter().filter(|&&s| s >= t).count() as f64 / i.len().max(1) as f64,
-            declined: o.iter().filter(|&&s| s < t).count() as f64 / o.len().max(1) as f64,
+            answered: share(&i, &|d| d == Decision::Answer),
+            kept: share(&i, &|d| d != Decision::Decline),
+            declined: share(&o, &|d| d != Decision::Answer),
         }
     };
-    let answer = cfg.answer_config();
-    let t = |lang: &str| answer.min_relevance(lang);
-    let mut at_threshold: Vec<ScopeRow> = ["ja", "en"].iter().map(|l| row(l, t(l))).collect();
-    let n = |lang: &str, v: &[(String, String, String, f32)]| v.iter().filter(|x| x.1 == lang).count() as f64;
-    let (ni, no) = (ins.len().max(1) as f64, outs.len().max(1) as f64);
-    let answered = at_threshold.iter().map(|r| r.answered * n(&r.lang, &ins)).sum::<f64>() / ni;
-    let declined = at_threshold.iter().map(|r| r.declined * n(&r.lang, &outs)).sum::<f64>() / no;
-    at_threshold.push(ScopeRow { lang: "all".into(), threshold: f32::NAN, answered, declined });
-    // (NaN serializes as null in the JSON report: the thresholds differ per language.)
+    let by_gate = |x: &ScopeItem| x.decision;
+    // (NaN serializes as null in the JSON report: the gate has no single threshold.)
+    let at_threshold: Vec<ScopeRow> = ["ja", "en", "all"].iter().map(|l| row(l, &by_gate, f32::NAN)).collect();
     let best = ["ja", "en"]
         .iter()
         .filter_map(|l| {
             (60..=95)
-                .map(|c| row(l, c as f32 / 100.0))
+                .map(|c| {
+                    let t = c as f32 / 100.0;
+                    row(l, &|x: &ScopeItem| if x.relevance >= t { Decision::Answer } else { Decision::Decline }, t)
+                })
                 .max_by(|a, b| (a.answered + a.declined).total_cmp(&(b.answered + b.declined)))
         })
         .collect();
     let mut errors = Vec::new();
-    for (id, lang, q, s) in &outs {
-        if *s >= t(lang) {
-            errors.push(format!("answered out-of-scope {id} ({s:.3}) {q:?}"));
-        }
-    }
-    for (id, lang, q, s) in &ins {
-        if *s < t(lang) {
-            errors.push(format!("declined answerable {id} ({s:.3}) {q:?}"));
+    for x in &items {
+        if x.answered != x.answerable {
+            let what = if x.answerable { "not answered, answerable" } else { "answered, out of scope" };
+            let s = &x.signals;
+            errors.push(format!(
+                "{what} {} ({:?}, p {:.2}; cos {:.3}, coverage {:.2}, unit missing {}) {:?}",
+                x.id,
+                x.decision,
+                x.probability.unwrap_or(f32::NAN),
+                x.relevance,
+                s.coverage,
+                s.unit_missing,
+                x.query
+            ));
         }
     }
     let mut failures = Vec::new();
     if let Some(th) = thresholds {
         for r in &at_threshold {
-            for (name, got) in [("answered", r.answered), ("declined", r.declined)] {
+            for (name, got) in [("answered", r.answered), ("kept", r.kept), ("declined", r.declined)] {
                 if let Some(min) = th.get(&r.lang).and_then(|l| l.get(name)).and_then(|v| v.as_float()) {
                     if got + 1e-9 < min {
                         failures.push(format!("{}/{name} = {got:.3} < {min:.3}", r.lang));
@@ -379,7 +434,45 @@ pub fn run_scope_eval(
             }
         }
     }
-    Ok(ScopeReport { at_threshold, best, errors, failures })
+    Ok((ScopeReport { at_threshold, best, errors, failures }, items))
+}
+
+/// The share of unanswerable development questions the fitted gate may still send to the
+/// generator, and the share of answerable ones it must keep (answer or quote).
+pub const GATE_GENERATED_UNANSWERABLE: f32 = 0.10;
+pub const GATE_KEPT_ANSWERABLE: f32 = 0.97;
+
+/// `[answer.gate]` fitted to `items` per language (`kotae eval answer-scope --fit`), as TOML:
+/// the model's weights, then its two thresholds (see [`kotae_answer::gate::bands`]).
+pub fn fit_gate(items: &[ScopeItem]) -> String {
+    let mut out = String::from("[answer.gate]\nenabled = true\n");
+    for lang in ["ja", "en"] {
+        let ex: Vec<(kotae_answer::gate::GateSignals, bool)> =
+            items.iter().filter(|x| x.lang == lang).map(|x| (x.signals, x.answerable)).collect();
+        let mut w = kotae_answer::gate::fit(&ex, 1e-3);
+        let probs: Vec<(f32, bool)> = ex.iter().map(|(s, y)| (w.probability(s), *y)).collect();
+        kotae_answer::gate::bands(&mut w, &probs, GATE_GENERATED_UNANSWERABLE, GATE_KEPT_ANSWERABLE);
+        let count = |d: kotae_answer::gate::Decision, y: bool| {
+            probs.iter().filter(|(p, a)| *a == y && w.decide(*p) == d).count()
+        };
+        use kotae_answer::gate::Decision::*;
+        out.push_str(&format!(
+            "# {lang}: {} answerable: {} answered, {} quoted, {} declined; {} unanswerable: {} answered, {} quoted, {} declined\n",
+            probs.iter().filter(|p| p.1).count(),
+            count(Answer, true),
+            count(Quote, true),
+            count(Decline, true),
+            probs.iter().filter(|p| !p.1).count(),
+            count(Answer, false),
+            count(Quote, false),
+            count(Decline, false),
+        ));
+        out.push_str(&format!(
+            "{lang} = {{ bias = {:.3}, dense_margin = {:.3}, coverage = {:.3}, unit_missing = {:.3}, answer_probability = {:.3}, quote_probability = {:.3} }}\n",
+            w.bias, w.dense_margin, w.coverage, w.unit_missing, w.answer_probability, w.quote_probability
+        ));
+    }
+    out
 }
 
 pub fn load_scope(path: &Path) -> Result<Vec<ScopeQuery>> {
@@ -392,14 +485,15 @@ pub fn load_scope(path: &Path) -> Result<Vec<ScopeQuery>> {
 }
 
 pub fn print_scope(r: &ScopeReport) {
-    println!("{:<5} {:>9} {:>9} {:>9}", "lang", "threshold", "answered", "declined");
+    println!("{:<5} {:>9} {:>9} {:>9} {:>9}", "lang", "gate", "answered", "kept", "declined");
     for x in &r.at_threshold {
-        let t = if x.threshold.is_nan() { "per lang".to_string() } else { format!("{:.2}", x.threshold) };
-        println!("{:<5} {:>9} {:>9.3} {:>9.3}", x.lang, t, x.answered, x.declined);
+        let t = if x.threshold.is_nan() { "as set".to_string() } else { format!("{:.2}", x.threshold) };
+        println!("{:<5} {:>9} {:>9.3} {:>9.3} {:>9.3}", x.lang, t, x.answered, x.kept, x.declined);
     }
+    println!("(answered: answerable questions given a generated answer; kept: answered or quoted; declined: unanswerable ones not given a generated answer)");
     for b in &r.best {
         println!(
-            "best balanced threshold for {}: {:.2} (answered {:.3}, declined {:.3})",
+            "best balanced cosine threshold alone for {}: {:.2} (answered {:.3}, declined {:.3})",
             b.lang, b.threshold, b.answered, b.declined
         );
     }

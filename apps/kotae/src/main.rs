@@ -444,9 +444,19 @@ enum EvalCmd {
         golden: PathBuf,
         #[arg(long, default_value = "evals/answer/out_of_scope.jsonl")]
         out_of_scope: PathBuf,
+        /// Answer-eval cases too (each says whether the documents answer it); never a
+        /// held-out split when fitting
+        #[arg(long, num_args = 0.., default_values = ["evals/answer/ja.dev.jsonl", "evals/answer/en.dev.jsonl"])]
+        cases: Vec<PathBuf>,
         /// Floors to enforce (exit 1 below them); `none` reports only
         #[arg(long, default_value = "evals/answer/thresholds.toml")]
         thresholds: PathBuf,
+        /// Write every question's gate signals and decision here (JSON lines)
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        /// Print an `[answer.gate]` fitted to these questions (for kotae.toml)
+        #[arg(long)]
+        fit: bool,
         #[arg(long)]
         json: bool,
     },
@@ -966,18 +976,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("  disagreements: {}", r.disagreements.join(", "));
             }
         }
-        Cmd::Eval { cmd: EvalCmd::AnswerScope { golden, out_of_scope, thresholds, json } } => {
+        Cmd::Eval { cmd: EvalCmd::AnswerScope { golden, out_of_scope, cases, thresholds, dump, fit, json } } => {
             let embedder = kotae::load_embedder(&cfg)?;
             let index = kotae::open_index(&cfg, None)?;
             let thr = load_thresholds(&thresholds)?;
-            let r = eval::run_scope_eval(
-                &cfg,
-                &index,
-                &embedder,
+            let questions = eval::scope_questions(
                 &eval::load_golden(&golden)?,
                 &eval::load_scope(&out_of_scope)?,
-                thr.as_ref(),
-            )?;
+                &kotae::answer_eval::load_cases(&cases)?,
+            );
+            let (r, items) = eval::run_scope_eval(&cfg, &index, &embedder, questions, thr.as_ref())?;
+            if let Some(path) = dump {
+                let lines: Vec<String> = items.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+                std::fs::write(&path, lines.join("\n") + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if fit {
+                print!("{}", eval::fit_gate(&items));
+                return Ok(ExitCode::SUCCESS);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -292,6 +292,23 @@ pub fn run_suites(cfg: &Config, engine: &kotae_server::Engine, o: &SuiteOptions)
         run.threshold_failures.extend(r.failures.iter().map(|f| format!("retrieval: {f}")));
         run.retrieval = Some(r);
     }
+    // The answer gate (generate, quote or decline) on the golden set, the out-of-scope set and
+    // the answer set's dev split (the split it is fitted to: held-out questions stay out).
+    let out_of_scope = o.evals.join("answer/out_of_scope.jsonl");
+    if let (Some(e), true) = (embedder, out_of_scope.exists()) {
+        let langs = vec!["ja".to_string(), "en".to_string()];
+        let cases = answer_eval::load_cases(&answer_eval::split_files(&o.evals.join("answer"), "dev", &langs)?)?;
+        let questions = eval::scope_questions(&golden, &eval::load_scope(&out_of_scope)?, &cases);
+        let t = thresholds(&o.evals.join("answer/thresholds.toml"))?;
+        let (r, _) = eval::run_scope_eval(cfg, &engine.index, e, questions, t.as_ref())?;
+        for row in r.at_threshold.iter().filter(|r| r.lang != "all") {
+            let p = |m: &str| format!("gate.{}.{m}", row.lang);
+            run.push(p("answered"), row.answered, Better::Higher, "rate");
+            run.push(p("kept"), row.kept, Better::Higher, "rate");
+            run.push(p("declined"), row.declined, Better::Higher, "rate");
+        }
+        run.threshold_failures.extend(r.failures.iter().map(|f| format!("answer gate: {f}")));
+    }
     let queries: Vec<String> = golden.iter().take(40).map(|g| kotae_ingest::clean::normalize(&g.query)).collect();
     run.search_p50_ms = search_latency(engine, cfg, &queries)?;
     run.push("perf.search_p50_ms", run.search_p50_ms, Better::Lower, "ms");

@@ -44,7 +44,7 @@ fn stem(w: &str) -> &str {
 
 /// What a text shares with another is counted on these: Japanese character bigrams
 /// (letters and digits) and English content words (stemmed).
-fn terms(text: &str) -> HashSet<String> {
+pub(crate) fn terms(text: &str) -> HashSet<String> {
     let t = kotae_ingest::clean::normalize(text).to_lowercase();
     let mut out: HashSet<String> = HashSet::new();
     let chars: Vec<char> = t.chars().collect();

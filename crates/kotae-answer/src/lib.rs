@@ -8,10 +8,12 @@
 
 pub mod cite;
 pub mod evidence;
+pub mod gate;
 pub mod ground;
 pub mod prompt;
 pub mod search;
 pub mod slot;
+pub mod unit;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -86,6 +88,9 @@ pub struct AnswerConfig {
     /// English-only model writing Japanese is the seed article's language-bias risk).
     #[serde(default)]
     pub generator_languages: Vec<String>,
+    /// The answer gate's model (`[answer.gate]`): answer or decline from several signals of
+    /// what retrieval found; disabled, the cosine thresholds above decide alone.
+    pub gate: gate::GateConfig,
     pub sampling: SamplingParams,
 }
 
@@ -93,6 +98,23 @@ impl AnswerConfig {
     /// Whether the generator may write an answer in `lang`.
     pub fn generates(&self, lang: &str) -> bool {
         self.generator_languages.is_empty() || self.generator_languages.iter().any(|l| l == lang)
+    }
+
+    /// What to do with `question` (in `lang`, normalized) given the retrieved `hits` (best
+    /// first): generate, quote or decline, and the gate's probability that they answer it
+    /// (when its model decided). Without dense scores (BM25 alone), any hit answers.
+    pub fn decide(&self, lang: &str, question: &str, hits: &[Hit]) -> (gate::Decision, Option<f32>) {
+        let Some(best) = hits.iter().filter_map(|h| h.dense_score).reduce(f32::max) else {
+            return (if hits.is_empty() { gate::Decision::Decline } else { gate::Decision::Answer }, None);
+        };
+        if !self.gate.enabled {
+            let d = if best >= self.min_relevance(lang) { gate::Decision::Answer } else { gate::Decision::Decline };
+            return (d, None);
+        }
+        let s = gate::signals(question, hits, self.min_relevance(lang));
+        let w = self.gate.weights(lang);
+        let p = w.probability(&s);
+        (w.decide(p), Some(p))
     }
 
     /// The relevance threshold for a question in `lang`.
@@ -122,6 +144,7 @@ impl Default for AnswerConfig {
             evidence_sources: 5,
             evidence_by_meaning: true,
             generator_languages: Vec::new(),
+            gate: gate::GateConfig::default(),
             // 16 Japanese characters is a clause; Latin-script answers get three times as many
             // (a Japanese character carries about what three Latin letters do).
             sampling: SamplingParams { max_tokens: 256, no_repeat_chars: 16, ..Default::default() },
@@ -574,12 +597,10 @@ impl Answerer {
 
         let _prompt_span = tracing::info_span!("prompt").entered();
         let t = Instant::now();
-        let relevant = match relevance {
-            Some(r) => r >= self.cfg.min_relevance(&lang),
-            None => !sources.is_empty(),
-        };
+        let (decision, gate_probability) = self.cfg.decide(&lang, &search_query, &sources);
+        tracing::debug!(?decision, ?gate_probability, "answer gate");
         let mut shown_texts = Vec::new();
-        let action = if !relevant {
+        let action = if decision == gate::Decision::Decline {
             Action::Done(Box::new(self.declined(&lang, &search_query, relevance)))
         } else if let Some(direct) =
             self.direct_answer(&text, question_vector.as_deref(), &sources, &lang, &search_query, relevance)?
@@ -601,26 +622,36 @@ impl Answerer {
                 }
                 _ => Action::Done(Box::new(direct)),
             }
-        } else if !self.cfg.generates(&lang) {
-            // The generator does not write this language: quote the sources instead.
+        } else if decision == gate::Decision::Quote || !self.cfg.generates(&lang) {
+            // Unsure whether the documents answer it, or the generator does not write this
+            // language: the closest passages, quoted, instead of a generated answer.
             let quoted = self.without_instructions(&sources);
             let (_, shown) = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &quoted)?;
             let shown = &quoted[..shown.min(quoted.len())];
-            let lead =
-                if lang == "ja" { "資料の該当箇所は次のとおりです: " } else { "The documents say: " };
-            let answer = match self.quote(&lang, &text, shown, true).or_else(|| self.quote(&lang, &text, shown, false))
-            {
-                Some((chosen, citations)) => Answer::without_generation(
-                    format!("{lead}{}", evidence::quoted(&lang, chosen.iter())),
-                    &lang,
-                    AnswerKind::Extractive,
-                    citations,
-                    &search_query,
-                    relevance,
-                ),
-                None => self.declined(&lang, &search_query, relevance),
+            let answer = if decision == gate::Decision::Quote {
+                self.extractive(&lang, &text, shown).map(|(text, citations)| {
+                    Answer::without_generation(text, &lang, AnswerKind::Extractive, citations, &search_query, relevance)
+                })
+            } else {
+                let lead = if lang == "ja" {
+                    "資料の該当箇所は次のとおりです: "
+                } else {
+                    "The documents say: "
+                };
+                self.quote(&lang, &text, shown, true).or_else(|| self.quote(&lang, &text, shown, false)).map(
+                    |(chosen, citations)| {
+                        Answer::without_generation(
+                            format!("{lead}{}", evidence::quoted(&lang, chosen.iter())),
+                            &lang,
+                            AnswerKind::Extractive,
+                            citations,
+                            &search_query,
+                            relevance,
+                        )
+                    },
+                )
             };
-            Action::Done(Box::new(answer))
+            Action::Done(Box::new(answer.unwrap_or_else(|| self.declined(&lang, &search_query, relevance))))
         } else {
             let quoted = self.without_instructions(&sources);
             let (messages, shown) = prompt::messages(&self.format, &self.cfg, &lang, &text, &q.history, &quoted)?;

@@ -233,6 +233,35 @@ fn retrieval_eval_meets_its_thresholds() {
     assert!(r.failures.is_empty(), "{:#?}", r.failures);
 }
 
+/// The answer gate on its own questions (the golden set, the out-of-scope set, the answer
+/// set's dev split), with the floors of `evals/answer/thresholds.toml`: answerable questions
+/// answered or quoted, unanswerable ones kept from the generator. Also: the held-out split is
+/// never among the questions it was fitted to.
+#[test]
+fn the_answer_gate_meets_its_thresholds() {
+    let sh = knowledge();
+    let kb = sh.kb.lock().unwrap();
+    let e = workspace().join("evals");
+    let cases =
+        kotae::answer_eval::load_cases(&[e.join("answer/ja.dev.jsonl"), e.join("answer/en.dev.jsonl")]).unwrap();
+    assert!(cases.iter().all(|c| !c.id.contains("-ho-")));
+    let questions = kotae::eval::scope_questions(
+        &kotae::eval::load_golden(&e.join("retrieval/golden.jsonl")).unwrap(),
+        &kotae::eval::load_scope(&e.join("answer/out_of_scope.jsonl")).unwrap(),
+        &cases,
+    );
+    let thresholds: toml::Table =
+        toml::from_str(&std::fs::read_to_string(e.join("answer/thresholds.toml")).unwrap()).unwrap();
+    let (r, items) = kotae::eval::run_scope_eval(&sh.cfg, &kb, embedder(), questions, Some(&thresholds)).unwrap();
+    kotae::eval::print_scope(&r);
+    assert!(r.failures.is_empty(), "{:#?}", r.failures);
+    // All three outcomes occur.
+    use kotae_answer::gate::Decision;
+    for d in [Decision::Answer, Decision::Quote, Decision::Decline] {
+        assert!(items.iter().any(|x| x.decision == d), "no {d:?}");
+    }
+}
+
 #[test]
 fn reingesting_an_unchanged_corpus_does_no_embedding_work() {
     let sh = knowledge();

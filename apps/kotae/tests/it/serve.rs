@@ -293,7 +293,7 @@ async fn bursts_get_429_and_a_full_queue_gets_503_both_with_retry_after() {
     let other = |q: &'static str| {
         c.post(s.url("/api/chat")).bearer_auth("kotae_other_0123456789").json(&json!({ "message": q })).send()
     };
-    let waiting = other("How much is the per diem abroad?").await.unwrap();
+    let waiting = other("Where do I book a meeting room?").await.unwrap();
     assert_eq!(waiting.status(), 200, "one job may wait");
     let full = other("Where do I hand in receipts?").await.unwrap();
     assert_eq!(full.status(), 503);
@@ -583,6 +583,8 @@ fn the_nightly_suite_runs_every_suite_keeps_history_and_reports() {
     let names: Vec<String> = run.metrics.iter().map(|m| m.name.clone()).collect();
     for want in [
         "retrieval.ja.ndcg_at_10",
+        "gate.ja.declined",
+        "gate.en.kept",
         "answer.ja.correctness",
         "answer.en.refusal_accuracy",
         "answer.en.faithfulness",
