@@ -30,8 +30,6 @@ pub struct GateSignals {
 }
 
 impl GateSignals {
-    pub const NAMES: [&'static str; 3] = ["dense_margin", "coverage", "unit_missing"];
-
     pub fn values(&self) -> [f32; 3] {
         [self.dense_margin, self.coverage, self.unit_missing]
     }
